@@ -1,0 +1,15 @@
+//! Builds the kernel programs (`ebpf/programs`) for the BPF target and puts
+//! the object in OUT_DIR, where `src/probes.rs` embeds it.
+//!
+//! Uses the machine's stable toolchain: `RUSTC_BOOTSTRAP=1` unlocks
+//! `-Z build-std=core` (the BPF target ships no precompiled `core`).
+fn main() -> anyhow::Result<()> {
+    // SAFETY: build scripts are single-threaded; aya-build reads this variable.
+    unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    let ebpf = aya_build::Package {
+        name: "ringwarden-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/programs"),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::Custom("stable"))
+}

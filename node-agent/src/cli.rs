@@ -1,0 +1,155 @@
+//! Command line of `ringwarden-agent`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ringwarden_core::duration::parse_duration;
+
+/// ringwarden's node agent: loads eBPF latency probes declared in ProbeSet
+/// manifests, counts every event they see and every event they lose, and
+/// serves the figures as a table and as Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "ringwarden-agent", version, propagate_version = true)]
+pub struct Args {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "RINGWARDEN_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `ringwarden_node_agent=debug`.
+    #[arg(long, default_value = "info", env = "RINGWARDEN_LOG", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the probes of ProbeSet manifests on this machine, without
+    /// Kubernetes, printing a latency table every interval.
+    ///
+    /// Needs root, or CAP_BPF and CAP_PERFMON, and a kernel with BTF
+    /// (/sys/kernel/btf/vmlinux, Linux >= 5.8).
+    Standalone(StandaloneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StandaloneArgs {
+    /// ProbeSet manifest(s) to run: YAML files, several documents each.
+    #[arg(
+        short = 'f',
+        long = "file",
+        required = true,
+        env = "RINGWARDEN_FILES",
+        value_delimiter = ','
+    )]
+    pub files: Vec<PathBuf>,
+
+    /// How often to read the kernel counters and print the table.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "RINGWARDEN_INTERVAL")]
+    pub interval: Duration,
+
+    /// Stop after this long (default: run until SIGINT or SIGTERM).
+    #[arg(long, value_parser = parse_duration, env = "RINGWARDEN_DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Address for Prometheus `/metrics` and `/healthz`; `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr, env = "RINGWARDEN_METRICS_ADDR")]
+    pub metrics_addr: MetricsAddr,
+
+    /// Rows per probe in the table (busiest first).
+    #[arg(long, default_value_t = 15, env = "RINGWARDEN_TOP")]
+    pub top: usize,
+
+    /// Output on stdout: a human table, or one JSON object per interval.
+    #[arg(long, value_enum, default_value_t = Output::Table, env = "RINGWARDEN_OUTPUT")]
+    pub output: Output,
+
+    /// Node name used in metric labels (default: the host name).
+    #[arg(long, env = "RINGWARDEN_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Where to serve metrics, if anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddr::Off);
+    }
+    s.parse()
+        .map(MetricsAddr::On)
+        .map_err(|_| format!("{s:?} is not an address; write it like 127.0.0.1:9464 or off"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_and_addresses_parse_with_helpful_errors() {
+        let a = Args::try_parse_from([
+            "ringwarden-agent",
+            "standalone",
+            "-f",
+            "a.yaml",
+            "--interval",
+            "500ms",
+            "--duration",
+            "1m",
+            "--metrics-addr",
+            "off",
+        ])
+        .unwrap();
+        let Command::Standalone(s) = a.command;
+        assert_eq!(s.interval, Duration::from_millis(500));
+        assert_eq!(s.duration, Some(Duration::from_secs(60)));
+        assert_eq!(s.metrics_addr, MetricsAddr::Off);
+
+        let e = Args::try_parse_from([
+            "ringwarden-agent",
+            "standalone",
+            "-f",
+            "a",
+            "--interval",
+            "5",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--interval") && e.contains("\"5s\""), "{e}");
+        let e = Args::try_parse_from([
+            "ringwarden-agent",
+            "standalone",
+            "-f",
+            "a",
+            "--metrics-addr",
+            "x",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("127.0.0.1:9464 or off"), "{e}");
+    }
+}

@@ -1,0 +1,52 @@
+//! ringwarden's node agent.
+//!
+//! - [`probes`] loads the eBPF programs and reads their maps (kernel IO).
+//! - [`table`] and [`metrics`] turn snapshots into a table and Prometheus text.
+//! - [`standalone`] wires them into the run loop of `ringwarden-agent standalone`.
+
+pub mod cli;
+pub mod metrics;
+pub mod probes;
+pub mod standalone;
+pub mod table;
+
+use std::process::ExitCode;
+
+use cli::{Args, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Entry point of the `ringwarden-agent` binary.
+pub fn run(args: Args) -> ExitCode {
+    init_tracing(args.log_format, &args.log);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.command {
+        Command::Standalone(a) => match runtime.block_on(standalone::run(a)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                e.exit_code()
+            }
+        },
+    }
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,322 @@
+//! Prometheus `/metrics`: a collector that renders the latest snapshots, and
+//! the HTTP server that serves them. Names follow DESIGN.md: `ringwarden_*`,
+//! seconds as the base unit, `_total` for counters, labels `namespace`,
+//! `probeset`, `probe`, `node` (plus `series` where a probe has several).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use prometheus::{
+    Encoder, Registry, TextEncoder,
+    core::{Collector, Desc},
+    proto::{self, MetricFamily, MetricType},
+};
+use ringwarden_core::{accounting::Counters, histogram::Histogram};
+
+use crate::probes::{SyscallSnapshot, syscall_name};
+
+/// Who a probe's figures belong to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeLabels {
+    pub namespace: String,
+    pub probeset: String,
+    pub probe: String,
+    pub node: String,
+}
+
+impl ProbeLabels {
+    fn pairs(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("namespace", &self.namespace),
+            ("probeset", &self.probeset),
+            ("probe", &self.probe),
+            ("node", &self.node),
+        ]
+    }
+}
+
+/// The latest figures of every running probe; the agent loop writes it, the
+/// collector reads it on each scrape.
+pub type SharedSnapshots = Arc<Mutex<Vec<(ProbeLabels, SyscallSnapshot)>>>;
+
+const BASE_LABELS: [&str; 4] = ["namespace", "probeset", "probe", "node"];
+
+/// Counter families taken from [`Counters`]: (name, help, field).
+const COUNTER_FAMILIES: [(&str, &str, fn(&Counters) -> u64); 8] = [
+    (
+        "ringwarden_events_observed_total",
+        "Completed events that passed the probe's filters (= aggregated + sampled_out + pairing_dropped).",
+        |c| c.observed,
+    ),
+    (
+        "ringwarden_events_aggregated_total",
+        "Events added to an in-kernel latency histogram.",
+        |c| c.aggregated,
+    ),
+    (
+        "ringwarden_events_sampled_out_total",
+        "Events left out by in-kernel sampling.",
+        |c| c.sampled_out,
+    ),
+    (
+        "ringwarden_events_pairing_dropped_total",
+        "Events lost because their start was not stored or not seen.",
+        |c| c.pairing_dropped,
+    ),
+    (
+        "ringwarden_events_exported_total",
+        "Events chosen for the ring-buffer event path (= delivered + ringbuf_dropped).",
+        |c| c.exported,
+    ),
+    (
+        "ringwarden_events_delivered_total",
+        "Exported events written to the ring buffer.",
+        |c| c.delivered,
+    ),
+    (
+        "ringwarden_events_ringbuf_dropped_total",
+        "Exported events lost because the ring buffer was full.",
+        |c| c.ringbuf_dropped,
+    ),
+    (
+        "ringwarden_start_map_full_total",
+        "Event starts that could not be stored (their ends count as pairing_dropped).",
+        |c| c.start_map_full,
+    ),
+];
+const LATENCY: &str = "ringwarden_latency_seconds";
+const ERRORS: &str = "ringwarden_event_errors_total";
+
+/// Renders [`SharedSnapshots`] as Prometheus families on every scrape.
+pub struct SnapshotCollector {
+    snapshots: SharedSnapshots,
+    descs: Vec<Desc>,
+}
+
+impl SnapshotCollector {
+    pub fn new(snapshots: SharedSnapshots) -> Self {
+        let labels = |series: bool| {
+            let mut l: Vec<String> = BASE_LABELS.iter().map(|s| s.to_string()).collect();
+            if series {
+                l.push("series".into());
+            }
+            l
+        };
+        let mut descs: Vec<Desc> = COUNTER_FAMILIES
+            .iter()
+            .map(|(name, help, _)| desc(name, help, labels(false)))
+            .collect();
+        descs.push(desc(
+            LATENCY,
+            "Latency of each event, per series (for syscalls: per syscall).",
+            labels(true),
+        ));
+        descs.push(desc(
+            ERRORS,
+            "Events whose result was an error, per series.",
+            labels(true),
+        ));
+        Self { snapshots, descs }
+    }
+}
+
+fn desc(name: &str, help: &str, labels: Vec<String>) -> Desc {
+    Desc::new(name.into(), help.into(), labels, HashMap::new())
+        .expect("metric names and labels are valid constants")
+}
+
+fn label_pairs(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut p = proto::LabelPair::default();
+            p.set_name(k.to_string());
+            p.set_value(v.to_string());
+            p
+        })
+        .collect()
+}
+
+fn family(d: &Desc, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(d.fq_name.clone());
+    f.set_help(d.help.clone());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn counter(labels: Vec<proto::LabelPair>, value: u64) -> proto::Metric {
+    let mut c = proto::Counter::default();
+    c.set_value(value as f64);
+    let mut m = proto::Metric::default();
+    m.set_label(labels);
+    m.set_counter(c);
+    m
+}
+
+fn histogram(labels: Vec<proto::LabelPair>, h: &Histogram) -> proto::Metric {
+    let buckets = h
+        .cumulative_at_edges()
+        .into_iter()
+        .map(|(le_ns, count)| {
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(le_ns as f64 / 1e9);
+            b.set_cumulative_count(count);
+            b
+        })
+        .collect();
+    let mut p = proto::Histogram::default();
+    p.set_sample_count(h.count());
+    p.set_sample_sum(h.sum_ns() as f64 / 1e9);
+    p.set_bucket(buckets);
+    let mut m = proto::Metric::default();
+    m.set_label(labels);
+    m.set_histogram(p);
+    m
+}
+
+impl Collector for SnapshotCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut families = Vec::with_capacity(self.descs.len());
+        for (i, (_, _, field)) in COUNTER_FAMILIES.iter().enumerate() {
+            let metrics = snapshots
+                .iter()
+                .map(|(l, s)| counter(label_pairs(&l.pairs()), field(&s.counters)))
+                .collect();
+            families.push(family(&self.descs[i], MetricType::COUNTER, metrics));
+        }
+        let (mut latency, mut errors) = (Vec::new(), Vec::new());
+        for (l, s) in snapshots.iter() {
+            for (nr, h) in &s.series {
+                let name = syscall_name(*nr);
+                let mut pairs = l.pairs();
+                pairs.push(("series", &name));
+                latency.push(histogram(label_pairs(&pairs), h));
+                errors.push(counter(label_pairs(&pairs), h.errors()));
+            }
+        }
+        let n = COUNTER_FAMILIES.len();
+        families.push(family(&self.descs[n], MetricType::HISTOGRAM, latency));
+        families.push(family(&self.descs[n + 1], MetricType::COUNTER, errors));
+        families
+    }
+}
+
+/// A registry holding the snapshot collector.
+pub fn registry(snapshots: SharedSnapshots) -> Registry {
+    let registry = Registry::new();
+    registry
+        .register(Box::new(SnapshotCollector::new(snapshots)))
+        .expect("the collector is registered once on a fresh registry");
+    registry
+}
+
+/// Text exposition of everything in `registry`.
+pub fn encode(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed families.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::{Router, routing::get};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let registry = Arc::new(registry);
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        encode(&registry),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_counters_and_a_latency_histogram_in_seconds() {
+        let getppid = syscalls::Sysno::getppid.id() as u32;
+        let mut snap = SyscallSnapshot::default();
+        snap.counters.observed = 3;
+        snap.counters.aggregated = 3;
+        let mut h = Histogram::new();
+        for ns in [1_000, 2_000, 3_000_000] {
+            h.record(ns);
+        }
+        snap.series.insert(getppid, h);
+        let labels = ProbeLabels {
+            namespace: "default".into(),
+            probeset: "demo".into(),
+            probe: "sys".into(),
+            node: "n1".into(),
+        };
+        let text = encode(&registry(Arc::new(Mutex::new(vec![(labels, snap)]))));
+        let base = r#"namespace="default",node="n1",probe="sys",probeset="demo""#;
+        assert!(
+            text.contains(&format!("ringwarden_events_observed_total{{{base}}} 3")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ringwarden_events_pairing_dropped_total{{{base}}} 0"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE ringwarden_latency_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ringwarden_latency_seconds_count{{{base},series=\"getppid\"}} 3"
+            )),
+            "{text}"
+        );
+        // 1 µs and 2 µs lie below 2^11 ns = 2.048 µs; 3 ms does not.
+        assert!(
+            text.contains(&format!(
+                "ringwarden_latency_seconds_bucket{{{base},series=\"getppid\",le=\"0.000002048\"}} 2"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ringwarden_latency_seconds_bucket{{{base},series=\"getppid\",le=\"+Inf\"}} 3"
+            )),
+            "{text}"
+        );
+    }
+}
