@@ -1,1 +1,55 @@
-//! stub
+//! Shared pieces of ringwarden's end-to-end tests.
+//!
+//! The live-kernel tests (`tests/`) load real programs; they need root (or
+//! CAP_BPF + CAP_PERFMON) and fail with a message saying so otherwise.
+
+use serde::{Deserialize, Serialize};
+
+/// What `syscall-load` did, measured by itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub pid: u32,
+    pub getppid_calls: u64,
+    /// User-space duration of each `nanosleep`, in ns (clock_gettime around the syscall).
+    pub nanosleep_ns: Vec<u64>,
+}
+
+/// Panics with an actionable message unless the process may load eBPF programs.
+pub fn require_bpf_privileges() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        panic!(
+            "live-kernel tests load eBPF programs and need root (or CAP_BPF + CAP_PERFMON); \
+             run `sudo make test`"
+        );
+    }
+    assert!(
+        std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "live-kernel tests need kernel BTF at /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y)"
+    );
+}
+
+/// The value at rank `ceil(q·n)` of a sample: the order statistic a
+/// histogram percentile estimates.
+pub fn exact_percentile(values: &[u64], q: f64) -> u64 {
+    assert!(!values.is_empty());
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_percentile_picks_the_ceiling_rank() {
+        let v = [5, 1, 4, 2, 3];
+        assert_eq!(exact_percentile(&v, 0.5), 3);
+        assert_eq!(exact_percentile(&v, 0.0), 1);
+        assert_eq!(exact_percentile(&v, 1.0), 5);
+        assert_eq!(exact_percentile(&v, 0.99), 5);
+    }
+}

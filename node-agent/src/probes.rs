@@ -98,6 +98,7 @@ pub struct SyscallProbe {
     _ebpf: Ebpf,
     hist: PerCpuArray<MapData, LatencyHist>,
     counters: PerCpuArray<MapData, ProbeCounters>,
+    program_ids: Vec<u32>,
 }
 
 /// What a syscalls probe has counted since it was loaded.
@@ -178,6 +179,7 @@ impl SyscallProbe {
         let hist = take_map(&mut ebpf, maps::SYS_HIST)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
 
+        let mut program_ids = Vec::new();
         // Exit first: an exit without a start is counted as a pairing loss,
         // while a start without an exit program would never be consumed.
         for (program, tracepoint) in [
@@ -191,6 +193,9 @@ impl SyscallProbe {
                 .map_err(|e: ProgramError| program_error(program, e))?;
             prog.load(tracepoint, &btf)
                 .map_err(|e| program_error(program, e))?;
+            if let Ok(info) = prog.info() {
+                program_ids.push(info.id());
+            }
             prog.attach().map_err(|e| ProbeError::Attach {
                 program,
                 tracepoint,
@@ -201,7 +206,13 @@ impl SyscallProbe {
             _ebpf: ebpf,
             hist,
             counters,
+            program_ids,
         })
+    }
+
+    /// Kernel ids of the loaded programs (as `bpftool prog` lists them).
+    pub fn program_ids(&self) -> &[u32] {
+        &self.program_ids
     }
 
     /// Reads the counters and every non-empty histogram, summed over CPUs.

@@ -1,0 +1,78 @@
+//! Makes a known number of syscalls and reports its own timings.
+//!
+//! Protocol, so a test can attach probes at a known moment: set the comm
+//! (`--name`), print `ready`, block in `read(0)` until a line arrives, then
+//! run the workload and print one JSON [`LoadReport`] line.
+//!
+//! Syscalls are issued with `libc::syscall` so libc cannot substitute
+//! another (glibc's `nanosleep()` calls `clock_nanosleep`).
+
+use std::io::{BufRead, Write};
+
+use ringwarden_e2e::LoadReport;
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let getppid = arg(&args, "--getppid", 0);
+    let sleeps = arg(&args, "--nanosleep", 0);
+    let sleep_ns = arg(&args, "--nanosleep-ns", 2_000_000);
+    if let Some(i) = args.iter().position(|a| a == "--name") {
+        let name = std::ffi::CString::new(args[i + 1].as_str()).expect("name without NUL");
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+
+    let stdout = std::io::stdout();
+    writeln!(stdout.lock(), "ready").unwrap();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).unwrap();
+
+    for _ in 0..getppid {
+        // SAFETY: getppid takes no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    let mut nanosleep_ns = Vec::with_capacity(sleeps as usize);
+    let req = libc::timespec {
+        tv_sec: (sleep_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (sleep_ns % 1_000_000_000) as libc::c_long,
+    };
+    for _ in 0..sleeps {
+        let t0 = now_ns();
+        // SAFETY: valid request pointer; a null remainder is allowed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &req,
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        };
+        nanosleep_ns.push(now_ns() - t0);
+    }
+    let report = LoadReport {
+        pid: std::process::id(),
+        getppid_calls: getppid,
+        nanosleep_ns,
+    };
+    writeln!(stdout.lock(), "{}", serde_json::to_string(&report).unwrap()).unwrap();
+}

@@ -1,0 +1,209 @@
+//! The `syscalls` probe against the live kernel, checked against ground
+//! truth the test makes itself: a child process with known syscall counts
+//! and its own user-space timings.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ringwarden_core::histogram::MAX_RELATIVE_ERROR;
+use ringwarden_e2e::{LoadReport, exact_percentile, require_bpf_privileges};
+use ringwarden_node_agent::probes::{SyscallProbe, SyscallProbeConfig};
+use syscalls::Sysno;
+
+/// A `syscall-load` child, stopped at its `read(0)` until [`Load::go`].
+struct Load {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Load {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_syscall-load"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn syscall-load");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        let load = Self { child, stdout };
+        load.wait_blocked_in_read();
+        load
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the child sleeps inside `read`, so a probe attached now
+    /// sees exactly one exit without an enter.
+    fn wait_blocked_in_read(&self) {
+        let read_nr = Sysno::read.id().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = std::fs::read_to_string(format!("/proc/{}/syscall", self.pid())).unwrap();
+            if s.split_whitespace().next() == Some(read_nr.as_str()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child never blocked in read: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets the workload run and returns the child's own report once it exited.
+    fn go(mut self) -> LoadReport {
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "syscall-load failed: {status}");
+        serde_json::from_str(&line).expect("a JSON report")
+    }
+}
+
+fn load_probe(pids: Vec<u32>, comms: Vec<String>) -> SyscallProbe {
+    SyscallProbe::load(&SyscallProbeConfig {
+        pids,
+        comms,
+        exclude_tgid: std::process::id(),
+    })
+    .unwrap_or_else(|e| panic!("loading the syscalls probe failed: {e}"))
+}
+
+fn count(probe: &SyscallProbe, sysno: Sysno) -> u64 {
+    probe
+        .snapshot()
+        .unwrap()
+        .series
+        .get(&(sysno.id() as u32))
+        .map_or(0, |h| h.count())
+}
+
+#[test]
+fn counts_and_latency_match_what_the_child_did() {
+    require_bpf_privileges();
+    let load = Load::spawn(&[
+        "--getppid",
+        "10000",
+        "--nanosleep",
+        "500",
+        "--nanosleep-ns",
+        "2000000",
+    ]);
+    // A bystander making the same syscalls outside the pid filter.
+    let bystander = Load::spawn(&["--getppid", "3000", "--nanosleep", "20"]);
+    let probe = load_probe(vec![load.pid()], vec![]);
+
+    let other = std::thread::spawn(move || bystander.go());
+    let report = load.go();
+    other.join().unwrap();
+    let snap = probe.snapshot().unwrap();
+
+    // Counts are exact.
+    let getppid = &snap.series[&(Sysno::getppid.id() as u32)];
+    let nanosleep = &snap.series[&(Sysno::nanosleep.id() as u32)];
+    assert_eq!(getppid.count(), report.getppid_calls);
+    assert_eq!(nanosleep.count(), report.nanosleep_ns.len() as u64);
+    assert_eq!(getppid.errors() + nanosleep.errors(), 0);
+
+    // The identity holds to the event: the child was blocked in read when
+    // the probe attached, so exactly that exit had no start.
+    let c = snap.counters;
+    assert_eq!(c.check_identities(), Ok(()), "{c:?}");
+    assert_eq!(c.pairing_dropped, 1, "{c:?}");
+    assert_eq!(c.sampled_out, 0);
+    let aggregated: u64 = snap.series.values().map(|h| h.count()).sum();
+    assert_eq!(
+        aggregated, c.aggregated,
+        "histograms hold every aggregated event"
+    );
+
+    // nanosleep's median agrees with the child's own timing within the
+    // histogram's error bound plus scheduling noise (the user-space clock
+    // also times the syscall entry and exit, a few µs at most).
+    let truth = exact_percentile(&report.nanosleep_ns, 0.5);
+    let measured = nanosleep.percentile(0.5).unwrap();
+    let tolerance = truth as f64 * MAX_RELATIVE_ERROR + 20_000.0;
+    assert!(
+        (measured as f64 - truth as f64).abs() <= tolerance,
+        "kernel p50 {measured} ns vs user-space p50 {truth} ns (tolerance {tolerance} ns)"
+    );
+    assert!(nanosleep.max_ns() <= *report.nanosleep_ns.iter().max().unwrap());
+}
+
+#[test]
+fn a_comm_filter_counts_only_processes_with_that_name() {
+    require_bpf_privileges();
+    let wanted = Load::spawn(&["--name", "rw-wanted", "--getppid", "2000"]);
+    let other = Load::spawn(&["--name", "rw-other", "--getppid", "1500"]);
+    let probe = load_probe(vec![], vec!["rw-wanted".into()]);
+    let t = std::thread::spawn(move || other.go());
+    let report = wanted.go();
+    t.join().unwrap();
+    assert_eq!(count(&probe, Sysno::getppid), report.getppid_calls);
+    assert_eq!(
+        probe.snapshot().unwrap().counters.check_identities(),
+        Ok(())
+    );
+}
+
+#[test]
+fn the_agent_never_observes_itself_even_when_a_filter_names_it() {
+    require_bpf_privileges();
+    let probe = load_probe(vec![std::process::id()], vec![]);
+    for _ in 0..1000 {
+        // SAFETY: getppid takes no arguments.
+        unsafe { libc_getppid() };
+    }
+    let snap = probe.snapshot().unwrap();
+    assert_eq!(snap.counters.observed, 0, "{:?}", snap.counters);
+    assert!(snap.series.is_empty());
+}
+
+unsafe fn libc_getppid() -> i64 {
+    // SAFETY: plain syscall without arguments.
+    unsafe { libc::syscall(libc::SYS_getppid) }
+}
+
+#[test]
+fn dropping_a_probe_detaches_it_and_a_new_one_starts_from_zero() {
+    require_bpf_privileges();
+    let first = Load::spawn(&["--getppid", "500"]);
+    let pid = first.pid();
+    let probe = load_probe(vec![pid], vec![]);
+    first.go();
+    assert_eq!(count(&probe, Sysno::getppid), 500);
+    let ids = probe.program_ids().to_vec();
+    assert_eq!(ids.len(), 2, "enter and exit programs");
+    assert!(ids.iter().all(|id| loaded_program_ids().contains(id)));
+    drop(probe);
+    // The kernel frees programs after an RCU grace period: poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ids.iter().any(|id| loaded_program_ids().contains(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "programs {ids:?} still loaded after drop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let second = Load::spawn(&["--getppid", "700"]);
+    let probe = load_probe(vec![second.pid()], vec![]);
+    second.go();
+    assert_eq!(count(&probe, Sysno::getppid), 700);
+}
+
+fn loaded_program_ids() -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
