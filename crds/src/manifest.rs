@@ -286,7 +286,7 @@ spec:
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].contains("spec.reportInterval: "), "{e:?}");
         assert!(
-            e[0].contains("\"2s\""),
+            e[0].contains("missing unit; write it like \"10s\""),
             "the fix shows a valid duration: {e:?}"
         );
     }

@@ -44,8 +44,10 @@ pub type SharedSnapshots = Arc<Mutex<Vec<(ProbeLabels, SyscallSnapshot)>>>;
 
 const BASE_LABELS: [&str; 4] = ["namespace", "probeset", "probe", "node"];
 
-/// Counter families taken from [`Counters`]: (name, help, field).
-const COUNTER_FAMILIES: [(&str, &str, fn(&Counters) -> u64); 8] = [
+/// A counter family taken from [`Counters`]: (name, help, field).
+type CounterFamily = (&'static str, &'static str, fn(&Counters) -> u64);
+
+const COUNTER_FAMILIES: [CounterFamily; 8] = [
     (
         "ringwarden_events_observed_total",
         "Completed events that passed the probe's filters (= aggregated + sampled_out + pairing_dropped).",
@@ -284,7 +286,7 @@ mod tests {
             node: "n1".into(),
         };
         let text = encode(&registry(Arc::new(Mutex::new(vec![(labels, snap)]))));
-        let base = r#"namespace="default",node="n1",probe="sys",probeset="demo""#;
+        let base = r#"namespace="default",probeset="demo",probe="sys",node="n1""#;
         assert!(
             text.contains(&format!("ringwarden_events_observed_total{{{base}}} 3")),
             "{text}"

@@ -1,0 +1,37 @@
+# ringwarden — see README.md. Every target installs what it needs (`deps`).
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+AGENT := target/release/ringwarden-agent
+RUN_SECONDS ?= 20
+
+.PHONY: deps build run test lint fmt crds bench clean
+
+## deps: install toolchain pieces, LLVM, bpf-linker; mount tracefs and bpffs (idempotent)
+deps:
+	@scripts/deps.sh
+
+## build: the eBPF object and every binary, release mode
+build: deps
+	$(CARGO) build --release --bins
+
+## run: the standalone agent on examples/probeset.yaml for $(RUN_SECONDS)s, with some load
+run: build
+	@scripts/demo-load.sh $(RUN_SECONDS) & \
+	$(AGENT) standalone -f examples/probeset.yaml --interval 5s --duration $(RUN_SECONDS)s --top 12; \
+	status=$$?; wait; exit $$status
+
+## test: unit, schema and live-kernel tests (needs root)
+test: deps
+	$(CARGO) test --workspace
+
+## lint: formatting and clippy, warnings are errors
+lint: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

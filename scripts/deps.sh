@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what building and testing ringwarden needs on a Debian/Ubuntu
+# machine, as root. Idempotent: when everything is there it only checks.
+set -euo pipefail
+
+say() { echo "deps: $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "deps: must run as root (installs packages, mounts tracefs/bpffs); try: sudo make deps" >&2
+    exit 1
+fi
+
+LLVM=22
+pkgs=(llvm-$LLVM-dev libpolly-$LLVM-dev zlib1g-dev libzstd-dev pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v rustup >/dev/null || { echo "deps: rustup not found; install Rust with rustup first" >&2; exit 1; }
+for c in rust-src clippy rustfmt; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || { say "adding $c"; rustup component add "$c"; }
+done
+
+# bpf-linker links the kernel programs; it must be built against the same LLVM major.
+BPF_LINKER_VERSION=0.13.0
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+    say "building bpf-linker $BPF_LINKER_VERSION against LLVM $LLVM (a few minutes, once)"
+    PATH="/usr/lib/llvm-$LLVM/bin:$PATH" cargo install --locked --quiet bpf-linker \
+        --version "$BPF_LINKER_VERSION" --no-default-features --features "llvm-$LLVM"
+fi
+
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+[ -r /sys/kernel/btf/vmlinux ] || say "warning: /sys/kernel/btf/vmlinux is missing; probes need a kernel with BTF (Linux >= 5.8, CONFIG_DEBUG_INFO_BTF=y)"
+say "ok"
