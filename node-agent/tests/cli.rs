@@ -1,0 +1,178 @@
+//! `ringwarden-agent` as a user runs it: bad input, a live run with
+//! `/metrics`, a clean stop on SIGINT, and a second run right after.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_ringwarden-agent");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/probeset.yaml");
+
+fn run_with_manifest(yaml: &str) -> Output {
+    let path =
+        std::env::temp_dir().join(format!("rw-cli-{}-{}.yaml", std::process::id(), yaml.len()));
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(AGENT)
+        .args([
+            "standalone",
+            "--metrics-addr",
+            "off",
+            "--duration",
+            "1s",
+            "-f",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    out
+}
+
+const GOOD: &str = "apiVersion: ringwarden.dev/v1alpha1
+kind: ProbeSet
+metadata: {name: demo}
+spec:
+  reportInterval: 10s
+  probes:
+    - {name: sys, kind: syscalls}
+";
+
+#[test]
+fn bad_manifests_exit_2_naming_the_field_and_the_fix() {
+    let cases = [
+        (
+            GOOD.replace("kind: syscalls", "kind: syscall"),
+            "spec.probes[0].kind: unknown variant `syscall`, expected one of `syscalls`",
+        ),
+        (
+            GOOD.replace("reportInterval: 10s", "reportInterval: 10 seconds"),
+            "spec.reportInterval: invalid duration \"10 seconds\"",
+        ),
+        (
+            GOOD.replace("reportInterval", "reportEvery"),
+            "spec.reportEvery: unknown field; remove it or use one of: nodeSelector, probes, reportInterval",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let out = run_with_manifest(&yaml);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(want), "want {want:?} in:\n{stderr}");
+    }
+    let out = Command::new(AGENT)
+        .args(["standalone", "-f", "/nonexistent/probeset.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn standalone_serves_metrics_stops_on_sigint_and_runs_again() {
+    ringwarden_e2e::require_bpf_privileges();
+    let port = free_port();
+    let mut agent = Command::new(AGENT)
+        .args([
+            "standalone",
+            "-f",
+            EXAMPLE,
+            "--interval",
+            "300ms",
+            "--output",
+            "json",
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // /metrics fills in once the first interval has been read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        if let Some(body) = get(port, "/metrics")
+            && body.contains("ringwarden_latency_seconds_bucket")
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no metrics on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metrics.contains("ringwarden_events_observed_total{namespace=\"default\",probeset=\"node-syscalls\",probe=\"sys\""));
+    assert!(get(port, "/healthz").unwrap().ends_with("ok\n"));
+
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = agent.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "agent did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let lines: Vec<String> = BufReader::new(agent.stdout.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .collect();
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(last["final"], true);
+    assert!(
+        last["probes"][0]["counters"]["observed"].as_u64().unwrap() > 0,
+        "{last}"
+    );
+    assert!(
+        !last["probes"][0]["rows"].as_array().unwrap().is_empty(),
+        "{last}"
+    );
+
+    // Everything was detached: a second run right away works.
+    let out = Command::new(AGENT)
+        .args([
+            "standalone",
+            "-f",
+            EXAMPLE,
+            "--duration",
+            "1s",
+            "--interval",
+            "500ms",
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("SYSCALL") && stdout.contains("accounting: observed"),
+        "{stdout}"
+    );
+}
