@@ -6,3 +6,4 @@
 pub mod accounting;
 pub mod duration;
 pub mod histogram;
+pub mod planner;

@@ -1,0 +1,846 @@
+//! Ring buffer quota planning: how many bytes each probe's event path gets on
+//! a node, and how sparsely it must sample to keep its drops within bounds.
+//!
+//! A pure function of declared demand, so the operator can compute the plan,
+//! write it into the status, and the agent apply it without either guessing.
+//!
+//! Per event path, with `r` the declared peak rate, `f = 1/N` the sampling,
+//! `s` the record size (event rounded up to 8 bytes, plus the kernel's 8-byte
+//! header), `d` the drain interval (worst consumer stall) and `b` the burst
+//! factor:
+//!
+//! - the ring needs `r·f·s·d·b` bytes, rounded up to a power of two, at least
+//!   a page (and one record), at most `max_bytes_per_probe`;
+//! - over the node budget, rings are halved least important first, largest
+//!   first within a priority, by name last;
+//! - the predicted steady-state drop fraction is `max(0, 1 − size/(r·f·s·d))`
+//!   (no burst: bursts are what the headroom is for), and where it exceeds the
+//!   probe's `max_drop_rate`, `N` is raised to the smallest that brings it
+//!   within.
+
+use std::cmp::Reverse;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::duration::{format_duration, serde_duration};
+
+/// Bytes the kernel puts before every ring buffer record (`BPF_RINGBUF_HDR_SZ`).
+pub const RINGBUF_HEADER_BYTES: u64 = 8;
+/// Default worst-case consumer stall.
+pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Default headroom over the steady-state need, for bursts above the declared rate.
+pub const DEFAULT_BURST_FACTOR: f64 = 2.0;
+/// Default largest ring per probe, 256 MiB.
+pub const DEFAULT_MAX_BYTES_PER_PROBE: u64 = 256 << 20;
+/// Sparsest sampling the planner sets, 1 in 2^20. An event path that needs
+/// sparser sampling carries too little to be worth it; the plan keeps this
+/// value, predicts drops above the bound and says so in a reason.
+pub const MAX_SAMPLE_EVERY: u64 = 1 << 20;
+
+/// Everything that shares one node's ring buffer budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanInput {
+    /// The node's page size (4096, or 65536 on some arm64 kernels); rings
+    /// are power-of-two multiples of it.
+    pub page_size: u64,
+    /// Bytes all rings on the node may take together.
+    pub node_budget_bytes: u64,
+    /// Largest ring one probe may get: a power of two of at least one page.
+    #[serde(default = "default_max_bytes_per_probe")]
+    pub max_bytes_per_probe: u64,
+    pub probes: Vec<ProbeDemand>,
+}
+
+/// One probe's declared event-path demand.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeDemand {
+    pub name: String,
+    /// Bytes of one exported event, before alignment and header.
+    pub event_size: u32,
+    /// Peak exported events per second on one node; 0 means no event path.
+    pub peak_rate: f64,
+    /// Fraction of events to keep, in `[1/MAX_SAMPLE_EVERY, 1]`; rounded
+    /// down to a 1-in-N sampling, the only kind the kernel does.
+    #[serde(default = "one")]
+    pub requested_sampling: f64,
+    /// Worst-case time the consumer may not drain the ring.
+    #[serde(with = "serde_duration", default = "default_drain_interval")]
+    pub drain_interval: Duration,
+    /// Headroom factor over the steady-state need, at least 1.
+    #[serde(default = "default_burst_factor")]
+    pub burst_factor: f64,
+    /// Largest acceptable predicted drop fraction, in `[0, 1)`.
+    pub max_drop_rate: f64,
+    /// Higher is more important: lower priorities shrink first.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+impl ProbeDemand {
+    /// A demand with the default sampling, drain interval, burst factor and priority.
+    pub fn new(name: impl Into<String>, event_size: u32, peak_rate: f64, max_drop_rate: f64) -> Self {
+        Self {
+            name: name.into(),
+            event_size,
+            peak_rate,
+            requested_sampling: 1.0,
+            drain_interval: DEFAULT_DRAIN_INTERVAL,
+            burst_factor: DEFAULT_BURST_FACTOR,
+            max_drop_rate,
+            priority: 0,
+        }
+    }
+}
+
+fn default_max_bytes_per_probe() -> u64 {
+    DEFAULT_MAX_BYTES_PER_PROBE
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_drain_interval() -> Duration {
+    DEFAULT_DRAIN_INTERVAL
+}
+fn default_burst_factor() -> f64 {
+    DEFAULT_BURST_FACTOR
+}
+
+/// The node's rings, within budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// One per input probe, in input order.
+    pub probes: Vec<ProbePlan>,
+    pub budget_bytes: u64,
+    /// Sum of `ring_bytes`, at most `budget_bytes`.
+    pub used_bytes: u64,
+}
+
+/// One probe's ring and sampling, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbePlan {
+    pub name: String,
+    /// Ring size: a power of two of at least a page, or 0 without an event path.
+    pub ring_bytes: u64,
+    /// Bytes one event takes in the ring, header included; 0 without an event path.
+    pub record_bytes: u64,
+    /// `r·f·s·d·b` at the requested sampling, before rounding.
+    pub needed_bytes: f64,
+    /// Keep one event in this many; 1 keeps all.
+    pub sample_every: u64,
+    /// `1 / sample_every`.
+    pub effective_sampling: f64,
+    /// Predicted steady-state fraction of exported events the ring drops.
+    pub predicted_drop: f64,
+    /// How the numbers came about, for people reading the status.
+    pub reasons: Vec<String>,
+}
+
+/// Why no plan could be made. Fields are named as they are serialized.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("pageSize {0} is not a power of two")]
+    PageSize(u64),
+    #[error("maxBytesPerProbe {max} is not a power of two of at least one page ({page} B)")]
+    MaxBytesPerProbe { max: u64, page: u64 },
+    #[error("probe {probe:?}: {field} is {value}, expected {expected}")]
+    Field {
+        probe: String,
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("probe {probe:?}: a record of {record_bytes} B does not fit maxBytesPerProbe {max} B")]
+    RecordTooLarge {
+        probe: String,
+        record_bytes: u64,
+        max: u64,
+    },
+    #[error(
+        "node budget of {budget_bytes} B is too small: the event paths need {minimum_bytes} B even at one page (or one record) each"
+    )]
+    BudgetTooSmall {
+        budget_bytes: u64,
+        minimum_bytes: u64,
+    },
+}
+
+/// Sizes every probe's ring and sampling; see the module docs for the model.
+pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
+    validate(input)?;
+    let mut sized: Vec<Sized> = input.probes.iter().map(|p| size(p, input)).collect();
+
+    let budget = u128::from(input.node_budget_bytes);
+    let minimum: u128 = sized.iter().map(|s| u128::from(s.floor)).sum();
+    if minimum > budget {
+        return Err(PlanError::BudgetTooSmall {
+            budget_bytes: input.node_budget_bytes,
+            minimum_bytes: u64::try_from(minimum).unwrap_or(u64::MAX),
+        });
+    }
+    // Halving the first probe in (priority, largest, name) order, one step at
+    // a time, executes every possible halving in one fixed global order until
+    // the rings fit. Demanding more only adds halvings of one's own, so a
+    // probe never ends smaller for declaring more.
+    let mut used: u128 = sized.iter().map(|s| u128::from(s.ring)).sum();
+    while used > budget {
+        let victim = (0..sized.len())
+            .filter(|&i| sized[i].ring > sized[i].floor)
+            .min_by_key(|&i| {
+                let p = &input.probes[i];
+                (p.priority, Reverse(sized[i].ring), &p.name, i)
+            })
+            .expect("the floors fit the budget, so some ring is above its floor");
+        sized[victim].ring /= 2;
+        sized[victim].halvings += 1;
+        used -= u128::from(sized[victim].ring);
+    }
+
+    let probes = input
+        .probes
+        .iter()
+        .zip(sized)
+        .map(|(p, s)| finish(p, s, input.node_budget_bytes))
+        .collect();
+    Ok(Plan {
+        probes,
+        budget_bytes: input.node_budget_bytes,
+        used_bytes: u64::try_from(used).expect("used fits the u64 budget"),
+    })
+}
+
+/// A probe between sizing and the budget.
+struct Sized {
+    record: u64,
+    needed: f64,
+    /// Sampling from the request, before any lowering for drops.
+    sample_every: u64,
+    /// Smallest ring the probe may shrink to; 0 without an event path.
+    floor: u64,
+    ring: u64,
+    halvings: u32,
+    reasons: Vec<String>,
+}
+
+fn size(p: &ProbeDemand, input: &PlanInput) -> Sized {
+    let sample_every = sample_every_for(p.requested_sampling);
+    let mut reasons = Vec::new();
+    if p.requested_sampling != 1.0 / sample_every as f64 {
+        reasons.push(format!(
+            "requested sampling {} rounded down to 1 in {sample_every}",
+            p.requested_sampling
+        ));
+    }
+    if p.peak_rate == 0.0 {
+        reasons.push("no event path (peakRate 0), so no ring buffer".to_owned());
+        return Sized {
+            record: 0,
+            needed: 0.0,
+            sample_every,
+            floor: 0,
+            ring: 0,
+            halvings: 0,
+            reasons,
+        };
+    }
+    let (page, cap) = (input.page_size, input.max_bytes_per_probe);
+    let record = record_bytes(p.event_size);
+    let needed = p.peak_rate / sample_every as f64
+        * record as f64
+        * p.drain_interval.as_secs_f64()
+        * p.burst_factor;
+    // The kernel rejects a record larger than the ring, so one must fit.
+    let floor = page.max(record.next_power_of_two());
+    let (ring, outcome) = if needed > cap as f64 {
+        (cap, format!("capped at maxBytesPerProbe {}", bytes(cap as f64)))
+    } else {
+        let rounded = (needed.ceil() as u64).next_power_of_two();
+        let ring = rounded.clamp(floor, cap);
+        let outcome = if rounded == ring {
+            format!("rounded to {}", bytes(ring as f64))
+        } else if ring == page {
+            format!("raised to one page ({})", bytes(page as f64))
+        } else {
+            format!("raised to {}, the smallest ring that holds a record", bytes(ring as f64))
+        };
+        (ring, outcome)
+    };
+    let sampled = match sample_every {
+        1 => String::new(),
+        n => format!(" sampled 1 in {n}"),
+    };
+    reasons.push(format!(
+        "needs {} for {} ev/s{sampled} × {} B × {} × burst {}; {outcome}",
+        bytes(needed),
+        decimal(p.peak_rate, 2),
+        record,
+        format_duration(p.drain_interval),
+        decimal(p.burst_factor, 2),
+    ));
+    Sized {
+        record,
+        needed,
+        sample_every,
+        floor,
+        ring,
+        halvings: 0,
+        reasons,
+    }
+}
+
+/// Explains the halvings and lowers the sampling until the predicted drops
+/// are within bounds.
+fn finish(p: &ProbeDemand, s: Sized, budget: u64) -> ProbePlan {
+    let Sized {
+        record,
+        needed,
+        sample_every: requested,
+        ring,
+        halvings,
+        mut reasons,
+        ..
+    } = s;
+    if halvings > 0 {
+        let times = match halvings {
+            1 => "once".to_owned(),
+            2 => "twice".to_owned(),
+            n => format!("{n} times"),
+        };
+        reasons.push(format!(
+            "halved {times} to fit the node budget of {} (priority {}; lower priorities, then larger rings, shrink first)",
+            bytes(budget as f64),
+            p.priority
+        ));
+    }
+    // Bytes one drain interval brings at full rate; the drop at 1 in `n` is
+    // what of `per_drain / n` the ring cannot hold.
+    let per_drain = p.peak_rate * record as f64 * p.drain_interval.as_secs_f64();
+    let drop_at = |n: u64| {
+        if ring == 0 {
+            0.0
+        } else {
+            (1.0 - ring as f64 * n as f64 / per_drain).max(0.0)
+        }
+    };
+    let allowed = p.max_drop_rate;
+    let mut n = requested;
+    if drop_at(n) > allowed {
+        // Solve `drop_at(n) <= allowed`, then step off floating-point noise
+        // to the smallest `n` that satisfies it as computed.
+        n = (per_drain * (1.0 - allowed) / ring as f64)
+            .ceil()
+            .clamp(requested as f64, MAX_SAMPLE_EVERY as f64) as u64;
+        while n > requested && drop_at(n - 1) <= allowed {
+            n -= 1;
+        }
+        while n < MAX_SAMPLE_EVERY && drop_at(n) > allowed {
+            n += 1;
+        }
+        reasons.push(if drop_at(n) <= allowed {
+            format!(
+                "sampling 1 in {n} so predicted drops {} stay within maxDropRate {}",
+                percent(drop_at(n)),
+                percent(allowed)
+            )
+        } else {
+            format!(
+                "sampling capped at 1 in {n}; predicted drops {} still exceed maxDropRate {}",
+                percent(drop_at(n)),
+                percent(allowed)
+            )
+        });
+    } else if drop_at(n) > 0.0 {
+        reasons.push(format!(
+            "predicted drops {} within maxDropRate {}",
+            percent(drop_at(n)),
+            percent(allowed)
+        ));
+    }
+    ProbePlan {
+        name: p.name.clone(),
+        ring_bytes: ring,
+        record_bytes: record,
+        needed_bytes: needed,
+        sample_every: n,
+        effective_sampling: 1.0 / n as f64,
+        predicted_drop: drop_at(n),
+        reasons,
+    }
+}
+
+fn validate(input: &PlanInput) -> Result<(), PlanError> {
+    let (page, cap) = (input.page_size, input.max_bytes_per_probe);
+    if !page.is_power_of_two() {
+        return Err(PlanError::PageSize(page));
+    }
+    if !cap.is_power_of_two() || cap < page {
+        return Err(PlanError::MaxBytesPerProbe { max: cap, page });
+    }
+    for p in &input.probes {
+        let field = |field, value: String, expected| PlanError::Field {
+            probe: p.name.clone(),
+            field,
+            value,
+            expected,
+        };
+        let d = p.drain_interval;
+        let checks = [
+            (
+                p.peak_rate.is_finite() && p.peak_rate >= 0.0,
+                field("peakRate", p.peak_rate.to_string(), "finite and >= 0"),
+            ),
+            (
+                (1.0 / MAX_SAMPLE_EVERY as f64..=1.0).contains(&p.requested_sampling),
+                field("requestedSampling", p.requested_sampling.to_string(), "in [1/1048576, 1]"),
+            ),
+            (
+                p.burst_factor.is_finite() && p.burst_factor >= 1.0,
+                field("burstFactor", p.burst_factor.to_string(), "finite and >= 1"),
+            ),
+            (
+                !d.is_zero(),
+                field("drainInterval", format_duration(d), "> 0"),
+            ),
+            (
+                (0.0..1.0).contains(&p.max_drop_rate),
+                field("maxDropRate", p.max_drop_rate.to_string(), "in [0, 1)"),
+            ),
+        ];
+        if let Some((_, e)) = checks.into_iter().find(|(ok, _)| !ok) {
+            return Err(e);
+        }
+        let record = record_bytes(p.event_size);
+        if p.peak_rate > 0.0 && record > cap {
+            return Err(PlanError::RecordTooLarge {
+                probe: p.name.clone(),
+                record_bytes: record,
+                max: cap,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The event rounded up to 8 bytes, plus the kernel's record header.
+fn record_bytes(event_size: u32) -> u64 {
+    u64::from(event_size).next_multiple_of(8) + RINGBUF_HEADER_BYTES
+}
+
+/// Smallest `N` with `1/N <= fraction`, where a fraction within floating-point
+/// noise of `1/N` counts as `1/N`. `fraction` is validated to `[2^-20, 1]`.
+fn sample_every_for(fraction: f64) -> u64 {
+    let inverse = 1.0 / fraction;
+    let nearest = inverse.round();
+    if (inverse - nearest).abs() <= nearest * 1e-9 {
+        nearest as u64
+    } else {
+        inverse.ceil() as u64
+    }
+}
+
+/// `1536.0` → "1.5 KiB": binary units, one decimal.
+fn bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut value, mut unit) = (n, 0);
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{} {}", decimal(value, 1), UNITS[unit])
+}
+
+fn percent(fraction: f64) -> String {
+    format!("{}%", decimal(fraction * 100.0, 2))
+}
+
+/// `v` with at most `places` decimals, trailing zeros dropped.
+fn decimal(v: f64, places: usize) -> String {
+    let s = format!("{v:.places$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KIB: u64 = 1024;
+    const PAGE: u64 = 4 * KIB;
+
+    fn input(budget: u64, probes: Vec<ProbeDemand>) -> PlanInput {
+        PlanInput {
+            page_size: PAGE,
+            node_budget_bytes: budget,
+            max_bytes_per_probe: DEFAULT_MAX_BYTES_PER_PROBE,
+            probes,
+        }
+    }
+
+    /// 48-byte events (56-byte records), 1% drops allowed.
+    fn probe(name: &str, rate: f64, priority: i32) -> ProbeDemand {
+        ProbeDemand {
+            priority,
+            ..ProbeDemand::new(name, 48, rate, 0.01)
+        }
+    }
+
+    fn only(input: &PlanInput) -> ProbePlan {
+        plan(input).unwrap().probes.remove(0)
+    }
+
+    #[test]
+    fn a_lone_probe_gets_its_need_rounded_up_to_a_power_of_two() {
+        // (event size, rate, page, cap, ring, record, needed)
+        let cases = [
+            // 10000 × 56 × 0.1 × 2 = 112000
+            (48, 10_000.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, 128 * KIB, 56, 112_000.0),
+            // 50 aligns to 56: 10000 × 64 × 0.1 × 2 = 128000
+            (50, 10_000.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, 128 * KIB, 64, 128_000.0),
+            // empty events are bare headers: 5120 × 8 × 0.1 × 2 = 8192 exactly
+            (0, 5_120.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, 8 * KIB, 8, 8_192.0),
+            // a trickle still gets a page, 64 KiB on arm64
+            (48, 1.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, PAGE, 56, 11.2),
+            (48, 1.0, 64 * KIB, DEFAULT_MAX_BYTES_PER_PROBE, 64 * KIB, 56, 11.2),
+            // a record larger than a page needs a ring that holds it
+            (5000, 1.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, 8 * KIB, 5016, 1003.2),
+            // 1e6 × 56 × 0.1 × 2 = 11.2 MB, capped at 1 MiB
+            (48, 1e6, PAGE, 1 << 20, 1 << 20, 56, 11_200_000.0),
+        ];
+        for (event_size, rate, page, cap, ring, record, needed) in cases {
+            let mut i = input(u64::MAX, vec![ProbeDemand::new("p", event_size, rate, 0.99)]);
+            (i.page_size, i.max_bytes_per_probe) = (page, cap);
+            let p = only(&i);
+            let case = format!("event {event_size} B at {rate} ev/s");
+            assert_eq!(p.ring_bytes, ring, "{case}");
+            assert_eq!(p.record_bytes, record, "{case}");
+            assert!((p.needed_bytes - needed).abs() < 1e-6, "{case}: {}", p.needed_bytes);
+        }
+    }
+
+    #[test]
+    fn the_reasons_show_the_arithmetic() {
+        let p = only(&input(u64::MAX, vec![probe("p", 10_000.0, 0)]));
+        assert_eq!(
+            p.reasons,
+            ["needs 109.4 KiB for 10000 ev/s × 56 B × 100ms × burst 2; rounded to 128 KiB"]
+        );
+        assert_eq!((p.sample_every, p.effective_sampling, p.predicted_drop), (1, 1.0, 0.0));
+    }
+
+    #[test]
+    fn a_probe_without_an_event_path_gets_no_ring_and_costs_no_budget() {
+        let plan = plan(&input(128 * KIB, vec![probe("agg", 0.0, 0), probe("ev", 10_000.0, 0)])).unwrap();
+        let agg = &plan.probes[0];
+        assert_eq!((agg.ring_bytes, agg.record_bytes, agg.predicted_drop), (0, 0, 0.0));
+        assert_eq!(plan.probes[1].ring_bytes, 128 * KIB);
+        assert_eq!(plan.used_bytes, 128 * KIB);
+        assert!(agg.reasons[0].contains("no event path"));
+    }
+
+    #[test]
+    fn requested_sampling_is_rounded_down_to_one_in_n_and_lowers_the_need() {
+        // (requested, N)
+        let cases = [(1.0, 1), (0.5, 2), (1.0 / 3.0, 3), (0.3, 4), (0.1, 10), (0.099, 11)];
+        for (requested, n) in cases {
+            let mut d = probe("p", 10_000.0, 0);
+            d.requested_sampling = requested;
+            let p = only(&input(u64::MAX, vec![d]));
+            assert_eq!(p.sample_every, n, "requested {requested}");
+            assert_eq!(p.effective_sampling, 1.0 / n as f64);
+            assert!((p.needed_bytes - 112_000.0 / n as f64).abs() < 1e-6);
+        }
+        let mut d = probe("p", 10_000.0, 0);
+        d.requested_sampling = 0.3;
+        let p = only(&input(u64::MAX, vec![d]));
+        // 10000 / 4 × 56 × 0.1 × 2 = 28000
+        assert_eq!(p.ring_bytes, 32 * KIB);
+        assert!(p.reasons[0].contains("0.3 rounded down to 1 in 4"));
+    }
+
+    #[test]
+    fn over_budget_the_least_important_then_largest_shrink_first() {
+        // Three rings of 128 KiB; "b" matters more.
+        let probes = || vec![probe("a", 10_000.0, 0), probe("b", 10_000.0, 1), probe("c", 10_000.0, 0)];
+        // (budget, rings, halvings of "a")
+        let cases = [
+            (384 * KIB, [128, 128, 128], 0),
+            // a, then c (now the larger) halve once.
+            (256 * KIB, [64, 128, 64], 1),
+            (192 * KIB, [32, 128, 32], 2),
+            (160 * KIB, [16, 128, 16], 3),
+            // a and c down to a page, then b.
+            (72 * KIB, [4, 64, 4], 5),
+            (12 * KIB, [4, 4, 4], 5),
+        ];
+        for (budget, rings, halvings) in cases {
+            let plan = plan(&input(budget, probes())).unwrap();
+            let got: Vec<u64> = plan.probes.iter().map(|p| p.ring_bytes / KIB).collect();
+            assert_eq!(got, rings, "budget {budget}");
+            assert_eq!(plan.used_bytes, rings.iter().sum::<u64>() * KIB);
+            let expected = match halvings {
+                0 => None,
+                1 => Some("halved once".to_owned()),
+                2 => Some("halved twice".to_owned()),
+                n => Some(format!("halved {n} times")),
+            };
+            let said = plan.probes[0].reasons.iter().find(|r| r.starts_with("halved"));
+            assert_eq!(said.map(|r| r.split(" to fit").next().unwrap().to_owned()), expected);
+        }
+    }
+
+    #[test]
+    fn shrunk_rings_sample_just_enough_to_stay_within_the_drop_rate() {
+        // 10000 ev/s × 56 B × 100ms = 56000 B per drain; a 16 KiB ring drops
+        // 1 − 16384/56000 = 70.7% at full rate. 1 in 3 still drops
+        // 1 − 3·16384/56000 = 12.2%; 1 in 4 drops nothing.
+        let probes = vec![probe("a", 10_000.0, 0), probe("b", 10_000.0, 1), probe("c", 10_000.0, 0)];
+        let plan = plan(&input(160 * KIB, probes)).unwrap();
+        let a = &plan.probes[0];
+        assert_eq!((a.ring_bytes, a.sample_every, a.effective_sampling), (16 * KIB, 4, 0.25));
+        assert_eq!(a.predicted_drop, 0.0);
+        assert_eq!(
+            a.reasons.last().unwrap(),
+            "sampling 1 in 4 so predicted drops 0% stay within maxDropRate 1%"
+        );
+        assert_eq!(plan.probes[1].sample_every, 1);
+    }
+
+    #[test]
+    fn sampling_stops_at_the_smallest_n_that_satisfies_the_drop_rate() {
+        // 100000 ev/s × 56 B × 100ms = 560000 B per drain into a 128 KiB cap.
+        // (allowed, N, predicted): N = ceil(560000·(1 − allowed)/131072).
+        let cases = [
+            (0.0, 5, 0.0),
+            (0.01, 5, 0.0),
+            (0.1, 4, 1.0 - 4.0 * 131_072.0 / 560_000.0),
+            (0.5, 3, 1.0 - 3.0 * 131_072.0 / 560_000.0),
+            (0.8, 1, 1.0 - 131_072.0 / 560_000.0),
+        ];
+        for (allowed, n, predicted) in cases {
+            let mut i = input(u64::MAX, vec![probe("p", 100_000.0, 0)]);
+            i.max_bytes_per_probe = 128 * KIB;
+            i.probes[0].max_drop_rate = allowed;
+            let p = only(&i);
+            assert_eq!(p.ring_bytes, 128 * KIB);
+            assert_eq!(p.sample_every, n, "allowed {allowed}");
+            assert!((p.predicted_drop - predicted).abs() < 1e-12, "allowed {allowed}");
+        }
+    }
+
+    #[test]
+    fn sampling_gives_up_at_its_bound_and_says_so() {
+        // 1e12 ev/s × 56 B × 100ms into one page needs 1 in 1.3e9.
+        let mut i = input(u64::MAX, vec![probe("flood", 1e12, 0)]);
+        i.max_bytes_per_probe = PAGE;
+        let p = only(&i);
+        assert_eq!(p.sample_every, MAX_SAMPLE_EVERY);
+        let expected = 1.0 - PAGE as f64 * MAX_SAMPLE_EVERY as f64 / 5.6e12;
+        assert!((p.predicted_drop - expected).abs() < 1e-12);
+        assert!(p.reasons.last().unwrap().starts_with("sampling capped at 1 in 1048576"));
+    }
+
+    #[test]
+    fn invalid_inputs_are_rejected_naming_the_field() {
+        let field = |f: fn(&mut PlanInput), name: &str| {
+            let mut i = input(u64::MAX, vec![probe("p", 1.0, 0)]);
+            f(&mut i);
+            match plan(&i) {
+                Err(PlanError::Field { probe, field, .. }) => assert_eq!((probe.as_str(), field), ("p", name)),
+                other => panic!("{name}: {other:?}"),
+            }
+        };
+        field(|i| i.probes[0].peak_rate = -1.0, "peakRate");
+        field(|i| i.probes[0].peak_rate = f64::NAN, "peakRate");
+        field(|i| i.probes[0].peak_rate = f64::INFINITY, "peakRate");
+        field(|i| i.probes[0].requested_sampling = 0.0, "requestedSampling");
+        field(|i| i.probes[0].requested_sampling = 1.5, "requestedSampling");
+        field(|i| i.probes[0].requested_sampling = 1e-9, "requestedSampling");
+        field(|i| i.probes[0].burst_factor = 0.5, "burstFactor");
+        field(|i| i.probes[0].burst_factor = f64::NAN, "burstFactor");
+        field(|i| i.probes[0].drain_interval = Duration::ZERO, "drainInterval");
+        field(|i| i.probes[0].max_drop_rate = 1.0, "maxDropRate");
+        field(|i| i.probes[0].max_drop_rate = -0.1, "maxDropRate");
+
+        let mut i = input(u64::MAX, vec![]);
+        i.page_size = 3000;
+        assert_eq!(plan(&i), Err(PlanError::PageSize(3000)));
+        for cap in [0, 2048, 3 * PAGE] {
+            i = input(u64::MAX, vec![]);
+            i.max_bytes_per_probe = cap;
+            assert_eq!(plan(&i), Err(PlanError::MaxBytesPerProbe { max: cap, page: PAGE }));
+        }
+        i = input(u64::MAX, vec![ProbeDemand::new("big", 70_000, 1.0, 0.0)]);
+        i.max_bytes_per_probe = 64 * KIB;
+        assert_eq!(
+            plan(&i),
+            Err(PlanError::RecordTooLarge { probe: "big".into(), record_bytes: 70_008, max: 64 * KIB })
+        );
+    }
+
+    #[test]
+    fn a_budget_below_one_page_per_event_path_is_an_error_naming_the_minimum() {
+        let probes = vec![probe("a", 1e6, 0), probe("agg", 0.0, 0), ProbeDemand::new("big", 5000, 1.0, 0.0)];
+        let err = plan(&input(12 * KIB - 1, probes.clone())).unwrap_err();
+        assert_eq!(err, PlanError::BudgetTooSmall { budget_bytes: 12 * KIB - 1, minimum_bytes: 12 * KIB });
+        assert!(err.to_string().contains("12288 B"));
+        assert_eq!(plan(&input(12 * KIB, probes)).unwrap().used_bytes, 12 * KIB);
+    }
+
+    fn demand() -> impl Strategy<Value = ProbeDemand> {
+        (
+            prop::sample::select(vec!["a", "b", "c", "d"]),
+            prop_oneof![0u32..=256, 0u32..=20_000],
+            prop_oneof![Just(0.0), 0.0..1e3, 0.0..1e7],
+            prop_oneof![Just(1.0), 0.001..=1.0],
+            1u64..=2_000,
+            1.0..8.0,
+            prop_oneof![Just(0.0), 0.0..0.5],
+            -2i32..=2,
+        )
+            .prop_map(|(name, event_size, rate, sampling, drain_ms, burst, allowed, priority)| ProbeDemand {
+                name: name.to_owned(),
+                event_size,
+                peak_rate: rate,
+                requested_sampling: sampling,
+                drain_interval: Duration::from_millis(drain_ms),
+                burst_factor: burst,
+                max_drop_rate: allowed,
+                priority,
+            })
+    }
+
+    fn plan_input() -> impl Strategy<Value = PlanInput> {
+        (
+            prop::sample::select(vec![PAGE, 64 * KIB]),
+            5u32..=16,
+            0u64..=64 << 20,
+            prop::collection::vec(demand(), 0..8),
+        )
+            .prop_map(|(page, cap_shift, budget, probes)| PlanInput {
+                page_size: page,
+                node_budget_bytes: budget,
+                max_bytes_per_probe: page << cap_shift,
+                probes,
+            })
+    }
+
+    /// Plans that could not be made fail only for lack of budget or room.
+    fn plan_or_skip(i: &PlanInput) -> Result<Option<Plan>, TestCaseError> {
+        match plan(i) {
+            Ok(p) => Ok(Some(p)),
+            Err(PlanError::BudgetTooSmall { .. } | PlanError::RecordTooLarge { .. }) => Ok(None),
+            Err(e) => Err(TestCaseError::fail(e.to_string())),
+        }
+    }
+
+    fn floor(i: &PlanInput, p: &ProbePlan) -> u64 {
+        i.page_size.max(p.record_bytes.next_power_of_two())
+    }
+
+    proptest! {
+        #[test]
+        fn rings_are_powers_of_two_from_a_page_to_the_cap_or_zero_without_an_event_path(i in plan_input()) {
+            let Some(plan) = plan_or_skip(&i)? else { return Ok(()) };
+            prop_assert_eq!(plan.probes.len(), i.probes.len());
+            for (d, p) in i.probes.iter().zip(&plan.probes) {
+                prop_assert_eq!(&d.name, &p.name);
+                if d.peak_rate == 0.0 {
+                    prop_assert_eq!(p.ring_bytes, 0);
+                } else {
+                    prop_assert!(p.ring_bytes.is_power_of_two());
+                    prop_assert!(p.ring_bytes >= floor(&i, p) && p.ring_bytes <= i.max_bytes_per_probe);
+                }
+            }
+        }
+
+        #[test]
+        fn the_rings_never_exceed_the_budget(i in plan_input()) {
+            let Some(plan) = plan_or_skip(&i)? else { return Ok(()) };
+            prop_assert_eq!(plan.used_bytes, plan.probes.iter().map(|p| p.ring_bytes).sum::<u64>());
+            prop_assert!(plan.used_bytes <= i.node_budget_bytes);
+        }
+
+        #[test]
+        fn declaring_more_never_yields_a_smaller_ring(i in plan_input(), pick in any::<prop::sample::Index>(), more in 1.0..100.0f64) {
+            prop_assume!(!i.probes.is_empty());
+            let k = pick.index(i.probes.len());
+            let mut busier = i.clone();
+            busier.probes[k].peak_rate = (i.probes[k].peak_rate * more).max(1.0);
+            let (Some(before), Some(after)) = (plan_or_skip(&i)?, plan_or_skip(&busier)?) else { return Ok(()) };
+            prop_assert!(after.probes[k].ring_bytes >= before.probes[k].ring_bytes);
+        }
+
+        #[test]
+        fn predicted_drops_stay_within_bounds_unless_sampling_hit_its_limit(i in plan_input()) {
+            let Some(plan) = plan_or_skip(&i)? else { return Ok(()) };
+            for (d, p) in i.probes.iter().zip(&plan.probes) {
+                prop_assert!((1..=MAX_SAMPLE_EVERY).contains(&p.sample_every));
+                prop_assert_eq!(p.effective_sampling, 1.0 / p.sample_every as f64);
+                prop_assert!(p.effective_sampling <= d.requested_sampling);
+                prop_assert!((0.0..=1.0).contains(&p.predicted_drop));
+                if p.sample_every == MAX_SAMPLE_EVERY && p.predicted_drop > d.max_drop_rate {
+                    prop_assert!(p.reasons.iter().any(|r| r.starts_with("sampling capped")));
+                } else {
+                    prop_assert!(p.predicted_drop <= d.max_drop_rate, "{:?}", p);
+                }
+            }
+        }
+
+        #[test]
+        fn sampling_is_no_sparser_than_it_has_to_be(i in plan_input()) {
+            let Some(plan) = plan_or_skip(&i)? else { return Ok(()) };
+            for (d, p) in i.probes.iter().zip(&plan.probes) {
+                if p.sample_every > sample_every_for(d.requested_sampling) {
+                    let per_drain = d.peak_rate * p.record_bytes as f64 * d.drain_interval.as_secs_f64();
+                    let denser = 1.0 - p.ring_bytes as f64 * (p.sample_every - 1) as f64 / per_drain;
+                    prop_assert!(denser > d.max_drop_rate);
+                }
+            }
+        }
+
+        #[test]
+        fn the_plan_is_deterministic_and_independent_of_input_order(i in plan_input()) {
+            let mut unique = i.clone();
+            for (n, p) in unique.probes.iter_mut().enumerate() {
+                p.name = format!("{}{n}", p.name);
+            }
+            let first = plan(&unique);
+            prop_assert_eq!(&first, &plan(&unique.clone()));
+            let mut reversed = unique.clone();
+            reversed.probes.reverse();
+            let mut second = plan(&reversed);
+            if let Ok(p) = &mut second {
+                p.probes.reverse();
+            }
+            prop_assert_eq!(first, second);
+        }
+
+        #[test]
+        fn shrinking_takes_lower_priorities_then_larger_rings_first(i in plan_input()) {
+            let Some(plan) = plan_or_skip(&i)? else { return Ok(()) };
+            let unbounded = super::plan(&PlanInput { node_budget_bytes: u64::MAX, ..i.clone() }).unwrap();
+            for (j, shrunk) in plan.probes.iter().enumerate() {
+                if shrunk.ring_bytes == unbounded.probes[j].ring_bytes {
+                    continue;
+                }
+                for (k, other) in plan.probes.iter().enumerate() {
+                    let (pj, pk) = (i.probes[j].priority, i.probes[k].priority);
+                    let above_floor = other.ring_bytes > floor(&i, other);
+                    prop_assert!(pk >= pj || !above_floor, "{} shrank before lower-priority {}", j, k);
+                    if pk == pj && above_floor {
+                        prop_assert!(other.ring_bytes <= 2 * shrunk.ring_bytes, "{} shrank before larger {}", j, k);
+                    }
+                }
+            }
+        }
+    }
+}
