@@ -5,7 +5,7 @@ CARGO ?= cargo
 AGENT := target/release/ringwarden-agent
 RUN_SECONDS ?= 20
 
-.PHONY: deps build run test lint fmt crds bench clean
+.PHONY: deps build run test lint fmt crds clean
 
 ## deps: install toolchain pieces, LLVM, bpf-linker; mount tracefs and bpffs (idempotent)
 deps:
@@ -29,6 +29,10 @@ test: deps
 lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## crds: regenerate crds/ringwarden.dev_crds.yaml from the Rust types (a test checks it)
+crds:
+	$(CARGO) run --quiet -p ringwarden-crds --bin crdgen > crds/ringwarden.dev_crds.yaml
 
 fmt:
 	$(CARGO) fmt --all

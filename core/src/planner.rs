@@ -82,7 +82,12 @@ pub struct ProbeDemand {
 
 impl ProbeDemand {
     /// A demand with the default sampling, drain interval, burst factor and priority.
-    pub fn new(name: impl Into<String>, event_size: u32, peak_rate: f64, max_drop_rate: f64) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        event_size: u32,
+        peak_rate: f64,
+        max_drop_rate: f64,
+    ) -> Self {
         Self {
             name: name.into(),
             event_size,
@@ -173,7 +178,7 @@ pub enum PlanError {
 /// Sizes every probe's ring and sampling; see the module docs for the model.
 pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     validate(input)?;
-    let mut sized: Vec<Sized> = input.probes.iter().map(|p| size(p, input)).collect();
+    let mut sized: Vec<Draft> = input.probes.iter().map(|p| size(p, input)).collect();
 
     let budget = u128::from(input.node_budget_bytes);
     let minimum: u128 = sized.iter().map(|s| u128::from(s.floor)).sum();
@@ -215,7 +220,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
 }
 
 /// A probe between sizing and the budget.
-struct Sized {
+struct Draft {
     record: u64,
     needed: f64,
     /// Sampling from the request, before any lowering for drops.
@@ -227,7 +232,7 @@ struct Sized {
     reasons: Vec<String>,
 }
 
-fn size(p: &ProbeDemand, input: &PlanInput) -> Sized {
+fn size(p: &ProbeDemand, input: &PlanInput) -> Draft {
     let sample_every = sample_every_for(p.requested_sampling);
     let mut reasons = Vec::new();
     if p.requested_sampling != 1.0 / sample_every as f64 {
@@ -238,7 +243,7 @@ fn size(p: &ProbeDemand, input: &PlanInput) -> Sized {
     }
     if p.peak_rate == 0.0 {
         reasons.push("no event path (peakRate 0), so no ring buffer".to_owned());
-        return Sized {
+        return Draft {
             record: 0,
             needed: 0.0,
             sample_every,
@@ -257,7 +262,10 @@ fn size(p: &ProbeDemand, input: &PlanInput) -> Sized {
     // The kernel rejects a record larger than the ring, so one must fit.
     let floor = page.max(record.next_power_of_two());
     let (ring, outcome) = if needed > cap as f64 {
-        (cap, format!("capped at maxBytesPerProbe {}", bytes(cap as f64)))
+        (
+            cap,
+            format!("capped at maxBytesPerProbe {}", bytes(cap as f64)),
+        )
     } else {
         let rounded = (needed.ceil() as u64).next_power_of_two();
         let ring = rounded.clamp(floor, cap);
@@ -266,7 +274,10 @@ fn size(p: &ProbeDemand, input: &PlanInput) -> Sized {
         } else if ring == page {
             format!("raised to one page ({})", bytes(page as f64))
         } else {
-            format!("raised to {}, the smallest ring that holds a record", bytes(ring as f64))
+            format!(
+                "raised to {}, the smallest ring that holds a record",
+                bytes(ring as f64)
+            )
         };
         (ring, outcome)
     };
@@ -282,7 +293,7 @@ fn size(p: &ProbeDemand, input: &PlanInput) -> Sized {
         format_duration(p.drain_interval),
         decimal(p.burst_factor, 2),
     ));
-    Sized {
+    Draft {
         record,
         needed,
         sample_every,
@@ -295,8 +306,8 @@ fn size(p: &ProbeDemand, input: &PlanInput) -> Sized {
 
 /// Explains the halvings and lowers the sampling until the predicted drops
 /// are within bounds.
-fn finish(p: &ProbeDemand, s: Sized, budget: u64) -> ProbePlan {
-    let Sized {
+fn finish(p: &ProbeDemand, s: Draft, budget: u64) -> ProbePlan {
+    let Draft {
         record,
         needed,
         sample_every: requested,
@@ -396,7 +407,11 @@ fn validate(input: &PlanInput) -> Result<(), PlanError> {
             ),
             (
                 (1.0 / MAX_SAMPLE_EVERY as f64..=1.0).contains(&p.requested_sampling),
-                field("requestedSampling", p.requested_sampling.to_string(), "in [1/1048576, 1]"),
+                field(
+                    "requestedSampling",
+                    p.requested_sampling.to_string(),
+                    "in [1/1048576, 1]",
+                ),
             ),
             (
                 p.burst_factor.is_finite() && p.burst_factor >= 1.0,
@@ -502,27 +517,74 @@ mod tests {
         // (event size, rate, page, cap, ring, record, needed)
         let cases = [
             // 10000 × 56 × 0.1 × 2 = 112000
-            (48, 10_000.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, 128 * KIB, 56, 112_000.0),
+            (
+                48,
+                10_000.0,
+                PAGE,
+                DEFAULT_MAX_BYTES_PER_PROBE,
+                128 * KIB,
+                56,
+                112_000.0,
+            ),
             // 50 aligns to 56: 10000 × 64 × 0.1 × 2 = 128000
-            (50, 10_000.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, 128 * KIB, 64, 128_000.0),
+            (
+                50,
+                10_000.0,
+                PAGE,
+                DEFAULT_MAX_BYTES_PER_PROBE,
+                128 * KIB,
+                64,
+                128_000.0,
+            ),
             // empty events are bare headers: 5120 × 8 × 0.1 × 2 = 8192 exactly
-            (0, 5_120.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, 8 * KIB, 8, 8_192.0),
+            (
+                0,
+                5_120.0,
+                PAGE,
+                DEFAULT_MAX_BYTES_PER_PROBE,
+                8 * KIB,
+                8,
+                8_192.0,
+            ),
             // a trickle still gets a page, 64 KiB on arm64
             (48, 1.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, PAGE, 56, 11.2),
-            (48, 1.0, 64 * KIB, DEFAULT_MAX_BYTES_PER_PROBE, 64 * KIB, 56, 11.2),
+            (
+                48,
+                1.0,
+                64 * KIB,
+                DEFAULT_MAX_BYTES_PER_PROBE,
+                64 * KIB,
+                56,
+                11.2,
+            ),
             // a record larger than a page needs a ring that holds it
-            (5000, 1.0, PAGE, DEFAULT_MAX_BYTES_PER_PROBE, 8 * KIB, 5016, 1003.2),
+            (
+                5001,
+                1.0,
+                PAGE,
+                DEFAULT_MAX_BYTES_PER_PROBE,
+                8 * KIB,
+                5016,
+                1003.2,
+            ),
             // 1e6 × 56 × 0.1 × 2 = 11.2 MB, capped at 1 MiB
             (48, 1e6, PAGE, 1 << 20, 1 << 20, 56, 11_200_000.0),
         ];
         for (event_size, rate, page, cap, ring, record, needed) in cases {
-            let mut i = input(u64::MAX, vec![ProbeDemand::new("p", event_size, rate, 0.99)]);
+            let mut i = input(
+                u64::MAX,
+                vec![ProbeDemand::new("p", event_size, rate, 0.99)],
+            );
             (i.page_size, i.max_bytes_per_probe) = (page, cap);
             let p = only(&i);
             let case = format!("event {event_size} B at {rate} ev/s");
             assert_eq!(p.ring_bytes, ring, "{case}");
             assert_eq!(p.record_bytes, record, "{case}");
-            assert!((p.needed_bytes - needed).abs() < 1e-6, "{case}: {}", p.needed_bytes);
+            assert!(
+                (p.needed_bytes - needed).abs() < 1e-6,
+                "{case}: {}",
+                p.needed_bytes
+            );
         }
     }
 
@@ -533,14 +595,24 @@ mod tests {
             p.reasons,
             ["needs 109.4 KiB for 10000 ev/s × 56 B × 100ms × burst 2; rounded to 128 KiB"]
         );
-        assert_eq!((p.sample_every, p.effective_sampling, p.predicted_drop), (1, 1.0, 0.0));
+        assert_eq!(
+            (p.sample_every, p.effective_sampling, p.predicted_drop),
+            (1, 1.0, 0.0)
+        );
     }
 
     #[test]
     fn a_probe_without_an_event_path_gets_no_ring_and_costs_no_budget() {
-        let plan = plan(&input(128 * KIB, vec![probe("agg", 0.0, 0), probe("ev", 10_000.0, 0)])).unwrap();
+        let plan = plan(&input(
+            128 * KIB,
+            vec![probe("agg", 0.0, 0), probe("ev", 10_000.0, 0)],
+        ))
+        .unwrap();
         let agg = &plan.probes[0];
-        assert_eq!((agg.ring_bytes, agg.record_bytes, agg.predicted_drop), (0, 0, 0.0));
+        assert_eq!(
+            (agg.ring_bytes, agg.record_bytes, agg.predicted_drop),
+            (0, 0, 0.0)
+        );
         assert_eq!(plan.probes[1].ring_bytes, 128 * KIB);
         assert_eq!(plan.used_bytes, 128 * KIB);
         assert!(agg.reasons[0].contains("no event path"));
@@ -549,7 +621,14 @@ mod tests {
     #[test]
     fn requested_sampling_is_rounded_down_to_one_in_n_and_lowers_the_need() {
         // (requested, N)
-        let cases = [(1.0, 1), (0.5, 2), (1.0 / 3.0, 3), (0.3, 4), (0.1, 10), (0.099, 11)];
+        let cases = [
+            (1.0, 1),
+            (0.5, 2),
+            (1.0 / 3.0, 3),
+            (0.3, 4),
+            (0.1, 10),
+            (0.099, 11),
+        ];
         for (requested, n) in cases {
             let mut d = probe("p", 10_000.0, 0);
             d.requested_sampling = requested;
@@ -569,7 +648,13 @@ mod tests {
     #[test]
     fn over_budget_the_least_important_then_largest_shrink_first() {
         // Three rings of 128 KiB; "b" matters more.
-        let probes = || vec![probe("a", 10_000.0, 0), probe("b", 10_000.0, 1), probe("c", 10_000.0, 0)];
+        let probes = || {
+            vec![
+                probe("a", 10_000.0, 0),
+                probe("b", 10_000.0, 1),
+                probe("c", 10_000.0, 0),
+            ]
+        };
         // (budget, rings, halvings of "a")
         let cases = [
             (384 * KIB, [128, 128, 128], 0),
@@ -592,8 +677,14 @@ mod tests {
                 2 => Some("halved twice".to_owned()),
                 n => Some(format!("halved {n} times")),
             };
-            let said = plan.probes[0].reasons.iter().find(|r| r.starts_with("halved"));
-            assert_eq!(said.map(|r| r.split(" to fit").next().unwrap().to_owned()), expected);
+            let said = plan.probes[0]
+                .reasons
+                .iter()
+                .find(|r| r.starts_with("halved"));
+            assert_eq!(
+                said.map(|r| r.split(" to fit").next().unwrap().to_owned()),
+                expected
+            );
         }
     }
 
@@ -602,10 +693,17 @@ mod tests {
         // 10000 ev/s × 56 B × 100ms = 56000 B per drain; a 16 KiB ring drops
         // 1 − 16384/56000 = 70.7% at full rate. 1 in 3 still drops
         // 1 − 3·16384/56000 = 12.2%; 1 in 4 drops nothing.
-        let probes = vec![probe("a", 10_000.0, 0), probe("b", 10_000.0, 1), probe("c", 10_000.0, 0)];
+        let probes = vec![
+            probe("a", 10_000.0, 0),
+            probe("b", 10_000.0, 1),
+            probe("c", 10_000.0, 0),
+        ];
         let plan = plan(&input(160 * KIB, probes)).unwrap();
         let a = &plan.probes[0];
-        assert_eq!((a.ring_bytes, a.sample_every, a.effective_sampling), (16 * KIB, 4, 0.25));
+        assert_eq!(
+            (a.ring_bytes, a.sample_every, a.effective_sampling),
+            (16 * KIB, 4, 0.25)
+        );
         assert_eq!(a.predicted_drop, 0.0);
         assert_eq!(
             a.reasons.last().unwrap(),
@@ -632,7 +730,10 @@ mod tests {
             let p = only(&i);
             assert_eq!(p.ring_bytes, 128 * KIB);
             assert_eq!(p.sample_every, n, "allowed {allowed}");
-            assert!((p.predicted_drop - predicted).abs() < 1e-12, "allowed {allowed}");
+            assert!(
+                (p.predicted_drop - predicted).abs() < 1e-12,
+                "allowed {allowed}"
+            );
         }
     }
 
@@ -645,7 +746,12 @@ mod tests {
         assert_eq!(p.sample_every, MAX_SAMPLE_EVERY);
         let expected = 1.0 - PAGE as f64 * MAX_SAMPLE_EVERY as f64 / 5.6e12;
         assert!((p.predicted_drop - expected).abs() < 1e-12);
-        assert!(p.reasons.last().unwrap().starts_with("sampling capped at 1 in 1048576"));
+        assert!(
+            p.reasons
+                .last()
+                .unwrap()
+                .starts_with("sampling capped at 1 in 1048576")
+        );
     }
 
     #[test]
@@ -654,19 +760,33 @@ mod tests {
             let mut i = input(u64::MAX, vec![probe("p", 1.0, 0)]);
             f(&mut i);
             match plan(&i) {
-                Err(PlanError::Field { probe, field, .. }) => assert_eq!((probe.as_str(), field), ("p", name)),
+                Err(PlanError::Field { probe, field, .. }) => {
+                    assert_eq!((probe.as_str(), field), ("p", name))
+                }
                 other => panic!("{name}: {other:?}"),
             }
         };
         field(|i| i.probes[0].peak_rate = -1.0, "peakRate");
         field(|i| i.probes[0].peak_rate = f64::NAN, "peakRate");
         field(|i| i.probes[0].peak_rate = f64::INFINITY, "peakRate");
-        field(|i| i.probes[0].requested_sampling = 0.0, "requestedSampling");
-        field(|i| i.probes[0].requested_sampling = 1.5, "requestedSampling");
-        field(|i| i.probes[0].requested_sampling = 1e-9, "requestedSampling");
+        field(
+            |i| i.probes[0].requested_sampling = 0.0,
+            "requestedSampling",
+        );
+        field(
+            |i| i.probes[0].requested_sampling = 1.5,
+            "requestedSampling",
+        );
+        field(
+            |i| i.probes[0].requested_sampling = 1e-9,
+            "requestedSampling",
+        );
         field(|i| i.probes[0].burst_factor = 0.5, "burstFactor");
         field(|i| i.probes[0].burst_factor = f64::NAN, "burstFactor");
-        field(|i| i.probes[0].drain_interval = Duration::ZERO, "drainInterval");
+        field(
+            |i| i.probes[0].drain_interval = Duration::ZERO,
+            "drainInterval",
+        );
         field(|i| i.probes[0].max_drop_rate = 1.0, "maxDropRate");
         field(|i| i.probes[0].max_drop_rate = -0.1, "maxDropRate");
 
@@ -676,21 +796,41 @@ mod tests {
         for cap in [0, 2048, 3 * PAGE] {
             i = input(u64::MAX, vec![]);
             i.max_bytes_per_probe = cap;
-            assert_eq!(plan(&i), Err(PlanError::MaxBytesPerProbe { max: cap, page: PAGE }));
+            assert_eq!(
+                plan(&i),
+                Err(PlanError::MaxBytesPerProbe {
+                    max: cap,
+                    page: PAGE
+                })
+            );
         }
         i = input(u64::MAX, vec![ProbeDemand::new("big", 70_000, 1.0, 0.0)]);
         i.max_bytes_per_probe = 64 * KIB;
         assert_eq!(
             plan(&i),
-            Err(PlanError::RecordTooLarge { probe: "big".into(), record_bytes: 70_008, max: 64 * KIB })
+            Err(PlanError::RecordTooLarge {
+                probe: "big".into(),
+                record_bytes: 70_008,
+                max: 64 * KIB
+            })
         );
     }
 
     #[test]
     fn a_budget_below_one_page_per_event_path_is_an_error_naming_the_minimum() {
-        let probes = vec![probe("a", 1e6, 0), probe("agg", 0.0, 0), ProbeDemand::new("big", 5000, 1.0, 0.0)];
+        let probes = vec![
+            probe("a", 1e6, 0),
+            probe("agg", 0.0, 0),
+            ProbeDemand::new("big", 5000, 1.0, 0.0),
+        ];
         let err = plan(&input(12 * KIB - 1, probes.clone())).unwrap_err();
-        assert_eq!(err, PlanError::BudgetTooSmall { budget_bytes: 12 * KIB - 1, minimum_bytes: 12 * KIB });
+        assert_eq!(
+            err,
+            PlanError::BudgetTooSmall {
+                budget_bytes: 12 * KIB - 1,
+                minimum_bytes: 12 * KIB
+            }
+        );
         assert!(err.to_string().contains("12288 B"));
         assert_eq!(plan(&input(12 * KIB, probes)).unwrap().used_bytes, 12 * KIB);
     }
@@ -706,16 +846,20 @@ mod tests {
             prop_oneof![Just(0.0), 0.0..0.5],
             -2i32..=2,
         )
-            .prop_map(|(name, event_size, rate, sampling, drain_ms, burst, allowed, priority)| ProbeDemand {
-                name: name.to_owned(),
-                event_size,
-                peak_rate: rate,
-                requested_sampling: sampling,
-                drain_interval: Duration::from_millis(drain_ms),
-                burst_factor: burst,
-                max_drop_rate: allowed,
-                priority,
-            })
+            .prop_map(
+                |(name, event_size, rate, sampling, drain_ms, burst, allowed, priority)| {
+                    ProbeDemand {
+                        name: name.to_owned(),
+                        event_size,
+                        peak_rate: rate,
+                        requested_sampling: sampling,
+                        drain_interval: Duration::from_millis(drain_ms),
+                        burst_factor: burst,
+                        max_drop_rate: allowed,
+                        priority,
+                    }
+                },
+            )
     }
 
     fn plan_input() -> impl Strategy<Value = PlanInput> {

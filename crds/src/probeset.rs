@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "ProbeSetStatus",
     shortname = "ps",
+    doc = "Declares eBPF latency probes: which kernel events to time, on which nodes, for which processes.",
     category = "ringwarden",
     printcolumn = r#"{"name":"Probes","type":"integer","jsonPath":".status.probes"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
