@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct LoadReport {
     pub pid: u32,
     pub getppid_calls: u64,
+    /// Children forked (each exits at once).
+    pub forks: u64,
     /// User-space duration of each `nanosleep`, in ns (clock_gettime around the syscall).
     pub nanosleep_ns: Vec<u64>,
 }

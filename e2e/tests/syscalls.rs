@@ -156,6 +156,29 @@ fn a_comm_filter_counts_only_processes_with_that_name() {
 }
 
 #[test]
+fn a_forked_childs_return_from_clone_is_neither_an_event_nor_a_loss() {
+    require_bpf_privileges();
+    // Children inherit the comm, so the filter sees both sides of each fork.
+    let load = Load::spawn(&["--name", "rw-forker", "--forks", "200"]);
+    let probe = load_probe(vec![], vec!["rw-forker".into()]);
+    let report = load.go();
+    let snap = probe.snapshot().unwrap();
+    let c = snap.counters;
+    assert_eq!(c.check_identities(), Ok(()), "{c:?}");
+    // Only the read the parent was blocked in when the probe attached.
+    assert_eq!(c.pairing_dropped, 1, "{c:?}");
+    let clones: u64 = [Sysno::clone, Sysno::clone3, Sysno::fork, Sysno::vfork]
+        .iter()
+        .filter_map(|s| snap.series.get(&(s.id() as u32)))
+        .map(|h| h.count())
+        .sum();
+    assert_eq!(
+        clones, report.forks,
+        "one event per fork: the parent's call"
+    );
+}
+
+#[test]
 fn the_agent_never_observes_itself_even_when_a_filter_names_it() {
     require_bpf_privileges();
     let probe = load_probe(vec![std::process::id()], vec![]);
@@ -182,7 +205,7 @@ fn dropping_a_probe_detaches_it_and_a_new_one_starts_from_zero() {
     first.go();
     assert_eq!(count(&probe, Sysno::getppid), 500);
     let ids = probe.program_ids().to_vec();
-    assert_eq!(ids.len(), 2, "enter and exit programs");
+    assert_eq!(ids.len(), 3, "fork, enter and exit programs");
     assert!(ids.iter().all(|id| loaded_program_ids().contains(id)));
     drop(probe);
     // The kernel frees programs after an RCU grace period: poll briefly.

@@ -180,9 +180,11 @@ impl SyscallProbe {
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
 
         let mut program_ids = Vec::new();
-        // Exit first: an exit without a start is counted as a pairing loss,
-        // while a start without an exit program would never be consumed.
+        // Fork marking and exit first: an exit without a start is counted
+        // as a pairing loss, while a start without an exit program would
+        // never be consumed.
         for (program, tracepoint) in [
+            (programs::SCHED_FORK, "sched_process_fork"),
             (programs::SYS_EXIT, "sys_exit"),
             (programs::SYS_ENTER, "sys_enter"),
         ] {

@@ -37,6 +37,7 @@ fn main() {
     let getppid = arg(&args, "--getppid", 0);
     let sleeps = arg(&args, "--nanosleep", 0);
     let sleep_ns = arg(&args, "--nanosleep-ns", 2_000_000);
+    let forks = arg(&args, "--forks", 0);
     if let Some(i) = args.iter().position(|a| a == "--name") {
         let name = std::ffi::CString::new(args[i + 1].as_str()).expect("name without NUL");
         // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
@@ -69,9 +70,22 @@ fn main() {
         };
         nanosleep_ns.push(now_ns() - t0);
     }
+    for _ in 0..forks {
+        // SAFETY: the child only calls async-signal-safe _exit.
+        match unsafe { libc::fork() } {
+            0 => unsafe { libc::_exit(0) },
+            -1 => panic!("fork failed"),
+            child => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+            }
+        }
+    }
     let report = LoadReport {
         pid: std::process::id(),
         getppid_calls: getppid,
+        forks,
         nanosleep_ns,
     };
     writeln!(stdout.lock(), "{}", serde_json::to_string(&report).unwrap()).unwrap();

@@ -40,6 +40,7 @@ pub mod maps {
 pub mod programs {
     pub const SYS_ENTER: &str = "rw_sys_enter";
     pub const SYS_EXIT: &str = "rw_sys_exit";
+    pub const SCHED_FORK: &str = "rw_sched_fork";
 }
 
 /// Read-only globals the loader sets before the verifier sees the program,
@@ -65,10 +66,17 @@ pub const FILTER_COMM: u32 = 2;
 pub struct SyscallStart {
     /// `bpf_ktime_get_ns()` at `sys_enter`.
     pub ts_ns: u64,
-    /// Syscall number seen at enter; an exit with another number is a pairing loss.
+    /// Syscall number seen at enter.
     pub nr: u32,
-    pub _pad: u32,
+    /// [`START_FORKED`] while a new task has not yet returned from the
+    /// `clone`/`fork` its parent made.
+    pub flags: u32,
 }
+
+/// `SyscallStart::flags`: the task was just forked. Its first `sys_exit` is
+/// the child's return from its parent's `clone`, not a syscall of its own,
+/// so it is neither an event nor a loss.
+pub const START_FORKED: u32 = 1;
 const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
 
 /// Per-probe loss accounting, one per CPU, summed by user space.

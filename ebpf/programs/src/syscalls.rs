@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use ringwarden_ebpf_common::{
     COMM_LEN, FILTER_COMM, FILTER_COMMS_ENTRIES, FILTER_PID, FILTER_PIDS_ENTRIES, HIST_BUCKETS,
-    LatencyHist, MAX_SYSCALLS, ProbeCounters, SYSCALL_OVERFLOW_SERIES, SYSCALL_SERIES,
-    SyscallStart, bucket_index,
+    LatencyHist, MAX_SYSCALLS, ProbeCounters, START_FORKED, SYSCALL_OVERFLOW_SERIES,
+    SYSCALL_SERIES, SyscallStart, bucket_index,
 };
 
 use crate::task_storage::TaskStorage;
@@ -93,6 +93,7 @@ pub fn rw_sys_enter(ctx: BtfTracePointContext) -> i32 {
             // SAFETY: non-null pointer to this task's value, returned by the helper.
             unsafe {
                 (*start).nr = nr as u32;
+                (*start).flags = 0;
                 (*start).ts_ns = bpf_ktime_get_ns();
             }
         }
@@ -106,6 +107,19 @@ pub fn rw_sys_enter(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Marks every new task so its first `sys_exit` (the return from the
+/// parent's `clone`) is not mistaken for a call whose start was lost.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn rw_sched_fork(ctx: BtfTracePointContext) -> i32 {
+    // sched_process_fork(struct task_struct *parent, struct task_struct *child)
+    let child: *mut core::ffi::c_void = ctx.arg(1);
+    if let Some(s) = SYS_START.of_or_create(child) {
+        // SAFETY: non-null pointer to the child's value.
+        unsafe { (*s).flags = START_FORKED };
+    }
+    0
+}
+
 #[btf_tracepoint(function = "sys_exit")]
 pub fn rw_sys_exit(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: reads the monotonic clock, no preconditions.
@@ -115,16 +129,21 @@ pub fn rw_sys_exit(ctx: BtfTracePointContext) -> i32 {
     };
     // Take this task's start, if sys_enter stored one: a stored start means
     // the filters already passed, so the fast path needs no filter check.
-    let start = SYS_START.current().and_then(|s| {
+    let mut start = None;
+    if let Some(s) = SYS_START.current() {
         // SAFETY: non-null pointer to this task's value.
         unsafe {
             let ts = (*s).ts_ns;
-            (ts != 0).then(|| {
+            if ts != 0 {
                 (*s).ts_ns = 0;
-                ((*s).nr, ts)
-            })
+                start = Some(((*s).nr, ts));
+            } else if (*s).flags & START_FORKED != 0 {
+                // A new task returning from its parent's clone: no event.
+                (*s).flags = 0;
+                return 0;
+            }
         }
-    });
+    }
     let Some((nr, ts)) = start else {
         // No start: the probe was attached mid-call, or the start could not
         // be stored. Count it only if the task is one we observe.

@@ -40,10 +40,16 @@ impl<T> TaskStorage<T> {
 
     #[inline(always)]
     fn get(&self, flags: u64) -> *mut T {
-        // SAFETY: `bpf_get_current_task_btf` always returns the running task;
-        // the helper returns null or a pointer to this task's zero-initialised value.
+        // SAFETY: `bpf_get_current_task_btf` always returns the running task.
+        self.get_for(unsafe { bpf_get_current_task_btf() }.cast(), flags)
+    }
+
+    #[inline(always)]
+    fn get_for(&self, task: *mut c_void, flags: u64) -> *mut T {
+        // SAFETY: `task` is a trusted task pointer (the current task or a
+        // tp_btf argument); the helper returns null or a pointer to that
+        // task's zero-initialised value.
         unsafe {
-            let task = bpf_get_current_task_btf();
             bpf_task_storage_get(
                 ptr::from_ref(self).cast_mut().cast::<c_void>(),
                 task.cast(),
@@ -52,6 +58,13 @@ impl<T> TaskStorage<T> {
             )
             .cast()
         }
+    }
+
+    /// The value of `task` (a trusted `task_struct` pointer), created zeroed if missing.
+    #[inline(always)]
+    pub fn of_or_create(&self, task: *mut c_void) -> Option<*mut T> {
+        let p = self.get_for(task, BPF_LOCAL_STORAGE_GET_F_CREATE.into());
+        (!p.is_null()).then_some(p)
     }
 
     /// The current task's value, if it has one.
