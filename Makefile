@@ -29,6 +29,9 @@ test: deps
 lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The kernel programs only compile for the BPF target; lint them there too.
+	RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/bpf-lint $(CARGO) clippy -p ringwarden-ebpf \
+		--bins --release --target bpfel-unknown-none -Z build-std=core -- -D warnings
 
 ## crds: regenerate crds/ringwarden.dev_crds.yaml from the Rust types (a test checks it)
 crds:

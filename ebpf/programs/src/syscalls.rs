@@ -55,14 +55,14 @@ fn wanted(tgid: u32) -> bool {
     }
     let flags = global(&RW_FILTER_FLAGS);
     // SAFETY (both lookups): values are read only for presence.
-    if flags & FILTER_PID != 0 && unsafe { FILTER_PIDS.get(&tgid) }.is_none() {
+    if flags & FILTER_PID != 0 && unsafe { FILTER_PIDS.get(tgid) }.is_none() {
         return false;
     }
     if flags & FILTER_COMM != 0 {
         let Ok(comm) = bpf_get_current_comm() else {
             return false;
         };
-        if unsafe { FILTER_COMMS.get(&comm) }.is_none() {
+        if unsafe { FILTER_COMMS.get(comm) }.is_none() {
             return false;
         }
     }
