@@ -5,7 +5,7 @@ CARGO ?= cargo
 AGENT := target/release/ringwarden-agent
 RUN_SECONDS ?= 20
 
-.PHONY: deps build run test lint fmt crds clean
+.PHONY: deps build run test lint fmt crds bench clean
 
 ## deps: install toolchain pieces, LLVM, bpf-linker; mount tracefs and bpffs (idempotent)
 deps:
@@ -32,6 +32,11 @@ lint: deps
 	@# The kernel programs only compile for the BPF target; lint them there too.
 	RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/bpf-lint $(CARGO) clippy -p ringwarden-ebpf \
 		--bins --release --target bpfel-unknown-none -Z build-std=core -- -D warnings
+
+## bench: added CPU per probed syscall (see BENCHMARKS.md for the method and the reference)
+bench: deps
+	$(CARGO) build --release -p ringwarden-e2e --bins
+	target/release/bench-syscalls --calls $${CALLS:-3000000} --reps $${REPS:-5}
 
 ## crds: regenerate crds/ringwarden.dev_crds.yaml from the Rust types (a test checks it)
 crds:

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct LoadReport {
     pub pid: u32,
     pub getppid_calls: u64,
+    /// Thread CPU time spent in the getppid loop, in ns.
+    pub getppid_cpu_ns: u64,
     /// Children forked (each exits at once).
     pub forks: u64,
     /// User-space duration of each `nanosleep`, in ns (clock_gettime around the syscall).
@@ -18,18 +20,9 @@ pub struct LoadReport {
 
 /// Panics with an actionable message unless the process may load eBPF programs.
 pub fn require_bpf_privileges() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        panic!(
-            "live-kernel tests load eBPF programs and need root (or CAP_BPF + CAP_PERFMON); \
-             run `sudo make test`"
-        );
+    if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
+        panic!("live-kernel tests cannot run: {e}; run `sudo make test`");
     }
-    assert!(
-        std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
-        "live-kernel tests need kernel BTF at /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y)"
-    );
 }
 
 /// The value at rank `ceil(q·n)` of a sample: the order statistic a

@@ -48,6 +48,39 @@ pub enum ProbeError {
     Map { map: &'static str, message: String },
     #[error("filter: {0}")]
     Filter(String),
+    #[error(
+        "loading eBPF programs needs root or the capabilities CAP_BPF and CAP_PERFMON \
+         (effective capabilities here: {0:#x})"
+    )]
+    Privileges(u64),
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Whether an effective capability set may load and attach tracing programs.
+fn caps_allow_tracing(cap_eff: u64) -> bool {
+    let has = |cap: u32| cap_eff & (1 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Checks, before anything is loaded, that this process may load and attach
+/// tracing programs and that the kernel has BTF, so the error says what to do.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if !caps_allow_tracing(cap_eff) {
+        return Err(ProbeError::Privileges(cap_eff));
+    }
+    if !std::path::Path::new(KERNEL_BTF).exists() {
+        return Err(ProbeError::MissingBtf("no such file".into()));
+    }
+    Ok(())
 }
 
 fn permission_hint(message: &str) -> &'static str {
@@ -291,6 +324,21 @@ pub fn syscall_name(nr: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracing_needs_cap_bpf_and_cap_perfmon_or_cap_sys_admin() {
+        let cases = [
+            (0, false),
+            (1 << CAP_BPF, false),
+            (1 << CAP_PERFMON, false),
+            ((1 << CAP_BPF) | (1 << CAP_PERFMON), true),
+            (1 << CAP_SYS_ADMIN, true),
+            (0x1ff_ffff_ffff, true), // root's full set
+        ];
+        for (caps, allowed) in cases {
+            assert_eq!(caps_allow_tracing(caps), allowed, "{caps:#x}");
+        }
+    }
 
     #[test]
     fn verifier_excerpt_keeps_the_last_lines() {

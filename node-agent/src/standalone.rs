@@ -269,6 +269,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     let probesets = read_manifests(&args.files)?;
     let node = node_name(&args);
     let planned = plan(&probesets, &node, std::process::id());
+    crate::probes::check_privileges().map_err(|e| StandaloneError::NoProbes(e.to_string()))?;
     let (mut running, failures) = load_all(planned);
     if running.is_empty() {
         return Err(StandaloneError::NoProbes(failures.join("\n")));

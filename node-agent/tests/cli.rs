@@ -93,7 +93,9 @@ fn get(port: u16, path: &str) -> Option<String> {
 
 #[test]
 fn standalone_serves_metrics_stops_on_sigint_and_runs_again() {
-    ringwarden_e2e::require_bpf_privileges();
+    if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
+        panic!("this test loads eBPF programs and cannot run: {e}; run `sudo make test`");
+    }
     let port = free_port();
     let mut agent = Command::new(AGENT)
         .args([

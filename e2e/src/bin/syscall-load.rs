@@ -4,7 +4,7 @@
 //! (`--name`), print `ready`, block in `read(0)` until a line arrives, then
 //! run the workload and print one JSON [`LoadReport`] line.
 //!
-//! Syscalls are issued with `libc::syscall` so libc cannot substitute
+//! `--cpu K` pins it to one CPU (benchmarks). Syscalls are issued with `libc::syscall` so libc cannot substitute
 //! another (glibc's `nanosleep()` calls `clock_nanosleep`).
 
 use std::io::{BufRead, Write};
@@ -32,12 +32,31 @@ fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let getppid = arg(&args, "--getppid", 0);
     let sleeps = arg(&args, "--nanosleep", 0);
     let sleep_ns = arg(&args, "--nanosleep-ns", 2_000_000);
     let forks = arg(&args, "--forks", 0);
+    if let Some(i) = args.iter().position(|a| a == "--cpu") {
+        let cpu: usize = args[i + 1].parse().expect("--cpu takes a CPU number");
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
     if let Some(i) = args.iter().position(|a| a == "--name") {
         let name = std::ffi::CString::new(args[i + 1].as_str()).expect("name without NUL");
         // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
@@ -49,10 +68,13 @@ fn main() {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).unwrap();
 
+    // Thread CPU time excludes time the scheduler gave to others.
+    let c0 = thread_cpu_ns();
     for _ in 0..getppid {
         // SAFETY: getppid takes no arguments and cannot fail.
         unsafe { libc::syscall(libc::SYS_getppid) };
     }
+    let getppid_cpu_ns = thread_cpu_ns() - c0;
     let mut nanosleep_ns = Vec::with_capacity(sleeps as usize);
     let req = libc::timespec {
         tv_sec: (sleep_ns / 1_000_000_000) as libc::time_t,
@@ -85,6 +107,7 @@ fn main() {
     let report = LoadReport {
         pid: std::process::id(),
         getppid_calls: getppid,
+        getppid_cpu_ns,
         forks,
         nanosleep_ns,
     };
