@@ -22,23 +22,13 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn now_ns() -> u64 {
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -69,19 +59,19 @@ fn main() {
     std::io::stdin().lock().read_line(&mut line).unwrap();
 
     // Thread CPU time excludes time the scheduler gave to others.
-    let c0 = thread_cpu_ns();
+    let c0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
     for _ in 0..getppid {
         // SAFETY: getppid takes no arguments and cannot fail.
         unsafe { libc::syscall(libc::SYS_getppid) };
     }
-    let getppid_cpu_ns = thread_cpu_ns() - c0;
+    let getppid_cpu_ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - c0;
     let mut nanosleep_ns = Vec::with_capacity(sleeps as usize);
     let req = libc::timespec {
         tv_sec: (sleep_ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (sleep_ns % 1_000_000_000) as libc::c_long,
     };
     for _ in 0..sleeps {
-        let t0 = now_ns();
+        let t0 = clock_ns(libc::CLOCK_MONOTONIC);
         // SAFETY: valid request pointer; a null remainder is allowed.
         unsafe {
             libc::syscall(
@@ -90,7 +80,7 @@ fn main() {
                 std::ptr::null_mut::<libc::timespec>(),
             )
         };
-        nanosleep_ns.push(now_ns() - t0);
+        nanosleep_ns.push(clock_ns(libc::CLOCK_MONOTONIC) - t0);
     }
     for _ in 0..forks {
         // SAFETY: the child only calls async-signal-safe _exit.
