@@ -31,7 +31,7 @@ done
 BPF_LINKER_VERSION=0.13.0
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
     say "building bpf-linker $BPF_LINKER_VERSION against LLVM $LLVM (a few minutes, once)"
-    PATH="/usr/lib/llvm-$LLVM/bin:$PATH" cargo install --locked --quiet bpf-linker \
+    PATH="/usr/lib/llvm-$LLVM/bin:$PATH" cargo install --quiet bpf-linker \
         --version "$BPF_LINKER_VERSION" --no-default-features --features "llvm-$LLVM"
 fi
 
