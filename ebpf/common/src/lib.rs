@@ -18,8 +18,6 @@ pub const SYSCALL_OVERFLOW_SERIES: u32 = MAX_SYSCALLS;
 /// Entries of the syscall histogram array: one per syscall number plus overflow.
 pub const SYSCALL_SERIES: u32 = MAX_SYSCALLS + 1;
 
-/// Default capacity of the per-thread start map (threads in a syscall at once).
-pub const START_MAP_ENTRIES: u32 = 16_384;
 /// Capacity of the pid (tgid) filter set.
 pub const FILTER_PIDS_ENTRIES: u32 = 1024;
 /// Capacity of the comm filter set.
@@ -50,9 +48,6 @@ pub mod globals {
     pub const SELF_TGID: &str = "RW_SELF_TGID";
     /// `u32`: bit set of [`super::FILTER_PID`] | [`super::FILTER_COMM`].
     pub const FILTER_FLAGS: &str = "RW_FILTER_FLAGS";
-    /// `u32`: syscall numbers that never return (`exit`, `exit_group`); no start is stored for them.
-    pub const NR_EXIT: &str = "RW_NR_EXIT";
-    pub const NR_EXIT_GROUP: &str = "RW_NR_EXIT_GROUP";
 }
 
 /// Filter flag: only tgids in `FILTER_PIDS` are observed.
