@@ -7,3 +7,4 @@ pub mod accounting;
 pub mod duration;
 pub mod histogram;
 pub mod planner;
+pub mod quantity;

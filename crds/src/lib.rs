@@ -7,10 +7,15 @@
 //! No IO beyond what [`manifest::load_file`] reads.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod manifest;
 pub mod probeset;
 
-pub use probeset::{ProbeFilter, ProbeKind, ProbeSet, ProbeSetSpec, ProbeSetStatus, ProbeSpec};
+pub use agent::{AgentConfig, AgentProbe, Threshold};
+pub use probeset::{
+    ExportPolicy, ExportSpec, PlanStatus, ProbeFilter, ProbeKind, ProbePlanStatus, ProbeSet,
+    ProbeSetSpec, ProbeSetStatus, ProbeSpec, RingBufferSpec, UprobeTarget,
+};
 
 /// API group of every ringwarden resource.
 pub const GROUP: &str = "ringwarden.dev";

@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use ringwarden_core::duration::serde_duration;
 use schemars::JsonSchema;
@@ -20,7 +21,10 @@ use serde::{Deserialize, Serialize};
     shortname = "ps",
     doc = "Declares eBPF latency probes: which kernel events to time, on which nodes, for which processes.",
     category = "ringwarden",
-    printcolumn = r#"{"name":"Probes","type":"integer","jsonPath":".status.probes"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","description":"Nodes running the probes / nodes selected","jsonPath":".status.ready"}"#,
+    printcolumn = r#"{"name":"Events/s","type":"number","description":"Events per second across nodes","jsonPath":".status.eventsPerSecond"}"#,
+    printcolumn = r#"{"name":"Drop %","type":"number","description":"Exported events dropped by ring buffers","jsonPath":".status.dropPercent"}"#,
+    printcolumn = r#"{"name":"Ringbuf","type":"string","description":"Ring-buffer memory per node","jsonPath":".status.ringBuffer"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -30,8 +34,26 @@ pub struct ProbeSetSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
 
+    /// Pods whose processes are observed, by label. Each node's agent
+    /// resolves the matching pods on its node to cgroup v2 ids and filters
+    /// in the kernel. Absent: every process on the node (subject to each
+    /// probe's own filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+
     /// The probes to run. Names must be unique within the ProbeSet.
     pub probes: Vec<ProbeSpec>,
+
+    /// How the event path's ring buffers are sized; see the quota model in
+    /// docs/quota.md.
+    #[serde(default)]
+    pub ring_buffer: RingBufferSpec,
+
+    /// Largest fraction of exported events the ring buffers may drop at the
+    /// declared peak rate, between 0 and 1 (`0.01` = 1 %). When the node
+    /// budget cannot hold that, the planner lowers sampling until it can.
+    #[serde(default = "default_max_drop_rate")]
+    pub max_drop_rate: f64,
 
     /// How often agents read the kernel counters and report them, as a
     /// duration like `10s` or `1m`.
@@ -44,6 +66,50 @@ fn default_report_interval() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_max_drop_rate() -> f64 {
+    0.01
+}
+
+/// Ring-buffer sizing inputs of the quota model.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RingBufferSpec {
+    /// Longest the agent may leave a ring buffer undrained (its worst-case
+    /// stall), as a duration like `100ms`.
+    #[serde(default = "default_drain_interval", with = "serde_duration")]
+    #[schemars(with = "String")]
+    pub drain_interval: Duration,
+    /// Headroom over the declared peak rate for bursts (≥ 1).
+    #[serde(default = "default_burst_factor")]
+    pub burst_factor: f64,
+    /// Most ring-buffer memory these probes may use on one node, as a
+    /// Kubernetes quantity like `64Mi`.
+    #[serde(default = "default_node_budget")]
+    pub node_budget: String,
+}
+
+impl Default for RingBufferSpec {
+    fn default() -> Self {
+        Self {
+            drain_interval: default_drain_interval(),
+            burst_factor: default_burst_factor(),
+            node_budget: default_node_budget(),
+        }
+    }
+}
+
+fn default_drain_interval() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_burst_factor() -> f64 {
+    2.0
+}
+
+fn default_node_budget() -> String {
+    "64Mi".into()
+}
+
 /// One eBPF probe.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -52,14 +118,103 @@ pub struct ProbeSpec {
     /// such as `sys`. Appears as the `probe` label on metrics.
     pub name: String,
 
-    /// What the probe times. `syscalls`: every system call from entry to
-    /// return, one latency series per syscall, errors counted.
+    /// What the probe times: `syscalls`, `tcpConnect`, `tcpRetransmit`,
+    /// `runqueue`, `blockIO` or `uprobe` (see the catalog in the README).
     pub kind: ProbeKind,
+
+    /// For `kind: uprobe`: the function to time. Required for uprobes and
+    /// not allowed for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uprobe: Option<UprobeTarget>,
 
     /// Which processes are observed. Without a filter every process on the
     /// node is (except the agent itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<ProbeFilter>,
+
+    /// Most latency series the kernel keeps for this probe (syscalls,
+    /// ports, devices...). Events of further series are counted in one
+    /// overflow series.
+    #[serde(default = "default_max_series")]
+    pub max_series: u32,
+
+    /// Which events are also sent one by one through the ring buffer.
+    #[serde(default)]
+    pub export: ExportSpec,
+
+    /// Declared peak rate of exported events on one node, per second. Sizes
+    /// the ring buffer; ignored when `export.policy` is `none`.
+    #[serde(default)]
+    pub peak_event_rate: f64,
+
+    /// Fraction of events to keep (in-kernel 1-in-N sampling), between 0
+    /// and 1. The planner may lower it to meet `maxDropRate`; SLO counts
+    /// are always exact.
+    #[serde(default = "default_sampling")]
+    pub sampling: f64,
+
+    /// When the node budget is short, higher priorities keep their ring
+    /// buffer size longest.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// Default of `maxSeries`.
+pub const DEFAULT_MAX_SERIES: u32 = 64;
+/// Largest `maxSeries` accepted (each series costs 8 KiB per CPU).
+pub const MAX_MAX_SERIES: u32 = 4096;
+
+fn default_max_series() -> u32 {
+    DEFAULT_MAX_SERIES
+}
+
+fn default_sampling() -> f64 {
+    1.0
+}
+
+/// The function a `uprobe` probe times.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UprobeTarget {
+    /// Absolute path of the binary or shared library on the node, e.g.
+    /// `/usr/lib/x86_64-linux-gnu/libc.so.6`.
+    pub binary: String,
+    /// Symbol of the function, as `nm -D` or `nm` lists it, e.g. `getaddrinfo`.
+    pub symbol: String,
+}
+
+/// Which events are exported through the ring buffer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSpec {
+    /// `none` (histograms only), `slowerThan` (events slower than
+    /// `slowerThan`), `errors` (failed events) or `all`.
+    #[serde(default)]
+    pub policy: ExportPolicy,
+    /// For `policy: slowerThan`: the latency above which an event is
+    /// exported, as a duration like `10ms`.
+    #[serde(
+        default,
+        with = "ringwarden_core::duration::serde_duration_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub slower_than: Option<Duration>,
+}
+
+/// Export policies.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ExportPolicy {
+    /// Histograms only; nothing is exported.
+    #[default]
+    None,
+    /// Events slower than `slowerThan`.
+    SlowerThan,
+    /// Events that failed (error return, failed connect, I/O error).
+    Errors,
+    /// Every event.
+    All,
 }
 
 /// The probe catalog.
@@ -81,6 +236,18 @@ pub enum ProbeKind {
     Uprobe,
 }
 
+impl ExportPolicy {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::SlowerThan => "slowerThan",
+            Self::Errors => "errors",
+            Self::All => "all",
+        }
+    }
+}
+
 impl ProbeKind {
     /// The name used in manifests.
     pub fn as_str(self) -> &'static str {
@@ -92,6 +259,11 @@ impl ProbeKind {
             Self::BlockIo => "blockIO",
             Self::Uprobe => "uprobe",
         }
+    }
+
+    /// Whether events have a latency (`tcpRetransmit` only counts).
+    pub fn has_latency(self) -> bool {
+        self != Self::TcpRetransmit
     }
 }
 
@@ -107,6 +279,12 @@ pub struct ProbeFilter {
     /// 15 bytes, see `/proc/<pid>/comm`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub comms: Vec<String>,
+    /// cgroup v2 paths to observe, absolute under the cgroup mount
+    /// (`/sys/fs/cgroup/system.slice/nginx.service`) or relative to it
+    /// (`system.slice/nginx.service`). Processes in descendant cgroups are
+    /// included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<String>,
 }
 
 /// Observed state of a ProbeSet, written by the operator.
@@ -116,9 +294,53 @@ pub struct ProbeSetStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Number of probes in the spec.
+    /// `Ready`, `Invalid`, `QuotaConstrained` and `Degraded`, following the
+    /// Kubernetes API conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Nodes running the probes over nodes selected, like `3/4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probes: Option<u32>,
+    pub ready: Option<String>,
+    /// Events per second observed across nodes, all probes together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_per_second: Option<f64>,
+    /// Percentage of exported events the ring buffers dropped, last interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_percent: Option<f64>,
+    /// Ring-buffer memory per node, all probes together, like `4Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_buffer: Option<String>,
+    /// The quota planner's decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanStatus>,
+}
+
+/// The quota plan of one ProbeSet on a node.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStatus {
+    /// Ring-buffer bytes available on a node (`spec.ringBuffer.nodeBudget`).
+    pub budget_bytes: u64,
+    /// Ring-buffer bytes the plan uses on a node.
+    pub used_bytes: u64,
+    pub probes: Vec<ProbePlanStatus>,
+}
+
+/// The quota plan of one probe.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbePlanStatus {
+    pub name: String,
+    /// Ring-buffer size (a power of two, at least one page).
+    pub ring_bytes: u64,
+    /// The kernel keeps one event in `sampleEvery`.
+    pub sample_every: u64,
+    /// Predicted steady-state fraction of exported events dropped at the
+    /// declared peak rate.
+    pub predicted_drop: f64,
+    /// Why the planner chose these numbers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 /// A problem with a spec, naming the field and how to fix it.
@@ -157,6 +379,33 @@ impl ProbeSetSpec {
                 "must be at least 100ms; use e.g. `10s`".into(),
             );
         }
+        if !(0.0..1.0).contains(&self.max_drop_rate) {
+            err(
+                "spec.maxDropRate".into(),
+                format!(
+                    "{} is not a fraction below 1; use a number from 0 to 0.99, e.g. 0.01 for 1 %",
+                    self.max_drop_rate
+                ),
+            );
+        }
+        let rb = &self.ring_buffer;
+        if rb.drain_interval < Duration::from_millis(1)
+            || rb.drain_interval > Duration::from_secs(10)
+        {
+            err(
+                "spec.ringBuffer.drainInterval".into(),
+                "must be between 1ms and 10s; use e.g. `100ms`".into(),
+            );
+        }
+        if !(rb.burst_factor >= 1.0 && rb.burst_factor <= 100.0) {
+            err(
+                "spec.ringBuffer.burstFactor".into(),
+                format!("{} is out of range; use 1 to 100, e.g. 2", rb.burst_factor),
+            );
+        }
+        if let Err(e) = ringwarden_core::quantity::parse_bytes(&rb.node_budget) {
+            err("spec.ringBuffer.nodeBudget".into(), e);
+        }
         let mut seen = BTreeMap::new();
         for (i, p) in self.probes.iter().enumerate() {
             let at = format!("spec.probes[{i}]");
@@ -179,7 +428,109 @@ impl ProbeSetSpec {
                     ),
                 );
             }
+            if !(1..=MAX_MAX_SERIES).contains(&p.max_series) {
+                err(
+                    format!("{at}.maxSeries"),
+                    format!(
+                        "{} is out of range; use 1 to {MAX_MAX_SERIES}",
+                        p.max_series
+                    ),
+                );
+            }
+            if !(p.sampling > 0.0 && p.sampling <= 1.0) {
+                err(
+                    format!("{at}.sampling"),
+                    format!(
+                        "{} is not a fraction of events; use a number in (0, 1], e.g. 1 or 0.1",
+                        p.sampling
+                    ),
+                );
+            }
+            if !(p.peak_event_rate >= 0.0 && p.peak_event_rate.is_finite()) {
+                err(
+                    format!("{at}.peakEventRate"),
+                    "must be a non-negative number of events per second, e.g. 1000".into(),
+                );
+            }
+            match (p.export.policy, p.export.slower_than) {
+                (ExportPolicy::SlowerThan, None) => err(
+                    format!("{at}.export.slowerThan"),
+                    "policy slowerThan needs a threshold; add e.g. `slowerThan: 10ms`".into(),
+                ),
+                (ExportPolicy::SlowerThan, Some(_)) => {}
+                (other, Some(_)) => err(
+                    format!("{at}.export.slowerThan"),
+                    format!(
+                        "only used with `policy: slowerThan` (policy is {}); remove it or \
+                         change the policy",
+                        other.as_str()
+                    ),
+                ),
+                (_, None) => {}
+            }
+            if p.export.policy != ExportPolicy::None && p.peak_event_rate == 0.0 {
+                err(
+                    format!("{at}.peakEventRate"),
+                    "exporting events needs the declared peak rate that sizes the ring buffer; \
+                     add e.g. `peakEventRate: 1000`"
+                        .into(),
+                );
+            }
+            match (p.kind, &p.uprobe) {
+                (ProbeKind::Uprobe, None) => err(
+                    format!("{at}.uprobe"),
+                    "kind uprobe needs the function to time; add \
+                     `uprobe: {binary: /path/to/binary, symbol: function_name}`"
+                        .into(),
+                ),
+                (ProbeKind::Uprobe, Some(u)) => {
+                    if !u.binary.starts_with('/') {
+                        err(
+                            format!("{at}.uprobe.binary"),
+                            format!(
+                                "{:?} is not an absolute path; use e.g. /usr/bin/app",
+                                u.binary
+                            ),
+                        );
+                    }
+                    if u.symbol.is_empty() {
+                        err(
+                            format!("{at}.uprobe.symbol"),
+                            "is empty; give the function's symbol as `nm` lists it".into(),
+                        );
+                    }
+                }
+                (kind, Some(_)) => err(
+                    format!("{at}.uprobe"),
+                    format!(
+                        "only used with `kind: uprobe` (kind is {}); remove it",
+                        kind.as_str()
+                    ),
+                ),
+                (_, None) => {}
+            }
             let Some(filter) = &p.filter else { continue };
+            if p.kind == ProbeKind::TcpRetransmit
+                && (!filter.pids.is_empty() || !filter.comms.is_empty())
+            {
+                err(
+                    format!("{at}.filter"),
+                    "tcpRetransmit runs in softirq context where no process is current, so \
+                     pid and comm filters cannot apply; filter by cgroups (the socket's) instead"
+                        .into(),
+                );
+            }
+            for (j, cg) in filter.cgroups.iter().enumerate() {
+                if cg.trim_matches('/').is_empty() || cg.split('/').any(|c| c == "..") {
+                    err(
+                        format!("{at}.filter.cgroups[{j}]"),
+                        format!(
+                            "{cg:?} is not a cgroup path; use a path under /sys/fs/cgroup \
+                             such as system.slice/nginx.service"
+                        ),
+                    );
+                }
+            }
             for (j, pid) in filter.pids.iter().enumerate() {
                 if *pid == 0 {
                     err(
@@ -220,7 +571,10 @@ mod tests {
     fn spec(probes: Vec<ProbeSpec>) -> ProbeSetSpec {
         ProbeSetSpec {
             node_selector: BTreeMap::new(),
+            pod_selector: None,
             probes,
+            ring_buffer: RingBufferSpec::default(),
+            max_drop_rate: 0.01,
             report_interval: Duration::from_secs(10),
         }
     }
@@ -229,7 +583,13 @@ mod tests {
         ProbeSpec {
             name: name.into(),
             kind: ProbeKind::Syscalls,
+            uprobe: None,
             filter: None,
+            max_series: DEFAULT_MAX_SERIES,
+            export: ExportSpec::default(),
+            peak_event_rate: 0.0,
+            sampling: 1.0,
+            priority: 0,
         }
     }
 
@@ -244,6 +604,7 @@ mod tests {
         p.filter = Some(ProbeFilter {
             pids: vec![1, 0],
             comms: vec!["a-very-long-command-name".into()],
+            cgroups: vec![],
         });
         let fields: Vec<_> = spec(vec![p, probe("ok"), probe("ok")])
             .validate()
