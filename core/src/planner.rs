@@ -28,6 +28,8 @@ use crate::duration::{format_duration, serde_duration};
 
 /// Bytes the kernel puts before every ring buffer record (`BPF_RINGBUF_HDR_SZ`).
 pub const RINGBUF_HEADER_BYTES: u64 = 8;
+/// Bytes of one exported event as the kernel programs write it.
+pub const EVENT_BYTES: u32 = core::mem::size_of::<ringwarden_ebpf_common::Event>() as u32;
 /// Default worst-case consumer stall.
 pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Default headroom over the steady-state need, for bursts above the declared rate.

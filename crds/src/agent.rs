@@ -3,7 +3,7 @@
 //! manifest files with the same planner. One type, so both paths load
 //! probes the same way.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use ringwarden_core::duration::serde_duration;
@@ -37,6 +37,11 @@ pub struct AgentProbe {
     /// of pods on its node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+    /// Labels a node must carry to run this probe (the ProbeSet's
+    /// `nodeSelector`): each agent runs the probes whose selector its node
+    /// matches. Empty matches every node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
     /// Ring-buffer bytes the planner gave the probe (a power of two, at
     /// least one page).
     pub ring_bytes: u64,

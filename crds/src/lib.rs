@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod manifest;
+pub mod plan;
 pub mod probeset;
 
 pub use agent::{AgentConfig, AgentProbe, Threshold};

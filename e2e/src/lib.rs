@@ -14,8 +14,19 @@ pub struct LoadReport {
     pub getppid_cpu_ns: u64,
     /// Children forked (each exits at once).
     pub forks: u64,
+    /// Failing syscalls made (`close(-1)`, EBADF).
+    #[serde(default)]
+    pub fails: u64,
     /// User-space duration of each `nanosleep`, in ns (clock_gettime around the syscall).
     pub nanosleep_ns: Vec<u64>,
+}
+
+/// What `uprobe-target` did: the duration of each call of its function,
+/// timed around the call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallReport {
+    pub pid: u32,
+    pub durations_ns: Vec<u64>,
 }
 
 /// Panics with an actionable message unless the process may load eBPF programs.
@@ -23,6 +34,17 @@ pub fn require_bpf_privileges() {
     if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
         panic!("live-kernel tests cannot run: {e}; run `sudo make test`");
     }
+}
+
+/// Loads a probe, panicking with the loader's message (verifier log
+/// included) if the kernel refuses it.
+pub fn load_probe(
+    config: &ringwarden_node_agent::probes::ProbeConfig,
+) -> ringwarden_node_agent::probes::Probe {
+    use ringwarden_node_agent::probes::{Kernel, Probe};
+    let kernel = Kernel::open().unwrap_or_else(|e| panic!("kernel facts: {e}"));
+    Probe::load(&kernel, config)
+        .unwrap_or_else(|e| panic!("loading the {} probe failed: {e}", config.kind.as_str()))
 }
 
 /// The value at rank `ceil(q·n)` of a sample: the order statistic a

@@ -9,8 +9,9 @@ use std::{
 };
 
 use ringwarden_core::histogram::MAX_RELATIVE_ERROR;
-use ringwarden_e2e::{LoadReport, exact_percentile, require_bpf_privileges};
-use ringwarden_node_agent::probes::{SyscallProbe, SyscallProbeConfig};
+use ringwarden_crds::ProbeKind;
+use ringwarden_e2e::{LoadReport, exact_percentile, load_probe as load, require_bpf_privileges};
+use ringwarden_node_agent::probes::{Probe, ProbeConfig};
 use syscalls::Sysno;
 
 /// A `syscall-load` child, stopped at its `read(0)` until [`Load::go`].
@@ -69,21 +70,21 @@ impl Load {
     }
 }
 
-fn load_probe(pids: Vec<u32>, comms: Vec<String>) -> SyscallProbe {
-    SyscallProbe::load(&SyscallProbeConfig {
-        pids,
-        comms,
-        exclude_tgid: std::process::id(),
-    })
-    .unwrap_or_else(|e| panic!("loading the syscalls probe failed: {e}"))
+fn load_probe(pids: Vec<u32>, comms: Vec<String>) -> Probe {
+    let mut config = ProbeConfig::new(ProbeKind::Syscalls);
+    config.pids = pids;
+    config.comms = comms;
+    // Every syscall this test's children make keeps a series of its own.
+    config.max_series = 512;
+    load(&config)
 }
 
-fn count(probe: &SyscallProbe, sysno: Sysno) -> u64 {
+fn count(probe: &Probe, sysno: Sysno) -> u64 {
     probe
         .snapshot()
         .unwrap()
         .series
-        .get(&(sysno.id() as u32))
+        .get(sysno.name())
         .map_or(0, |h| h.count())
 }
 
@@ -108,8 +109,8 @@ fn counts_and_latency_match_what_the_child_did() {
     let snap = probe.snapshot().unwrap();
 
     // Counts are exact.
-    let getppid = &snap.series[&(Sysno::getppid.id() as u32)];
-    let nanosleep = &snap.series[&(Sysno::nanosleep.id() as u32)];
+    let getppid = &snap.series["getppid"];
+    let nanosleep = &snap.series["nanosleep"];
     assert_eq!(getppid.count(), report.getppid_calls);
     assert_eq!(nanosleep.count(), report.nanosleep_ns.len() as u64);
     assert_eq!(getppid.errors() + nanosleep.errors(), 0);
@@ -169,7 +170,7 @@ fn a_forked_childs_return_from_clone_is_neither_an_event_nor_a_loss() {
     assert_eq!(c.pairing_dropped, 1, "{c:?}");
     let clones: u64 = [Sysno::clone, Sysno::clone3, Sysno::fork, Sysno::vfork]
         .iter()
-        .filter_map(|s| snap.series.get(&(s.id() as u32)))
+        .filter_map(|s| snap.series.get(s.name()))
         .map(|h| h.count())
         .sum();
     assert_eq!(

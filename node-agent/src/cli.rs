@@ -68,6 +68,19 @@ pub struct StandaloneArgs {
     /// Node name used in metric labels (default: the host name).
     #[arg(long, env = "RINGWARDEN_NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// Exported events (a probe's `export` policy) as JSON lines on stdout;
+    /// the periodic report then goes to stderr.
+    #[arg(long, value_enum, default_value_t = Events::None, env = "RINGWARDEN_EVENTS")]
+    pub events: Events,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Events {
+    /// Count exported events, do not print them.
+    None,
+    /// One JSON object per event on stdout.
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -4,6 +4,7 @@
 //! - [`table`] and [`metrics`] turn snapshots into a table and Prometheus text.
 //! - [`standalone`] wires them into the run loop of `ringwarden-agent standalone`.
 
+pub mod btf;
 pub mod cli;
 pub mod metrics;
 pub mod probes;

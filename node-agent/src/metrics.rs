@@ -16,7 +16,7 @@ use prometheus::{
 };
 use ringwarden_core::{accounting::Counters, histogram::Histogram};
 
-use crate::probes::{SyscallSnapshot, syscall_name};
+use crate::probes::Snapshot;
 
 /// Who a probe's figures belong to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl ProbeLabels {
 
 /// The latest figures of every running probe; the agent loop writes it, the
 /// collector reads it on each scrape.
-pub type SharedSnapshots = Arc<Mutex<Vec<(ProbeLabels, SyscallSnapshot)>>>;
+pub type SharedSnapshots = Arc<Mutex<Vec<(ProbeLabels, Snapshot)>>>;
 
 const BASE_LABELS: [&str; 4] = ["namespace", "probeset", "probe", "node"];
 
@@ -92,6 +92,44 @@ const COUNTER_FAMILIES: [CounterFamily; 8] = [
 const LATENCY: &str = "ringwarden_latency_seconds";
 const ERRORS: &str = "ringwarden_event_errors_total";
 
+/// Per-probe figures outside [`Counters`]: (name, help, type, value).
+type ProbeFamily = (&'static str, &'static str, MetricType, fn(&Snapshot) -> u64);
+
+const PROBE_FAMILIES: [ProbeFamily; 5] = [
+    (
+        "ringwarden_ringbuf_bytes",
+        "Size of the probe's ring buffer, from the quota plan.",
+        MetricType::GAUGE,
+        |s| s.ring_bytes,
+    ),
+    (
+        "ringwarden_ringbuf_high_water_bytes",
+        "Most bytes seen waiting in the ring buffer right after a write.",
+        MetricType::GAUGE,
+        |s| s.ring_high_water,
+    ),
+    (
+        "ringwarden_events_received_total",
+        "Ring-buffer records the agent read.",
+        MetricType::COUNTER,
+        |s| s.events_received,
+    ),
+    (
+        "ringwarden_events_corrupt_total",
+        "Ring-buffer records that failed to decode (skipped).",
+        MetricType::COUNTER,
+        |s| s.decode_errors,
+    ),
+    (
+        "ringwarden_series_folded_total",
+        "Aggregated events that fell into the overflow series (maxSeries reached).",
+        MetricType::COUNTER,
+        |s| s.counters.series_folded,
+    ),
+];
+const SLO_GOOD: &str = "ringwarden_slo_good_events_total";
+const SLO_TOTAL: &str = "ringwarden_slo_events_total";
+
 /// Renders [`SharedSnapshots`] as Prometheus families on every scrape.
 pub struct SnapshotCollector {
     snapshots: SharedSnapshots,
@@ -121,6 +159,24 @@ impl SnapshotCollector {
             "Events whose result was an error, per series.",
             labels(true),
         ));
+        for (name, help, _, _) in PROBE_FAMILIES {
+            descs.push(desc(name, help, labels(false)));
+        }
+        let slo_labels = || {
+            let mut l = labels(false);
+            l.push("slo".into());
+            l
+        };
+        descs.push(desc(
+            SLO_GOOD,
+            "Events meeting an SLO's indicator, counted exactly in the kernel.",
+            slo_labels(),
+        ));
+        descs.push(desc(
+            SLO_TOTAL,
+            "Events an SLO's indicator applies to, counted exactly in the kernel.",
+            slo_labels(),
+        ));
         Self { snapshots, descs }
     }
 }
@@ -149,6 +205,15 @@ fn family(d: &Desc, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFami
     f.set_field_type(kind);
     f.set_metric(metrics);
     f
+}
+
+fn gauge(labels: Vec<proto::LabelPair>, value: u64) -> proto::Metric {
+    let mut g = proto::Gauge::default();
+    g.set_value(value as f64);
+    let mut m = proto::Metric::default();
+    m.set_label(labels);
+    m.set_gauge(g);
+    m
 }
 
 fn counter(labels: Vec<proto::LabelPair>, value: u64) -> proto::Metric {
@@ -201,10 +266,9 @@ impl Collector for SnapshotCollector {
         }
         let (mut latency, mut errors) = (Vec::new(), Vec::new());
         for (l, s) in snapshots.iter() {
-            for (nr, h) in &s.series {
-                let name = syscall_name(*nr);
+            for (name, h) in &s.series {
                 let mut pairs = l.pairs();
-                pairs.push(("series", &name));
+                pairs.push(("series", name));
                 latency.push(histogram(label_pairs(&pairs), h));
                 errors.push(counter(label_pairs(&pairs), h.errors()));
             }
@@ -212,6 +276,32 @@ impl Collector for SnapshotCollector {
         let n = COUNTER_FAMILIES.len();
         families.push(family(&self.descs[n], MetricType::HISTOGRAM, latency));
         families.push(family(&self.descs[n + 1], MetricType::COUNTER, errors));
+        for (i, (_, _, kind, value)) in PROBE_FAMILIES.iter().enumerate() {
+            let metrics = snapshots
+                .iter()
+                .map(|(l, s)| {
+                    let labels = label_pairs(&l.pairs());
+                    if *kind == MetricType::GAUGE {
+                        gauge(labels, value(s))
+                    } else {
+                        counter(labels, value(s))
+                    }
+                })
+                .collect();
+            families.push(family(&self.descs[n + 2 + i], *kind, metrics));
+        }
+        let (mut good, mut total) = (Vec::new(), Vec::new());
+        for (l, s) in snapshots.iter() {
+            for t in &s.thresholds {
+                let mut pairs = l.pairs();
+                pairs.push(("slo", &t.slo));
+                good.push(counter(label_pairs(&pairs), t.good));
+                total.push(counter(label_pairs(&pairs), t.total));
+            }
+        }
+        let m = n + 2 + PROBE_FAMILIES.len();
+        families.push(family(&self.descs[m], MetricType::COUNTER, good));
+        families.push(family(&self.descs[m + 1], MetricType::COUNTER, total));
         families
     }
 }
@@ -270,15 +360,20 @@ mod tests {
 
     #[test]
     fn exposition_has_counters_and_a_latency_histogram_in_seconds() {
-        let getppid = syscalls::Sysno::getppid.id() as u32;
-        let mut snap = SyscallSnapshot::default();
+        let mut snap = Snapshot::default();
         snap.counters.observed = 3;
         snap.counters.aggregated = 3;
         let mut h = Histogram::new();
         for ns in [1_000, 2_000, 3_000_000] {
             h.record(ns);
         }
-        snap.series.insert(getppid, h);
+        snap.series.insert("getppid".into(), h);
+        snap.ring_bytes = 65536;
+        snap.thresholds.push(crate::probes::ThresholdCount {
+            slo: "default/fast".into(),
+            good: 2,
+            total: 3,
+        });
         let labels = ProbeLabels {
             namespace: "default".into(),
             probeset: "demo".into(),
@@ -304,6 +399,16 @@ mod tests {
         assert!(
             text.contains(&format!(
                 "ringwarden_latency_seconds_count{{{base},series=\"getppid\"}} 3"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("ringwarden_ringbuf_bytes{{{base}}} 65536")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ringwarden_slo_good_events_total{{{base},slo=\"default/fast\"}} 2"
             )),
             "{text}"
         );

@@ -3,17 +3,23 @@
 //! Touches the kernel (bpf syscalls); everything it returns is plain data
 //! that [`crate::table`] and [`crate::metrics`] turn into output.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
-    programs::{BtfTracePoint, ProgramError},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    programs::{BtfTracePoint, ProgramError, UProbe, uprobe::UProbeScope},
+    util::nr_cpus,
 };
 use ringwarden_core::{accounting::Counters, histogram::Histogram};
+use ringwarden_crds::ProbeKind;
 use ringwarden_ebpf_common::{
-    COMM_LEN, FILTER_COMM, FILTER_COMMS_ENTRIES, FILTER_PID, FILTER_PIDS_ENTRIES, LatencyHist,
-    ProbeCounters, SYSCALL_SERIES, globals, maps, programs,
+    COMM_LEN, DEFAULT_START_ENTRIES, EXPORT_ALL, EXPORT_ERRORS, EXPORT_NONE, EXPORT_SLOWER_THAN,
+    Event, FILTER_CGROUP, FILTER_CGROUPS_ENTRIES, FILTER_COMM, FILTER_COMMS_ENTRIES, FILTER_PID,
+    FILTER_PIDS_ENTRIES, KernelOffsets, LatencyHist, MAX_THRESHOLDS, OVERFLOW_SERIES,
+    ProbeCounters, SeriesKey, SloCounts, Thresholds,
+    event::{DecodeError, decode},
+    globals, maps, programs,
 };
 
 /// The compiled kernel programs, embedded so the agent is one file.
@@ -48,6 +54,14 @@ pub enum ProbeError {
     Map { map: &'static str, message: String },
     #[error("filter: {0}")]
     Filter(String),
+    #[error("kernel struct offsets: {0}")]
+    Offsets(String),
+    #[error("uprobe {symbol} in {binary}: {message}")]
+    Uprobe {
+        binary: String,
+        symbol: String,
+        message: String,
+    },
     #[error(
         "loading eBPF programs needs root or the capabilities CAP_BPF and CAP_PERFMON \
          (effective capabilities here: {0:#x})"
@@ -112,35 +126,153 @@ fn program_error(program: &'static str, e: ProgramError) -> ProbeError {
     ProbeError::Program { program, message }
 }
 
-/// Which processes a syscalls probe observes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SyscallProbeConfig {
+/// Export policy as the kernel sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Export {
+    #[default]
+    None,
+    SlowerThan(u64),
+    Errors,
+    All,
+}
+
+/// Everything needed to load one probe, resolved from its configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeConfig {
+    pub kind: ProbeKind,
     /// Thread-group ids to observe (empty: all).
     pub pids: Vec<u32>,
     /// Task comms to observe (empty: all).
     pub comms: Vec<String>,
+    /// cgroup v2 ids to observe, with everything below them (empty: all).
+    pub cgroup_ids: Vec<u64>,
     /// Process never observed: the agent itself, so it does not feed its own
     /// numbers with the syscalls it makes to read them.
     pub exclude_tgid: u32,
+    /// Histogram series kept; further series fold into one overflow series.
+    pub max_series: u32,
+    pub export: Export,
+    /// Keep one event in `sample_every` (1 keeps all).
+    pub sample_every: u64,
+    /// Ring-buffer bytes (a power of two multiple of the page size).
+    pub ring_bytes: u32,
+    /// In-flight starts the object-keyed start map holds (tcpConnect, blockIO).
+    pub start_entries: u32,
+    /// Exact SLO counters: (SLO name, kernel slot).
+    pub thresholds: Vec<(String, ringwarden_ebpf_common::ThresholdSlot)>,
+    /// For uprobes: binary and symbol.
+    pub uprobe: Option<(String, String)>,
 }
 
-/// A loaded and attached syscalls probe. Dropping it detaches the programs
-/// and frees the maps.
-pub struct SyscallProbe {
+impl ProbeConfig {
+    /// A configuration that observes everything, keeps 64 series and
+    /// exports nothing.
+    pub fn new(kind: ProbeKind) -> Self {
+        Self {
+            kind,
+            pids: vec![],
+            comms: vec![],
+            cgroup_ids: vec![],
+            exclude_tgid: std::process::id(),
+            max_series: 64,
+            export: Export::None,
+            sample_every: 1,
+            ring_bytes: page_size(),
+            start_entries: DEFAULT_START_ENTRIES,
+            thresholds: vec![],
+            uprobe: None,
+        }
+    }
+}
+
+/// The running kernel's page size, the ring buffer's unit.
+pub fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u32 } else { 4096 }
+}
+
+/// The hooks of each kind: (program, tracepoint) for `tp_btf` programs.
+/// Ends attach before starts, so no start is stored that no end consumes.
+fn tracepoints(kind: ProbeKind) -> &'static [(&'static str, &'static str)] {
+    match kind {
+        ProbeKind::Syscalls => &[
+            (programs::SCHED_FORK, "sched_process_fork"),
+            (programs::SYS_EXIT, "sys_exit"),
+            (programs::SYS_ENTER, "sys_enter"),
+        ],
+        ProbeKind::TcpConnect => &[(programs::TCP_STATE, "inet_sock_set_state")],
+        ProbeKind::TcpRetransmit => &[(programs::TCP_RETRANSMIT, "tcp_retransmit_skb")],
+        ProbeKind::Runqueue => &[
+            (programs::RQ_SWITCH, "sched_switch"),
+            (programs::RQ_WAKEUP, "sched_wakeup"),
+            (programs::RQ_WAKEUP_NEW, "sched_wakeup_new"),
+        ],
+        ProbeKind::BlockIo => &[
+            (programs::BIO_COMPLETE, "block_rq_complete"),
+            (programs::BIO_ISSUE, "block_rq_issue"),
+        ],
+        ProbeKind::Uprobe => &[],
+    }
+}
+
+/// A loaded and attached probe. Dropping it detaches the programs and
+/// frees the maps.
+pub struct Probe {
+    kind: ProbeKind,
     // Owns the programs and their links; dropping it detaches them.
     _ebpf: Ebpf,
-    hist: PerCpuArray<MapData, LatencyHist>,
+    hist: PerCpuHashMap<MapData, SeriesKey, LatencyHist>,
     counters: PerCpuArray<MapData, ProbeCounters>,
+    slo_counts: PerCpuArray<MapData, SloCounts>,
+    events: RingBuf<MapData>,
+    threshold_names: Vec<String>,
+    ring_bytes: u32,
     program_ids: Vec<u32>,
+    drained: u64,
+    decode_errors: u64,
+    uprobe_symbol: Option<String>,
 }
 
-/// What a syscalls probe has counted since it was loaded.
+/// Exact good/total counts of one SLO threshold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ThresholdCount {
+    pub slo: String,
+    pub good: u64,
+    pub total: u64,
+}
+
+/// What a probe has counted since it was loaded.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct SyscallSnapshot {
+pub struct Snapshot {
+    pub kind: Option<ProbeKind>,
     pub counters: Counters,
-    /// Latency histogram per syscall number (series with no events left out);
-    /// key [`ringwarden_ebpf_common::SYSCALL_OVERFLOW_SERIES`] is the overflow series.
-    pub series: BTreeMap<u32, Histogram>,
+    /// Latency histogram per series, by display name; `other` is the
+    /// overflow series.
+    pub series: BTreeMap<String, Histogram>,
+    pub thresholds: Vec<ThresholdCount>,
+    pub ring_bytes: u64,
+    /// Most bytes seen waiting in the ring buffer after a submit.
+    pub ring_high_water: u64,
+    /// Records read from the ring buffer.
+    pub events_received: u64,
+    /// Records that failed to decode (corrupt or truncated).
+    pub decode_errors: u64,
+}
+
+/// Process-wide kernel facts, read once.
+pub struct Kernel {
+    btf: Btf,
+    offsets: KernelOffsets,
+}
+
+impl Kernel {
+    /// Reads the kernel's BTF and the struct offsets the programs need.
+    pub fn open() -> Result<Self, ProbeError> {
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::MissingBtf(e.to_string()))?;
+        let offsets = crate::btf::running_kernel_offsets().map_err(ProbeError::Offsets)?;
+        Ok(Self { btf, offsets })
+    }
 }
 
 fn comm_key(comm: &str) -> Result<[u8; COMM_LEN], ProbeError> {
@@ -156,10 +288,45 @@ fn comm_key(comm: &str) -> Result<[u8; COMM_LEN], ProbeError> {
     Ok(key)
 }
 
-impl SyscallProbe {
-    /// Loads the programs, installs the filters and attaches to
-    /// `raw_syscalls:sys_enter`/`sys_exit`.
-    pub fn load(config: &SyscallProbeConfig) -> Result<Self, ProbeError> {
+/// Whether an ELF file is a Go binary: uretprobes corrupt Go programs,
+/// whose runtime moves goroutine stacks under the return trampoline.
+pub fn is_go_binary(data: &[u8]) -> bool {
+    use object::{Object, ObjectSection};
+    let Ok(file) = object::File::parse(data) else {
+        return false;
+    };
+    file.sections().any(|s| {
+        matches!(
+            s.name(),
+            Ok(".go.buildinfo" | ".gopclntab" | ".note.go.buildid")
+        )
+    })
+}
+
+fn check_uprobe_target(binary: &str, symbol: &str) -> Result<(), ProbeError> {
+    let err = |message: String| ProbeError::Uprobe {
+        binary: binary.into(),
+        symbol: symbol.into(),
+        message,
+    };
+    let data = std::fs::read(binary).map_err(|e| {
+        err(format!(
+            "cannot read the binary ({e}); give the absolute path of a file on this node"
+        ))
+    })?;
+    if is_go_binary(&data) {
+        return Err(err(
+            "this is a Go binary: a uretprobe would corrupt its goroutine stacks (Go moves \
+             them), so ringwarden refuses to attach; time the function from a non-Go caller"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Probe {
+    /// Loads the kind's programs, installs filters and limits, and attaches.
+    pub fn load(kernel: &Kernel, config: &ProbeConfig) -> Result<Self, ProbeError> {
         if config.pids.len() > FILTER_PIDS_ENTRIES as usize {
             return Err(ProbeError::Filter(format!(
                 "{} pids given, at most {FILTER_PIDS_ENTRIES} are supported",
@@ -172,32 +339,66 @@ impl SyscallProbe {
                 config.comms.len()
             )));
         }
+        if config.cgroup_ids.len() > FILTER_CGROUPS_ENTRIES as usize {
+            return Err(ProbeError::Filter(format!(
+                "{} cgroups given, at most {FILTER_CGROUPS_ENTRIES} are supported",
+                config.cgroup_ids.len()
+            )));
+        }
+        if config.thresholds.len() > MAX_THRESHOLDS {
+            return Err(ProbeError::Filter(format!(
+                "{} SLO thresholds on one probe, at most {MAX_THRESHOLDS} are supported",
+                config.thresholds.len()
+            )));
+        }
+        if let Some((binary, symbol)) = &config.uprobe {
+            check_uprobe_target(binary, symbol)?;
+        }
         let comm_keys = config
             .comms
             .iter()
             .map(|c| comm_key(c))
             .collect::<Result<Vec<_>, _>>()?;
-        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::MissingBtf(e.to_string()))?;
-        let flags = if config.pids.is_empty() {
-            0
-        } else {
-            FILTER_PID
-        } | if config.comms.is_empty() {
-            0
-        } else {
-            FILTER_COMM
+        let flags = (!config.pids.is_empty() as u32 * FILTER_PID)
+            | (!config.comms.is_empty() as u32 * FILTER_COMM)
+            | (!config.cgroup_ids.is_empty() as u32 * FILTER_CGROUP);
+        let (export, slower_than_ns) = match config.export {
+            Export::None => (EXPORT_NONE, 0u64),
+            Export::SlowerThan(ns) => (EXPORT_SLOWER_THAN, ns),
+            Export::Errors => (EXPORT_ERRORS, 0),
+            Export::All => (EXPORT_ALL, 0),
+        };
+        let mut thresholds = Thresholds::default();
+        for (slot, (_, t)) in thresholds.slots.iter_mut().zip(&config.thresholds) {
+            *slot = *t;
+        }
+        let page = page_size();
+        let ring_bytes = config.ring_bytes.max(page).next_power_of_two();
+        let sample_every = config.sample_every.max(1);
+        let obj_entries = match config.kind {
+            ProbeKind::TcpConnect | ProbeKind::BlockIo => config.start_entries.max(1),
+            _ => 1,
         };
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+            .btf(Some(&kernel.btf))
             // Task storage has no typed user-space handle in aya; the kernel
             // side is all it needs.
             .allow_unsupported_maps()
             .override_global(globals::SELF_TGID, &config.exclude_tgid, true)
             .override_global(globals::FILTER_FLAGS, &flags, true)
+            .override_global(globals::SAMPLE_EVERY, &sample_every, true)
+            .override_global(globals::EXPORT, &export, true)
+            .override_global(globals::SLOWER_THAN_NS, &slower_than_ns, true)
+            .override_global(globals::THRESHOLDS, &thresholds, true)
+            .override_global(globals::OFFSETS, &kernel.offsets, true)
+            .map_max_entries(maps::HIST, config.max_series.max(1) + 1)
+            .map_max_entries(maps::EVENTS, ring_bytes)
+            .map_max_entries(maps::OBJ_START, obj_entries)
             .load(PROBES_OBJECT)
             .map_err(|e| ProbeError::Object(error_chain(&e)))?;
 
-        // Filters go in before the programs attach, so no event escapes them.
+        // Filters and the overflow series go in before the programs attach,
+        // so no event escapes them.
         let mut pids: HashMap<_, u32, u8> = take_map(&mut ebpf, maps::FILTER_PIDS)?;
         for pid in &config.pids {
             pids.insert(pid, 1, 0)
@@ -209,24 +410,37 @@ impl SyscallProbe {
                 .insert(key, 1, 0)
                 .map_err(|e| map_error(maps::FILTER_COMMS, e))?;
         }
-        let hist = take_map(&mut ebpf, maps::SYS_HIST)?;
+        let mut cgroups: HashMap<_, u64, u8> = take_map(&mut ebpf, maps::FILTER_CGROUPS)?;
+        for id in &config.cgroup_ids {
+            cgroups
+                .insert(id, 1, 0)
+                .map_err(|e| map_error(maps::FILTER_CGROUPS, e))?;
+        }
+        let mut hist: PerCpuHashMap<_, SeriesKey, LatencyHist> = take_map(&mut ebpf, maps::HIST)?;
+        let cpus = nr_cpus().map_err(|(_, e)| ProbeError::Map {
+            map: maps::HIST,
+            message: format!("cannot count CPUs: {e}"),
+        })?;
+        let zeros = PerCpuValues::try_from(vec![LatencyHist::default(); cpus]).map_err(|e| {
+            ProbeError::Map {
+                map: maps::HIST,
+                message: e.to_string(),
+            }
+        })?;
+        hist.insert(OVERFLOW_SERIES, zeros, 0)
+            .map_err(|e| map_error(maps::HIST, e))?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
+        let slo_counts = take_map(&mut ebpf, maps::SLO_COUNTS)?;
+        let events = take_map(&mut ebpf, maps::EVENTS)?;
 
         let mut program_ids = Vec::new();
-        // Fork marking and exit first: an exit without a start is counted
-        // as a pairing loss, while a start without an exit program would
-        // never be consumed.
-        for (program, tracepoint) in [
-            (programs::SCHED_FORK, "sched_process_fork"),
-            (programs::SYS_EXIT, "sys_exit"),
-            (programs::SYS_ENTER, "sys_enter"),
-        ] {
+        for &(program, tracepoint) in tracepoints(config.kind) {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or_else(|| ProbeError::Object(format!("program {program} missing")))?
                 .try_into()
                 .map_err(|e: ProgramError| program_error(program, e))?;
-            prog.load(tracepoint, &btf)
+            prog.load(tracepoint, &kernel.btf)
                 .map_err(|e| program_error(program, e))?;
             if let Ok(info) = prog.info() {
                 program_ids.push(info.id());
@@ -237,12 +451,54 @@ impl SyscallProbe {
                 message: error_chain(&e),
             })?;
         }
+        let mut uprobe_symbol = None;
+        if config.kind == ProbeKind::Uprobe {
+            let Some((binary, symbol)) = &config.uprobe else {
+                return Err(ProbeError::Object(
+                    "kind uprobe needs a binary and a symbol".into(),
+                ));
+            };
+            // Return first, for the same reason as the tracepoints.
+            for program in [programs::UPROBE_RETURN, programs::UPROBE_ENTRY] {
+                let prog: &mut UProbe = ebpf
+                    .program_mut(program)
+                    .ok_or_else(|| ProbeError::Object(format!("program {program} missing")))?
+                    .try_into()
+                    .map_err(|e: ProgramError| program_error(program, e))?;
+                prog.load().map_err(|e| program_error(program, e))?;
+                if let Ok(info) = prog.info() {
+                    program_ids.push(info.id());
+                }
+                prog.attach(symbol.as_str(), Path::new(binary), UProbeScope::AllProcesses)
+                    .map_err(|e| ProbeError::Uprobe {
+                        binary: binary.clone(),
+                        symbol: symbol.clone(),
+                        message: format!(
+                            "{}; check the symbol with `nm -D {binary}` or `nm {binary}`",
+                            error_chain(&e)
+                        ),
+                    })?;
+            }
+            uprobe_symbol = Some(symbol.clone());
+        }
         Ok(Self {
+            kind: config.kind,
             _ebpf: ebpf,
             hist,
             counters,
+            slo_counts,
+            events,
+            threshold_names: config.thresholds.iter().map(|(n, _)| n.clone()).collect(),
+            ring_bytes,
             program_ids,
+            drained: 0,
+            decode_errors: 0,
+            uprobe_symbol,
         })
+    }
+
+    pub fn kind(&self) -> ProbeKind {
+        self.kind
     }
 
     /// Kernel ids of the loaded programs (as `bpftool prog` lists them).
@@ -250,28 +506,172 @@ impl SyscallProbe {
         &self.program_ids
     }
 
-    /// Reads the counters and every non-empty histogram, summed over CPUs.
-    pub fn snapshot(&self) -> Result<SyscallSnapshot, ProbeError> {
-        let counters = self
+    /// Reads every waiting ring-buffer record, handing decoded events to
+    /// `f`. Corrupt records are counted (and the first one logged), never
+    /// passed on. Returns the number of records read.
+    pub fn drain(&mut self, mut f: impl FnMut(&Event)) -> u64 {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            n += 1;
+            match decode(&item) {
+                Ok(ev) => f(&ev),
+                Err(e) => corrupt(&mut self.decode_errors, e),
+            }
+        }
+        self.drained += n;
+        n
+    }
+
+    /// Reads the counters and every histogram, summed over CPUs.
+    pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
+        let per_cpu = self
             .counters
             .get(&0, 0)
             .map_err(|e| map_error(maps::COUNTERS, e))?;
-        let mut series = BTreeMap::new();
-        for nr in 0..SYSCALL_SERIES {
-            let per_cpu = self
-                .hist
-                .get(&nr, 0)
-                .map_err(|e| map_error(maps::SYS_HIST, e))?;
-            let h = Histogram::from_per_cpu(&per_cpu);
-            if !h.is_empty() {
-                series.insert(nr, h);
+        let high_water = per_cpu.iter().map(|c| c.ringbuf_high_water).max().unwrap_or(0);
+        let mut series: BTreeMap<String, Histogram> = BTreeMap::new();
+        for item in self.hist.iter() {
+            let (key, values) = item.map_err(|e| map_error(maps::HIST, e))?;
+            let h = Histogram::from_per_cpu(&values);
+            if h.is_empty() {
+                continue;
+            }
+            let name = series_name(self.kind, &key, self.uprobe_symbol.as_deref());
+            match series.get_mut(&name) {
+                Some(existing) => existing.merge(&h),
+                None => {
+                    series.insert(name, h);
+                }
             }
         }
-        Ok(SyscallSnapshot {
-            counters: Counters::from_per_cpu(&counters),
+        let slo = self
+            .slo_counts
+            .get(&0, 0)
+            .map_err(|e| map_error(maps::SLO_COUNTS, e))?;
+        let thresholds = self
+            .threshold_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| ThresholdCount {
+                slo: name.clone(),
+                good: slo.iter().map(|s| s.good[i]).sum(),
+                total: slo.iter().map(|s| s.total[i]).sum(),
+            })
+            .collect();
+        Ok(Snapshot {
+            kind: Some(self.kind),
+            counters: Counters::from_per_cpu(&per_cpu),
             series,
+            thresholds,
+            ring_bytes: self.ring_bytes.into(),
+            ring_high_water: high_water,
+            events_received: self.drained,
+            decode_errors: self.decode_errors,
         })
     }
+}
+
+/// Counts a corrupt record; only the first is logged, so a broken producer
+/// cannot flood the log.
+fn corrupt(count: &mut u64, e: DecodeError) {
+    if *count == 0 {
+        tracing::warn!(error = %e, "corrupt ring-buffer record skipped; further ones are only counted");
+    }
+    *count += 1;
+}
+
+/// How a series shows in tables, metrics and events.
+pub fn series_name(kind: ProbeKind, key: &SeriesKey, symbol: Option<&str>) -> String {
+    if *key == OVERFLOW_SERIES {
+        return "other".into();
+    }
+    match kind {
+        ProbeKind::Syscalls => syscall_name(key.id as u32),
+        ProbeKind::TcpConnect => format!("port {}", key.id),
+        ProbeKind::TcpRetransmit => {
+            let family = (key.id >> 16) as u16;
+            let port = key.id as u16;
+            if family == 10 {
+                let ip = std::net::Ipv6Addr::from(key.addr);
+                format!("[{ip}]:{port}")
+            } else {
+                let a = key.addr;
+                format!("{}.{}.{}.{}:{port}", a[0], a[1], a[2], a[3])
+            }
+        }
+        ProbeKind::BlockIo => {
+            let major = (key.id >> 40) as u32;
+            let minor = ((key.id >> 8) & 0xffff_ffff) as u32;
+            let op = match key.id & 0xff {
+                0 => "read",
+                1 => "write",
+                2 => "flush",
+                3 => "discard",
+                5 => "secure-erase",
+                9 => "write-zeroes",
+                _ => "other-op",
+            };
+            format!("{} {op}", block_device_name(major, minor))
+        }
+        ProbeKind::Runqueue => "all".into(),
+        ProbeKind::Uprobe => symbol.unwrap_or("function").into(),
+    }
+}
+
+/// `loop0` for 7:0, from sysfs; `7:0` when sysfs does not know it.
+pub fn block_device_name(major: u32, minor: u32) -> String {
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .ok()
+        .and_then(|u| {
+            u.lines()
+                .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string))
+        })
+        .unwrap_or_else(|| format!("{major}:{minor}"))
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones (read from /proc/self/mounts).
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| dir.into())
+    })
+}
+
+/// The cgroup v2 id of a cgroup directory: its inode number on cgroupfs,
+/// which is what the kernel's `cgroup_id()` returns. Relative paths are
+/// taken under the cgroup v2 mount.
+pub fn cgroup_id(path: &str) -> Result<u64, ProbeError> {
+    use std::os::unix::fs::MetadataExt;
+    let full = if path.starts_with('/') {
+        std::path::PathBuf::from(path)
+    } else {
+        let Some(root) = cgroup2_mount() else {
+            return Err(ProbeError::Filter(format!(
+                "cgroup {path}: no cgroup2 file system is mounted; mount one with \
+                 `mount -t cgroup2 none /sys/fs/cgroup`"
+            )));
+        };
+        root.join(path)
+    };
+    let meta = std::fs::metadata(&full).map_err(|e| {
+        ProbeError::Filter(format!(
+            "cgroup {}: {e}; give a directory of the cgroup v2 hierarchy{}",
+            full.display(),
+            cgroup2_mount()
+                .map(|m| format!(" (mounted at {})", m.display()))
+                .unwrap_or_default()
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(ProbeError::Filter(format!(
+            "cgroup {} is not a directory",
+            full.display()
+        )));
+    }
+    Ok(meta.ino())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -309,12 +709,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Name of a syscall number on this architecture (`syscall_<nr>` if unknown,
-/// `other` for the overflow series).
+/// Name of a syscall number on this architecture (`syscall_<nr>` if unknown).
 pub fn syscall_name(nr: u32) -> String {
-    if nr >= ringwarden_ebpf_common::MAX_SYSCALLS {
-        return "other".into();
-    }
     match syscalls::Sysno::new(nr as usize) {
         Some(s) => s.name().to_string(),
         None => format!("syscall_{nr}"),
@@ -361,7 +757,7 @@ mod tests {
         let getppid = syscalls::Sysno::getppid.id() as u32;
         assert_eq!(syscall_name(getppid), "getppid");
         assert_eq!(
-            syscall_name(ringwarden_ebpf_common::SYSCALL_OVERFLOW_SERIES),
+            series_name(ProbeKind::Syscalls, &OVERFLOW_SERIES, None),
             "other"
         );
     }

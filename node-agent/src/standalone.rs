@@ -11,17 +11,24 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::{collections::HashMap, io::Write as _};
+
+use ringwarden_core::planner::DEFAULT_DRAIN_INTERVAL;
 use ringwarden_crds::{
-    ProbeKind, ProbeSet,
+    AgentProbe, ExportPolicy, ProbeSet,
     manifest::{self, Manifest, ManifestErrors},
+    plan::plan_probeset,
 };
+use ringwarden_ebpf_common::{EVENT_ERROR, SeriesKey, event::comm_str};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{MetricsAddr, Output, StandaloneArgs},
+    cli::{Events, MetricsAddr, Output, StandaloneArgs},
     metrics::{self, ProbeLabels, SharedSnapshots},
-    probes::{ProbeError, SyscallProbe, SyscallProbeConfig, SyscallSnapshot},
+    probes::{
+        Export, Kernel, Probe, ProbeConfig, ProbeError, Snapshot, page_size, series_name,
+    },
     table,
 };
 
@@ -53,44 +60,68 @@ impl StandaloneError {
     }
 }
 
-/// A probe the manifests ask for, ready to load.
+/// A probe the manifests ask for, planned and ready to load.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedProbe {
     pub labels: ProbeLabels,
-    pub kind: ProbeKind,
-    pub config: SyscallProbeConfig,
+    pub probe: AgentProbe,
 }
 
-/// Turns ProbeSets into probe configurations (pure).
-pub fn plan(probesets: &[ProbeSet], node: &str, self_tgid: u32) -> Vec<PlannedProbe> {
-    probesets
+/// Plans every ProbeSet with the quota planner (pure). A ProbeSet that
+/// cannot be planned is reported and left out; the others run.
+pub fn plan(probesets: &[ProbeSet], node: &str, page_size: u64) -> (Vec<PlannedProbe>, Vec<String>) {
+    let mut planned = Vec::new();
+    let mut failures = Vec::new();
+    for ps in probesets {
+        let name = ps.metadata.name.clone().unwrap_or_default();
+        match plan_probeset(ps, page_size) {
+            Ok((probes, _)) => planned.extend(probes.into_iter().map(|p| PlannedProbe {
+                labels: ProbeLabels {
+                    namespace: p.namespace.clone(),
+                    probeset: p.probeset.clone(),
+                    probe: p.spec.name.clone(),
+                    node: node.to_string(),
+                },
+                probe: p,
+            })),
+            Err(e) => failures.push(format!("ProbeSet {name}: {e}")),
+        }
+    }
+    (planned, failures)
+}
+
+/// What the kernel side needs for one planned probe: filters resolved
+/// (cgroup paths to ids), export policy and plan applied.
+pub fn probe_config(p: &AgentProbe, self_tgid: u32) -> Result<ProbeConfig, ProbeError> {
+    let spec = &p.spec;
+    let filter = spec.filter.clone().unwrap_or_default();
+    let mut config = ProbeConfig::new(spec.kind);
+    config.pids = filter.pids;
+    config.comms = filter.comms;
+    config.cgroup_ids = filter
+        .cgroups
         .iter()
-        .flat_map(|ps| {
-            let namespace = ps
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let name = ps.metadata.name.clone().unwrap_or_default();
-            ps.spec.probes.iter().map(move |p| {
-                let filter = p.filter.clone().unwrap_or_default();
-                PlannedProbe {
-                    labels: ProbeLabels {
-                        namespace: namespace.clone(),
-                        probeset: name.clone(),
-                        probe: p.name.clone(),
-                        node: node.to_string(),
-                    },
-                    kind: p.kind,
-                    config: SyscallProbeConfig {
-                        pids: filter.pids,
-                        comms: filter.comms,
-                        exclude_tgid: self_tgid,
-                    },
-                }
-            })
-        })
-        .collect()
+        .map(|c| crate::probes::cgroup_id(c))
+        .collect::<Result<_, _>>()?;
+    config.exclude_tgid = self_tgid;
+    config.max_series = spec.max_series;
+    config.export = match spec.export.policy {
+        ExportPolicy::None => Export::None,
+        ExportPolicy::SlowerThan => Export::SlowerThan(
+            spec.export
+                .slower_than
+                .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64),
+        ),
+        ExportPolicy::Errors => Export::Errors,
+        ExportPolicy::All => Export::All,
+    };
+    config.sample_every = p.sample_every.max(1);
+    config.ring_bytes = u32::try_from(p.ring_bytes).unwrap_or(u32::MAX);
+    config.uprobe = spec
+        .uprobe
+        .as_ref()
+        .map(|u| (u.binary.clone(), u.symbol.clone()));
+    Ok(config)
 }
 
 /// Reads every manifest, reporting all problems of all files at once.
@@ -99,7 +130,11 @@ pub fn read_manifests(files: &[std::path::PathBuf]) -> Result<Vec<ProbeSet>, Man
     let mut errors = Vec::new();
     for f in files {
         match manifest::load_file(f) {
-            Ok(docs) => probesets.extend(docs.into_iter().map(|Manifest::ProbeSet(ps)| *ps)),
+            Ok(docs) => probesets.extend(docs.into_iter().filter_map(|m| match m {
+                Manifest::ProbeSet(ps) => Some(*ps),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })),
             Err(ManifestErrors(e)) => errors.extend(e),
         }
     }
@@ -124,43 +159,103 @@ pub fn read_manifests(files: &[std::path::PathBuf]) -> Result<Vec<ProbeSet>, Man
 
 struct Running {
     labels: ProbeLabels,
-    probe: SyscallProbe,
-    previous: Option<(Instant, SyscallSnapshot)>,
+    probe: Probe,
+    previous: Option<(Instant, Snapshot)>,
+    /// Series names by key, so writing events does not look them up again.
+    names: HashMap<SeriesKey, String>,
+    /// Longest the ring may go undrained.
+    drain_interval: Duration,
 }
 
 /// Loads every planned probe; a probe that fails is reported and skipped,
 /// the others run.
-fn load_all(planned: Vec<PlannedProbe>) -> (Vec<Running>, Vec<String>) {
+fn load_all(kernel: &Kernel, planned: Vec<PlannedProbe>) -> (Vec<Running>, Vec<String>) {
     let mut running = Vec::new();
     let mut failures = Vec::new();
+    let self_tgid = std::process::id();
     for p in planned {
-        let id = format!(
-            "{}/{}/{}",
-            p.labels.namespace, p.labels.probeset, p.labels.probe
-        );
-        let result = match p.kind {
-            ProbeKind::Syscalls => SyscallProbe::load(&p.config),
-            other => Err(ProbeError::Object(format!(
-                "probe kind {} is not implemented by this agent version; use kind: syscalls",
-                other.as_str()
-            ))),
-        };
+        let id = p.probe.id();
+        let kind = p.probe.spec.kind;
+        let result = probe_config(&p.probe, self_tgid).and_then(|c| Probe::load(kernel, &c));
         match result {
             Ok(probe) => {
-                tracing::info!(probe = %id, kind = p.kind.as_str(), "probe attached");
+                tracing::info!(probe = %id, kind = kind.as_str(), ring_bytes = p.probe.ring_bytes,
+                    sample_every = p.probe.sample_every, "probe attached");
                 running.push(Running {
                     labels: p.labels,
                     probe,
                     previous: None,
+                    names: HashMap::new(),
+                    drain_interval: DEFAULT_DRAIN_INTERVAL,
                 });
             }
             Err(e) => {
                 tracing::error!(probe = %id, error = %e, "probe failed to load; the others keep running");
-                failures.push(format!("{id}: {e}"));
+                failures.push(format!("{id} ({}): {e}", kind.as_str()));
             }
         }
     }
     (running, failures)
+}
+
+/// One exported event as a JSON line.
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    namespace: &'a str,
+    probeset: &'a str,
+    probe: &'a str,
+    kind: &'a str,
+    series: &'a str,
+    /// Boot-relative end time (CLOCK_MONOTONIC), as the kernel stamped it.
+    ts_ns: u64,
+    latency_ns: u64,
+    pid: u32,
+    tgid: u32,
+    comm: &'a str,
+    cgroup_id: u64,
+    error: bool,
+    value: i64,
+}
+
+/// Drains every ring buffer, writing events as JSON lines when asked.
+fn drain(running: &mut [Running], out: &mut Option<std::io::BufWriter<std::io::Stdout>>) {
+    for r in running.iter_mut() {
+        let kind = r.probe.kind();
+        let Running {
+            labels,
+            probe,
+            names,
+            ..
+        } = r;
+        probe.drain(|ev| {
+            let Some(w) = out.as_mut() else { return };
+            let name = names
+                .entry(ev.series)
+                .or_insert_with(|| series_name(kind, &ev.series, None));
+            let mut comm_buf = [0u8; 16];
+            let line = JsonEvent {
+                namespace: &labels.namespace,
+                probeset: &labels.probeset,
+                probe: &labels.probe,
+                kind: kind.as_str(),
+                series: name,
+                ts_ns: ev.ts_ns,
+                latency_ns: ev.latency_ns,
+                pid: ev.pid,
+                tgid: ev.tgid,
+                comm: comm_str(&ev.comm, &mut comm_buf),
+                cgroup_id: ev.cgroup_id,
+                error: ev.flags & EVENT_ERROR != 0,
+                value: ev.value,
+            };
+            if serde_json::to_writer(&mut *w, &line).is_ok() {
+                let _ = w.write_all(b"\n");
+            }
+        });
+    }
+    if let Some(w) = out.as_mut() {
+        let _ = w.flush();
+    }
 }
 
 #[derive(Serialize)]
@@ -169,7 +264,13 @@ struct JsonProbe<'a> {
     probeset: &'a str,
     probe: &'a str,
     node: &'a str,
+    kind: &'a str,
     counters: &'a ringwarden_core::accounting::Counters,
+    ring_bytes: u64,
+    ring_high_water: u64,
+    events_received: u64,
+    events_corrupt: u64,
+    thresholds: &'a [crate::probes::ThresholdCount],
     rows: Vec<table::Row>,
 }
 
@@ -179,11 +280,14 @@ struct JsonReport<'a> {
     #[serde(rename = "final")]
     is_final: bool,
     probes: Vec<JsonProbe<'a>>,
+    /// Probes that could not be loaded, with the cause.
+    failed: &'a [String],
 }
 
 /// Reads every probe, prints the figures and publishes them for `/metrics`.
 fn tick(
     running: &mut [Running],
+    failures: &[String],
     shared: &SharedSnapshots,
     args: &StandaloneArgs,
     started: Instant,
@@ -210,10 +314,11 @@ fn tick(
             _ => (None, now - started),
         };
         let rows = table::rows(snap, prev, elapsed, args.top);
+        let kind = r.probe.kind().as_str();
         match args.output {
             Output::Table => {
                 let title = format!(
-                    "{}/{} probe {} (syscalls) on {}{}",
+                    "{}/{} probe {} ({kind}) on {}{}",
                     r.labels.namespace,
                     r.labels.probeset,
                     r.labels.probe,
@@ -221,30 +326,49 @@ fn tick(
                     if is_final { " — final" } else { "" }
                 );
                 text.push_str(&table::render(&title, &rows, snap));
+                text.push('\n');
             }
             Output::Json => json.push(JsonProbe {
                 namespace: &r.labels.namespace,
                 probeset: &r.labels.probeset,
                 probe: &r.labels.probe,
                 node: &r.labels.node,
+                kind,
                 counters: &snap.counters,
+                ring_bytes: snap.ring_bytes,
+                ring_high_water: snap.ring_high_water,
+                events_received: snap.events_received,
+                events_corrupt: snap.decode_errors,
+                thresholds: &snap.thresholds,
                 rows,
             }),
         }
     }
-    match args.output {
-        Output::Table => println!("--- {:.1}s ---\n{text}", (now - started).as_secs_f64()),
+    let report = match args.output {
+        Output::Table => {
+            for f in failures {
+                text.push_str(&format!("FAILED {f}\n"));
+            }
+            format!("--- {:.1}s ---\n{text}", (now - started).as_secs_f64())
+        }
         Output::Json => {
             let report = JsonReport {
                 elapsed_seconds: (now - started).as_secs_f64(),
                 is_final,
                 probes: json,
+                failed: failures,
             };
-            match serde_json::to_string(&report) {
-                Ok(line) => println!("{line}"),
-                Err(e) => tracing::error!(error = %e, "cannot encode the JSON report"),
-            }
+            serde_json::to_string(&report).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot encode the JSON report");
+                String::new()
+            })
         }
+    };
+    // With `--events json` stdout carries the events; reports go to stderr.
+    if args.events == Events::Json {
+        eprintln!("{report}");
+    } else {
+        println!("{report}");
     }
     let mut published = shared.lock().unwrap_or_else(PoisonError::into_inner);
     published.clear();
@@ -268,12 +392,23 @@ fn node_name(args: &StandaloneArgs) -> String {
 pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     let probesets = read_manifests(&args.files)?;
     let node = node_name(&args);
-    let planned = plan(&probesets, &node, std::process::id());
+    let (planned, mut failures) = plan(&probesets, &node, page_size().into());
     crate::probes::check_privileges().map_err(|e| StandaloneError::NoProbes(e.to_string()))?;
-    let (mut running, failures) = load_all(planned);
+    let kernel = Kernel::open().map_err(|e| StandaloneError::NoProbes(e.to_string()))?;
+    let drain_every = planned
+        .iter()
+        .map(|p| drain_period(&probesets, p))
+        .min()
+        .unwrap_or(DEFAULT_DRAIN_INTERVAL / 2);
+    let (mut running, load_failures) = load_all(&kernel, planned);
+    failures.extend(load_failures);
     if running.is_empty() {
         return Err(StandaloneError::NoProbes(failures.join("\n")));
     }
+    for r in &mut running {
+        r.drain_interval = drain_every * 2;
+    }
+    let mut events_out = (args.events == Events::Json).then(|| std::io::BufWriter::new(std::io::stdout()));
 
     let shared: SharedSnapshots = Arc::new(Mutex::new(Vec::new()));
     let _server = match args.metrics_addr {
@@ -294,18 +429,40 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     tokio::pin!(deadline);
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
+    // Records are written without wakeups; this timer is what reads them.
+    let mut drainer = tokio::time::interval(drain_every);
+    drainer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => tick(&mut running, &shared, &args, started, false),
+            _ = drainer.tick() => drain(&mut running, &mut events_out),
+            _ = ticker.tick() => {
+                drain(&mut running, &mut events_out);
+                tick(&mut running, &failures, &shared, &args, started, false)
+            }
             _ = &mut deadline => { tracing::info!("duration reached, stopping"); break }
             _ = sigint.recv() => { tracing::info!("SIGINT, stopping"); break }
             _ = sigterm.recv() => { tracing::info!("SIGTERM, stopping"); break }
         }
     }
-    tick(&mut running, &shared, &args, started, true);
+    drain(&mut running, &mut events_out);
+    tick(&mut running, &failures, &shared, &args, started, true);
     drop(running); // detaches every program and frees the maps
     tracing::info!("all probes detached");
     Ok(())
+}
+
+/// How often to drain a probe's ring: twice per drain interval, so a
+/// stalled tick still leaves a full interval of headroom.
+fn drain_period(probesets: &[ProbeSet], p: &PlannedProbe) -> Duration {
+    probesets
+        .iter()
+        .find(|ps| {
+            ps.metadata.name.as_deref() == Some(p.probe.probeset.as_str())
+                && ps.metadata.namespace.as_deref().unwrap_or("default") == p.probe.namespace
+        })
+        .map_or(DEFAULT_DRAIN_INTERVAL, |ps| ps.spec.ring_buffer.drain_interval)
+        .max(Duration::from_millis(2))
+        / 2
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -335,17 +492,27 @@ spec:
 ",
         )
         .unwrap();
-        let probesets: Vec<ProbeSet> = docs.into_iter().map(|Manifest::ProbeSet(p)| *p).collect();
-        let planned = plan(&probesets, "node-a", 99);
+        let probesets: Vec<ProbeSet> = docs
+            .into_iter()
+            .filter_map(|m| match m {
+                Manifest::ProbeSet(p) => Some(*p),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+            .collect();
+        let (planned, failures) = plan(&probesets, "node-a", 4096);
+        assert!(failures.is_empty(), "{failures:?}");
         assert_eq!(planned.len(), 2);
         assert_eq!(planned[0].labels.namespace, "shop");
         assert_eq!(planned[0].labels.probeset, "web");
         assert_eq!(planned[0].labels.probe, "sys");
         assert_eq!(planned[0].labels.node, "node-a");
-        assert_eq!(planned[0].config.pids, [7]);
-        assert_eq!(planned[0].config.comms, ["nginx"]);
-        assert_eq!(planned[0].config.exclude_tgid, 99);
-        assert!(planned[1].config.pids.is_empty());
+        let config = probe_config(&planned[0].probe, 99).unwrap();
+        assert_eq!(config.pids, [7]);
+        assert_eq!(config.comms, ["nginx"]);
+        assert_eq!(config.exclude_tgid, 99);
+        assert_eq!(config.ring_bytes, 4096);
+        assert!(probe_config(&planned[1].probe, 99).unwrap().pids.is_empty());
     }
 
     #[test]

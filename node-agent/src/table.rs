@@ -4,12 +4,15 @@ use std::{fmt::Write as _, time::Duration};
 
 use serde::Serialize;
 
-use crate::probes::{SyscallSnapshot, syscall_name};
+use ringwarden_crds::ProbeKind;
+use ringwarden_core::quantity::format_bytes;
 
-/// One line of the table: a syscall's figures.
+use crate::probes::Snapshot;
+
+/// One line of the table: a series' figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Row {
-    pub syscall: String,
+    pub series: String,
     /// Events since the probe was loaded.
     pub count: u64,
     /// Events per second over the last interval.
@@ -23,11 +26,11 @@ pub struct Row {
     pub errors: u64,
 }
 
-/// Rows for the busiest `top` syscalls, busiest first (ties by name).
+/// Rows for the busiest `top` series, busiest first (ties by name).
 /// `previous` is the snapshot one `elapsed` earlier, for the rates.
 pub fn rows(
-    current: &SyscallSnapshot,
-    previous: Option<&SyscallSnapshot>,
+    current: &Snapshot,
+    previous: Option<&Snapshot>,
     elapsed: Duration,
     top: usize,
 ) -> Vec<Row> {
@@ -35,9 +38,9 @@ pub fn rows(
     let mut rows: Vec<Row> = current
         .series
         .iter()
-        .map(|(nr, h)| {
+        .map(|(name, h)| {
             let before = previous
-                .and_then(|p| p.series.get(nr))
+                .and_then(|p| p.series.get(name))
                 .map_or(0, |h| h.count());
             let count = h.count();
             let rate = if secs > 0.0 {
@@ -46,7 +49,7 @@ pub fn rows(
                 0.0
             };
             Row {
-                syscall: syscall_name(*nr),
+                series: name.clone(),
                 count,
                 rate,
                 p50_ns: h.percentile(0.50).unwrap_or(0),
@@ -60,7 +63,7 @@ pub fn rows(
     rows.sort_by(|a, b| {
         b.count
             .cmp(&a.count)
-            .then_with(|| a.syscall.cmp(&b.syscall))
+            .then_with(|| a.series.cmp(&b.series))
     });
     rows.truncate(top);
     rows
@@ -88,27 +91,48 @@ pub fn fmt_ns(ns: u64) -> String {
 
 /// Renders the table for one probe: a header line, the rows, and the
 /// loss-accounting line.
-pub fn render(title: &str, rows: &[Row], snapshot: &SyscallSnapshot) -> String {
+pub fn render(title: &str, rows: &[Row], snapshot: &Snapshot) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{title}");
-    let _ = writeln!(
-        out,
-        "{:<20} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "SYSCALL", "COUNT", "RATE/s", "P50", "P90", "P99", "MAX", "ERRORS"
-    );
-    for r in rows {
+    let kind = snapshot.kind.unwrap_or(ProbeKind::Syscalls);
+    let column = match kind {
+        ProbeKind::Syscalls => "SYSCALL",
+        ProbeKind::TcpConnect => "DESTINATION",
+        ProbeKind::TcpRetransmit => "DESTINATION",
+        ProbeKind::Runqueue => "TASKS",
+        ProbeKind::BlockIo => "DEVICE OP",
+        ProbeKind::Uprobe => "FUNCTION",
+    };
+    if kind.has_latency() {
         let _ = writeln!(
             out,
-            "{:<20} {:>12} {:>10.1} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            r.syscall,
-            r.count,
-            r.rate,
-            fmt_ns(r.p50_ns),
-            fmt_ns(r.p90_ns),
-            fmt_ns(r.p99_ns),
-            fmt_ns(r.max_ns),
-            r.errors
+            "{column:<22} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "COUNT", "RATE/s", "P50", "P90", "P99", "MAX", "ERRORS"
         );
+    } else {
+        let _ = writeln!(out, "{column:<22} {:>12} {:>10} {:>9}", "COUNT", "RATE/s", "ERRORS");
+    }
+    for r in rows {
+        if kind.has_latency() {
+            let _ = writeln!(
+                out,
+                "{:<22} {:>12} {:>10.1} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                r.series,
+                r.count,
+                r.rate,
+                fmt_ns(r.p50_ns),
+                fmt_ns(r.p90_ns),
+                fmt_ns(r.p99_ns),
+                fmt_ns(r.max_ns),
+                r.errors
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{:<22} {:>12} {:>10.1} {:>9}",
+                r.series, r.count, r.rate, r.errors
+            );
+        }
     }
     if rows.is_empty() {
         let _ = writeln!(out, "(no events yet)");
@@ -125,6 +149,35 @@ pub fn render(title: &str, rows: &[Row], snapshot: &SyscallSnapshot) -> String {
         c.start_map_full,
         c.series_folded
     );
+    let fill = if snapshot.ring_bytes > 0 {
+        100.0 * snapshot.ring_high_water as f64 / snapshot.ring_bytes as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        out,
+        "events:     exported {} = delivered {} + ringbuf_dropped {}; ring {} (high water {} = {fill:.1}%), \
+         received {}, corrupt {}",
+        c.exported,
+        c.delivered,
+        c.ringbuf_dropped,
+        format_bytes(snapshot.ring_bytes),
+        snapshot.ring_high_water,
+        snapshot.events_received,
+        snapshot.decode_errors
+    );
+    for t in &snapshot.thresholds {
+        let sli = if t.total > 0 {
+            format!("{:.3}%", 100.0 * t.good as f64 / t.total as f64)
+        } else {
+            "no data".into()
+        };
+        let _ = writeln!(
+            out,
+            "slo {}: good {} / total {} = {sli} (exact, counted in the kernel)",
+            t.slo, t.good, t.total
+        );
+    }
     out
 }
 
@@ -134,14 +187,14 @@ mod tests {
 
     use super::*;
 
-    fn snapshot(series: &[(u32, &[u64])]) -> SyscallSnapshot {
-        let mut s = SyscallSnapshot::default();
-        for (nr, values) in series {
+    fn snapshot(series: &[(&str, &[u64])]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (name, values) in series {
             let mut h = Histogram::new();
             for v in *values {
                 h.record(*v);
             }
-            s.series.insert(*nr, h);
+            s.series.insert(name.to_string(), h);
         }
         s
     }
@@ -164,24 +217,21 @@ mod tests {
 
     #[test]
     fn rows_are_sorted_by_count_and_rates_use_the_previous_snapshot() {
-        let getppid = syscalls::Sysno::getppid.id() as u32;
-        let read = syscalls::Sysno::read.id() as u32;
-        let before = snapshot(&[(getppid, &[100; 4])]);
-        let now = snapshot(&[(getppid, &[100; 10]), (read, &[1000; 2])]);
+        let before = snapshot(&[("getppid", &[100; 4])]);
+        let now = snapshot(&[("getppid", &[100; 10]), ("read", &[1000; 2])]);
         let rows = rows(&now, Some(&before), Duration::from_secs(2), 10);
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].syscall, "getppid");
+        assert_eq!(rows[0].series, "getppid");
         assert_eq!(rows[0].count, 10);
         assert_eq!(rows[0].rate, 3.0);
         assert_eq!(rows[0].p50_ns, 100);
-        assert_eq!(rows[1].syscall, "read");
+        assert_eq!(rows[1].series, "read");
         assert_eq!(rows[1].rate, 1.0);
     }
 
     #[test]
     fn the_table_shows_rows_and_the_accounting_line() {
-        let getppid = syscalls::Sysno::getppid.id() as u32;
-        let mut s = snapshot(&[(getppid, &[100; 3])]);
+        let mut s = snapshot(&[("getppid", &[100; 3])]);
         s.counters.observed = 4;
         s.counters.aggregated = 3;
         s.counters.pairing_dropped = 1;
@@ -191,7 +241,7 @@ mod tests {
             text.contains("observed 4 = aggregated 3 + sampled_out 0 + pairing_dropped 1"),
             "{text}"
         );
-        let empty = render("probe sys", &[], &SyscallSnapshot::default());
+        let empty = render("probe sys", &[], &Snapshot::default());
         assert!(empty.contains("(no events yet)"), "{empty}");
     }
 }

@@ -12,7 +12,9 @@ use std::{
 };
 
 use ringwarden_e2e::{LoadReport, require_bpf_privileges};
-use ringwarden_node_agent::probes::{SyscallProbe, SyscallProbeConfig};
+use ringwarden_crds::ProbeKind;
+use ringwarden_e2e::load_probe;
+use ringwarden_node_agent::probes::ProbeConfig;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -57,16 +59,12 @@ fn main() {
     let mut counted = 0;
     for _ in 0..reps {
         base.push(run_load(calls));
-        let probe = SyscallProbe::load(&SyscallProbeConfig {
-            exclude_tgid: std::process::id(),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("loading the syscalls probe failed: {e}"));
+        let probe = load_probe(&ProbeConfig::new(ProbeKind::Syscalls));
         probed.push(run_load(calls));
         let snap = probe.snapshot().unwrap();
         counted = snap
             .series
-            .get(&(syscalls::Sysno::getppid.id() as u32))
+            .get("getppid")
             .map_or(0, |h| h.count());
     }
     let (b, bmin, bmax) = summary(base);

@@ -4,6 +4,8 @@
 //! (`--name`), print `ready`, block in `read(0)` until a line arrives, then
 //! run the workload and print one JSON [`LoadReport`] line.
 //!
+//! `--fail N` makes N failing syscalls (`close(-1)`); `--hold` blocks in
+//! `read(0)` again after the report until a second line or EOF.
 //! `--cpu K` pins it to one CPU (benchmarks). Syscalls are issued with `libc::syscall` so libc cannot substitute
 //! another (glibc's `nanosleep()` calls `clock_nanosleep`).
 
@@ -38,6 +40,9 @@ fn main() {
     let sleeps = arg(&args, "--nanosleep", 0);
     let sleep_ns = arg(&args, "--nanosleep-ns", 2_000_000);
     let forks = arg(&args, "--forks", 0);
+    let fails = arg(&args, "--fail", 0);
+    // Every other sleep lasts this long instead, for threshold tests.
+    let alt_ns = arg(&args, "--nanosleep-alt-ns", sleep_ns);
     if let Some(i) = args.iter().position(|a| a == "--cpu") {
         let cpu: usize = args[i + 1].parse().expect("--cpu takes a CPU number");
         // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds.
@@ -66,11 +71,12 @@ fn main() {
     }
     let getppid_cpu_ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - c0;
     let mut nanosleep_ns = Vec::with_capacity(sleeps as usize);
-    let req = libc::timespec {
-        tv_sec: (sleep_ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (sleep_ns % 1_000_000_000) as libc::c_long,
+    let ts = |ns: u64| libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
     };
-    for _ in 0..sleeps {
+    for i in 0..sleeps {
+        let req = ts(if i % 2 == 1 { alt_ns } else { sleep_ns });
         let t0 = clock_ns(libc::CLOCK_MONOTONIC);
         // SAFETY: valid request pointer; a null remainder is allowed.
         unsafe {
@@ -81,6 +87,10 @@ fn main() {
             )
         };
         nanosleep_ns.push(clock_ns(libc::CLOCK_MONOTONIC) - t0);
+    }
+    for _ in 0..fails {
+        // SAFETY: closing an invalid fd only returns EBADF.
+        unsafe { libc::syscall(libc::SYS_close, -1) };
     }
     for _ in 0..forks {
         // SAFETY: the child only calls async-signal-safe _exit.
@@ -99,7 +109,14 @@ fn main() {
         getppid_calls: getppid,
         getppid_cpu_ns,
         forks,
+        fails,
         nanosleep_ns,
     };
     writeln!(stdout.lock(), "{}", serde_json::to_string(&report).unwrap()).unwrap();
+    if args.iter().any(|a| a == "--hold") {
+        // Stay (blocked in read) until told, so the test reads the kernel's
+        // figures while this process is quiet.
+        line.clear();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
 }

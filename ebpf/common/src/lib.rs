@@ -10,28 +10,34 @@ pub mod hist;
 
 pub use hist::{HIST_BUCKETS, HIST_SUB_BITS, bucket_index, bucket_lower, bucket_upper};
 
-/// Syscall numbers below this get a series of their own; anything else
-/// (x32 ABI numbers, `-1` from ptrace tricks) folds into [`SYSCALL_OVERFLOW_SERIES`].
-pub const MAX_SYSCALLS: u32 = 512;
-/// Series index that collects syscall numbers outside `0..MAX_SYSCALLS`.
-pub const SYSCALL_OVERFLOW_SERIES: u32 = MAX_SYSCALLS;
-/// Entries of the syscall histogram array: one per syscall number plus overflow.
-pub const SYSCALL_SERIES: u32 = MAX_SYSCALLS + 1;
+pub mod event;
 
 /// Capacity of the pid (tgid) filter set.
 pub const FILTER_PIDS_ENTRIES: u32 = 1024;
 /// Capacity of the comm filter set.
 pub const FILTER_COMMS_ENTRIES: u32 = 256;
+/// Capacity of the cgroup-id filter set.
+pub const FILTER_CGROUPS_ENTRIES: u32 = 1024;
+/// Deepest cgroup level whose ancestors the cgroup filter walks.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
 /// Length of a task's comm, as the kernel stores it (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
+/// Default capacity of the start maps of probes that pair by object
+/// (`tcpConnect` sockets, `blockIO` requests): in-flight connects or I/Os.
+pub const DEFAULT_START_ENTRIES: u32 = 16384;
 
 /// Map names, shared so the loader cannot look up a map the object lacks.
 pub mod maps {
-    pub const SYS_START: &str = "SYS_START";
-    pub const SYS_HIST: &str = "SYS_HIST";
+    pub const TASK_START: &str = "TASK_START";
+    pub const OBJ_START: &str = "OBJ_START";
+    pub const HIST: &str = "HIST";
+    pub const ZERO_HIST: &str = "ZERO_HIST";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const SLO_COUNTS: &str = "SLO_COUNTS";
+    pub const EVENTS: &str = "EVENTS";
     pub const FILTER_PIDS: &str = "FILTER_PIDS";
     pub const FILTER_COMMS: &str = "FILTER_COMMS";
+    pub const FILTER_CGROUPS: &str = "FILTER_CGROUPS";
 }
 
 /// Program names (the Rust function names in the eBPF object).
@@ -39,27 +45,87 @@ pub mod programs {
     pub const SYS_ENTER: &str = "rw_sys_enter";
     pub const SYS_EXIT: &str = "rw_sys_exit";
     pub const SCHED_FORK: &str = "rw_sched_fork";
+    pub const TCP_STATE: &str = "rw_tcp_state";
+    pub const TCP_RETRANSMIT: &str = "rw_tcp_retransmit";
+    pub const RQ_WAKEUP: &str = "rw_rq_wakeup";
+    pub const RQ_WAKEUP_NEW: &str = "rw_rq_wakeup_new";
+    pub const RQ_SWITCH: &str = "rw_rq_switch";
+    pub const BIO_ISSUE: &str = "rw_bio_issue";
+    pub const BIO_COMPLETE: &str = "rw_bio_complete";
+    pub const UPROBE_ENTRY: &str = "rw_uprobe_entry";
+    pub const UPROBE_RETURN: &str = "rw_uprobe_return";
 }
 
 /// Read-only globals the loader sets before the verifier sees the program,
-/// so disabled filters cost nothing at run time.
+/// so disabled features cost nothing at run time.
 pub mod globals {
     /// `u32`: the agent's own tgid, never observed (it would observe itself).
     pub const SELF_TGID: &str = "RW_SELF_TGID";
-    /// `u32`: bit set of [`super::FILTER_PID`] | [`super::FILTER_COMM`].
+    /// `u32`: bit set of [`super::FILTER_PID`] | [`super::FILTER_COMM`] | [`super::FILTER_CGROUP`].
     pub const FILTER_FLAGS: &str = "RW_FILTER_FLAGS";
+    /// `u64`: keep one event in N (0 or 1 keeps all).
+    pub const SAMPLE_EVERY: &str = "RW_SAMPLE_EVERY";
+    /// `u32`: one of the `EXPORT_*` policies.
+    pub const EXPORT: &str = "RW_EXPORT";
+    /// `u64`: latency above which `EXPORT_SLOWER_THAN` exports an event.
+    pub const SLOWER_THAN_NS: &str = "RW_SLOWER_THAN_NS";
+    /// [`super::Thresholds`]: exact SLO counters to keep.
+    pub const THRESHOLDS: &str = "RW_THRESHOLDS";
+    /// [`super::KernelOffsets`]: struct field offsets read from kernel BTF.
+    pub const OFFSETS: &str = "RW_OFFSETS";
 }
 
 /// Filter flag: only tgids in `FILTER_PIDS` are observed.
 pub const FILTER_PID: u32 = 1;
 /// Filter flag: only comms in `FILTER_COMMS` are observed.
 pub const FILTER_COMM: u32 = 2;
+/// Filter flag: only tasks (or sockets) in a cgroup of `FILTER_CGROUPS`, or
+/// below one, are observed.
+pub const FILTER_CGROUP: u32 = 4;
 
-/// Start of an in-flight syscall, keyed by thread id in `SYS_START`.
+/// Export policies (`RW_EXPORT`).
+pub const EXPORT_NONE: u32 = 0;
+pub const EXPORT_SLOWER_THAN: u32 = 1;
+pub const EXPORT_ERRORS: u32 = 2;
+pub const EXPORT_ALL: u32 = 3;
+
+/// The series key of the aggregation path: what one histogram is kept for.
+///
+/// `id` is kind-specific (syscall number; destination port; device and
+/// operation); `addr` holds an address where the kind keys by one
+/// (`tcpRetransmit`: the destination, IPv4 in the first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    pub id: u64,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SeriesKey>() == 24);
+
+/// The series that collects events once `maxSeries` series exist.
+pub const OVERFLOW_SERIES: SeriesKey = SeriesKey {
+    id: u64::MAX,
+    addr: [0xff; 16],
+};
+
+/// `blockIO` series id: device number and operation.
+#[inline(always)]
+pub const fn block_series_id(major: u32, minor: u32, op: u32) -> u64 {
+    ((major as u64) << 40) | ((minor as u64 & 0xffff_ffff) << 8) | (op as u64 & 0xff)
+}
+
+/// `tcpRetransmit` series id: address family and destination port.
+#[inline(always)]
+pub const fn retransmit_series_id(family: u16, dport: u16) -> u64 {
+    ((family as u64) << 16) | dport as u64
+}
+
+/// Start of an in-flight event paired through task storage (syscalls,
+/// uprobes, run-queue waits).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallStart {
-    /// `bpf_ktime_get_ns()` at `sys_enter`.
+    /// `bpf_ktime_get_ns()` at the start; 0 when nothing is in flight.
     pub ts_ns: u64,
     /// Syscall number seen at enter.
     pub nr: u32,
@@ -73,6 +139,116 @@ pub struct SyscallStart {
 /// so it is neither an event nor a loss.
 pub const START_FORKED: u32 = 1;
 const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
+
+/// Start of an event paired by kernel object (a socket, a block request):
+/// the task that started it, since the end runs in another context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjStart {
+    pub ts_ns: u64,
+    pub pid_tgid: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ObjStart>() == 40);
+
+/// One exported event, as written to the ring buffer. Fixed size for every
+/// kind, so one decoder reads them all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` at the end of the event (boot-relative).
+    pub ts_ns: u64,
+    /// Latency (0 for kinds without one).
+    pub latency_ns: u64,
+    /// cgroup v2 id of the task (or socket) the event belongs to.
+    pub cgroup_id: u64,
+    /// The series (see [`SeriesKey`]).
+    pub series: SeriesKey,
+    /// Kind-specific value: syscall return value, request bytes, errno.
+    pub value: i64,
+    /// Thread id and process id (0 when no task is known).
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; COMM_LEN],
+    /// [`EVENT_ERROR`].
+    pub flags: u32,
+    /// Layout version, [`EVENT_MAGIC`]: a record without it is corrupt.
+    pub magic: u32,
+}
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
+
+/// `Event::flags`: the event failed (error return, failed connect, I/O error).
+pub const EVENT_ERROR: u32 = 1;
+/// `Event::magic` of this layout.
+pub const EVENT_MAGIC: u32 = 0x5257_4531; // "RWE1"
+
+/// Exact SLO threshold slots per probe.
+pub const MAX_THRESHOLDS: usize = 4;
+/// Series one threshold may be narrowed to.
+pub const MAX_THRESHOLD_SERIES: usize = 8;
+/// `ThresholdSlot::mode`: slot unused.
+pub const THRESHOLD_OFF: u32 = 0;
+/// `ThresholdSlot::mode`: good = latency ≤ `latency_ns`.
+pub const THRESHOLD_LATENCY: u32 = 1;
+/// `ThresholdSlot::mode`: good = the event did not fail.
+pub const THRESHOLD_ERRORS: u32 = 2;
+
+/// One SLO's exact comparison, evaluated in the kernel on every paired event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThresholdSlot {
+    pub latency_ns: u64,
+    pub mode: u32,
+    /// How many of `series` apply; 0 counts every series.
+    pub nseries: u32,
+    /// Series ids ([`SeriesKey::id`]) this slot counts.
+    pub series: [u64; MAX_THRESHOLD_SERIES],
+}
+
+/// The `RW_THRESHOLDS` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Thresholds {
+    pub slots: [ThresholdSlot; MAX_THRESHOLDS],
+}
+
+/// Per-CPU good/total counts of the threshold slots (`SLO_COUNTS[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SloCounts {
+    pub good: [u64; MAX_THRESHOLDS],
+    pub total: [u64; MAX_THRESHOLDS],
+}
+
+/// Byte offsets of kernel struct fields, read by the agent from the running
+/// kernel's BTF (the job CO-RE relocations do for C programs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub kernfs_node_id: u32,
+    pub sk_dport: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_family: u32,
+    pub sk_protocol: u32,
+    pub sk_cgroup: u32,
+    pub rq_q: u32,
+    pub rq_cmd_flags: u32,
+    pub rq_data_len: u32,
+    pub q_disk: u32,
+    pub disk_major: u32,
+    pub disk_first_minor: u32,
+    pub _pad: u32,
+}
 
 /// Per-probe loss accounting, one per CPU, summed by user space.
 ///
@@ -102,11 +278,16 @@ pub struct ProbeCounters {
     pub start_map_full: u64,
     /// Diagnostic: aggregated events that landed in the overflow series.
     pub series_folded: u64,
-    pub _reserved: [u64; 7],
+    /// Diagnostic: most bytes waiting in the ring buffer right after a
+    /// submit on this CPU (the high-water fill).
+    pub ringbuf_high_water: u64,
+    /// Sampling state: events seen by the sampler on this CPU.
+    pub sample_tick: u64,
+    pub _reserved: [u64; 5],
 }
 const _: () = assert!(core::mem::size_of::<ProbeCounters>() == 128);
 
-/// A per-CPU latency histogram of one series (for syscalls: one syscall number).
+/// A per-CPU latency histogram of one series.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LatencyHist {
@@ -142,3 +323,15 @@ unsafe impl aya::Pod for SyscallStart {}
 unsafe impl aya::Pod for ProbeCounters {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for LatencyHist {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SeriesKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ObjStart {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Event {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Thresholds {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SloCounts {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for KernelOffsets {}

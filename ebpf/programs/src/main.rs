@@ -1,10 +1,11 @@
-//! ringwarden's kernel programs.
+//! ringwarden's kernel programs: the probe catalog.
 //!
-//! The `syscalls` probe pairs `sys_enter` with `sys_exit` per thread through
-//! task-local storage (half the cost of a tid-keyed hash map, and it cannot
-//! leak entries for threads that die in `exit_group`), aggregates latency
-//! into per-CPU log-linear histograms, one per syscall number, and keeps the
-//! loss-accounting counters of `ringwarden_ebpf_common::ProbeCounters`.
+//! Starts are paired per task through task-local storage where the end runs
+//! in the same task (syscalls, uprobes) or names it (run queue): half the
+//! cost of a tid-keyed hash map, and no leaked entries for threads that die
+//! mid-call. Starts whose end runs elsewhere (TCP handshakes, block I/O)
+//! are keyed by object address. Every event ends in `common::finish`, which
+//! keeps the loss-accounting counters of `ringwarden_ebpf_common::ProbeCounters`.
 //!
 //! Every program returns 0 on every path: a failed helper is counted, never
 //! a reason to abort.
@@ -16,7 +17,17 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod block;
+#[cfg(target_arch = "bpf")]
+mod common;
+#[cfg(target_arch = "bpf")]
+mod runqueue;
+#[cfg(target_arch = "bpf")]
 mod syscalls;
+#[cfg(target_arch = "bpf")]
+mod tcp;
+#[cfg(target_arch = "bpf")]
+mod uprobe;
 #[cfg(target_arch = "bpf")]
 mod task_storage;
 

@@ -1,0 +1,157 @@
+//! From a ProbeSet to what agents run: the quota plan applied to each probe.
+//! Pure; the operator and standalone mode both use it.
+
+use ringwarden_core::{
+    planner::{self, EVENT_BYTES, PlanInput, ProbeDemand},
+    quantity,
+};
+
+use crate::{
+    AgentProbe, ExportPolicy, PlanStatus, ProbePlanStatus, ProbeSet,
+    probeset::FieldError,
+};
+
+/// Why a ProbeSet could not be planned: its spec problems, or a budget the
+/// planner cannot meet.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanProbeSetError {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    #[error("spec.ringBuffer.nodeBudget: {0}")]
+    Budget(String),
+}
+
+/// Plans one ProbeSet for nodes with `page_size`-byte pages: each probe's
+/// ring size and sampling, and the status that explains them.
+pub fn plan_probeset(
+    ps: &ProbeSet,
+    page_size: u64,
+) -> Result<(Vec<AgentProbe>, PlanStatus), PlanProbeSetError> {
+    let errors = ps.spec.validate();
+    if !errors.is_empty() {
+        return Err(PlanProbeSetError::Invalid(errors));
+    }
+    let spec = &ps.spec;
+    let budget = quantity::parse_bytes(&spec.ring_buffer.node_budget).map_err(|e| {
+        PlanProbeSetError::Invalid(vec![FieldError {
+            field: "spec.ringBuffer.nodeBudget".into(),
+            message: e,
+        }])
+    })?;
+    let input = PlanInput {
+        page_size,
+        node_budget_bytes: budget,
+        max_bytes_per_probe: planner::DEFAULT_MAX_BYTES_PER_PROBE,
+        probes: spec
+            .probes
+            .iter()
+            .map(|p| ProbeDemand {
+                requested_sampling: p.sampling,
+                drain_interval: spec.ring_buffer.drain_interval,
+                burst_factor: spec.ring_buffer.burst_factor,
+                priority: p.priority,
+                ..ProbeDemand::new(
+                    p.name.clone(),
+                    EVENT_BYTES,
+                    if p.export.policy == ExportPolicy::None {
+                        0.0
+                    } else {
+                        p.peak_event_rate
+                    },
+                    spec.max_drop_rate,
+                )
+            })
+            .collect(),
+    };
+    let plan = planner::plan(&input).map_err(|e| PlanProbeSetError::Budget(e.to_string()))?;
+    let namespace = ps
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = ps.metadata.name.clone().unwrap_or_default();
+    let probes = spec
+        .probes
+        .iter()
+        .zip(&plan.probes)
+        .map(|(p, pp)| AgentProbe {
+            namespace: namespace.clone(),
+            probeset: name.clone(),
+            spec: p.clone(),
+            node_selector: spec.node_selector.clone(),
+            pod_selector: spec.pod_selector.clone(),
+            // Without an event path the ring still exists, at its minimum.
+            ring_bytes: pp.ring_bytes.max(page_size),
+            sample_every: pp.sample_every,
+            predicted_drop: pp.predicted_drop,
+            report_interval: spec.report_interval,
+            thresholds: vec![],
+        })
+        .collect();
+    let status = PlanStatus {
+        budget_bytes: plan.budget_bytes,
+        used_bytes: plan.used_bytes,
+        probes: plan
+            .probes
+            .iter()
+            .map(|pp| ProbePlanStatus {
+                name: pp.name.clone(),
+                ring_bytes: pp.ring_bytes,
+                sample_every: pp.sample_every,
+                predicted_drop: pp.predicted_drop,
+                reasons: pp.reasons.clone(),
+            })
+            .collect(),
+    };
+    Ok((probes, status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Manifest, parse_str};
+
+    fn probeset(yaml: &str) -> ProbeSet {
+        match parse_str("t.yaml", yaml).unwrap().remove(0) {
+            Manifest::ProbeSet(ps) => *ps,
+            #[allow(unreachable_patterns)]
+            _ => panic!("not a ProbeSet"),
+        }
+    }
+
+    #[test]
+    fn a_probe_without_export_gets_one_page_and_no_sampling() {
+        let ps = probeset(
+            "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a}\n\
+             spec:\n  probes:\n    - {name: sys, kind: syscalls}\n",
+        );
+        let (probes, status) = plan_probeset(&ps, 4096).unwrap();
+        assert_eq!(probes[0].ring_bytes, 4096);
+        assert_eq!(probes[0].sample_every, 1);
+        assert_eq!(probes[0].namespace, "default");
+        assert_eq!(status.probes[0].name, "sys");
+    }
+
+    #[test]
+    fn exported_events_size_the_ring_from_the_declared_rate() {
+        // 10 000 ev/s × 96 B × 100 ms × 2 = 192 000 B → 256 KiB.
+        let ps = probeset(
+            "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a, namespace: web}\n\
+             spec:\n  probes:\n    - {name: sys, kind: syscalls, export: {policy: all}, peakEventRate: 10000}\n",
+        );
+        let (probes, status) = plan_probeset(&ps, 4096).unwrap();
+        assert_eq!(probes[0].ring_bytes, 256 << 10);
+        assert_eq!(status.used_bytes, 256 << 10);
+        assert!(!status.probes[0].reasons.is_empty());
+    }
+
+    #[test]
+    fn a_budget_too_small_is_an_error_naming_the_field() {
+        let ps = probeset(
+            "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a}\n\
+             spec:\n  ringBuffer: {nodeBudget: \"1Ki\"}\n  probes:\n    - {name: sys, kind: syscalls, export: {policy: all}, peakEventRate: 10}\n",
+        );
+        let e = plan_probeset(&ps, 4096).unwrap_err().to_string();
+        assert!(e.starts_with("spec.ringBuffer.nodeBudget: "), "{e}");
+    }
+}
