@@ -8,3 +8,4 @@ pub mod duration;
 pub mod histogram;
 pub mod planner;
 pub mod quantity;
+pub mod slo;

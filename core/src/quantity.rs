@@ -36,7 +36,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// that divides evenly (`65536` → `64Ki`).
 pub fn format_bytes(n: u64) -> String {
     for (suffix, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-        if n != 0 && n % (1u64 << shift) == 0 {
+        if n != 0 && n.is_multiple_of(1u64 << shift) {
             return format!("{}{suffix}", n >> shift);
         }
     }
