@@ -3,7 +3,13 @@
 //! The live-kernel tests (`tests/`) load real programs; they need root (or
 //! CAP_BPF + CAP_PERFMON) and fail with a message saying so otherwise.
 
-use serde::{Deserialize, Serialize};
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// What `syscall-load` did, measured by itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +33,82 @@ pub struct LoadReport {
 pub struct CallReport {
     pub pid: u32,
     pub durations_ns: Vec<u64>,
+}
+
+/// A workload child (`syscall-load`, `uprobe-target`) stopped in `read(0)`
+/// until [`Child::go`], so probes attach at a known moment.
+pub struct Child {
+    child: std::process::Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Child {
+    /// Starts `bin` and waits until it blocks in `read(0)`.
+    pub fn spawn(bin: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        let c = Self { child, stdout };
+        c.wait_blocked_in_read();
+        c
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the child sleeps inside `read`, so a probe attached now
+    /// sees exactly one exit without an enter.
+    pub fn wait_blocked_in_read(&self) {
+        let read_nr = syscalls::Sysno::read.id().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = std::fs::read_to_string(format!("/proc/{}/syscall", self.pid()))
+                .unwrap_or_default();
+            if s.split_whitespace().next() == Some(read_nr.as_str()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child never blocked in read: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Lets the workload run and returns its report line, parsed. With
+    /// `--hold` the child then waits again until dropped.
+    pub fn go<T: DeserializeOwned>(&mut self) -> T {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("report {line:?}: {e}"))
+    }
+
+    /// [`Child::go`] for `syscall-load`, then waits for it to exit.
+    pub fn go_report(mut self) -> LoadReport {
+        let report = self.go();
+        drop(self.child.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "workload failed: {status}");
+        report
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 /// Panics with an actionable message unless the process may load eBPF programs.

@@ -2,71 +2,19 @@
 //! truth the test makes itself: a child process with known syscall counts
 //! and its own user-space timings.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdout, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use ringwarden_core::histogram::MAX_RELATIVE_ERROR;
 use ringwarden_crds::ProbeKind;
-use ringwarden_e2e::{LoadReport, exact_percentile, load_probe as load, require_bpf_privileges};
+use ringwarden_e2e::{Child, exact_percentile, load_probe as load, require_bpf_privileges};
 use ringwarden_node_agent::probes::{Probe, ProbeConfig};
 use syscalls::Sysno;
 
-/// A `syscall-load` child, stopped at its `read(0)` until [`Load::go`].
-struct Load {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-}
+struct Load;
 
 impl Load {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_syscall-load"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn syscall-load");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        let load = Self { child, stdout };
-        load.wait_blocked_in_read();
-        load
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits until the child sleeps inside `read`, so a probe attached now
-    /// sees exactly one exit without an enter.
-    fn wait_blocked_in_read(&self) {
-        let read_nr = Sysno::read.id().to_string();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = std::fs::read_to_string(format!("/proc/{}/syscall", self.pid())).unwrap();
-            if s.split_whitespace().next() == Some(read_nr.as_str()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "child never blocked in read: {s}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Lets the workload run and returns the child's own report once it exited.
-    fn go(mut self) -> LoadReport {
-        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "syscall-load failed: {status}");
-        serde_json::from_str(&line).expect("a JSON report")
+    fn spawn(args: &[&str]) -> Child {
+        Child::spawn(env!("CARGO_BIN_EXE_syscall-load"), args)
     }
 }
 
@@ -103,8 +51,8 @@ fn counts_and_latency_match_what_the_child_did() {
     let bystander = Load::spawn(&["--getppid", "3000", "--nanosleep", "20"]);
     let probe = load_probe(vec![load.pid()], vec![]);
 
-    let other = std::thread::spawn(move || bystander.go());
-    let report = load.go();
+    let other = std::thread::spawn(move || bystander.go_report());
+    let report = load.go_report();
     other.join().unwrap();
     let snap = probe.snapshot().unwrap();
 
@@ -146,8 +94,8 @@ fn a_comm_filter_counts_only_processes_with_that_name() {
     let wanted = Load::spawn(&["--name", "rw-wanted", "--getppid", "2000"]);
     let other = Load::spawn(&["--name", "rw-other", "--getppid", "1500"]);
     let probe = load_probe(vec![], vec!["rw-wanted".into()]);
-    let t = std::thread::spawn(move || other.go());
-    let report = wanted.go();
+    let t = std::thread::spawn(move || other.go_report());
+    let report = wanted.go_report();
     t.join().unwrap();
     assert_eq!(count(&probe, Sysno::getppid), report.getppid_calls);
     assert_eq!(
@@ -162,7 +110,7 @@ fn a_forked_childs_return_from_clone_is_neither_an_event_nor_a_loss() {
     // Children inherit the comm, so the filter sees both sides of each fork.
     let load = Load::spawn(&["--name", "rw-forker", "--forks", "200"]);
     let probe = load_probe(vec![], vec!["rw-forker".into()]);
-    let report = load.go();
+    let report = load.go_report();
     let snap = probe.snapshot().unwrap();
     let c = snap.counters;
     assert_eq!(c.check_identities(), Ok(()), "{c:?}");
@@ -203,7 +151,7 @@ fn dropping_a_probe_detaches_it_and_a_new_one_starts_from_zero() {
     let first = Load::spawn(&["--getppid", "500"]);
     let pid = first.pid();
     let probe = load_probe(vec![pid], vec![]);
-    first.go();
+    first.go_report();
     assert_eq!(count(&probe, Sysno::getppid), 500);
     let ids = probe.program_ids().to_vec();
     assert_eq!(ids.len(), 3, "fork, enter and exit programs");
@@ -221,7 +169,7 @@ fn dropping_a_probe_detaches_it_and_a_new_one_starts_from_zero() {
 
     let second = Load::spawn(&["--getppid", "700"]);
     let probe = load_probe(vec![second.pid()], vec![]);
-    second.go();
+    second.go_report();
     assert_eq!(count(&probe, Sysno::getppid), 700);
 }
 
