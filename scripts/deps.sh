@@ -35,6 +35,15 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
         --version "$BPF_LINKER_VERSION" --no-default-features --features "llvm-$LLVM"
 fi
 
+# kubernetes-validate checks the CRDs against the official Kubernetes OpenAPI
+# schemas, offline (crds/tests/crds.rs runs it).
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if ! kubernetes-validate --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+    say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 

@@ -1,5 +1,6 @@
 //! Go-style durations ("300ms", "1.5h", "2h45m"), as Kubernetes objects and
-//! CEL's `duration()` spell them.
+//! CEL's `duration()` spell them, and the same with a leading whole number of
+//! days ("30d", "1d12h") for long spans such as SLO windows.
 
 use std::fmt;
 use std::time::Duration;
@@ -47,6 +48,24 @@ pub enum DurationError {
         input: String,
         /// Byte offset of the offending text.
         at: usize,
+    },
+    /// In [`parse_duration_days`]: a unit other than `d` and Go's.
+    #[error(
+        "invalid duration {input:?}: unknown unit {unit:?}; use d (whole days, first), h, m, s, ms, us, µs or ns"
+    )]
+    UnknownUnitOrDays {
+        /// The whole input.
+        input: String,
+        /// The unrecognized unit.
+        unit: String,
+    },
+    /// In [`parse_duration_days`]: days after another unit, or a fraction of a day.
+    #[error(
+        r#"invalid duration {input:?}: days must come first, as a whole number; write it like "30d" or "1d12h""#
+    )]
+    MisplacedDays {
+        /// The whole input.
+        input: String,
     },
     /// Longer than [`MAX_DURATION`].
     #[error(
@@ -149,6 +168,82 @@ fn parse_nanos(input: &str, start: usize) -> Result<u64, DurationError> {
         i = unit_end;
     }
     Ok(total)
+}
+
+const SECS_PER_DAY: u64 = 86_400;
+const NANOS_PER_DAY: u64 = SECS_PER_DAY * 1_000_000_000;
+
+/// Parses a duration like [`parse_duration`], or a whole number of days with
+/// the unit `d` followed by an optional Go-style remainder: "30d", "7d",
+/// "1d12h", "36h".
+///
+/// Days must come first and be whole, so every accepted string is a day count
+/// plus something Go (and CEL's `duration()`) reads; the CRD schema checks
+/// the same grammar with a regular expression. The maximum is
+/// [`MAX_DURATION`], as for Go durations.
+pub fn parse_duration_days(s: &str) -> Result<Duration, DurationError> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || s.as_bytes().get(digits) != Some(&b'd') {
+        return parse_duration(s).map_err(|e| match e {
+            // "-1d": Go's parser stops at the unit before it sees the sign matter.
+            DurationError::UnknownUnit { input, unit } if unit == "d" && input.starts_with('-') => {
+                DurationError::Negative { input }
+            }
+            other => with_days_hint(other),
+        });
+    }
+    let overflow = || DurationError::Overflow {
+        input: s.to_owned(),
+    };
+    let rest_from = digits + 1;
+    let rest = &s[rest_from..];
+    if rest.starts_with(|c: char| !c.is_ascii_digit() && c != '.') {
+        // "30days", "1dh": a unit where the remainder's number is due.
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.');
+        return Err(DurationError::UnknownUnitOrDays {
+            input: s.to_owned(),
+            unit: s[digits..rest_from + unit_len.unwrap_or(rest.len())].to_owned(),
+        });
+    }
+    let rest_nanos = if rest.is_empty() {
+        0
+    } else {
+        parse_nanos(s, rest_from).map_err(with_days_hint)?
+    };
+    let days: u64 = s[..digits].parse().map_err(|_| overflow())?;
+    days.checked_mul(NANOS_PER_DAY)
+        .and_then(|n| n.checked_add(rest_nanos))
+        .filter(|&n| n <= MAX_NANOS)
+        .map(Duration::from_nanos)
+        .ok_or_else(overflow)
+}
+
+/// Rewrites a unit error of Go's grammar for the grammar with days.
+fn with_days_hint(e: DurationError) -> DurationError {
+    match e {
+        DurationError::UnknownUnit { input, unit } if unit == "d" => {
+            DurationError::MisplacedDays { input }
+        }
+        DurationError::UnknownUnit { input, unit } => {
+            DurationError::UnknownUnitOrDays { input, unit }
+        }
+        other => other,
+    }
+}
+
+/// Formats `d` in the syntax [`parse_duration_days`] reads: whole days first,
+/// then the rest as [`format_duration`] writes it ("30d", "1d12h", "36m").
+pub fn format_duration_days(d: Duration) -> String {
+    let days = d.as_secs() / SECS_PER_DAY;
+    if days == 0 {
+        return format_duration(d);
+    }
+    let rest = d - Duration::from_secs(days * SECS_PER_DAY);
+    if rest.is_zero() {
+        format!("{days}d")
+    } else {
+        format!("{days}d{}", Formatted(rest))
+    }
 }
 
 /// `whole.fraction` (ASCII digits) times `scale`, truncated; `None` on overflow.
@@ -313,6 +408,42 @@ pub mod serde_duration_opt {
         // Formats that do not mark presence hand over the string itself.
         fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
             de::Visitor::visit_str(DurationVisitor, s).map(Some)
+        }
+    }
+}
+
+/// Serde adapter for a [`Duration`] field written with optional leading days
+/// ("30d", "1d12h", "6h"):
+/// `#[serde(with = "ringwarden_core::duration::serde_duration_days")]`.
+pub mod serde_duration_days {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer, de};
+
+    use super::{format_duration_days, parse_duration_days};
+
+    /// Writes `d` as [`format_duration_days`] would.
+    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_duration_days(*d))
+    }
+
+    /// Reads a string with [`parse_duration_days`].
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserializer.deserialize_str(DaysVisitor)
+    }
+
+    struct DaysVisitor;
+
+    impl de::Visitor<'_> for DaysVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(r#"a duration string like "30d", "1d12h" or "6h""#)
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+            parse_duration_days(s).map_err(E::custom)
         }
     }
 }
@@ -518,6 +649,101 @@ mod tests {
         );
     }
 
+    #[test]
+    fn leading_whole_days_parse_to_the_expected_value() {
+        let day = Duration::from_secs(86_400);
+        let cases = [
+            ("30d", day * 30),
+            ("1d", day),
+            ("0d", Duration::ZERO),
+            ("007d", day * 7),
+            ("1d12h", day + Duration::from_secs(12 * 3_600)),
+            ("1d1.5h", day + Duration::from_secs(5_400)),
+            ("2d30m15s", day * 2 + Duration::from_secs(1_815)),
+            ("1d0s", day),
+            ("1d.5s", day + Duration::from_millis(500)),
+            // Without days it is exactly parse_duration.
+            ("36h", Duration::from_secs(36 * 3_600)),
+            ("0", Duration::ZERO),
+            ("+5s", Duration::from_secs(5)),
+            ("-0s", Duration::ZERO),
+            ("106751d23h47m16.854775807s", MAX_DURATION),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(parse_duration_days(input), Ok(expected), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn misplaced_or_unknown_units_with_days_are_rejected_with_a_helpful_message() {
+        let misplaced =
+            r#"days must come first, as a whole number; write it like "30d" or "1d12h""#;
+        let cases = [
+            ("1h1d", misplaced),
+            ("1.5d", misplaced),
+            ("1d1d", misplaced),
+            ("1d2h3d", misplaced),
+            (
+                "30days",
+                r#"invalid duration "30days": unknown unit "days"; use d (whole days, first), h, m, s, ms, us, µs or ns"#,
+            ),
+            ("1dh", r#"unknown unit "dh"; use d (whole days"#),
+            ("30x", r#"unknown unit "x"; use d (whole days"#),
+            ("1d5x", r#"unknown unit "x"; use d (whole days"#),
+            ("1d12", "missing unit"),
+            ("d", "expected a number at byte 0"),
+            ("", "empty"),
+            ("-1d", "non-negative"),
+            ("1d-1h", r#"unknown unit "d-""#),
+            ("106752d", "longer than the maximum"),
+            ("106751d23h47m16.854775808s", "longer than the maximum"),
+            ("99999999999999999999d", "longer than the maximum"),
+        ];
+        for (input, message) in cases {
+            let error = parse_duration_days(input).expect_err(input).to_string();
+            assert!(
+                error.contains(message),
+                "{input:?}: {error:?} lacks {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_with_days_format_days_first() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(3_600), "1h"),
+            (Duration::from_secs(86_399), "23h59m59s"),
+            (Duration::from_secs(86_400), "1d"),
+            (Duration::from_secs(30 * 86_400), "30d"),
+            (Duration::from_secs(86_400 + 12 * 3_600), "1d12h"),
+            (Duration::from_millis(86_400_500), "1d500ms"),
+            (MAX_DURATION, "106751d23h47m16.854775807s"),
+        ];
+        for (d, expected) in cases {
+            assert_eq!(format_duration_days(d), expected, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn serde_duration_days_writes_and_reads_the_string_form() {
+        struct Written(Duration);
+        impl fmt::Display for Written {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                serde_duration_days::serialize(&self.0, f)
+            }
+        }
+        assert_eq!(Written(Duration::from_secs(30 * 86_400)).to_string(), "30d");
+        let read = |s| serde_duration_days::deserialize(StrDeserializer::<ValueError>::new(s));
+        assert_eq!(read("1d12h"), Ok(Duration::from_secs(129_600)));
+        assert!(
+            read("1h1d")
+                .unwrap_err()
+                .to_string()
+                .contains("days must come first")
+        );
+    }
+
     /// Durations made of round components, as people write them.
     fn round_duration() -> impl Strategy<Value = Duration> {
         (
@@ -545,6 +771,33 @@ mod tests {
         fn concatenated_durations_parse_to_their_sum(a in round_duration(), b in round_duration()) {
             let joined = format!("{}{}", format_duration(a), format_duration(b));
             prop_assert_eq!(parse_duration(&joined), Ok(a + b));
+        }
+
+        #[test]
+        fn days_formatted_durations_parse_back_exactly(n in 0..=MAX_NANOS) {
+            let d = nanos(n);
+            prop_assert_eq!(parse_duration_days(&format_duration_days(d)), Ok(d));
+        }
+
+        #[test]
+        fn day_counts_add_to_go_durations(days in 0u64..10_000, d in round_duration()) {
+            let rest = format_duration(d);
+            let expected = Duration::from_secs(days * 86_400) + d;
+            prop_assert_eq!(parse_duration_days(&format!("{days}d{rest}")), Ok(expected));
+        }
+
+        #[test]
+        fn without_days_both_parsers_agree(s in "\\PC{0,12}|[0-9.+-]{0,8}[nuµμmsh]{0,2}") {
+            if !s.contains('d') {
+                prop_assert_eq!(parse_duration_days(&s).ok(), parse_duration(&s).ok());
+            }
+        }
+
+        #[test]
+        fn parsing_arbitrary_text_with_days_never_panics(s in "[0-9]{0,6}d?[0-9.dhms]{0,8}") {
+            if let Ok(d) = parse_duration_days(&s) {
+                prop_assert!(d <= MAX_DURATION);
+            }
         }
 
         #[test]

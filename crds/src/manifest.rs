@@ -3,20 +3,42 @@
 //!
 //! Every problem names the file, the document, the field and the fix:
 //! unknown fields (typos), bad values, and what [`ProbeSetSpec::validate`]
-//! finds. All problems of a file are reported together.
+//! and [`SloSpec::validate`] find. All problems of a file are reported
+//! together.
+//!
+//! [`ProbeSetSpec::validate`]: crate::ProbeSetSpec::validate
+//! [`SloSpec::validate`]: crate::SloSpec::validate
 
 use std::{fmt, path::Path};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_yaml_ng::Value;
 
-use crate::{API_VERSION, ProbeSet};
+use crate::{API_VERSION, ProbeSet, Slo, probeset::FieldError};
 
 /// A ringwarden object read from a manifest.
 #[derive(Debug, Clone)]
 pub enum Manifest {
     ProbeSet(Box<ProbeSet>),
+    Slo(Box<Slo>),
+}
+
+/// The kinds this module reads, as `kind:` spells them.
+const KINDS: [&str; 2] = ["ProbeSet", "SLO"];
+
+/// Splits manifests by kind, keeping their order within each kind.
+pub fn split(manifests: Vec<Manifest>) -> (Vec<ProbeSet>, Vec<Slo>) {
+    let mut probesets = Vec::new();
+    let mut slos = Vec::new();
+    for m in manifests {
+        match m {
+            Manifest::ProbeSet(ps) => probesets.push(*ps),
+            Manifest::Slo(slo) => slos.push(*slo),
+        }
+    }
+    (probesets, slos)
 }
 
 /// One problem in a manifest.
@@ -101,25 +123,41 @@ pub fn parse_str(file: &str, text: &str) -> Result<Vec<Manifest>, ManifestErrors
             .and_then(Value::as_str)
             .unwrap_or("");
         match (api_version, kind) {
-            (API_VERSION, "ProbeSet") => match parse_probeset(value) {
-                Ok(ps) => out.push(Manifest::ProbeSet(Box::new(ps))),
+            (API_VERSION, "ProbeSet") => {
+                match parse_object(value, |ps: &ProbeSet| ps.spec.validate()) {
+                    Ok(ps) => out.push(Manifest::ProbeSet(Box::new(ps))),
+                    Err(errs) => errs.into_iter().for_each(|(f, m)| error(Some(f), m)),
+                }
+            }
+            (API_VERSION, "SLO") => match parse_object(value, |slo: &Slo| slo.spec.validate()) {
+                Ok(slo) => out.push(Manifest::Slo(Box::new(slo))),
                 Err(errs) => errs.into_iter().for_each(|(f, m)| error(Some(f), m)),
             },
             (_, "") => error(
                 Some("kind".into()),
-                "missing; add `kind: ProbeSet` and `apiVersion: ringwarden.dev/v1alpha1`".into(),
+                format!(
+                    "missing; add `kind: ProbeSet` or `kind: SLO`, with `apiVersion: {API_VERSION}`"
+                ),
             ),
-            (_, "ProbeSet") => error(
+            (_, "ProbeSet" | "SLO") => error(
                 Some("apiVersion".into()),
                 format!("{api_version:?} is not served; use `apiVersion: {API_VERSION}`"),
             ),
-            (_, other) => error(
-                Some("kind".into()),
-                format!(
-                    "{other:?} is not a ringwarden kind this agent reads; \
-                     use `kind: ProbeSet` with `apiVersion: {API_VERSION}`"
+            (_, other) => match KINDS.iter().find(|k| k.eq_ignore_ascii_case(other)) {
+                Some(kind) => error(
+                    Some("kind".into()),
+                    format!(
+                        "{other:?} is not a kind; kinds are case-sensitive, use `kind: {kind}`"
+                    ),
                 ),
-            ),
+                None => error(
+                    Some("kind".into()),
+                    format!(
+                        "{other:?} is not a ringwarden kind this agent reads; \
+                         use `kind: ProbeSet` or `kind: SLO`, with `apiVersion: {API_VERSION}`"
+                    ),
+                ),
+            },
         }
     }
     if errors.is_empty() {
@@ -129,19 +167,26 @@ pub fn parse_str(file: &str, text: &str) -> Result<Vec<Manifest>, ManifestErrors
     }
 }
 
-/// Deserializes one ProbeSet, collecting unknown fields, type errors and
-/// validation errors as `(field, message)`.
-fn parse_probeset(value: Value) -> Result<ProbeSet, Vec<(String, String)>> {
+/// Deserializes one object of kind `K`, collecting unknown fields, type
+/// errors and what `validate` finds as `(field, message)`.
+fn parse_object<K>(
+    value: Value,
+    validate: impl FnOnce(&K) -> Vec<FieldError>,
+) -> Result<K, Vec<(String, String)>>
+where
+    K: CustomResourceExt + kube::Resource + DeserializeOwned,
+{
     let mut unknown = Vec::new();
     let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
     let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
-    let parsed: Result<ProbeSet, _> = serde_path_to_error::deserialize(de);
+    let parsed: Result<K, _> = serde_path_to_error::deserialize(de);
+    let crd = K::crd();
     let mut errors: Vec<(String, String)> = unknown
         .into_iter()
         // The derived type carries apiVersion and kind implicitly; both were checked already.
         .filter(|field| field != "apiVersion" && field != "kind")
         .map(|field| {
-            let known = known_fields(&field);
+            let known = known_fields(&crd, &field);
             let hint = if known.is_empty() {
                 "remove it".to_string()
             } else {
@@ -156,16 +201,16 @@ fn parse_probeset(value: Value) -> Result<ProbeSet, Vec<(String, String)>> {
             errors.push((field, e.into_inner().to_string()));
             Err(errors)
         }
-        Ok(ps) => {
-            if ps.metadata.name.as_deref().unwrap_or("").is_empty() {
+        Ok(object) => {
+            if object.meta().name.as_deref().unwrap_or("").is_empty() {
                 errors.push((
                     "metadata.name".into(),
-                    "missing; give the ProbeSet a name".into(),
+                    format!("missing; give the {} a name", crd.spec.names.kind),
                 ));
             }
-            errors.extend(ps.spec.validate().into_iter().map(|e| (e.field, e.message)));
+            errors.extend(validate(&object).into_iter().map(|e| (e.field, e.message)));
             if errors.is_empty() {
-                Ok(ps)
+                Ok(object)
             } else {
                 Err(errors)
             }
@@ -194,8 +239,7 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
 }
 
 /// The fields the CRD schema allows beside `field` (its siblings), for hints.
-fn known_fields(field: &str) -> Vec<String> {
-    let crd = ProbeSet::crd();
+fn known_fields(crd: &CustomResourceDefinition, field: &str) -> Vec<String> {
     let Some(mut schema) = crd
         .spec
         .versions
@@ -340,6 +384,127 @@ spec:
         );
         assert!(
             e[1].starts_with("t.yaml (document 3): spec.probes[0].filter.pids[0]"),
+            "{e:?}"
+        );
+    }
+
+    const SLO: &str = "
+apiVersion: ringwarden.dev/v1alpha1
+kind: SLO
+metadata: {name: read-fast, namespace: default}
+spec:
+  probeSet: demo
+  probe: sys
+  series: [read]
+  indicator:
+    latency: {threshold: 1ms}
+  target: 99.9
+";
+
+    #[test]
+    fn an_slo_parses_with_defaults_and_splits_from_probesets() {
+        let docs = parse_str("t.yaml", &format!("{GOOD}---{SLO}")).unwrap();
+        let (probesets, slos) = split(docs);
+        assert_eq!(probesets.len(), 1);
+        let [slo] = slos.as_slice() else {
+            panic!("one SLO expected, got {slos:?}")
+        };
+        assert_eq!(slo.spec.window, std::time::Duration::from_secs(30 * 86_400));
+        assert_eq!(slo.spec.max_drop_rate, 0.01);
+        assert_eq!(
+            slo.spec.indicator.kind(),
+            Some(crate::IndicatorKind::Latency(
+                std::time::Duration::from_millis(1)
+            ))
+        );
+        let missing = slo
+            .spec
+            .find_probe(Some("default"), &probesets)
+            .unwrap_err();
+        assert_eq!(missing.field, "spec.probeSet");
+        assert!(
+            missing
+                .message
+                .starts_with("no ProbeSet \"demo\" in namespace \"default\"; create it"),
+            "{missing}"
+        );
+        assert_eq!(
+            slo.spec.find_probe(None, &probesets).unwrap().name,
+            "sys",
+            "the ProbeSet in GOOD has no namespace"
+        );
+    }
+
+    #[test]
+    fn an_unknown_slo_field_names_the_known_slo_fields() {
+        let e = errors(&SLO.replace("target:", "objective:"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains(
+                "spec.objective: unknown field; remove it or use one of: indicator, \
+                 maxDropRate, probe, probeSet, series, target, window"
+            ),
+            "{e:?}"
+        );
+        assert!(e[1].contains("spec: missing field `target`"), "{e:?}");
+        let e = errors(&SLO.replace("{threshold: 1ms}", "{threshold: 1ms, percentile: 99}"));
+        assert!(
+            e[0].contains(
+                "spec.indicator.latency.percentile: unknown field; remove it or use one of: \
+                 threshold"
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn slo_problems_name_the_field_and_the_fix() {
+        let e = errors(&SLO.replace("target: 99.9", "target: 100"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("spec.target: 100 is not a percentage below 100; use e.g. 99.9"),
+            "{e:?}"
+        );
+        let e = errors(&SLO.replace(
+            "latency: {threshold: 1ms}",
+            "errors: {}\n    latency: {threshold: 1ms}",
+        ));
+        assert!(
+            e[0].contains("spec.indicator: needs exactly one of"),
+            "{e:?}"
+        );
+        let e = errors(&format!("{SLO}  window: 1h1d\n"));
+        assert!(
+            e[0].contains("spec.window: invalid duration \"1h1d\": days must come first"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn slo_kinds_and_versions_are_checked_like_probesets() {
+        let e = errors(&SLO.replace("kind: SLO", "kind: Slo"));
+        assert!(
+            e[0].contains(
+                ": kind: \"Slo\" is not a kind; kinds are case-sensitive, use `kind: SLO`"
+            ),
+            "{e:?}"
+        );
+        let e = errors(&SLO.replace("v1alpha1", "v1"));
+        assert!(
+            e[0].contains(": apiVersion: \"ringwarden.dev/v1\" is not served"),
+            "{e:?}"
+        );
+        let e = errors(&SLO.replace("kind: SLO\n", ""));
+        assert!(
+            e[0].contains(": kind: missing; add `kind: ProbeSet` or `kind: SLO`"),
+            "{e:?}"
+        );
+        let e = errors(&SLO.replace(
+            "metadata: {name: read-fast, namespace: default}",
+            "metadata: {}",
+        ));
+        assert!(
+            e[0].contains("metadata.name: missing; give the SLO a name"),
             "{e:?}"
         );
     }

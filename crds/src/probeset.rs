@@ -8,6 +8,8 @@ use ringwarden_core::duration::serde_duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::cel::{self, MAX_DURATION_LEN};
+
 /// Declares eBPF latency probes: which kernel events to time, on which nodes,
 /// for which processes. The operator turns ProbeSets into node-agent
 /// configuration; in standalone mode the agent reads them from files.
@@ -29,36 +31,51 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeSetSpec {
-    /// Labels a node must carry for its agent to run these probes. Empty
-    /// selects every node (standalone mode ignores it).
+    /// Labels a node must carry for its agent to run these probes, like a
+    /// Pod's nodeSelector. Empty selects every node; standalone mode
+    /// ignores it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
 
-    /// Pods whose processes are observed, by label. Each node's agent
-    /// resolves the matching pods on its node to cgroup v2 ids and filters
-    /// in the kernel. Absent: every process on the node (subject to each
-    /// probe's own filter).
+    /// Pods whose processes are observed, as a label selector. Each node's
+    /// agent resolves the matching pods on its node to cgroup v2 ids and
+    /// filters in the kernel. Absent: every process on the node, subject to
+    /// each probe's own filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
 
-    /// The probes to run. Names must be unique within the ProbeSet.
+    /// The probes to run: 1 to 64, each with a `name` unique within the
+    /// ProbeSet and a `kind` from the catalog (syscalls, tcpConnect,
+    /// tcpRetransmit, runqueue, blockIO, uprobe). Every probe keeps latency
+    /// histograms in the kernel; `export` additionally streams chosen events
+    /// through a ring buffer sized from `peakEventRate`.
+    #[schemars(length(min = 1, max = MAX_PROBES))]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"],
+        "x-kubernetes-validations" = cel::probes(),
+    ))]
     pub probes: Vec<ProbeSpec>,
 
-    /// How the event path's ring buffers are sized; see the quota model in
+    /// How the ring buffers of the event path are sized (drain interval,
+    /// burst factor, per-node memory budget); see the quota model in
     /// docs/quota.md.
     #[serde(default)]
     pub ring_buffer: RingBufferSpec,
 
     /// Largest fraction of exported events the ring buffers may drop at the
-    /// declared peak rate, between 0 and 1 (`0.01` = 1 %). When the node
-    /// budget cannot hold that, the planner lowers sampling until it can.
+    /// declared peak rate, from 0 up to (not including) 1; default 0.01
+    /// (1 %). When the node budget cannot hold that, the planner lowers
+    /// sampling until it can.
     #[serde(default = "default_max_drop_rate")]
+    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMaximum" = true))]
     pub max_drop_rate: f64,
 
     /// How often agents read the kernel counters and report them, as a
-    /// duration like `10s` or `1m`.
+    /// duration of at least 100ms like `10s` or `1m`; default 10s.
     #[serde(default = "default_report_interval", with = "serde_duration")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", length(max = MAX_DURATION_LEN))]
+    #[schemars(extend("x-kubernetes-validations" = cel::report_interval()))]
     pub report_interval: Duration,
 }
 
@@ -70,21 +87,31 @@ fn default_max_drop_rate() -> f64 {
     0.01
 }
 
-/// Ring-buffer sizing inputs of the quota model.
+/// Ring-buffer sizing inputs of the quota model: a probe's buffer holds
+/// `peakEventRate × sampling × record size × drainInterval × burstFactor`,
+/// rounded up to a power of two, and all buffers of the ProbeSet together
+/// fit in `nodeBudget`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RingBufferSpec {
     /// Longest the agent may leave a ring buffer undrained (its worst-case
-    /// stall), as a duration like `100ms`.
+    /// stall), as a duration from 1ms to 10s; default 100ms.
     #[serde(default = "default_drain_interval", with = "serde_duration")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", length(max = MAX_DURATION_LEN))]
+    #[schemars(extend("x-kubernetes-validations" = cel::drain_interval()))]
     pub drain_interval: Duration,
-    /// Headroom over the declared peak rate for bursts (≥ 1).
+    /// Headroom over the declared peak rate for bursts, from 1 to 100;
+    /// default 2.
     #[serde(default = "default_burst_factor")]
+    #[schemars(range(min = 1.0, max = 100.0))]
     pub burst_factor: f64,
-    /// Most ring-buffer memory these probes may use on one node, as a
-    /// Kubernetes quantity like `64Mi`.
+    /// Most ring-buffer memory these probes may use on one node, as whole
+    /// bytes with an optional suffix Ki, Mi, Gi, Ti, k, M, G or T; default
+    /// 64Mi. When the buffers would not fit, the planner shrinks them (lowest
+    /// `priority` first) and reports the predicted drops.
     #[serde(default = "default_node_budget")]
+    #[schemars(length(max = MAX_QUANTITY_LEN))]
+    #[schemars(extend("x-kubernetes-validations" = cel::node_budget()))]
     pub node_budget: String,
 }
 
@@ -98,6 +125,9 @@ impl Default for RingBufferSpec {
     }
 }
 
+/// Longest `nodeBudget` string.
+pub const MAX_QUANTITY_LEN: usize = 32;
+
 fn default_drain_interval() -> Duration {
     Duration::from_millis(100)
 }
@@ -110,54 +140,77 @@ fn default_node_budget() -> String {
     "64Mi".into()
 }
 
-/// One eBPF probe.
+/// One eBPF probe: what to time (`kind`), for which processes (`filter`),
+/// how many latency series to keep (`maxSeries`) and which events to export
+/// one by one (`export`, `peakEventRate`, `sampling`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = cel::probe()))]
 pub struct ProbeSpec {
-    /// Name of the probe, unique within the ProbeSet: a lowercase DNS label
-    /// such as `sys`. Appears as the `probe` label on metrics.
+    /// Name of the probe, unique within the ProbeSet: a DNS label (lowercase
+    /// letters, digits and '-', at most 63) such as `sys`. SLOs refer to it,
+    /// and it is the `probe` label on metrics.
+    #[schemars(length(max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = cel::probe_name()))]
     pub name: String,
 
-    /// What the probe times: `syscalls`, `tcpConnect`, `tcpRetransmit`,
-    /// `runqueue`, `blockIO` or `uprobe` (see the catalog in the README).
+    /// What the probe times. `syscalls`: system call latency per syscall
+    /// (failed calls count as errors). `tcpConnect`: TCP connect latency
+    /// (SYN_SENT to ESTABLISHED) per destination port. `tcpRetransmit`: TCP
+    /// retransmits per destination port (counts, no latency). `runqueue`:
+    /// run-queue delay (wakeup to running). `blockIO`: block I/O latency per
+    /// device and operation. `uprobe`: latency of a user-space function,
+    /// given in `uprobe`.
     pub kind: ProbeKind,
 
-    /// For `kind: uprobe`: the function to time. Required for uprobes and
+    /// The function a `kind: uprobe` probe times. Required for uprobes and
     /// not allowed for other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uprobe: Option<UprobeTarget>,
 
-    /// Which processes are observed. Without a filter every process on the
-    /// node is (except the agent itself).
+    /// Which processes are observed, by pid, command name or cgroup; all
+    /// given criteria must match. Without a filter every process on the node
+    /// is, except the agent itself (and only the pods of `podSelector`, when
+    /// set). `tcpRetransmit` accepts only cgroups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<ProbeFilter>,
 
     /// Most latency series the kernel keeps for this probe (syscalls,
-    /// ports, devices...). Events of further series are counted in one
-    /// overflow series.
+    /// ports, devices...), from 1 to 4096; default 64. Events of further
+    /// series are counted in one overflow series. Each series costs about
+    /// 8 KiB of kernel memory per CPU.
     #[serde(default = "default_max_series")]
+    #[schemars(range(min = 1, max = MAX_MAX_SERIES))]
     pub max_series: u32,
 
-    /// Which events are also sent one by one through the ring buffer.
+    /// Which events are also sent one by one through a ring buffer, beyond
+    /// the histograms; default none.
     #[serde(default)]
     pub export: ExportSpec,
 
-    /// Declared peak rate of exported events on one node, per second. Sizes
-    /// the ring buffer; ignored when `export.policy` is `none`.
+    /// Declared peak rate of exported events on one node, per second; sizes
+    /// the ring buffer. Required (above 0) when `export.policy` is not
+    /// `none`, ignored otherwise.
     #[serde(default)]
+    #[schemars(range(min = 0.0))]
     pub peak_event_rate: f64,
 
-    /// Fraction of events to keep (in-kernel 1-in-N sampling), between 0
-    /// and 1. The planner may lower it to meet `maxDropRate`; SLO counts
-    /// are always exact.
+    /// Fraction of events to keep by in-kernel 1-in-N sampling, above 0 and
+    /// at most 1; default 1 (all). The planner may lower it to meet
+    /// `maxDropRate` and reports the effective value; histograms are scaled
+    /// back, and SLO counts are always exact.
     #[serde(default = "default_sampling")]
+    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
     pub sampling: f64,
 
-    /// When the node budget is short, higher priorities keep their ring
-    /// buffer size longest.
+    /// When the node budget is short, the ring buffers of higher priorities
+    /// are shrunk last; default 0.
     #[serde(default)]
     pub priority: i32,
 }
+
+/// Most probes in one ProbeSet.
+pub const MAX_PROBES: usize = 64;
 
 /// Default of `maxSeries`.
 pub const DEFAULT_MAX_SERIES: u32 = 64;
@@ -172,33 +225,46 @@ fn default_sampling() -> f64 {
     1.0
 }
 
-/// The function a `uprobe` probe times.
+/// The function a `uprobe` probe times, from entry to return.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UprobeTarget {
     /// Absolute path of the binary or shared library on the node, e.g.
     /// `/usr/lib/x86_64-linux-gnu/libc.so.6`.
+    #[schemars(length(max = MAX_PATH_LEN))]
+    #[schemars(extend("x-kubernetes-validations" = cel::uprobe_binary()))]
     pub binary: String,
-    /// Symbol of the function, as `nm -D` or `nm` lists it, e.g. `getaddrinfo`.
+    /// Symbol of the function, as `nm -D` or `nm` lists it, e.g.
+    /// `getaddrinfo`. Go functions are timed at their return instructions,
+    /// since Go moves goroutine stacks.
+    #[schemars(length(min = 1, max = MAX_SYMBOL_LEN))]
     pub symbol: String,
 }
 
-/// Which events are exported through the ring buffer.
+/// Longest uprobe binary path (Linux's PATH_MAX).
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest uprobe symbol.
+pub const MAX_SYMBOL_LEN: usize = 1024;
+
+/// Which events are exported one by one through the ring buffer, with pid,
+/// command, cgroup and latency.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = cel::export()))]
 pub struct ExportSpec {
-    /// `none` (histograms only), `slowerThan` (events slower than
-    /// `slowerThan`), `errors` (failed events) or `all`.
+    /// `none` (histograms only, the default), `slowerThan` (events slower
+    /// than `slowerThan`), `errors` (failed events) or `all`.
     #[serde(default)]
     pub policy: ExportPolicy,
-    /// For `policy: slowerThan`: the latency above which an event is
-    /// exported, as a duration like `10ms`.
+    /// For `policy: slowerThan`, and only then: the latency above which an
+    /// event is exported, as a duration above 0 like `10ms`.
     #[serde(
         default,
         with = "ringwarden_core::duration::serde_duration_opt",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<String>", length(max = MAX_DURATION_LEN))]
+    #[schemars(extend("x-kubernetes-validations" = cel::slower_than()))]
     pub slower_than: Option<Duration>,
 }
 
@@ -267,25 +333,41 @@ impl ProbeKind {
     }
 }
 
-/// Restricts a probe to some processes. All given criteria must match.
+/// Restricts a probe to some processes. All given criteria must match; an
+/// empty list does not restrict.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeFilter {
-    /// Process ids (thread-group ids) to observe; threads of these processes
-    /// are included.
+    /// Process ids (thread-group ids, at most 1024) to observe; threads of
+    /// these processes are included. Not for `tcpRetransmit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_FILTER_PIDS), inner(range(min = 1)))]
     pub pids: Vec<u32>,
-    /// Command names to observe, as the kernel stores them (`comm`, at most
-    /// 15 bytes, see `/proc/<pid>/comm`).
+    /// Command names to observe (at most 256), as the kernel stores them:
+    /// `comm`, at most 15 bytes, see `/proc/<pid>/comm`. Not for
+    /// `tcpRetransmit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_FILTER_COMMS), inner(length(min = 1, max = MAX_COMM_LEN)))]
+    #[schemars(transform = cel::on_comm_items)]
     pub comms: Vec<String>,
-    /// cgroup v2 paths to observe, absolute under the cgroup mount
-    /// (`/sys/fs/cgroup/system.slice/nginx.service`) or relative to it
+    /// cgroup v2 paths to observe (at most 256), absolute under the cgroup
+    /// mount (`/sys/fs/cgroup/system.slice/nginx.service`) or relative to it
     /// (`system.slice/nginx.service`). Processes in descendant cgroups are
     /// included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_FILTER_CGROUPS), inner(length(min = 1, max = MAX_CGROUP_PATH_LEN)))]
+    #[schemars(transform = cel::on_cgroup_items)]
     pub cgroups: Vec<String>,
 }
+
+/// Most pids in one filter (the kernel's pid filter holds 1024).
+pub const MAX_FILTER_PIDS: usize = 1024;
+/// Most comms in one filter (the kernel's comm filter holds 256).
+pub const MAX_FILTER_COMMS: usize = 256;
+/// Most cgroup paths in one filter.
+pub const MAX_FILTER_CGROUPS: usize = 256;
+/// Longest cgroup path; also bounds the cost of the CEL rule on each.
+pub const MAX_CGROUP_PATH_LEN: usize = 512;
 
 /// Observed state of a ProbeSet, written by the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -297,6 +379,7 @@ pub struct ProbeSetStatus {
     /// `Ready`, `Invalid`, `QuotaConstrained` and `Degraded`, following the
     /// Kubernetes API conventions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Nodes running the probes over nodes selected, like `3/4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,6 +406,7 @@ pub struct PlanStatus {
     pub budget_bytes: u64,
     /// Ring-buffer bytes the plan uses on a node.
     pub used_bytes: u64,
+    /// The plan of each probe, in `spec.probes` order.
     pub probes: Vec<ProbePlanStatus>,
 }
 
@@ -330,6 +414,7 @@ pub struct PlanStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbePlanStatus {
+    /// The probe (`spec.probes[].name`).
     pub name: String,
     /// Ring-buffer size (a power of two, at least one page).
     pub ring_bytes: u64,
@@ -373,6 +458,16 @@ impl ProbeSetSpec {
                 "no probes given; add at least one, e.g. `- {name: sys, kind: syscalls}`".into(),
             );
         }
+        if self.probes.len() > MAX_PROBES {
+            err(
+                "spec.probes".into(),
+                format!(
+                    "{} probes is too many; use at most {MAX_PROBES}, or split them over \
+                     several ProbeSets",
+                    self.probes.len()
+                ),
+            );
+        }
         if self.report_interval < Duration::from_millis(100) {
             err(
                 "spec.reportInterval".into(),
@@ -403,7 +498,12 @@ impl ProbeSetSpec {
                 format!("{} is out of range; use 1 to 100, e.g. 2", rb.burst_factor),
             );
         }
-        if let Err(e) = ringwarden_core::quantity::parse_bytes(&rb.node_budget) {
+        if rb.node_budget.len() > MAX_QUANTITY_LEN {
+            err(
+                "spec.ringBuffer.nodeBudget".into(),
+                format!("is longer than {MAX_QUANTITY_LEN} characters; use e.g. 64Mi"),
+            );
+        } else if let Err(e) = ringwarden_core::quantity::parse_bytes(&rb.node_budget) {
             err("spec.ringBuffer.nodeBudget".into(), e);
         }
         let mut seen = BTreeMap::new();
@@ -457,6 +557,12 @@ impl ProbeSetSpec {
                     format!("{at}.export.slowerThan"),
                     "policy slowerThan needs a threshold; add e.g. `slowerThan: 10ms`".into(),
                 ),
+                (ExportPolicy::SlowerThan, Some(Duration::ZERO)) => err(
+                    format!("{at}.export.slowerThan"),
+                    "must be above 0; to export every event use `policy: all`, else give a \
+                     threshold like `10ms`"
+                        .into(),
+                ),
                 (ExportPolicy::SlowerThan, Some(_)) => {}
                 (other, Some(_)) => err(
                     format!("{at}.export.slowerThan"),
@@ -493,10 +599,25 @@ impl ProbeSetSpec {
                             ),
                         );
                     }
+                    if u.binary.chars().count() > MAX_PATH_LEN {
+                        err(
+                            format!("{at}.uprobe.binary"),
+                            format!("is longer than {MAX_PATH_LEN} characters; use a shorter path"),
+                        );
+                    }
                     if u.symbol.is_empty() {
                         err(
                             format!("{at}.uprobe.symbol"),
                             "is empty; give the function's symbol as `nm` lists it".into(),
+                        );
+                    }
+                    if u.symbol.chars().count() > MAX_SYMBOL_LEN {
+                        err(
+                            format!("{at}.uprobe.symbol"),
+                            format!(
+                                "is longer than {MAX_SYMBOL_LEN} characters; give the symbol \
+                                 as `nm` lists it"
+                            ),
                         );
                     }
                 }
@@ -510,6 +631,21 @@ impl ProbeSetSpec {
                 (_, None) => {}
             }
             let Some(filter) = &p.filter else { continue };
+            for (list, len, max) in [
+                ("pids", filter.pids.len(), MAX_FILTER_PIDS),
+                ("comms", filter.comms.len(), MAX_FILTER_COMMS),
+                ("cgroups", filter.cgroups.len(), MAX_FILTER_CGROUPS),
+            ] {
+                if len > max {
+                    err(
+                        format!("{at}.filter.{list}"),
+                        format!(
+                            "{len} entries is too many; use at most {max}, e.g. by filtering \
+                             on a common cgroup instead"
+                        ),
+                    );
+                }
+            }
             if p.kind == ProbeKind::TcpRetransmit
                 && (!filter.pids.is_empty() || !filter.comms.is_empty())
             {
@@ -521,12 +657,16 @@ impl ProbeSetSpec {
                 );
             }
             for (j, cg) in filter.cgroups.iter().enumerate() {
-                if cg.trim_matches('/').is_empty() || cg.split('/').any(|c| c == "..") {
+                if cg.trim_matches('/').is_empty()
+                    || cg.split('/').any(|c| c == "..")
+                    || cg.chars().count() > MAX_CGROUP_PATH_LEN
+                {
                     err(
                         format!("{at}.filter.cgroups[{j}]"),
                         format!(
                             "{cg:?} is not a cgroup path; use a path under /sys/fs/cgroup \
-                             such as system.slice/nginx.service"
+                             without '..', at most {MAX_CGROUP_PATH_LEN} characters, such as \
+                             system.slice/nginx.service"
                         ),
                     );
                 }
@@ -555,7 +695,9 @@ impl ProbeSetSpec {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// An RFC 1123 label: 1-63 lowercase letters, digits and '-', alphanumeric
+/// at both ends.
+pub(crate) fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     (1..=63).contains(&b.len())
         && b.iter()

@@ -156,7 +156,8 @@ pub struct ProbeConfig {
     pub sample_every: u64,
     /// Ring-buffer bytes (a power of two multiple of the page size).
     pub ring_bytes: u32,
-    /// In-flight starts the object-keyed start map holds (tcpConnect, blockIO).
+    /// In-flight starts the object-keyed start map holds (tcpConnect,
+    /// blockIO; runqueue: runnable threads waiting).
     pub start_entries: u32,
     /// Exact SLO counters: (SLO name, kernel slot).
     pub thresholds: Vec<(String, ringwarden_ebpf_common::ThresholdSlot)>,
@@ -376,7 +377,9 @@ impl Probe {
         let ring_bytes = config.ring_bytes.max(page).next_power_of_two();
         let sample_every = config.sample_every.max(1);
         let obj_entries = match config.kind {
-            ProbeKind::TcpConnect | ProbeKind::BlockIo => config.start_entries.max(1),
+            ProbeKind::TcpConnect | ProbeKind::BlockIo | ProbeKind::Runqueue => {
+                config.start_entries.max(1)
+            }
             _ => 1,
         };
         let mut ebpf = EbpfLoader::new()

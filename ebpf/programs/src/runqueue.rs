@@ -1,18 +1,27 @@
 //! The `runqueue` probe: how long a runnable task waits for a CPU, from
 //! `sched_wakeup`/`sched_wakeup_new` (or being preempted while runnable) to
-//! `sched_switch` onto a CPU. The wait is stored in the task's own storage.
+//! `sched_switch` onto a CPU. The wait's start is kept in a hash map by
+//! thread id: task-local storage would be cheaper, but its helpers give up
+//! (return NULL) when another task-storage operation is in progress on the
+//! CPU, and inside `sched_switch` that silently loses switch-ins.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use ringwarden_ebpf_common::SeriesKey;
+use ringwarden_ebpf_common::{ObjStart, SeriesKey};
 
 use crate::common::{
-    TASK_START, Who, counters, finish, pairing_lost, start_map_full, wanted_task,
+    OBJ_START, Who, counters, finish, global, offsets, pairing_lost, read, start_map_full,
+    wanted_task,
 };
 
-/// `TASK_RUNNING`: a task switched out in this state was preempted and is
-/// still runnable, so its wait starts now.
+#[inline(always)]
+fn tid(task: u64) -> u64 {
+    read::<u32>(task, global(&offsets().task_pid)) as u64
+}
+
+/// `TASK_RUNNING`: a task switched out in this state is still runnable, so
+/// its wait starts now.
 const TASK_RUNNING: u32 = 0;
 
 #[inline(always)]
@@ -20,10 +29,14 @@ fn enqueue(task: *mut c_void) {
     if task.is_null() || !wanted_task(task as u64) {
         return;
     }
-    match TASK_START.of_or_create(task) {
-        // SAFETY: non-null pointer to the task's value.
-        Some(s) => unsafe { (*s).ts_ns = bpf_ktime_get_ns() },
-        None => {
+    let start = ObjStart {
+        // SAFETY: reads the monotonic clock, no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ..Default::default()
+    };
+    match OBJ_START.insert(tid(task as u64), start, 0) {
+        Ok(()) => {}
+        Err(_) => {
             // The wait cannot be timed; it is an observed event all the same.
             if let Some(c) = counters() {
                 start_map_full(c);
@@ -50,10 +63,14 @@ pub fn rw_rq_wakeup_new(ctx: BtfTracePointContext) -> i32 {
 pub fn rw_rq_switch(ctx: BtfTracePointContext) -> i32 {
     // sched_switch(bool preempt, struct task_struct *prev,
     //              struct task_struct *next, unsigned int prev_state)
+    let preempt: u64 = ctx.arg(0);
     let prev: *mut c_void = ctx.arg(1);
     let next: *mut c_void = ctx.arg(2);
     let prev_state: u32 = ctx.arg(3);
-    if prev_state == TASK_RUNNING {
+    // A preempted task stays queued even if it was about to sleep (its
+    // state is already non-running); the scheduler only dequeues on a
+    // voluntary switch out of a non-running state.
+    if preempt & 0xff != 0 || prev_state == TASK_RUNNING {
         enqueue(prev);
     }
     if next.is_null() {
@@ -62,25 +79,22 @@ pub fn rw_rq_switch(ctx: BtfTracePointContext) -> i32 {
     // Only tasks whose wait was stored are timed: a task running without a
     // recorded wakeup was runnable before the probe attached (or is the
     // idle task), which is not an event of this probe.
-    let Some(s) = TASK_START.of(next) else {
-        return 0;
-    };
-    // SAFETY: non-null pointer to next's value.
-    let ts = unsafe {
-        let ts = (*s).ts_ns;
-        (*s).ts_ns = 0;
-        ts
-    };
-    if ts == 0 {
-        return 0;
+    let key = tid(next as u64);
+    if key == 0 {
+        return 0; // the idle task
     }
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(ts) = (unsafe { OBJ_START.get(key) }).map(|s| s.ts_ns) else {
+        return 0;
+    };
+    let _ = OBJ_START.remove(key);
     let Some(c) = counters() else {
         return 0;
     };
     // SAFETY: reads the monotonic clock, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = SeriesKey::default();
     let task = next as u64;
-    finish(c, &key, now.saturating_sub(ts), false, 0, now, || Who::task(task));
+    let series = SeriesKey::default();
+    finish(c, &series, now.saturating_sub(ts), false, 0, now, || Who::task(task));
     0
 }

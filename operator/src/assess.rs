@@ -1,0 +1,351 @@
+//! Validating and planning one ProbeSet: the pure step between fetching and
+//! rendering. No IO, no clock.
+//!
+//! Every ProbeSet is planned against its own `spec.ringBuffer.nodeBudget`,
+//! which holds on every node it selects. Its plan is therefore the same on
+//! every node class, and one `status.plan` describes it exactly; planning
+//! the ProbeSets sharing a node jointly would let an unrelated ProbeSet
+//! shrink another team's rings. What a node class adds up to is computed
+//! when rendering (see [`crate::render::agent_config`]).
+
+use ringwarden_core::{
+    planner::{self, EVENT_BYTES, Plan, PlanError, PlanInput, ProbeDemand},
+    quantity::{format_bytes, parse_bytes},
+};
+use ringwarden_crds::{ExportPolicy, ProbeSet, Threshold, agent::MAX_THRESHOLDS};
+
+use crate::slo::SloTarget;
+
+/// Page size plans are made for. Agents on kernels with larger pages
+/// (64 KiB on some arm64 machines) raise each ring to at least one page.
+pub const PLAN_PAGE_SIZE: u64 = 4096;
+
+/// A power of two far above any ring the per-probe cap allows, used to
+/// find what each probe would get with unlimited memory.
+const UNLIMITED_RING: u64 = 1 << 62;
+
+/// The outcome for one ProbeSet.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Assessment {
+    /// The spec cannot be run; the messages name the field and the fix.
+    Invalid(Vec<String>),
+    Planned(Planned),
+}
+
+/// A valid ProbeSet's plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    /// One entry per probe, in `spec.probes` order.
+    pub plan: Plan,
+    /// Per probe, in `spec.probes` order: the SLO thresholds the kernel
+    /// counts, sorted by SLO, at most [`MAX_THRESHOLDS`].
+    pub thresholds: Vec<Vec<Threshold>>,
+    /// Probes the budget or the per-probe cap made smaller or sparser than
+    /// declared, one line each; empty when every probe got what it needs.
+    pub constrained: Vec<String>,
+}
+
+impl Assessment {
+    pub fn planned(&self) -> Option<&Planned> {
+        match self {
+            Self::Planned(p) => Some(p),
+            Self::Invalid(_) => None,
+        }
+    }
+}
+
+/// Validates `ps` and plans its probes. `slos` may hold any SLOs; those
+/// watching this ProbeSet's probes tighten their drop rate and add kernel
+/// thresholds.
+pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
+    let spec = &ps.spec;
+    let errors: Vec<String> = spec.validate().iter().map(ToString::to_string).collect();
+    if !errors.is_empty() {
+        return Assessment::Invalid(errors);
+    }
+    let budget = match parse_bytes(&spec.ring_buffer.node_budget) {
+        Ok(b) => b,
+        Err(e) => return Assessment::Invalid(vec![format!("spec.ringBuffer.nodeBudget: {e}")]),
+    };
+    let namespace = ps.metadata.namespace.as_deref().unwrap_or_default();
+    let name = ps.metadata.name.as_deref().unwrap_or_default();
+
+    let mut thresholds = Vec::with_capacity(spec.probes.len());
+    let mut demands = Vec::with_capacity(spec.probes.len());
+    for p in &spec.probes {
+        let mut watching: Vec<&SloTarget> = slos
+            .iter()
+            .filter(|s| s.watches(namespace, name, &p.name))
+            .collect();
+        watching.sort_by(|a, b| a.id.cmp(&b.id));
+        let max_drop_rate = watching
+            .iter()
+            .map(|s| s.max_drop_rate)
+            .fold(spec.max_drop_rate, f64::min);
+        thresholds.push(
+            watching
+                .iter()
+                .take(MAX_THRESHOLDS)
+                .map(|s| s.threshold.clone())
+                .collect(),
+        );
+        let peak_rate = match p.export.policy {
+            ExportPolicy::None => 0.0,
+            _ => p.peak_event_rate,
+        };
+        demands.push(ProbeDemand {
+            name: p.name.clone(),
+            event_size: EVENT_BYTES,
+            peak_rate,
+            requested_sampling: p.sampling,
+            drain_interval: spec.ring_buffer.drain_interval,
+            burst_factor: spec.ring_buffer.burst_factor,
+            max_drop_rate,
+            priority: p.priority,
+        });
+    }
+    let input = PlanInput {
+        page_size: PLAN_PAGE_SIZE,
+        node_budget_bytes: budget,
+        max_bytes_per_probe: planner::DEFAULT_MAX_BYTES_PER_PROBE,
+        probes: demands,
+    };
+    let plan = match planner::plan(&input) {
+        Ok(plan) => plan,
+        Err(e) => return Assessment::Invalid(vec![plan_error(ps, &e)]),
+    };
+    let unlimited = planner::plan(&PlanInput {
+        node_budget_bytes: u64::MAX,
+        max_bytes_per_probe: UNLIMITED_RING,
+        ..input.clone()
+    })
+    .expect("a plan that fits a budget also fits an unlimited one");
+    let constrained = plan
+        .probes
+        .iter()
+        .zip(&unlimited.probes)
+        .zip(&input.probes)
+        .filter_map(|((got, wanted), demand)| {
+            let mut what = Vec::new();
+            if got.ring_bytes < wanted.ring_bytes {
+                what.push(format!(
+                    "ring {} of the {} it needs",
+                    format_bytes(got.ring_bytes),
+                    format_bytes(wanted.ring_bytes)
+                ));
+            }
+            if got.sample_every > wanted.sample_every {
+                what.push(format!(
+                    "sampling 1 in {} instead of 1 in {}",
+                    got.sample_every, wanted.sample_every
+                ));
+            }
+            if got.predicted_drop > demand.max_drop_rate {
+                what.push(format!(
+                    "predicted drop {} above the allowed {}",
+                    percent(got.predicted_drop),
+                    percent(demand.max_drop_rate)
+                ));
+            }
+            (!what.is_empty()).then(|| format!("{}: {}", got.name, what.join(", ")))
+        })
+        .collect();
+    Assessment::Planned(Planned {
+        plan,
+        thresholds,
+        constrained,
+    })
+}
+
+/// A planner error, pointed at the field that causes it.
+fn plan_error(ps: &ProbeSet, e: &PlanError) -> String {
+    let probe_index = |name: &str| ps.spec.probes.iter().position(|p| p.name == name);
+    match e {
+        PlanError::BudgetTooSmall { minimum_bytes, .. } => format!(
+            "spec.ringBuffer.nodeBudget: {e}; raise it to at least {}",
+            format_bytes(minimum_bytes.next_multiple_of(1024))
+        ),
+        PlanError::Field { probe, field, .. } => {
+            let at = match (*field, probe_index(probe)) {
+                ("burstFactor" | "drainInterval", _) => format!("spec.ringBuffer.{field}"),
+                ("maxDropRate", _) => "spec.maxDropRate".to_owned(),
+                ("requestedSampling", Some(i)) => format!("spec.probes[{i}].sampling"),
+                ("peakRate", Some(i)) => format!("spec.probes[{i}].peakEventRate"),
+                (_, Some(i)) => format!("spec.probes[{i}]"),
+                (_, None) => "spec.probes".to_owned(),
+            };
+            format!("{at}: {e}")
+        }
+        other => format!("spec: {other}"),
+    }
+}
+
+/// `0.015` → "1.5%".
+fn percent(fraction: f64) -> String {
+    let s = format!("{:.2}", fraction * 100.0);
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s}%")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ringwarden_crds::{ExportSpec, ProbeKind, ProbeSetSpec, ProbeSpec, RingBufferSpec};
+
+    use super::*;
+
+    fn probe(name: &str, rate: f64) -> ProbeSpec {
+        ProbeSpec {
+            name: name.into(),
+            kind: ProbeKind::Syscalls,
+            uprobe: None,
+            filter: None,
+            max_series: 64,
+            export: ExportSpec {
+                policy: if rate > 0.0 {
+                    ExportPolicy::All
+                } else {
+                    ExportPolicy::None
+                },
+                slower_than: None,
+            },
+            peak_event_rate: rate,
+            sampling: 1.0,
+            priority: 0,
+        }
+    }
+
+    fn probeset(budget: &str, probes: Vec<ProbeSpec>) -> ProbeSet {
+        let mut ps = ProbeSet::new(
+            "web",
+            ProbeSetSpec {
+                node_selector: Default::default(),
+                pod_selector: None,
+                probes,
+                ring_buffer: RingBufferSpec {
+                    node_budget: budget.into(),
+                    ..Default::default()
+                },
+                max_drop_rate: 0.01,
+                report_interval: Duration::from_secs(10),
+            },
+        );
+        ps.metadata.namespace = Some("shop".into());
+        ps
+    }
+
+    fn slo(name: &str, probe: &str, max_drop_rate: f64) -> SloTarget {
+        let id = format!("shop/{name}");
+        SloTarget {
+            namespace: "shop".into(),
+            threshold: Threshold {
+                slo: id.clone(),
+                latency_ns: Some(1_000_000),
+                errors: false,
+                series: vec![],
+            },
+            id,
+            probeset: "web".into(),
+            probe: probe.into(),
+            max_drop_rate,
+        }
+    }
+
+    #[test]
+    fn rings_are_sized_for_96_byte_records() {
+        // 10000 ev/s × (88 + 8) B × 100ms × burst 2 = 192000 B → 256 KiB.
+        let a = assess(&probeset("64Mi", vec![probe("sys", 10_000.0)]), &[]);
+        let p = a.planned().unwrap();
+        assert_eq!(p.plan.probes[0].ring_bytes, 256 << 10);
+        assert_eq!(p.plan.probes[0].record_bytes, 96);
+        assert_eq!(p.plan.budget_bytes, 64 << 20);
+        assert!(p.constrained.is_empty());
+    }
+
+    #[test]
+    fn probes_without_an_event_path_get_no_ring() {
+        let a = assess(&probeset("64Mi", vec![probe("sys", 0.0)]), &[]);
+        assert_eq!(a.planned().unwrap().plan.used_bytes, 0);
+    }
+
+    #[test]
+    fn a_short_budget_is_reported_per_probe() {
+        let a = assess(
+            &probeset("64Ki", vec![probe("a", 10_000.0), probe("b", 10.0)]),
+            &[],
+        );
+        let p = a.planned().unwrap();
+        assert_eq!(p.plan.probes[0].ring_bytes, 32 << 10);
+        assert_eq!(
+            p.constrained,
+            ["a: ring 32Ki of the 256Ki it needs, sampling 1 in 3 instead of 1 in 1"]
+        );
+    }
+
+    #[test]
+    fn spec_errors_and_unplannable_budgets_make_the_probeset_invalid() {
+        let mut bad = probeset("lots", vec![probe("sys", 1.0)]);
+        bad.spec.max_drop_rate = 2.0;
+        let Assessment::Invalid(errors) = assess(&bad, &[]) else {
+            panic!("expected invalid")
+        };
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].starts_with("spec.maxDropRate: "), "{errors:?}");
+        assert!(
+            errors[1].starts_with("spec.ringBuffer.nodeBudget: "),
+            "{errors:?}"
+        );
+
+        let tiny = probeset("1Ki", vec![probe("sys", 1.0)]);
+        assert_eq!(
+            assess(&tiny, &[]),
+            Assessment::Invalid(vec![
+                "spec.ringBuffer.nodeBudget: node budget of 1024 B is too small: the event \
+                 paths need 4096 B even at one page (or one record) each; raise it to at least 4Ki"
+                    .into()
+            ])
+        );
+
+        let mut sparse = probeset("64Mi", vec![probe("sys", 1.0)]);
+        sparse.spec.probes[0].sampling = 1e-9;
+        let Assessment::Invalid(errors) = assess(&sparse, &[]) else {
+            panic!("expected invalid")
+        };
+        assert!(
+            errors[0].starts_with("spec.probes[0].sampling: "),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn slos_add_thresholds_and_the_strictest_drop_rate() {
+        // 100000 ev/s × 96 B × 100ms = 960000 B per drain into a 256 KiB
+        // budget: no drops allowed needs 1 in 4, the 50% the ProbeSet alone
+        // allows needs only 1 in 2.
+        let mut ps = probeset("256Ki", vec![probe("sys", 100_000.0), probe("other", 0.0)]);
+        ps.spec.max_drop_rate = 0.5;
+        let alone = assess(&ps, &[]);
+        assert_eq!(alone.planned().unwrap().plan.probes[0].sample_every, 2);
+
+        let slos = [
+            slo("b-strict", "sys", 0.0),
+            slo("a-lax", "sys", 0.9),
+            slo("elsewhere", "nope", 0.0),
+        ];
+        let with = assess(&ps, &slos);
+        let p = with.planned().unwrap();
+        assert_eq!(p.plan.probes[0].sample_every, 4);
+        let names: Vec<_> = p.thresholds[0].iter().map(|t| t.slo.as_str()).collect();
+        assert_eq!(names, ["shop/a-lax", "shop/b-strict"]);
+        assert!(p.thresholds[1].is_empty());
+    }
+
+    #[test]
+    fn at_most_the_kernel_s_threshold_slots_are_used() {
+        let ps = probeset("64Mi", vec![probe("sys", 0.0)]);
+        let slos: Vec<_> = (0..6).map(|i| slo(&format!("s{i}"), "sys", 0.01)).collect();
+        let a = assess(&ps, &slos);
+        assert_eq!(a.planned().unwrap().thresholds[0].len(), MAX_THRESHOLDS);
+    }
+}

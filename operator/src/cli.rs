@@ -1,0 +1,132 @@
+//! Command line of `ringwarden-operator`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Parser, ValueEnum};
+use ringwarden_core::duration::parse_duration;
+
+/// ringwarden's operator: turns ProbeSets into node-agent configuration.
+///
+/// It watches ProbeSets and Nodes, validates and plans every ProbeSet (ring
+/// buffer sizes, sampling), writes the plan into each ProbeSet's status,
+/// renders one agent configuration into a ConfigMap and server-side applies
+/// the agent DaemonSet. Replicas elect a leader through a Lease; only the
+/// leader writes.
+#[derive(Debug, Parser)]
+#[command(name = "ringwarden-operator", version)]
+pub struct Args {
+    /// Operator configuration (YAML): the agent image, resources,
+    /// tolerations and priority class. Without it, defaults apply; see
+    /// docs/operator.md.
+    #[arg(long, env = "RINGWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Namespace of the agent DaemonSet, its ConfigMap and the
+    /// leader-election Lease (usually the operator's own).
+    #[arg(
+        long,
+        default_value = "ringwarden-system",
+        env = "RINGWARDEN_NAMESPACE"
+    )]
+    pub namespace: String,
+
+    /// Address for Prometheus `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "RINGWARDEN_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
+
+    /// Elect a leader through a Lease so that only one replica writes.
+    /// Turn off only when exactly one replica runs.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, env = "RINGWARDEN_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        default_value = "ringwarden-operator",
+        env = "RINGWARDEN_LEASE_NAME"
+    )]
+    pub lease_name: String,
+
+    /// This replica's name in the Lease (default: the host name, which is
+    /// the pod name in Kubernetes).
+    #[arg(long, env = "RINGWARDEN_POD_NAME")]
+    pub identity: Option<String>,
+
+    /// How long a leader's Lease stays valid without renewal; a standby
+    /// takes over after this.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "RINGWARDEN_LEASE_DURATION")]
+    pub lease_duration: Duration,
+
+    /// How long the leader keeps writing without a successful renewal.
+    /// Must be shorter than --lease-duration, so a leader stops before a
+    /// standby may start.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "RINGWARDEN_RENEW_DEADLINE")]
+    pub renew_deadline: Duration,
+
+    /// How often to renew the Lease, or to try to take it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "RINGWARDEN_RETRY_PERIOD")]
+    pub retry_period: Duration,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "RINGWARDEN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `ringwarden_operator=debug`.
+    #[arg(long, default_value = "info", env = "RINGWARDEN_LOG")]
+    pub log: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Args {
+    /// Checks what clap cannot: the lease timings' order.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.retry_period < self.renew_deadline && self.renew_deadline < self.lease_duration) {
+            return Err(format!(
+                "lease timings must satisfy --retry-period < --renew-deadline < --lease-duration \
+                 (got {:?} < {:?} < {:?}); the defaults are 2s < 10s < 15s",
+                self.retry_period, self.renew_deadline, self.lease_duration
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_give_a_valid_leader_election() {
+        let a = Args::try_parse_from(["ringwarden-operator"]).unwrap();
+        assert_eq!(a.namespace, "ringwarden-system");
+        assert!(a.leader_elect);
+        assert_eq!(a.validate(), Ok(()));
+    }
+
+    #[test]
+    fn leader_election_can_be_turned_off_and_timings_are_checked() {
+        let a = Args::try_parse_from([
+            "ringwarden-operator",
+            "--leader-elect",
+            "false",
+            "--renew-deadline",
+            "20s",
+        ])
+        .unwrap();
+        assert!(!a.leader_elect);
+        let e = a.validate().unwrap_err();
+        assert!(e.contains("--renew-deadline < --lease-duration"), "{e}");
+    }
+}

@@ -1,0 +1,245 @@
+//! The operator's own configuration: how the agent DaemonSet runs. Read
+//! once at start from a YAML file (the Helm chart mounts it from a
+//! ConfigMap); every field has a default, so the operator also runs
+//! without one. Reads a file, nothing else.
+
+use std::{collections::BTreeMap, path::Path};
+
+use k8s_openapi::{
+    api::core::v1::{ResourceRequirements, Toleration},
+    apimachinery::pkg::api::resource::Quantity,
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything the operator is configured with, besides its flags.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// The agent DaemonSet.
+    #[serde(default)]
+    pub agent: AgentSettings,
+}
+
+/// How the agent DaemonSet is rendered. Changing the image, resources,
+/// tolerations or priority class changes the pod template, so agents roll;
+/// ProbeSet changes only change the ConfigMap, which agents reload.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Name of the DaemonSet.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Name of the ConfigMap holding the agent configuration.
+    #[serde(default = "default_config_map_name")]
+    pub config_map_name: String,
+    /// Agent container image.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`.
+    #[serde(default = "default_pull_policy")]
+    pub image_pull_policy: String,
+    /// ServiceAccount of the agent pods.
+    #[serde(default = "default_name")]
+    pub service_account_name: String,
+    /// CPU and memory of the agent container. Ring buffers are charged to
+    /// the agent's memory cgroup, so the limit must cover the largest
+    /// per-node ring-buffer total (`nodeBudgetBytes` in the agent config).
+    #[serde(default = "default_resources")]
+    pub resources: ResourceRequirements,
+    /// Taints the agent tolerates. The default tolerates every taint, so
+    /// probes can run on any node their ProbeSet selects.
+    #[serde(default = "default_tolerations")]
+    pub tolerations: Vec<Toleration>,
+    /// PriorityClass of the agent pods, e.g. `system-node-critical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Port of the agent's `/metrics` and `/healthz`.
+    #[serde(default = "default_metrics_port")]
+    pub metrics_port: u16,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            name: default_name(),
+            config_map_name: default_config_map_name(),
+            image: default_image(),
+            image_pull_policy: default_pull_policy(),
+            service_account_name: default_name(),
+            resources: default_resources(),
+            tolerations: default_tolerations(),
+            priority_class_name: None,
+            metrics_port: default_metrics_port(),
+        }
+    }
+}
+
+fn default_name() -> String {
+    "ringwarden-agent".into()
+}
+
+fn default_config_map_name() -> String {
+    "ringwarden-agent-config".into()
+}
+
+fn default_image() -> String {
+    concat!("ringwarden/agent:v", env!("CARGO_PKG_VERSION")).into()
+}
+
+fn default_pull_policy() -> String {
+    "IfNotPresent".into()
+}
+
+fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), q("50m")),
+            ("memory".into(), q("128Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".into(), q("512Mi"))])),
+        ..Default::default()
+    }
+}
+
+fn default_tolerations() -> Vec<Toleration> {
+    vec![Toleration {
+        operator: Some("Exists".into()),
+        ..Default::default()
+    }]
+}
+
+fn default_metrics_port() -> u16 {
+    9464
+}
+
+/// Why the configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl OperatorConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: shown.clone(),
+                source,
+            },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
+                path: shown.clone(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+                path: String::new(),
+                source,
+            })?
+        };
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: String::new(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let a = &self.agent;
+        if !["Always", "IfNotPresent", "Never"].contains(&a.image_pull_policy.as_str()) {
+            return Err(format!(
+                "agent.imagePullPolicy {:?} is not one of Always, IfNotPresent, Never",
+                a.image_pull_policy
+            ));
+        }
+        if a.image.trim().is_empty() {
+            return Err(
+                "agent.image is empty; give the agent image, e.g. ringwarden/agent:v0.1.0".into(),
+            );
+        }
+        if a.name.is_empty() || a.config_map_name.is_empty() || a.service_account_name.is_empty() {
+            return Err(
+                "agent.name, agent.configMapName and agent.serviceAccountName must not be empty"
+                    .into(),
+            );
+        }
+        if a.metrics_port == 0 {
+            return Err("agent.metricsPort must be a port number, e.g. 9464".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_means_the_defaults() {
+        assert_eq!(
+            OperatorConfig::parse("").unwrap(),
+            OperatorConfig::default()
+        );
+        assert_eq!(
+            OperatorConfig::parse("agent: {}").unwrap(),
+            OperatorConfig::default()
+        );
+    }
+
+    #[test]
+    fn settings_are_read_in_camel_case() {
+        let c = OperatorConfig::parse(
+            "agent:
+  image: registry.example/agent:v2
+  priorityClassName: system-node-critical
+  tolerations: [{key: gpu, operator: Exists, effect: NoSchedule}]
+  resources: {limits: {memory: 1Gi}}
+",
+        )
+        .unwrap();
+        assert_eq!(c.agent.image, "registry.example/agent:v2");
+        assert_eq!(
+            c.agent.priority_class_name.as_deref(),
+            Some("system-node-critical")
+        );
+        assert_eq!(c.agent.tolerations[0].key.as_deref(), Some("gpu"));
+        assert_eq!(c.agent.resources.requests, None);
+        assert_eq!(c.agent.name, "ringwarden-agent");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected() {
+        let e = OperatorConfig::parse("agent: {imge: x}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `imge`"), "{e}");
+        let e = OperatorConfig::parse("agent: {imagePullPolicy: Sometimes}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Always, IfNotPresent, Never"), "{e}");
+    }
+}

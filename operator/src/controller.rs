@@ -1,0 +1,261 @@
+//! The ProbeSet controller: for each ProbeSet, fetch (from the watch
+//! caches) → assess → compute the status → write it and publish Events if
+//! it changed. Talks to the API server for the writes only.
+//!
+//! The agent ConfigMap and DaemonSet depend on all ProbeSets at once and
+//! are kept by [`crate::agent`], which the same watch events drive; a
+//! failure there never holds up status, and the other way round.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{PartialObjectMeta, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::Store,
+    },
+};
+use ringwarden_crds::{API_VERSION, ProbeSet, Slo};
+use tracing::{info, instrument, warn};
+
+use crate::{
+    assess::assess,
+    config::AgentSettings,
+    error::Error,
+    lease::Leadership,
+    metrics::{Metrics, controller},
+    render::FIELD_MANAGER,
+    slo::SloTarget,
+    status,
+    world::{Labels, World, selector_matches},
+};
+
+/// How often every object is looked at again even without a change, to
+/// heal anything a missed watch event left behind.
+pub const RESYNC: Duration = Duration::from_secs(600);
+/// Longest wait before retrying a failed reconcile.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The watch caches reconcile reads.
+#[derive(Clone)]
+pub struct Stores {
+    pub probesets: Store<ProbeSet>,
+    /// Node metadata only: labels are all reconcile needs, and full Node
+    /// objects would cost megabytes at a thousand nodes.
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    pub slos: Store<Slo>,
+}
+
+impl Stores {
+    /// Waits until every cache holds a complete initial list, so that no
+    /// reconcile mistakes a cache still filling for a cluster without
+    /// ProbeSets.
+    pub async fn wait_until_ready(&self) {
+        let _ = futures::join!(
+            self.probesets.wait_until_ready(),
+            self.nodes.wait_until_ready(),
+            self.slos.wait_until_ready()
+        );
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    /// Namespace of the agent objects.
+    pub namespace: String,
+    pub agent: AgentSettings,
+    pub stores: Stores,
+    pub leadership: Leadership,
+    pub metrics: Metrics,
+    recorder: Recorder,
+    /// Consecutive failures per object, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// What the agent writer last applied or verified.
+    pub(crate) synced: tokio::sync::Mutex<Option<crate::agent::Synced>>,
+}
+
+impl Context {
+    /// `instance` names this replica in the Events it publishes.
+    pub fn new(
+        client: Client,
+        namespace: String,
+        agent: AgentSettings,
+        stores: Stores,
+        leadership: Leadership,
+        metrics: Metrics,
+        instance: String,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(instance),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            namespace,
+            agent,
+            stores,
+            leadership,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+            synced: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A snapshot of the watch caches.
+    pub fn world(&self) -> World {
+        World {
+            probesets: self.stores.probesets.state(),
+            nodes: self
+                .stores
+                .nodes
+                .state()
+                .iter()
+                .map(|n| n.metadata.labels.clone().unwrap_or_default())
+                .collect(),
+            slos: self.slos(),
+        }
+    }
+
+    /// The valid SLOs.
+    pub fn slos(&self) -> Vec<SloTarget> {
+        self.stores
+            .slos
+            .state()
+            .iter()
+            .filter_map(|s| SloTarget::from_slo(s))
+            .collect()
+    }
+
+    /// Whether some node carries every label of `selector`; cheaper than
+    /// a whole [`World`] when only this is needed.
+    pub fn any_node_matches(&self, selector: &Labels) -> bool {
+        let none = Labels::new();
+        self.stores
+            .nodes
+            .state()
+            .iter()
+            .any(|n| selector_matches(selector, n.metadata.labels.as_ref().unwrap_or(&none)))
+    }
+
+    /// The delay before retrying `key` after one more failure: 1 s,
+    /// doubling up to [`MAX_BACKOFF`].
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = failures.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(16)).min(MAX_BACKOFF)
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+/// `namespace/name`.
+pub fn key(ps: &ProbeSet) -> String {
+    format!("{}/{}", ps.namespace().unwrap_or_default(), ps.name_any())
+}
+
+/// Now, to the second: conditions carry whole seconds, and a finer time
+/// would never compare equal after a round trip.
+fn now() -> Time {
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// Brings one ProbeSet's status up to date. Writes nothing when the status
+/// is already right or when this replica does not lead.
+#[instrument(skip_all, fields(probeset = %key(&ps)))]
+pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(controller::PROBESET);
+    // A standby reconciles everything when it becomes leader.
+    if !ctx.leadership.is_leading() || ps.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let assessment = assess(&ps, &ctx.slos());
+    let desired = status::desired(
+        &ps,
+        &assessment,
+        ctx.any_node_matches(&ps.spec.node_selector),
+        &now(),
+    );
+    if ps.status.as_ref() != Some(&desired) {
+        write_status(&ps, &desired, &ctx).await?;
+        publish(&ps, status::notices(ps.status.as_ref(), &desired), &ctx).await;
+    }
+    ctx.succeeded(&key(&ps));
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Server-side applies the whole status with the operator's field manager,
+/// so fields it no longer sets disappear.
+async fn write_status(
+    ps: &ProbeSet,
+    status: &ringwarden_crds::ProbeSetStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let api: Api<ProbeSet> =
+        Api::namespaced(ctx.client.clone(), &ps.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": "ProbeSet",
+        "status": status,
+    });
+    api.patch_status(
+        &ps.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        name: key(ps),
+        source,
+    })?;
+    ctx.metrics.wrote("ProbeSetStatus");
+    info!(generation = ?status.observed_generation, "status written");
+    Ok(())
+}
+
+/// Publishes Events, best effort: a lost Event must not fail the reconcile
+/// whose status is already written.
+async fn publish(ps: &ProbeSet, notices: Vec<status::Notice>, ctx: &Context) {
+    let reference = ps.object_ref(&());
+    for n in notices {
+        let event = Event {
+            type_: if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: n.reason.into(),
+            note: Some(n.note),
+            action: "Plan".into(),
+            secondary: None,
+        };
+        match ctx.recorder.publish(&event, &reference).await {
+            Ok(()) => ctx.metrics.wrote("Event"),
+            Err(e) => warn!(error = %e, reason = n.reason, "cannot publish an Event"),
+        }
+    }
+}
+
+/// Requeues a failed ProbeSet with exponential backoff; other ProbeSets go
+/// on being reconciled meanwhile.
+pub fn error_policy(ps: Arc<ProbeSet>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .error(controller::PROBESET, error.metric_label());
+    let delay = ctx.backoff(&key(&ps));
+    warn!(probeset = %key(&ps), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

@@ -1,0 +1,69 @@
+//! ringwarden's operator: turns ProbeSets (and the SLOs on their probes)
+//! into node-agent configuration.
+//!
+//! Reconcile is a pipeline; each step is a module:
+//!
+//! - fetch: the watch caches, as a [`world::World`] (no IO);
+//! - validate and plan: [`assess`] (pure);
+//! - render: [`render`] the agent configuration, ConfigMap and DaemonSet,
+//!   and [`status`] of each ProbeSet (pure);
+//! - apply: [`agent`] writes the agent objects, [`controller`] the status
+//!   and Events (API server);
+//! - [`lease`] elects the one replica that writes (API server);
+//! - [`wiring`] starts everything; [`metrics`] serves what it counted.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod assess;
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod error;
+pub mod lease;
+pub mod metrics;
+pub mod render;
+pub mod slo;
+pub mod status;
+pub mod wiring;
+pub mod world;
+
+use std::process::ExitCode;
+
+use cli::{Args, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Entry point of the `ringwarden-operator` binary.
+pub fn run(args: Args) -> ExitCode {
+    init_tracing(args.log_format, &args.log);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(wiring::operate(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                wiring::RunError::Args(_) | wiring::RunError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

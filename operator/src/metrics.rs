@@ -1,0 +1,203 @@
+//! The operator's own Prometheus metrics, and the HTTP routes for
+//! `/metrics`, `/healthz` and `/readyz`. No IO of its own.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Controller names used as the `controller` label.
+pub mod controller {
+    /// Writes ProbeSet status and Events.
+    pub const PROBESET: &str = "probeset";
+    /// Writes the agent ConfigMap and DaemonSet.
+    pub const AGENT: &str = "agent";
+}
+
+/// Counters and timings of reconciles and writes, registered on an injected
+/// registry so tests read them directly.
+#[derive(Clone)]
+pub struct Metrics {
+    pub reconciles: IntCounterVec,
+    pub reconcile_errors: IntCounterVec,
+    pub reconcile_duration: HistogramVec,
+    pub writes: IntCounterVec,
+    pub leader: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "ringwarden_operator_reconciles_total",
+                "Reconciles run, by controller.",
+            ),
+            &["controller"],
+        )?;
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new(
+                "ringwarden_operator_reconcile_errors_total",
+                "Reconciles that failed and were requeued, by controller and error.",
+            ),
+            &["controller", "error"],
+        )?;
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ringwarden_operator_reconcile_duration_seconds",
+                "Time a reconcile took, API calls included.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            &["controller"],
+        )?;
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "ringwarden_operator_writes_total",
+                "Writes to the API server, by kind of object (an unchanged world causes none).",
+            ),
+            &["kind"],
+        )?;
+        let leader = IntGauge::new(
+            "ringwarden_operator_leader",
+            "1 while this replica holds the leader Lease and may write.",
+        )?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(reconcile_errors.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(writes.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        Ok(Self {
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            writes,
+            leader,
+        })
+    }
+
+    /// Counts a reconcile and times it until the guard drops.
+    pub fn reconcile(&self, controller: &str) -> ReconcileTimer {
+        self.reconciles.with_label_values(&[controller]).inc();
+        ReconcileTimer {
+            histogram: self.reconcile_duration.with_label_values(&[controller]),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn error(&self, controller: &str, error: &str) {
+        self.reconcile_errors
+            .with_label_values(&[controller, error])
+            .inc();
+    }
+
+    pub fn wrote(&self, kind: &str) {
+        self.writes.with_label_values(&[kind]).inc();
+    }
+
+    /// Writes of `kind` so far.
+    pub fn writes_of(&self, kind: &str) -> u64 {
+        self.writes.with_label_values(&[kind]).get()
+    }
+}
+
+/// Observes a reconcile's duration when dropped.
+pub struct ReconcileTimer {
+    histogram: prometheus::Histogram,
+    started: Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[derive(Clone)]
+struct Served {
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+}
+
+/// The HTTP routes: `/metrics` in the Prometheus text format, `/healthz`
+/// (the process serves), `/readyz` (the watch caches are filled).
+pub fn router(registry: Registry, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(Served { registry, ready })
+}
+
+async fn metrics(State(s): State<Served>) -> (StatusCode, String) {
+    let mut out = Vec::new();
+    match TextEncoder::new().encode(&s.registry.gather(), &mut out) {
+        Ok(()) => (StatusCode::OK, String::from_utf8_lossy(&out).into_owned()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+async fn readyz(State(s): State<Served>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watch caches not filled yet\n",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn metrics_health_and_readiness_are_served() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry).unwrap();
+        m.wrote("ConfigMap");
+        drop(m.reconcile(controller::AGENT));
+        let ready = Arc::new(AtomicBool::new(false));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(registry, Arc::clone(&ready));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let body = get(addr, "/metrics").await;
+        assert!(
+            body.contains("ringwarden_operator_writes_total{kind=\"ConfigMap\"} 1"),
+            "{body}"
+        );
+        assert!(body.contains("ringwarden_operator_reconciles_total{controller=\"agent\"} 1"));
+        assert!(body.contains(
+            "ringwarden_operator_reconcile_duration_seconds_count{controller=\"agent\"} 1"
+        ));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        ready.store(true, Ordering::Release);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+    }
+}

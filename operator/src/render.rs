@@ -1,0 +1,505 @@
+//! Rendering what the agents run: the agent configuration, the ConfigMap
+//! that carries it and the agent DaemonSet. Pure and deterministic: the
+//! same ProbeSets, nodes and settings give byte-identical objects, so
+//! server-side apply and GitOps tools see no drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, DaemonSetSpec},
+        core::v1::{
+            Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+            EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
+            NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext,
+            PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use ringwarden_crds::{AgentConfig, AgentProbe};
+
+use crate::{
+    assess::PLAN_PAGE_SIZE,
+    config::AgentSettings,
+    world::{Assessed, Labels, node_classes},
+};
+
+/// The one field manager of every object the operator writes.
+pub const FIELD_MANAGER: &str = "ringwarden-operator";
+/// Key of the agent configuration in the ConfigMap.
+pub const CONFIG_KEY: &str = "agent-config.yaml";
+/// Where agents see the ConfigMap. Mounted as a directory, never with
+/// `subPath`, so the kubelet swaps in new content and the agent reloads it.
+pub const CONFIG_DIR: &str = "/etc/ringwarden";
+/// ConfigMap annotation: hash of the configuration, for agents and people
+/// to tell versions apart. It is deliberately not in the pod template, where
+/// it would restart every agent on every ProbeSet change.
+pub const CONFIG_HASH_ANNOTATION: &str = "ringwarden.dev/config-hash";
+/// DaemonSet annotation: hash of everything the operator applies, compared
+/// before applying so an unchanged DaemonSet is never rewritten (the API
+/// server adds defaults, so the object itself cannot be compared).
+pub const APPLIED_HASH_ANNOTATION: &str = "ringwarden.dev/applied-hash";
+/// Label key of the affinity term that matches no node, used while no
+/// ProbeSet is valid.
+pub const NO_PROBESETS_KEY: &str = "ringwarden.dev/no-probesets";
+
+/// Capabilities the agent adds after dropping all:
+/// - `BPF`: load programs and create maps, ring buffers included;
+/// - `PERFMON`: attach tracepoints and uprobes (perf events) and let
+///   programs read kernel memory;
+/// - `SYS_PTRACE`: open `/proc/<pid>/root/...` and `/proc/<pid>/exe` of
+///   other users' processes, to find the binaries uprobes attach to (and
+///   tell Go binaries apart); the kernel guards these links with ptrace
+///   access checks.
+///
+/// Not needed: `SYS_ADMIN` (BPF and PERFMON split it since 5.8);
+/// `SYS_RESOURCE` (since 5.11 BPF memory is charged to the memory cgroup,
+/// not to RLIMIT_MEMLOCK); `DAC_READ_SEARCH` (BTF, tracefs, cgroupfs,
+/// `/proc/<pid>/{cgroup,comm,stat}` and binaries are world-readable; pods
+/// are resolved to cgroup ids by `stat`ing cgroupfs).
+pub const AGENT_CAPABILITIES: [&str; 3] = ["BPF", "PERFMON", "SYS_PTRACE"];
+
+/// Host paths the agent mounts, all read-only: (volume name, path).
+pub const AGENT_HOST_PATHS: [(&str, &str); 3] = [
+    ("btf", "/sys/kernel/btf"),
+    ("tracefs", "/sys/kernel/tracing"),
+    ("cgroup", "/sys/fs/cgroup"),
+];
+
+/// Arguments of the agent's Kubernetes mode: read the mounted
+/// configuration and run the probes whose node selector matches the node
+/// named by `RINGWARDEN_NODE_NAME`.
+const AGENT_ARGS: [&str; 3] = ["node", "--config", "/etc/ringwarden/agent-config.yaml"];
+
+const CONFIG_HEADER: &str =
+    "# Rendered by ringwarden-operator from every valid ProbeSet; edits are overwritten.\n";
+
+/// Why rendering failed (serializing plain data; not expected to happen).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot serialize the agent configuration: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+    #[error("cannot serialize the agent DaemonSet: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The objects the operator keeps for the agents.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentObjects {
+    pub config: AgentConfig,
+    pub config_map: ConfigMap,
+    pub daemon_set: DaemonSet,
+}
+
+/// Renders everything for the agents from the assessed ProbeSets (as
+/// [`crate::world::World::assess_all`] returns them) and the node labels.
+pub fn agent_objects(
+    assessed: &[Assessed],
+    nodes: &[Labels],
+    settings: &AgentSettings,
+    namespace: &str,
+) -> Result<AgentObjects, RenderError> {
+    let config = agent_config(assessed, nodes);
+    let selectors: Vec<&Labels> = assessed
+        .iter()
+        .filter(|a| a.assessment.planned().is_some())
+        .map(|a| &a.probeset.spec.node_selector)
+        .collect();
+    Ok(AgentObjects {
+        config_map: config_map(&config, settings, namespace)?,
+        daemon_set: daemon_set(&selectors, settings, namespace)?,
+        config,
+    })
+}
+
+/// One configuration for all agents: every probe of every valid ProbeSet
+/// with its plan and node selector; each agent runs the probes its node
+/// matches. Invalid ProbeSets are left out.
+pub fn agent_config(assessed: &[Assessed], nodes: &[Labels]) -> AgentConfig {
+    let planned: Vec<_> = assessed
+        .iter()
+        .filter_map(|a| a.assessment.planned().map(|p| (a, p)))
+        .collect();
+    let mut probes = Vec::new();
+    for (a, p) in &planned {
+        let spec = &a.probeset.spec;
+        for ((probe, plan), thresholds) in spec.probes.iter().zip(&p.plan.probes).zip(&p.thresholds)
+        {
+            probes.push(AgentProbe {
+                namespace: a.namespace.clone(),
+                probeset: a.name.clone(),
+                spec: probe.clone(),
+                pod_selector: spec.pod_selector.clone(),
+                node_selector: spec.node_selector.clone(),
+                // A probe without an event path still has a ring map, of
+                // the smallest size (as standalone mode plans it).
+                ring_bytes: plan.ring_bytes.max(PLAN_PAGE_SIZE),
+                sample_every: plan.sample_every,
+                predicted_drop: plan.predicted_drop,
+                report_interval: spec.report_interval,
+                thresholds: thresholds.clone(),
+            });
+        }
+    }
+    probes.sort_by(|a, b| {
+        (&a.namespace, &a.probeset, &a.spec.name).cmp(&(&b.namespace, &b.probeset, &b.spec.name))
+    });
+    // Each ProbeSet keeps to its own budget; what one node maps in all is
+    // the sum over the ProbeSets it runs, largest over the node classes.
+    let selectors: Vec<&Labels> = planned
+        .iter()
+        .map(|(a, _)| &a.probeset.spec.node_selector)
+        .collect();
+    let mapped: Vec<u64> = planned
+        .iter()
+        .map(|(a, _)| {
+            probes
+                .iter()
+                .filter(|p| p.namespace == a.namespace && p.probeset == a.name)
+                .map(|p| p.ring_bytes)
+                .sum()
+        })
+        .collect();
+    let node_budget_bytes = node_classes(&selectors, nodes)
+        .iter()
+        .map(|class| class.iter().map(|&i| mapped[i]).sum())
+        .max()
+        .unwrap_or(0);
+    AgentConfig {
+        probes,
+        node_budget_bytes,
+    }
+}
+
+/// The ConfigMap carrying `config`, annotated with its content hash.
+pub fn config_map(
+    config: &AgentConfig,
+    settings: &AgentSettings,
+    namespace: &str,
+) -> Result<ConfigMap, RenderError> {
+    let text = format!("{CONFIG_HEADER}{}", serde_yaml_ng::to_string(config)?);
+    Ok(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(settings.config_map_name.clone()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(settings)),
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.into(),
+                content_hash(text.as_bytes()),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(CONFIG_KEY.into(), text)])),
+        ..Default::default()
+    })
+}
+
+/// The agent DaemonSet, scheduled on the union of `selectors`, annotated
+/// with the hash of its own content.
+pub fn daemon_set(
+    selectors: &[&Labels],
+    settings: &AgentSettings,
+    namespace: &str,
+) -> Result<DaemonSet, RenderError> {
+    let labels = labels(settings);
+    let selector_labels: BTreeMap<String, String> = labels
+        .iter()
+        .filter(|(k, _)| *k == "app.kubernetes.io/name" || *k == "app.kubernetes.io/instance")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let read_only = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let mut volume_mounts = vec![read_only("config", CONFIG_DIR)];
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: settings.config_map_name.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    for (name, path) in AGENT_HOST_PATHS {
+        volume_mounts.push(read_only(name, path));
+        volumes.push(Volume {
+            name: name.into(),
+            // No type check: a node without tracefs or BTF still starts
+            // the agent, which reports what is missing on the ProbeSets.
+            host_path: Some(HostPathVolumeSource {
+                path: path.into(),
+                type_: None,
+            }),
+            ..Default::default()
+        });
+    }
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    };
+    let container = Container {
+        name: "agent".into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        args: Some(AGENT_ARGS.iter().map(|s| (*s).into()).collect()),
+        env: Some(vec![
+            EnvVar {
+                name: "RINGWARDEN_NODE_NAME".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        api_version: None,
+                        field_path: "spec.nodeName".into(),
+                    }),
+                    ..Default::default()
+                }),
+            },
+            env(
+                "RINGWARDEN_METRICS_ADDR",
+                &format!("0.0.0.0:{}", settings.metrics_port),
+            ),
+            env("RINGWARDEN_LOG_FORMAT", "json"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: i32::from(settings.metrics_port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        liveness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz".into()),
+                port: IntOrString::String("metrics".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        resources: Some(settings.resources.clone()),
+        security_context: Some(agent_security_context()),
+        volume_mounts: Some(volume_mounts),
+        ..Default::default()
+    };
+    let mut ds = DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(settings.name.clone()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(settings.service_account_name.clone()),
+                    // Host PIDs, so pids in kernel events and /proc agree.
+                    host_pid: Some(true),
+                    priority_class_name: settings.priority_class_name.clone(),
+                    tolerations: Some(settings.tolerations.clone()).filter(|t| !t.is_empty()),
+                    affinity: node_affinity(selectors),
+                    security_context: Some(PodSecurityContext {
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let hash = content_hash(&serde_json::to_vec(&ds)?);
+    ds.metadata.annotations = Some(BTreeMap::from([(APPLIED_HASH_ANNOTATION.into(), hash)]));
+    Ok(ds)
+}
+
+/// Never privileged; root only because loading BPF needs capabilities in
+/// the initial user namespace, with every capability but
+/// [`AGENT_CAPABILITIES`] dropped and no way to gain more.
+fn agent_security_context() -> SecurityContext {
+    SecurityContext {
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            add: Some(AGENT_CAPABILITIES.iter().map(|c| (*c).into()).collect()),
+            drop: Some(vec!["ALL".into()]),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Required node affinity: the union (ORed terms) of the ProbeSets' node
+/// selectors. `None` when some ProbeSet selects every node; a term matching
+/// nothing when no ProbeSet is valid, so no agent runs idle.
+fn node_affinity(selectors: &[&Labels]) -> Option<Affinity> {
+    let distinct: BTreeSet<&Labels> = selectors.iter().copied().collect();
+    if distinct.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let terms: Vec<NodeSelectorTerm> = if distinct.is_empty() {
+        // Exists and DoesNotExist on one key: valid, and matches no node.
+        let requirement = |operator: &str| NodeSelectorRequirement {
+            key: NO_PROBESETS_KEY.into(),
+            operator: operator.into(),
+            values: None,
+        };
+        vec![NodeSelectorTerm {
+            match_expressions: Some(vec![requirement("Exists"), requirement("DoesNotExist")]),
+            match_fields: None,
+        }]
+    } else {
+        // A selector that contains another selects a subset of its nodes
+        // and adds nothing to the union; leaving it out keeps the pod
+        // template, and so the agents, unchanged when a narrower ProbeSet
+        // is added.
+        distinct
+            .iter()
+            .filter(|s| {
+                !distinct
+                    .iter()
+                    .any(|other| other != *s && crate::world::selector_matches(other, s))
+            })
+            .map(|s| NodeSelectorTerm {
+                match_expressions: Some(
+                    s.iter()
+                        .map(|(k, v)| NodeSelectorRequirement {
+                            key: k.clone(),
+                            operator: "In".into(),
+                            values: Some(vec![v.clone()]),
+                        })
+                        .collect(),
+                ),
+                match_fields: None,
+            })
+            .collect()
+    };
+    Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: terms,
+            }),
+            preferred_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Default::default()
+    })
+}
+
+fn labels(settings: &AgentSettings) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "ringwarden-agent".into()),
+        ("app.kubernetes.io/instance".into(), settings.name.clone()),
+        ("app.kubernetes.io/component".into(), "agent".into()),
+        ("app.kubernetes.io/part-of".into(), "ringwarden".into()),
+        ("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into()),
+    ])
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// (key, operator, values) of each requirement, per term.
+    type Terms = Vec<Vec<(String, String, Option<Vec<String>>)>>;
+
+    fn terms(selectors: &[&Labels]) -> Option<Terms> {
+        let a = node_affinity(selectors)?;
+        let terms = a
+            .node_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()
+            .node_selector_terms;
+        Some(
+            terms
+                .into_iter()
+                .map(|t| {
+                    t.match_expressions
+                        .unwrap()
+                        .into_iter()
+                        .map(|r| (r.key, r.operator, r.values))
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn affinity_is_the_union_of_the_selectors() {
+        let gpu = sel(&[("gpu", "true")]);
+        let arm = sel(&[("arch", "arm64"), ("pool", "batch")]);
+        let t = terms(&[&gpu, &arm, &gpu]).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t[0],
+            [
+                ("arch".into(), "In".into(), Some(vec!["arm64".into()])),
+                ("pool".into(), "In".into(), Some(vec!["batch".into()]))
+            ]
+        );
+        assert_eq!(
+            t[1],
+            [("gpu".into(), "In".into(), Some(vec!["true".into()]))]
+        );
+    }
+
+    #[test]
+    fn narrower_selectors_add_no_term_and_an_empty_one_selects_all_nodes() {
+        let gpu = sel(&[("gpu", "true")]);
+        let gpu_a = sel(&[("gpu", "true"), ("zone", "a")]);
+        assert_eq!(terms(&[&gpu_a, &gpu]), terms(&[&gpu]));
+        assert_eq!(terms(&[&gpu, &sel(&[])]), None);
+    }
+
+    #[test]
+    fn without_probesets_no_node_is_selected() {
+        let t = terms(&[]).unwrap();
+        assert_eq!(
+            t,
+            [[
+                (NO_PROBESETS_KEY.into(), "Exists".into(), None),
+                (NO_PROBESETS_KEY.into(), "DoesNotExist".into(), None)
+            ]]
+        );
+    }
+
+    #[test]
+    fn hashes_are_hex_sha256() {
+        assert_eq!(
+            content_hash(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

@@ -1,0 +1,445 @@
+//! ProbeSet status: what it should say given the assessment, and which
+//! changes deserve a Kubernetes Event. Pure; the time is passed in.
+//!
+//! Conditions keep their `lastTransitionTime` unless their status flips, so
+//! recomputing the status of an unchanged ProbeSet gives exactly the current
+//! one and no write happens.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use ringwarden_core::quantity::format_bytes;
+use ringwarden_crds::{PlanStatus, ProbePlanStatus, ProbeSet, ProbeSetStatus};
+
+use crate::assess::Assessment;
+
+/// Condition types.
+pub mod condition {
+    /// The probes are planned and handed to the agents of matching nodes.
+    pub const READY: &str = "Ready";
+    /// The spec cannot be run; the message says why.
+    pub const INVALID: &str = "Invalid";
+    /// The node budget or the per-probe cap made a ring smaller, or
+    /// sampling sparser, than the declared rates need.
+    pub const QUOTA_CONSTRAINED: &str = "QuotaConstrained";
+    /// Agents report probes failing to load or dropping more than planned.
+    /// Written from agent reports; passed through unchanged here.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// Condition and Event reasons.
+pub mod reason {
+    pub const PLANNED: &str = "Planned";
+    pub const NO_MATCHING_NODES: &str = "NoMatchingNodes";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const VALID_SPEC: &str = "ValidSpec";
+    pub const BUDGET_SHORT: &str = "BudgetShort";
+    pub const WITHIN_BUDGET: &str = "WithinBudget";
+}
+
+/// Spec errors listed in the `Invalid` message; the object must stay small.
+const MAX_LISTED_ERRORS: usize = 20;
+/// Longest Event note the API server accepts.
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// The status `ps` should have. `node_matches` tells whether any node
+/// carries the labels of its node selector. Fields that agent reports fill
+/// (`ready`, `eventsPerSecond`, `dropPercent`, the `Degraded` condition)
+/// are kept as they are.
+pub fn desired(
+    ps: &ProbeSet,
+    assessment: &Assessment,
+    node_matches: bool,
+    now: &Time,
+) -> ProbeSetStatus {
+    let current = ps.status.as_ref();
+    let generation = ps.metadata.generation;
+    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let last_transition_time = current
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+            .filter(|c| c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        }
+    };
+
+    let mut conditions = Vec::with_capacity(4);
+    let (plan, ring_buffer) = match assessment {
+        Assessment::Invalid(errors) => {
+            conditions.push(cond(
+                condition::READY,
+                false,
+                reason::INVALID_SPEC,
+                "the spec is invalid; see the Invalid condition".into(),
+            ));
+            conditions.push(cond(
+                condition::INVALID,
+                true,
+                reason::INVALID_SPEC,
+                list_errors(errors),
+            ));
+            (None, None)
+        }
+        Assessment::Planned(planned) => {
+            let used = format_bytes(planned.plan.used_bytes);
+            conditions.push(if node_matches {
+                let n = planned.plan.probes.len();
+                cond(
+                    condition::READY,
+                    true,
+                    reason::PLANNED,
+                    format!(
+                        "{n} probe{} planned with {used} of ring buffers per node",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                )
+            } else {
+                let selector: Vec<String> = ps
+                    .spec
+                    .node_selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let message = if selector.is_empty() {
+                    "the cluster has no nodes; the probes start when one joins".to_owned()
+                } else {
+                    format!(
+                        "no node has the labels of spec.nodeSelector ({}); the probes start when one does",
+                        selector.join(", ")
+                    )
+                };
+                cond(condition::READY, false, reason::NO_MATCHING_NODES, message)
+            });
+            conditions.push(cond(
+                condition::INVALID,
+                false,
+                reason::VALID_SPEC,
+                "the spec is valid".into(),
+            ));
+            conditions.push(if planned.constrained.is_empty() {
+                cond(
+                    condition::QUOTA_CONSTRAINED,
+                    false,
+                    reason::WITHIN_BUDGET,
+                    "every probe gets the ring buffer its declared rate needs".into(),
+                )
+            } else {
+                cond(
+                    condition::QUOTA_CONSTRAINED,
+                    true,
+                    reason::BUDGET_SHORT,
+                    format!(
+                        "spec.ringBuffer.nodeBudget is too small for the declared rates: {}",
+                        planned.constrained.join("; ")
+                    ),
+                )
+            });
+            let plan = PlanStatus {
+                budget_bytes: planned.plan.budget_bytes,
+                used_bytes: planned.plan.used_bytes,
+                probes: planned
+                    .plan
+                    .probes
+                    .iter()
+                    .map(|p| ProbePlanStatus {
+                        name: p.name.clone(),
+                        ring_bytes: p.ring_bytes,
+                        sample_every: p.sample_every,
+                        predicted_drop: p.predicted_drop,
+                        reasons: p.reasons.clone(),
+                    })
+                    .collect(),
+            };
+            (Some(plan), Some(used))
+        }
+    };
+    let ours = [
+        condition::READY,
+        condition::INVALID,
+        condition::QUOTA_CONSTRAINED,
+    ];
+    conditions.extend(
+        current
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .filter(|c| !ours.contains(&c.type_.as_str()))
+            .cloned(),
+    );
+    ProbeSetStatus {
+        observed_generation: generation,
+        conditions,
+        ready: current.and_then(|s| s.ready.clone()),
+        events_per_second: current.and_then(|s| s.events_per_second),
+        drop_percent: current.and_then(|s| s.drop_percent),
+        ring_buffer,
+        plan,
+    }
+}
+
+fn list_errors(errors: &[String]) -> String {
+    let mut listed = errors[..errors.len().min(MAX_LISTED_ERRORS)].join("; ");
+    if errors.len() > MAX_LISTED_ERRORS {
+        listed.push_str(&format!("; and {} more", errors.len() - MAX_LISTED_ERRORS));
+    }
+    listed
+}
+
+/// A Kubernetes Event to publish about a ProbeSet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The Events a change from `before` to `after` deserves: a condition that
+/// turned, never a recomputation that changed nothing.
+pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<Notice> {
+    let find = |s: Option<&ProbeSetStatus>, t: &str| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let mut out = Vec::new();
+    let mut notice = |warning, reason, message: &str| {
+        out.push(Notice {
+            warning,
+            reason,
+            note: truncate(message, MAX_NOTE_BYTES),
+        })
+    };
+    let was = |t: &str| find(before, t).map(|(s, r, _)| (s, r));
+    if let Some((status, _, message)) = find(Some(after), condition::INVALID)
+        && status == "True"
+        && was(condition::INVALID).is_none_or(|(s, _)| s != "True")
+    {
+        notice(true, reason::INVALID_SPEC, &message);
+    }
+    if let Some((status, why, message)) = find(Some(after), condition::READY) {
+        let before = was(condition::READY);
+        if status == "True" && before.as_ref().is_none_or(|(s, _)| s != "True") {
+            notice(false, reason::PLANNED, &message);
+        }
+        if why == reason::NO_MATCHING_NODES
+            && before.is_none_or(|(_, r)| r != reason::NO_MATCHING_NODES)
+        {
+            notice(true, reason::NO_MATCHING_NODES, &message);
+        }
+    }
+    if let Some((status, _, message)) = find(Some(after), condition::QUOTA_CONSTRAINED) {
+        let before = was(condition::QUOTA_CONSTRAINED).map(|(s, _)| s);
+        if status == "True" && before.as_deref() != Some("True") {
+            notice(true, reason::BUDGET_SHORT, &message);
+        }
+        if status == "False" && before.as_deref() == Some("True") {
+            notice(false, reason::WITHIN_BUDGET, &message);
+        }
+    }
+    out
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::jiff::Timestamp;
+    use ringwarden_crds::{ExportPolicy, ExportSpec, ProbeKind, ProbeSetSpec, ProbeSpec};
+
+    use super::*;
+    use crate::assess::assess;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn probeset(rate: f64, budget: &str) -> ProbeSet {
+        let mut ps = ProbeSet::new(
+            "web",
+            ProbeSetSpec {
+                node_selector: [("gpu".to_string(), "true".to_string())].into(),
+                pod_selector: None,
+                probes: vec![ProbeSpec {
+                    name: "sys".into(),
+                    kind: ProbeKind::Syscalls,
+                    uprobe: None,
+                    filter: None,
+                    max_series: 64,
+                    export: ExportSpec {
+                        policy: ExportPolicy::All,
+                        slower_than: None,
+                    },
+                    peak_event_rate: rate,
+                    sampling: 1.0,
+                    priority: 0,
+                }],
+                ring_buffer: ringwarden_crds::RingBufferSpec {
+                    node_budget: budget.into(),
+                    ..Default::default()
+                },
+                max_drop_rate: 0.01,
+                report_interval: Duration::from_secs(10),
+            },
+        );
+        ps.metadata.namespace = Some("shop".into());
+        ps.metadata.generation = Some(3);
+        ps
+    }
+
+    fn types(s: &ProbeSetStatus) -> Vec<(&str, &str, &str)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_planned_probeset_is_ready_with_its_plan() {
+        let ps = probeset(1000.0, "64Mi");
+        let s = desired(&ps, &assess(&ps, &[]), true, &at(100));
+        assert_eq!(
+            types(&s),
+            [
+                ("Ready", "True", "Planned"),
+                ("Invalid", "False", "ValidSpec"),
+                ("QuotaConstrained", "False", "WithinBudget")
+            ]
+        );
+        assert_eq!(s.observed_generation, Some(3));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+        assert_eq!(s.ring_buffer.as_deref(), Some("32Ki"));
+        assert_eq!(
+            s.conditions[0].message,
+            "1 probe planned with 32Ki of ring buffers per node"
+        );
+        let plan = s.plan.unwrap();
+        assert_eq!((plan.budget_bytes, plan.used_bytes), (64 << 20, 32 << 10));
+        assert_eq!(plan.probes[0].sample_every, 1);
+    }
+
+    #[test]
+    fn recomputing_an_unchanged_status_keeps_it_identical() {
+        let mut ps = probeset(1000.0, "64Mi");
+        let first = desired(&ps, &assess(&ps, &[]), true, &at(100));
+        ps.status = Some(first.clone());
+        let again = desired(&ps, &assess(&ps, &[]), true, &at(200));
+        assert_eq!(again, first);
+        assert!(notices(Some(&first), &again).is_empty());
+    }
+
+    #[test]
+    fn only_flipped_conditions_get_a_new_transition_time() {
+        let mut ps = probeset(1000.0, "64Mi");
+        ps.status = Some(desired(&ps, &assess(&ps, &[]), true, &at(100)));
+        ps.spec.ring_buffer.node_budget = "8Ki".into();
+        ps.spec.probes[0].peak_event_rate = 100_000.0;
+        let s = desired(&ps, &assess(&ps, &[]), true, &at(200));
+        let time = |t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .last_transition_time
+                .clone()
+        };
+        assert_eq!(time("Ready"), at(100));
+        assert_eq!(time("QuotaConstrained"), at(200));
+    }
+
+    #[test]
+    fn an_invalid_spec_says_why_and_has_no_plan() {
+        let mut ps = probeset(1000.0, "64 megs");
+        ps.status = Some(ProbeSetStatus {
+            ready: Some("2/3".into()),
+            conditions: vec![Condition {
+                type_: "Degraded".into(),
+                status: "True".into(),
+                reason: "LoadFailed".into(),
+                message: "node-1: verifier".into(),
+                observed_generation: Some(2),
+                last_transition_time: at(50),
+            }],
+            ..Default::default()
+        });
+        let s = desired(&ps, &assess(&ps, &[]), true, &at(100));
+        assert_eq!(
+            types(&s),
+            [
+                ("Ready", "False", "InvalidSpec"),
+                ("Invalid", "True", "InvalidSpec"),
+                ("Degraded", "True", "LoadFailed")
+            ]
+        );
+        assert!(
+            s.conditions[1]
+                .message
+                .starts_with("spec.ringBuffer.nodeBudget: \"64 megs\" is not a byte quantity")
+        );
+        assert_eq!((s.plan, s.ring_buffer), (None, None));
+        assert_eq!(s.ready.as_deref(), Some("2/3"));
+    }
+
+    #[test]
+    fn events_mark_transitions_only() {
+        let mut ps = probeset(1000.0, "64Mi");
+        let created = desired(&ps, &assess(&ps, &[]), true, &at(1));
+        let n = notices(None, &created);
+        assert_eq!(n.len(), 1);
+        assert_eq!((n[0].warning, n[0].reason), (false, "Planned"));
+
+        ps.status = Some(created.clone());
+        ps.spec.probes[0].peak_event_rate = 1e6;
+        ps.spec.ring_buffer.node_budget = "8Ki".into();
+        let squeezed = desired(&ps, &assess(&ps, &[]), true, &at(2));
+        let n = notices(Some(&created), &squeezed);
+        assert_eq!(
+            n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
+            [(true, "BudgetShort")]
+        );
+
+        ps.status = Some(squeezed.clone());
+        ps.spec.ring_buffer.node_budget = "nope".into();
+        let broken = desired(&ps, &assess(&ps, &[]), true, &at(3));
+        let n = notices(Some(&squeezed), &broken);
+        assert_eq!(
+            n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
+            [(true, "InvalidSpec")]
+        );
+
+        ps.status = Some(broken.clone());
+        ps.spec.ring_buffer.node_budget = "64Mi".into();
+        ps.spec.probes[0].peak_event_rate = 1000.0;
+        let fixed = desired(&ps, &assess(&ps, &[]), false, &at(4));
+        let n = notices(Some(&broken), &fixed);
+        assert_eq!(
+            n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
+            [(true, "NoMatchingNodes")]
+        );
+        assert!(n[0].note.contains("(gpu=true)"), "{}", n[0].note);
+    }
+
+    #[test]
+    fn long_notes_are_cut_at_a_character_boundary() {
+        let s = "é".repeat(1000);
+        let t = truncate(&s, MAX_NOTE_BYTES);
+        assert!(t.len() <= MAX_NOTE_BYTES && t.ends_with('…'));
+    }
+}

@@ -1,0 +1,477 @@
+//! Wiring: watches, the ProbeSet controller, the agent writer, leader
+//! election and the HTTP server, started together and stopped together on
+//! SIGTERM or SIGINT.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{Stream, StreamExt, future};
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client, ResourceExt,
+    api::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt, controller,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use prometheus::Registry;
+use ringwarden_crds::{ProbeSet, Slo};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{Notify, watch},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    agent,
+    cli::Args,
+    config::{ConfigError, OperatorConfig},
+    controller::{Context, Stores, error_policy, reconcile},
+    lease::{Elector, Leadership, LeaseSettings},
+    metrics::{self, Metrics},
+};
+
+/// Why the operator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Args(String),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot reach the Kubernetes API: {0}; run in a cluster or point KUBECONFIG at one")]
+    Client(#[source] kube::Error),
+    #[error("cannot serve /metrics on {addr}: {source}; pass --metrics-addr with a free port")]
+    Serve {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn operate(args: Args) -> Result<(), RunError> {
+    args.validate().map_err(RunError::Args)?;
+    let config = match &args.config {
+        Some(path) => OperatorConfig::load(path)?,
+        None => OperatorConfig::default(),
+    };
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|source| RunError::Serve {
+            addr: args.metrics_addr,
+            source,
+        })?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let signalled = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    };
+    serve(&args, config, client, listener, signalled).await;
+    Ok(())
+}
+
+/// Runs everything on `client`, serving metrics on `listener`, until
+/// `shutdown` completes; then stops the controllers and releases the Lease.
+pub async fn serve(
+    args: &Args,
+    config: OperatorConfig,
+    client: Client,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).expect("metric names are fixed and unique");
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let app = metrics::router(registry, Arc::clone(&ready));
+    let server = tokio::spawn({
+        let stopped = stopped.clone();
+        async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped())
+                .await
+            {
+                warn!(error = %e, "the metrics server stopped");
+            }
+        }
+    });
+
+    let identity = args.identity.clone().unwrap_or_else(host_name);
+    let (leadership, elector) = if args.leader_elect {
+        let settings = LeaseSettings {
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            retry_period: args.retry_period,
+        };
+        let api = Api::namespaced(client.clone(), &args.namespace);
+        let (elector, leadership) = Elector::new(api, settings, metrics.leader.clone());
+        (leadership, Some(tokio::spawn(elector.run(stopped()))))
+    } else {
+        metrics.leader.set(1);
+        (Leadership::always(), None)
+    };
+
+    let trigger = Arc::new(Notify::new());
+    let poke = {
+        let trigger = Arc::clone(&trigger);
+        move || trigger.notify_one()
+    };
+    let (ps_store, ps_writer) = reflector::store::<ProbeSet>();
+    let (node_store, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
+    let (slo_store, slo_writer) = reflector::store::<Slo>();
+
+    let probesets = watcher(
+        Api::<ProbeSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(ps_writer)
+    .inspect({
+        let poke = poke.clone();
+        move |e| changed(e, &poke)
+    })
+    .applied_objects();
+    let nodes = label_changes(
+        // A metadata-only watch: labels are all that is needed.
+        watcher(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(node_writer),
+    )
+    .inspect({
+        let poke = poke.clone();
+        move |_| poke()
+    });
+    let slos = watcher(Api::<Slo>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(slo_writer)
+        .inspect(move |e| changed(e, &poke))
+        .touched_objects();
+
+    let stores = Stores {
+        probesets: ps_store.clone(),
+        nodes: node_store,
+        slos: slo_store,
+    };
+    tokio::spawn({
+        let (stores, ready) = (stores.clone(), Arc::clone(&ready));
+        async move {
+            stores.wait_until_ready().await;
+            ready.store(true, Ordering::Release);
+            info!("watch caches filled");
+        }
+    });
+    tokio::spawn({
+        let trigger = Arc::clone(&trigger);
+        leadership.gained().for_each(move |()| {
+            info!("became leader");
+            trigger.notify_one();
+            future::ready(())
+        })
+    });
+
+    let ctx = Arc::new(Context::new(
+        client,
+        args.namespace.clone(),
+        config.agent,
+        stores,
+        leadership.clone(),
+        metrics,
+        identity,
+    ));
+    let everyone = ps_store.clone();
+    let same_namespace = ps_store.clone();
+    let controller = Controller::for_stream(probesets, ps_store)
+        .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
+        // Node labels decide which ProbeSets run anywhere.
+        .watches_stream(nodes, move |_| all(&everyone))
+        // An SLO names a ProbeSet of its namespace, and may have named
+        // another before this change.
+        .watches_stream(slos, move |slo| {
+            in_namespace(&same_namespace, &slo.namespace().unwrap_or_default())
+        })
+        .reconcile_all_on(leadership.gained())
+        .graceful_shutdown_on(stopped())
+        .run(reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(|result| {
+            if let Err(e) = result {
+                debug!(error = %e, "controller");
+            }
+            future::ready(())
+        });
+    info!(namespace = %args.namespace, "operator started");
+    tokio::join!(controller, agent::run(ctx, trigger, stopped()));
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
+    let _ = server.await;
+}
+
+/// Pokes on events that change the cluster's contents.
+fn changed<K>(event: &Result<watcher::Event<K>, watcher::Error>, poke: &impl Fn()) {
+    if let Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) =
+        event
+    {
+        poke();
+    }
+}
+
+/// The nodes whose labels changed (added, relabelled or deleted); status
+/// updates, which touch nodes every few seconds, pass no further.
+fn label_changes<S>(
+    events: S,
+) -> impl Stream<Item = Result<PartialObjectMeta<Node>, watcher::Error>> + Send
+where
+    S: Stream<Item = Result<watcher::Event<PartialObjectMeta<Node>>, watcher::Error>> + Send,
+{
+    let mut known: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    events.filter_map(move |event| {
+        let out = match event {
+            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                let labels = n.metadata.labels.clone().unwrap_or_default();
+                (known.insert(n.name_any(), labels.clone()) != Some(labels)).then_some(Ok(n))
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                known.remove(&n.name_any());
+                Some(Ok(n))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+        };
+        future::ready(out)
+    })
+}
+
+fn all(store: &Store<ProbeSet>) -> Vec<ObjectRef<ProbeSet>> {
+    store
+        .state()
+        .iter()
+        .map(|ps| ObjectRef::from_obj(&**ps))
+        .collect()
+}
+
+fn in_namespace(store: &Store<ProbeSet>, namespace: &str) -> Vec<ObjectRef<ProbeSet>> {
+    store
+        .state()
+        .iter()
+        .filter(|ps| ps.namespace().as_deref() == Some(namespace))
+        .map(|ps| ObjectRef::from_obj(&**ps))
+        .collect()
+}
+
+/// The pod name in Kubernetes.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "ringwarden-operator".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use clap::Parser;
+    use http::{Request, Response};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::{api::PartialObjectMetaExt, client::Body};
+    use serde_json::{Value, json};
+    use tower_test::mock::{self, Handle};
+
+    use super::*;
+
+    /// An API server holding one ProbeSet and one node: lists answer with
+    /// them, watches never answer, the Lease is kept, other writes are
+    /// echoed.
+    async fn fake_api_server(
+        mut handle: Handle<Request<Body>, Response<Body>>,
+        log: Arc<Mutex<Vec<String>>>,
+    ) {
+        let probeset = json!({
+            "apiVersion": "ringwarden.dev/v1alpha1", "kind": "ProbeSet",
+            "metadata": {"name": "web", "namespace": "shop", "generation": 1, "resourceVersion": "5", "uid": "u1"},
+            "spec": {"nodeSelector": {"pool": "web"}, "probes": [{"name": "sys", "kind": "syscalls"}]}
+        });
+        let list = |kind: &str, items: Vec<Value>| json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "10"}, "items": items});
+        let lease_path = "/apis/coordination.k8s.io/v1/namespaces/ringwarden-system/leases";
+        let mut lease: Option<Value> = None;
+        let mut watches = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let body: Value =
+                serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap_or(Value::Null);
+            let (method, path) = (parts.method.as_str(), parts.uri.path());
+            let query = parts.uri.query().unwrap_or_default();
+            if query.contains("watch=true") {
+                watches.push(send);
+                continue;
+            }
+            log.lock().unwrap().push(format!("{method} {path}"));
+            let (status, reply) = match (method, path) {
+                ("GET", "/apis/ringwarden.dev/v1alpha1/probesets") => {
+                    (200, list("ProbeSetList", vec![probeset.clone()]))
+                }
+                ("GET", "/apis/ringwarden.dev/v1alpha1/slos") => (200, list("SLOList", vec![])),
+                ("GET", "/api/v1/nodes") => (
+                    200,
+                    list(
+                        "PartialObjectMetadataList",
+                        vec![
+                            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                    "metadata": {"name": "n1", "labels": {"pool": "web"}}}),
+                        ],
+                    ),
+                ),
+                ("POST", p) if p == lease_path => {
+                    let mut created = body;
+                    created["metadata"]["resourceVersion"] = json!("1");
+                    lease = Some(created.clone());
+                    (201, created)
+                }
+                ("GET", p) if p.starts_with(lease_path) && lease.is_some() => {
+                    (200, lease.clone().unwrap())
+                }
+                ("GET", _) => (
+                    404,
+                    json!({"kind": "Status", "code": 404, "reason": "NotFound"}),
+                ),
+                ("PATCH", p) if p.ends_with("/status") => {
+                    let mut ps = probeset.clone();
+                    ps["status"] = body["status"].clone();
+                    (200, ps)
+                }
+                _ => (200, body),
+            };
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_wired_operator_leads_writes_once_and_releases_its_lease() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let api = tokio::spawn(fake_api_server(handle, Arc::clone(&log)));
+        let args =
+            Args::try_parse_from(["ringwarden-operator", "--identity", "operator-0"]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let written = {
+            let log = Arc::clone(&log);
+            move |what: &str| log.lock().unwrap().iter().any(|l| l == what)
+        };
+        let done = {
+            let written = written.clone();
+            async move {
+                while !(written(
+                    "PATCH /apis/apps/v1/namespaces/ringwarden-system/daemonsets/ringwarden-agent",
+                ) && written(
+                    "PATCH /apis/ringwarden.dev/v1alpha1/namespaces/shop/probesets/web/status",
+                )) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let client = Client::new(service, "default");
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            serve(&args, OperatorConfig::default(), client, listener, done),
+        )
+        .await
+        .expect("the operator wrote its objects and stopped");
+        api.abort();
+        let log = log.lock().unwrap().clone();
+        let writes: Vec<&str> = log
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.starts_with("GET"))
+            .collect();
+        let lease = "/apis/coordination.k8s.io/v1/namespaces/ringwarden-system/leases";
+        assert_eq!(
+            writes.first(),
+            Some(&format!("POST {lease}").as_str()),
+            "{log:#?}"
+        );
+        assert_eq!(
+            writes.last(),
+            Some(&format!("PUT {lease}/ringwarden-operator").as_str()),
+            "the Lease is released: {log:#?}"
+        );
+        for once in [
+            "PATCH /api/v1/namespaces/ringwarden-system/configmaps/ringwarden-agent-config",
+            "PATCH /apis/apps/v1/namespaces/ringwarden-system/daemonsets/ringwarden-agent",
+            "PATCH /apis/ringwarden.dev/v1alpha1/namespaces/shop/probesets/web/status",
+            "POST /apis/events.k8s.io/v1/namespaces/shop/events",
+        ] {
+            assert_eq!(
+                writes.iter().filter(|w| **w == once).count(),
+                1,
+                "{once}: {log:#?}"
+            );
+        }
+    }
+
+    fn node(name: &str, pool: &str, version: &str) -> PartialObjectMeta<Node> {
+        ObjectMeta {
+            name: Some(name.into()),
+            resource_version: Some(version.into()),
+            labels: Some([("pool".to_string(), pool.to_string())].into()),
+            ..Default::default()
+        }
+        .into_response_partial()
+    }
+
+    #[tokio::test]
+    async fn only_nodes_whose_labels_changed_trigger_reconciles() {
+        use watcher::Event::*;
+        let events = futures::stream::iter([
+            Ok(Init),
+            Ok(InitApply(node("n1", "web", "1"))),
+            Ok(InitDone),
+            // A status heartbeat: new resourceVersion, same labels.
+            Ok(Apply(node("n1", "web", "2"))),
+            Ok(Apply(node("n1", "db", "3"))),
+            Ok(Apply(node("n2", "db", "4"))),
+            Ok(Delete(node("n1", "db", "5"))),
+        ]);
+        let passed: Vec<_> = label_changes(events)
+            .map(|n| n.unwrap().metadata.resource_version.unwrap())
+            .collect()
+            .await;
+        assert_eq!(passed, ["1", "3", "4", "5"]);
+    }
+}
