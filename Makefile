@@ -15,10 +15,10 @@ deps:
 build: deps
 	$(CARGO) build --release --bins
 
-## run: the standalone agent on examples/probeset.yaml for $(RUN_SECONDS)s, with some load
+## run: the standalone agent on examples/probeset.yaml and examples/slo.yaml for $(RUN_SECONDS)s, with some load
 run: build
 	@scripts/demo-load.sh $(RUN_SECONDS) & \
-	$(AGENT) standalone -f examples/probeset.yaml --interval 5s --duration $(RUN_SECONDS)s --top 12; \
+	$(AGENT) standalone -f examples/probeset.yaml -f examples/slo.yaml --interval 5s --duration $(RUN_SECONDS)s --top 12; \
 	status=$$?; wait; exit $$status
 
 ## test: unit, schema and live-kernel tests (needs root)
@@ -33,10 +33,11 @@ lint: deps
 	RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/bpf-lint $(CARGO) clippy -p ringwarden-ebpf \
 		--bins --release --target bpfel-unknown-none -Z build-std=core -- -D warnings
 
-## bench: added CPU per probed syscall (see BENCHMARKS.md for the method and the reference)
+## bench: added CPU per probed syscall (both paths), consumer cost per record, agent CPU/RSS at 100k events/s (see BENCHMARKS.md)
 bench: deps
-	$(CARGO) build --release -p ringwarden-e2e --bins
+	$(CARGO) build --release -p ringwarden-e2e -p ringwarden-node-agent --bins
 	target/release/bench-syscalls --calls $${CALLS:-3000000} --reps $${REPS:-5}
+	target/release/bench-agent --rate $${RATE:-100000} --seconds $${SECONDS_AT_RATE:-10}
 
 ## crds: regenerate crds/ringwarden.dev_crds.yaml from the Rust types (a test checks it)
 crds:

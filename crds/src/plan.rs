@@ -7,8 +7,8 @@ use ringwarden_core::{
 };
 
 use crate::{
-    AgentProbe, ExportPolicy, PlanStatus, ProbePlanStatus, ProbeSet,
-    probeset::FieldError,
+    AgentProbe, ExportPolicy, PlanStatus, ProbePlanStatus, ProbeSet, agent::MAX_THRESHOLDS,
+    probeset::FieldError, slo::Slo,
 };
 
 /// Why a ProbeSet could not be planned: its spec problems, or a budget the
@@ -22,9 +22,12 @@ pub enum PlanProbeSetError {
 }
 
 /// Plans one ProbeSet for nodes with `page_size`-byte pages: each probe's
-/// ring size and sampling, and the status that explains them.
+/// ring size and sampling, and the status that explains them. SLOs on its
+/// probes add exact kernel thresholds (at most [`MAX_THRESHOLDS`] per
+/// probe, by SLO name) and tighten the allowed drop rate to the strictest.
 pub fn plan_probeset(
     ps: &ProbeSet,
+    slos: &[Slo],
     page_size: u64,
 ) -> Result<(Vec<AgentProbe>, PlanStatus), PlanProbeSetError> {
     let errors = ps.spec.validate();
@@ -38,6 +41,35 @@ pub fn plan_probeset(
             message: e,
         }])
     })?;
+    let namespace = ps
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = ps.metadata.name.clone().unwrap_or_default();
+    // The SLOs watching each probe, by name, so the choice of the first
+    // MAX_THRESHOLDS is deterministic.
+    let watching: Vec<Vec<(String, &Slo)>> = spec
+        .probes
+        .iter()
+        .map(|p| {
+            let mut w: Vec<(String, &Slo)> = slos
+                .iter()
+                .filter(|s| {
+                    s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                        && s.spec.probe_set == name
+                        && s.spec.probe == p.name
+                        && s.spec.validate().is_empty()
+                })
+                .map(|s| {
+                    let id = format!("{namespace}/{}", s.metadata.name.as_deref().unwrap_or(""));
+                    (id, s)
+                })
+                .collect();
+            w.sort_by(|a, b| a.0.cmp(&b.0));
+            w
+        })
+        .collect();
     let input = PlanInput {
         page_size,
         node_budget_bytes: budget,
@@ -45,7 +77,8 @@ pub fn plan_probeset(
         probes: spec
             .probes
             .iter()
-            .map(|p| ProbeDemand {
+            .zip(&watching)
+            .map(|(p, w)| ProbeDemand {
                 requested_sampling: p.sampling,
                 drain_interval: spec.ring_buffer.drain_interval,
                 burst_factor: spec.ring_buffer.burst_factor,
@@ -58,23 +91,20 @@ pub fn plan_probeset(
                     } else {
                         p.peak_event_rate
                     },
-                    spec.max_drop_rate,
+                    w.iter()
+                        .map(|(_, s)| s.spec.max_drop_rate)
+                        .fold(spec.max_drop_rate, f64::min),
                 )
             })
             .collect(),
     };
     let plan = planner::plan(&input).map_err(|e| PlanProbeSetError::Budget(e.to_string()))?;
-    let namespace = ps
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = ps.metadata.name.clone().unwrap_or_default();
     let probes = spec
         .probes
         .iter()
         .zip(&plan.probes)
-        .map(|(p, pp)| AgentProbe {
+        .zip(&watching)
+        .map(|((p, pp), w)| AgentProbe {
             namespace: namespace.clone(),
             probeset: name.clone(),
             spec: p.clone(),
@@ -85,7 +115,11 @@ pub fn plan_probeset(
             sample_every: pp.sample_every,
             predicted_drop: pp.predicted_drop,
             report_interval: spec.report_interval,
-            thresholds: vec![],
+            thresholds: w
+                .iter()
+                .take(MAX_THRESHOLDS)
+                .filter_map(|(id, s)| s.spec.threshold(id.clone()))
+                .collect(),
         })
         .collect();
     let status = PlanStatus {
@@ -114,8 +148,7 @@ mod tests {
     fn probeset(yaml: &str) -> ProbeSet {
         match parse_str("t.yaml", yaml).unwrap().remove(0) {
             Manifest::ProbeSet(ps) => *ps,
-            #[allow(unreachable_patterns)]
-            _ => panic!("not a ProbeSet"),
+            Manifest::Slo(_) => panic!("not a ProbeSet"),
         }
     }
 
@@ -125,7 +158,7 @@ mod tests {
             "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a}\n\
              spec:\n  probes:\n    - {name: sys, kind: syscalls}\n",
         );
-        let (probes, status) = plan_probeset(&ps, 4096).unwrap();
+        let (probes, status) = plan_probeset(&ps, &[], 4096).unwrap();
         assert_eq!(probes[0].ring_bytes, 4096);
         assert_eq!(probes[0].sample_every, 1);
         assert_eq!(probes[0].namespace, "default");
@@ -139,10 +172,43 @@ mod tests {
             "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a, namespace: web}\n\
              spec:\n  probes:\n    - {name: sys, kind: syscalls, export: {policy: all}, peakEventRate: 10000}\n",
         );
-        let (probes, status) = plan_probeset(&ps, 4096).unwrap();
+        let (probes, status) = plan_probeset(&ps, &[], 4096).unwrap();
         assert_eq!(probes[0].ring_bytes, 256 << 10);
         assert_eq!(status.used_bytes, 256 << 10);
         assert!(!status.probes[0].reasons.is_empty());
+    }
+
+    #[test]
+    fn slos_add_thresholds_and_tighten_the_drop_rate() {
+        let ps = probeset(
+            "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a, namespace: web}\n\
+             spec:\n  ringBuffer: {nodeBudget: 8Ki}\n  probes:\n    - {name: sys, kind: syscalls, export: {policy: all}, peakEventRate: 100000}\n",
+        );
+        let slo = |name: &str, drop: f64| -> Slo {
+            match parse_str(
+                "s.yaml",
+                &format!(
+                    "apiVersion: ringwarden.dev/v1alpha1\nkind: SLO\nmetadata: {{name: {name}, namespace: web}}\n\
+                     spec: {{probeSet: a, probe: sys, series: [read], indicator: {{latency: {{threshold: 5ms}}}}, \
+                     target: 99, maxDropRate: {drop}}}\n"
+                ),
+            )
+            .unwrap()
+            .remove(0)
+            {
+                Manifest::Slo(s) => *s,
+                Manifest::ProbeSet(_) => panic!("not an SLO"),
+            }
+        };
+        let (loose, _) = plan_probeset(&ps, &[slo("b", 0.5)], 4096).unwrap();
+        let (strict, _) = plan_probeset(&ps, &[slo("b", 0.5), slo("a", 0.001)], 4096).unwrap();
+        let t = &strict[0].thresholds;
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].slo, "web/a", "sorted by name");
+        assert_eq!(t[0].latency_ns, Some(5_000_000));
+        assert_eq!(t[0].series, ["read"]);
+        // A tiny budget: the stricter drop rate forces sparser sampling.
+        assert!(strict[0].sample_every > loose[0].sample_every);
     }
 
     #[test]
@@ -151,7 +217,7 @@ mod tests {
             "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a}\n\
              spec:\n  ringBuffer: {nodeBudget: \"1Ki\"}\n  probes:\n    - {name: sys, kind: syscalls, export: {policy: all}, peakEventRate: 10}\n",
         );
-        let e = plan_probeset(&ps, 4096).unwrap_err().to_string();
+        let e = plan_probeset(&ps, &[], 4096).unwrap_err().to_string();
         assert!(e.starts_with("spec.ringBuffer.nodeBudget: "), "{e}");
     }
 }

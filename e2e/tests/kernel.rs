@@ -139,5 +139,8 @@ fn a_uprobe_on_a_missing_symbol_fails_with_the_cause() {
         .err()
         .expect("a missing symbol cannot be attached")
         .to_string();
-    assert!(e.contains("no_such_function_here") && e.contains("nm"), "{e}");
+    assert!(
+        e.contains("no_such_function_here") && e.contains("nm"),
+        "{e}"
+    );
 }

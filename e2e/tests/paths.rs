@@ -37,7 +37,11 @@ fn a_one_page_ring_drops_a_burst_and_accounts_for_every_event() {
     let mut closes = 0;
     probe.drain(|ev| {
         received += 1;
-        assert_eq!(ev.flags & EVENT_ERROR, EVENT_ERROR, "only errors are exported");
+        assert_eq!(
+            ev.flags & EVENT_ERROR,
+            EVENT_ERROR,
+            "only errors are exported"
+        );
         assert_eq!(ev.tgid, report.pid);
         if ev.series.id == Sysno::close.id() as u64 {
             closes += 1;
@@ -46,9 +50,15 @@ fn a_one_page_ring_drops_a_burst_and_accounts_for_every_event() {
     });
     let c = probe.snapshot().unwrap().counters;
     assert_eq!(c.check_identities(), Ok(()), "{c:?}");
-    assert_eq!(c.exported, N, "exactly the failed calls are exported: {c:?}");
+    assert_eq!(
+        c.exported, N,
+        "exactly the failed calls are exported: {c:?}"
+    );
     assert_eq!(c.delivered + c.ringbuf_dropped, N);
-    assert!(c.ringbuf_dropped > 0, "a page cannot hold {N} records: {c:?}");
+    assert!(
+        c.ringbuf_dropped > 0,
+        "a page cannot hold {N} records: {c:?}"
+    );
     assert_eq!(received, c.delivered, "every delivered record is read back");
     assert_eq!(closes, received);
 }
@@ -74,7 +84,11 @@ fn a_ring_sized_for_the_burst_drops_nothing() {
     assert_eq!(received, c.delivered);
     assert_eq!(snap.series["close"].count(), report.fails);
     assert_eq!(snap.series["close"].errors(), report.fails);
-    assert!(snap.ring_high_water >= N * 96, "high water {}", snap.ring_high_water);
+    assert!(
+        snap.ring_high_water >= N * 96,
+        "high water {}",
+        snap.ring_high_water
+    );
     assert!(snap.ring_high_water <= snap.ring_bytes);
 }
 
@@ -82,7 +96,14 @@ fn a_ring_sized_for_the_burst_drops_nothing() {
 #[test]
 fn slower_than_exports_only_slow_events() {
     require_bpf_privileges();
-    let child = spawn(&["--nanosleep", "40", "--nanosleep-ns", "200000", "--nanosleep-alt-ns", "3000000"]);
+    let child = spawn(&[
+        "--nanosleep",
+        "40",
+        "--nanosleep-ns",
+        "200000",
+        "--nanosleep-alt-ns",
+        "3000000",
+    ]);
     let mut config = syscalls_for(child.pid());
     config.export = Export::SlowerThan(1_500_000);
     config.ring_bytes = 64 << 10;
@@ -90,10 +111,21 @@ fn slower_than_exports_only_slow_events() {
     let report = child.go_report();
     let mut slow = Vec::new();
     probe.drain(|ev| slow.push((ev.series.id, ev.latency_ns)));
-    let truth = report.nanosleep_ns.iter().filter(|&&ns| ns > 1_500_000).count();
-    assert_eq!(truth, 20, "every other sleep is 3 ms: {:?}", report.nanosleep_ns);
+    let truth = report
+        .nanosleep_ns
+        .iter()
+        .filter(|&&ns| ns > 1_500_000)
+        .count();
+    assert_eq!(
+        truth, 20,
+        "every other sleep is 3 ms: {:?}",
+        report.nanosleep_ns
+    );
     assert_eq!(slow.len(), truth, "{slow:?}");
-    assert!(slow.iter().all(|&(nr, ns)| nr == Sysno::nanosleep.id() as u64 && ns > 1_500_000));
+    assert!(
+        slow.iter()
+            .all(|&(nr, ns)| nr == Sysno::nanosleep.id() as u64 && ns > 1_500_000)
+    );
 }
 
 #[test]
@@ -125,7 +157,16 @@ fn sampling_keeps_one_in_n_and_counts_the_rest() {
 #[test]
 fn a_threshold_counts_exactly_what_the_child_timed() {
     require_bpf_privileges();
-    let child = spawn(&["--nanosleep", "60", "--nanosleep-ns", "500000", "--nanosleep-alt-ns", "2500000", "--getppid", "100"]);
+    let child = spawn(&[
+        "--nanosleep",
+        "60",
+        "--nanosleep-ns",
+        "500000",
+        "--nanosleep-alt-ns",
+        "2500000",
+        "--getppid",
+        "100",
+    ]);
     let mut config = syscalls_for(child.pid());
     let mut slot = ThresholdSlot {
         latency_ns: 1_500_000,
@@ -139,16 +180,33 @@ fn a_threshold_counts_exactly_what_the_child_timed() {
     let probe = load_probe(&config);
     let report = child.go_report();
     let t = &probe.snapshot().unwrap().thresholds[0];
-    let good = report.nanosleep_ns.iter().filter(|&&ns| ns <= 1_500_000).count() as u64;
+    let good = report
+        .nanosleep_ns
+        .iter()
+        .filter(|&&ns| ns <= 1_500_000)
+        .count() as u64;
     assert_eq!(t.slo, "default/sleep-fast");
-    assert_eq!(t.total, report.nanosleep_ns.len() as u64, "only nanosleep counts");
+    assert_eq!(
+        t.total,
+        report.nanosleep_ns.len() as u64,
+        "only nanosleep counts"
+    );
     assert_eq!(t.good, good, "timings {:?}", report.nanosleep_ns);
 }
 
 #[test]
 fn series_beyond_max_series_fold_into_other_and_are_counted() {
     require_bpf_privileges();
-    let child = spawn(&["--getppid", "300", "--nanosleep", "3", "--nanosleep-ns", "1000", "--fail", "50"]);
+    let child = spawn(&[
+        "--getppid",
+        "300",
+        "--nanosleep",
+        "3",
+        "--nanosleep-ns",
+        "1000",
+        "--fail",
+        "50",
+    ]);
     let mut config = syscalls_for(child.pid());
     config.max_series = 1;
     let probe = load_probe(&config);
@@ -156,11 +214,18 @@ fn series_beyond_max_series_fold_into_other_and_are_counted() {
     let snap = probe.snapshot().unwrap();
     let c = snap.counters;
     assert_eq!(c.check_identities(), Ok(()), "{c:?}");
-    assert!(snap.series.len() <= 2, "one series and other: {:?}", snap.series.keys());
+    assert!(
+        snap.series.len() <= 2,
+        "one series and other: {:?}",
+        snap.series.keys()
+    );
     let total: u64 = snap.series.values().map(|h| h.count()).sum();
     assert_eq!(total, c.aggregated, "no event is lost by folding");
     assert_eq!(snap.series["other"].count(), c.series_folded);
-    assert!(c.series_folded >= report.fails.min(report.getppid_calls), "{c:?}");
+    assert!(
+        c.series_folded >= report.fails.min(report.getppid_calls),
+        "{c:?}"
+    );
 }
 
 /// A cgroup v2 directory for one test, removed on drop.
@@ -201,9 +266,8 @@ fn a_cgroup_filter_counts_processes_below_it_only() {
     std::fs::write(cg.leaf().join("cgroup.procs"), inside.pid().to_string())
         .expect("move the child into the test cgroup");
     let mut config = ProbeConfig::new(ProbeKind::Syscalls);
-    config.cgroup_ids = vec![
-        ringwarden_node_agent::probes::cgroup_id(cg.0.to_str().unwrap()).unwrap(),
-    ];
+    config.cgroup_ids =
+        vec![ringwarden_node_agent::probes::cgroup_id(cg.0.to_str().unwrap()).unwrap()];
     let probe = load_probe(&config);
     let t = std::thread::spawn(move || outside.go_report());
     let report: LoadReport = inside.go_report();

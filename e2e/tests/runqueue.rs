@@ -38,7 +38,15 @@ fn runqueue_waits_match_the_schedulers_own_statistics() {
     require_bpf_privileges();
     let mut sleeper = Child::spawn(
         env!("CARGO_BIN_EXE_syscall-load"),
-        &["--nanosleep", "200", "--nanosleep-ns", "1000000", "--cpu", "0", "--hold"],
+        &[
+            "--nanosleep",
+            "200",
+            "--nanosleep-ns",
+            "1000000",
+            "--cpu",
+            "0",
+            "--hold",
+        ],
     );
     let stop = Arc::new(AtomicBool::new(false));
     let hogs: Vec<_> = (0..2)
@@ -65,8 +73,16 @@ fn runqueue_waits_match_the_schedulers_own_statistics() {
 
     let h = &snap.series["all"];
     let runs = runs1 - runs0;
-    assert_eq!(h.count(), runs, "one wait per time the sleeper got the CPU: {:?}", snap.counters);
-    assert!(h.count() >= report.nanosleep_ns.len() as u64, "a wait per wakeup at least");
+    assert_eq!(
+        h.count(),
+        runs,
+        "one wait per time the sleeper got the CPU: {:?}",
+        snap.counters
+    );
+    assert!(
+        h.count() >= report.nanosleep_ns.len() as u64,
+        "a wait per wakeup at least"
+    );
     // The scheduler sums the same waits with its run-queue clock, which
     // `__schedule` reads before picking the next task; the probe reads the
     // clock at the switch itself. So the probe's sum is not smaller, and
@@ -78,8 +94,14 @@ fn runqueue_waits_match_the_schedulers_own_statistics() {
         "probe summed {sum} ns of waits over {runs} switch-ins, the scheduler {waited} ns"
     );
     // Each sleep took 1 ms plus timer slack plus its wait for the CPU.
-    let overshoot: u64 = report.nanosleep_ns.iter().map(|ns| ns.saturating_sub(1_000_000)).sum();
-    assert!(sum <= overshoot + waited, "waits {sum} ns exceed what the sleeper saw");
+    let overshoot: u64 = report
+        .nanosleep_ns
+        .iter()
+        .map(|ns| ns.saturating_sub(1_000_000))
+        .sum();
+    assert!(
+        sum <= overshoot + waited,
+        "waits {sum} ns exceed what the sleeper saw"
+    );
     assert_eq!(snap.counters.check_identities(), Ok(()));
 }
-

@@ -26,7 +26,10 @@ struct Netns {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -57,7 +60,9 @@ impl Netns {
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
         ip(&["netns", "add", &name]);
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer_if]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
         ip(&["link", "set", &peer_if, "netns", &name]);
         let mut on_host: Vec<&str> = vec![];
         if let Some(c) = &client {
@@ -70,7 +75,15 @@ impl Netns {
         let host_cmd = |args: &[&str]| ip(&[on_host.as_slice(), args].concat());
         host_cmd(&["addr", "add", &format!("{host}/24"), "dev", &host_if]);
         host_cmd(&["link", "set", &host_if, "up"]);
-        ip(&["-n", &name, "addr", "add", &format!("{peer}/24"), "dev", &peer_if]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{peer}/24"),
+            "dev",
+            &peer_if,
+        ]);
         ip(&["-n", &name, "link", "set", &peer_if, "up"]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         Self {
@@ -116,14 +129,25 @@ fn spawn_in<T: Send + 'static>(
 impl Netns {
     /// Makes the peer drop everything sent to it, without a reply.
     fn blackhole_peer(&self) {
-        ip(&["-n", &self.name, "addr", "flush", "dev", &format!("rwp{}", &self.host_if[3..])]);
+        ip(&[
+            "-n",
+            &self.name,
+            "addr",
+            "flush",
+            "dev",
+            &format!("rwp{}", &self.host_if[3..]),
+        ]);
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
         if let Some(c) = &self.client {
             let _ = Command::new("ip").args(["netns", "del", c]).output();
         }
@@ -237,7 +261,10 @@ fn a_full_start_map_is_a_counted_pairing_loss() {
                 size_of::<libc::sockaddr_in>() as u32,
             );
             assert_eq!(rc, -1);
-            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EINPROGRESS));
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EINPROGRESS)
+            );
             pending.push(fd);
         }
     }

@@ -290,7 +290,13 @@ mod tests {
         let mut b = Vec::new();
         b.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         b.extend_from_slice(&[1, 0]);
-        for v in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&t);
@@ -309,7 +315,10 @@ mod tests {
             btf.offset("outer", "z"),
             Err(BtfError::NoField("outer".into(), "z".into()))
         );
-        assert_eq!(btf.offset("nope", "x"), Err(BtfError::NoStruct("nope".into())));
+        assert_eq!(
+            btf.offset("nope", "x"),
+            Err(BtfError::NoStruct("nope".into()))
+        );
     }
 
     #[test]
@@ -318,7 +327,10 @@ mod tests {
         for n in 0..b.len() {
             let _ = Btf::parse(&b[..n]);
         }
-        assert_eq!(Btf::parse(b"hello, world, not btf at all").err(), Some(BtfError::Header));
+        assert_eq!(
+            Btf::parse(b"hello, world, not btf at all").err(),
+            Some(BtfError::Header)
+        );
     }
 
     /// The running kernel's offsets agree with what `bpftool` would print
@@ -329,7 +341,10 @@ mod tests {
         // `sock` starts with `sock_common`, whose address pair comes first.
         assert_eq!(o.sk_daddr, 0, "skc_daddr leads sock_common");
         assert!(o.sk_dport > 0 && o.sk_dport < 64);
-        assert!(o.task_tgid == o.task_pid + 4, "tgid follows pid in task_struct");
+        assert!(
+            o.task_tgid == o.task_pid + 4,
+            "tgid follows pid in task_struct"
+        );
         assert!(o.cgroup_ancestors > o.cgroup_level);
     }
 }

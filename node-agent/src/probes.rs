@@ -472,15 +472,19 @@ impl Probe {
                 if let Ok(info) = prog.info() {
                     program_ids.push(info.id());
                 }
-                prog.attach(symbol.as_str(), Path::new(binary), UProbeScope::AllProcesses)
-                    .map_err(|e| ProbeError::Uprobe {
-                        binary: binary.clone(),
-                        symbol: symbol.clone(),
-                        message: format!(
-                            "{}; check the symbol with `nm -D {binary}` or `nm {binary}`",
-                            error_chain(&e)
-                        ),
-                    })?;
+                prog.attach(
+                    symbol.as_str(),
+                    Path::new(binary),
+                    UProbeScope::AllProcesses,
+                )
+                .map_err(|e| ProbeError::Uprobe {
+                    binary: binary.clone(),
+                    symbol: symbol.clone(),
+                    message: format!(
+                        "{}; check the symbol with `nm -D {binary}` or `nm {binary}`",
+                        error_chain(&e)
+                    ),
+                })?;
             }
             uprobe_symbol = Some(symbol.clone());
         }
@@ -531,7 +535,11 @@ impl Probe {
             .counters
             .get(&0, 0)
             .map_err(|e| map_error(maps::COUNTERS, e))?;
-        let high_water = per_cpu.iter().map(|c| c.ringbuf_high_water).max().unwrap_or(0);
+        let high_water = per_cpu
+            .iter()
+            .map(|c| c.ringbuf_high_water)
+            .max()
+            .unwrap_or(0);
         let mut series: BTreeMap<String, Histogram> = BTreeMap::new();
         for item in self.hist.iter() {
             let (key, values) = item.map_err(|e| map_error(maps::HIST, e))?;

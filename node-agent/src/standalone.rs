@@ -11,24 +11,30 @@ use std::{
     time::{Duration, Instant},
 };
 
-use std::{collections::HashMap, io::Write as _};
+use std::{collections::HashMap, io::Write as _, time::SystemTime};
+
+use ringwarden_core::{
+    histogram::Histogram,
+    slo::{Report as SloReport, SloEvaluator, SloSpec, SloStatus},
+};
 
 use ringwarden_core::planner::DEFAULT_DRAIN_INTERVAL;
 use ringwarden_crds::{
-    AgentProbe, ExportPolicy, ProbeSet,
-    manifest::{self, Manifest, ManifestErrors},
+    AgentProbe, ExportPolicy, ProbeKind, ProbeSet, Threshold,
+    manifest::{self, ManifestErrors},
     plan::plan_probeset,
+    slo::Slo,
 };
-use ringwarden_ebpf_common::{EVENT_ERROR, SeriesKey, event::comm_str};
+use ringwarden_ebpf_common::{
+    EVENT_ERROR, SeriesKey, THRESHOLD_ERRORS, THRESHOLD_LATENCY, ThresholdSlot, event::comm_str,
+};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Events, MetricsAddr, Output, StandaloneArgs},
     metrics::{self, ProbeLabels, SharedSnapshots},
-    probes::{
-        Export, Kernel, Probe, ProbeConfig, ProbeError, Snapshot, page_size, series_name,
-    },
+    probes::{Export, Kernel, Probe, ProbeConfig, ProbeError, Snapshot, page_size, series_name},
     table,
 };
 
@@ -67,14 +73,20 @@ pub struct PlannedProbe {
     pub probe: AgentProbe,
 }
 
-/// Plans every ProbeSet with the quota planner (pure). A ProbeSet that
-/// cannot be planned is reported and left out; the others run.
-pub fn plan(probesets: &[ProbeSet], node: &str, page_size: u64) -> (Vec<PlannedProbe>, Vec<String>) {
+/// Plans every ProbeSet with the quota planner (pure), with the SLOs on
+/// its probes. A ProbeSet that cannot be planned is reported and left out;
+/// the others run.
+pub fn plan(
+    probesets: &[ProbeSet],
+    slos: &[Slo],
+    node: &str,
+    page_size: u64,
+) -> (Vec<PlannedProbe>, Vec<String>) {
     let mut planned = Vec::new();
     let mut failures = Vec::new();
     for ps in probesets {
         let name = ps.metadata.name.clone().unwrap_or_default();
-        match plan_probeset(ps, page_size) {
+        match plan_probeset(ps, slos, page_size) {
             Ok((probes, _)) => planned.extend(probes.into_iter().map(|p| PlannedProbe {
                 labels: ProbeLabels {
                     namespace: p.namespace.clone(),
@@ -121,21 +133,99 @@ pub fn probe_config(p: &AgentProbe, self_tgid: u32) -> Result<ProbeConfig, Probe
         .uprobe
         .as_ref()
         .map(|u| (u.binary.clone(), u.symbol.clone()));
+    config.thresholds = p
+        .thresholds
+        .iter()
+        .map(|t| Ok((t.slo.clone(), threshold_slot(spec.kind, t)?)))
+        .collect::<Result<_, ProbeError>>()?;
     Ok(config)
 }
 
-/// Reads every manifest, reporting all problems of all files at once.
-pub fn read_manifests(files: &[std::path::PathBuf]) -> Result<Vec<ProbeSet>, ManifestErrors> {
+/// An SLO's threshold as the kernel compares it: series names become the
+/// ids the kernel keys series by.
+pub fn threshold_slot(kind: ProbeKind, t: &Threshold) -> Result<ThresholdSlot, ProbeError> {
+    let mut slot = ThresholdSlot {
+        latency_ns: t.latency_ns.unwrap_or(0),
+        mode: if t.errors {
+            THRESHOLD_ERRORS
+        } else {
+            THRESHOLD_LATENCY
+        },
+        nseries: t.series.len() as u32,
+        ..Default::default()
+    };
+    if t.series.len() > slot.series.len() {
+        return Err(ProbeError::Filter(format!(
+            "SLO {}: {} series, at most {} are supported",
+            t.slo,
+            t.series.len(),
+            slot.series.len()
+        )));
+    }
+    for (id, name) in slot.series.iter_mut().zip(&t.series) {
+        *id = match kind {
+            ProbeKind::Syscalls => name
+                .parse::<syscalls::Sysno>()
+                .map(|s| s.id() as u64)
+                .map_err(|_| {
+                    ProbeError::Filter(format!(
+                        "SLO {}: {name:?} is not a syscall of this architecture; use names \
+                         like read or openat",
+                        t.slo
+                    ))
+                })?,
+            ProbeKind::TcpConnect => name
+                .trim_start_matches("port ")
+                .parse::<u16>()
+                .map(u64::from)
+                .map_err(|_| {
+                    ProbeError::Filter(format!(
+                        "SLO {}: {name:?} is not a destination port; use e.g. 443",
+                        t.slo
+                    ))
+                })?,
+            other => {
+                return Err(ProbeError::Filter(format!(
+                    "SLO {}: series narrowing is supported for syscalls and tcpConnect \
+                     probes, not {}; remove spec.series",
+                    t.slo,
+                    other.as_str()
+                )));
+            }
+        };
+    }
+    Ok(slot)
+}
+
+/// Reads every manifest (ProbeSets and SLOs), reporting all problems of
+/// all files at once.
+pub fn read_manifests(
+    files: &[std::path::PathBuf],
+) -> Result<(Vec<ProbeSet>, Vec<Slo>), ManifestErrors> {
     let mut probesets = Vec::new();
+    let mut slos = Vec::new();
     let mut errors = Vec::new();
     for f in files {
         match manifest::load_file(f) {
-            Ok(docs) => probesets.extend(docs.into_iter().filter_map(|m| match m {
-                Manifest::ProbeSet(ps) => Some(*ps),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            })),
+            Ok(docs) => {
+                let (p, s) = manifest::split(docs);
+                probesets.extend(p);
+                slos.extend(s);
+            }
             Err(ManifestErrors(e)) => errors.extend(e),
+        }
+    }
+    for slo in &slos {
+        if let Err(e) = slo
+            .spec
+            .find_probe(slo.metadata.namespace.as_deref(), &probesets)
+        {
+            errors.push(manifest::ManifestError {
+                file: format!("SLO {}", slo.metadata.name.as_deref().unwrap_or("")),
+                document: 0,
+                field: Some(e.field),
+                message: e.message,
+            });
         }
     }
     if errors.is_empty() && probesets.is_empty() {
@@ -151,7 +241,7 @@ pub fn read_manifests(files: &[std::path::PathBuf]) -> Result<Vec<ProbeSet>, Man
         });
     }
     if errors.is_empty() {
-        Ok(probesets)
+        Ok((probesets, slos))
     } else {
         Err(ManifestErrors(errors))
     }
@@ -165,6 +255,119 @@ struct Running {
     names: HashMap<SeriesKey, String>,
     /// Longest the ring may go undrained.
     drain_interval: Duration,
+    /// The SLO thresholds the kernel counts for this probe, in slot order.
+    thresholds: Vec<Threshold>,
+}
+
+/// One SLO evaluated locally from its probe's exact kernel counts.
+struct SloWatch {
+    id: String,
+    /// Index into the running probes, and of the threshold slot.
+    probe: usize,
+    slot: usize,
+    series: Vec<String>,
+    target: f64,
+    evaluator: SloEvaluator,
+    status: Option<SloStatus>,
+}
+
+/// Sets up an evaluator for every SLO whose probe is running.
+fn watch_slos(running: &[Running], slos: &[Slo]) -> Vec<SloWatch> {
+    let mut watches = Vec::new();
+    for (pi, r) in running.iter().enumerate() {
+        for (slot, t) in r.thresholds.iter().enumerate() {
+            let Some(slo) = slos.iter().find(|s| {
+                format!(
+                    "{}/{}",
+                    s.metadata.namespace.as_deref().unwrap_or("default"),
+                    s.metadata.name.as_deref().unwrap_or("")
+                ) == t.slo
+            }) else {
+                continue;
+            };
+            let spec = SloSpec {
+                target: slo.spec.target,
+                window: slo.spec.window,
+                max_drop_rate: slo.spec.max_drop_rate,
+            };
+            match SloEvaluator::new(spec, 0) {
+                Ok(evaluator) => watches.push(SloWatch {
+                    id: t.slo.clone(),
+                    probe: pi,
+                    slot,
+                    series: t.series.clone(),
+                    target: slo.spec.target,
+                    evaluator,
+                    status: None,
+                }),
+                Err(e) => tracing::error!(slo = %t.slo, error = %e, "SLO cannot be evaluated"),
+            }
+        }
+    }
+    watches
+}
+
+/// Feeds each SLO its probe's latest exact counts and evaluates it.
+fn evaluate_slos(
+    watches: &mut [SloWatch],
+    snaps: &[Option<Snapshot>],
+    node: &str,
+    boot_id: &str,
+    seq: u64,
+) {
+    let now = SystemTime::now();
+    for w in watches {
+        let Some(Some(snap)) = snaps.get(w.probe) else {
+            continue;
+        };
+        let Some(t) = snap.thresholds.get(w.slot) else {
+            continue;
+        };
+        w.evaluator.ingest(
+            now,
+            &SloReport {
+                node: node.to_string(),
+                boot_id: boot_id.to_string(),
+                seq,
+                threshold_id: 0,
+                good: t.good,
+                total: t.total,
+                loss: snap.counters,
+            },
+        );
+        let mut h = Histogram::new();
+        for (name, sh) in &snap.series {
+            if w.series.is_empty() || w.series.contains(name) {
+                h.merge(sh);
+            }
+        }
+        w.status = Some(w.evaluator.evaluate(now, Some(&h)));
+    }
+}
+
+/// One line per SLO for the table.
+fn render_slos(watches: &[SloWatch]) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.3}%", 100.0 * v));
+    let rate = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}x"));
+    let mut out = String::new();
+    for w in watches {
+        let Some(st) = &w.status else { continue };
+        out.push_str(&format!(
+            "SLO {}: {} — SLI {} (target {}%), budget left {}, burn fast {} slow {}, \
+             p{} latency {}, drops {}\n",
+            w.id,
+            st.state.as_str(),
+            pct(st.sli),
+            w.target,
+            pct(st.error_budget_remaining),
+            rate(st.fast_burn.long_rate),
+            rate(st.slow_burn.long_rate),
+            w.target,
+            st.observed_latency_ns.map_or("-".into(), table::fmt_ns),
+            pct(st.drop_rate),
+        ));
+    }
+    out
 }
 
 /// Loads every planned probe; a probe that fails is reported and skipped,
@@ -187,6 +390,7 @@ fn load_all(kernel: &Kernel, planned: Vec<PlannedProbe>) -> (Vec<Running>, Vec<S
                     previous: None,
                     names: HashMap::new(),
                     drain_interval: DEFAULT_DRAIN_INTERVAL,
+                    thresholds: p.probe.thresholds.clone(),
                 });
             }
             Err(e) => {
@@ -280,13 +484,38 @@ struct JsonReport<'a> {
     #[serde(rename = "final")]
     is_final: bool,
     probes: Vec<JsonProbe<'a>>,
+    slos: Vec<JsonSlo<'a>>,
     /// Probes that could not be loaded, with the cause.
     failed: &'a [String],
+}
+
+#[derive(Serialize)]
+struct JsonSlo<'a> {
+    slo: &'a str,
+    state: &'static str,
+    target: f64,
+    sli: Option<f64>,
+    budget_remaining: Option<f64>,
+    fast_burn: Option<f64>,
+    slow_burn: Option<f64>,
+    good: u64,
+    total: u64,
+    observed_latency_ns: Option<u64>,
+    drop_rate: Option<f64>,
+}
+
+/// SLOs evaluated in standalone mode, and the identity of this run's
+/// reports (a new boot id per run: counters start from zero).
+struct SloState {
+    watches: Vec<SloWatch>,
+    boot_id: String,
+    seq: u64,
 }
 
 /// Reads every probe, prints the figures and publishes them for `/metrics`.
 fn tick(
     running: &mut [Running],
+    slos: &mut SloState,
     failures: &[String],
     shared: &SharedSnapshots,
     args: &StandaloneArgs,
@@ -304,6 +533,12 @@ fn tick(
             }
         }
     }
+    slos.seq += 1;
+    let node = running
+        .first()
+        .map(|r| r.labels.node.clone())
+        .unwrap_or_default();
+    evaluate_slos(&mut slos.watches, &current, &node, &slos.boot_id, slos.seq);
     let mut text = String::new();
     let mut json = Vec::new();
     for (r, snap) in running.iter().zip(&current) {
@@ -346,6 +581,7 @@ fn tick(
     }
     let report = match args.output {
         Output::Table => {
+            text.push_str(&render_slos(&slos.watches));
             for f in failures {
                 text.push_str(&format!("FAILED {f}\n"));
             }
@@ -356,6 +592,26 @@ fn tick(
                 elapsed_seconds: (now - started).as_secs_f64(),
                 is_final,
                 probes: json,
+                slos: slos
+                    .watches
+                    .iter()
+                    .filter_map(|w| {
+                        let st = w.status.as_ref()?;
+                        Some(JsonSlo {
+                            slo: &w.id,
+                            state: st.state.as_str(),
+                            target: w.target,
+                            sli: st.sli,
+                            budget_remaining: st.error_budget_remaining,
+                            fast_burn: st.fast_burn.long_rate,
+                            slow_burn: st.slow_burn.long_rate,
+                            good: st.counts.good,
+                            total: st.counts.total,
+                            observed_latency_ns: st.observed_latency_ns,
+                            drop_rate: st.drop_rate,
+                        })
+                    })
+                    .collect(),
                 failed: failures,
             };
             serde_json::to_string(&report).unwrap_or_else(|e| {
@@ -390,9 +646,9 @@ fn node_name(args: &StandaloneArgs) -> String {
 
 /// Runs standalone mode until a signal or `--duration`.
 pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
-    let probesets = read_manifests(&args.files)?;
+    let (probesets, slos) = read_manifests(&args.files)?;
     let node = node_name(&args);
-    let (planned, mut failures) = plan(&probesets, &node, page_size().into());
+    let (planned, mut failures) = plan(&probesets, &slos, &node, page_size().into());
     crate::probes::check_privileges().map_err(|e| StandaloneError::NoProbes(e.to_string()))?;
     let kernel = Kernel::open().map_err(|e| StandaloneError::NoProbes(e.to_string()))?;
     let drain_every = planned
@@ -413,7 +669,15 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     for r in &mut running {
         r.drain_interval = drain_every * 2;
     }
-    let mut events_out = (args.events == Events::Json).then(|| std::io::BufWriter::new(std::io::stdout()));
+    let mut slo_state = SloState {
+        watches: watch_slos(&running, &slos),
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+            .map(|u| u.trim().to_string())
+            .unwrap_or_else(|_| format!("run-{}", std::process::id())),
+        seq: 0,
+    };
+    let mut events_out =
+        (args.events == Events::Json).then(|| std::io::BufWriter::new(std::io::stdout()));
 
     let shared: SharedSnapshots = Arc::new(Mutex::new(Vec::new()));
     let _server = match args.metrics_addr {
@@ -442,7 +706,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
             _ = drainer.tick() => drain(&mut running, &mut events_out),
             _ = ticker.tick() => {
                 drain(&mut running, &mut events_out);
-                tick(&mut running, &failures, &shared, &args, started, false)
+                tick(&mut running, &mut slo_state, &failures, &shared, &args, started, false)
             }
             _ = &mut deadline => { tracing::info!("duration reached, stopping"); break }
             _ = sigint.recv() => { tracing::info!("SIGINT, stopping"); break }
@@ -450,7 +714,15 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
         }
     }
     drain(&mut running, &mut events_out);
-    tick(&mut running, &failures, &shared, &args, started, true);
+    tick(
+        &mut running,
+        &mut slo_state,
+        &failures,
+        &shared,
+        &args,
+        started,
+        true,
+    );
     drop(running); // detaches every program and frees the maps
     tracing::info!("all probes detached");
     Ok(())
@@ -465,7 +737,9 @@ fn drain_period(probesets: &[ProbeSet], p: &PlannedProbe) -> Duration {
             ps.metadata.name.as_deref() == Some(p.probe.probeset.as_str())
                 && ps.metadata.namespace.as_deref().unwrap_or("default") == p.probe.namespace
         })
-        .map_or(DEFAULT_DRAIN_INTERVAL, |ps| ps.spec.ring_buffer.drain_interval)
+        .map_or(DEFAULT_DRAIN_INTERVAL, |ps| {
+            ps.spec.ring_buffer.drain_interval
+        })
         .max(Duration::from_millis(2))
         / 2
 }
@@ -497,15 +771,8 @@ spec:
 ",
         )
         .unwrap();
-        let probesets: Vec<ProbeSet> = docs
-            .into_iter()
-            .filter_map(|m| match m {
-                Manifest::ProbeSet(p) => Some(*p),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            })
-            .collect();
-        let (planned, failures) = plan(&probesets, "node-a", 4096);
+        let (probesets, slos) = manifest::split(docs);
+        let (planned, failures) = plan(&probesets, &slos, "node-a", 4096);
         assert!(failures.is_empty(), "{failures:?}");
         assert_eq!(planned.len(), 2);
         assert_eq!(planned[0].labels.namespace, "shop");

@@ -4,8 +4,8 @@ use std::{fmt::Write as _, time::Duration};
 
 use serde::Serialize;
 
-use ringwarden_crds::ProbeKind;
 use ringwarden_core::quantity::format_bytes;
+use ringwarden_crds::ProbeKind;
 
 use crate::probes::Snapshot;
 
@@ -60,11 +60,7 @@ pub fn rows(
             }
         })
         .collect();
-    rows.sort_by(|a, b| {
-        b.count
-            .cmp(&a.count)
-            .then_with(|| a.series.cmp(&b.series))
-    });
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.series.cmp(&b.series)));
     rows.truncate(top);
     rows
 }
@@ -110,7 +106,11 @@ pub fn render(title: &str, rows: &[Row], snapshot: &Snapshot) -> String {
             "COUNT", "RATE/s", "P50", "P90", "P99", "MAX", "ERRORS"
         );
     } else {
-        let _ = writeln!(out, "{column:<22} {:>12} {:>10} {:>9}", "COUNT", "RATE/s", "ERRORS");
+        let _ = writeln!(
+            out,
+            "{column:<22} {:>12} {:>10} {:>9}",
+            "COUNT", "RATE/s", "ERRORS"
+        );
     }
     for r in rows {
         if kind.has_latency() {

@@ -40,6 +40,69 @@ spec:
     - {name: sys, kind: syscalls}
 ";
 
+/// A probe that cannot attach is reported with its cause while the others
+/// run: the agent never fails as a whole over one bad probe.
+#[test]
+fn a_broken_probe_degrades_alone() {
+    let out = run_with_manifest(
+        "apiVersion: ringwarden.dev/v1alpha1
+kind: ProbeSet
+metadata: {name: mixed}
+spec:
+  probes:
+    - {name: broken, kind: uprobe, uprobe: {binary: /bin/sh, symbol: no_such_function_anywhere}}
+    - {name: sys, kind: syscalls}
+",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(
+            "FAILED default/mixed/broken (uprobe): uprobe no_such_function_anywhere in /bin/sh"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("probe sys (syscalls)"),
+        "the other probe runs: {stdout}"
+    );
+    assert!(stdout.contains("accounting: observed"), "{stdout}");
+}
+
+/// An SLO in the manifests is counted exactly in the kernel and evaluated.
+#[test]
+fn an_slo_is_counted_and_evaluated() {
+    let out = run_with_manifest(&format!(
+        "{GOOD}---
+apiVersion: ringwarden.dev/v1alpha1
+kind: SLO
+metadata: {{name: fast-reads}}
+spec:
+  probeSet: demo
+  probe: sys
+  series: [read]
+  indicator: {{latency: {{threshold: 10ms}}}}
+  target: 99
+  window: 1h
+"
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("slo default/fast-reads: good "),
+        "kernel counts: {stdout}"
+    );
+    assert!(
+        stdout.contains("SLO default/fast-reads: "),
+        "evaluation: {stdout}"
+    );
+}
+
 #[test]
 fn bad_manifests_exit_2_naming_the_field_and_the_fix() {
     let cases = [
@@ -53,7 +116,8 @@ fn bad_manifests_exit_2_naming_the_field_and_the_fix() {
         ),
         (
             GOOD.replace("reportInterval", "reportEvery"),
-            "spec.reportEvery: unknown field; remove it or use one of: nodeSelector, probes, reportInterval",
+            "spec.reportEvery: unknown field; remove it or use one of: maxDropRate, nodeSelector, \
+             podSelector, probes, reportInterval, ringBuffer",
         ),
     ];
     for (yaml, want) in cases {

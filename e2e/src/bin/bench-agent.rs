@@ -51,7 +51,14 @@ fn main() {
     let agent_exe = dir.with_file_name("ringwarden-agent");
 
     let mut load = Command::new(&load_exe)
-        .args(["--rate", &rate.to_string(), "--seconds", &seconds.to_string(), "--cpu", "0"])
+        .args([
+            "--rate",
+            &rate.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+            "--cpu",
+            "0",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -75,7 +82,14 @@ fn main() {
     let mut agent = Command::new(&agent_exe)
         .args(["standalone", "-f"])
         .arg(&manifest)
-        .args(["--interval", "5s", "--metrics-addr", "off", "--output", "json"])
+        .args([
+            "--interval",
+            "5s",
+            "--metrics-addr",
+            "off",
+            "--output",
+            "json",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

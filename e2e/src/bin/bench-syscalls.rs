@@ -64,10 +64,7 @@ fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
 fn drain_in_background(
     mut probe: Probe,
     period: Duration,
-) -> (
-    Arc<AtomicBool>,
-    std::thread::JoinHandle<(Probe, u64)>,
-) {
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<(Probe, u64)>) {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let handle = std::thread::spawn(move || {
@@ -142,8 +139,10 @@ fn main() {
         config.export = Export::All;
         config.ring_bytes = ring_bytes as u32;
         let probe = load_probe(&config);
-        let (stop, drainer) =
-            drain_in_background(probe, Duration::from_millis(drain_ms / 2).max(Duration::from_millis(1)));
+        let (stop, drainer) = drain_in_background(
+            probe,
+            Duration::from_millis(drain_ms / 2).max(Duration::from_millis(1)),
+        );
         streamed.push(run_load(calls));
         stop.store(true, Ordering::Relaxed);
         let (probe, received) = drainer.join().unwrap();
@@ -153,9 +152,7 @@ fn main() {
         assert_eq!(c.exported, c.delivered + c.ringbuf_dropped);
     }
     let (b, a, s) = (summary(base), summary(aggregated), summary(streamed));
-    println!(
-        "syscalls probe: thread-CPU ns per getppid, {reps} reps of {calls} calls on CPU 0"
-    );
+    println!("syscalls probe: thread-CPU ns per getppid, {reps} reps of {calls} calls on CPU 0");
     println!("{:<34} {:>8} {:>18}", "variant", "median", "range");
     row("base (no probe)", b);
     row("aggregation path (histograms)", a);

@@ -52,7 +52,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 pub fn comm_str<'a>(comm: &[u8; COMM_LEN], out: &'a mut [u8; COMM_LEN]) -> &'a str {
     let n = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
     for (o, &c) in out.iter_mut().zip(&comm[..n]) {
-        *o = if c.is_ascii_graphic() || c == b' ' { c } else { b'?' };
+        *o = if c.is_ascii_graphic() || c == b' ' {
+            c
+        } else {
+            b'?'
+        };
     }
     // All bytes are ASCII now.
     core::str::from_utf8(&out[..n]).unwrap_or("")
