@@ -773,6 +773,40 @@ mod tests {
         );
     }
 
+    fn elf_with_section(name: &[u8]) -> Vec<u8> {
+        use object::{
+            Architecture, BinaryFormat, Endianness, SectionKind,
+            write::{Object, StandardSection},
+        };
+        let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let text = obj.section_id(StandardSection::Text);
+        obj.append_section_data(text, &[0xc3], 1);
+        let s = obj.add_section(vec![], name.to_vec(), SectionKind::ReadOnlyData);
+        obj.append_section_data(s, b"\xff Go buildinf:", 1);
+        obj.write().unwrap()
+    }
+
+    #[test]
+    fn go_binaries_are_recognised_by_their_sections() {
+        assert!(is_go_binary(&elf_with_section(b".go.buildinfo")));
+        assert!(is_go_binary(&elf_with_section(b".gopclntab")));
+        assert!(!is_go_binary(&elf_with_section(b".rodata.other")));
+        assert!(!is_go_binary(b"not an ELF file"));
+    }
+
+    #[test]
+    fn a_uprobe_on_a_go_binary_is_refused_with_the_reason() {
+        let path = std::env::temp_dir().join(format!("rw-go-{}", std::process::id()));
+        std::fs::write(&path, elf_with_section(b".go.buildinfo")).unwrap();
+        let e = check_uprobe_target(path.to_str().unwrap(), "main.handler")
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("Go binary") && e.contains("goroutine stacks"), "{e}");
+        let e = check_uprobe_target("/nonexistent/app", "f").unwrap_err().to_string();
+        assert!(e.contains("cannot read the binary"), "{e}");
+    }
+
     #[test]
     fn permission_errors_carry_the_capability_hint() {
         assert!(permission_hint("Operation not permitted (os error 1)").contains("CAP_BPF"));
