@@ -31,6 +31,50 @@ pub enum Command {
     /// Needs root, or CAP_BPF and CAP_PERFMON, and a kernel with BTF
     /// (/sys/kernel/btf/vmlinux, Linux >= 5.8).
     Standalone(StandaloneArgs),
+
+    /// Run as the DaemonSet agent: the probes of the operator's agent
+    /// configuration (a mounted ConfigMap) that apply to this node, kept in
+    /// step with the file without restarting, with `/metrics`.
+    Node(NodeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// The agent configuration the operator renders (YAML).
+    #[arg(
+        long,
+        env = "RINGWARDEN_CONFIG",
+        default_value = "/etc/ringwarden/agent-config.yaml"
+    )]
+    pub config: PathBuf,
+
+    /// This node's name (in a pod: from the downward API, spec.nodeName).
+    #[arg(long, env = "RINGWARDEN_NODE_NAME")]
+    pub node_name: String,
+
+    /// Node labels as `key=value,...`, instead of reading them from the
+    /// Kubernetes API (outside a cluster; pod selectors then cannot apply).
+    #[arg(long, env = "RINGWARDEN_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
+
+    /// Address for Prometheus `/metrics` and `/healthz`; `off` disables it.
+    #[arg(long, default_value = "0.0.0.0:9464", value_parser = parse_metrics_addr, env = "RINGWARDEN_METRICS_ADDR")]
+    pub metrics_addr: MetricsAddr,
+
+    /// How often to read the kernel counters for `/metrics`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "RINGWARDEN_INTERVAL")]
+    pub interval: Duration,
+
+    /// How often to re-read the configuration, node labels and pods.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "RINGWARDEN_RELOAD_INTERVAL")]
+    pub reload_interval: Duration,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not a label; write it like zone=eu-1"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -137,7 +181,9 @@ mod tests {
             "off",
         ])
         .unwrap();
-        let Command::Standalone(s) = a.command;
+        let Command::Standalone(s) = a.command else {
+            panic!("standalone")
+        };
         assert_eq!(s.interval, Duration::from_millis(500));
         assert_eq!(s.duration, Some(Duration::from_secs(60)));
         assert_eq!(s.metrics_addr, MetricsAddr::Off);

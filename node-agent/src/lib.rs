@@ -3,10 +3,12 @@
 //! - [`probes`] loads the eBPF programs and reads their maps (kernel IO).
 //! - [`table`] and [`metrics`] turn snapshots into a table and Prometheus text.
 //! - [`standalone`] wires them into the run loop of `ringwarden-agent standalone`.
+//! - [`node`] is the DaemonSet mode: the operator's configuration, hot-reloaded.
 
 pub mod btf;
 pub mod cli;
 pub mod metrics;
+pub mod node;
 pub mod probes;
 pub mod standalone;
 pub mod table;
@@ -35,6 +37,13 @@ pub fn run(args: Args) -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 e.exit_code()
+            }
+        },
+        Command::Node(a) => match runtime.block_on(node::run(a)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
             }
         },
     }

@@ -802,8 +802,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         std::fs::remove_file(&path).unwrap();
-        assert!(e.contains("Go binary") && e.contains("goroutine stacks"), "{e}");
-        let e = check_uprobe_target("/nonexistent/app", "f").unwrap_err().to_string();
+        assert!(
+            e.contains("Go binary") && e.contains("goroutine stacks"),
+            "{e}"
+        );
+        let e = check_uprobe_target("/nonexistent/app", "f")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot read the binary"), "{e}");
     }
 

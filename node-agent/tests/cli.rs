@@ -242,3 +242,109 @@ fn standalone_serves_metrics_stops_on_sigint_and_runs_again() {
         "{stdout}"
     );
 }
+
+/// The observed counter of one probe in a `/metrics` text, if present.
+fn observed(metrics: &str, probe: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ringwarden_events_observed_total{")
+                && l.contains(&format!("probe=\"{probe}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn wait_for(port: u16, what: &str, mut ok: impl FnMut(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(m) = get(port, "/metrics")
+            && ok(&m)
+        {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Node mode follows its configuration file without a restart: a probe for
+/// this node's labels appears, one whose selector stops matching goes, and
+/// an unchanged probe keeps running (its counters keep growing).
+#[test]
+fn node_mode_follows_the_config_file_without_restarting() {
+    let dir = std::env::temp_dir().join(format!("rw-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent-config.yaml");
+    let probe = |name: &str, selector: &str| {
+        format!(
+            "  - {{namespace: default, probeset: demo, spec: {{name: {name}, kind: syscalls}}, \
+             nodeSelector: {{{selector}}}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}}\n"
+        )
+    };
+    std::fs::write(&config, format!("probes:\n{}", probe("base", ""))).unwrap();
+    let port = free_port();
+    let mut agent = Command::new(AGENT)
+        .args([
+            "node",
+            "--node-name",
+            "test-node",
+            "--node-labels",
+            "zone=a,disk=ssd",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--interval", "200ms", "--reload-interval", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let m = wait_for(port, "the base probe", |m| {
+        observed(m, "base").is_some_and(|n| n > 0)
+    });
+    let before = observed(&m, "base").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "probes:\n{}{}{}",
+            probe("base", ""),
+            probe("ssd", "disk: ssd"),
+            probe("hdd", "disk: hdd")
+        ),
+    )
+    .unwrap();
+    let m = wait_for(port, "the ssd probe", |m| observed(m, "ssd").is_some());
+    assert!(
+        observed(&m, "hdd").is_none(),
+        "hdd does not match this node"
+    );
+    assert!(
+        observed(&m, "base").unwrap() >= before,
+        "the unchanged probe kept its counters"
+    );
+    std::fs::write(&config, format!("probes:\n{}", probe("ssd", "disk: nvme"))).unwrap();
+    wait_for(port, "both probes gone", |m| {
+        observed(m, "ssd").is_none() && observed(m, "base").is_none()
+    });
+    // A broken file keeps what runs.
+    std::fs::write(&config, format!("probes:\n{}", probe("again", ""))).unwrap();
+    wait_for(port, "the new probe", |m| observed(m, "again").is_some());
+    std::fs::write(&config, "probes: [this is not {").unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(observed(&get(port, "/metrics").unwrap(), "again").is_some());
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait().unwrap();
+    let mut stderr = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("keeping the running probes"), "{stderr}");
+}

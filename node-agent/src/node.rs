@@ -1,0 +1,430 @@
+//! `ringwarden-agent node`: the DaemonSet mode.
+//!
+//! Runs the probes of the agent configuration the operator renders into a
+//! ConfigMap (mounted as a file), keeps them in step with it without a
+//! restart, and serves `/metrics`. Each probe is keyed by its id and its
+//! whole configuration: an unchanged probe keeps running (and counting)
+//! across reloads, a changed one is reloaded, a removed one detached.
+//!
+//! The node's labels decide which probes apply (`nodeSelector`); a
+//! ProbeSet's `podSelector` becomes a cgroup filter: the pods on this node
+//! that match, found by their UID under the cgroup v2 tree. Both come from
+//! the Kubernetes API with the agent's service account, or from
+//! `--node-labels` and no pod filtering when run outside a cluster.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use ringwarden_crds::{AgentConfig, AgentProbe};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::{MetricsAddr, NodeArgs},
+    metrics::{self, ProbeLabels, SharedSnapshots},
+    probes::{Kernel, Probe, ProbeError, cgroup2_mount},
+    standalone::probe_config,
+};
+
+/// Why node mode stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("{0}")]
+    Kernel(#[from] ProbeError),
+}
+
+/// Reads the agent configuration file (YAML or JSON).
+pub fn read_config(path: &Path) -> Result<AgentConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The probes of `config` whose node selector this node's labels satisfy.
+pub fn probes_for_node<'a>(
+    config: &'a AgentConfig,
+    labels: &BTreeMap<String, String>,
+) -> Vec<&'a AgentProbe> {
+    config
+        .probes
+        .iter()
+        .filter(|p| {
+            p.node_selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .collect()
+}
+
+/// The cgroup directory of a pod under the cgroup v2 tree, found by its UID:
+/// `…/kubepods-burstable-pod<uid_with_underscores>.slice` with the systemd
+/// driver, `…/pod<uid>` with the cgroupfs driver.
+pub fn pod_cgroup(root: &Path, uid: &str) -> Option<PathBuf> {
+    let systemd = format!("pod{}.slice", uid.replace('-', "_"));
+    let cgroupfs = format!("pod{uid}");
+    let kubepods: Vec<PathBuf> = ["kubepods.slice", "kubepods"]
+        .iter()
+        .map(|d| root.join(d))
+        .filter(|p| p.is_dir())
+        .collect();
+    // Pods sit at most two levels below kubepods (QoS class, then pod).
+    let mut stack: Vec<(PathBuf, u8)> = kubepods.into_iter().map(|p| (p, 0)).collect();
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(&systemd) || *name == cgroupfs {
+                return Some(path);
+            }
+            if depth < 2 {
+                stack.push((path, depth + 1));
+            }
+        }
+    }
+    None
+}
+
+/// Where node facts come from.
+enum Facts {
+    /// Fixed labels, no pod resolution (outside a cluster).
+    Static(BTreeMap<String, String>),
+    /// The Kubernetes API, with the agent's service account.
+    Api(kube::Client),
+}
+
+impl Facts {
+    async fn labels(&self, node: &str) -> Result<BTreeMap<String, String>, String> {
+        match self {
+            Self::Static(l) => Ok(l.clone()),
+            Self::Api(client) => {
+                let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+                    kube::Api::all(client.clone());
+                let n = nodes
+                    .get(node)
+                    .await
+                    .map_err(|e| format!("reading node {node}: {e}"))?;
+                Ok(n.metadata.labels.unwrap_or_default())
+            }
+        }
+    }
+
+    /// cgroup ids of the pods on `node` that match a probe's pod selector;
+    /// `None` when the probe has no pod selector.
+    async fn pod_cgroups(
+        &self,
+        node: &str,
+        probe: &AgentProbe,
+    ) -> Result<Option<Vec<u64>>, String> {
+        let Some(selector) = &probe.pod_selector else {
+            return Ok(None);
+        };
+        let Self::Api(client) = self else {
+            return Err("a podSelector needs the Kubernetes API (run in a cluster)".into());
+        };
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(client.clone(), &probe.namespace);
+        let mut params = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+        if let Some(labels) = label_selector_string(selector) {
+            params = params.labels(&labels);
+        }
+        let list = pods
+            .list(&params)
+            .await
+            .map_err(|e| format!("listing pods: {e}"))?;
+        let root = cgroup2_mount().ok_or("no cgroup2 file system mounted")?;
+        let mut ids = Vec::new();
+        for pod in list {
+            let Some(uid) = pod.metadata.uid else {
+                continue;
+            };
+            if let Some(dir) = pod_cgroup(&root, &uid)
+                && let Some(path) = dir.to_str()
+                && let Ok(id) = crate::probes::cgroup_id(path)
+            {
+                ids.push(id);
+            }
+        }
+        Ok(Some(ids))
+    }
+}
+
+/// A label selector as the API's `labelSelector` query string.
+fn label_selector_string(
+    s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Option<String> {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in s.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            _ => continue,
+        });
+    }
+    (!parts.is_empty()).then(|| parts.join(","))
+}
+
+struct Loaded {
+    /// The configuration it was loaded from; a different one reloads it.
+    config: AgentProbe,
+    cgroups: Option<Vec<u64>>,
+    labels: ProbeLabels,
+    probe: Probe,
+}
+
+/// Runs node mode until SIGINT or SIGTERM.
+pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
+    crate::probes::check_privileges()?;
+    let facts =
+        if args.node_labels.is_empty() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            match kube::Client::try_default().await {
+                Ok(c) => Facts::Api(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "no Kubernetes API; node selectors see no labels");
+                    Facts::Static(BTreeMap::new())
+                }
+            }
+        } else {
+            Facts::Static(args.node_labels.iter().cloned().collect())
+        };
+    let node = args.node_name.clone();
+    let shared: SharedSnapshots = Arc::new(Mutex::new(Vec::new()));
+    let _server = match args.metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::On(addr) => {
+            let (local, task) = metrics::serve(addr, metrics::registry(shared.clone()))
+                .await
+                .map_err(|source| NodeError::Metrics { addr, source })?;
+            tracing::info!(%local, "serving /metrics");
+            Some(task)
+        }
+    };
+    let mut sigint = signal(SignalKind::interrupt()).map_err(NodeError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(NodeError::Signals)?;
+    let mut loaded: HashMap<String, Loaded> = HashMap::new();
+    let mut failed: HashMap<String, String> = HashMap::new();
+    let mut reload = tokio::time::interval(args.reload_interval);
+    let mut drain = tokio::time::interval(Duration::from_millis(50));
+    let mut report = tokio::time::interval(args.interval);
+    loop {
+        tokio::select! {
+            // Every pass, not only when the file changes: pods come and go,
+            // and node labels change.
+            _ = reload.tick() => apply(&args.config, &facts, &node, &mut loaded, &mut failed).await,
+            _ = drain.tick() => {
+                for l in loaded.values_mut() {
+                    l.probe.drain(|_| {});
+                }
+            }
+            _ = report.tick() => publish(&loaded, &shared),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    loaded.clear(); // detaches every program
+    tracing::info!("all probes detached");
+    Ok(())
+}
+
+/// Brings the loaded probes in line with the configuration file.
+async fn apply(
+    path: &Path,
+    facts: &Facts,
+    node: &str,
+    loaded: &mut HashMap<String, Loaded>,
+    failed: &mut HashMap<String, String>,
+) {
+    // An unreadable or invalid file keeps what runs: the last good
+    // configuration stays in force.
+    let config = match read_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "agent configuration unreadable; keeping the running probes");
+            return;
+        }
+    };
+    let labels = match facts.labels(node).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "node labels unavailable; keeping the running probes");
+            return;
+        }
+    };
+    let wanted = probes_for_node(&config, &labels);
+    let mut desired: HashMap<String, (&AgentProbe, Option<Vec<u64>>)> = HashMap::new();
+    for p in wanted {
+        match facts.pod_cgroups(node, p).await {
+            Ok(c) => {
+                desired.insert(p.id(), (p, c));
+            }
+            Err(e) => {
+                failed.insert(p.id(), e);
+            }
+        }
+    }
+    loaded.retain(|id, l| {
+        let keep = desired
+            .get(id)
+            .is_some_and(|(p, c)| **p == l.config && *c == l.cgroups);
+        if !keep {
+            tracing::info!(probe = %id, "probe removed or changed; detaching");
+        }
+        keep
+    });
+    let needs_load = desired.iter().any(|(id, _)| !loaded.contains_key(id));
+    if !needs_load {
+        return;
+    }
+    let kernel = match Kernel::open() {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read kernel facts");
+            return;
+        }
+    };
+    for (id, (p, cgroups)) in desired {
+        if loaded.contains_key(&id) {
+            continue;
+        }
+        let result = probe_config(p, std::process::id()).and_then(|mut c| {
+            if let Some(ids) = &cgroups {
+                if ids.is_empty() {
+                    return Err(ProbeError::Filter(
+                        "no pod on this node matches the podSelector".into(),
+                    ));
+                }
+                c.cgroup_ids.extend(ids);
+            }
+            Probe::load(&kernel, &c)
+        });
+        match result {
+            Ok(probe) => {
+                tracing::info!(probe = %id, kind = p.spec.kind.as_str(), "probe attached");
+                failed.remove(&id);
+                loaded.insert(
+                    id,
+                    Loaded {
+                        config: p.clone(),
+                        cgroups,
+                        labels: ProbeLabels {
+                            namespace: p.namespace.clone(),
+                            probeset: p.probeset.clone(),
+                            probe: p.spec.name.clone(),
+                            node: node.to_string(),
+                        },
+                        probe,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::error!(probe = %id, error = %e, "probe failed to load; the others keep running");
+                failed.insert(id, e.to_string());
+            }
+        }
+    }
+}
+
+fn publish(loaded: &HashMap<String, Loaded>, shared: &SharedSnapshots) {
+    let mut out = Vec::with_capacity(loaded.len());
+    for l in loaded.values() {
+        match l.probe.snapshot() {
+            Ok(s) => out.push((l.labels.clone(), s)),
+            Err(e) => {
+                tracing::warn!(probe = %l.labels.probe, error = %e, "reading the probe failed")
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        (&a.0.namespace, &a.0.probeset, &a.0.probe).cmp(&(
+            &b.0.namespace,
+            &b.0.probeset,
+            &b.0.probe,
+        ))
+    });
+    *shared.lock().unwrap_or_else(PoisonError::into_inner) = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> AgentConfig {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    const CONFIG: &str = "
+probes:
+  - {namespace: a, probeset: p, spec: {name: all, kind: syscalls}, ringBytes: 4096, sampleEvery: 1, reportInterval: 10s}
+  - {namespace: a, probeset: p, spec: {name: gpu, kind: runqueue}, nodeSelector: {gpu: 'true'}, ringBytes: 4096, sampleEvery: 1, reportInterval: 10s}
+";
+
+    #[test]
+    fn node_selectors_pick_the_probes_of_this_node() {
+        let c = config(CONFIG);
+        let none = BTreeMap::new();
+        let gpu = BTreeMap::from([("gpu".to_string(), "true".to_string())]);
+        let ids = |v: Vec<&AgentProbe>| v.iter().map(|p| p.id()).collect::<Vec<_>>();
+        assert_eq!(ids(probes_for_node(&c, &none)), ["a/p/all"]);
+        assert_eq!(ids(probes_for_node(&c, &gpu)), ["a/p/all", "a/p/gpu"]);
+    }
+
+    #[test]
+    fn pods_are_found_by_uid_with_either_cgroup_driver() {
+        let root = std::env::temp_dir().join(format!("rw-cg-{}", std::process::id()));
+        let uid = "0f3c9a2e-1b2c-4d5e-8f90-123456789abc";
+        let systemd = root.join(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f3c9a2e_1b2c_4d5e_8f90_123456789abc.slice",
+        );
+        std::fs::create_dir_all(&systemd).unwrap();
+        assert_eq!(pod_cgroup(&root, uid), Some(systemd));
+        assert_eq!(
+            pod_cgroup(&root, "00000000-0000-0000-0000-000000000000"),
+            None
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+        let cgroupfs = root.join(format!("kubepods/besteffort/pod{uid}"));
+        std::fs::create_dir_all(&cgroupfs).unwrap();
+        assert_eq!(pod_cgroup(&root, uid), Some(cgroupfs));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn label_selectors_become_query_strings() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            LabelSelector, LabelSelectorRequirement,
+        };
+        let s = LabelSelector {
+            match_labels: Some(BTreeMap::from([("app".into(), "web".into())])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["a".into(), "b".into()]),
+            }]),
+        };
+        assert_eq!(label_selector_string(&s).unwrap(), "app=web,tier in (a,b)");
+        assert_eq!(label_selector_string(&LabelSelector::default()), None);
+    }
+}
