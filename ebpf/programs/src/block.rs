@@ -65,7 +65,11 @@ pub fn rw_bio_complete(ctx: BtfTracePointContext) -> i32 {
     let o = offsets();
     let op: u32 = read::<u32>(rq, global(&o.rq_cmd_flags)) & REQ_OP_MASK;
     let q: u64 = read(rq, global(&o.rq_q));
-    let disk: u64 = if q != 0 { read(q, global(&o.q_disk)) } else { 0 };
+    let disk: u64 = if q != 0 {
+        read(q, global(&o.q_disk))
+    } else {
+        0
+    };
     let (major, minor): (i32, i32) = if disk != 0 {
         (
             read(disk, global(&o.disk_major)),

@@ -20,9 +20,9 @@ use ringwarden_ebpf_common::{
     COMM_LEN, DEFAULT_START_ENTRIES, EVENT_ERROR, EVENT_MAGIC, EXPORT_ALL, EXPORT_ERRORS,
     EXPORT_SLOWER_THAN, Event, FILTER_CGROUP, FILTER_CGROUPS_ENTRIES, FILTER_COMM,
     FILTER_COMMS_ENTRIES, FILTER_PID, FILTER_PIDS_ENTRIES, HIST_BUCKETS, KernelOffsets,
-    LatencyHist, MAX_CGROUP_DEPTH, MAX_THRESHOLD_SERIES, MAX_THRESHOLDS, OVERFLOW_SERIES,
-    ObjStart, ProbeCounters, SeriesKey, SloCounts, SyscallStart, THRESHOLD_ERRORS,
-    THRESHOLD_LATENCY, Thresholds, bucket_index,
+    LatencyHist, MAX_CGROUP_DEPTH, MAX_THRESHOLD_SERIES, MAX_THRESHOLDS, OVERFLOW_SERIES, ObjStart,
+    ProbeCounters, SeriesKey, SloCounts, SyscallStart, THRESHOLD_ERRORS, THRESHOLD_LATENCY,
+    Thresholds, bucket_index,
 };
 
 use crate::task_storage::TaskStorage;
@@ -219,11 +219,7 @@ pub fn cgroup_wanted(cgrp: u64) -> bool {
 /// Whether a task passes the pid/comm/cgroup filters; `tgid` and `comm`
 /// are produced only when their filter is on.
 #[inline(always)]
-fn passes(
-    tgid: u32,
-    comm: impl FnOnce() -> [u8; COMM_LEN],
-    cgroup: impl FnOnce() -> u64,
-) -> bool {
+fn passes(tgid: u32, comm: impl FnOnce() -> [u8; COMM_LEN], cgroup: impl FnOnce() -> u64) -> bool {
     if tgid == global(&RW_SELF_TGID) {
         return false;
     }

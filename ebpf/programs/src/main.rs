@@ -25,11 +25,11 @@ mod runqueue;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
 #[cfg(target_arch = "bpf")]
+mod task_storage;
+#[cfg(target_arch = "bpf")]
 mod tcp;
 #[cfg(target_arch = "bpf")]
 mod uprobe;
-#[cfg(target_arch = "bpf")]
-mod task_storage;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

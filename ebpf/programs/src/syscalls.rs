@@ -8,7 +8,9 @@ use aya_ebpf::{
 };
 use ringwarden_ebpf_common::{START_FORKED, SeriesKey};
 
-use crate::common::{TASK_START, Who, counters, finish, pairing_lost, start_map_full, wanted_current};
+use crate::common::{
+    TASK_START, Who, counters, finish, pairing_lost, start_map_full, wanted_current,
+};
 
 #[btf_tracepoint(function = "sys_enter")]
 pub fn rw_sys_enter(ctx: BtfTracePointContext) -> i32 {
@@ -88,6 +90,14 @@ pub fn rw_sys_exit(ctx: BtfTracePointContext) -> i32 {
         id: nr as u64,
         addr: [0; 16],
     };
-    finish(c, &key, now.saturating_sub(ts), ret < 0, ret, now, Who::current);
+    finish(
+        c,
+        &key,
+        now.saturating_sub(ts),
+        ret < 0,
+        ret,
+        now,
+        Who::current,
+    );
     0
 }

@@ -96,9 +96,15 @@ pub fn rw_tcp_state(ctx: BtfTracePointContext) -> i32 {
         addr: [0; 16],
     };
     let failed = new != TCP_ESTABLISHED;
-    finish(c, &key, now.saturating_sub(start.ts_ns), failed, new as i64, now, || {
-        Who::stored(&start)
-    });
+    finish(
+        c,
+        &key,
+        now.saturating_sub(start.ts_ns),
+        failed,
+        new as i64,
+        now,
+        || Who::stored(&start),
+    );
     0
 }
 

@@ -11,7 +11,9 @@ use aya_ebpf::{
 };
 use ringwarden_ebpf_common::SeriesKey;
 
-use crate::common::{TASK_START, Who, counters, finish, pairing_lost, start_map_full, wanted_current};
+use crate::common::{
+    TASK_START, Who, counters, finish, pairing_lost, start_map_full, wanted_current,
+};
 
 #[uprobe]
 pub fn rw_uprobe_entry(_ctx: ProbeContext) -> u32 {
@@ -56,6 +58,14 @@ pub fn rw_uprobe_return(ctx: RetProbeContext) -> u32 {
     }
     let ret: i64 = ctx.ret();
     let key = SeriesKey::default();
-    finish(c, &key, now.saturating_sub(ts), false, ret, now, Who::current);
+    finish(
+        c,
+        &key,
+        now.saturating_sub(ts),
+        false,
+        ret,
+        now,
+        Who::current,
+    );
     0
 }
