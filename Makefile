@@ -38,6 +38,10 @@ bench: deps
 	$(CARGO) build --release -p ringwarden-e2e -p ringwarden-node-agent --bins
 	target/release/bench-syscalls --calls $${CALLS:-3000000} --reps $${REPS:-5}
 	target/release/bench-agent --rate $${RATE:-100000} --seconds $${SECONDS_AT_RATE:-10}
+	@# Report ingest: simulated agents against an operator process (docs/operator.md).
+	$(CARGO) build --release -p ringwarden-operator --bin bench-ingest
+	@# Two sockets per agent: raise the open-file limit to the hard limit.
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; target/release/bench-ingest --agents $${AGENTS:-1000} --interval $${INTERVAL:-10s} --duration $${DURATION:-60s}
 
 ## crds: regenerate crds/ringwarden.dev_crds.yaml from the Rust types (a test checks it)
 crds:
@@ -48,3 +52,18 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+.PHONY: images chart-test
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE_PREFIX ?= ringwarden
+IMAGE_TAG ?= v$(VERSION)
+
+## images: the operator and agent container images ($(IMAGE_PREFIX)/operator, $(IMAGE_PREFIX)/agent :$(IMAGE_TAG)); needs a Docker engine
+images:
+	@docker info >/dev/null 2>&1 || { echo "images: no Docker engine answers (\`docker info\` failed); build the images on a machine that runs Docker" >&2; exit 1; }
+	DOCKER_BUILDKIT=1 docker build -f images/operator.Dockerfile -t $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build -f images/agent.Dockerfile -t $(IMAGE_PREFIX)/agent:$(IMAGE_TAG) .
+
+## chart-test: helm lint, helm template and schema checks of charts/ringwarden (also part of `make test`)
+chart-test: deps
+	$(CARGO) test -p ringwarden-e2e --test chart

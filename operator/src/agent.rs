@@ -66,6 +66,8 @@ pub async fn sync(ctx: &Context) -> Result<(), Error> {
         &ctx.agent,
         &ctx.namespace,
     )?;
+    // Connected agents get it at once; the ConfigMap is the durable copy.
+    ctx.hub.set_config(&objects.config);
     let cm_hash = annotation(&objects.config_map.metadata, CONFIG_HASH_ANNOTATION);
     let ds_hash = annotation(&objects.daemon_set.metadata, APPLIED_HASH_ANNOTATION);
 

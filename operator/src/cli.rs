@@ -5,13 +5,16 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{ArgAction, Parser, ValueEnum};
 use ringwarden_core::duration::parse_duration;
 
-/// ringwarden's operator: turns ProbeSets into node-agent configuration.
+/// ringwarden's operator: turns ProbeSets into node-agent configuration,
+/// and agent reports into ProbeSet and SLO status.
 ///
-/// It watches ProbeSets and Nodes, validates and plans every ProbeSet (ring
-/// buffer sizes, sampling), writes the plan into each ProbeSet's status,
-/// renders one agent configuration into a ConfigMap and server-side applies
-/// the agent DaemonSet. Replicas elect a leader through a Lease; only the
-/// leader writes.
+/// It watches ProbeSets, SLOs and Nodes, validates and plans every ProbeSet
+/// (ring buffer sizes, sampling), writes the plan into each ProbeSet's
+/// status, renders one agent configuration into a ConfigMap and
+/// server-side applies the agent DaemonSet. Agents stream their reports to
+/// it over gRPC; it aggregates them across nodes, evaluates the SLOs and
+/// writes what it found into their status. Replicas elect a leader through
+/// a Lease; only the leader writes and takes agents.
 #[derive(Debug, Parser)]
 #[command(name = "ringwarden-operator", version)]
 pub struct Args {
@@ -33,6 +36,22 @@ pub struct Args {
     /// Address for Prometheus `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:8080", env = "RINGWARDEN_METRICS_ADDR")]
     pub metrics_addr: SocketAddr,
+
+    /// Address of the agent gRPC service (agents authenticate with their
+    /// service-account token).
+    #[arg(long, default_value = "0.0.0.0:9440", env = "RINGWARDEN_AGENT_ADDR")]
+    pub agent_addr: SocketAddr,
+
+    /// Address of the query gRPC service that `ringwarden status` and
+    /// `ringwarden top` read. Loopback by default: reach it with
+    /// `kubectl port-forward`, which the cluster's RBAC guards.
+    #[arg(long, default_value = "127.0.0.1:9441", env = "RINGWARDEN_QUERY_ADDR")]
+    pub query_addr: SocketAddr,
+
+    /// How often changed SLO state is saved (to a ConfigMap per SLO); an
+    /// operator restart loses at most this much SLO history.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "RINGWARDEN_SNAPSHOT_INTERVAL")]
+    pub snapshot_interval: Duration,
 
     /// Elect a leader through a Lease so that only one replica writes.
     /// Turn off only when exactly one replica runs.
@@ -85,6 +104,12 @@ pub enum LogFormat {
 impl Args {
     /// Checks what clap cannot: the lease timings' order.
     pub fn validate(&self) -> Result<(), String> {
+        if self.snapshot_interval < Duration::from_secs(1) {
+            return Err(format!(
+                "--snapshot-interval {:?} is too short; use at least 1s, e.g. 10s",
+                self.snapshot_interval
+            ));
+        }
         if !(self.retry_period < self.renew_deadline && self.renew_deadline < self.lease_duration) {
             return Err(format!(
                 "lease timings must satisfy --retry-period < --renew-deadline < --lease-duration \

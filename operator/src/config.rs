@@ -56,6 +56,11 @@ pub struct AgentSettings {
     /// Port of the agent's `/metrics` and `/healthz`.
     #[serde(default = "default_metrics_port")]
     pub metrics_port: u16,
+    /// Where agents reach the operator's agent service, like
+    /// `http://ringwarden-operator.ringwarden-system.svc:9440`; by default
+    /// the Service `ringwarden-operator` in the operator's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_address: Option<String>,
 }
 
 impl Default for AgentSettings {
@@ -70,6 +75,7 @@ impl Default for AgentSettings {
             tolerations: default_tolerations(),
             priority_class_name: None,
             metrics_port: default_metrics_port(),
+            operator_address: None,
         }
     }
 }
@@ -187,6 +193,14 @@ impl OperatorConfig {
                     .into(),
             );
         }
+        if let Some(address) = &a.operator_address
+            && !(address.starts_with("http://") || address.starts_with("https://"))
+        {
+            return Err(format!(
+                "agent.operatorAddress {address:?} is not a URL; write it like \
+                 http://ringwarden-operator.ringwarden-system.svc:9440"
+            ));
+        }
         if a.metrics_port == 0 {
             return Err("agent.metricsPort must be a port number, e.g. 9464".into());
         }
@@ -241,5 +255,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("Always, IfNotPresent, Never"), "{e}");
+        let e = OperatorConfig::parse("agent: {operatorAddress: ringwarden-operator:9440}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a URL"), "{e}");
     }
 }

@@ -29,6 +29,7 @@ use crate::{
     assess::assess,
     config::AgentSettings,
     error::Error,
+    hub::Hub,
     lease::Leadership,
     metrics::{Metrics, controller},
     render::FIELD_MANAGER,
@@ -75,6 +76,9 @@ pub struct Context {
     pub stores: Stores,
     pub leadership: Leadership,
     pub metrics: Metrics,
+    /// What agents report, aggregated; the ProbeSet status takes its
+    /// report fields from here.
+    pub hub: Arc<Hub>,
     recorder: Recorder,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -99,6 +103,7 @@ impl Context {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            hub: Arc::new(Hub::new(stores.clone(), metrics.ingest.clone())),
             client,
             namespace,
             agent,
@@ -170,7 +175,7 @@ pub fn key(ps: &ProbeSet) -> String {
 
 /// Now, to the second: conditions carry whole seconds, and a finer time
 /// would never compare equal after a round trip.
-fn now() -> Time {
+pub fn now() -> Time {
     Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
@@ -188,6 +193,7 @@ pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, E
         &ps,
         &assessment,
         ctx.any_node_matches(&ps.spec.node_selector),
+        ctx.hub.published(&key(&ps)).as_ref(),
         &now(),
     );
     if ps.status.as_ref() != Some(&desired) {

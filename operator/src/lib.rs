@@ -10,19 +10,33 @@
 //! - apply: [`agent`] writes the agent objects, [`controller`] the status
 //!   and Events (API server);
 //! - [`lease`] elects the one replica that writes (API server);
+//! - agents: [`grpc`] serves their streams, authenticated by [`auth`]
+//!   (API server); [`reports`] aggregates what they report (pure), kept in
+//!   the [`hub`]; [`publish`] turns it into ProbeSet and SLO status
+//!   ([`status`], [`slo_status`], pure) and persists SLO state (API server);
+//! - [`ctl`] is the `ringwarden` CLI, a client of the query service;
+//!   [`sim`] simulates agents for tests and the ingest benchmark;
 //! - [`wiring`] starts everything; [`metrics`] serves what it counted.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod assess;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod ctl;
 pub mod error;
+pub mod grpc;
+pub mod hub;
 pub mod lease;
 pub mod metrics;
+pub mod publish;
 pub mod render;
+pub mod reports;
+pub mod sim;
 pub mod slo;
+pub mod slo_status;
 pub mod status;
 pub mod wiring;
 pub mod world;

@@ -11,7 +11,8 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Controller names used as the `controller` label.
@@ -20,6 +21,8 @@ pub mod controller {
     pub const PROBESET: &str = "probeset";
     /// Writes the agent ConfigMap and DaemonSet.
     pub const AGENT: &str = "agent";
+    /// Writes SLO status and snapshots.
+    pub const SLO: &str = "slo";
 }
 
 /// Counters and timings of reconciles and writes, registered on an injected
@@ -31,8 +34,39 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     pub writes: IntCounterVec,
     pub leader: IntGauge,
+    pub ingest: IngestMetrics,
 }
 
+/// What agents report and what the operator makes of it: ingest counts
+/// and timings, and the aggregated figures the ProbeSet and SLO status
+/// show, with the labels DESIGN.md fixes (`namespace`, `probeset`,
+/// `probe`).
+#[derive(Clone)]
+pub struct IngestMetrics {
+    /// Reports by outcome: `ingested`, `stale` (a repeat), `other_boot`,
+    /// `invalid`.
+    pub reports: IntCounterVec,
+    /// Time from a report's arrival to its acknowledgement being queued.
+    pub ingest_duration: prometheus::Histogram,
+    /// Agent streams open now.
+    pub agents_connected: IntGauge,
+    /// Streams refused, by reason (`unauthenticated`, `forbidden`,
+    /// `not_leading`).
+    pub refused: IntCounterVec,
+    /// Per ProbeSet: `desired`, `ready` and `reporting` nodes.
+    pub nodes: GaugeVec,
+    /// Per ProbeSet: events per second across nodes.
+    pub events_per_second: GaugeVec,
+    /// Per ProbeSet and data path (`ringbuf`, `pairing`): fraction of
+    /// events lost over the last interval.
+    pub drop_ratio: GaugeVec,
+    /// Per SLO: good over total events in the window.
+    pub slo_sli: GaugeVec,
+    /// Per SLO: fraction of the error budget left.
+    pub slo_budget_remaining: GaugeVec,
+    /// Per SLO and window (`fast`, `slow`): burn rate.
+    pub slo_burn_rate: GaugeVec,
+}
 impl Metrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let reconciles = IntCounterVec::new(
@@ -79,6 +113,7 @@ impl Metrics {
             reconcile_duration,
             writes,
             leader,
+            ingest: IngestMetrics::new(registry)?,
         })
     }
 
@@ -104,6 +139,83 @@ impl Metrics {
     /// Writes of `kind` so far.
     pub fn writes_of(&self, kind: &str) -> u64 {
         self.writes.with_label_values(&[kind]).get()
+    }
+}
+
+impl IngestMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let ingest_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "ringwarden_operator_report_ingest_seconds",
+                "Time from a report's arrival to its acknowledgement.",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.02, 0.05, 0.1,
+            ]),
+        )?;
+        registry.register(Box::new(ingest_duration.clone()))?;
+        let agents_connected = IntGauge::new(
+            "ringwarden_operator_agents_connected",
+            "Agent streams open on this replica.",
+        )?;
+        registry.register(Box::new(agents_connected.clone()))?;
+        let ps = ["namespace", "probeset"];
+        let slo = ["namespace", "slo"];
+        Ok(Self {
+            reports: counter(
+                "ringwarden_operator_reports_total",
+                "Agent reports received, by outcome (ingested, stale, other_boot, invalid).",
+                &["outcome"],
+            )?,
+            ingest_duration,
+            agents_connected,
+            refused: counter(
+                "ringwarden_operator_agent_streams_refused_total",
+                "Agent streams refused, by reason (unauthenticated, forbidden, not_leading).",
+                &["reason"],
+            )?,
+            nodes: gauge(
+                "ringwarden_probeset_nodes",
+                "Nodes of a ProbeSet, by state (desired, ready, reporting).",
+                &["namespace", "probeset", "state"],
+            )?,
+            events_per_second: gauge(
+                "ringwarden_probeset_events_per_second",
+                "Events observed per second across nodes, last interval.",
+                &ps,
+            )?,
+            drop_ratio: gauge(
+                "ringwarden_probeset_drop_ratio",
+                "Fraction of events lost over the last interval, by data path (ringbuf: of \
+                 exported events; pairing: of observed events).",
+                &["namespace", "probeset", "path"],
+            )?,
+            slo_sli: gauge(
+                "ringwarden_slo_sli_ratio",
+                "Good over total events in the SLO window.",
+                &slo,
+            )?,
+            slo_budget_remaining: gauge(
+                "ringwarden_slo_error_budget_remaining_ratio",
+                "Fraction of the SLO's error budget left (negative once overspent).",
+                &slo,
+            )?,
+            slo_burn_rate: gauge(
+                "ringwarden_slo_burn_rate",
+                "Error-budget burn rate, by window (fast: 1h, slow: 6h for a 30d window).",
+                &["namespace", "slo", "window"],
+            )?,
+        })
     }
 }
 

@@ -12,7 +12,8 @@ use k8s_openapi::{
             Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
             EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
             NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext,
-            PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Volume, VolumeMount,
+            PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+            SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
         },
     },
     apimachinery::pkg::{
@@ -69,6 +70,12 @@ pub const AGENT_HOST_PATHS: [(&str, &str); 3] = [
     ("tracefs", "/sys/kernel/tracing"),
     ("cgroup", "/sys/fs/cgroup"),
 ];
+
+/// Where the agent's projected service-account token is mounted; it
+/// authenticates the agent to the operator (docs/protocol.md).
+pub const TOKEN_DIR: &str = "/var/run/secrets/ringwarden";
+/// Lifetime the kubelet gives the token; it rotates it well before.
+const TOKEN_SECONDS: i64 = 3_600;
 
 /// Arguments of the agent's Kubernetes mode: read the mounted
 /// configuration and run the probes whose node selector matches the node
@@ -217,15 +224,37 @@ pub fn daemon_set(
         read_only: Some(true),
         ..Default::default()
     };
-    let mut volume_mounts = vec![read_only("config", CONFIG_DIR)];
-    let mut volumes = vec![Volume {
-        name: "config".into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: settings.config_map_name.clone(),
+    let mut volume_mounts = vec![
+        read_only("config", CONFIG_DIR),
+        read_only("ringwarden-token", TOKEN_DIR),
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: settings.config_map_name.clone(),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    }];
+        },
+        // A token for the operator's audience only: the API server refuses
+        // it, so a leaked one opens nothing but the agent service.
+        Volume {
+            name: "ringwarden-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(ringwarden_proto::TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        path: "token".into(),
+                    }),
+                    ..Default::default()
+                }]),
+                default_mode: None,
+            }),
+            ..Default::default()
+        },
+    ];
     for (name, path) in AGENT_HOST_PATHS {
         volume_mounts.push(read_only(name, path));
         volumes.push(Volume {
@@ -266,6 +295,11 @@ pub fn daemon_set(
                 &format!("0.0.0.0:{}", settings.metrics_port),
             ),
             env("RINGWARDEN_LOG_FORMAT", "json"),
+            env(
+                "RINGWARDEN_OPERATOR_ADDR",
+                &operator_address(settings, namespace),
+            ),
+            env("RINGWARDEN_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".into()),
@@ -329,6 +363,16 @@ pub fn daemon_set(
     let hash = content_hash(&serde_json::to_vec(&ds)?);
     ds.metadata.annotations = Some(BTreeMap::from([(APPLIED_HASH_ANNOTATION.into(), hash)]));
     Ok(ds)
+}
+
+/// The agent service's URL, as agents are told it.
+pub fn operator_address(settings: &AgentSettings, namespace: &str) -> String {
+    settings.operator_address.clone().unwrap_or_else(|| {
+        format!(
+            "http://ringwarden-operator.{namespace}.svc:{}",
+            ringwarden_proto::AGENT_PORT
+        )
+    })
 }
 
 /// Never privileged; root only because loading BPF needs capabilities in

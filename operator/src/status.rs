@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use ringwarden_core::quantity::format_bytes;
 use ringwarden_crds::{PlanStatus, ProbePlanStatus, ProbeSet, ProbeSetStatus};
 
-use crate::assess::Assessment;
+use crate::{assess::Assessment, reports::Figures};
 
 /// Condition types.
 pub mod condition {
@@ -33,21 +33,84 @@ pub mod reason {
     pub const VALID_SPEC: &str = "ValidSpec";
     pub const BUDGET_SHORT: &str = "BudgetShort";
     pub const WITHIN_BUDGET: &str = "WithinBudget";
+    /// `Degraded` is False: every node selected runs every probe.
+    pub const NODES_HEALTHY: &str = "NodesHealthy";
+    // When `Degraded` is True, its reason is the gravest node problem:
+    // see `crate::reports::problem`.
+}
+
+/// What agent reports say of a ProbeSet, rounded so that only a
+/// meaningful change makes it differ (and so gets written).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reported {
+    /// Nodes running every probe over nodes selected, like `3/4`.
+    pub ready: String,
+    /// Two significant digits: across many nodes a rate moves by less
+    /// than that from one interval to the next unless the load changes.
+    pub events_per_second: f64,
+    /// Percent of exported events the ring buffers dropped, two
+    /// significant digits.
+    pub drop_percent: f64,
+    /// The gravest problem and the nodes having one; `None` when no node
+    /// has any.
+    pub degraded: Option<(&'static str, String)>,
+}
+
+impl Reported {
+    pub fn from_figures(f: &Figures) -> Self {
+        let degraded = f.worst.map(|reason| {
+            let listed: Vec<String> = f
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.node, p.message))
+                .collect();
+            let mut message = format!(
+                "{} of {} node{}: {}",
+                f.problem_nodes,
+                f.desired,
+                if f.desired == 1 { "" } else { "s" },
+                listed.join("; ")
+            );
+            if f.problem_nodes > listed.len() {
+                message.push_str(&format!("; and {} more", f.problem_nodes - listed.len()));
+            }
+            (reason, truncate(&message, MAX_DEGRADED_BYTES))
+        });
+        Self {
+            ready: format!("{}/{}", f.ready, f.desired),
+            events_per_second: round_significant(f.flow.events_per_second, 2),
+            drop_percent: round_significant(f.flow.ringbuf_drop() * 100.0, 2),
+            degraded,
+        }
+    }
+}
+
+/// `x` to `digits` significant digits; 0 for zero, NaN or infinities.
+pub fn round_significant(x: f64, digits: i32) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return 0.0;
+    }
+    let scale = 10f64.powi(digits - 1 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
 }
 
 /// Spec errors listed in the `Invalid` message; the object must stay small.
 const MAX_LISTED_ERRORS: usize = 20;
 /// Longest Event note the API server accepts.
 const MAX_NOTE_BYTES: usize = 1024;
+/// Longest `Degraded` message: ten nodes with a line each, far below
+/// etcd's object limit at any cluster size.
+const MAX_DEGRADED_BYTES: usize = 4096;
 
 /// The status `ps` should have. `node_matches` tells whether any node
 /// carries the labels of its node selector. Fields that agent reports fill
 /// (`ready`, `eventsPerSecond`, `dropPercent`, the `Degraded` condition)
-/// are kept as they are.
+/// come from `reported`, or are kept as they are without it.
 pub fn desired(
     ps: &ProbeSet,
     assessment: &Assessment,
     node_matches: bool,
+    reported: Option<&Reported>,
     now: &Time,
 ) -> ProbeSetStatus {
     let current = ps.status.as_ref();
@@ -158,11 +221,23 @@ pub fn desired(
             (Some(plan), Some(used))
         }
     };
-    let ours = [
+    let mut ours = vec![
         condition::READY,
         condition::INVALID,
         condition::QUOTA_CONSTRAINED,
     ];
+    if let Some(r) = reported {
+        ours.push(condition::DEGRADED);
+        conditions.push(match &r.degraded {
+            Some((reason, message)) => cond(condition::DEGRADED, true, reason, message.clone()),
+            None => cond(
+                condition::DEGRADED,
+                false,
+                reason::NODES_HEALTHY,
+                "every node selected runs every probe within maxDropRate".into(),
+            ),
+        });
+    }
     conditions.extend(
         current
             .iter()
@@ -170,12 +245,24 @@ pub fn desired(
             .filter(|c| !ours.contains(&c.type_.as_str()))
             .cloned(),
     );
+    let (ready, events_per_second, drop_percent) = match reported {
+        Some(r) => (
+            Some(r.ready.clone()),
+            Some(r.events_per_second),
+            Some(r.drop_percent),
+        ),
+        None => (
+            current.and_then(|s| s.ready.clone()),
+            current.and_then(|s| s.events_per_second),
+            current.and_then(|s| s.drop_percent),
+        ),
+    };
     ProbeSetStatus {
         observed_generation: generation,
         conditions,
-        ready: current.and_then(|s| s.ready.clone()),
-        events_per_second: current.and_then(|s| s.events_per_second),
-        drop_percent: current.and_then(|s| s.drop_percent),
+        ready,
+        events_per_second,
+        drop_percent,
         ring_buffer,
         plan,
     }
@@ -230,6 +317,20 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
             notice(true, reason::NO_MATCHING_NODES, &message);
         }
     }
+    if let Some((status, why, message)) = find(Some(after), condition::DEGRADED) {
+        let before = was(condition::DEGRADED).map(|(s, _)| s);
+        if status == "True" && before.as_deref() != Some("True") {
+            // Reasons are constants of `crate::reports::problem`.
+            let reason = crate::reports::problem::ORDER
+                .into_iter()
+                .find(|r| *r == why)
+                .unwrap_or(crate::reports::problem::LOAD_FAILED);
+            notice(true, reason, &message);
+        }
+        if status == "False" && before.as_deref() == Some("True") {
+            notice(false, reason::NODES_HEALTHY, &message);
+        }
+    }
     if let Some((status, _, message)) = find(Some(after), condition::QUOTA_CONSTRAINED) {
         let before = was(condition::QUOTA_CONSTRAINED).map(|(s, _)| s);
         if status == "True" && before.as_deref() != Some("True") {
@@ -242,16 +343,7 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
     out
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max - '…'.len_utf8();
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
+use crate::reports::truncate;
 
 #[cfg(test)]
 mod tests {
@@ -308,9 +400,54 @@ mod tests {
     }
 
     #[test]
+    fn report_figures_are_rounded_and_the_node_list_is_bounded() {
+        use crate::reports::{Flow, NodeProblem, problem};
+        let f = Figures {
+            desired: 1000,
+            ready: 985,
+            flow: Flow {
+                events_per_second: 123_456.0,
+                exported: 3000,
+                ringbuf_dropped: 1,
+                ..Flow::default()
+            },
+            problems: (0..10)
+                .map(|i| NodeProblem {
+                    node: format!("node-{i}"),
+                    reason: problem::NOT_REPORTING,
+                    message: "no report within two report intervals".into(),
+                })
+                .collect(),
+            problem_nodes: 15,
+            worst: Some(problem::LOAD_FAILED),
+            ..Figures::default()
+        };
+        let r = Reported::from_figures(&f);
+        assert_eq!(r.ready, "985/1000");
+        assert_eq!(r.events_per_second, 120_000.0);
+        assert_eq!(r.drop_percent, 0.033);
+        let (reason, message) = r.degraded.clone().unwrap();
+        assert_eq!(reason, "LoadFailed");
+        assert!(
+            message.starts_with("15 of 1000 nodes: node-0: no report"),
+            "{message}"
+        );
+        assert!(message.ends_with("; and 5 more"), "{message}");
+        assert_eq!(round_significant(0.0, 2), 0.0);
+        assert_eq!(round_significant(f64::NAN, 2), 0.0);
+        let mut ps = probeset(1000.0, "64Mi");
+        let s = desired(&ps, &assess(&ps, &[]), true, Some(&r), &at(100));
+        assert_eq!(s.conditions[3].type_, "Degraded");
+        assert_eq!(s.conditions[3].reason, "LoadFailed");
+        ps.status = Some(s.clone());
+        // Without fresh figures the status keeps what was written.
+        assert_eq!(desired(&ps, &assess(&ps, &[]), true, None, &at(200)), s);
+    }
+
+    #[test]
     fn a_planned_probeset_is_ready_with_its_plan() {
         let ps = probeset(1000.0, "64Mi");
-        let s = desired(&ps, &assess(&ps, &[]), true, &at(100));
+        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
         assert_eq!(
             types(&s),
             [
@@ -338,9 +475,9 @@ mod tests {
     #[test]
     fn recomputing_an_unchanged_status_keeps_it_identical() {
         let mut ps = probeset(1000.0, "64Mi");
-        let first = desired(&ps, &assess(&ps, &[]), true, &at(100));
+        let first = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
         ps.status = Some(first.clone());
-        let again = desired(&ps, &assess(&ps, &[]), true, &at(200));
+        let again = desired(&ps, &assess(&ps, &[]), true, None, &at(200));
         assert_eq!(again, first);
         assert!(notices(Some(&first), &again).is_empty());
     }
@@ -348,10 +485,10 @@ mod tests {
     #[test]
     fn only_flipped_conditions_get_a_new_transition_time() {
         let mut ps = probeset(1000.0, "64Mi");
-        ps.status = Some(desired(&ps, &assess(&ps, &[]), true, &at(100)));
+        ps.status = Some(desired(&ps, &assess(&ps, &[]), true, None, &at(100)));
         ps.spec.ring_buffer.node_budget = "8Ki".into();
         ps.spec.probes[0].peak_event_rate = 100_000.0;
-        let s = desired(&ps, &assess(&ps, &[]), true, &at(200));
+        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(200));
         let time = |t: &str| {
             s.conditions
                 .iter()
@@ -379,7 +516,7 @@ mod tests {
             }],
             ..Default::default()
         });
-        let s = desired(&ps, &assess(&ps, &[]), true, &at(100));
+        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
         assert_eq!(
             types(&s),
             [
@@ -400,7 +537,7 @@ mod tests {
     #[test]
     fn events_mark_transitions_only() {
         let mut ps = probeset(1000.0, "64Mi");
-        let created = desired(&ps, &assess(&ps, &[]), true, &at(1));
+        let created = desired(&ps, &assess(&ps, &[]), true, None, &at(1));
         let n = notices(None, &created);
         assert_eq!(n.len(), 1);
         assert_eq!((n[0].warning, n[0].reason), (false, "Planned"));
@@ -408,7 +545,7 @@ mod tests {
         ps.status = Some(created.clone());
         ps.spec.probes[0].peak_event_rate = 1e6;
         ps.spec.ring_buffer.node_budget = "8Ki".into();
-        let squeezed = desired(&ps, &assess(&ps, &[]), true, &at(2));
+        let squeezed = desired(&ps, &assess(&ps, &[]), true, None, &at(2));
         let n = notices(Some(&created), &squeezed);
         assert_eq!(
             n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
@@ -417,7 +554,7 @@ mod tests {
 
         ps.status = Some(squeezed.clone());
         ps.spec.ring_buffer.node_budget = "nope".into();
-        let broken = desired(&ps, &assess(&ps, &[]), true, &at(3));
+        let broken = desired(&ps, &assess(&ps, &[]), true, None, &at(3));
         let n = notices(Some(&squeezed), &broken);
         assert_eq!(
             n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
@@ -427,7 +564,7 @@ mod tests {
         ps.status = Some(broken.clone());
         ps.spec.ring_buffer.node_budget = "64Mi".into();
         ps.spec.probes[0].peak_event_rate = 1000.0;
-        let fixed = desired(&ps, &assess(&ps, &[]), false, &at(4));
+        let fixed = desired(&ps, &assess(&ps, &[]), false, None, &at(4));
         let n = notices(Some(&broken), &fixed);
         assert_eq!(
             n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),

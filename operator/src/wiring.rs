@@ -1,9 +1,11 @@
 //! Wiring: watches, the ProbeSet controller, the agent writer, leader
-//! election and the HTTP server, started together and stopped together on
-//! SIGTERM or SIGINT.
+//! election, the agent and query gRPC services, the report publisher and
+//! the HTTP server, started together and stopped together on SIGTERM or
+//! SIGINT.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -14,7 +16,7 @@ use std::{
 use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::core::v1::Node;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt, controller,
@@ -25,18 +27,23 @@ use kube::{
 use prometheus::Registry;
 use ringwarden_crds::{ProbeSet, Slo};
 use tokio::{
+    net::TcpListener,
     signal::unix::{SignalKind, signal},
-    sync::{Notify, watch},
+    sync::{Notify, mpsc, watch},
 };
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::{
     agent,
+    auth::{Authenticator, TokenReviewer},
     cli::Args,
     config::{ConfigError, OperatorConfig},
     controller::{Context, Stores, error_policy, reconcile},
+    grpc::{self, AgentApi, QueryApi, StreamSettings},
     lease::{Elector, Leadership, LeaseSettings},
     metrics::{self, Metrics},
+    publish::{self, Publisher},
 };
 
 /// Why the operator could not start or stopped with an error.
@@ -48,13 +55,46 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("cannot reach the Kubernetes API: {0}; run in a cluster or point KUBECONFIG at one")]
     Client(#[source] kube::Error),
-    #[error("cannot serve /metrics on {addr}: {source}; pass --metrics-addr with a free port")]
+    #[error("cannot serve {what} on {addr}: {source}; pass {flag} with a free port")]
     Serve {
-        addr: std::net::SocketAddr,
+        what: &'static str,
+        flag: &'static str,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+}
+
+/// The sockets the operator serves on.
+pub struct Listeners {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub metrics: TcpListener,
+    /// The agent gRPC service.
+    pub agents: TcpListener,
+    /// The query gRPC service.
+    pub queries: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `args`.
+    pub async fn bind(args: &Args) -> Result<Self, RunError> {
+        let bind = |what, flag, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Serve {
+                    what,
+                    flag,
+                    addr,
+                    source,
+                })
+        };
+        Ok(Self {
+            metrics: bind("/metrics", "--metrics-addr", args.metrics_addr).await?,
+            agents: bind("the agent service", "--agent-addr", args.agent_addr).await?,
+            queries: bind("the query service", "--query-addr", args.query_addr).await?,
+        })
+    }
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
@@ -65,12 +105,7 @@ pub async fn operate(args: Args) -> Result<(), RunError> {
         None => OperatorConfig::default(),
     };
     let client = Client::try_default().await.map_err(RunError::Client)?;
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .map_err(|source| RunError::Serve {
-            addr: args.metrics_addr,
-            source,
-        })?;
+    let listeners = Listeners::bind(&args).await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let signalled = async move {
@@ -79,17 +114,17 @@ pub async fn operate(args: Args) -> Result<(), RunError> {
             _ = sigint.recv() => {}
         }
     };
-    serve(&args, config, client, listener, signalled).await;
+    serve(&args, config, client, listeners, signalled).await;
     Ok(())
 }
 
-/// Runs everything on `client`, serving metrics on `listener`, until
-/// `shutdown` completes; then stops the controllers and releases the Lease.
+/// Runs everything on `client`, serving on `listeners`, until `shutdown`
+/// completes; then stops the controllers and releases the Lease.
 pub async fn serve(
     args: &Args,
     config: OperatorConfig,
     client: Client,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let registry = Registry::new();
@@ -113,7 +148,7 @@ pub async fn serve(
     let server = tokio::spawn({
         let stopped = stopped.clone();
         async move {
-            if let Err(e) = axum::serve(listener, app)
+            if let Err(e) = axum::serve(listeners.metrics, app)
                 .with_graceful_shutdown(stopped())
                 .await
             {
@@ -139,15 +174,30 @@ pub async fn serve(
         (Leadership::always(), None)
     };
 
+    let (ps_store, ps_writer) = reflector::store::<ProbeSet>();
+    let (node_store, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
+    let (slo_store, slo_writer) = reflector::store::<Slo>();
+    let stores = Stores {
+        probesets: ps_store.clone(),
+        nodes: node_store,
+        slos: slo_store,
+    };
+    let service_account = config.agent.service_account_name.clone();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        args.namespace.clone(),
+        config.agent,
+        stores.clone(),
+        leadership.clone(),
+        metrics,
+        identity,
+    ));
+
     let trigger = Arc::new(Notify::new());
     let poke = {
         let trigger = Arc::clone(&trigger);
         move || trigger.notify_one()
     };
-    let (ps_store, ps_writer) = reflector::store::<ProbeSet>();
-    let (node_store, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
-    let (slo_store, slo_writer) = reflector::store::<Slo>();
-
     let probesets = watcher(
         Api::<ProbeSet>::all(client.clone()),
         watcher::Config::default(),
@@ -155,8 +205,13 @@ pub async fn serve(
     .default_backoff()
     .reflect(ps_writer)
     .inspect({
-        let poke = poke.clone();
-        move |e| changed(e, &poke)
+        // The operator's own status writes change no spec: no re-render.
+        let (poke, mut specs) = (poke.clone(), SpecChanges::default());
+        move |e| {
+            if specs.saw(e) {
+                changed(e, &poke);
+            }
+        }
     })
     .applied_objects();
     let nodes = label_changes(
@@ -169,20 +224,23 @@ pub async fn serve(
         .reflect(node_writer),
     )
     .inspect({
-        let poke = poke.clone();
-        move |_| poke()
+        let (poke, hub) = (poke.clone(), Arc::clone(&ctx.hub));
+        move |_| {
+            poke();
+            hub.nodes_changed();
+        }
     });
-    let slos = watcher(Api::<Slo>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(slo_writer)
-        .inspect(move |e| changed(e, &poke))
-        .touched_objects();
-
-    let stores = Stores {
-        probesets: ps_store.clone(),
-        nodes: node_store,
-        slos: slo_store,
+    let slos = {
+        let mut specs = SpecChanges::default();
+        watcher(Api::<Slo>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(slo_writer)
+            // SLO status, which the operator writes, changes no plan.
+            .filter(move |e| future::ready(specs.saw(e)))
+            .inspect(move |e| changed(e, &poke))
+            .touched_objects()
     };
+
     tokio::spawn({
         let (stores, ready) = (stores.clone(), Arc::clone(&ready));
         async move {
@@ -200,15 +258,42 @@ pub async fn serve(
         })
     });
 
-    let ctx = Arc::new(Context::new(
-        client,
-        args.namespace.clone(),
-        config.agent,
-        stores,
-        leadership.clone(),
-        metrics,
-        identity,
-    ));
+    let auth = Authenticator::new(
+        TokenReviewer::new(client),
+        // The audience the rendered DaemonSet's projected token carries.
+        ringwarden_proto::TOKEN_AUDIENCE,
+        &args.namespace,
+        &service_account,
+    );
+    let agents = tokio::spawn({
+        let api = AgentApi::new(Arc::clone(&ctx.hub), auth, StreamSettings::default());
+        let stopped = stopped();
+        async move {
+            if let Err(e) = grpc::serve_agents(listeners.agents, api, stopped).await {
+                warn!(error = %e, "the agent service stopped");
+            }
+        }
+    });
+    let queries = tokio::spawn({
+        let api = QueryApi::new(Arc::clone(&ctx.hub));
+        let stopped = stopped();
+        async move {
+            if let Err(e) = grpc::serve_queries(listeners.queries, api, stopped).await {
+                warn!(error = %e, "the query service stopped");
+            }
+        }
+    });
+    let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
+    let publisher = Publisher::new(
+        Arc::clone(&ctx),
+        reconcile_tx,
+        publish::Settings {
+            snapshot_every: args.snapshot_interval,
+            ..publish::Settings::default()
+        },
+    )
+    .run(stopped());
+
     let everyone = ps_store.clone();
     let same_namespace = ps_store.clone();
     let controller = Controller::for_stream(probesets, ps_store)
@@ -220,6 +305,8 @@ pub async fn serve(
         .watches_stream(slos, move |slo| {
             in_namespace(&same_namespace, &slo.namespace().unwrap_or_default())
         })
+        // Report figures that changed enough to be written.
+        .reconcile_on(UnboundedReceiverStream::new(reconcile_rx))
         .reconcile_all_on(leadership.gained())
         .graceful_shutdown_on(stopped())
         .run(reconcile, error_policy, Arc::clone(&ctx))
@@ -229,12 +316,56 @@ pub async fn serve(
             }
             future::ready(())
         });
-    info!(namespace = %args.namespace, "operator started");
-    tokio::join!(controller, agent::run(ctx, trigger, stopped()));
+    info!(namespace = %args.namespace, agents = %args.agent_addr, "operator started");
+    tokio::join!(
+        controller,
+        agent::run(Arc::clone(&ctx), trigger, stopped()),
+        publisher
+    );
     if let Some(elector) = elector {
         let _ = elector.await;
     }
-    let _ = server.await;
+    // Streams were ended when the publisher stopped serving; a client that
+    // keeps its connection open must not hold the process.
+    if tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = tokio::join!(server, agents, queries);
+    })
+    .await
+    .is_err()
+    {
+        warn!("servers did not stop within 10s; exiting anyway");
+    }
+}
+
+/// Tells events that change an object's spec (a new generation, a new
+/// object, a deletion) from those that only change its status.
+#[derive(Default)]
+struct SpecChanges {
+    /// `namespace/name` → (uid, generation).
+    known: HashMap<String, (Option<String>, Option<i64>)>,
+}
+
+impl SpecChanges {
+    fn saw<K: Resource>(&mut self, event: &Result<watcher::Event<K>, watcher::Error>) -> bool {
+        let key = |o: &K| {
+            format!(
+                "{}/{}",
+                o.meta().namespace.as_deref().unwrap_or_default(),
+                o.meta().name.as_deref().unwrap_or_default()
+            )
+        };
+        match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                let now = (o.meta().uid.clone(), o.meta().generation);
+                self.known.insert(key(o), now.clone()) != Some(now)
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                self.known.remove(&key(o));
+                true
+            }
+            _ => true,
+        }
+    }
 }
 
 /// Pokes on events that change the cluster's contents.
@@ -387,9 +518,19 @@ mod tests {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let log = Arc::new(Mutex::new(Vec::new()));
         let api = tokio::spawn(fake_api_server(handle, Arc::clone(&log)));
-        let args =
-            Args::try_parse_from(["ringwarden-operator", "--identity", "operator-0"]).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let args = Args::try_parse_from([
+            "ringwarden-operator",
+            "--identity",
+            "operator-0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--agent-addr",
+            "127.0.0.1:0",
+            "--query-addr",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let listeners = Listeners::bind(&args).await.unwrap();
         let written = {
             let log = Arc::clone(&log);
             move |what: &str| log.lock().unwrap().iter().any(|l| l == what)
@@ -409,7 +550,7 @@ mod tests {
         let client = Client::new(service, "default");
         tokio::time::timeout(
             Duration::from_secs(20),
-            serve(&args, OperatorConfig::default(), client, listener, done),
+            serve(&args, OperatorConfig::default(), client, listeners, done),
         )
         .await
         .expect("the operator wrote its objects and stopped");

@@ -665,3 +665,51 @@ async fn slos_on_a_probe_become_kernel_thresholds_and_tighten_its_plan() {
     drop(ctx);
     server.finish().await;
 }
+
+#[tokio::test]
+async fn published_report_figures_and_node_problems_reach_the_status() {
+    use ringwarden_operator::status::Reported;
+    let cluster = Cluster::new(vec![probeset("shop", "web", 1, WEB)], NODES, vec![]);
+    let (client, server) = api_server(vec![
+        patch_status(&cluster.probeset("shop", "web")).check(|s| {
+            let status = &s.body["status"];
+            assert_eq!(status["ready"], "0/1");
+            assert_eq!(status["eventsPerSecond"], 1230.0);
+            assert_eq!(status["dropPercent"], 0.5);
+            let degraded = &status["conditions"][3];
+            assert_eq!(degraded["type"], "Degraded");
+            assert_eq!(degraded["status"], "True");
+            assert_eq!(degraded["reason"], "LoadFailed");
+            assert_eq!(
+                degraded["message"],
+                "1 of 1 node: node-0: probe sys: verifier rejected rw_sys_exit"
+            );
+        }),
+        post(&events_path("shop")).check(|s| assert_eq!(s.body["reason"], "Planned")),
+        post(&events_path("shop")).check(|s| {
+            assert_eq!(s.body["type"], "Warning");
+            assert_eq!(s.body["reason"], "LoadFailed");
+        }),
+    ]);
+    let (ctx, _) = context(client, &cluster, Leadership::always());
+    let reported = Reported {
+        ready: "0/1".into(),
+        events_per_second: 1230.0,
+        drop_percent: 0.5,
+        degraded: Some((
+            "LoadFailed",
+            "1 of 1 node: node-0: probe sys: verifier rejected rw_sys_exit".into(),
+        )),
+    };
+    assert!(ctx.hub.publish(
+        "shop/web",
+        reported,
+        tokio::time::Instant::now(),
+        Duration::from_secs(10)
+    ));
+    reconcile(cluster.probeset("shop", "web"), Arc::clone(&ctx))
+        .await
+        .unwrap();
+    drop(ctx);
+    server.finish().await;
+}

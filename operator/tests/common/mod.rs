@@ -78,6 +78,9 @@ pub fn post(path: &str) -> Exchange {
 pub fn put(path: &str) -> Exchange {
     exchange(Method::PUT, path)
 }
+pub fn delete(path: &str) -> Exchange {
+    exchange(Method::DELETE, path)
+}
 
 /// A status write of `ps`, answered with `ps` carrying the new status.
 pub fn patch_status(ps: &ProbeSet) -> Exchange {

@@ -1,0 +1,432 @@
+//! What the agent streams, the query service and the status publisher
+//! share: the aggregated [`Reports`] behind a lock, the configuration each
+//! node should run, and whether this replica takes agents at all. Reads the
+//! watch caches; no network IO.
+//!
+//! Only the leader takes agents (followers answer `UNAVAILABLE`, and agents
+//! reconnect until they reach it), so one replica sees every report and
+//! the SLO evaluators need no merging across replicas.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use kube::runtime::reflector::ObjectRef;
+use ringwarden_crds::{AgentConfig, ProbeSet};
+use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    controller::Stores,
+    metrics::IngestMetrics,
+    render::content_hash,
+    reports::{AgentInfo, Figures, Outcome, ProbeSetQuery, Reports, Sample, SloDef},
+    slo_status::{self, Problem},
+    status::Reported,
+    world::{Labels, selector_matches},
+};
+
+/// What one node runs, as pushed on its stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Content hash of `json`.
+    pub version: String,
+    /// An [`AgentConfig`] holding the probes this node's labels select.
+    pub json: String,
+    /// `(slo, threshold id)` of every threshold in it.
+    pub thresholds: Vec<(String, u64)>,
+}
+
+/// The configuration for a node with `labels`: the probes whose node
+/// selector matches, everything else as rendered for the ConfigMap.
+pub fn node_config(config: &AgentConfig, labels: &Labels) -> NodeConfig {
+    let mine = AgentConfig {
+        probes: config
+            .probes
+            .iter()
+            .filter(|p| selector_matches(&p.node_selector, labels))
+            .cloned()
+            .collect(),
+        node_budget_bytes: config.node_budget_bytes,
+    };
+    let json = serde_json::to_string(&mine).expect("an AgentConfig serializes to JSON");
+    let mut thresholds: Vec<(String, u64)> = mine
+        .probes
+        .iter()
+        .flat_map(|p| &p.thresholds)
+        .map(|t| {
+            (
+                t.slo.clone(),
+                ringwarden_proto::threshold_id(&t.slo, t.latency_ns, t.errors, &t.series),
+            )
+        })
+        .collect();
+    thresholds.sort();
+    thresholds.dedup();
+    NodeConfig {
+        version: content_hash(json.as_bytes()),
+        json,
+        thresholds,
+    }
+}
+
+/// A ProbeSet's figures with what they were computed for.
+#[derive(Clone, Debug)]
+pub struct ProbeSetFigures {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.reportInterval`.
+    pub interval: Duration,
+    pub figures: Figures,
+}
+
+impl ProbeSetFigures {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Receivers a stream watches.
+pub struct Subscriptions {
+    /// The rendered configuration of all agents.
+    pub config: watch::Receiver<Option<Arc<AgentConfig>>>,
+    /// Bumped when some node's labels change.
+    pub labels: watch::Receiver<u64>,
+    /// Whether this replica takes agents.
+    pub serving: watch::Receiver<bool>,
+}
+
+struct Published {
+    reported: Reported,
+    at: Instant,
+}
+
+/// See the module docs.
+pub struct Hub {
+    reports: Mutex<Reports>,
+    stores: Stores,
+    config: watch::Sender<Option<Arc<AgentConfig>>>,
+    labels: watch::Sender<u64>,
+    serving: watch::Sender<bool>,
+    serving_since: Mutex<Option<SystemTime>>,
+    published: Mutex<HashMap<String, Published>>,
+    /// SLOs that are not evaluated, and why.
+    problems: Mutex<BTreeMap<String, Problem>>,
+    pub metrics: IngestMetrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Hub {
+    pub fn new(stores: Stores, metrics: IngestMetrics) -> Self {
+        Self {
+            reports: Mutex::new(Reports::default()),
+            stores,
+            config: watch::Sender::new(None),
+            labels: watch::Sender::new(0),
+            serving: watch::Sender::new(false),
+            serving_since: Mutex::new(None),
+            published: Mutex::new(HashMap::new()),
+            problems: Mutex::new(BTreeMap::new()),
+            metrics,
+        }
+    }
+
+    /// The aggregated reports, locked.
+    pub fn reports(&self) -> MutexGuard<'_, Reports> {
+        lock(&self.reports)
+    }
+
+    /// The watch caches.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// A newly rendered agent configuration; streams push what changed for
+    /// their node.
+    pub fn set_config(&self, config: &AgentConfig) {
+        self.config.send_if_modified(|current| {
+            if current.as_deref() == Some(config) {
+                return false;
+            }
+            *current = Some(Arc::new(config.clone()));
+            true
+        });
+    }
+
+    /// Some node's labels changed: streams recompute their node's probes.
+    pub fn nodes_changed(&self) {
+        self.labels.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> Subscriptions {
+        Subscriptions {
+            config: self.config.subscribe(),
+            labels: self.labels.subscribe(),
+            serving: self.serving.subscribe(),
+        }
+    }
+
+    /// What `node` should run, once a configuration was rendered. A node
+    /// missing from the cache has no labels: it runs the probes that
+    /// select every node.
+    pub fn node_config(&self, node: &str) -> Option<NodeConfig> {
+        let config = self.config.borrow().clone()?;
+        let labels = self
+            .stores
+            .nodes
+            .get(&ObjectRef::new(node))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        Some(node_config(&config, &labels))
+    }
+
+    /// Takes agents from now on. The SLO evaluators must have been restored
+    /// first.
+    pub fn start_serving(&self, now: SystemTime) {
+        *lock(&self.serving_since) = Some(now);
+        self.serving.send_replace(true);
+    }
+
+    /// Ends every stream and forgets the SLO evaluators and published
+    /// figures: a leader that comes back reloads what its successor saved.
+    pub fn stop_serving(&self) {
+        self.serving.send_replace(false);
+        *lock(&self.serving_since) = None;
+        self.reports().clear_slos();
+        lock(&self.published).clear();
+    }
+
+    pub fn is_serving(&self) -> bool {
+        *self.serving.borrow()
+    }
+
+    /// Whether agents have had two report intervals since this replica
+    /// began serving, so a node not heard from is a problem.
+    pub fn expect_reports(&self, now: SystemTime, interval: Duration) -> bool {
+        lock(&self.serving_since).is_some_and(|since| {
+            now.duration_since(since).unwrap_or_default() >= interval * 2 + Duration::from_secs(1)
+        })
+    }
+
+    pub fn hello(&self, now: SystemTime, info: AgentInfo) {
+        let mut r = self.reports();
+        r.hello(now, info);
+        self.metrics.agents_connected.set(r.connected() as i64);
+    }
+
+    pub fn bye(&self, node: &str) {
+        let mut r = self.reports();
+        r.bye(node);
+        self.metrics.agents_connected.set(r.connected() as i64);
+    }
+
+    pub fn ingest(&self, now: SystemTime, node: &str, sample: &Sample) -> Outcome {
+        let outcome = self.reports().ingest(now, node, sample);
+        self.metrics
+            .reports
+            .with_label_values(&[outcome.label()])
+            .inc();
+        outcome
+    }
+
+    /// The figures of every ProbeSet the agents run at `now`, sorted by
+    /// namespace and name. An invalid ProbeSet runs nowhere and has none.
+    pub fn probeset_figures(&self, now: SystemTime) -> Vec<ProbeSetFigures> {
+        let nodes = self.stores.nodes.state();
+        let config = self.config.borrow().clone();
+        let runs = |ps: &ProbeSet| match &config {
+            Some(c) => c.probes.iter().any(|p| {
+                Some(&p.namespace) == ps.metadata.namespace.as_ref()
+                    && Some(&p.probeset) == ps.metadata.name.as_ref()
+            }),
+            None => ps.spec.validate().is_empty(),
+        };
+        let mut probesets: Vec<Arc<ProbeSet>> = self
+            .stores
+            .probesets
+            .state()
+            .into_iter()
+            .filter(|ps| ps.metadata.deletion_timestamp.is_none() && runs(ps))
+            .collect();
+        probesets.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        let none = Labels::new();
+        let reports = self.reports();
+        probesets
+            .iter()
+            .map(|ps| {
+                let mut desired: Vec<String> = nodes
+                    .iter()
+                    .filter(|n| {
+                        selector_matches(
+                            &ps.spec.node_selector,
+                            n.metadata.labels.as_ref().unwrap_or(&none),
+                        )
+                    })
+                    .filter_map(|n| n.metadata.name.clone())
+                    .collect();
+                desired.sort();
+                let probes: Vec<String> = ps.spec.probes.iter().map(|p| p.name.clone()).collect();
+                let namespace = ps.metadata.namespace.clone().unwrap_or_default();
+                let name = ps.metadata.name.clone().unwrap_or_default();
+                let interval = ps.spec.report_interval;
+                let figures = reports.figures(
+                    now,
+                    &ProbeSetQuery {
+                        namespace: &namespace,
+                        name: &name,
+                        probes: &probes,
+                        desired: &desired,
+                        interval,
+                        max_drop_rate: ps.spec.max_drop_rate,
+                        expect_reports: self.expect_reports(now, interval),
+                    },
+                );
+                ProbeSetFigures {
+                    namespace,
+                    name,
+                    interval,
+                    figures,
+                }
+            })
+            .collect()
+    }
+
+    /// The SLO definitions from the watch caches: the evaluable ones, and
+    /// why the others are not evaluated.
+    pub fn slo_defs(&self) -> (Vec<SloDef>, BTreeMap<String, Problem>) {
+        let probesets = self.stores.probesets.state();
+        let config = self.config.borrow().clone();
+        let mut defs = Vec::new();
+        let mut problems = BTreeMap::new();
+        for slo in self.stores.slos.state() {
+            let id = slo_status::id(&slo);
+            match slo_status::definition(&slo, &probesets, config.as_deref()) {
+                Ok(def) => defs.push(def),
+                Err(p) => {
+                    problems.insert(id, p);
+                }
+            }
+        }
+        (defs, problems)
+    }
+
+    /// Makes the evaluators match the SLOs in the cache; returns the ids of
+    /// evaluators dropped.
+    pub fn sync_slos(&self, now: SystemTime) -> Vec<String> {
+        let (defs, problems) = self.slo_defs();
+        *lock(&self.problems) = problems;
+        self.reports().sync_slos(now, defs)
+    }
+
+    /// Why an SLO is not evaluated, if it is not.
+    pub fn slo_problem(&self, id: &str) -> Option<Problem> {
+        lock(&self.problems).get(id).cloned()
+    }
+
+    /// The report figures last published for ProbeSet `key`.
+    pub fn published(&self, key: &str) -> Option<Reported> {
+        lock(&self.published).get(key).map(|p| p.reported.clone())
+    }
+
+    /// Publishes `reported` for ProbeSet `key` if it differs from what was
+    /// published and `period` has passed since; returns whether it did.
+    pub fn publish(&self, key: &str, reported: Reported, now: Instant, period: Duration) -> bool {
+        let mut published = lock(&self.published);
+        if let Some(p) = published.get(key)
+            && (p.reported == reported || now.duration_since(p.at) < period)
+        {
+            return false;
+        }
+        published.insert(key.to_owned(), Published { reported, at: now });
+        true
+    }
+
+    /// Forgets what was published for ProbeSets no longer in `keys`.
+    pub fn retain_published(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.published).retain(|k, _| keep(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ringwarden_crds::{AgentProbe, ExportPolicy, ExportSpec, ProbeKind, ProbeSpec, Threshold};
+
+    use super::*;
+
+    fn probe(name: &str, selector: &[(&str, &str)], slo: Option<&str>) -> AgentProbe {
+        AgentProbe {
+            namespace: "shop".into(),
+            probeset: "web".into(),
+            spec: ProbeSpec {
+                name: name.into(),
+                kind: ProbeKind::Syscalls,
+                uprobe: None,
+                filter: None,
+                max_series: 64,
+                export: ExportSpec {
+                    policy: ExportPolicy::None,
+                    slower_than: None,
+                },
+                peak_event_rate: 0.0,
+                sampling: 1.0,
+                priority: 0,
+            },
+            pod_selector: None,
+            node_selector: selector
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ring_bytes: 4096,
+            sample_every: 1,
+            predicted_drop: 0.0,
+            report_interval: Duration::from_secs(10),
+            thresholds: slo
+                .map(|s| Threshold {
+                    slo: s.into(),
+                    latency_ns: Some(1_000_000),
+                    errors: false,
+                    series: vec![],
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_node_gets_the_probes_its_labels_select_with_threshold_ids() {
+        let config = AgentConfig {
+            probes: vec![
+                probe("all", &[], None),
+                probe("gpu", &[("gpu", "true")], Some("shop/fast")),
+            ],
+            node_budget_bytes: 8192,
+        };
+        let plain = node_config(&config, &Labels::new());
+        let parsed: AgentConfig = serde_json::from_str(&plain.json).unwrap();
+        assert_eq!(
+            parsed.probes.iter().map(|p| p.id()).collect::<Vec<_>>(),
+            ["shop/web/all"]
+        );
+        assert!(plain.thresholds.is_empty());
+        let gpu = node_config(&config, &[("gpu".into(), "true".into())].into());
+        assert_eq!(
+            gpu.thresholds,
+            [(
+                "shop/fast".to_string(),
+                ringwarden_proto::threshold_id("shop/fast", Some(1_000_000), false, &[])
+            )]
+        );
+        assert_ne!(gpu.version, plain.version);
+        assert_eq!(node_config(&config, &Labels::new()), plain);
+    }
+}

@@ -1,0 +1,1365 @@
+//! Agent reports, aggregated: per node what its probes counted, per
+//! ProbeSet the figures across nodes, per SLO a [`SloEvaluator`]. Pure:
+//! no IO, and the time is passed in.
+//!
+//! # Counting once
+//!
+//! Reports carry cumulative counters, numbered per boot of an agent.
+//! Figures are increments between two reports of one boot:
+//!
+//! - a report numbered no higher than the node's last is a repeat (a
+//!   retransmit after a reconnect, a duplicate): acknowledged, not counted;
+//! - the first report this operator sees of a boot is only a baseline,
+//!   unless it is the boot's first report (`seq` 1), whose counters all
+//!   happened since the agent started;
+//! - a new boot id in a Hello starts the node afresh.
+//!
+//! SLO counts go through [`SloEvaluator::ingest`], which keeps its own
+//! per-stream baselines (and persists them), so they survive an operator
+//! restart; the figures here are rebuilt from the next reports.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use ringwarden_core::{
+    accounting::Counters,
+    histogram::Histogram,
+    slo::{self as core_slo, SloError, SloEvaluator, SloSnapshot},
+};
+use ringwarden_ebpf_common::{HIST_BUCKETS, LatencyHist};
+use ringwarden_proto::{NO_THRESHOLD, v1};
+use serde::{Deserialize, Serialize};
+
+/// Nodes a ProbeSet's problem list names; the rest are counted.
+pub const MAX_LISTED_NODES: usize = 10;
+/// Slots of the latency histograms kept per SLO window: observed latency
+/// covers the window to within one slot (30 h of a 30-day window).
+pub const LATENCY_SLOTS: u64 = 24;
+/// A node silent this long, with no stream open, is forgotten.
+pub const NODE_TTL: Duration = Duration::from_secs(3_600);
+
+/// Most probes one report may carry.
+const MAX_PROBES: usize = 2_048;
+/// Most series one probe may report (`maxSeries` plus the overflow series).
+const MAX_SERIES: usize = 4_097;
+/// Most thresholds and load errors one probe may report.
+const MAX_THRESHOLDS: usize = 16;
+const MAX_LOAD_ERRORS: usize = 16;
+/// Longest name (node, namespace, object, series, boot id).
+const MAX_NAME: usize = 253;
+/// Longest load-error message kept.
+const MAX_MESSAGE: usize = 1_024;
+
+/// Names a probe: `namespace/probeset/probe`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProbeRef {
+    pub namespace: String,
+    pub probeset: String,
+    pub probe: String,
+}
+
+impl std::fmt::Display for ProbeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.probeset, self.probe)
+    }
+}
+
+/// Why a Hello or a Report was rejected; the stream ends with
+/// `INVALID_ARGUMENT` and this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("{field} is missing")]
+    Missing { field: &'static str },
+    #[error("{field} is longer than {max}")]
+    TooLong { field: &'static str, max: usize },
+    #[error("{field} has more than {max} entries")]
+    TooMany { field: &'static str, max: usize },
+    #[error(
+        "histogram of series {series:?}: {problem}; send the non-zero buckets as two lists of \
+         equal length, indices strictly increasing and below {HIST_BUCKETS}"
+    )]
+    Histogram {
+        series: String,
+        problem: &'static str,
+    },
+}
+
+/// Who an agent says it is (its Hello), checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub node: String,
+    pub agent_version: String,
+    pub boot_id: String,
+    pub kernel_version: String,
+    pub btf: bool,
+    pub ringbuf: bool,
+    pub page_size: u32,
+    pub config_version: String,
+}
+
+impl TryFrom<v1::Hello> for AgentInfo {
+    type Error = ReportError;
+
+    fn try_from(h: v1::Hello) -> Result<Self, Self::Error> {
+        Ok(Self {
+            node: name("hello.node_name", h.node_name)?,
+            boot_id: name("hello.boot_id", h.boot_id)?,
+            agent_version: bounded("hello.agent_version", h.agent_version)?,
+            kernel_version: bounded("hello.kernel_version", h.kernel_version)?,
+            btf: h.btf,
+            ringbuf: h.ringbuf,
+            page_size: h.page_size,
+            config_version: bounded("hello.config_version", h.config_version)?,
+        })
+    }
+}
+
+fn name(field: &'static str, s: String) -> Result<String, ReportError> {
+    if s.is_empty() {
+        return Err(ReportError::Missing { field });
+    }
+    bounded(field, s)
+}
+
+fn bounded(field: &'static str, s: String) -> Result<String, ReportError> {
+    if s.len() > MAX_NAME {
+        return Err(ReportError::TooLong {
+            field,
+            max: MAX_NAME,
+        });
+    }
+    Ok(s)
+}
+
+/// A latency histogram as reports carry it: the non-zero buckets, indices
+/// strictly increasing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sparse {
+    pub buckets: Vec<(u16, u64)>,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+    pub errors: u64,
+}
+
+impl Sparse {
+    fn from_proto(series: &str, h: &v1::Histogram) -> Result<Self, ReportError> {
+        let problem = |problem| ReportError::Histogram {
+            series: series.to_owned(),
+            problem,
+        };
+        if h.bucket_index.len() != h.bucket_count.len() {
+            return Err(problem("bucket_index and bucket_count differ in length"));
+        }
+        let mut buckets = Vec::with_capacity(h.bucket_index.len());
+        let mut previous = None;
+        for (&i, &n) in h.bucket_index.iter().zip(&h.bucket_count) {
+            let i = u16::try_from(i)
+                .ok()
+                .filter(|&i| usize::from(i) < HIST_BUCKETS)
+                .ok_or_else(|| problem("a bucket index is out of range"))?;
+            if previous.is_some_and(|p| i <= p) {
+                return Err(problem("bucket indices are not strictly increasing"));
+            }
+            previous = Some(i);
+            if n > 0 {
+                buckets.push((i, n));
+            }
+        }
+        Ok(Self {
+            buckets,
+            sum_ns: h.sum_ns,
+            max_ns: h.max_ns,
+            errors: h.errors,
+        })
+    }
+
+    /// Events recorded since `earlier`, an older histogram of the same
+    /// source (saturating; the maximum is this one's).
+    pub fn delta_since(&self, earlier: &Sparse) -> Sparse {
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        let mut rest = earlier.buckets.iter().peekable();
+        for &(i, n) in &self.buckets {
+            while rest.next_if(|(j, _)| *j < i).is_some() {}
+            let before = rest.next_if(|(j, _)| *j == i).map_or(0, |(_, m)| *m);
+            let d = n.saturating_sub(before);
+            if d > 0 {
+                buckets.push((i, d));
+            }
+        }
+        Sparse {
+            buckets,
+            sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns),
+            max_ns: self.max_ns,
+            errors: self.errors.saturating_sub(earlier.errors),
+        }
+    }
+
+    /// Adds `other`'s events.
+    pub fn merge(&mut self, other: &Sparse) {
+        let (a, b) = (&self.buckets, &other.buckets);
+        let mut merged = Vec::with_capacity(a.len().max(b.len()));
+        let (mut i, mut j) = (0, 0);
+        loop {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    merged.push((x.0, x.1.saturating_add(y.1)));
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x.0 < y.0 => {
+                    merged.push(*x);
+                    i += 1;
+                }
+                (_, Some(y)) => {
+                    merged.push(*y);
+                    j += 1;
+                }
+                (Some(x), None) => {
+                    merged.push(*x);
+                    i += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        self.buckets = merged;
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+        self.errors = self.errors.saturating_add(other.errors);
+    }
+
+    /// Number of events.
+    pub fn count(&self) -> u64 {
+        self.buckets
+            .iter()
+            .fold(0u64, |acc, (_, n)| acc.saturating_add(*n))
+    }
+}
+
+/// A histogram being summed: all buckets, so adding is indexing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dense {
+    buckets: Vec<u64>,
+    sum_ns: u64,
+    max_ns: u64,
+    errors: u64,
+}
+
+impl Default for Dense {
+    fn default() -> Self {
+        Self {
+            buckets: vec![0; HIST_BUCKETS],
+            sum_ns: 0,
+            max_ns: 0,
+            errors: 0,
+        }
+    }
+}
+
+impl Dense {
+    pub fn add(&mut self, s: &Sparse) {
+        for &(i, n) in &s.buckets {
+            let b = &mut self.buckets[usize::from(i)];
+            *b = b.saturating_add(n);
+        }
+        self.sum_ns = self.sum_ns.saturating_add(s.sum_ns);
+        self.max_ns = self.max_ns.max(s.max_ns);
+        self.errors = self.errors.saturating_add(s.errors);
+    }
+
+    pub fn merge(&mut self, other: &Dense) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine = mine.saturating_add(*theirs);
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+        self.errors = self.errors.saturating_add(other.errors);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.iter().all(|&n| n == 0)
+    }
+
+    /// As the core's histogram, for its percentile math.
+    // core::histogram has no constructor from bucket counts; a one-CPU
+    // kernel histogram is the public way in.
+    pub fn to_histogram(&self) -> Histogram {
+        let mut one = LatencyHist {
+            buckets: [0; HIST_BUCKETS],
+            sum_ns: self.sum_ns,
+            max_ns: self.max_ns,
+            errors: self.errors,
+            _reserved: 0,
+        };
+        one.buckets.copy_from_slice(&self.buckets);
+        Histogram::from_per_cpu(&[one])
+    }
+
+    pub fn from_histogram(h: &Histogram) -> Self {
+        Self {
+            buckets: h.buckets().to_vec(),
+            sum_ns: h.sum_ns(),
+            max_ns: h.max_ns(),
+            errors: h.errors(),
+        }
+    }
+}
+
+/// Why a probe is not running, as an agent reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadFailure {
+    pub kind: v1::load_error::Kind,
+    /// One line: the message, and where the verifier gave up.
+    pub message: String,
+}
+
+/// Exact good/total counts of one SLO threshold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThresholdSample {
+    pub slo: String,
+    pub threshold_id: u64,
+    pub good: u64,
+    pub total: u64,
+}
+
+/// One probe of a report, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeSample {
+    pub id: ProbeRef,
+    pub counters: Option<Counters>,
+    pub ring_bytes: u64,
+    pub ring_high_water: u64,
+    pub events_received: u64,
+    pub events_corrupt: u64,
+    pub series: Vec<(String, Sparse)>,
+    pub thresholds: Vec<ThresholdSample>,
+    pub load_errors: Vec<LoadFailure>,
+    pub sample_every: u64,
+}
+
+/// A report, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub boot_id: String,
+    pub seq: u64,
+    pub unix_ms: u64,
+    pub config_version: String,
+    pub probes: Vec<ProbeSample>,
+}
+
+impl TryFrom<v1::Report> for Sample {
+    type Error = ReportError;
+
+    fn try_from(r: v1::Report) -> Result<Self, Self::Error> {
+        if r.probes.len() > MAX_PROBES {
+            return Err(ReportError::TooMany {
+                field: "report.probes",
+                max: MAX_PROBES,
+            });
+        }
+        let probes = r
+            .probes
+            .into_iter()
+            .map(ProbeSample::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            boot_id: name("report.boot_id", r.boot_id)?,
+            seq: r.seq,
+            unix_ms: r.unix_millis,
+            config_version: bounded("report.config_version", r.config_version)?,
+            probes,
+        })
+    }
+}
+
+impl TryFrom<v1::ProbeReport> for ProbeSample {
+    type Error = ReportError;
+
+    fn try_from(p: v1::ProbeReport) -> Result<Self, Self::Error> {
+        let id = p.id.ok_or(ReportError::Missing { field: "probe.id" })?;
+        let id = ProbeRef {
+            namespace: name("probe.id.namespace", id.namespace)?,
+            probeset: name("probe.id.probeset", id.probeset)?,
+            probe: name("probe.id.probe", id.probe)?,
+        };
+        for (field, len, max) in [
+            ("probe.histograms", p.histograms.len(), MAX_SERIES),
+            ("probe.thresholds", p.thresholds.len(), MAX_THRESHOLDS),
+            ("probe.load_errors", p.load_errors.len(), MAX_LOAD_ERRORS),
+        ] {
+            if len > max {
+                return Err(ReportError::TooMany { field, max });
+            }
+        }
+        let series = p
+            .histograms
+            .into_iter()
+            .map(|s| {
+                let series = name("histogram.series", s.series)?;
+                let h = s.histogram.unwrap_or_default();
+                let sparse = Sparse::from_proto(&series, &h)?;
+                Ok((series, sparse))
+            })
+            .collect::<Result<_, ReportError>>()?;
+        let thresholds = p
+            .thresholds
+            .into_iter()
+            .map(|t| {
+                Ok(ThresholdSample {
+                    slo: name("threshold.slo", t.slo)?,
+                    threshold_id: t.threshold_id,
+                    good: t.good,
+                    total: t.total,
+                })
+            })
+            .collect::<Result<_, ReportError>>()?;
+        let load_errors = p
+            .load_errors
+            .into_iter()
+            .map(|e| LoadFailure {
+                kind: e.kind(),
+                message: one_line(&e.message, &e.verifier_log),
+            })
+            .collect();
+        Ok(Self {
+            id,
+            counters: p.counters.map(|c| Counters {
+                observed: c.observed,
+                aggregated: c.aggregated,
+                sampled_out: c.sampled_out,
+                pairing_dropped: c.pairing_dropped,
+                exported: c.exported,
+                delivered: c.delivered,
+                ringbuf_dropped: c.ringbuf_dropped,
+                start_map_full: c.start_map_full,
+                series_folded: c.series_folded,
+            }),
+            ring_bytes: p.ring_bytes,
+            ring_high_water: p.ring_high_water_bytes,
+            events_received: p.events_received,
+            events_corrupt: p.events_corrupt,
+            series,
+            thresholds,
+            load_errors,
+            sample_every: p.sample_every,
+        })
+    }
+}
+
+/// The message's first line and the verifier log's last, bounded.
+fn one_line(message: &str, verifier_log: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim();
+    let last = verifier_log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::trim);
+    let line = match last {
+        Some(l) if !first.contains(l) => format!("{first} (verifier: {l})"),
+        _ => first.to_owned(),
+    };
+    truncate(&line, MAX_MESSAGE)
+}
+
+/// `s` cut to at most `max` bytes, with an ellipsis when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Counters of one interval, and its length when known.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Interval {
+    counters: Counters,
+    seconds: Option<f64>,
+}
+
+/// The latest of one probe on one node.
+#[derive(Clone, Debug, Default)]
+struct ProbeNow {
+    counters: Option<Counters>,
+    interval: Option<Interval>,
+    ring_bytes: u64,
+    ring_high_water: u64,
+    /// Cumulative, per series: the baseline of the next increments.
+    series: Vec<(String, Sparse)>,
+    /// The last interval's events, all series together.
+    recent: Sparse,
+    load_errors: Vec<LoadFailure>,
+}
+
+/// The latest of one node.
+#[derive(Clone, Debug)]
+struct NodeState {
+    info: AgentInfo,
+    /// Highest report number ingested of `info.boot_id`; 0 before any.
+    seq: u64,
+    /// The agent's clock at that report.
+    unix_ms: u64,
+    /// The operator's clock at that report, or at the Hello before one.
+    seen: SystemTime,
+    reported: bool,
+    /// Streams open.
+    streams: u32,
+    probes: HashMap<ProbeRef, ProbeNow>,
+}
+
+/// What an SLO watches and promises, as the evaluator needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SloDef {
+    /// `namespace/name`.
+    pub id: String,
+    pub probe: ProbeRef,
+    /// Only these series count toward the observed latency; empty for all.
+    pub series: Vec<String>,
+    pub spec: core_slo::SloSpec,
+    /// The threshold the kernel counts against
+    /// ([`ringwarden_proto::threshold_id`]).
+    pub threshold_id: u64,
+}
+
+/// Latency histograms of an SLO's window, in [`LATENCY_SLOTS`] slots.
+#[derive(Clone, Debug, Default)]
+struct LatencyRing {
+    slot_ms: u64,
+    slots: BTreeMap<u64, Dense>,
+}
+
+impl LatencyRing {
+    fn new(window: Duration) -> Self {
+        Self {
+            slot_ms: (millis_of(window) / LATENCY_SLOTS).max(1),
+            slots: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, now_ms: u64, s: &Sparse) {
+        let slot = now_ms / self.slot_ms;
+        self.slots.retain(|&k, _| k + LATENCY_SLOTS > slot);
+        self.slots.entry(slot).or_default().add(s);
+    }
+
+    fn merged(&self, now_ms: u64) -> Option<Histogram> {
+        let slot = now_ms / self.slot_ms;
+        let mut all = Dense::default();
+        for (_, d) in self.slots.range(slot.saturating_sub(LATENCY_SLOTS - 1)..) {
+            all.merge(d);
+        }
+        (!all.is_empty()).then(|| all.to_histogram())
+    }
+}
+
+struct SloEntry {
+    def: SloDef,
+    evaluator: SloEvaluator,
+    latency: LatencyRing,
+    /// Bumped by every change, so the persister knows what it saved.
+    version: u64,
+}
+
+/// An SLO's state as persisted: the evaluator's snapshot and the latency
+/// slots. Restoring it loses at most what came after it was taken.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Persisted {
+    /// `namespace/name`.
+    pub slo: String,
+    pub evaluator: SloSnapshot,
+    pub latency_slot_ms: u64,
+    /// `(slot, histogram)`, slot = Unix ms / `latency_slot_ms`.
+    pub latency: Vec<(u64, Histogram)>,
+}
+
+/// What became of a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted.
+    Ingested,
+    /// Numbered no higher than one already ingested: nothing counted.
+    Stale,
+    /// From a boot other than the node's latest: only SLO evaluators,
+    /// which keep each boot apart, counted it.
+    OtherBoot,
+    /// No Hello from the node; nothing counted.
+    UnknownNode,
+}
+
+impl Outcome {
+    /// The `outcome` label of `ringwarden_operator_reports_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ingested => "ingested",
+            Self::Stale => "stale",
+            Self::OtherBoot => "other_boot",
+            Self::UnknownNode => "unknown_node",
+        }
+    }
+}
+
+/// What a ProbeSet's figures are computed from.
+#[derive(Clone, Debug)]
+pub struct ProbeSetQuery<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// The probes of the spec.
+    pub probes: &'a [String],
+    /// The nodes its selector matches, sorted.
+    pub desired: &'a [String],
+    pub interval: Duration,
+    pub max_drop_rate: f64,
+    /// Whether nodes are expected to have reported by now (false for a
+    /// while after this replica started serving).
+    pub expect_reports: bool,
+}
+
+/// A node's problem, for status and queries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeProblem {
+    pub node: String,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Problem reasons, in order of precedence.
+pub mod problem {
+    /// A probe failed to load (any cause but missing BTF).
+    pub const LOAD_FAILED: &str = "LoadFailed";
+    /// The kernel has no BTF, so no probe loads.
+    pub const MISSING_BTF: &str = "MissingBTF";
+    /// A probe lost more events than `maxDropRate` allows.
+    pub const DROPPING: &str = "Dropping";
+    /// No report within two report intervals.
+    pub const NOT_REPORTING: &str = "NotReporting";
+    /// Gravest first.
+    pub const ORDER: [&str; 4] = [LOAD_FAILED, MISSING_BTF, DROPPING, NOT_REPORTING];
+}
+
+/// Events and losses of some probes over the last interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Flow {
+    pub events_per_second: f64,
+    pub observed: u64,
+    pub sampled_out: u64,
+    pub pairing_dropped: u64,
+    pub exported: u64,
+    pub ringbuf_dropped: u64,
+}
+
+impl Flow {
+    fn add(&mut self, i: &Interval) {
+        let c = &i.counters;
+        if let Some(s) = i.seconds.filter(|s| *s > 0.0) {
+            self.events_per_second += c.observed as f64 / s;
+        }
+        self.observed = self.observed.saturating_add(c.observed);
+        self.sampled_out = self.sampled_out.saturating_add(c.sampled_out);
+        self.pairing_dropped = self.pairing_dropped.saturating_add(c.pairing_dropped);
+        self.exported = self.exported.saturating_add(c.exported);
+        self.ringbuf_dropped = self.ringbuf_dropped.saturating_add(c.ringbuf_dropped);
+    }
+
+    fn merge(&mut self, o: &Flow) {
+        self.events_per_second += o.events_per_second;
+        self.observed = self.observed.saturating_add(o.observed);
+        self.sampled_out = self.sampled_out.saturating_add(o.sampled_out);
+        self.pairing_dropped = self.pairing_dropped.saturating_add(o.pairing_dropped);
+        self.exported = self.exported.saturating_add(o.exported);
+        self.ringbuf_dropped = self.ringbuf_dropped.saturating_add(o.ringbuf_dropped);
+    }
+
+    /// Exported events the ring buffers dropped.
+    pub fn ringbuf_drop(&self) -> f64 {
+        ratio(self.ringbuf_dropped, self.exported)
+    }
+
+    /// Observed events that could not be timed.
+    pub fn pairing_drop(&self) -> f64 {
+        ratio(self.pairing_dropped, self.observed)
+    }
+
+    /// Observed events sampling left out (deliberately).
+    pub fn sampled_out(&self) -> f64 {
+        ratio(self.sampled_out, self.observed)
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// One probe across the nodes reporting it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeFigures {
+    pub name: String,
+    pub flow: Flow,
+    pub p50_ns: Option<u64>,
+    pub p99_ns: Option<u64>,
+}
+
+/// A ProbeSet across nodes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Figures {
+    pub desired: usize,
+    pub ready: usize,
+    pub reporting: usize,
+    pub flow: Flow,
+    /// Ring-buffer bytes mapped, over reporting nodes.
+    pub ring_bytes: u64,
+    /// Most ring-buffer bytes seen waiting, over reporting nodes.
+    pub ring_in_use: u64,
+    pub p50_ns: Option<u64>,
+    pub p99_ns: Option<u64>,
+    /// The first [`MAX_LISTED_NODES`] nodes with a problem, by name.
+    pub problems: Vec<NodeProblem>,
+    /// All nodes with a problem.
+    pub problem_nodes: usize,
+    /// The gravest problem of any node (see [`problem`] for the order).
+    pub worst: Option<&'static str>,
+    pub probes: Vec<ProbeFigures>,
+}
+
+/// Everything agents reported, and the SLO evaluators.
+#[derive(Default)]
+pub struct Reports {
+    nodes: HashMap<String, NodeState>,
+    slos: BTreeMap<String, SloEntry>,
+    /// SLO ids by the probe they watch.
+    by_probe: HashMap<ProbeRef, Vec<String>>,
+}
+
+impl Reports {
+    /// An agent said hello. A boot id other than the node's last starts the
+    /// node afresh.
+    pub fn hello(&mut self, now: SystemTime, info: AgentInfo) {
+        match self.nodes.get_mut(&info.node) {
+            Some(n) if n.info.boot_id == info.boot_id => {
+                n.streams += 1;
+                n.info = info;
+            }
+            found => {
+                let streams = found.map_or(0, |n| n.streams) + 1;
+                self.nodes.insert(
+                    info.node.clone(),
+                    NodeState {
+                        info,
+                        seq: 0,
+                        unix_ms: 0,
+                        seen: now,
+                        reported: false,
+                        streams,
+                        probes: HashMap::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// A stream of `node` ended.
+    pub fn bye(&mut self, node: &str) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.streams = n.streams.saturating_sub(1);
+        }
+    }
+
+    /// Streams open.
+    pub fn connected(&self) -> usize {
+        self.nodes.values().map(|n| n.streams as usize).sum()
+    }
+
+    /// The configuration version `node` last reported running.
+    pub fn config_version(&self, node: &str) -> Option<&str> {
+        self.nodes.get(node).map(|n| n.info.config_version.as_str())
+    }
+
+    /// Counts a report of `node` at `now`.
+    pub fn ingest(&mut self, now: SystemTime, node: &str, sample: &Sample) -> Outcome {
+        let Some(state) = self.nodes.get_mut(node) else {
+            return Outcome::UnknownNode;
+        };
+        let current = state.info.boot_id == sample.boot_id;
+        if current && sample.seq <= state.seq {
+            return Outcome::Stale;
+        }
+        // Per probe, this interval's series histograms, for SLO latency.
+        let mut increments: HashMap<&ProbeRef, Vec<(&str, Sparse)>> = HashMap::new();
+        if current {
+            let first = state.seq == 0;
+            let seconds = (!first && sample.unix_ms > state.unix_ms)
+                .then(|| (sample.unix_ms - state.unix_ms) as f64 / 1000.0);
+            let mut probes = HashMap::with_capacity(sample.probes.len());
+            for p in &sample.probes {
+                let previous = if first {
+                    None
+                } else {
+                    state.probes.remove(&p.id)
+                };
+                let (interval, series) = increment(previous.as_ref(), p, sample.seq, seconds);
+                let mut recent = Sparse::default();
+                for (_, s) in &series {
+                    recent.merge(s);
+                }
+                // Kept until the next report, on every node: no slack.
+                recent.buckets.shrink_to_fit();
+                if !series.is_empty() {
+                    increments.insert(&p.id, series);
+                }
+                probes.insert(
+                    p.id.clone(),
+                    ProbeNow {
+                        counters: p.counters,
+                        interval,
+                        ring_bytes: p.ring_bytes,
+                        ring_high_water: p.ring_high_water,
+                        series: p.series.clone(),
+                        recent,
+                        load_errors: p.load_errors.clone(),
+                    },
+                );
+            }
+            state.probes = probes;
+            state.seq = sample.seq;
+            state.unix_ms = sample.unix_ms;
+            state.seen = now;
+            state.reported = true;
+            state.info.config_version.clone_from(&sample.config_version);
+        }
+
+        let now_ms = millis(now);
+        for p in &sample.probes {
+            let Some(ids) = self.by_probe.get(&p.id) else {
+                continue;
+            };
+            for id in ids {
+                let Some(entry) = self.slos.get_mut(id) else {
+                    continue;
+                };
+                let exact = p.thresholds.iter().find(|t| t.slo == *id);
+                let report = core_slo::Report {
+                    node: node.to_owned(),
+                    boot_id: sample.boot_id.clone(),
+                    seq: sample.seq,
+                    threshold_id: exact.map_or(NO_THRESHOLD, |t| t.threshold_id),
+                    good: exact.map_or(0, |t| t.good),
+                    total: exact.map_or(0, |t| t.total),
+                    loss: p.counters.unwrap_or_default(),
+                };
+                if entry.evaluator.ingest(now, &report) == core_slo::Ingest::Stale {
+                    continue;
+                }
+                entry.version += 1;
+                for (series, h) in increments.get(&p.id).into_iter().flatten() {
+                    if entry.def.series.is_empty() || entry.def.series.iter().any(|s| s == series) {
+                        entry.latency.add(now_ms, h);
+                    }
+                }
+            }
+        }
+        if current {
+            Outcome::Ingested
+        } else {
+            Outcome::OtherBoot
+        }
+    }
+
+    /// Forgets nodes without a stream that have been silent for
+    /// [`NODE_TTL`].
+    pub fn prune(&mut self, now: SystemTime) {
+        self.nodes.retain(|_, n| {
+            n.streams > 0 || now.duration_since(n.seen).unwrap_or_default() < NODE_TTL
+        });
+    }
+
+    /// Nodes whose last report is more recent than `stale_after`.
+    fn fresh<'a>(
+        &'a self,
+        node: &str,
+        now: SystemTime,
+        stale_after: Duration,
+    ) -> Option<&'a NodeState> {
+        self.nodes
+            .get(node)
+            .filter(|n| n.reported && now.duration_since(n.seen).unwrap_or_default() <= stale_after)
+    }
+
+    /// A ProbeSet's figures at `now`.
+    pub fn figures(&self, now: SystemTime, q: &ProbeSetQuery<'_>) -> Figures {
+        // Two intervals and a little: one late report is not an outage.
+        let stale_after = q.interval * 2 + Duration::from_secs(1);
+        let refs: Vec<ProbeRef> = q
+            .probes
+            .iter()
+            .map(|p| ProbeRef {
+                namespace: q.namespace.to_owned(),
+                probeset: q.name.to_owned(),
+                probe: p.clone(),
+            })
+            .collect();
+        let mut per_probe: Vec<(Flow, Dense)> =
+            vec![(Flow::default(), Dense::default()); refs.len()];
+        let mut f = Figures {
+            desired: q.desired.len(),
+            ..Figures::default()
+        };
+        for node in q.desired {
+            let Some(state) = self.fresh(node, now, stale_after) else {
+                if q.expect_reports {
+                    let message = if self.nodes.get(node).is_some_and(|n| n.reported) {
+                        "no report within two report intervals"
+                    } else if self.nodes.contains_key(node) {
+                        "the agent connected but has not reported"
+                    } else {
+                        "no agent has reported from this node"
+                    };
+                    f.problem(node, problem::NOT_REPORTING, message.into());
+                }
+                continue;
+            };
+            f.reporting += 1;
+            let mut ready = true;
+            let mut node_problem: Option<(&'static str, String)> = None;
+            for (i, r) in refs.iter().enumerate() {
+                let Some(p) = state.probes.get(r) else {
+                    ready = false;
+                    continue;
+                };
+                if let Some(e) = p.load_errors.first() {
+                    ready = false;
+                    let reason = if e.kind == v1::load_error::Kind::MissingBtf {
+                        problem::MISSING_BTF
+                    } else {
+                        problem::LOAD_FAILED
+                    };
+                    if node_problem.is_none() {
+                        node_problem = Some((reason, format!("probe {}: {}", r.probe, e.message)));
+                    }
+                    continue;
+                }
+                if p.counters.is_none() {
+                    ready = false;
+                }
+                f.ring_bytes = f.ring_bytes.saturating_add(p.ring_bytes);
+                f.ring_in_use = f.ring_in_use.saturating_add(p.ring_high_water);
+                if let Some(interval) = &p.interval {
+                    let (flow, dense) = &mut per_probe[i];
+                    flow.add(interval);
+                    dense.add(&p.recent);
+                    let mut mine = Flow::default();
+                    mine.add(interval);
+                    if node_problem.is_none()
+                        && (mine.ringbuf_drop() > q.max_drop_rate
+                            || mine.pairing_drop() > q.max_drop_rate)
+                    {
+                        let path = if mine.ringbuf_drop() > q.max_drop_rate {
+                            "the ring buffer dropped"
+                        } else {
+                            "the start map lost"
+                        };
+                        node_problem = Some((
+                            problem::DROPPING,
+                            format!(
+                                "probe {}: {path} more events than maxDropRate allows",
+                                r.probe
+                            ),
+                        ));
+                    }
+                }
+            }
+            if ready {
+                f.ready += 1;
+            }
+            if let Some((reason, message)) = node_problem {
+                f.problem(node, reason, message);
+            }
+        }
+        let mut all = Dense::default();
+        for (r, (flow, dense)) in refs.iter().zip(&per_probe) {
+            f.flow.merge(flow);
+            all.merge(dense);
+            let (p50_ns, p99_ns) = percentiles(dense);
+            f.probes.push(ProbeFigures {
+                name: r.probe.clone(),
+                flow: *flow,
+                p50_ns,
+                p99_ns,
+            });
+        }
+        (f.p50_ns, f.p99_ns) = percentiles(&all);
+        f
+    }
+
+    /// Makes the evaluators match `defs` (the valid SLOs): new ones start
+    /// empty, changed specs and thresholds are applied, gone ones are
+    /// dropped. Returns the ids dropped.
+    pub fn sync_slos(&mut self, now: SystemTime, defs: Vec<SloDef>) -> Vec<String> {
+        let mut wanted: BTreeMap<String, SloDef> =
+            defs.into_iter().map(|d| (d.id.clone(), d)).collect();
+        let gone: Vec<String> = self
+            .slos
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            self.slos.remove(id);
+        }
+        for (id, def) in std::mem::take(&mut wanted) {
+            match self.slos.get_mut(&id) {
+                Some(entry) => {
+                    if entry.def == def {
+                        continue;
+                    }
+                    if entry.def.spec != def.spec {
+                        if entry.evaluator.set_spec(def.spec.clone(), now).is_err() {
+                            self.slos.remove(&id);
+                            continue;
+                        }
+                        if entry.def.spec.window != def.spec.window {
+                            entry.latency = LatencyRing::new(def.spec.window);
+                        }
+                    }
+                    if entry.evaluator.threshold_id() != def.threshold_id {
+                        entry.evaluator.reset_counting(now, def.threshold_id);
+                        entry.latency = LatencyRing::new(def.spec.window);
+                    }
+                    entry.def = def;
+                    entry.version += 1;
+                }
+                None => {
+                    let Ok(evaluator) = SloEvaluator::new(def.spec.clone(), def.threshold_id)
+                    else {
+                        continue;
+                    };
+                    self.slos.insert(
+                        id,
+                        SloEntry {
+                            latency: LatencyRing::new(def.spec.window),
+                            def,
+                            evaluator,
+                            version: 0,
+                        },
+                    );
+                }
+            }
+        }
+        self.by_probe.clear();
+        for (id, entry) in &self.slos {
+            self.by_probe
+                .entry(entry.def.probe.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        gone
+    }
+
+    /// Continues an SLO from what was persisted. A changed threshold then
+    /// restarts its counting at the next [`Reports::sync_slos`].
+    pub fn restore_slo(&mut self, def: SloDef, persisted: Persisted) -> Result<(), SloError> {
+        let evaluator = SloEvaluator::restore(def.spec.clone(), persisted.evaluator)?;
+        let mut latency = LatencyRing::new(def.spec.window);
+        if latency.slot_ms == persisted.latency_slot_ms {
+            latency.slots = persisted
+                .latency
+                .iter()
+                .map(|(slot, h)| (*slot, Dense::from_histogram(h)))
+                .collect();
+        }
+        let id = def.id.clone();
+        self.by_probe
+            .entry(def.probe.clone())
+            .or_default()
+            .push(id.clone());
+        self.slos.insert(
+            id,
+            SloEntry {
+                def,
+                evaluator,
+                latency,
+                version: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops every SLO evaluator (this replica stopped leading; the next
+    /// leader continues from the persisted state).
+    pub fn clear_slos(&mut self) {
+        self.slos.clear();
+        self.by_probe.clear();
+    }
+
+    /// The ids and change counters of the SLO evaluators.
+    pub fn slo_versions(&self) -> Vec<(String, u64)> {
+        self.slos
+            .iter()
+            .map(|(id, e)| (id.clone(), e.version))
+            .collect()
+    }
+
+    /// What to persist of an SLO.
+    pub fn persisted(&self, id: &str) -> Option<Persisted> {
+        let e = self.slos.get(id)?;
+        Some(Persisted {
+            slo: id.to_owned(),
+            evaluator: e.evaluator.snapshot(),
+            latency_slot_ms: e.latency.slot_ms,
+            latency: e
+                .latency
+                .slots
+                .iter()
+                .map(|(slot, d)| (*slot, d.to_histogram()))
+                .collect(),
+        })
+    }
+
+    /// An SLO's figures at `now`, if it is evaluated.
+    pub fn evaluate(&self, id: &str, now: SystemTime) -> Option<core_slo::SloStatus> {
+        let e = self.slos.get(id)?;
+        let latency = e.latency.merged(millis(now));
+        Some(e.evaluator.evaluate(now, latency.as_ref()))
+    }
+}
+
+impl Figures {
+    fn problem(&mut self, node: &str, reason: &'static str, message: String) {
+        self.problem_nodes += 1;
+        let rank = |r: &str| problem::ORDER.iter().position(|o| *o == r);
+        if self.worst.is_none_or(|w| rank(reason) < rank(w)) {
+            self.worst = Some(reason);
+        }
+        if self.problems.len() < MAX_LISTED_NODES {
+            self.problems.push(NodeProblem {
+                node: node.to_owned(),
+                reason,
+                message,
+            });
+        }
+    }
+}
+
+/// This report's increments over `previous` (the probe's last report in
+/// this boot): counters and, per series, histograms.
+fn increment<'a>(
+    previous: Option<&ProbeNow>,
+    p: &'a ProbeSample,
+    seq: u64,
+    seconds: Option<f64>,
+) -> (Option<Interval>, Vec<(&'a str, Sparse)>) {
+    let Some(counters) = p.counters else {
+        return (None, Vec::new());
+    };
+    let whole = |seconds| {
+        let series = p
+            .series
+            .iter()
+            .map(|(s, h)| (s.as_str(), h.clone()))
+            .collect();
+        (Some(Interval { counters, seconds }), series)
+    };
+    match previous.and_then(|prev| prev.counters.map(|c| (prev, c))) {
+        // Counters that went down belong to a reloaded probe: all it
+        // counted is new.
+        Some((_, before))
+            if counters.observed < before.observed || counters.exported < before.exported =>
+        {
+            whole(seconds)
+        }
+        Some((prev, before)) => {
+            let series = p
+                .series
+                .iter()
+                .map(|(s, h)| {
+                    let earlier = prev.series.iter().find(|(t, _)| t == s).map(|(_, e)| e);
+                    let d = match earlier {
+                        Some(e) => h.delta_since(e),
+                        None => h.clone(),
+                    };
+                    (s.as_str(), d)
+                })
+                .filter(|(_, d)| !d.buckets.is_empty())
+                .collect();
+            (
+                Some(Interval {
+                    counters: counters.delta_since(&before),
+                    seconds,
+                }),
+                series,
+            )
+        }
+        // A boot's first report counts from zero; any other first sight
+        // is only a baseline.
+        None if seq == 1 => whole(None),
+        None => (None, Vec::new()),
+    }
+}
+
+fn percentiles(d: &Dense) -> (Option<u64>, Option<u64>) {
+    if d.is_empty() {
+        return (None, None);
+    }
+    let h = d.to_histogram();
+    (h.percentile(0.5), h.percentile(0.99))
+}
+
+/// Unix milliseconds.
+pub fn millis(t: SystemTime) -> u64 {
+    millis_of(t.duration_since(UNIX_EPOCH).unwrap_or_default())
+}
+
+fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sparse(buckets: &[(u16, u64)]) -> Sparse {
+        Sparse {
+            buckets: buckets.to_vec(),
+            ..Sparse::default()
+        }
+    }
+
+    #[test]
+    fn sparse_histograms_subtract_and_merge_bucket_by_bucket() {
+        let later = sparse(&[(1, 5), (3, 7), (9, 2)]);
+        let earlier = sparse(&[(1, 5), (2, 1), (3, 4)]);
+        assert_eq!(later.delta_since(&earlier).buckets, [(3, 3), (9, 2)]);
+        let mut a = sparse(&[(1, 1), (5, 1)]);
+        a.merge(&sparse(&[(0, 2), (5, 2), (7, 1)]));
+        assert_eq!(a.buckets, [(0, 2), (1, 1), (5, 3), (7, 1)]);
+        assert_eq!(a.count(), 7);
+    }
+
+    #[test]
+    fn malformed_histograms_are_rejected() {
+        let h = |index: Vec<u32>, count: Vec<u64>| v1::Histogram {
+            bucket_index: index,
+            bucket_count: count,
+            ..Default::default()
+        };
+        assert!(Sparse::from_proto("read", &h(vec![1, 2], vec![1])).is_err());
+        assert!(Sparse::from_proto("read", &h(vec![2, 2], vec![1, 1])).is_err());
+        assert!(Sparse::from_proto("read", &h(vec![1024], vec![1])).is_err());
+        let ok = Sparse::from_proto("read", &h(vec![1, 7], vec![0, 3])).unwrap();
+        assert_eq!(ok.buckets, [(7, 3)]);
+    }
+
+    #[test]
+    fn dense_histograms_round_trip_through_the_core_type() {
+        let mut d = Dense::default();
+        d.add(&Sparse {
+            buckets: vec![(100, 3), (200, 1)],
+            sum_ns: 10,
+            max_ns: 9,
+            errors: 1,
+        });
+        let h = d.to_histogram();
+        assert_eq!(
+            (h.count(), h.sum_ns(), h.max_ns(), h.errors()),
+            (4, 10, 9, 1)
+        );
+        assert_eq!(Dense::from_histogram(&h), d);
+    }
+
+    fn node(reports: &mut Reports, agent: &crate::sim::SimAgent) {
+        let Some(v1::agent_message::Message::Hello(h)) = agent.hello().message else {
+            unreachable!()
+        };
+        reports.hello(UNIX_EPOCH, AgentInfo::try_from(h).unwrap());
+    }
+
+    fn figures(reports: &Reports, at: SystemTime) -> Figures {
+        reports.figures(
+            at,
+            &ProbeSetQuery {
+                namespace: "shop",
+                name: "web",
+                probes: &["sys".to_string()],
+                desired: &["n1".to_string()],
+                interval: Duration::from_secs(10),
+                max_drop_rate: 0.01,
+                expect_reports: true,
+            },
+        )
+    }
+
+    fn agent() -> crate::sim::SimAgent {
+        crate::sim::SimAgent::new(
+            "n1",
+            "b1",
+            vec![ProbeRef {
+                namespace: "shop".into(),
+                probeset: "web".into(),
+                probe: "sys".into(),
+            }],
+        )
+    }
+
+    #[test]
+    fn a_first_sight_after_an_operator_restart_is_only_a_baseline() {
+        let mut a = agent();
+        a.probes[0].observe("read", &[1000; 500]);
+        a.seq = 41;
+        let mut r = Reports::default();
+        node(&mut r, &a);
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        let baseline = Sample::try_from(a.report(10_000)).unwrap();
+        assert_eq!(r.ingest(at(10), "n1", &baseline), Outcome::Ingested);
+        let f = figures(&r, at(10));
+        assert_eq!((f.reporting, f.ready, f.flow.observed), (1, 1, 0));
+        a.probes[0].observe("read", &[1000; 20]);
+        let next = Sample::try_from(a.report(20_000)).unwrap();
+        r.ingest(at(20), "n1", &next);
+        let f = figures(&r, at(20));
+        assert_eq!(f.flow.observed, 20);
+        assert_eq!(f.flow.events_per_second, 2.0);
+        assert_eq!(r.ingest(at(21), "n1", &next), Outcome::Stale);
+    }
+
+    #[test]
+    fn a_boots_first_report_counts_in_full_and_a_reloaded_probe_from_zero() {
+        let mut a = agent();
+        a.probes[0].observe("read", &[1000; 30]);
+        let mut r = Reports::default();
+        node(&mut r, &a);
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        r.ingest(at(10), "n1", &Sample::try_from(a.report(10_000)).unwrap());
+        assert_eq!(figures(&r, at(10)).flow.observed, 30);
+        // The probe was reloaded: its counters start again.
+        a.probes[0] = crate::sim::SimProbe::new(a.probes[0].id.clone());
+        a.probes[0].observe("read", &[1000; 7]);
+        r.ingest(at(20), "n1", &Sample::try_from(a.report(20_000)).unwrap());
+        let f = figures(&r, at(20));
+        assert_eq!(f.flow.observed, 7);
+        assert!(f.p50_ns.is_some());
+        // Silent for more than two intervals: not reporting.
+        let f = figures(&r, at(42));
+        assert_eq!((f.reporting, f.problem_nodes), (0, 1));
+        assert_eq!(f.problems[0].reason, problem::NOT_REPORTING);
+    }
+
+    #[test]
+    fn load_errors_become_one_bounded_line() {
+        let line = one_line(
+            "program rw_sys_exit rejected\nmore",
+            "0: r1 = 0\n\ninvalid access\n",
+        );
+        assert_eq!(
+            line,
+            "program rw_sys_exit rejected (verifier: invalid access)"
+        );
+        assert!(one_line(&"x".repeat(5000), "").len() <= MAX_MESSAGE);
+    }
+}

@@ -1,0 +1,372 @@
+//! SLOs as the evaluators see them, and the status each SLO should have.
+//! Pure; the time is passed in. The math is `ringwarden_core::slo`'s; this
+//! only maps its figures onto the status, rounded so that the status changes
+//! (and is written) only when a figure changes meaningfully.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use ringwarden_core::slo as core_slo;
+use ringwarden_crds::{AgentConfig, BurnRate, ProbeSet, Slo, SloState, SloStatus};
+
+use crate::{
+    reports::{ProbeRef, SloDef, truncate},
+    status::round_significant,
+};
+
+/// Condition types.
+pub mod condition {
+    /// The SLO is evaluated from the agents' exact counts.
+    pub const READY: &str = "Ready";
+    /// The spec, or the ProbeSet or probe it names, is wrong.
+    pub const INVALID: &str = "Invalid";
+}
+
+/// Condition reasons.
+pub mod reason {
+    pub const EVALUATED: &str = "Evaluated";
+    pub const VALID_SPEC: &str = "ValidSpec";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const PROBE_NOT_FOUND: &str = "ProbeNotFound";
+    /// The ProbeSet is invalid, so its probes run nowhere.
+    pub const PROBE_NOT_RUNNING: &str = "ProbeNotRunning";
+    /// More SLOs watch the probe than the kernel has threshold slots.
+    pub const NO_THRESHOLD_SLOT: &str = "NoThresholdSlot";
+}
+
+/// Longest condition message.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Why an SLO is not evaluated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+    /// The spec is at fault (the `Invalid` condition turns True).
+    pub invalid: bool,
+}
+
+/// `namespace/name`, as thresholds and evaluators name an SLO.
+pub fn id(slo: &Slo) -> String {
+    format!(
+        "{}/{}",
+        slo.metadata.namespace.as_deref().unwrap_or_default(),
+        slo.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// What the evaluator needs of `slo`, or why it cannot be evaluated.
+/// `config` (the rendered agent configuration, once there is one) tells
+/// whether the kernel counts its threshold.
+pub fn definition(
+    slo: &Slo,
+    probesets: &[Arc<ProbeSet>],
+    config: Option<&AgentConfig>,
+) -> Result<SloDef, Problem> {
+    let errors = slo.spec.validate();
+    if !errors.is_empty() {
+        let listed: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(Problem {
+            reason: reason::INVALID_SPEC,
+            message: listed.join("; "),
+            invalid: true,
+        });
+    }
+    let namespace = slo.metadata.namespace.clone().unwrap_or_default();
+    slo.spec
+        .find_probe(Some(&namespace), probesets.iter().map(|p| &**p))
+        .map_err(|e| Problem {
+            reason: reason::PROBE_NOT_FOUND,
+            message: e.to_string(),
+            invalid: true,
+        })?;
+    let id = id(slo);
+    let threshold = slo.spec.threshold(id.clone()).ok_or_else(|| Problem {
+        reason: reason::INVALID_SPEC,
+        message: "spec.indicator: needs exactly one of latency or errors".into(),
+        invalid: true,
+    })?;
+    let probe = ProbeRef {
+        namespace,
+        probeset: slo.spec.probe_set.clone(),
+        probe: slo.spec.probe.clone(),
+    };
+    if let Some(config) = config {
+        let running = config.probes.iter().find(|p| {
+            p.namespace == probe.namespace
+                && p.probeset == probe.probeset
+                && p.spec.name == probe.probe
+        });
+        match running {
+            None => {
+                return Err(Problem {
+                    reason: reason::PROBE_NOT_RUNNING,
+                    message: format!(
+                        "ProbeSet {} is not running (see its status), so nothing is counted",
+                        probe.probeset
+                    ),
+                    invalid: false,
+                });
+            }
+            Some(p) if !p.thresholds.iter().any(|t| t.slo == id) => {
+                return Err(Problem {
+                    reason: reason::NO_THRESHOLD_SLOT,
+                    message: format!(
+                        "probe {} has more SLOs than the kernel's {} threshold slots, which go to \
+                         the SLOs first by name; this one is not counted",
+                        probe.probe,
+                        ringwarden_crds::agent::MAX_THRESHOLDS
+                    ),
+                    invalid: false,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(SloDef {
+        id,
+        probe,
+        threshold_id: ringwarden_proto::threshold_id(
+            &threshold.slo,
+            threshold.latency_ns,
+            threshold.errors,
+            &threshold.series,
+        ),
+        series: slo.spec.series.clone(),
+        spec: core_slo::SloSpec {
+            target: slo.spec.target,
+            window: slo.spec.window,
+            max_drop_rate: slo.spec.max_drop_rate,
+        },
+    })
+}
+
+/// What the status is computed from.
+#[derive(Clone, Copy, Debug)]
+pub enum Verdict<'a> {
+    Problem(&'a Problem),
+    Evaluated(&'a core_slo::SloStatus),
+}
+
+/// The status `slo` should have. Conditions keep their
+/// `lastTransitionTime` unless their status flips, and figures are rounded,
+/// so an unchanged SLO yields its current status exactly.
+pub fn desired(slo: &Slo, verdict: Verdict<'_>, now: &Time) -> SloStatus {
+    let current = slo.status.as_ref();
+    let generation = slo.metadata.generation;
+    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let last_transition_time = current
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+            .filter(|c| c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: truncate(&message, MAX_MESSAGE_BYTES),
+            observed_generation: generation,
+            last_transition_time,
+        }
+    };
+    let valid = || {
+        cond(
+            condition::INVALID,
+            false,
+            reason::VALID_SPEC,
+            "the spec is valid".into(),
+        )
+    };
+    match verdict {
+        Verdict::Problem(p) => SloStatus {
+            observed_generation: generation,
+            conditions: vec![
+                cond(condition::READY, false, p.reason, p.message.clone()),
+                if p.invalid {
+                    cond(condition::INVALID, true, p.reason, p.message.clone())
+                } else {
+                    valid()
+                },
+            ],
+            ..SloStatus::default()
+        },
+        Verdict::Evaluated(s) => {
+            let burn = |b: &core_slo::Burn| b.long_rate.map(|r| round_significant(r, 2));
+            let burn_rate = match (burn(&s.fast_burn), burn(&s.slow_burn)) {
+                (None, None) => None,
+                (fast, slow) => Some(BurnRate {
+                    fast: fast.unwrap_or(0.0),
+                    slow: slow.unwrap_or(0.0),
+                }),
+            };
+            SloStatus {
+                observed_generation: generation,
+                conditions: vec![
+                    cond(
+                        condition::READY,
+                        true,
+                        reason::EVALUATED,
+                        "evaluated from the exact counts the agents' kernels keep".into(),
+                    ),
+                    valid(),
+                ],
+                sli: s
+                    .sli
+                    .map(|x| round_decimals(x * 100.0, sli_decimals(slo.spec.target))),
+                observed_latency: s.observed_latency_ns.map(Duration::from_nanos),
+                budget_remaining: s
+                    .error_budget_remaining
+                    .map(|b| round_decimals(b * 100.0, 0)),
+                burn_rate,
+                state: Some(state(s.state)),
+                counting_since: s.counting_since.map(|t| {
+                    let secs = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs();
+                    Time(
+                        Timestamp::from_second(i64::try_from(secs).unwrap_or(0))
+                            .unwrap_or(Timestamp::UNIX_EPOCH),
+                    )
+                }),
+                drop_rate: s.drop_rate.map(|d| round_significant(d, 2)),
+            }
+        }
+    }
+}
+
+fn state(s: core_slo::SloState) -> SloState {
+    match s {
+        core_slo::SloState::Met => SloState::Met,
+        core_slo::SloState::AtRisk => SloState::AtRisk,
+        core_slo::SloState::Breached => SloState::Breached,
+        core_slo::SloState::Unreliable => SloState::Unreliable,
+        core_slo::SloState::NoData => SloState::NoData,
+    }
+}
+
+/// Decimal places of the SLI (in percent) that show a change of 1 % of
+/// the error budget: 2 for a 99 target, 3 for 99.9. Finer changes are
+/// noise to a reader and would only cause writes.
+fn sli_decimals(target: f64) -> i32 {
+    let budget = (100.0 - target).max(1e-9);
+    // The epsilon keeps 99.9 (a budget of 0.0999…) at 3.
+    (2.0 - budget.log10() - 1e-9).ceil().clamp(0.0, 9.0) as i32
+}
+
+/// `x` to `places` decimal places.
+fn round_decimals(x: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (x * scale).round() / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use ringwarden_core::slo::{Report, SloEvaluator};
+
+    use super::*;
+
+    fn slo(spec: &str) -> Slo {
+        let mut slo = Slo::new("fast", serde_yaml_ng::from_str(spec).unwrap());
+        slo.metadata.namespace = Some("shop".into());
+        slo.metadata.generation = Some(2);
+        slo
+    }
+
+    fn probeset() -> Arc<ProbeSet> {
+        let mut ps = ProbeSet::new(
+            "web",
+            serde_yaml_ng::from_str("probes: [{name: sys, kind: syscalls}]").unwrap(),
+        );
+        ps.metadata.namespace = Some("shop".into());
+        Arc::new(ps)
+    }
+
+    const SPEC: &str =
+        "{probeSet: web, probe: sys, indicator: {latency: {threshold: 5ms}}, target: 99}";
+
+    fn at(s: i64) -> Time {
+        Time(Timestamp::from_second(s).unwrap())
+    }
+
+    #[test]
+    fn a_valid_slo_on_a_running_probe_is_evaluated_with_its_threshold_id() {
+        let def = definition(&slo(SPEC), &[probeset()], None).unwrap();
+        assert_eq!(def.id, "shop/fast");
+        assert_eq!(
+            def.threshold_id,
+            ringwarden_proto::threshold_id("shop/fast", Some(5_000_000), false, &[])
+        );
+        assert_eq!(def.spec.target, 99.0);
+    }
+
+    #[test]
+    fn slos_that_cannot_be_evaluated_say_why() {
+        let p = definition(&slo(SPEC), &[], None).unwrap_err();
+        assert_eq!((p.reason, p.invalid), (reason::PROBE_NOT_FOUND, true));
+        let p = definition(
+            &slo("{probeSet: web, probe: sys, indicator: {}, target: 99}"),
+            &[probeset()],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(p.reason, reason::INVALID_SPEC);
+        let p = definition(&slo(SPEC), &[probeset()], Some(&AgentConfig::default())).unwrap_err();
+        assert_eq!((p.reason, p.invalid), (reason::PROBE_NOT_RUNNING, false));
+
+        let s = desired(&slo(SPEC), Verdict::Problem(&p), &at(10));
+        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.conditions[1].reason, reason::VALID_SPEC);
+        assert_eq!((s.sli, s.state), (None, None));
+    }
+
+    #[test]
+    fn the_sli_shows_changes_of_one_percent_of_the_budget() {
+        assert_eq!(sli_decimals(99.0), 2);
+        assert_eq!(sli_decimals(99.9), 3);
+        assert_eq!(sli_decimals(99.99), 4);
+        assert_eq!(sli_decimals(95.0), 2);
+        assert_eq!(sli_decimals(50.0), 1);
+    }
+
+    #[test]
+    fn figures_are_rounded_and_an_unchanged_slo_keeps_its_status() {
+        let mut e = SloEvaluator::new(
+            core_slo::SloSpec {
+                target: 99.0,
+                window: Duration::from_secs(86_400),
+                max_drop_rate: 0.01,
+            },
+            7,
+        )
+        .unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        e.ingest(
+            now,
+            &Report {
+                node: "n1".into(),
+                boot_id: "b".into(),
+                seq: 1,
+                threshold_id: 7,
+                good: 29_997,
+                total: 30_000,
+                loss: Default::default(),
+            },
+        );
+        let figures = e.evaluate(now, None);
+        let mut slo = slo(SPEC);
+        let first = desired(&slo, Verdict::Evaluated(&figures), &at(10));
+        assert_eq!(first.sli, Some(99.99));
+        assert_eq!(first.budget_remaining, Some(99.0));
+        assert_eq!(first.state, Some(SloState::Met));
+        assert_eq!(first.counting_since, Some(at(1_000_000)));
+        slo.status = Some(first.clone());
+        let later = e.evaluate(now + Duration::from_secs(5), None);
+        assert_eq!(desired(&slo, Verdict::Evaluated(&later), &at(20)), first);
+    }
+}
