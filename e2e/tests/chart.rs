@@ -549,7 +549,7 @@ type Grant = (&'static str, String, String, String, String);
 ///   DaemonSet in its own namespace;
 /// - lease.rs: `get_opt`, `create` and `replace` (update) of the Lease; a
 ///   create carries its name only in the body, so RBAC cannot narrow it.
-fn expected_grants(ds: &str, lease: Option<&str>) -> BTreeSet<Grant> {
+fn expected_grants(ds: &str, owner: Option<&str>, lease: Option<&str>) -> BTreeSet<Grant> {
     let mut rows: Vec<(&'static str, &str, &str, &str, &str)> = vec![
         ("ClusterRole", "ringwarden.dev", "probesets", "*", "list"),
         ("ClusterRole", "ringwarden.dev", "probesets", "*", "watch"),
@@ -583,6 +583,10 @@ fn expected_grants(ds: &str, lease: Option<&str>) -> BTreeSet<Grant> {
         ("Role", "apps", "daemonsets", ds, "create"),
         ("Role", "apps", "daemonsets", ds, "patch"),
     ];
+    if let Some(owner) = owner {
+        // wiring.rs: the owner Deployment, read once at start.
+        rows.push(("Role", "apps", "deployments", owner, "get"));
+    }
     if let Some(lease) = lease {
         rows.extend([
             ("Role", "coordination.k8s.io", "leases", lease, "get"),
@@ -657,8 +661,15 @@ fn rbac_grants_the_operator_exactly_the_calls_its_code_makes() {
                 .as_str()
                 .expect("the operator runs as its own ServiceAccount");
         named(&objects, "ServiceAccount", account);
+        let owner = args.owner_deployment.as_deref();
+        assert_eq!(
+            owner,
+            operator_deployment(&objects)["metadata"]["name"].as_str(),
+            "the operator owns the agent objects through its own Deployment"
+        );
         let want = expected_grants(
             &agent.name,
+            owner,
             args.leader_elect.then_some(args.lease_name.as_str()),
         );
         let have = granted(&objects, account);

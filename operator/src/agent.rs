@@ -93,6 +93,7 @@ pub async fn sync(ctx: &Context) -> Result<(), Error> {
             annotation(&current.metadata, CONFIG_HASH_ANNOTATION)
                 == annotation(&desired.metadata, CONFIG_HASH_ANNOTATION)
                 && current.data == desired.data
+                && owners(&current.metadata) == owners(&desired.metadata)
         },
     )
     .await;
@@ -171,6 +172,15 @@ where
         "agent object applied"
     );
     Ok(())
+}
+
+/// Owner UIDs, the part of an owner reference that matters for equality.
+fn owners(meta: &ObjectMeta) -> Vec<&str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .map(|o| o.uid.as_str())
+        .collect()
 }
 
 fn annotation(meta: &ObjectMeta, key: &str) -> String {

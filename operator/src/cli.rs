@@ -66,6 +66,13 @@ pub struct Args {
     )]
     pub lease_name: String,
 
+    /// The operator's own Deployment (in `--namespace`): made the owner of
+    /// the agent DaemonSet and ConfigMap, so deleting the operator (e.g.
+    /// `helm uninstall`) garbage-collects them. Without it they have no
+    /// owner.
+    #[arg(long, env = "RINGWARDEN_OWNER_DEPLOYMENT")]
+    pub owner_deployment: Option<String>,
+
     /// This replica's name in the Lease (default: the host name, which is
     /// the pod name in Kubernetes).
     #[arg(long, env = "RINGWARDEN_POD_NAME")]

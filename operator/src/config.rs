@@ -56,6 +56,11 @@ pub struct AgentSettings {
     /// Port of the agent's `/metrics` and `/healthz`.
     #[serde(default = "default_metrics_port")]
     pub metrics_port: u16,
+    /// Set at start from `--owner-deployment`, not read from the file: the
+    /// operator's own Deployment, made the owner of the agent DaemonSet and
+    /// ConfigMap so that uninstalling the operator removes them.
+    #[serde(skip)]
+    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     /// Where agents reach the operator's agent service, like
     /// `http://ringwarden-operator.ringwarden-system.svc:9440`; by default
     /// the Service `ringwarden-operator` in the operator's namespace.
@@ -76,6 +81,7 @@ impl Default for AgentSettings {
             priority_class_name: None,
             metrics_port: default_metrics_port(),
             operator_address: None,
+            owner: None,
         }
     }
 }

@@ -198,6 +198,7 @@ pub fn config_map(
                 CONFIG_HASH_ANNOTATION.into(),
                 content_hash(text.as_bytes()),
             )])),
+            owner_references: settings.owner.clone().map(|o| vec![o]),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(CONFIG_KEY.into(), text)])),
@@ -325,6 +326,7 @@ pub fn daemon_set(
             name: Some(settings.name.clone()),
             namespace: Some(namespace.into()),
             labels: Some(labels.clone()),
+            owner_references: settings.owner.clone().map(|o| vec![o]),
             ..Default::default()
         },
         spec: Some(DaemonSetSpec {
@@ -545,5 +547,31 @@ mod tests {
             content_hash(b""),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn the_owner_deployment_owns_both_agent_objects() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let settings = AgentSettings {
+            owner: Some(OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: "ringwarden-operator".into(),
+                uid: "0f3c9a2e".into(),
+                controller: Some(false),
+                block_owner_deletion: Some(false),
+            }),
+            ..AgentSettings::default()
+        };
+        let cm = config_map(&AgentConfig::default(), &settings, "ringwarden").unwrap();
+        let ds = daemon_set(&[], &settings, "ringwarden").unwrap();
+        for owners in [cm.metadata.owner_references, ds.metadata.owner_references] {
+            let owners = owners.expect("an owner reference");
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].uid, "0f3c9a2e");
+            assert_eq!(owners[0].controller, Some(false));
+        }
+        let plain = daemon_set(&[], &AgentSettings::default(), "ringwarden").unwrap();
+        assert!(plain.metadata.owner_references.is_none());
     }
 }

@@ -64,6 +64,8 @@ pub enum RunError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("--owner-deployment: {0}; check the name, or grant `get` on it")]
+    Owner(String),
 }
 
 /// The sockets the operator serves on.
@@ -100,11 +102,14 @@ impl Listeners {
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn operate(args: Args) -> Result<(), RunError> {
     args.validate().map_err(RunError::Args)?;
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => OperatorConfig::load(path)?,
         None => OperatorConfig::default(),
     };
     let client = Client::try_default().await.map_err(RunError::Client)?;
+    if let Some(name) = &args.owner_deployment {
+        config.agent.owner = Some(owner_reference(&client, &args.namespace, name).await?);
+    }
     let listeners = Listeners::bind(&args).await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
@@ -427,6 +432,32 @@ fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "ringwarden-operator".into())
+}
+
+/// An owner reference to the operator's Deployment: the agent objects are
+/// garbage-collected with it. Not a controller reference (the Deployment
+/// does not manage them), and no deletion blocking.
+async fn owner_reference(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference, RunError> {
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let d = api
+        .get(name)
+        .await
+        .map_err(|e| RunError::Owner(format!("reading Deployment {namespace}/{name}: {e}")))?;
+    Ok(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: name.into(),
+            uid: d.metadata.uid.unwrap_or_default(),
+            controller: Some(false),
+            block_owner_deletion: Some(false),
+        },
+    )
 }
 
 #[cfg(test)]
