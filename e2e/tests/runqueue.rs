@@ -10,7 +10,7 @@ use std::sync::{
 };
 
 use ringwarden_crds::ProbeKind;
-use ringwarden_e2e::{Child, load_probe, require_bpf_privileges};
+use ringwarden_e2e::{Child, load_probe, pin_to_cpu, require_bpf_privileges};
 use ringwarden_node_agent::probes::ProbeConfig;
 
 /// `(timeslices run, ns waited on a run queue)` of a thread, from the
@@ -20,15 +20,6 @@ fn schedstat(pid: u32) -> (u64, u64) {
         .expect("schedstat (CONFIG_SCHED_INFO)");
     let v: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();
     (v[2], v[1])
-}
-
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 /// A sleeper shares CPU 0 with two busy threads: every wakeup waits for
@@ -54,7 +45,7 @@ fn runqueue_waits_match_the_schedulers_own_statistics() {
         .map(|_| {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                pin_to(0);
+                pin_to_cpu(0);
                 while !stop.load(Ordering::Relaxed) {
                     std::hint::spin_loop();
                 }

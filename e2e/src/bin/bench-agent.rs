@@ -12,15 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ringwarden_e2e::{LoadReport, require_bpf_privileges};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
-}
+use ringwarden_e2e::{LoadReport, arg, require_bpf_privileges};
 
 /// CPU seconds (user + system) a process has used.
 fn cpu_seconds(pid: u32) -> f64 {

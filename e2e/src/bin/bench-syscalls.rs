@@ -21,16 +21,8 @@ use std::{
 
 use ringwarden_core::planner::{self, EVENT_BYTES, PlanInput, ProbeDemand};
 use ringwarden_crds::ProbeKind;
-use ringwarden_e2e::{LoadReport, load_probe, require_bpf_privileges};
+use ringwarden_e2e::{LoadReport, arg, clock_ns, load_probe, pin_to_cpu, require_bpf_privileges};
 use ringwarden_node_agent::probes::{Export, Probe, ProbeConfig, page_size};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
-}
 
 /// One run of the load; returns ns of thread CPU per getppid.
 fn run_load(calls: u64) -> f64 {
@@ -69,7 +61,7 @@ fn drain_in_background(
     let s = stop.clone();
     let handle = std::thread::spawn(move || {
         // The consumer runs on the other CPU, like the reference loader.
-        pin_to(1);
+        pin_to_cpu(1);
         let mut n = 0;
         loop {
             let done = s.load(Ordering::Relaxed);
@@ -83,15 +75,6 @@ fn drain_in_background(
         }
     });
     (stop, handle)
-}
-
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 fn row(name: &str, (m, lo, hi): (f64, f64, f64)) {
@@ -180,9 +163,9 @@ fn consumer_bench(calls: u64) {
     let mut probe = load_probe(&config);
     run_load(calls);
     let mut h = ringwarden_core::histogram::Histogram::new();
-    let cpu0 = thread_cpu_ns();
+    let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
     let n = probe.drain(|ev| h.record(ev.latency_ns));
-    let ring_ns = (thread_cpu_ns() - cpu0) as f64 / n as f64;
+    let ring_ns = (clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu0) as f64 / n as f64;
     assert_eq!(probe.snapshot().unwrap().counters.ringbuf_dropped, 0);
 
     let ev = ringwarden_ebpf_common::Event {
@@ -194,26 +177,16 @@ fn consumer_bench(calls: u64) {
     let bytes: [u8; size_of::<ringwarden_ebpf_common::Event>()] =
         unsafe { std::mem::transmute_copy(&ev) };
     let mut h2 = ringwarden_core::histogram::Histogram::new();
-    let cpu0 = thread_cpu_ns();
+    let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
     for _ in 0..n {
         let e = ringwarden_ebpf_common::event::decode(std::hint::black_box(&bytes)).unwrap();
         h2.record(e.latency_ns);
     }
-    let mem_ns = (thread_cpu_ns() - cpu0) as f64 / n as f64;
+    let mem_ns = (clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu0) as f64 / n as f64;
     println!(
         "consumer, {n} records: ring read + decode + histogram {ring_ns:.1} ns/record \
          ({:.1} M records/s); decode + histogram alone {mem_ns:.1} ns/record ({:.1} M records/s)",
         1e3 / ring_ns,
         1e3 / mem_ns
     );
-}
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -12,49 +12,22 @@
 
 use std::io::{BufRead, Write};
 
-use ringwarden_e2e::LoadReport;
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use ringwarden_e2e::{LoadReport, arg, clock_ns, pin_to_cpu};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let getppid = arg(&args, "--getppid", 0);
-    let sleeps = arg(&args, "--nanosleep", 0);
-    let sleep_ns = arg(&args, "--nanosleep-ns", 2_000_000);
-    let forks = arg(&args, "--forks", 0);
-    let fails = arg(&args, "--fail", 0);
+    let getppid = arg("--getppid", 0);
+    let sleeps = arg("--nanosleep", 0);
+    let sleep_ns = arg("--nanosleep-ns", 2_000_000);
+    let forks = arg("--forks", 0);
+    let fails = arg("--fail", 0);
     // Paced mode: this many getppid per second for `--seconds`.
-    let rate = arg(&args, "--rate", 0);
-    let seconds = arg(&args, "--seconds", 0);
+    let rate = arg("--rate", 0);
+    let seconds = arg("--seconds", 0);
     // Every other sleep lasts this long instead, for threshold tests.
-    let alt_ns = arg(&args, "--nanosleep-alt-ns", sleep_ns);
+    let alt_ns = arg("--nanosleep-alt-ns", sleep_ns);
     if let Some(i) = args.iter().position(|a| a == "--cpu") {
-        let cpu: usize = args[i + 1].parse().expect("--cpu takes a CPU number");
-        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        }
+        pin_to_cpu(args[i + 1].parse().expect("--cpu takes a CPU number"));
     }
     if let Some(i) = args.iter().position(|a| a == "--name") {
         let name = std::ffi::CString::new(args[i + 1].as_str()).expect("name without NUL");

@@ -6,39 +6,22 @@
 
 use std::io::{BufRead, Write};
 
-use ringwarden_e2e::CallReport;
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use ringwarden_e2e::{CallReport, arg, clock_ns};
 
 /// The function the probe times. Exported unmangled and never inlined so
 /// the symbol exists and is called.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rw_uprobe_target(spin_ns: u64) -> u64 {
-    let end = now_ns() + spin_ns;
+    let end = clock_ns(libc::CLOCK_MONOTONIC) + spin_ns;
     let mut spins = 0;
-    while now_ns() < end {
+    while clock_ns(libc::CLOCK_MONOTONIC) < end {
         spins += 1;
     }
     std::hint::black_box(spins)
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: u64| -> u64 {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map_or(default, |v| v.parse().expect("a number"))
-    };
     let calls = arg("--calls", 100);
     let ns = arg("--ns", 100_000);
     let stdout = std::io::stdout();
@@ -47,9 +30,9 @@ fn main() {
     std::io::stdin().lock().read_line(&mut line).unwrap();
     let mut durations_ns = Vec::with_capacity(calls as usize);
     for _ in 0..calls {
-        let t0 = now_ns();
+        let t0 = clock_ns(libc::CLOCK_MONOTONIC);
         std::hint::black_box(rw_uprobe_target(std::hint::black_box(ns)));
-        durations_ns.push(now_ns() - t0);
+        durations_ns.push(clock_ns(libc::CLOCK_MONOTONIC) - t0);
     }
     let report = CallReport {
         pid: std::process::id(),
