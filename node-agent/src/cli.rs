@@ -68,6 +68,27 @@ pub struct NodeArgs {
     /// How often to re-read the configuration, node labels and pods.
     #[arg(long, default_value = "5s", value_parser = parse_duration, env = "RINGWARDEN_RELOAD_INTERVAL")]
     pub reload_interval: Duration,
+
+    /// The operator's agent service, like
+    /// `http://ringwarden-operator.ringwarden-system.svc:9440`: report there
+    /// and run the configuration it pushes. Unset: the file alone.
+    #[arg(long, env = "RINGWARDEN_OPERATOR_ADDR", value_parser = parse_operator_addr)]
+    pub operator_addr: Option<String>,
+
+    /// The projected service-account token sent to the operator (audience
+    /// `ringwarden`); read again on every connect, as the kubelet rotates it.
+    #[arg(long, env = "RINGWARDEN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+fn parse_operator_addr(s: &str) -> Result<String, String> {
+    if s.starts_with("http://") || s.starts_with("https://") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a URL; write it like http://ringwarden-operator.ringwarden-system.svc:9440"
+        ))
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -11,6 +11,11 @@
 //! that match, found by their UID under the cgroup v2 tree. Both come from
 //! the Kubernetes API with the agent's service account, or from
 //! `--node-labels` and no pod filtering when run outside a cluster.
+//!
+//! With `--operator-addr` it also reports to the operator ([`crate::uplink`])
+//! and runs the configuration the operator pushes on that stream. The file
+//! stays the durable copy: when it changes it is in force again, and an
+//! agent that cannot reach the operator keeps running what it has.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,13 +25,20 @@ use std::{
 };
 
 use ringwarden_crds::{AgentConfig, AgentProbe};
-use tokio::signal::unix::{SignalKind, signal};
+use ringwarden_proto::v1;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    time::Instant,
+};
 
 use crate::{
     cli::{MetricsAddr, NodeArgs},
     metrics::{self, ProbeLabels, SharedSnapshots},
     probes::{Kernel, Probe, ProbeError, cgroup2_mount},
+    report::{LoadFailure, probe_report},
     standalone::probe_config,
+    uplink::{self, Uplink, UplinkMetrics, new_boot_id},
 };
 
 /// Why node mode stopped.
@@ -43,10 +55,9 @@ pub enum NodeError {
     Kernel(#[from] ProbeError),
 }
 
-/// Reads the agent configuration file (YAML or JSON).
-pub fn read_config(path: &Path) -> Result<AgentConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+/// Parses an agent configuration (YAML, of which JSON is a subset).
+pub fn parse_config(bytes: &[u8]) -> Result<AgentConfig, String> {
+    serde_yaml_ng::from_slice(bytes).map_err(|e| e.to_string())
 }
 
 /// The probes of `config` whose node selector this node's labels satisfy.
@@ -195,6 +206,27 @@ struct Loaded {
     probe: Probe,
 }
 
+/// Where the configuration in force came from.
+struct Source {
+    config: AgentConfig,
+    /// `Config.version` when the operator pushed it; empty for the file.
+    version: String,
+    /// A pushed configuration holds only this node's probes already.
+    pushed: bool,
+}
+
+/// The probes of this node: what should run, what runs, what failed.
+#[derive(Default)]
+struct State {
+    source: Option<Source>,
+    /// The file as last read: a change makes it the configuration again.
+    file: Option<Vec<u8>>,
+    /// The probes this node should run, in id order, loaded or not.
+    desired: Vec<AgentProbe>,
+    loaded: HashMap<String, Loaded>,
+    failed: HashMap<String, LoadFailure>,
+}
+
 /// Runs node mode until SIGINT or SIGTERM.
 pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
     crate::probes::check_privileges()?;
@@ -212,10 +244,26 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
         };
     let node = args.node_name.clone();
     let shared: SharedSnapshots = Arc::new(Mutex::new(Vec::new()));
+    let registry = metrics::registry(shared.clone());
+    // A new boot id per start: the kernel counters start from zero.
+    let boot_id = new_boot_id();
+    let (uplink, mut pushed) = match &args.operator_addr {
+        None => (None, None),
+        Some(address) => {
+            let m = UplinkMetrics::new(&registry).expect("uplink metrics register once");
+            let settings = uplink::Settings {
+                address: address.clone(),
+                token_file: args.token_file.clone(),
+            };
+            tracing::info!(operator = %address, %boot_id, "reporting to the operator");
+            let (u, configs) = Uplink::spawn(settings, uplink::hello(&node, &boot_id), m);
+            (Some(u), Some(configs))
+        }
+    };
     let _server = match args.metrics_addr {
         MetricsAddr::Off => None,
         MetricsAddr::On(addr) => {
-            let (local, task) = metrics::serve(addr, metrics::registry(shared.clone()))
+            let (local, task) = metrics::serve(addr, registry)
                 .await
                 .map_err(|source| NodeError::Metrics { addr, source })?;
             tracing::info!(%local, "serving /metrics");
@@ -224,91 +272,207 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
     };
     let mut sigint = signal(SignalKind::interrupt()).map_err(NodeError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(NodeError::Signals)?;
-    let mut loaded: HashMap<String, Loaded> = HashMap::new();
-    let mut failed: HashMap<String, String> = HashMap::new();
+    let mut state = State::default();
     let mut reload = tokio::time::interval(args.reload_interval);
     let mut drain = tokio::time::interval(Duration::from_millis(50));
-    let mut report = tokio::time::interval(args.interval);
+    let mut publish_tick = tokio::time::interval(args.interval);
+    let mut seq: u64 = 0;
+    let mut next_report = Instant::now() + state.report_interval(args.interval);
     loop {
         tokio::select! {
             // Every pass, not only when the file changes: pods come and go,
             // and node labels change.
-            _ = reload.tick() => apply(&args.config, &facts, &node, &mut loaded, &mut failed).await,
+            _ = reload.tick() => {
+                state.read_file(&args.config);
+                state.apply(&facts, &node).await;
+            }
+            Some(config) = next_config(&mut pushed) => {
+                if state.take_pushed(config) {
+                    state.apply(&facts, &node).await;
+                    if let Some(u) = &uplink {
+                        u.running(state.version());
+                    }
+                }
+            }
             _ = drain.tick() => {
-                for l in loaded.values_mut() {
+                for l in state.loaded.values_mut() {
                     l.probe.drain(|_| {});
                 }
             }
-            _ = report.tick() => publish(&loaded, &shared),
+            _ = publish_tick.tick() => publish(&state.loaded, &shared),
+            () = tokio::time::sleep_until(next_report) => {
+                if let Some(u) = &uplink {
+                    seq += 1;
+                    u.send(state.report(&boot_id, seq));
+                }
+                next_report = Instant::now() + state.report_interval(args.interval);
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
-    loaded.clear(); // detaches every program
+    state.loaded.clear(); // detaches every program
     tracing::info!("all probes detached");
     Ok(())
 }
 
-/// Brings the loaded probes in line with the configuration file.
-async fn apply(
-    path: &Path,
-    facts: &Facts,
-    node: &str,
-    loaded: &mut HashMap<String, Loaded>,
-    failed: &mut HashMap<String, String>,
-) {
-    // An unreadable or invalid file keeps what runs: the last good
-    // configuration stays in force.
-    let config = match read_config(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "agent configuration unreadable; keeping the running probes");
+/// The next pushed configuration; never, without an operator.
+async fn next_config(
+    configs: &mut Option<mpsc::UnboundedReceiver<v1::Config>>,
+) -> Option<v1::Config> {
+    match configs {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl State {
+    /// Makes the file the configuration if it changed since last read. An
+    /// unreadable or invalid file keeps what runs.
+    fn read_file(&mut self, path: &Path) {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                if self.source.is_none() {
+                    tracing::warn!(error = %e, path = %path.display(), "agent configuration unreadable; waiting for it");
+                }
+                return;
+            }
+        };
+        if self.file.as_ref() == Some(&bytes) {
             return;
         }
-    };
-    let labels = match facts.labels(node).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, "node labels unavailable; keeping the running probes");
-            return;
-        }
-    };
-    let wanted = probes_for_node(&config, &labels);
-    let mut desired: HashMap<String, (&AgentProbe, Option<Vec<u64>>)> = HashMap::new();
-    for p in wanted {
-        match facts.pod_cgroups(node, p).await {
-            Ok(c) => {
-                desired.insert(p.id(), (p, c));
+        match parse_config(&bytes) {
+            Ok(config) => {
+                self.source = Some(Source {
+                    config,
+                    version: String::new(),
+                    pushed: false,
+                });
             }
             Err(e) => {
-                failed.insert(p.id(), e);
+                tracing::warn!(error = %e, path = %path.display(), "agent configuration invalid; keeping the running probes")
+            }
+        }
+        self.file = Some(bytes);
+    }
+
+    /// Makes a pushed configuration the one in force; false if it is the
+    /// one in force already or does not parse.
+    fn take_pushed(&mut self, c: v1::Config) -> bool {
+        if self.source.as_ref().is_some_and(|s| s.version == c.version) {
+            return false;
+        }
+        match serde_json::from_str::<AgentConfig>(&c.agent_config_json) {
+            Ok(config) => {
+                self.source = Some(Source {
+                    config,
+                    version: c.version,
+                    pushed: true,
+                });
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, version = %c.version, "pushed configuration does not parse; keeping the running probes");
+                false
             }
         }
     }
-    loaded.retain(|id, l| {
-        let keep = desired
-            .get(id)
-            .is_some_and(|(p, c)| **p == l.config && *c == l.cgroups);
-        if !keep {
-            tracing::info!(probe = %id, "probe removed or changed; detaching");
-        }
-        keep
-    });
-    let needs_load = desired.iter().any(|(id, _)| !loaded.contains_key(id));
-    if !needs_load {
-        return;
+
+    fn version(&self) -> &str {
+        self.source.as_ref().map_or("", |s| s.version.as_str())
     }
-    let kernel = match Kernel::open() {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read kernel facts");
+
+    /// The agent reports at the shortest report interval of its probes.
+    fn report_interval(&self, default: Duration) -> Duration {
+        self.desired
+            .iter()
+            .map(|p| p.report_interval)
+            .filter(|d| !d.is_zero())
+            .min()
+            .unwrap_or(default)
+            .max(Duration::from_millis(100))
+    }
+
+    /// Brings the loaded probes in line with the configuration in force.
+    async fn apply(&mut self, facts: &Facts, node: &str) {
+        let Some(source) = &self.source else {
             return;
+        };
+        // Owned: loading below needs `self` mutably.
+        let wanted: Vec<AgentProbe> = if source.pushed {
+            source.config.probes.clone()
+        } else {
+            match facts.labels(node).await {
+                Ok(labels) => probes_for_node(&source.config, &labels)
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "node labels unavailable; keeping the running probes");
+                    return;
+                }
+            }
+        };
+        let mut desired: HashMap<String, (&AgentProbe, Option<Vec<u64>>)> = HashMap::new();
+        let mut failed = HashMap::new();
+        for p in &wanted {
+            match facts.pod_cgroups(node, p).await {
+                Ok(c) => {
+                    desired.insert(p.id(), (p, c));
+                }
+                Err(e) => {
+                    failed.insert(p.id(), LoadFailure::other(&e));
+                }
+            }
         }
-    };
-    for (id, (p, cgroups)) in desired {
-        if loaded.contains_key(&id) {
-            continue;
+        let mut order = wanted.clone();
+        order.sort_by_key(AgentProbe::id);
+        order.dedup_by_key(|p| p.id());
+        self.loaded.retain(|id, l| {
+            let keep = desired
+                .get(id)
+                .is_some_and(|(p, c)| **p == l.config && *c == l.cgroups);
+            if !keep {
+                tracing::info!(probe = %id, "probe removed or changed; detaching");
+            }
+            keep
+        });
+        // Failures of probes still wanted stay until they load.
+        self.failed
+            .retain(|id, _| desired.contains_key(id) && !self.loaded.contains_key(id));
+        self.failed.extend(failed);
+        if desired.keys().any(|id| !self.loaded.contains_key(id)) {
+            match Kernel::open() {
+                Ok(kernel) => {
+                    for (id, (p, cgroups)) in desired {
+                        if !self.loaded.contains_key(&id) {
+                            self.load(&kernel, node, id, p, cgroups);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read kernel facts");
+                    let failure = LoadFailure::from_error(&e);
+                    for id in desired.into_keys() {
+                        if !self.loaded.contains_key(&id) {
+                            self.failed.insert(id, failure.clone());
+                        }
+                    }
+                }
+            }
         }
+        self.desired = order;
+    }
+
+    fn load(
+        &mut self,
+        kernel: &Kernel,
+        node: &str,
+        id: String,
+        p: &AgentProbe,
+        cgroups: Option<Vec<u64>>,
+    ) {
         let result = probe_config(p, std::process::id()).and_then(|mut c| {
             if let Some(ids) = &cgroups {
                 if ids.is_empty() {
@@ -318,13 +482,13 @@ async fn apply(
                 }
                 c.cgroup_ids.extend(ids);
             }
-            Probe::load(&kernel, &c)
+            Probe::load(kernel, &c)
         });
         match result {
             Ok(probe) => {
                 tracing::info!(probe = %id, kind = p.spec.kind.as_str(), "probe attached");
-                failed.remove(&id);
-                loaded.insert(
+                self.failed.remove(&id);
+                self.loaded.insert(
                     id,
                     Loaded {
                         config: p.clone(),
@@ -341,8 +505,41 @@ async fn apply(
             }
             Err(e) => {
                 tracing::error!(probe = %id, error = %e, "probe failed to load; the others keep running");
-                failed.insert(id, e.to_string());
+                self.failed.insert(id, LoadFailure::from_error(&e));
             }
+        }
+    }
+
+    /// Report number `seq`: every probe this node should run, with what it
+    /// counted or why it does not run.
+    fn report(&self, boot_id: &str, seq: u64) -> v1::Report {
+        let probes = self
+            .desired
+            .iter()
+            .filter_map(|p| {
+                let id = p.id();
+                if let Some(l) = self.loaded.get(&id) {
+                    return Some(match l.probe.snapshot() {
+                        Ok(s) => probe_report(p, Ok(&s)),
+                        Err(e) => probe_report(
+                            p,
+                            Err(&LoadFailure::other(&format!(
+                                "reading the probe failed: {e}"
+                            ))),
+                        ),
+                    });
+                }
+                self.failed.get(&id).map(|f| probe_report(p, Err(f)))
+            })
+            .collect();
+        v1::Report {
+            boot_id: boot_id.to_owned(),
+            seq,
+            unix_millis: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            config_version: self.version().to_owned(),
+            probes,
         }
     }
 }

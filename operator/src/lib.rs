@@ -15,7 +15,8 @@
 //!   the [`hub`]; [`publish`] turns it into ProbeSet and SLO status
 //!   ([`status`], [`slo_status`], pure) and persists SLO state (API server);
 //! - [`ctl`] is the `ringwarden` CLI, a client of the query service;
-//!   [`sim`] simulates agents for tests and the ingest benchmark;
+//!   [`sim`] simulates agents for tests and the ingest benchmark, and
+//!   [`loopback`] serves them without a cluster;
 //! - [`wiring`] starts everything; [`metrics`] serves what it counted.
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod error;
 pub mod grpc;
 pub mod hub;
 pub mod lease;
+pub mod loopback;
 pub mod metrics;
 pub mod publish;
 pub mod render;

@@ -5,33 +5,23 @@
 mod common;
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use common::*;
-use prometheus::Registry;
 use ringwarden_operator::{
-    auth::{Authenticator, Review, Reviewer},
-    grpc::{self, AgentApi, StreamSettings},
-    hub::Hub,
-    metrics::Metrics,
-    render,
+    grpc,
+    loopback::LoopbackOperator as Operator,
     reports::{Persisted, ProbeRef},
     sim::{self, SimAgent},
-    slo::SloTarget,
-    world::World,
 };
 use ringwarden_proto::v1::{
     self, AgentMessage, agent_message::Message as FromAgent,
     agent_service_client::AgentServiceClient,
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::{
-    Code, Request,
-    transport::{Channel, Endpoint},
-};
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::{Code, Request, transport::Endpoint};
 
 const WEB: &str = "
 nodeSelector: {pool: web}
@@ -42,159 +32,6 @@ const FAST: &str =
     "{probeSet: web, probe: sys, indicator: {latency: {threshold: 5ms}}, target: 99}";
 const NODES: &[&[(&str, &str)]] = &[&[("pool", "web")], &[("pool", "web")], &[("pool", "web")]];
 const MS: u64 = 1_000_000;
-
-/// Tokens `agent:<node>` belong to the agent ServiceAccount, bound to a pod
-/// on `<node>`; `other` to another ServiceAccount; the rest are forged.
-struct FakeReview;
-
-impl Reviewer for FakeReview {
-    async fn review(&self, token: &str, audience: &str) -> Result<Review, String> {
-        let (user, node) = match token.split_once(':') {
-            Some(("agent", node)) => (
-                "system:serviceaccount:ringwarden-system:ringwarden-agent",
-                Some(node.to_owned()),
-            ),
-            _ if token == "other" => ("system:serviceaccount:shop:web", None),
-            _ => {
-                return Ok(Review {
-                    error: Some("invalid bearer token".into()),
-                    ..Review::default()
-                });
-            }
-        };
-        Ok(Review {
-            authenticated: true,
-            username: user.into(),
-            audiences: vec![audience.into()],
-            node,
-            error: None,
-        })
-    }
-}
-
-/// An operator's agent side on a loopback port.
-struct Operator {
-    hub: Arc<Hub>,
-    registry: Registry,
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
-}
-
-impl Operator {
-    /// Serves `cluster`; `restore` is what a previous operator persisted.
-    async fn start(cluster: &Cluster, restore: Option<Persisted>) -> Self {
-        let registry = Registry::new();
-        let metrics = Metrics::new(&registry).unwrap();
-        let hub = Arc::new(Hub::new(cluster.stores.clone(), metrics.ingest));
-        let world = World {
-            probesets: cluster.stores.probesets.state(),
-            nodes: cluster
-                .stores
-                .nodes
-                .state()
-                .iter()
-                .map(|n| n.metadata.labels.clone().unwrap_or_default())
-                .collect(),
-            slos: cluster
-                .stores
-                .slos
-                .state()
-                .iter()
-                .filter_map(|s| SloTarget::from_slo(s))
-                .collect(),
-        };
-        hub.set_config(&render::agent_config(&world.assess_all(), &world.nodes));
-        let now = SystemTime::now();
-        if let Some(p) = restore {
-            let (defs, _) = hub.slo_defs();
-            let def = defs.into_iter().find(|d| d.id == p.slo).unwrap();
-            hub.reports().restore_slo(def, p).unwrap();
-        }
-        hub.sync_slos(now);
-        hub.start_serving(now);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let auth = Authenticator::new(FakeReview, "ringwarden", NAMESPACE, "ringwarden-agent");
-        let api = AgentApi::new(Arc::clone(&hub), auth, StreamSettings::default());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(grpc::serve_agents(listener, api, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            hub,
-            registry,
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    /// Connects `agent` with its node's token and takes its configuration.
-    async fn connect(&self, agent: &mut SimAgent) -> sim::Connection {
-        let token = format!("agent:{}", agent.node);
-        let mut c = sim::connect(self.channel().await, Some(&token), agent.hello())
-            .await
-            .unwrap();
-        if agent.config_version.is_empty() {
-            c.until_config(agent).await.unwrap();
-        }
-        c
-    }
-
-    /// (good, total) the SLO counted.
-    fn counted(&self) -> (u64, u64) {
-        let s = self
-            .hub
-            .reports()
-            .evaluate("shop/fast", SystemTime::now())
-            .unwrap();
-        (s.counts.good, s.counts.total)
-    }
-
-    fn metric(&self, name: &str, label: &str) -> f64 {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric())
-            .filter(|m| m.get_label().iter().any(|l| l.value() == label) || label.is_empty())
-            // One of the two is set, the other reads 0.
-            .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
-            .sum()
-    }
-
-    /// `/metrics` as Prometheus reads it.
-    fn text(&self) -> String {
-        let mut out = Vec::new();
-        prometheus::Encoder::encode(
-            &prometheus::TextEncoder::new(),
-            &self.registry.gather(),
-            &mut out,
-        )
-        .unwrap();
-        String::from_utf8(out).unwrap()
-    }
-
-    /// Stops like a replica losing leadership and then its process.
-    async fn stop(mut self) {
-        self.hub.stop_serving();
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(5), self.task.take().unwrap())
-            .await
-            .expect("the server stops once its streams ended")
-            .unwrap()
-            .unwrap();
-    }
-}
 
 fn cluster() -> Cluster {
     Cluster::new(
@@ -236,7 +73,7 @@ impl Expected {
 #[tokio::test]
 async fn unauthenticated_or_forged_streams_are_refused_and_change_nothing() {
     let cluster = cluster();
-    let op = Operator::start(&cluster, None).await;
+    let op = Operator::start(&cluster.stores, None).await;
     let mut agent = SimAgent::new("node-0", "boot-1", vec![sys()]);
     agent.probes[0].observe("read", &[MS; 10]);
     let report = agent.report(unix_ms());
@@ -269,7 +106,7 @@ async fn unauthenticated_or_forged_streams_are_refused_and_change_nothing() {
         };
         assert_eq!(answer.code(), code, "{token:?}: {answer}");
     }
-    assert_eq!(op.counted(), (0, 0));
+    assert_eq!(op.counted("shop/fast"), (0, 0));
     assert_eq!(op.hub.reports().connected(), 0);
     assert_eq!(op.metric("ringwarden_operator_reports_total", ""), 0.0);
     assert_eq!(
@@ -294,7 +131,7 @@ async fn unauthenticated_or_forged_streams_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn a_follower_sends_agents_to_the_leader() {
     let cluster = cluster();
-    let op = Operator::start(&cluster, None).await;
+    let op = Operator::start(&cluster.stores, None).await;
     op.hub.stop_serving();
     let agent = SimAgent::new("node-0", "boot-1", vec![sys()]);
     let e = sim::connect(op.channel().await, Some("agent:node-0"), agent.hello())
@@ -310,7 +147,7 @@ async fn a_follower_sends_agents_to_the_leader() {
 async fn several_agents_are_counted_once_through_repeats_reconnects_restarts_and_an_operator_restart()
  {
     let cluster = cluster();
-    let op = Operator::start(&cluster, None).await;
+    let op = Operator::start(&cluster.stores, None).await;
     let mut expected = Expected::default();
     let mut agents: Vec<SimAgent> = (0..3)
         .map(|i| SimAgent::new(&format!("node-{i}"), &format!("boot-{i}"), vec![sys()]))
@@ -330,7 +167,7 @@ async fn several_agents_are_counted_once_through_repeats_reconnects_restarts_and
         let r = a.report(unix_ms());
         c.report(a, r).await.unwrap();
     }
-    assert_eq!(op.counted(), (expected.good, expected.total));
+    assert_eq!(op.counted("shop/fast"), (expected.good, expected.total));
     let text = op.text();
     for line in [
         "ringwarden_operator_agents_connected 3",
@@ -352,7 +189,7 @@ async fn several_agents_are_counted_once_through_repeats_reconnects_restarts_and
         .report(&mut agents[0], second[0].clone())
         .await
         .unwrap();
-    assert_eq!(op.counted(), (expected.good, expected.total));
+    assert_eq!(op.counted("shop/fast"), (expected.good, expected.total));
     assert_eq!(op.metric("ringwarden_operator_reports_total", "stale"), 1.0);
 
     // node-1 reconnects and retransmits its second report before a third.
@@ -367,7 +204,7 @@ async fn several_agents_are_counted_once_through_repeats_reconnects_restarts_and
     let third = agents[1].report(unix_ms());
     again.report(&mut agents[1], third).await.unwrap();
     streams.insert(1, again);
-    assert_eq!(op.counted(), (expected.good, expected.total));
+    assert_eq!(op.counted("shop/fast"), (expected.good, expected.total));
 
     // node-2's agent restarts: a new boot counts from zero, and is seen.
     let old = streams.remove(2);
@@ -378,7 +215,7 @@ async fn several_agents_are_counted_once_through_repeats_reconnects_restarts_and
     let first = agents[2].report(unix_ms());
     fresh.report(&mut agents[2], first).await.unwrap();
     streams.insert(2, fresh);
-    assert_eq!(op.counted(), (expected.good, expected.total));
+    assert_eq!(op.counted("shop/fast"), (expected.good, expected.total));
 
     let figures = op.hub.probeset_figures(SystemTime::now());
     let f = &figures[0].figures;
@@ -395,7 +232,7 @@ async fn several_agents_are_counted_once_through_repeats_reconnects_restarts_and
     expected.observe(&mut agents[0], 7, 0);
     let late = agents[0].report(unix_ms());
     streams[0].report(&mut agents[0], late).await.unwrap();
-    assert_eq!(op.counted(), (expected.good, expected.total));
+    assert_eq!(op.counted("shop/fast"), (expected.good, expected.total));
     let mut endings = Vec::new();
     for mut s in streams.drain(..) {
         endings.push(tokio::spawn(async move { s.next().await }));
@@ -409,21 +246,21 @@ async fn several_agents_are_counted_once_through_repeats_reconnects_restarts_and
         );
     }
 
-    let op = Operator::start(&cluster, Some(persisted)).await;
+    let op = Operator::start(&cluster.stores, Some(persisted)).await;
     for a in &mut agents {
         let mut c = op.connect(a).await;
         expected.observe(a, 3, 0);
         let r = a.report(unix_ms());
         c.report(a, r).await.unwrap();
     }
-    assert_eq!(op.counted(), (expected.good, expected.total));
+    assert_eq!(op.counted("shop/fast"), (expected.good, expected.total));
     op.stop().await;
 }
 
 #[tokio::test]
 async fn a_report_naming_another_boot_than_the_hello_ends_the_stream() {
     let cluster = cluster();
-    let op = Operator::start(&cluster, None).await;
+    let op = Operator::start(&cluster.stores, None).await;
     let mut agent = SimAgent::new("node-0", "boot-1", vec![sys()]);
     let mut c = op.connect(&mut agent).await;
     let mut report = agent.report(unix_ms());
@@ -446,14 +283,14 @@ async fn a_report_naming_another_boot_than_the_hello_ends_the_stream() {
     let e = c.next().await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("probe.id is missing"), "{e}");
-    assert_eq!(op.counted(), (0, 0));
+    assert_eq!(op.counted("shop/fast"), (0, 0));
     op.stop().await;
 }
 
 #[tokio::test]
 async fn a_probe_that_fails_to_load_degrades_its_node_alone() {
     let cluster = cluster();
-    let op = Operator::start(&cluster, None).await;
+    let op = Operator::start(&cluster.stores, None).await;
     let mut good = SimAgent::new("node-0", "boot-0", vec![sys()]);
     let mut bad = SimAgent::new("node-1", "boot-1", vec![sys()]);
     bad.probes[0].load_error = Some((
@@ -481,7 +318,7 @@ async fn the_query_service_and_the_cli_show_what_agents_reported() {
     use ringwarden_proto::v1::{StatusRequest, query_service_client::QueryServiceClient};
 
     let cluster = cluster();
-    let op = Operator::start(&cluster, None).await;
+    let op = Operator::start(&cluster.stores, None).await;
     let mut streams = Vec::new();
     for i in 0..2 {
         let mut a = SimAgent::new(&format!("node-{i}"), "boot", vec![sys()]);

@@ -5,10 +5,10 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use http::{Method, Request, Response};
-use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::api::core::v1::Node;
 use kube::{
     Client,
-    api::{PartialObjectMeta, PartialObjectMetaExt},
+    api::PartialObjectMeta,
     client::Body,
     runtime::{
         reflector::{self, store::Writer},
@@ -281,28 +281,17 @@ pub struct Cluster {
     pub stores: Stores,
 }
 
-fn filled<K>(writer: &mut Writer<K>, objects: Vec<K>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for o in objects {
-        writer.apply_watcher_event(&watcher::Event::InitApply(o));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-}
-
 impl Cluster {
     pub fn new(probesets: Vec<ProbeSet>, nodes: &[&[(&str, &str)]], slos: Vec<Slo>) -> Self {
         let (ps_store, mut ps_writer) = reflector::store();
         let (node_store, mut node_writer) = reflector::store();
         let (slo_store, mut slo_writer) = reflector::store();
-        filled(&mut ps_writer, probesets);
-        filled(
+        ringwarden_operator::loopback::fill(&mut ps_writer, probesets);
+        ringwarden_operator::loopback::fill(
             &mut node_writer,
             nodes.iter().enumerate().map(|(i, l)| node(i, l)).collect(),
         );
-        filled(&mut slo_writer, slos);
+        ringwarden_operator::loopback::fill(&mut slo_writer, slos);
         Self {
             probesets: ps_writer,
             nodes: node_writer,
@@ -340,17 +329,7 @@ impl Cluster {
 }
 
 fn node(i: usize, labels: &[(&str, &str)]) -> PartialObjectMeta<Node> {
-    ObjectMeta {
-        name: Some(format!("node-{i}")),
-        labels: Some(
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ..Default::default()
-    }
-    .into_response_partial()
+    ringwarden_operator::loopback::node(&format!("node-{i}"), labels)
 }
 
 /// A context over `cluster` and a client of the mocked API server; the
