@@ -396,6 +396,10 @@ pub struct ProbeSetStatus {
     /// The quota planner's decisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanStatus>,
+    /// The cluster that wrote this status (the chart's `clusterName`), so
+    /// statuses gathered from many clusters say where they came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// The quota plan of one ProbeSet on a node.

@@ -211,6 +211,10 @@ pub struct SloStatus {
     /// above `maxDropRate` the state is `Unreliable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_rate: Option<f64>,
+    /// The cluster that wrote this status (the chart's `clusterName`), so
+    /// statuses gathered from many clusters say where they came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// Error-budget burn rates: 1 spends the budget exactly by the end of the

@@ -891,6 +891,18 @@ fn cluster_name_reaches_the_operator_and_labels_every_scrape() {
         assert_eq!(endpoint["honorLabels"], json!(true));
     }
 
+    // The operator takes the names the values schema lets through (it
+    // writes them into every status), and refuses the others.
+    for (name, ok) in [
+        ("prod-eu-1", true),
+        ("eu_west.2", true),
+        ("prod east", false),
+        ("-prod", false),
+    ] {
+        let parsed = Args::try_parse_from(["ringwarden-operator", "--cluster-name", name]);
+        assert_eq!(parsed.is_ok(), ok, "{name}: {parsed:?}");
+    }
+
     let objects = render_objects(
         &None,
         &["clusterName=", "monitoring.podMonitor.enabled=true"],

@@ -78,6 +78,12 @@ pub struct Args {
     #[arg(long, env = "RINGWARDEN_POD_NAME")]
     pub identity: Option<String>,
 
+    /// This cluster's name (the chart's `clusterName`, like `prod-eu-1`):
+    /// written into every ProbeSet and SLO status and every query reply,
+    /// so figures gathered from many clusters say where they came from.
+    #[arg(long, env = "RINGWARDEN_CLUSTER_NAME", value_parser = parse_cluster_name)]
+    pub cluster_name: Option<String>,
+
     /// How long a leader's Lease stays valid without renewal; a standby
     /// takes over after this.
     #[arg(long, default_value = "15s", value_parser = parse_duration, env = "RINGWARDEN_LEASE_DURATION")]
@@ -100,6 +106,22 @@ pub struct Args {
     /// Log filter, e.g. `info` or `ringwarden_operator=debug`.
     #[arg(long, default_value = "info", env = "RINGWARDEN_LOG")]
     pub log: String,
+}
+
+/// The chart's `clusterName` pattern: a label value Prometheus and
+/// Kubernetes both accept.
+fn parse_cluster_name(s: &str) -> Result<String, String> {
+    let ok_inner = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let ends_ok = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if s.is_empty() || (s.len() <= 63 && ends_ok && s.chars().all(ok_inner)) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a cluster name: use at most 63 letters, digits, '-', '_' or '.', \
+             starting and ending with a letter or digit, like prod-eu-1"
+        ))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -189,13 +189,14 @@ pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, E
         return Ok(Action::await_change());
     }
     let assessment = assess(&ps, &ctx.slos());
-    let desired = status::desired(
+    let mut desired = status::desired(
         &ps,
         &assessment,
         ctx.any_node_matches(&ps.spec.node_selector),
         ctx.hub.published(&key(&ps)).as_ref(),
         &now(),
     );
+    desired.cluster = ctx.hub.cluster().map(str::to_owned);
     if ps.status.as_ref() != Some(&desired) {
         write_status(&ps, &desired, &ctx).await?;
         publish(&ps, status::notices(ps.status.as_ref(), &desired), &ctx).await;

@@ -154,6 +154,9 @@ pub fn render(reply: &StatusReply, wide: bool) -> Result<String, String> {
         );
     }
     let mut out = String::new();
+    if !reply.cluster.is_empty() {
+        let _ = writeln!(out, "Cluster {}\n", reply.cluster);
+    }
     let mut rows = vec![
         vec![
             "NAMESPACE",

@@ -364,6 +364,7 @@ pub fn status_reply(hub: &Hub, namespace: &str, now: SystemTime) -> StatusReply 
         unix_millis: reports::millis(now),
         connected_agents: u32::try_from(hub.reports().connected()).unwrap_or(u32::MAX),
         leading: hub.is_serving(),
+        cluster: hub.cluster().unwrap_or_default().to_owned(),
         ..StatusReply::default()
     };
     if !reply.leading {

@@ -114,6 +114,8 @@ pub struct Hub {
     published: Mutex<HashMap<String, Published>>,
     /// SLOs that are not evaluated, and why.
     problems: Mutex<BTreeMap<String, Problem>>,
+    /// This cluster's name (`--cluster-name`), written into every status.
+    cluster: std::sync::OnceLock<String>,
     pub metrics: IngestMetrics,
 }
 
@@ -132,8 +134,22 @@ impl Hub {
             serving_since: Mutex::new(None),
             published: Mutex::new(HashMap::new()),
             problems: Mutex::new(BTreeMap::new()),
+            cluster: std::sync::OnceLock::new(),
             metrics,
         }
+    }
+
+    /// Names this cluster in every status and query reply; set once, at
+    /// start.
+    pub fn set_cluster(&self, name: &str) {
+        if !name.is_empty() {
+            let _ = self.cluster.set(name.to_owned());
+        }
+    }
+
+    /// This cluster's name, if one was given.
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.get().map(String::as_str)
     }
 
     /// The aggregated reports, locked.

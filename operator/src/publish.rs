@@ -374,7 +374,8 @@ impl Publisher {
                 self.export_slo(&ns, &name, f);
                 exported.insert((ns.clone(), name.clone()));
             }
-            let desired = slo_status::desired(&slo, verdict, &controller::now());
+            let mut desired = slo_status::desired(&slo, verdict, &controller::now());
+            desired.cluster = self.ctx.hub.cluster().map(str::to_owned);
             if slo.status.as_ref() == Some(&desired) {
                 continue;
             }

@@ -233,6 +233,8 @@ pub fn desired(slo: &Slo, verdict: Verdict<'_>, now: &Time) -> SloStatus {
                     )
                 }),
                 drop_rate: s.drop_rate.map(|d| round_significant(d, 2)),
+                // The caller names the cluster (`Hub::cluster`).
+                cluster: None,
             }
         }
     }

@@ -265,6 +265,8 @@ pub fn desired(
         drop_percent,
         ring_buffer,
         plan,
+        // The caller names the cluster (`Hub::cluster`).
+        cluster: None,
     }
 }
 

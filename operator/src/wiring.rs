@@ -197,6 +197,9 @@ pub async fn serve(
         metrics,
         identity,
     ));
+    if let Some(name) = &args.cluster_name {
+        ctx.hub.set_cluster(name);
+    }
 
     let trigger = Arc::new(Notify::new());
     let poke = {

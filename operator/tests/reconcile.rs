@@ -713,3 +713,21 @@ async fn published_report_figures_and_node_problems_reach_the_status() {
     drop(ctx);
     server.finish().await;
 }
+
+#[tokio::test]
+async fn the_cluster_name_is_written_into_the_status() {
+    let cluster = Cluster::new(vec![probeset("shop", "web", 1, WEB)], NODES, vec![]);
+    let (client, server) = api_server(vec![
+        patch_status(&cluster.probeset("shop", "web")).check(|s| {
+            assert_eq!(s.body["status"]["cluster"], "prod-eu-1");
+        }),
+        post(&events_path("shop")),
+    ]);
+    let (ctx, _) = context(client, &cluster, Leadership::always());
+    ctx.hub.set_cluster("prod-eu-1");
+    reconcile(cluster.probeset("shop", "web"), Arc::clone(&ctx))
+        .await
+        .unwrap();
+    drop(ctx);
+    server.finish().await;
+}
