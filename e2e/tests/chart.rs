@@ -1281,3 +1281,32 @@ fn the_values_schema_rejects_bad_values_and_names_the_field() {
         );
     }
 }
+
+/// Agents reach the operator through the chart's Service whatever the
+/// release is called and whichever port it uses: the address the operator
+/// renders into the agent DaemonSet names that Service and its gRPC port.
+#[test]
+fn agents_are_told_the_address_of_the_charts_service() {
+    for values in [None, ci("full-values.yaml")] {
+        let objects = render_objects(&values, &[]);
+        let service = one(&objects, "Service");
+        let port = service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "grpc")
+            .expect("the Service has a grpc port");
+        let expected = format!(
+            "http://{}.{NAMESPACE}.svc:{}",
+            service["metadata"]["name"].as_str().unwrap(),
+            port["port"]
+        );
+        let config = operator_config(&objects);
+        assert_eq!(
+            ringwarden_operator::render::operator_address(&config.agent, NAMESPACE),
+            expected,
+            "{}",
+            describe(&values)
+        );
+    }
+}
