@@ -43,9 +43,11 @@ bench: deps
 	@# Two sockets per agent: raise the open-file limit to the hard limit.
 	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; target/release/bench-ingest --agents $${AGENTS:-1000} --interval $${INTERVAL:-10s} --duration $${DURATION:-60s}
 
-## crds: regenerate crds/ringwarden.dev_crds.yaml from the Rust types (a test checks it)
+## crds: regenerate crds/ringwarden.dev_crds.yaml and docs/reference.md from the Rust types (tests check both)
 crds:
 	$(CARGO) run --quiet -p ringwarden-crds --bin crdgen > crds/ringwarden.dev_crds.yaml
+	cp crds/ringwarden.dev_crds.yaml charts/ringwarden/files/crds.yaml
+	$(CARGO) run --quiet -p ringwarden-crds --bin crdref > docs/reference.md
 
 fmt:
 	$(CARGO) fmt --all
@@ -67,3 +69,8 @@ images:
 ## chart-test: helm lint, helm template and schema checks of charts/ringwarden (also part of `make test`)
 chart-test: deps
 	$(CARGO) test -p ringwarden-e2e --test chart
+
+.PHONY: e2e-cluster
+## e2e-cluster: on the cluster KUBECONFIG points at, install the chart, apply the examples, wait until agents report and the SLO has a state (docs/install.md); KEEP=1 leaves it installed
+e2e-cluster:
+	IMAGE_PREFIX=$(IMAGE_PREFIX) IMAGE_TAG=$(IMAGE_TAG) scripts/e2e-cluster.sh

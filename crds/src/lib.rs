@@ -6,6 +6,8 @@
 //!   `validate()` methods.
 //! - [`manifest`]: reading these objects from YAML files (standalone mode),
 //!   with errors that name the field and the fix.
+//! - [`reference`]: the Markdown API reference (`docs/reference.md`),
+//!   generated from the CRD schemas.
 //!
 //! No IO beyond what [`manifest::load_file`] reads.
 #![forbid(unsafe_code)]
@@ -15,6 +17,7 @@ pub mod cel;
 pub mod manifest;
 pub mod plan;
 pub mod probeset;
+pub mod reference;
 pub mod slo;
 
 pub use agent::{AgentConfig, AgentProbe, Threshold};
