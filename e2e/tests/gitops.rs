@@ -549,7 +549,7 @@ fn names_in_source(path: &str) -> BTreeSet<String> {
             .unwrap_or(rest.len());
         names.insert(rest[..end].to_owned());
     }
-    assert!(names.len() > 5, "{path}: only {names:?}");
+    assert!(!names.is_empty(), "{path}: no metric names found");
     names
 }
 
@@ -575,7 +575,9 @@ fn agent_exposition() -> Vec<(String, String)> {
         probe: "sys".into(),
         node: "n1".into(),
     };
-    let text = encode(&registry(Arc::new(Mutex::new(vec![(labels, snapshot)]))));
+    let registry = registry(Arc::new(Mutex::new(vec![(labels, snapshot)])));
+    ringwarden_node_agent::uplink::UplinkMetrics::new(&registry).unwrap();
+    let text = encode(&registry);
     text.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| {
@@ -598,7 +600,8 @@ fn docs_metrics_lists_every_metric_the_agent_and_the_operator_export() {
             "docs/metrics.md has no row `| `{name}` | {kind} |` for an agent metric"
         );
     }
-    let agent = names_in_source("node-agent/src/metrics.rs");
+    let mut agent = names_in_source("node-agent/src/metrics.rs");
+    agent.extend(names_in_source("node-agent/src/uplink.rs"));
     let served: BTreeSet<String> = exposition.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(
         agent, served,
