@@ -171,7 +171,7 @@ impl Task {
     async fn run(mut self) {
         let mut failures: u32 = 0;
         loop {
-            let (ended, acked_any) = self.session().await;
+            let (ended, acked_any) = self.connection().await;
             self.metrics.connected.set(0);
             let status = match ended {
                 Ended::Shutdown => return,
@@ -245,7 +245,7 @@ impl Task {
 
     /// One stream, from connect to its end; also says whether any report
     /// was acknowledged on it.
-    async fn session(&mut self) -> (Ended, bool) {
+    async fn connection(&mut self) -> (Ended, bool) {
         let mut acked_any = false;
         let ended = self.stream(&mut acked_any).await;
         (ended, acked_any)
