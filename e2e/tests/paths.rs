@@ -5,7 +5,7 @@
 
 use ringwarden_crds::ProbeKind;
 use ringwarden_e2e::{Child, LoadReport, load_probe, require_bpf_privileges};
-use ringwarden_ebpf_common::{EVENT_ERROR, THRESHOLD_LATENCY, ThresholdSlot};
+use ringwarden_ebpf_common::{EVENT_ERROR, HIGH_WATER_EVERY, THRESHOLD_LATENCY, ThresholdSlot};
 use ringwarden_node_agent::probes::{Export, ProbeConfig, page_size};
 use syscalls::Sysno;
 
@@ -84,9 +84,14 @@ fn a_ring_sized_for_the_burst_drops_nothing() {
     assert_eq!(received, c.delivered);
     assert_eq!(snap.series["close"].count(), report.fails);
     assert_eq!(snap.series["close"].errors(), report.fails);
+    // Nothing was read during the burst, so the ring peaked at every
+    // delivered record. The fill is sampled after one record in
+    // HIGH_WATER_EVERY on each CPU: the mark trails by fewer per CPU.
+    let cpus = aya::util::nr_cpus().unwrap() as u64;
+    let peak = c.delivered * 96;
     assert!(
-        snap.ring_high_water >= N * 96,
-        "high water {}",
+        snap.ring_high_water + (HIGH_WATER_EVERY - 1) * cpus * 96 >= peak && peak >= N * 96,
+        "high water {}, peak {peak}",
         snap.ring_high_water
     );
     assert!(snap.ring_high_water <= snap.ring_bytes);
@@ -111,17 +116,25 @@ fn slower_than_exports_only_slow_events() {
     let report = child.go_report();
     let mut slow = Vec::new();
     probe.drain(|ev| slow.push((ev.series.id, ev.latency_ns)));
-    let truth = report
+    // The child times each call from outside, so its figure is never below
+    // the kernel's: a call it timed at 1.5 ms or less cannot be exported,
+    // and the 20 calls asked to sleep 3 ms must be. On a busy machine a
+    // 200 µs sleep can overrun 1.5 ms too, and may then be exported.
+    let timed_slow = report
         .nanosleep_ns
         .iter()
         .filter(|&&ns| ns > 1_500_000)
         .count();
-    assert_eq!(
-        truth, 20,
+    assert!(
+        timed_slow >= 20,
         "every other sleep is 3 ms: {:?}",
         report.nanosleep_ns
     );
-    assert_eq!(slow.len(), truth, "{slow:?}");
+    assert!(
+        (20..=timed_slow).contains(&slow.len()),
+        "{} exported, {timed_slow} timed slower than 1.5 ms: {slow:?}",
+        slow.len()
+    );
     assert!(
         slow.iter()
             .all(|&(nr, ns)| nr == Sysno::nanosleep.id() as u64 && ns > 1_500_000)
@@ -275,4 +288,32 @@ fn a_cgroup_filter_counts_processes_below_it_only() {
     let snap = probe.snapshot().unwrap();
     assert_eq!(snap.series["getppid"].count(), report.getppid_calls);
     assert_eq!(snap.counters.check_identities(), Ok(()));
+}
+
+/// Every field of an exported record names the task that made the call: the
+/// syscalls probe reads them through the task's BTF pointer, not helpers.
+#[test]
+fn exported_records_name_the_task_and_its_cgroup() {
+    require_bpf_privileges();
+    let cg = TestCgroup::new("record");
+    let child = spawn(&["--name", "rw-record", "--fail", "50"]);
+    std::fs::write(cg.leaf().join("cgroup.procs"), child.pid().to_string())
+        .expect("move the child into the test cgroup");
+    let cgroup_id = ringwarden_node_agent::probes::cgroup_id(cg.leaf().to_str().unwrap()).unwrap();
+    let mut config = syscalls_for(child.pid());
+    config.export = Export::Errors;
+    config.ring_bytes = 64 << 10;
+    let mut probe = load_probe(&config);
+    let report = child.go_report();
+    let mut records = 0;
+    probe.drain(|ev| {
+        records += 1;
+        assert_eq!((ev.pid, ev.tgid), (report.pid, report.pid), "{ev:?}");
+        assert_eq!(&ev.comm, b"rw-record\0\0\0\0\0\0\0", "{ev:?}");
+        assert_eq!(ev.cgroup_id, cgroup_id, "{ev:?}");
+        assert_eq!(ev.series.id, Sysno::close.id() as u64, "{ev:?}");
+        assert_eq!(ev.value, -9, "EBADF");
+        assert!(ev.latency_ns > 0 && ev.ts_ns > ev.latency_ns, "{ev:?}");
+    });
+    assert_eq!(records, report.fails);
 }

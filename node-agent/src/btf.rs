@@ -346,5 +346,10 @@ mod tests {
             "tgid follows pid in task_struct"
         );
         assert!(o.cgroup_ancestors > o.cgroup_level);
+        assert_eq!(
+            o.task_comm % 8,
+            0,
+            "the syscalls probe loads comm as two words"
+        );
     }
 }

@@ -7,9 +7,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError, UProbe, uprobe::UProbeScope},
-    util::nr_cpus,
 };
 use ringwarden_core::{accounting::Counters, histogram::Histogram};
 use ringwarden_crds::ProbeKind;
@@ -17,7 +16,7 @@ use ringwarden_ebpf_common::{
     COMM_LEN, DEFAULT_START_ENTRIES, EXPORT_ALL, EXPORT_ERRORS, EXPORT_NONE, EXPORT_SLOWER_THAN,
     Event, FILTER_CGROUP, FILTER_CGROUPS_ENTRIES, FILTER_COMM, FILTER_COMMS_ENTRIES, FILTER_PID,
     FILTER_PIDS_ENTRIES, KernelOffsets, LatencyHist, MAX_THRESHOLDS, OVERFLOW_SERIES,
-    ProbeCounters, SeriesKey, SloCounts, Thresholds,
+    OVERFLOW_SLOT, ProbeCounters, SeriesKey, SloCounts, Thresholds,
     event::{DecodeError, decode},
     globals, maps, programs,
 };
@@ -223,7 +222,12 @@ pub struct Probe {
     kind: ProbeKind,
     // Owns the programs and their links; dropping it detaches them.
     _ebpf: Ebpf,
-    hist: PerCpuHashMap<MapData, SeriesKey, LatencyHist>,
+    /// Histograms by slot; `slot_keys` names them, `next_slot` counts the
+    /// slots taken (see `ringwarden_ebpf_common::OVERFLOW_SLOT`).
+    hist: PerCpuArray<MapData, LatencyHist>,
+    slot_keys: Array<MapData, SeriesKey>,
+    next_slot: Array<MapData, u64>,
+    max_series: u32,
     counters: PerCpuArray<MapData, ProbeCounters>,
     slo_counts: PerCpuArray<MapData, SloCounts>,
     events: RingBuf<MapData>,
@@ -253,7 +257,9 @@ pub struct Snapshot {
     pub series: BTreeMap<String, Histogram>,
     pub thresholds: Vec<ThresholdCount>,
     pub ring_bytes: u64,
-    /// Most bytes seen waiting in the ring buffer after a submit.
+    /// Most bytes seen waiting in the ring buffer after a submit, sampled
+    /// every `HIGH_WATER_EVERY` records per CPU (so it may trail the peak
+    /// by up to that many records per CPU).
     pub ring_high_water: u64,
     /// Records read from the ring buffer.
     pub events_received: u64,
@@ -376,6 +382,8 @@ impl Probe {
         let page = page_size();
         let ring_bytes = config.ring_bytes.max(page).next_power_of_two();
         let sample_every = config.sample_every.max(1);
+        let max_series = config.max_series.max(1);
+        let max_series_global = u64::from(max_series);
         let obj_entries = match config.kind {
             ProbeKind::TcpConnect | ProbeKind::BlockIo | ProbeKind::Runqueue => {
                 config.start_entries.max(1)
@@ -394,7 +402,10 @@ impl Probe {
             .override_global(globals::SLOWER_THAN_NS, &slower_than_ns, true)
             .override_global(globals::THRESHOLDS, &thresholds, true)
             .override_global(globals::OFFSETS, &kernel.offsets, true)
-            .map_max_entries(maps::HIST, config.max_series.max(1) + 1)
+            .override_global(globals::MAX_SERIES, &max_series_global, true)
+            .map_max_entries(maps::HIST, max_series + 1)
+            .map_max_entries(maps::SLOT_KEYS, max_series + 1)
+            .map_max_entries(maps::SLOTS, max_series + 1)
             .map_max_entries(maps::EVENTS, ring_bytes)
             .map_max_entries(maps::OBJ_START, obj_entries)
             .load(PROBES_OBJECT)
@@ -419,19 +430,12 @@ impl Probe {
                 .insert(id, 1, 0)
                 .map_err(|e| map_error(maps::FILTER_CGROUPS, e))?;
         }
-        let mut hist: PerCpuHashMap<_, SeriesKey, LatencyHist> = take_map(&mut ebpf, maps::HIST)?;
-        let cpus = nr_cpus().map_err(|(_, e)| ProbeError::Map {
-            map: maps::HIST,
-            message: format!("cannot count CPUs: {e}"),
-        })?;
-        let zeros = PerCpuValues::try_from(vec![LatencyHist::default(); cpus]).map_err(|e| {
-            ProbeError::Map {
-                map: maps::HIST,
-                message: e.to_string(),
-            }
-        })?;
-        hist.insert(OVERFLOW_SERIES, zeros, 0)
-            .map_err(|e| map_error(maps::HIST, e))?;
+        let hist = take_map(&mut ebpf, maps::HIST)?;
+        let mut slot_keys: Array<_, SeriesKey> = take_map(&mut ebpf, maps::SLOT_KEYS)?;
+        slot_keys
+            .set(OVERFLOW_SLOT, OVERFLOW_SERIES, 0)
+            .map_err(|e| map_error(maps::SLOT_KEYS, e))?;
+        let next_slot = take_map(&mut ebpf, maps::NEXT_SLOT)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
         let slo_counts = take_map(&mut ebpf, maps::SLO_COUNTS)?;
         let events = take_map(&mut ebpf, maps::EVENTS)?;
@@ -492,6 +496,9 @@ impl Probe {
             kind: config.kind,
             _ebpf: ebpf,
             hist,
+            slot_keys,
+            next_slot,
+            max_series,
             counters,
             slo_counts,
             events,
@@ -540,13 +547,38 @@ impl Probe {
             .map(|c| c.ringbuf_high_water)
             .max()
             .unwrap_or(0);
-        let mut series: BTreeMap<String, Histogram> = BTreeMap::new();
-        for item in self.hist.iter() {
-            let (key, values) = item.map_err(|e| map_error(maps::HIST, e))?;
+        // The counter runs past maxSeries when CPUs race for the last slots.
+        let taken = self
+            .next_slot
+            .get(&0, 0)
+            .map_err(|e| map_error(maps::NEXT_SLOT, e))?;
+        let last = taken.min(u64::from(self.max_series)) as u32;
+        let mut by_key: BTreeMap<SeriesKey, Histogram> = BTreeMap::new();
+        for slot in OVERFLOW_SLOT..=last {
+            let values = self
+                .hist
+                .get(&slot, 0)
+                .map_err(|e| map_error(maps::HIST, e))?;
             let h = Histogram::from_per_cpu(&values);
+            // Also skips a slot whose CPU lost the race to publish it.
             if h.is_empty() {
                 continue;
             }
+            // Read after the histogram: the kernel writes a slot's key before
+            // publishing the slot, so before its first event.
+            let key = self
+                .slot_keys
+                .get(&slot, 0)
+                .map_err(|e| map_error(maps::SLOT_KEYS, e))?;
+            match by_key.get_mut(&key) {
+                Some(existing) => existing.merge(&h),
+                None => {
+                    by_key.insert(key, h);
+                }
+            }
+        }
+        let mut series: BTreeMap<String, Histogram> = BTreeMap::new();
+        for (key, h) in by_key {
             let name = series_name(self.kind, &key, self.uprobe_symbol.as_deref());
             match series.get_mut(&name) {
                 Some(existing) => existing.merge(&h),

@@ -31,7 +31,10 @@ pub mod maps {
     pub const TASK_START: &str = "TASK_START";
     pub const OBJ_START: &str = "OBJ_START";
     pub const HIST: &str = "HIST";
-    pub const ZERO_HIST: &str = "ZERO_HIST";
+    pub const SLOT_KEYS: &str = "SLOT_KEYS";
+    pub const NEXT_SLOT: &str = "NEXT_SLOT";
+    pub const SMALL_SLOTS: &str = "SMALL_SLOTS";
+    pub const SLOTS: &str = "SLOTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SLO_COUNTS: &str = "SLO_COUNTS";
     pub const EVENTS: &str = "EVENTS";
@@ -73,6 +76,9 @@ pub mod globals {
     pub const THRESHOLDS: &str = "RW_THRESHOLDS";
     /// [`super::KernelOffsets`]: struct field offsets read from kernel BTF.
     pub const OFFSETS: &str = "RW_OFFSETS";
+    /// `u64`: `maxSeries`, the histogram slots handed out to series (see
+    /// [`super::OVERFLOW_SLOT`]).
+    pub const MAX_SERIES: &str = "RW_MAX_SERIES";
 }
 
 /// Filter flag: only tgids in `FILTER_PIDS` are observed.
@@ -107,6 +113,23 @@ pub const OVERFLOW_SERIES: SeriesKey = SeriesKey {
     id: u64::MAX,
     addr: [0xff; 16],
 };
+
+/// The histogram slot of [`OVERFLOW_SERIES`]. Series get slots `1..=maxSeries`
+/// in the order they are first seen; `NEXT_SLOT[0]` counts the slots handed
+/// out (it may run past `maxSeries` by the CPUs that raced for the last one)
+/// and `SLOT_KEYS[slot]` names each.
+pub const OVERFLOW_SLOT: u32 = 0;
+
+/// Series ids below this whose address is all zero (syscall numbers, the one
+/// series of uprobes and the run queue, low ports) find their slot in an
+/// array indexed by id, which the verifier inlines; other keys go through a
+/// hash map.
+pub const SMALL_SERIES_IDS: u32 = 1024;
+
+/// The ring's fill is queried after one delivered record in this many on
+/// each CPU (a helper call per record otherwise), so the high-water mark
+/// can trail the true peak by up to `HIGH_WATER_EVERY - 1` records per CPU.
+pub const HIGH_WATER_EVERY: u64 = 64;
 
 /// `blockIO` series id: device number and operation.
 #[inline(always)]
@@ -278,8 +301,8 @@ pub struct ProbeCounters {
     pub start_map_full: u64,
     /// Diagnostic: aggregated events that landed in the overflow series.
     pub series_folded: u64,
-    /// Diagnostic: most bytes waiting in the ring buffer right after a
-    /// submit on this CPU (the high-water fill).
+    /// Diagnostic: most bytes seen waiting in the ring buffer right after a
+    /// submit on this CPU, sampled every [`HIGH_WATER_EVERY`] records.
     pub ringbuf_high_water: u64,
     /// Sampling state: events seen by the sampler on this CPU.
     pub sample_tick: u64,

@@ -6,11 +6,11 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use ringwarden_ebpf_common::{ObjStart, SeriesKey, block_series_id};
+use ringwarden_ebpf_common::{SeriesKey, block_series_id};
 
 use crate::common::{
-    OBJ_START, Who, counters, finish, global, offsets, pairing_lost, read, start_map_full,
-    wanted_current,
+    OBJ_START, Who, counters, current_start, finish, global, offsets, pairing_lost, read,
+    start_map_full, wanted_current,
 };
 
 /// `REQ_OP_MASK`: the operation is the low 8 bits of `cmd_flags`.
@@ -29,14 +29,8 @@ pub fn rw_bio_issue(ctx: BtfTracePointContext) -> i32 {
     let Some(c) = counters() else {
         return 0;
     };
-    let w = Who::current();
-    let start = ObjStart {
-        // SAFETY: reads the monotonic clock, no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid_tgid,
-        cgroup_id: w.cgroup_id,
-        comm: w.comm,
-    };
+    // SAFETY: reads the monotonic clock, no preconditions.
+    let start = current_start(unsafe { bpf_ktime_get_ns() }, pid_tgid);
     if OBJ_START.insert(rq, start, 0).is_err() {
         start_map_full(c);
         pairing_lost(c);
@@ -89,7 +83,7 @@ pub fn rw_bio_complete(ctx: BtfTracePointContext) -> i32 {
         error != 0,
         nr_bytes as i64,
         now,
-        || Who::stored(&start),
+        Who::Stored(&start),
     );
     0
 }

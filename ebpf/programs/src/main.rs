@@ -11,8 +11,9 @@
 //! a reason to abort.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Atomic adds on map values: the BPF target has no compare-and-swap, so
-// `AtomicU64::fetch_add` is unavailable, but the xadd instruction exists.
+// Atomics on map values: Rust's BPF target declares no compare-and-swap, so
+// `AtomicU64` has no read-modify-write methods; the intrinsics still compile
+// to BPF's atomic instructions (fetch and cmpxchg need CPU v3, see build.rs).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 

@@ -95,8 +95,14 @@ pub fn rw_rq_switch(ctx: BtfTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let task = next as u64;
     let series = SeriesKey::default();
-    finish(c, &series, now.saturating_sub(ts), false, 0, now, || {
-        Who::task(task)
-    });
+    finish(
+        c,
+        &series,
+        now.saturating_sub(ts),
+        false,
+        0,
+        now,
+        Who::Task(task),
+    );
     0
 }

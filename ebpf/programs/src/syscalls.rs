@@ -1,26 +1,36 @@
 //! The `syscalls` probe: `raw_syscalls` enter/exit through BTF tracepoints,
 //! one series per syscall number, error returns counted.
+//!
+//! Both ends run on every system call of the machine, so they read the
+//! current task through its BTF pointer (plain loads) rather than through
+//! helpers, each of which costs tens of ns.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
-};
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use ringwarden_ebpf_common::{START_FORKED, SeriesKey};
 
 use crate::common::{
-    TASK_START, Who, counters, finish, pairing_lost, start_map_full, wanted_current,
+    TASK_START, Who, counters, current_task, field, finish, global, offsets, pairing_lost,
+    start_map_full, wanted_current,
 };
+
+/// The thread-group id of the current task (`task` from [`current_task`]).
+#[inline(always)]
+fn tgid_of(task: u64) -> u32 {
+    // SAFETY: a trusted task pointer and the offset of its `tgid`.
+    unsafe { field(task, global(&offsets().task_tgid)) }
+}
 
 #[btf_tracepoint(function = "sys_enter")]
 pub fn rw_sys_enter(ctx: BtfTracePointContext) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !wanted_current(tgid) {
+    let task = current_task();
+    if !wanted_current(tgid_of(task)) {
         return 0;
     }
     // sys_enter(struct pt_regs *regs, long id)
     let nr: i64 = ctx.arg(1);
-    match TASK_START.current_or_create() {
+    match TASK_START.of_or_create(task as *mut c_void) {
         Some(start) => {
             // SAFETY: non-null pointer to this task's value, returned by the helper.
             unsafe {
@@ -58,10 +68,11 @@ pub fn rw_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let Some(c) = counters() else {
         return 0;
     };
+    let task = current_task();
     // Take this task's start, if sys_enter stored one: a stored start means
     // the filters already passed, so the fast path needs no filter check.
     let mut start = None;
-    if let Some(s) = TASK_START.current() {
+    if let Some(s) = TASK_START.of(task as *mut c_void) {
         // SAFETY: non-null pointer to this task's value.
         unsafe {
             let ts = (*s).ts_ns;
@@ -78,8 +89,7 @@ pub fn rw_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let Some((nr, ts)) = start else {
         // No start: the probe was attached mid-call, or the start could not
         // be stored. Count it only if the task is one we observe.
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if wanted_current(tgid) {
+        if wanted_current(tgid_of(task)) {
             pairing_lost(c);
         }
         return 0;
@@ -97,7 +107,7 @@ pub fn rw_sys_exit(ctx: BtfTracePointContext) -> i32 {
         ret < 0,
         ret,
         now,
-        Who::current,
+        Who::CurrentTask(task),
     );
     0
 }

@@ -67,6 +67,13 @@ impl<T> TaskStorage<T> {
         (!p.is_null()).then_some(p)
     }
 
+    /// The value of `task` (a trusted `task_struct` pointer), if it has one.
+    #[inline(always)]
+    pub fn of(&self, task: *mut c_void) -> Option<*mut T> {
+        let p = self.get_for(task, 0);
+        (!p.is_null()).then_some(p)
+    }
+
     /// The current task's value, if it has one.
     #[inline(always)]
     pub fn current(&self) -> Option<*mut T> {

@@ -13,11 +13,11 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use ringwarden_ebpf_common::{ObjStart, SeriesKey, retransmit_series_id};
+use ringwarden_ebpf_common::{SeriesKey, retransmit_series_id};
 
 use crate::common::{
-    OBJ_START, Who, counters, finish, global, offsets, pairing_lost, read, start_map_full,
-    wanted_current, wanted_sock,
+    OBJ_START, Who, counters, current_start, finish, global, offsets, pairing_lost, read,
+    start_map_full, wanted_current, wanted_sock,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -64,15 +64,8 @@ pub fn rw_tcp_state(ctx: BtfTracePointContext) -> i32 {
         if !wanted_current((pid_tgid >> 32) as u32) || !wanted_sock(sk) {
             return 0;
         }
-        let mut w = Who::current();
-        w.pid_tgid = pid_tgid;
-        let start = ObjStart {
-            // SAFETY: reads the monotonic clock, no preconditions.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            pid_tgid: w.pid_tgid,
-            cgroup_id: w.cgroup_id,
-            comm: w.comm,
-        };
+        // SAFETY: reads the monotonic clock, no preconditions.
+        let start = current_start(unsafe { bpf_ktime_get_ns() }, pid_tgid);
         if OBJ_START.insert(sk, start, 0).is_err() {
             // The connect is observed but cannot be timed: counted here,
             // since its end will find no start and cannot tell it apart.
@@ -103,7 +96,7 @@ pub fn rw_tcp_state(ctx: BtfTracePointContext) -> i32 {
         failed,
         new as i64,
         now,
-        || Who::stored(&start),
+        Who::Stored(&start),
     );
     0
 }
@@ -126,11 +119,6 @@ pub fn rw_tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
         id: retransmit_series_id(family, dport),
         addr,
     };
-    let cgroup_id = crate::common::cgroup_id(read(sk, global(&offsets().sk_cgroup)));
-    finish(c, &key, 0, err != 0, err as i64, now, || Who {
-        pid_tgid: 0,
-        cgroup_id,
-        comm: [0; 16],
-    });
+    finish(c, &key, 0, err != 0, err as i64, now, Who::Socket(sk));
     0
 }

@@ -65,7 +65,7 @@ pub fn rw_uprobe_return(ctx: RetProbeContext) -> u32 {
         false,
         ret,
         now,
-        Who::current,
+        Who::Current,
     );
     0
 }
