@@ -72,7 +72,11 @@ impl Child {
         loop {
             let s = std::fs::read_to_string(format!("/proc/{}/syscall", self.pid()))
                 .unwrap_or_default();
-            if s.split_whitespace().next() == Some(read_nr.as_str()) {
+            // Asleep (`S`), not merely preempted inside the call.
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+            let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+            if s.split_whitespace().next() == Some(read_nr.as_str()) && state == Some("S") {
                 return;
             }
             assert!(

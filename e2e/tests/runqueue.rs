@@ -52,6 +52,10 @@ fn runqueue_waits_match_the_schedulers_own_statistics() {
             })
         })
         .collect();
+    // Asleep before the probe attaches: a child still starting up would be
+    // runnable with a wait the probe never saw begin, and its switch-in
+    // would count for the scheduler only.
+    sleeper.wait_blocked_in_read();
     let mut config = ProbeConfig::new(ProbeKind::Runqueue);
     config.pids = vec![sleeper.pid()];
     let probe = load_probe(&config);
