@@ -7,8 +7,8 @@ use ringwarden_core::{
 };
 
 use crate::{
-    AgentProbe, ExportPolicy, PlanStatus, ProbePlanStatus, ProbeSet, agent::MAX_THRESHOLDS,
-    probeset::FieldError, slo::Slo,
+    AgentProbe, ExportPolicy, PlanStatus, ProbePlanStatus, ProbeSet, ProbeSetSpec,
+    agent::MAX_THRESHOLDS, probeset::FieldError, slo::Slo,
 };
 
 /// Why a ProbeSet could not be planned: its spec problems, or a budget the
@@ -19,6 +19,33 @@ pub enum PlanProbeSetError {
     Invalid(Vec<FieldError>),
     #[error("spec.ringBuffer.nodeBudget: {0}")]
     Budget(String),
+}
+
+/// What each probe of `spec` asks of the planner, in order.
+/// `max_drop_rates[i]` is the drop rate allowed for probe `i`: the
+/// ProbeSet's, tightened by the SLOs that watch the probe. A probe that
+/// exports nothing needs no event path, whatever rate it declares.
+pub fn demands(spec: &ProbeSetSpec, max_drop_rates: &[f64]) -> Vec<ProbeDemand> {
+    spec.probes
+        .iter()
+        .zip(max_drop_rates)
+        .map(|(p, &max_drop_rate)| ProbeDemand {
+            requested_sampling: p.sampling,
+            drain_interval: spec.ring_buffer.drain_interval,
+            burst_factor: spec.ring_buffer.burst_factor,
+            priority: p.priority,
+            ..ProbeDemand::new(
+                p.name.clone(),
+                EVENT_BYTES,
+                if p.export.policy == ExportPolicy::None {
+                    0.0
+                } else {
+                    p.peak_event_rate
+                },
+                max_drop_rate,
+            )
+        })
+        .collect()
 }
 
 /// Plans one ProbeSet for nodes with `page_size`-byte pages: each probe's
@@ -70,33 +97,19 @@ pub fn plan_probeset(
             w
         })
         .collect();
+    let max_drop_rates: Vec<f64> = watching
+        .iter()
+        .map(|w| {
+            w.iter()
+                .map(|(_, s)| s.spec.max_drop_rate)
+                .fold(spec.max_drop_rate, f64::min)
+        })
+        .collect();
     let input = PlanInput {
         page_size,
         node_budget_bytes: budget,
         max_bytes_per_probe: planner::DEFAULT_MAX_BYTES_PER_PROBE,
-        probes: spec
-            .probes
-            .iter()
-            .zip(&watching)
-            .map(|(p, w)| ProbeDemand {
-                requested_sampling: p.sampling,
-                drain_interval: spec.ring_buffer.drain_interval,
-                burst_factor: spec.ring_buffer.burst_factor,
-                priority: p.priority,
-                ..ProbeDemand::new(
-                    p.name.clone(),
-                    EVENT_BYTES,
-                    if p.export.policy == ExportPolicy::None {
-                        0.0
-                    } else {
-                        p.peak_event_rate
-                    },
-                    w.iter()
-                        .map(|(_, s)| s.spec.max_drop_rate)
-                        .fold(spec.max_drop_rate, f64::min),
-                )
-            })
-            .collect(),
+        probes: demands(spec, &max_drop_rates),
     };
     let plan = planner::plan(&input).map_err(|e| PlanProbeSetError::Budget(e.to_string()))?;
     let probes = spec

@@ -9,10 +9,10 @@
 //! when rendering (see [`crate::render::agent_config`]).
 
 use ringwarden_core::{
-    planner::{self, EVENT_BYTES, Plan, PlanError, PlanInput, ProbeDemand},
+    planner::{self, Plan, PlanError, PlanInput},
     quantity::{format_bytes, parse_bytes},
 };
-use ringwarden_crds::{ExportPolicy, ProbeSet, Threshold, agent::MAX_THRESHOLDS};
+use ringwarden_crds::{ProbeSet, Threshold, agent::MAX_THRESHOLDS};
 
 use crate::slo::SloTarget;
 
@@ -71,17 +71,19 @@ pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
     let name = ps.metadata.name.as_deref().unwrap_or_default();
 
     let mut thresholds = Vec::with_capacity(spec.probes.len());
-    let mut demands = Vec::with_capacity(spec.probes.len());
+    let mut max_drop_rates = Vec::with_capacity(spec.probes.len());
     for p in &spec.probes {
         let mut watching: Vec<&SloTarget> = slos
             .iter()
             .filter(|s| s.watches(namespace, name, &p.name))
             .collect();
         watching.sort_by(|a, b| a.id.cmp(&b.id));
-        let max_drop_rate = watching
-            .iter()
-            .map(|s| s.max_drop_rate)
-            .fold(spec.max_drop_rate, f64::min);
+        max_drop_rates.push(
+            watching
+                .iter()
+                .map(|s| s.max_drop_rate)
+                .fold(spec.max_drop_rate, f64::min),
+        );
         thresholds.push(
             watching
                 .iter()
@@ -89,26 +91,12 @@ pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
                 .map(|s| s.threshold.clone())
                 .collect(),
         );
-        let peak_rate = match p.export.policy {
-            ExportPolicy::None => 0.0,
-            _ => p.peak_event_rate,
-        };
-        demands.push(ProbeDemand {
-            name: p.name.clone(),
-            event_size: EVENT_BYTES,
-            peak_rate,
-            requested_sampling: p.sampling,
-            drain_interval: spec.ring_buffer.drain_interval,
-            burst_factor: spec.ring_buffer.burst_factor,
-            max_drop_rate,
-            priority: p.priority,
-        });
     }
     let input = PlanInput {
         page_size: PLAN_PAGE_SIZE,
         node_budget_bytes: budget,
         max_bytes_per_probe: planner::DEFAULT_MAX_BYTES_PER_PROBE,
-        probes: demands,
+        probes: ringwarden_crds::plan::demands(spec, &max_drop_rates),
     };
     let plan = match planner::plan(&input) {
         Ok(plan) => plan,
@@ -191,7 +179,9 @@ fn percent(fraction: f64) -> String {
 mod tests {
     use std::time::Duration;
 
-    use ringwarden_crds::{ExportSpec, ProbeKind, ProbeSetSpec, ProbeSpec, RingBufferSpec};
+    use ringwarden_crds::{
+        ExportPolicy, ExportSpec, ProbeKind, ProbeSetSpec, ProbeSpec, RingBufferSpec,
+    };
 
     use super::*;
 
