@@ -1310,3 +1310,44 @@ fn agents_are_told_the_address_of_the_charts_service() {
         );
     }
 }
+
+/// The agent accepts the DaemonSet the operator renders from the chart's
+/// configuration: its arguments, and every environment variable it sets is
+/// one the agent reads (passed here as the flag that declares it, since a
+/// test cannot set the environment for itself alone).
+#[test]
+fn the_agent_accepts_the_daemonset_the_operator_renders() {
+    use clap::CommandFactory;
+    use ringwarden_node_agent::cli::{Args as AgentArgs, Command as AgentCommand};
+
+    for values in [None, ci("full-values.yaml")] {
+        let config = operator_config(&render_objects(&values, &[]));
+        let ds = render::daemon_set(&[], &config.agent, NAMESPACE).unwrap();
+        let container = &ds.spec.unwrap().template.spec.unwrap().containers[0];
+        let mut argv = vec!["ringwarden-agent".to_string()];
+        argv.extend(container.args.clone().unwrap_or_default());
+        let agent = AgentArgs::command();
+        let node = agent.find_subcommand("node").expect("a node subcommand");
+        for env in container.env.iter().flatten() {
+            let flag = node
+                .get_arguments()
+                .chain(agent.get_arguments())
+                .find(|a| a.get_env() == Some(std::ffi::OsStr::new(&env.name)))
+                .unwrap_or_else(|| panic!("the agent reads no variable {}", env.name));
+            argv.push(format!("--{}", flag.get_long().unwrap()));
+            // Downward-API values are the node's name.
+            argv.push(env.value.clone().unwrap_or_else(|| "node-a".into()));
+        }
+        let parsed = AgentArgs::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("the agent refuses {argv:?}:\n{e}"));
+        let AgentCommand::Node(node) = parsed.command else {
+            panic!("the DaemonSet runs the agent in node mode: {argv:?}");
+        };
+        assert_eq!(
+            node.operator_addr.as_deref(),
+            Some(render::operator_address(&config.agent, NAMESPACE).as_str())
+        );
+        assert!(node.token_file.is_some(), "{argv:?}");
+        assert_eq!(node.node_name, "node-a");
+    }
+}
