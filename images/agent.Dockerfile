@@ -15,13 +15,15 @@ RUN rustup toolchain install stable --profile minimal && rustup default stable
 # deps.sh alone first, so the toolchain layer (bpf-linker takes minutes) is
 # rebuilt only when deps.sh changes.
 COPY scripts/deps.sh scripts/deps.sh
-# deps.sh also installs test-only tools (helm, kubernetes-validate) and
-# mounts tracefs and bpffs; an image build needs neither and may not mount.
-# Stand-ins answer its checks for this step only.
+# deps.sh also installs test-only tools (helm, kubernetes-validate,
+# kustomize, lua) and mounts tracefs and bpffs; an image build needs none of
+# them and may not mount. Stand-ins answer its checks for this step only.
 RUN set -eu; stubs=$(mktemp -d); \
     kv=$(sed -n 's/^KUBERNETES_VALIDATE_VERSION=//p' scripts/deps.sh); \
+    kz=$(sed -n 's/^KUSTOMIZE_VERSION=//p' scripts/deps.sh); \
     printf '#!/bin/sh\necho v3.0.0+not-needed-for-builds\n' > "$stubs/helm"; \
     printf '#!/bin/sh\necho %s\n' "$kv" > "$stubs/kubernetes-validate"; \
+    printf '#!/bin/sh\necho v%s\n' "$kz" > "$stubs/kustomize"; \
     printf '#!/bin/sh\nexit 0\n' > "$stubs/mountpoint"; \
     chmod +x "$stubs"/*; \
     PATH="$stubs:$PATH" scripts/deps.sh; \
