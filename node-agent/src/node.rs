@@ -578,6 +578,65 @@ probes:
   - {namespace: a, probeset: p, spec: {name: gpu, kind: runqueue}, nodeSelector: {gpu: 'true'}, ringBytes: 4096, sampleEvery: 1, reportInterval: 10s}
 ";
 
+    fn pushed(version: &str, yaml: &str) -> v1::Config {
+        v1::Config {
+            version: version.into(),
+            agent_config_json: serde_json::to_string(&config(yaml)).unwrap(),
+            thresholds: vec![],
+        }
+    }
+
+    #[test]
+    fn a_pushed_configuration_is_in_force_until_the_file_changes() {
+        let path = std::env::temp_dir().join(format!("rw-node-{}.yaml", std::process::id()));
+        std::fs::write(&path, CONFIG).unwrap();
+        let mut state = State::default();
+        state.read_file(&path);
+        assert_eq!(state.version(), "");
+        assert_eq!(state.source.as_ref().unwrap().config.probes.len(), 2);
+
+        let only_all = "probes: [{namespace: a, probeset: p, spec: {name: all, kind: syscalls}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}]";
+        assert!(state.take_pushed(pushed("v1", only_all)));
+        assert!(state.source.as_ref().unwrap().pushed);
+        // The same version again changes nothing; nor does a file that
+        // did not change since it was read.
+        assert!(!state.take_pushed(pushed("v1", only_all)));
+        state.read_file(&path);
+        assert_eq!(state.version(), "v1");
+        // A configuration that does not parse keeps the one in force.
+        assert!(!state.take_pushed(v1::Config {
+            version: "v2".into(),
+            agent_config_json: "{not json".into(),
+            thresholds: vec![],
+        }));
+        assert_eq!(state.version(), "v1");
+        // The file changing makes it the configuration again.
+        std::fs::write(&path, format!("{CONFIG}\n# edited\n")).unwrap();
+        state.read_file(&path);
+        assert_eq!(state.version(), "");
+        assert!(!state.source.as_ref().unwrap().pushed);
+        // An invalid file keeps what is in force.
+        std::fs::write(&path, "probes: [{").unwrap();
+        state.read_file(&path);
+        assert_eq!(state.source.as_ref().unwrap().config.probes.len(), 2);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_agent_reports_at_the_shortest_report_interval_of_its_probes() {
+        let mut state = State::default();
+        assert_eq!(
+            state.report_interval(Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+        state.desired = config(CONFIG).probes;
+        state.desired[1].report_interval = Duration::from_secs(2);
+        assert_eq!(
+            state.report_interval(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
+    }
+
     #[test]
     fn node_selectors_pick_the_probes_of_this_node() {
         let c = config(CONFIG);
