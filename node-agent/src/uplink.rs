@@ -5,15 +5,7 @@
 //! configurations to the node loop. The probes never wait for it: reports
 //! go into a channel, and an unreachable operator only means buffering.
 
-use std::{
-    collections::VecDeque,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::VecDeque, path::PathBuf, time::Duration};
 
 use prometheus::{IntCounter, IntGauge, Registry};
 use ringwarden_proto::v1::{
@@ -84,8 +76,6 @@ pub struct Uplink {
     reports: mpsc::UnboundedSender<v1::Report>,
     /// The configuration version the probes run, for the next Hello.
     version: watch::Sender<String>,
-    /// Highest report number acknowledged.
-    acked: Arc<AtomicU64>,
 }
 
 impl Uplink {
@@ -100,7 +90,6 @@ impl Uplink {
         let (reports, rx) = mpsc::unbounded_channel();
         let (configs_tx, configs) = mpsc::unbounded_channel();
         let (version, version_rx) = watch::channel(hello.config_version.clone());
-        let acked = Arc::new(AtomicU64::new(0));
         let task = Task {
             seed: seed(&hello.boot_id),
             settings,
@@ -110,17 +99,9 @@ impl Uplink {
             configs: configs_tx,
             buffer: VecDeque::new(),
             metrics,
-            acked: Arc::clone(&acked),
         };
         tokio::spawn(task.run());
-        (
-            Self {
-                reports,
-                version,
-                acked,
-            },
-            configs,
-        )
+        (Self { reports, version }, configs)
     }
 
     /// Queues a report; never waits.
@@ -140,11 +121,6 @@ impl Uplink {
             changed
         });
     }
-
-    /// The highest report number the operator acknowledged.
-    pub fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
-    }
 }
 
 struct Task {
@@ -155,7 +131,6 @@ struct Task {
     configs: mpsc::UnboundedSender<v1::Config>,
     buffer: VecDeque<v1::Report>,
     metrics: UplinkMetrics,
-    acked: Arc<AtomicU64>,
     seed: u64,
 }
 
@@ -338,7 +313,6 @@ impl Task {
                         self.buffer.retain(|r| r.seq > a.seq);
                         self.metrics.acked.inc_by((before - self.buffer.len()) as u64);
                         self.metrics.buffered.set(self.buffer.len() as i64);
-                        self.acked.fetch_max(a.seq, Ordering::Relaxed);
                     }
                     Ok(Some(OperatorMessage { message: Some(ToAgent::Config(c)) })) => {
                         tracing::info!(version = %c.version, "configuration pushed by the operator");
@@ -449,7 +423,6 @@ mod tests {
             configs,
             buffer: VecDeque::new(),
             metrics: UplinkMetrics::new(&Registry::new()).unwrap(),
-            acked: Arc::default(),
             seed: seed("b"),
         };
         for (failures, cap) in [(0, 1), (1, 2), (2, 4), (4, 16), (5, 30), (40, 30)] {
