@@ -32,16 +32,22 @@ use crate::cel::{self, MAX_DURATION_LEN};
 #[serde(rename_all = "camelCase")]
 pub struct ProbeSetSpec {
     /// Labels a node must carry for its agent to run these probes, like a
-    /// Pod's nodeSelector. Empty selects every node; standalone mode
-    /// ignores it.
+    /// Pod's nodeSelector: at most 32, keys and values in Kubernetes label
+    /// syntax. Empty selects every node; standalone mode ignores it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::selector::node_selector_schema")]
     pub node_selector: BTreeMap<String, String>,
 
-    /// Pods whose processes are observed, as a label selector. Each node's
-    /// agent resolves the matching pods on its node to cgroup v2 ids and
-    /// filters in the kernel. Absent: every process on the node, subject to
-    /// each probe's own filter.
+    /// Pods whose processes are observed, as a label selector
+    /// (`matchLabels`, `matchExpressions` with In, NotIn, Exists or
+    /// DoesNotExist), among the pods of the ProbeSet's namespace. Each
+    /// node's agent watches the pods on its node, resolves the matching ones
+    /// to cgroup v2 ids and filters in the kernel, updating the filter as
+    /// pods start and stop. `{}` selects every pod of the namespace.
+    /// Absent: every process on the node, subject to each probe's own
+    /// filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::selector::pod_selector_schema")]
     pub pod_selector: Option<LabelSelector>,
 
     /// The probes to run: 1 to 64, each with a `name` unique within the
@@ -205,7 +211,10 @@ pub struct ProbeSpec {
 
     /// When the node budget is short, the ring buffers of higher priorities
     /// are shrunk last; default 0.
+    // Bounds stated because the API server does not enforce `format: int32`:
+    // a stored value outside them would fail to decode in the operator.
     #[serde(default)]
+    #[schemars(range(min = i32::MIN, max = i32::MAX))]
     pub priority: i32,
 }
 
@@ -341,7 +350,7 @@ pub struct ProbeFilter {
     /// Process ids (thread-group ids, at most 1024) to observe; threads of
     /// these processes are included. Not for `tcpRetransmit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = MAX_FILTER_PIDS), inner(range(min = 1)))]
+    #[schemars(length(max = MAX_FILTER_PIDS), inner(range(min = 1, max = MAX_PID)))]
     pub pids: Vec<u32>,
     /// Command names to observe (at most 256), as the kernel stores them:
     /// `comm`, at most 15 bytes, see `/proc/<pid>/comm`. Not for
@@ -362,6 +371,8 @@ pub struct ProbeFilter {
 
 /// Most pids in one filter (the kernel's pid filter holds 1024).
 pub const MAX_FILTER_PIDS: usize = 1024;
+/// Largest process id Linux hands out (`PID_MAX_LIMIT` on 64-bit).
+pub const MAX_PID: u32 = 4 * 1024 * 1024;
 /// Most comms in one filter (the kernel's comm filter holds 256).
 pub const MAX_FILTER_COMMS: usize = 256;
 /// Most cgroup paths in one filter.
@@ -509,6 +520,14 @@ impl ProbeSetSpec {
             );
         } else if let Err(e) = ringwarden_core::quantity::parse_bytes(&rb.node_budget) {
             err("spec.ringBuffer.nodeBudget".into(), e);
+        }
+        for (field, message) in crate::selector::label_map_problems(&self.node_selector) {
+            err(format!("spec.nodeSelector{field}"), message);
+        }
+        if let Some(selector) = &self.pod_selector {
+            for (field, message) in crate::selector::label_selector_problems(selector) {
+                err(format!("spec.podSelector{field}"), message);
+            }
         }
         let mut seen = BTreeMap::new();
         for (i, p) in self.probes.iter().enumerate() {
@@ -676,10 +695,13 @@ impl ProbeSetSpec {
                 }
             }
             for (j, pid) in filter.pids.iter().enumerate() {
-                if *pid == 0 {
+                if *pid == 0 || *pid > MAX_PID {
                     err(
                         format!("{at}.filter.pids[{j}]"),
-                        "0 is not a process id; use a pid from `pgrep`".into(),
+                        format!(
+                            "{pid} is not a process id; use a pid from `pgrep` \
+                             (1 to {MAX_PID})"
+                        ),
                     );
                 }
             }

@@ -34,7 +34,7 @@ use crate::{
     metrics::{Metrics, controller},
     render::FIELD_MANAGER,
     slo::SloTarget,
-    status,
+    status, stored,
     world::{Labels, World, selector_matches},
 };
 
@@ -197,7 +197,7 @@ pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, E
         &now(),
     );
     desired.cluster = ctx.hub.cluster().map(str::to_owned);
-    if ps.status.as_ref() != Some(&desired) {
+    if !status::up_to_date(ps.status.as_ref(), &desired) {
         write_status(&ps, &desired, &ctx).await?;
         publish(&ps, status::notices(ps.status.as_ref(), &desired), &ctx).await;
     }
@@ -265,4 +265,109 @@ pub fn error_policy(ps: Arc<ProbeSet>, error: &Error, ctx: Arc<Context>) -> Acti
     let delay = ctx.backoff(&key(&ps));
     warn!(probeset = %key(&ps), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+/// Condition reason on an object the operator cannot decode.
+pub const UNDECODABLE: &str = "Undecodable";
+
+/// The status put on a stored object the operator cannot decode: `Ready`
+/// False and `Invalid` True, saying which field is wrong. Everything else
+/// the operator wrote before (plan, figures) goes, as the object runs
+/// nowhere.
+pub fn undecodable_status(problem: &stored::Problem, now: &Time) -> serde_json::Value {
+    let message = crate::reports::truncate(
+        &format!(
+            "the stored object cannot be read: {}; it runs nowhere until fixed: re-apply it \
+             with a valid spec (kubectl apply), or delete it",
+            problem.error
+        ),
+        1024,
+    );
+    let generation = problem.meta.generation;
+    let cond = |type_: &str, status: &str| {
+        serde_json::json!({
+            "type": type_,
+            "status": status,
+            "reason": UNDECODABLE,
+            "message": message,
+            "observedGeneration": generation,
+            "lastTransitionTime": now,
+        })
+    };
+    serde_json::json!({
+        "observedGeneration": generation,
+        "conditions": [cond(status::condition::READY, "False"), cond(status::condition::INVALID, "True")],
+    })
+}
+
+/// Keeps an `Invalid` condition on every stored ProbeSet and SLO the
+/// operator cannot decode, while this replica leads. Runs until `stopped`.
+pub async fn mark_undecodable(
+    ctx: Arc<Context>,
+    probesets: stored::Undecodable,
+    slos: stored::Undecodable,
+    changed: Arc<tokio::sync::Notify>,
+    stopped: impl Future<Output = ()>,
+) {
+    use futures::StreamExt;
+    /// What was written: (uid, generation, error).
+    type Written = (Option<String>, Option<i64>, String);
+    // (kind, namespace/name) → what was written for it.
+    let mut written: HashMap<(&str, String), Written> = HashMap::new();
+    let mut gained = std::pin::pin!(ctx.leadership.gained());
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        if ctx.leadership.is_leading() {
+            let all = [("ProbeSet", &probesets), ("SLO", &slos)];
+            let mut live = std::collections::HashSet::new();
+            for (kind, set) in all {
+                for p in set.snapshot() {
+                    let name = p.meta.name.clone().unwrap_or_default();
+                    let ns = p.meta.namespace.clone().unwrap_or_default();
+                    let id = (kind, format!("{ns}/{name}"));
+                    live.insert(id.clone());
+                    let what = (p.meta.uid.clone(), p.meta.generation, p.error.clone());
+                    if written.get(&id) == Some(&what) {
+                        continue;
+                    }
+                    let patch = serde_json::json!({
+                        "apiVersion": API_VERSION,
+                        "kind": kind,
+                        "status": undecodable_status(&p, &now()),
+                    });
+                    let params = PatchParams::apply(FIELD_MANAGER).force();
+                    let result = if kind == "ProbeSet" {
+                        Api::<stored::Stored<ProbeSet>>::namespaced(ctx.client.clone(), &ns)
+                            .patch_status(&name, &params, &Patch::Apply(&patch))
+                            .await
+                            .map(drop)
+                    } else {
+                        Api::<stored::Stored<Slo>>::namespaced(ctx.client.clone(), &ns)
+                            .patch_status(&name, &params, &Patch::Apply(&patch))
+                            .await
+                            .map(drop)
+                    };
+                    match result {
+                        Ok(()) => {
+                            ctx.metrics.wrote(if kind == "ProbeSet" {
+                                "ProbeSetStatus"
+                            } else {
+                                "SLOStatus"
+                            });
+                            written.insert(id, what);
+                        }
+                        Err(e) => warn!(kind, object = %id.1, error = %e,
+                            "cannot mark an undecodable object Invalid; retrying"),
+                    }
+                }
+            }
+            written.retain(|id, _| live.contains(id));
+        }
+        tokio::select! {
+            () = changed.notified() => {}
+            Some(()) = gained.next() => written.clear(),
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = &mut stopped => return,
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //!
 //! Reconcile is a pipeline; each step is a module:
 //!
-//! - fetch: the watch caches, as a [`world::World`] (no IO);
+//! - fetch: the watch caches, as a [`world::World`] (no IO), filled from
+//!   objects decoded one by one ([`stored`]) by watches whose health
+//!   [`watches`] keeps;
 //! - validate and plan: [`assess`] (pure);
 //! - render: [`render`] the agent configuration, ConfigMap and DaemonSet,
 //!   and [`status`] of each ProbeSet (pure);
@@ -40,6 +42,8 @@ pub mod sim;
 pub mod slo;
 pub mod slo_status;
 pub mod status;
+pub mod stored;
+pub mod watches;
 pub mod wiring;
 pub mod world;
 

@@ -1,18 +1,12 @@
 //! The operator's own Prometheus metrics, and the HTTP routes for
 //! `/metrics`, `/healthz` and `/readyz`. No IO of its own.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Controller names used as the `controller` label.
@@ -34,6 +28,11 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     pub writes: IntCounterVec,
     pub leader: IntGauge,
+    /// Watch errors by resource (`probesets`, `nodes`, `slos`).
+    pub watch_errors: IntCounterVec,
+    /// Stored objects the operator cannot decode, by resource; each has an
+    /// `Invalid` condition saying why.
+    pub undecodable: IntGaugeVec,
     pub ingest: IngestMetrics,
 }
 
@@ -106,8 +105,26 @@ impl Metrics {
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(writes.clone()))?;
+        let watch_errors = IntCounterVec::new(
+            Opts::new(
+                "ringwarden_operator_watch_errors_total",
+                "Errors of the operator's watches, by resource; each is retried with backoff.",
+            ),
+            &["resource"],
+        )?;
+        let undecodable = IntGaugeVec::new(
+            Opts::new(
+                "ringwarden_operator_undecodable_objects",
+                "Stored objects the operator cannot decode and leaves out, by resource.",
+            ),
+            &["resource"],
+        )?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(watch_errors.clone()))?;
+        registry.register(Box::new(undecodable.clone()))?;
         Ok(Self {
+            watch_errors,
+            undecodable,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -234,12 +251,13 @@ impl Drop for ReconcileTimer {
 #[derive(Clone)]
 struct Served {
     registry: Registry,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
 }
 
 /// The HTTP routes: `/metrics` in the Prometheus text format, `/healthz`
-/// (the process serves), `/readyz` (the watch caches are filled).
-pub fn router(registry: Registry, ready: Arc<AtomicBool>) -> Router {
+/// (the process serves), `/readyz` (the watch caches are filled; when not,
+/// the body says which and why).
+pub fn router(registry: Registry, ready: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -255,20 +273,24 @@ async fn metrics(State(s): State<Served>) -> (StatusCode, String) {
     }
 }
 
-async fn readyz(State(s): State<Served>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
+/// Whether the operator is ready, and if not, why.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+async fn readyz(State(s): State<Served>) -> (StatusCode, String) {
+    match (s.ready)() {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "watch caches not filled yet\n",
-        )
+            format!("not ready:\n{why}\n"),
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -295,7 +317,16 @@ mod tests {
         let ready = Arc::new(AtomicBool::new(false));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(registry, Arc::clone(&ready));
+        let app = router(registry, {
+            let ready = Arc::clone(&ready);
+            Arc::new(move || {
+                if ready.load(Ordering::Acquire) {
+                    Ok(())
+                } else {
+                    Err("slos: the CRD is missing".into())
+                }
+            })
+        });
         tokio::spawn(async move { axum::serve(listener, app).await });
 
         let body = get(addr, "/metrics").await;
@@ -308,7 +339,12 @@ mod tests {
             "ringwarden_operator_reconcile_duration_seconds_count{controller=\"agent\"} 1"
         ));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        let not_ready = get(addr, "/readyz").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(
+            not_ready.contains("slos: the CRD is missing"),
+            "{not_ready}"
+        );
         ready.store(true, Ordering::Release);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
     }

@@ -376,7 +376,7 @@ impl Publisher {
             }
             let mut desired = slo_status::desired(&slo, verdict, &controller::now());
             desired.cluster = self.ctx.hub.cluster().map(str::to_owned);
-            if slo.status.as_ref() == Some(&desired) {
+            if slo_status::up_to_date(slo.status.as_ref(), &desired) {
                 continue;
             }
             let interval = probesets

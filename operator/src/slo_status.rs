@@ -23,6 +23,20 @@ pub mod condition {
     pub const READY: &str = "Ready";
     /// The spec, or the ProbeSet or probe it names, is wrong.
     pub const INVALID: &str = "Invalid";
+
+    /// Every type the operator writes.
+    pub const OWNED: [&str; 2] = [READY, INVALID];
+}
+
+/// Whether `current` already says what `desired` does, looking only at the
+/// condition types the operator owns (see [`crate::status::up_to_date`]).
+pub fn up_to_date(current: Option<&SloStatus>, desired: &SloStatus) -> bool {
+    current.is_some_and(|c| {
+        let mut c = c.clone();
+        c.conditions
+            .retain(|c| condition::OWNED.contains(&c.type_.as_str()));
+        &c == desired
+    })
 }
 
 /// Condition reasons.

@@ -23,6 +23,22 @@ pub mod condition {
     /// Agents report probes failing to load or dropping more than planned.
     /// Written from agent reports; passed through unchanged here.
     pub const DEGRADED: &str = "Degraded";
+
+    /// Every type the operator writes; status comparisons and writes see
+    /// only these.
+    pub const OWNED: [&str; 4] = [READY, INVALID, QUOTA_CONSTRAINED, DEGRADED];
+}
+
+/// Whether `current` already says what `desired` does, looking only at the
+/// condition types the operator owns: a condition another controller adds
+/// must neither be applied by the operator nor make it write every pass.
+pub fn up_to_date(current: Option<&ProbeSetStatus>, desired: &ProbeSetStatus) -> bool {
+    current.is_some_and(|c| {
+        let mut c = c.clone();
+        c.conditions
+            .retain(|c| condition::OWNED.contains(&c.type_.as_str()));
+        &c == desired
+    })
 }
 
 /// Condition and Event reasons.
@@ -221,13 +237,7 @@ pub fn desired(
             (Some(plan), Some(used))
         }
     };
-    let mut ours = vec![
-        condition::READY,
-        condition::INVALID,
-        condition::QUOTA_CONSTRAINED,
-    ];
     if let Some(r) = reported {
-        ours.push(condition::DEGRADED);
         conditions.push(match &r.degraded {
             Some((reason, message)) => cond(condition::DEGRADED, true, reason, message.clone()),
             None => cond(
@@ -237,14 +247,16 @@ pub fn desired(
                 "every node selected runs every probe within maxDropRate".into(),
             ),
         });
+    } else if let Some(c) = current
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == condition::DEGRADED)
+    {
+        // Kept until reports say otherwise. Conditions of other types
+        // belong to other field managers: never applied (and so never
+        // taken over) by the operator.
+        conditions.push(c.clone());
     }
-    conditions.extend(
-        current
-            .iter()
-            .flat_map(|s| &s.conditions)
-            .filter(|c| !ours.contains(&c.type_.as_str()))
-            .cloned(),
-    );
     let (ready, events_per_second, drop_percent) = match reported {
         Some(r) => (
             Some(r.ready.clone()),

@@ -6,10 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -44,6 +41,8 @@ use crate::{
     lease::{Elector, Leadership, LeaseSettings},
     metrics::{self, Metrics},
     publish::{self, Publisher},
+    stored::{self, Stored, Undecodable},
+    watches::Watches,
 };
 
 /// Why the operator could not start or stopped with an error.
@@ -134,7 +133,10 @@ pub async fn serve(
 ) {
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).expect("metric names are fixed and unique");
-    let ready = Arc::new(AtomicBool::new(false));
+    let watches = Watches::new(
+        &["probesets", "nodes", "slos"],
+        metrics.watch_errors.clone(),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -149,7 +151,10 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
-    let app = metrics::router(registry, Arc::clone(&ready));
+    let app = metrics::router(registry, {
+        let watches = watches.clone();
+        Arc::new(move || watches.ready())
+    });
     let server = tokio::spawn({
         let stopped = stopped.clone();
         async move {
@@ -206,11 +211,34 @@ pub async fn serve(
         let trigger = Arc::clone(&trigger);
         move || trigger.notify_one()
     };
-    let probesets = watcher(
-        Api::<ProbeSet>::all(client.clone()),
-        watcher::Config::default(),
+    // Objects that do not decode leave the caches and get an `Invalid`
+    // condition (controller::mark_undecodable), instead of failing the
+    // whole watch.
+    let undecodable_changed = Arc::new(Notify::new());
+    let on_undecodable = |resource: &'static str| {
+        let (gauge, changed) = (
+            ctx.metrics.undecodable.with_label_values(&[resource]),
+            Arc::clone(&undecodable_changed),
+        );
+        move |u: &Undecodable| {
+            gauge.set(i64::try_from(u.len()).unwrap_or(i64::MAX));
+            changed.notify_one();
+        }
+    };
+    let (bad_probesets, bad_slos) = (Undecodable::default(), Undecodable::default());
+    let probesets = stored::decoded(
+        watcher(
+            Api::<Stored<ProbeSet>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .inspect({
+            let watches = watches.clone();
+            move |e| watches.saw("probesets", e)
+        }),
+        bad_probesets.clone(),
+        on_undecodable("probesets"),
     )
-    .default_backoff()
     .reflect(ps_writer)
     .inspect({
         // The operator's own status writes change no spec: no re-render.
@@ -229,6 +257,10 @@ pub async fn serve(
             watcher::Config::default(),
         )
         .default_backoff()
+        .inspect({
+            let watches = watches.clone();
+            move |e| watches.saw("nodes", e)
+        })
         .reflect(node_writer),
     )
     .inspect({
@@ -240,20 +272,37 @@ pub async fn serve(
     });
     let slos = {
         let mut specs = SpecChanges::default();
-        watcher(Api::<Slo>::all(client.clone()), watcher::Config::default())
+        stored::decoded(
+            watcher(
+                Api::<Stored<Slo>>::all(client.clone()),
+                watcher::Config::default(),
+            )
             .default_backoff()
-            .reflect(slo_writer)
-            // SLO status, which the operator writes, changes no plan.
-            .filter(move |e| future::ready(specs.saw(e)))
-            .inspect(move |e| changed(e, &poke))
-            .touched_objects()
+            .inspect({
+                let watches = watches.clone();
+                move |e| watches.saw("slos", e)
+            }),
+            bad_slos.clone(),
+            on_undecodable("slos"),
+        )
+        .reflect(slo_writer)
+        // SLO status, which the operator writes, changes no plan.
+        .filter(move |e| future::ready(specs.saw(e)))
+        .inspect(move |e| changed(e, &poke))
+        .touched_objects()
     };
+    let undecodable = tokio::spawn(crate::controller::mark_undecodable(
+        Arc::clone(&ctx),
+        bad_probesets,
+        bad_slos,
+        undecodable_changed,
+        stopped(),
+    ));
 
     tokio::spawn({
-        let (stores, ready) = (stores.clone(), Arc::clone(&ready));
+        let stores = stores.clone();
         async move {
             stores.wait_until_ready().await;
-            ready.store(true, Ordering::Release);
             info!("watch caches filled");
         }
     });
@@ -330,6 +379,7 @@ pub async fn serve(
         agent::run(Arc::clone(&ctx), trigger, stopped()),
         publisher
     );
+    let _ = undecodable.await;
     if let Some(elector) = elector {
         let _ = elector.await;
     }

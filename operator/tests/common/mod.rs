@@ -27,6 +27,42 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
+/// The CRD schemas and their CEL rules, as the crds tests check them.
+#[path = "../../../crds/tests/common/mod.rs"]
+pub mod crd_schema;
+
+/// Asserts that `status` is what the CRD's status schema (structural and
+/// CEL) admits for `kind`: the API server refuses the whole status patch
+/// otherwise.
+pub fn assert_status_valid(kind: &str, status: &Value) {
+    let schema = crd_schema::schema(kind)["properties"]["status"].clone();
+    assert!(!schema.is_null(), "{kind} has a status schema");
+    let draft4 = crd_schema::draft4_of(&schema);
+    let validator = jsonschema::draft4::new(&draft4).expect("the status schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(status)
+        .map(|e| {
+            format!(
+                "status{}: {e}",
+                crd_schema::dotted(e.instance_path().as_str())
+            )
+        })
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{kind} status refused: {errors:#?}\n{status:#}"
+    );
+    let refused: Vec<String> = crd_schema::evaluate_at(&schema, status)
+        .into_iter()
+        .filter(|o| !o.admits())
+        .map(|o| format!("{} at {}: {:?}", o.message, o.at, o.result))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{kind} status refused by CEL: {refused:#?}"
+    );
+}
+
 pub const NAMESPACE: &str = "ringwarden-system";
 
 /// A request as the API server saw it.

@@ -1,0 +1,231 @@
+//! A stored object the operator cannot decode (a value out of range,
+//! written before the schema bounded it) against a mocked API server that
+//! answers LIST and WATCH: the typed watch would fail as a whole; the
+//! operator's watch leaves that one object out, keeps going, and marks it
+//! `Invalid` with the field to fix.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use http::{Method, Request, Response};
+use kube::{
+    Api, Client,
+    client::Body,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use ringwarden_crds::ProbeSet;
+use ringwarden_operator::{
+    controller,
+    lease::Leadership,
+    stored::{self, Stored, Undecodable},
+};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tower_test::mock;
+
+fn probeset(name: &str, priority: i64, rv: u32) -> Value {
+    json!({
+        "apiVersion": "ringwarden.dev/v1alpha1",
+        "kind": "ProbeSet",
+        "metadata": {
+            "name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+            "generation": 1, "resourceVersion": rv.to_string()
+        },
+        "spec": {"probes": [{"name": "sys", "kind": "syscalls", "priority": priority}]}
+    })
+}
+
+const OUT_OF_RANGE: i64 = 3_000_000_000;
+
+/// Serves one LIST (`good` and `bad`), then one WATCH carrying `events`,
+/// then holds further watches open. Status patches are sent to `patches`
+/// and echoed.
+fn api_server(events: Vec<Value>) -> (Client, mpsc::UnboundedReceiver<(String, Value)>) {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let (patches_tx, patches) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut watches = 0;
+        let mut held = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let path = parts.uri.path().to_owned();
+            let query = parts.uri.query().unwrap_or_default().to_owned();
+            let reply = |v: &Value| {
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(v).unwrap()))
+                    .unwrap()
+            };
+            if parts.method == Method::PATCH {
+                let body: Value =
+                    serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap();
+                let mut echoed = probeset("bad", OUT_OF_RANGE, 9);
+                echoed["status"] = body["status"].clone();
+                send.send_response(reply(&echoed));
+                let _ = patches_tx.send((path, body));
+            } else if query.contains("watch=true") {
+                watches += 1;
+                if watches == 1 {
+                    let lines: Vec<u8> = events
+                        .iter()
+                        .flat_map(|e| {
+                            let mut l = serde_json::to_vec(e).unwrap();
+                            l.push(b'\n');
+                            l
+                        })
+                        .collect();
+                    send.send_response(
+                        Response::builder()
+                            .status(200)
+                            .body(Body::from(lines))
+                            .unwrap(),
+                    );
+                } else {
+                    // Left unanswered: the watch stays open.
+                    held.push(send);
+                }
+            } else {
+                assert_eq!(path, "/apis/ringwarden.dev/v1alpha1/probesets", "{query}");
+                send.send_response(reply(&json!({
+                    "apiVersion": "ringwarden.dev/v1alpha1",
+                    "kind": "ProbeSetList",
+                    "metadata": {"resourceVersion": "2"},
+                    "items": [probeset("good", 1, 1), probeset("bad", OUT_OF_RANGE, 2)]
+                })));
+            }
+        }
+    });
+    (Client::new(service, "default"), patches)
+}
+
+#[tokio::test]
+async fn a_typed_watch_would_fail_as_a_whole_on_one_bad_object() {
+    let (client, _) = api_server(vec![]);
+    let mut events = watcher(Api::<ProbeSet>::all(client), watcher::Config::default()).boxed();
+    assert!(matches!(
+        events.next().await,
+        Some(Ok(watcher::Event::Init))
+    ));
+    // The list fails whole: not even the good object comes through.
+    let e = events
+        .next()
+        .await
+        .unwrap()
+        .expect_err("the typed list cannot decode the out-of-range priority");
+    assert!(matches!(e, watcher::Error::InitialListFailed(_)), "{e}");
+}
+
+#[tokio::test]
+async fn one_undecodable_object_is_left_out_marked_invalid_and_the_watch_goes_on() {
+    let (client, mut patches) = api_server(vec![
+        json!({"type": "ADDED", "object": probeset("later", 2, 3)}),
+        json!({"type": "MODIFIED", "object": probeset("good", OUT_OF_RANGE, 4)}),
+    ]);
+    let (store, writer) = reflector::store::<ProbeSet>();
+    let undecodable = Undecodable::default();
+    let changed = Arc::new(Notify::new());
+    let events = stored::decoded(
+        watcher(
+            Api::<Stored<ProbeSet>>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        undecodable.clone(),
+        {
+            let changed = Arc::clone(&changed);
+            move |_| changed.notify_one()
+        },
+    )
+    .reflect(writer);
+    let driven = tokio::spawn(events.for_each(|e| {
+        assert!(e.is_ok(), "the watch failed: {e:?}");
+        futures::future::ready(())
+    }));
+
+    // The good one is cached, then the one added by the watch; the one
+    // that broke leaves the cache.
+    let names = || {
+        let mut n: Vec<String> = store
+            .state()
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while names() != ["later"] || undecodable.len() != 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "cache {:?}, undecodable {:?}",
+            names(),
+            undecodable.snapshot()
+        )
+    });
+    let problems = undecodable.snapshot();
+    for p in &problems {
+        assert!(
+            p.error.starts_with("spec.probes[0].priority: ") && p.error.contains("3000000000"),
+            "{}",
+            p.error
+        );
+    }
+
+    // The writer marks both Invalid, naming the field.
+    let cluster = common::Cluster::new(vec![], &[], vec![]);
+    let (ctx, registry) = common::context(client, &cluster, Leadership::always());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(controller::mark_undecodable(
+        ctx,
+        undecodable.clone(),
+        Undecodable::default(),
+        Arc::clone(&changed),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut marked = Vec::new();
+    for _ in 0..2 {
+        let (path, body) = tokio::time::timeout(Duration::from_secs(10), patches.recv())
+            .await
+            .expect("a status patch for each undecodable object")
+            .unwrap();
+        marked.push(path);
+        let conditions = body["status"]["conditions"].as_array().unwrap();
+        let invalid = conditions.iter().find(|c| c["type"] == "Invalid").unwrap();
+        assert_eq!(invalid["status"], "True");
+        assert_eq!(invalid["reason"], "Undecodable");
+        let message = invalid["message"].as_str().unwrap();
+        assert!(message.contains("spec.probes[0].priority"), "{message}");
+        assert!(message.contains("re-apply it"), "{message}");
+        common::assert_status_valid("ProbeSet", &body["status"]);
+    }
+    marked.sort();
+    assert_eq!(
+        marked,
+        [
+            "/apis/ringwarden.dev/v1alpha1/namespaces/shop/probesets/bad/status",
+            "/apis/ringwarden.dev/v1alpha1/namespaces/shop/probesets/good/status"
+        ]
+    );
+    // Written once: a second pass over the same problems writes nothing.
+    changed.notify_one();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(patches.try_recv().is_err());
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(
+        text.contains("ringwarden_operator_writes_total{kind=\"ProbeSetStatus\"} 2"),
+        "{text}"
+    );
+    let _ = stop_tx.send(());
+    writer.await.unwrap();
+    driven.abort();
+}
