@@ -301,6 +301,72 @@ pub fn report_interval() -> Vec<Rule> {
     vec![duration_in("reportInterval", "100ms", None, "10s")]
 }
 
+// ---- Selectors (nodeSelector, podSelector) ----
+
+/// A label key: the regex, and the prefix's bound (the regex bounds the
+/// name). `k` is the key.
+fn label_key(k: &str) -> String {
+    use crate::selector::{LABEL_KEY_REGEX, MAX_LABEL_PREFIX_LEN};
+    format!(
+        "{k}.matches('{LABEL_KEY_REGEX}') && \
+         (!{k}.contains('/') || size({k}.split('/')[0]) <= {MAX_LABEL_PREFIX_LEN})"
+    )
+}
+
+const LABEL_KEY_SYNTAX: &str = "an optional DNS subdomain prefix of at most 253 characters and \
+     '/', then a name of 1 to 63 letters, digits, '-', '_' and '.', starting and ending with a \
+     letter or digit";
+const LABEL_VALUE_SYNTAX: &str = "at most 63 letters, digits, '-', '_' and '.', starting and \
+     ending with a letter or digit, or empty";
+
+/// On a label map (`spec.nodeSelector`, `spec.podSelector.matchLabels`):
+/// keys and values in Kubernetes label syntax. The map's `maxProperties`
+/// and the values' `maxLength` bound the cost.
+pub fn label_map(field: &str) -> Vec<Rule> {
+    use crate::selector::LABEL_VALUE_REGEX;
+    vec![
+        rule(
+            format!("self.all(k, {})", label_key("k")),
+            format!("{field} keys must be label keys: {LABEL_KEY_SYNTAX}, e.g. kubernetes.io/os"),
+        ),
+        rule(
+            format!("self.all(k, self[k].matches('{LABEL_VALUE_REGEX}'))"),
+            format!("{field} values must be label values: {LABEL_VALUE_SYNTAX}"),
+        ),
+    ]
+}
+
+/// On each item of `spec.podSelector.matchExpressions`: a label key, a
+/// known operator, values exactly when the operator takes them, in label
+/// syntax. A requirement the agent could not apply exactly is refused
+/// here rather than widened to every pod.
+pub fn selector_requirement() -> Vec<Rule> {
+    use crate::selector::LABEL_VALUE_REGEX;
+    vec![
+        rule(
+            label_key("self.key"),
+            format!(
+                "matchExpressions keys must be label keys: {LABEL_KEY_SYNTAX}, e.g. app"
+            ),
+        ),
+        rule(
+            "self.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist']",
+            "matchExpressions operator must be In, NotIn, Exists or DoesNotExist",
+        ),
+        rule(
+            "self.operator in ['Exists', 'DoesNotExist'] ? \
+             (!has(self.values) || size(self.values) == 0) : \
+             (!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0))",
+            "matchExpressions values must list at least one value for In and NotIn, and none \
+             for Exists and DoesNotExist",
+        ),
+        rule(
+            format!("!has(self.values) || self.values.all(v, v.matches('{LABEL_VALUE_REGEX}'))"),
+            format!("matchExpressions values must be label values: {LABEL_VALUE_SYNTAX}"),
+        ),
+    ]
+}
+
 // ---- SLO ----
 
 /// On `spec.probeSet` of an SLO.
@@ -388,6 +454,8 @@ mod tests {
             drain_interval(),
             node_budget(),
             report_interval(),
+            label_map("nodeSelector"),
+            selector_requirement(),
             probe_set_name(),
             slo_probe_name(),
             indicator(),

@@ -8,6 +8,8 @@
 //!   with errors that name the field and the fix.
 //! - [`reference`]: the Markdown API reference (`docs/reference.md`),
 //!   generated from the CRD schemas.
+//! - [`selector`]: label syntax of node and pod selectors, checked the same
+//!   way at admission, in `validate()` and by the node agent.
 //!
 //! No IO beyond what [`manifest::load_file`] reads.
 #![forbid(unsafe_code)]
@@ -18,6 +20,7 @@ pub mod manifest;
 pub mod plan;
 pub mod probeset;
 pub mod reference;
+pub mod selector;
 pub mod slo;
 
 pub use agent::{AgentConfig, AgentProbe, Threshold};

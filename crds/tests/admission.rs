@@ -164,6 +164,15 @@ fn bad_schema(
 
 const PS: &str = "ProbeSet";
 
+/// A label key whose DNS-subdomain prefix has 254 characters: every label
+/// of it is well formed, only the length is not.
+const LONG_PREFIX_KEY: &str = concat!(
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.",
+    "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.",
+    "ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc.",
+    "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd/os"
+);
+
 fn cases() -> Vec<Case> {
     let s = |v: &str| json!(v);
     vec![
@@ -362,6 +371,162 @@ fn cases() -> Vec<Case> {
             |o| set(o, "/spec/probes/0/filter/cgroups/0", s("//")),
             "spec.probes[0].filter.cgroups[0]",
             &["cgroups entries must be cgroup v2 paths"],
+        ),
+        // ---- node and pod selectors ----
+        valid("selectors with every operator and prefixed keys", PS, |o| {
+            set(
+                o,
+                "/spec/podSelector",
+                json!({
+                    "matchLabels": {"team": "", "app.kubernetes.io/part-of": "shop"},
+                    "matchExpressions": [
+                        {"key": "app.kubernetes.io/name", "operator": "In", "values": ["web", "api"]},
+                        {"key": "tier", "operator": "NotIn", "values": ["db"]},
+                        {"key": "canary", "operator": "Exists"},
+                        {"key": "legacy", "operator": "DoesNotExist", "values": []},
+                    ],
+                }),
+            );
+            set(
+                o,
+                "/spec/nodeSelector",
+                json!({"node-role.kubernetes.io/worker": "", "Zone_A.b": "eu-1"}),
+            );
+        }),
+        valid("an empty pod selector (every pod of the namespace)", PS, |o| {
+            set(o, "/spec/podSelector", json!({}))
+        }),
+        bad_cel(
+            "an unknown selector operator",
+            PS,
+            |o| {
+                set(
+                    o,
+                    "/spec/podSelector/matchExpressions",
+                    json!([{"key": "app", "operator": "Matches", "values": ["web"]}]),
+                )
+            },
+            "spec.podSelector.matchExpressions[0].operator",
+            &["matchExpressions operator must be"],
+        ),
+        bad_cel(
+            "an operator in the wrong case",
+            PS,
+            |o| {
+                set(
+                    o,
+                    "/spec/podSelector/matchExpressions",
+                    json!([{"key": "app", "operator": "in", "values": ["web"]}]),
+                )
+            },
+            "spec.podSelector.matchExpressions[0].operator",
+            &["matchExpressions operator must be"],
+        ),
+        bad_cel(
+            "In without values",
+            PS,
+            |o| {
+                set(
+                    o,
+                    "/spec/podSelector/matchExpressions",
+                    json!([{"key": "app", "operator": "In", "values": []}]),
+                )
+            },
+            "spec.podSelector.matchExpressions[0].values",
+            &["matchExpressions values must list at least one value"],
+        ),
+        bad_cel(
+            "Exists with values",
+            PS,
+            |o| {
+                set(
+                    o,
+                    "/spec/podSelector/matchExpressions",
+                    json!([{"key": "app", "operator": "Exists", "values": ["web"]}]),
+                )
+            },
+            "spec.podSelector.matchExpressions[0].values",
+            &["matchExpressions values must list at least one value"],
+        ),
+        bad_cel(
+            "a malformed expression key",
+            PS,
+            |o| {
+                set(
+                    o,
+                    "/spec/podSelector/matchExpressions",
+                    json!([{"key": "app name", "operator": "Exists"}]),
+                )
+            },
+            "spec.podSelector.matchExpressions[0].key",
+            &["matchExpressions keys must be label keys"],
+        ),
+        bad_cel(
+            "a malformed expression value",
+            PS,
+            |o| {
+                set(
+                    o,
+                    "/spec/podSelector/matchExpressions",
+                    json!([{"key": "app", "operator": "In", "values": ["web", "web/1"]}]),
+                )
+            },
+            "spec.podSelector.matchExpressions[0].values[1]",
+            &["matchExpressions values must be label values"],
+        ),
+        bad_cel(
+            "a matchLabels key starting with a dash",
+            PS,
+            |o| set(o, "/spec/podSelector/matchLabels", json!({"-app": "web"})),
+            "spec.podSelector.matchLabels[-app]",
+            &["matchLabels keys must be label keys"],
+        ),
+        bad_cel(
+            "a matchLabels value with a space",
+            PS,
+            |o| set(o, "/spec/podSelector/matchLabels/app", s("web server")),
+            "spec.podSelector.matchLabels[app]",
+            &["matchLabels values must be label values"],
+        ),
+        bad_cel(
+            "a node selector key with an uppercase prefix",
+            PS,
+            |o| set(o, "/spec/nodeSelector", json!({"Example.com/os": "linux"})),
+            "spec.nodeSelector[Example.com/os]",
+            &["nodeSelector keys must be label keys"],
+        ),
+        bad_cel(
+            "a node selector key whose prefix is longer than 253 characters",
+            PS,
+            |o| set(o, "/spec/nodeSelector", json!({ LONG_PREFIX_KEY: "linux" })),
+            Box::leak(format!("spec.nodeSelector[{LONG_PREFIX_KEY}]").into_boxed_str()),
+            &["nodeSelector keys must be label keys"],
+        ),
+        bad_cel(
+            "a node selector value ending in a dot",
+            PS,
+            |o| set(o, "/spec/nodeSelector/kubernetes.io~1os", s("linux.")),
+            "spec.nodeSelector[kubernetes.io/os]",
+            &["nodeSelector values must be label values"],
+        ),
+        bad_schema(
+            "too many pod labels",
+            PS,
+            |o| {
+                let labels: serde_json::Map<String, Value> =
+                    (0..33).map(|i| (format!("l{i}"), json!("x"))).collect();
+                set(o, "/spec/podSelector/matchLabels", Value::Object(labels))
+            },
+            "spec.podSelector.matchLabels",
+        ),
+        bad_schema(
+            "too many selector expressions",
+            PS,
+            |o| {
+                let e = json!({"key": "app", "operator": "Exists"});
+                set(o, "/spec/podSelector/matchExpressions", json!(vec![e; 17]))
+            },
+            "spec.podSelector.matchExpressions",
         ),
         bad_cel(
             "a drain interval too long",
@@ -872,9 +1037,11 @@ fn every_rule_compiles_and_uses_only_what_the_api_server_offers() {
         "size",
         "matches",
         "startsWith",
+        "endsWith",
         "contains",
         "split",
         "duration",
+        "getMilliseconds",
         "string",
         "int",
         "bytes",
