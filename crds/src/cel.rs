@@ -250,10 +250,15 @@ pub fn comm() -> Vec<Rule> {
     )]
 }
 
-/// On each item of `spec.probes[].filter.cgroups`.
+/// On each item of `spec.probes[].filter.cgroups`: something besides
+/// slashes, and no `..` component. The `..` test is spelled with
+/// `startsWith`/`endsWith`/`contains` rather than a regex: the API server
+/// prices a regex by its length times the string's, and this rule runs on
+/// every path of every probe.
 pub fn cgroup() -> Vec<Rule> {
     vec![rule(
-        "self.matches('[^/]') && !self.matches('(^|/)[.][.](/|$)')",
+        "self.matches('[^/]') && self != '..' && !self.startsWith('../') && \
+         !self.endsWith('/..') && !self.contains('/../')",
         "cgroups entries must be cgroup v2 paths without '..', absolute under /sys/fs/cgroup \
          or relative to it, e.g. system.slice/nginx.service",
     )]
@@ -397,14 +402,29 @@ pub fn latency_threshold() -> Vec<Rule> {
     vec![duration_in("threshold", "0s", None, "100ms")]
 }
 
+/// The window rule's reasoning about days holds for these bounds: at most
+/// a day at the low end, whole days at the high end.
+const _: () = assert!(
+    MIN_WINDOW.as_secs() <= 86_400
+        && MIN_WINDOW.subsec_nanos() == 0
+        && MAX_WINDOW.as_secs().is_multiple_of(86_400)
+        && MAX_WINDOW.subsec_nanos() == 0
+);
+
 /// On `spec.window` of an SLO.
 pub fn window() -> Vec<Rule> {
-    // Go's (and CEL's) duration() knows no days: "30d12h" is evaluated as
-    // duration(string(30 * 24) + 'h') + duration('12h').
-    let value = "(self.contains('d') ? \
-                 duration(string(int(self.split('d')[0]) * 24) + 'h') + \
-                 (self.split('d')[1] == '' ? duration('0s') : duration(self.split('d')[1])) \
-                 : duration(self))";
+    // Go's (and CEL's) duration() knows no days, so "30d12h" is read as D
+    // whole days and a rest R (a Go duration, never negative there). The
+    // days stay a number: turning them back into a string (`string(int)`)
+    // has no size bound in the API server's cost estimate, which then
+    // refuses the CRD. With X = MAX - R:
+    //   D days + R >= MIN  <=>  D >= 1 || R >= MIN               (MIN <= 1 day)
+    //   D days + R <= MAX  <=>  D <= MAX days && X >= 0 && X.getMilliseconds() >= D * 86400000
+    // where getMilliseconds() floors, which is exact against a whole number.
+    let days = "int(self.split('d')[0])";
+    let rest = "(self.endsWith('d') ? duration('0s') : duration(self.split('d')[1]))";
+    let (min, max) = (format_duration(MIN_WINDOW), format_duration(MAX_WINDOW));
+    let max_days = MAX_WINDOW.as_secs() / 86_400;
     vec![
         rule(
             format!("self.matches('{DURATION_DAYS_REGEX}')"),
@@ -413,10 +433,11 @@ pub fn window() -> Vec<Rule> {
         ),
         rule(
             format!(
-                "!self.matches('{DURATION_DAYS_REGEX}') || \
-                 ({value} >= duration('{min}') && {value} <= duration('{max}'))",
-                min = format_duration(MIN_WINDOW),
-                max = format_duration(MAX_WINDOW),
+                "!self.matches('{DURATION_DAYS_REGEX}') || (self.contains('d') ? \
+                 ({days} >= 1 || {rest} >= duration('{min}')) && {days} <= {max_days} && \
+                 duration('{max}') - {rest} >= duration('0s') && \
+                 (duration('{max}') - {rest}).getMilliseconds() >= {days} * 86400000 : \
+                 duration(self) >= duration('{min}') && duration(self) <= duration('{max}'))"
             ),
             format!(
                 "window must be from {} to {}, e.g. 30d",

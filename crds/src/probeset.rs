@@ -359,10 +359,10 @@ pub struct ProbeFilter {
     #[schemars(length(max = MAX_FILTER_COMMS), inner(length(min = 1, max = MAX_COMM_LEN)))]
     #[schemars(transform = cel::on_comm_items)]
     pub comms: Vec<String>,
-    /// cgroup v2 paths to observe (at most 256), absolute under the cgroup
-    /// mount (`/sys/fs/cgroup/system.slice/nginx.service`) or relative to it
-    /// (`system.slice/nginx.service`). Processes in descendant cgroups are
-    /// included.
+    /// cgroup v2 paths to observe (at most 64, each at most 256 characters),
+    /// absolute under the cgroup mount (`/sys/fs/cgroup/system.slice/nginx.service`)
+    /// or relative to it (`system.slice/nginx.service`). Processes in
+    /// descendant cgroups are included; pods are selected with `podSelector`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_FILTER_CGROUPS), inner(length(min = 1, max = MAX_CGROUP_PATH_LEN)))]
     #[schemars(transform = cel::on_cgroup_items)]
@@ -375,10 +375,18 @@ pub const MAX_FILTER_PIDS: usize = 1024;
 pub const MAX_PID: u32 = 4 * 1024 * 1024;
 /// Most comms in one filter (the kernel's comm filter holds 256).
 pub const MAX_FILTER_COMMS: usize = 256;
-/// Most cgroup paths in one filter.
-pub const MAX_FILTER_CGROUPS: usize = 256;
-/// Longest cgroup path; also bounds the cost of the CEL rule on each.
-pub const MAX_CGROUP_PATH_LEN: usize = 512;
+/// Most cgroup paths in one filter. Pods come through `podSelector`, so
+/// these are the few system cgroups a probe names; the number also bounds
+/// how often the API server counts the path rule (64 probes × 64 paths).
+pub const MAX_FILTER_CGROUPS: usize = 64;
+/// Longest cgroup path. A container's cgroup under the systemd driver
+/// (`/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/`, then
+/// `kubepods-besteffort-pod<uid>.slice/cri-containerd-<64 hex>.scope`) is
+/// 207 characters with the mount prefix; 256 leaves room for that. It
+/// also bounds the path rule's estimated cost (0.2 per byte, a character
+/// counting as 4): 217 per path, so 64 probes × 64 paths stay under a tenth
+/// of the API server's per-rule limit (see `crds/tests/cel_cost`).
+pub const MAX_CGROUP_PATH_LEN: usize = 256;
 
 /// Observed state of a ProbeSet, written by the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

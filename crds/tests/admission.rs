@@ -372,6 +372,43 @@ fn cases() -> Vec<Case> {
             "spec.probes[0].filter.cgroups[0]",
             &["cgroups entries must be cgroup v2 paths"],
         ),
+        bad_cel(
+            "a cgroup path ending in '..'",
+            PS,
+            |o| set(o, "/spec/probes/0/filter/cgroups/0", s("system.slice/..")),
+            "spec.probes[0].filter.cgroups[0]",
+            &["cgroups entries must be cgroup v2 paths"],
+        ),
+        bad_cel(
+            "a cgroup path of '..' alone",
+            PS,
+            |o| set(o, "/spec/probes/0/filter/cgroups/0", s("..")),
+            "spec.probes[0].filter.cgroups[0]",
+            &["cgroups entries must be cgroup v2 paths"],
+        ),
+        valid(
+            "cgroup names with dots and a kubepods container path",
+            PS,
+            |o| {
+                let container = format!(
+                    "/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/\
+                     kubepods-besteffort-pod0c4e1c5a_1b2d_4e6f_8a9b_0c1d2e3f4a5b.slice/\
+                     cri-containerd-{}.scope",
+                    "0123456789abcdef".repeat(4)
+                );
+                set(
+                    o,
+                    "/spec/probes/0/filter/cgroups",
+                    json!(["system.slice/..a..b/c..", "..hidden/x", container]),
+                )
+            },
+        ),
+        bad_schema(
+            "a cgroup path over 256 characters",
+            PS,
+            |o| set(o, "/spec/probes/0/filter/cgroups/0", s(&"a/".repeat(129))),
+            "spec.probes[0].filter.cgroups[0]",
+        ),
         // ---- node and pod selectors ----
         valid("selectors with every operator and prefixed keys", PS, |o| {
             set(
@@ -739,6 +776,9 @@ fn cases() -> Vec<Case> {
         valid("the longest window", "SLO", |o| {
             set(o, "/spec/window", s("90d"))
         }),
+        valid("a window a nanosecond short of the longest", "SLO", |o| {
+            set(o, "/spec/window", s("89d23h59m59.999999999s"))
+        }),
         valid("the longest window in hours", "SLO", |o| {
             set(o, "/spec/window", s("2160h"))
         }),
@@ -845,6 +885,20 @@ fn cases() -> Vec<Case> {
             "a window too long",
             "SLO",
             |o| set(o, "/spec/window", s("90d1s")),
+            "spec.window",
+            &["window must be from 1h to 90d"],
+        ),
+        bad_cel(
+            "a window too long by a nanosecond",
+            "SLO",
+            |o| set(o, "/spec/window", s("89d23h59m60.000000001s")),
+            "spec.window",
+            &["window must be from 1h to 90d"],
+        ),
+        bad_cel(
+            "a window too short by a millisecond",
+            "SLO",
+            |o| set(o, "/spec/window", s("0d59m59.999s")),
             "spec.window",
             &["window must be from 1h to 90d"],
         ),
