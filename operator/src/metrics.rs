@@ -33,6 +33,9 @@ pub struct Metrics {
     /// Stored objects the operator cannot decode, by resource; each has an
     /// `Invalid` condition saying why.
     pub undecodable: IntGaugeVec,
+    /// SLOs whose last snapshot write failed (their `Persisted` condition
+    /// is False): a failover now would restore older state.
+    pub slo_snapshots_unsaved: IntGauge,
     pub ingest: IngestMetrics,
 }
 
@@ -122,7 +125,13 @@ impl Metrics {
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(watch_errors.clone()))?;
         registry.register(Box::new(undecodable.clone()))?;
+        let slo_snapshots_unsaved = IntGauge::new(
+            "ringwarden_operator_slo_snapshots_unsaved",
+            "SLOs whose last snapshot write failed: a failover now would restore older state.",
+        )?;
+        registry.register(Box::new(slo_snapshots_unsaved.clone()))?;
         Ok(Self {
+            slo_snapshots_unsaved,
             watch_errors,
             undecodable,
             reconciles,

@@ -39,8 +39,8 @@ use crate::{
     error::is_conflict,
     hub::ProbeSetFigures,
     render::{FIELD_MANAGER, content_hash},
-    reports::Persisted,
-    slo_status::{self, Verdict},
+    reports::{Persisted, millis},
+    slo_status::{self, Saved, Verdict},
     status::Reported,
 };
 
@@ -48,8 +48,17 @@ use crate::{
 pub const SNAPSHOT_LABEL: &str = "ringwarden.dev/slo-snapshot";
 /// Annotation naming the SLO (`namespace/name`) a snapshot belongs to.
 pub const SNAPSHOT_SLO_ANNOTATION: &str = "ringwarden.dev/slo";
-/// Key of the snapshot in its ConfigMap.
+/// Key of the snapshot in its ConfigMap as earlier versions wrote it
+/// (`data`, plain JSON); still read.
 pub const SNAPSHOT_KEY: &str = "snapshot.json";
+/// How long a stale restore shows on the SLO: the fast burn window of a
+/// 30-day SLO, which the gap's counts could inflate.
+const STALE_NOTICE: Duration = Duration::from_secs(3600);
+/// A snapshot younger than this is never called stale.
+const STALE_MIN: Duration = Duration::from_secs(120);
+
+/// Key of the compressed snapshot in its ConfigMap's `binaryData`.
+pub const SNAPSHOT_KEY_GZ: &str = "snapshot.json.gz";
 
 /// Timings of the loop.
 #[derive(Clone, Copy, Debug)]
@@ -80,7 +89,16 @@ pub fn snapshot_name(id: &str) -> String {
     format!("ringwarden-slo-{}", &hex[..16])
 }
 
-fn snapshot_config_map(namespace: &str, p: &Persisted) -> Result<ConfigMap, serde_json::Error> {
+/// The ConfigMap holding `p`: gzip-compressed JSON under
+/// [`SNAPSHOT_KEY_GZ`] in `binaryData`. Uncompressed, a snapshot grows by
+/// about 200 bytes per node and would pass a ConfigMap's 1 MiB near 4 500
+/// nodes; compressed it stays under a third of it at 5 000 (tested).
+pub fn snapshot_config_map(namespace: &str, p: &Persisted) -> Result<ConfigMap, std::io::Error> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    serde_json::to_writer(&mut gz, p)?;
+    gz.flush()?;
+    let bytes = gz.finish()?;
     Ok(ConfigMap {
         metadata: ObjectMeta {
             name: Some(snapshot_name(&p.slo)),
@@ -96,13 +114,33 @@ fn snapshot_config_map(namespace: &str, p: &Persisted) -> Result<ConfigMap, serd
             )])),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([(
-            SNAPSHOT_KEY.into(),
-            serde_json::to_string(p)?,
+        binary_data: Some(BTreeMap::from([(
+            SNAPSHOT_KEY_GZ.into(),
+            k8s_openapi::ByteString(bytes),
         )])),
         ..Default::default()
     })
 }
+
+/// The snapshot a ConfigMap holds: compressed, or as plain JSON under
+/// [`SNAPSHOT_KEY`] as earlier versions wrote it.
+pub fn snapshot_of(cm: &ConfigMap) -> Result<Persisted, String> {
+    if let Some(gz) = cm.binary_data.as_ref().and_then(|d| d.get(SNAPSHOT_KEY_GZ)) {
+        let reader =
+            std::io::Read::take(flate2::read::GzDecoder::new(&gz.0[..]), MAX_SNAPSHOT_JSON);
+        return serde_json::from_reader(reader).map_err(|e| e.to_string());
+    }
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(SNAPSHOT_KEY))
+        .ok_or_else(|| format!("neither {SNAPSHOT_KEY_GZ} nor {SNAPSHOT_KEY} in it"))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Most bytes a snapshot may inflate to: a bound on what a ConfigMap edited
+/// by hand can make the operator allocate.
+const MAX_SNAPSHOT_JSON: u64 = 64 << 20;
 
 /// The loop's state between ticks.
 pub struct Publisher {
@@ -113,6 +151,9 @@ pub struct Publisher {
     restored: Option<u64>,
     /// When each SLO's status was last written.
     slo_written: HashMap<String, Instant>,
+    /// SLOs whose saved state is not current, and until when a stale
+    /// restore is shown.
+    unsaved: HashMap<String, (Saved, Option<Instant>)>,
     /// The evaluator version last persisted, per SLO.
     persisted: HashMap<String, u64>,
     last_persist: Option<Instant>,
@@ -134,6 +175,7 @@ impl Publisher {
             settings,
             restored: None,
             slo_written: HashMap::new(),
+            unsaved: HashMap::new(),
             persisted: HashMap::new(),
             last_persist: None,
             exported_probesets: HashSet::new(),
@@ -175,6 +217,8 @@ impl Publisher {
             }
             self.restored = None;
             self.slo_written.clear();
+            self.unsaved.clear();
+            self.ctx.metrics.slo_snapshots_unsaved.set(0);
             self.persisted.clear();
             return;
         }
@@ -213,16 +257,28 @@ impl Publisher {
             let Some(cm) = api.get_opt(&snapshot_name(&def.id)).await? else {
                 continue;
             };
-            let text = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(SNAPSHOT_KEY))
-                .cloned()
-                .unwrap_or_default();
             let id = def.id.clone();
-            match serde_json::from_str::<Persisted>(&text) {
-                Ok(p) if p.slo == id => match hub.reports().restore_slo(def, p) {
+            match snapshot_of(&cm) {
+                Ok(p) if p.slo == id => match hub.reports().restore_slo(def, p.clone()) {
                     Ok(()) => {
+                        let age = p.saved_ms.map(|t| {
+                            Duration::from_millis(millis(SystemTime::now()).saturating_sub(t))
+                        });
+                        if let Some(age) = age.filter(|a| *a > self.stale_after()) {
+                            warn!(
+                                slo = id,
+                                age_s = age.as_secs(),
+                                "restored an old SLO snapshot: the gap's counts land at once"
+                            );
+                            let at = controller::now().0.to_string();
+                            self.unsaved.insert(
+                                id.clone(),
+                                (
+                                    Saved::RestoredStale { age, at },
+                                    Some(Instant::now() + STALE_NOTICE),
+                                ),
+                            );
+                        }
                         // Saved as it stands: no need to write it back.
                         self.persisted.insert(id, 0);
                         restored += 1;
@@ -374,7 +430,16 @@ impl Publisher {
                 self.export_slo(&ns, &name, f);
                 exported.insert((ns.clone(), name.clone()));
             }
-            let mut desired = slo_status::desired(&slo, verdict, &controller::now());
+            let now_time = controller::now();
+            let mut desired = slo_status::desired(&slo, verdict, &now_time);
+            if !desired
+                .conditions
+                .iter()
+                .any(|c| c.status == "True" && c.type_ == slo_status::condition::INVALID)
+            {
+                let saved = self.saved(&id);
+                slo_status::with_saved(&mut desired, slo.status.as_ref(), &saved, &now_time);
+            }
             desired.cluster = self.ctx.hub.cluster().map(str::to_owned);
             if slo_status::up_to_date(slo.status.as_ref(), &desired) {
                 continue;
@@ -456,6 +521,32 @@ impl Publisher {
         }
     }
 
+    /// How `id`'s saved state stands now; a stale restore is shown for
+    /// [`STALE_NOTICE`].
+    fn saved(&mut self, id: &str) -> Saved {
+        let now = Instant::now();
+        self.unsaved
+            .retain(|_, (_, until)| until.is_none_or(|u| now < u));
+        self.ctx.metrics.slo_snapshots_unsaved.set(
+            i64::try_from(
+                self.unsaved
+                    .values()
+                    .filter(|(s, _)| matches!(s, Saved::Failed { .. }))
+                    .count(),
+            )
+            .unwrap_or(i64::MAX),
+        );
+        self.unsaved
+            .get(id)
+            .map_or(Saved::Current, |(s, _)| s.clone())
+    }
+
+    /// A restored snapshot older than this is reported: a failover takes
+    /// a lease duration, plus one snapshot interval of unsaved changes.
+    fn stale_after(&self) -> Duration {
+        (self.settings.snapshot_every * 3).max(STALE_MIN)
+    }
+
     /// Writes the snapshots that changed since they were last written,
     /// every [`Settings::snapshot_every`].
     async fn persist(&mut self) {
@@ -474,9 +565,10 @@ impl Publisher {
             if self.persisted.get(&id) == Some(&version) {
                 continue;
             }
-            let Some(p) = hub.reports().persisted(&id) else {
+            let Some(mut p) = hub.reports().persisted(&id) else {
                 continue;
             };
+            p.saved_ms = Some(millis(SystemTime::now()));
             if !self.ctx.leadership.is_leading() {
                 return;
             }
@@ -496,14 +588,24 @@ impl Publisher {
                 .await
             {
                 Ok(_) => {
-                    self.persisted.insert(id, version);
+                    self.persisted.insert(id.clone(), version);
                     self.ctx.metrics.wrote("SLOSnapshot");
+                    if matches!(self.unsaved.get(&id), Some((Saved::Failed { .. }, _))) {
+                        self.unsaved.remove(&id);
+                    }
                 }
                 Err(e) => {
                     self.ctx
                         .metrics
                         .error(crate::metrics::controller::SLO, "snapshot");
                     warn!(slo = id, error = %e, "cannot persist an SLO snapshot");
+                    let since = match self.unsaved.get(&id) {
+                        Some((Saved::Failed { since, .. }, _)) => since.clone(),
+                        _ => controller::now().0.to_string(),
+                    };
+                    let error = crate::reports::truncate(&e.to_string(), 512);
+                    self.unsaved
+                        .insert(id, (Saved::Failed { error, since }, None));
                 }
             }
         }

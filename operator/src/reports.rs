@@ -575,6 +575,9 @@ pub struct Persisted {
     pub latency_slot_ms: u64,
     /// `(slot, histogram)`, slot = Unix ms / `latency_slot_ms`.
     pub latency: Vec<(u64, Histogram)>,
+    /// When it was written (Unix ms), so a successor can tell its age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_ms: Option<u64>,
 }
 
 /// What became of a report.
@@ -1119,6 +1122,7 @@ impl Reports {
                 .iter()
                 .map(|(slot, d)| (*slot, d.to_histogram()))
                 .collect(),
+            saved_ms: None,
         })
     }
 

@@ -23,9 +23,12 @@ pub mod condition {
     pub const READY: &str = "Ready";
     /// The spec, or the ProbeSet or probe it names, is wrong.
     pub const INVALID: &str = "Invalid";
+    /// The SLO's state is saved (its snapshot ConfigMap is current), so a
+    /// failover restores it; False says what a failover would lose.
+    pub const PERSISTED: &str = "Persisted";
 
     /// Every type the operator writes.
-    pub const OWNED: [&str; 2] = [READY, INVALID];
+    pub const OWNED: [&str; 3] = [READY, INVALID, PERSISTED];
 }
 
 /// Whether `current` already says what `desired` does, looking only at the
@@ -49,6 +52,72 @@ pub mod reason {
     pub const PROBE_NOT_RUNNING: &str = "ProbeNotRunning";
     /// More SLOs watch the probe than the kernel has threshold slots.
     pub const NO_THRESHOLD_SLOT: &str = "NoThresholdSlot";
+    /// `Persisted`: the last snapshot write succeeded.
+    pub const SAVED: &str = "Saved";
+    /// `Persisted`: the last snapshot write failed.
+    pub const SAVE_FAILED: &str = "SaveFailed";
+    /// `Persisted`: this leader restored a snapshot much older than the
+    /// snapshot interval, so the counts of the gap landed all at once.
+    pub const RESTORED_STALE: &str = "RestoredStale";
+}
+
+/// How an SLO's saved state stands, for its `Persisted` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// Saved at its last change.
+    Current,
+    /// The last write failed: the error, and since when the state is
+    /// unsaved (RFC 3339).
+    Failed { error: String, since: String },
+    /// Restored from a snapshot `age` old at `at` (RFC 3339).
+    RestoredStale { age: Duration, at: String },
+}
+
+/// Adds the `Persisted` condition to `status`, keeping its transition time
+/// from `current` unless it flips.
+pub fn with_saved(status: &mut SloStatus, current: Option<&SloStatus>, saved: &Saved, now: &Time) {
+    let (ok, reason, message) = match saved {
+        Saved::Current => (
+            true,
+            reason::SAVED,
+            "the SLO's state is saved; a failover restores it".to_owned(),
+        ),
+        Saved::Failed { error, since } => (
+            false,
+            reason::SAVE_FAILED,
+            format!(
+                "cannot save the SLO's state since {since}: {error}; a failover now restores \
+                 older state, and the counts since then land at once. Check the operator's \
+                 permission to patch ConfigMaps in its namespace"
+            ),
+        ),
+        Saved::RestoredStale { age, at } => (
+            false,
+            reason::RESTORED_STALE,
+            format!(
+                "restored at {at} from a snapshot {}s old: the counts of that gap were \
+                 added at once, so burn rates of the following hour may be overstated",
+                age.as_secs()
+            ),
+        ),
+    };
+    let status_text = if ok { "True" } else { "False" };
+    let last_transition_time = current
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == condition::PERSISTED)
+        })
+        .filter(|c| c.status == status_text)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    status.conditions.push(Condition {
+        type_: condition::PERSISTED.into(),
+        status: status_text.into(),
+        reason: reason.into(),
+        message: truncate(&message, MAX_MESSAGE_BYTES),
+        observed_generation: status.observed_generation,
+        last_transition_time,
+    });
 }
 
 /// Longest condition message.

@@ -167,6 +167,7 @@ pub async fn serve(
         }
     });
 
+    let (release_tx, release_rx) = watch::channel(false);
     let identity = args.identity.clone().unwrap_or_else(host_name);
     let (leadership, elector) = if args.leader_elect {
         let settings = LeaseSettings {
@@ -178,7 +179,14 @@ pub async fn serve(
         };
         let api = Api::namespaced(client.clone(), &args.namespace);
         let (elector, leadership) = Elector::new(api, settings, metrics.leader.clone());
-        (leadership, Some(tokio::spawn(elector.run(stopped()))))
+        // Released only after the publisher's last snapshot (below), so a
+        // successor never restores from an older one.
+        let release = release_rx.clone();
+        let released = async move {
+            let mut rx = release;
+            let _ = rx.wait_for(|r| *r).await;
+        };
+        (leadership, Some(tokio::spawn(elector.run(released))))
     } else {
         metrics.leader.set(1);
         (Leadership::always(), None)
@@ -380,6 +388,9 @@ pub async fn serve(
         publisher
     );
     let _ = undecodable.await;
+    // The publisher persisted its last snapshots on the way out: now the
+    // Lease may go.
+    let _ = release_tx.send(true);
     if let Some(elector) = elector {
         let _ = elector.await;
     }

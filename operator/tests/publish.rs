@@ -16,7 +16,7 @@ use ringwarden_core::slo::SloState as CoreState;
 use ringwarden_crds::{ProbeSet, Slo, SloState, SloStatus};
 use ringwarden_operator::{
     lease::Leadership,
-    publish::{Publisher, SNAPSHOT_KEY, Settings, snapshot_name},
+    publish::{Publisher, SNAPSHOT_KEY, Settings, snapshot_config_map, snapshot_name, snapshot_of},
     reports::{AgentInfo, Persisted, ProbeRef, Reports, Sample, millis},
     sim::SimAgent,
     slo_status,
@@ -81,6 +81,8 @@ fn configure(agent: &mut SimAgent, cluster: &Cluster) {
     });
 }
 
+/// A snapshot as earlier versions wrote it (plain JSON under `data`),
+/// which a new leader must still read.
 fn snapshot_configmap(p: &Persisted) -> Value {
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -144,8 +146,9 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
     let snapshot_write = || {
         patch(&format!("{}/{}", configmaps(), snapshot_name("shop/fast"))).check(|s| {
             assert_applied(s);
-            let text = s.body["data"][SNAPSHOT_KEY].as_str().unwrap();
-            let p: Persisted = serde_json::from_str(text).unwrap();
+            let cm: k8s_openapi::api::core::v1::ConfigMap =
+                serde_json::from_value(s.body.clone()).unwrap();
+            let p: Persisted = snapshot_of(&cm).unwrap();
             assert_eq!(p.slo, "shop/fast");
             assert_eq!(
                 s.body["metadata"]["labels"]["ringwarden.dev/slo-snapshot"],
@@ -310,4 +313,69 @@ fn exchange_delete(path: &str) -> Exchange {
         200,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
     )
+}
+
+/// An SLO's snapshot after `nodes` agents, each on its own boot, reported
+/// every 10 s for `reports` intervals with a spread of latencies.
+fn snapshot_after(nodes: usize, reports: u64) -> Persisted {
+    let cluster = Cluster::new(
+        vec![probeset("shop", "web", 1, WEB)],
+        &[&[("pool", "web")]],
+        vec![slo("shop", "fast", FAST)],
+    );
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let def = slo_status::definition(
+        &slo("shop", "fast", FAST),
+        &cluster.stores.probesets.state(),
+        None,
+    )
+    .unwrap();
+    let mut reports_seen = Reports::default();
+    reports_seen.sync_slos(t0, vec![def]);
+    let probe = ProbeRef {
+        namespace: "shop".into(),
+        probeset: "web".into(),
+        probe: "sys".into(),
+    };
+    let latencies: Vec<u64> = (0..64).map(|i| (i * i + 1) * MS / 7).collect();
+    for n in 0..nodes {
+        let node = format!("ip-10-0-{}-{}.eu-west-1.compute.internal", n / 250, n % 250);
+        // Boot ids are random UUIDs: incompressible, as in a cluster.
+        let mut x = (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let boot = format!("{:016x}{:016x}", next(), next());
+        let mut agent = SimAgent::new(&node, &boot, vec![probe.clone()]);
+        configure(&mut agent, &cluster);
+        reports_seen.hello(t0, hello(&agent));
+        for r in 0..reports {
+            let at = t0 + Duration::from_secs(10 * r);
+            for _ in 0..(n * 7 + r as usize * 13) % 29 + 1 {
+                agent.probes[0].observe("read", &latencies[..(n + r as usize) % 64 + 1]);
+            }
+            reports_seen.ingest(at, &node, &report(&mut agent, at));
+        }
+    }
+    reports_seen.persisted("shop/fast").unwrap()
+}
+
+#[test]
+fn a_snapshot_stays_far_below_a_configmaps_limit_at_5000_nodes() {
+    for (nodes, limit) in [(1_000, 128 * 1024), (5_000, 384 * 1024)] {
+        let p = snapshot_after(nodes, 3);
+        let cm = snapshot_config_map(NAMESPACE, &p).unwrap();
+        // What etcd stores, near enough: the object as JSON.
+        let stored = serde_json::to_vec(&cm).unwrap().len();
+        let plain = serde_json::to_vec(&p).unwrap().len();
+        println!("{nodes} nodes: snapshot {plain} bytes as JSON, ConfigMap {stored} bytes");
+        assert!(
+            stored < limit,
+            "{nodes} nodes: {stored} bytes (plain {plain}); the limit is 1 MiB"
+        );
+        assert_eq!(snapshot_of(&cm).unwrap(), p, "it reads back exactly");
+    }
 }
