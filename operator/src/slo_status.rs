@@ -454,4 +454,34 @@ mod tests {
         let later = e.evaluate(now + Duration::from_secs(5), None);
         assert_eq!(desired(&slo, Verdict::Evaluated(&later), &at(20)), first);
     }
+
+    #[test]
+    fn a_failed_save_says_since_when_and_keeps_that_time_until_saved_again() {
+        let failed = Saved::Failed {
+            error: "configmaps is forbidden".into(),
+            since: "2026-01-01T00:00:00Z".into(),
+        };
+        let mut s = SloStatus::default();
+        with_saved(&mut s, None, &failed, &at(10));
+        let c = s.conditions.last().unwrap();
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("Persisted", "False", "SaveFailed")
+        );
+        assert!(
+            c.message
+                .contains("since 2026-01-01T00:00:00Z: configmaps is forbidden")
+        );
+        let mut again = SloStatus::default();
+        with_saved(&mut again, Some(&s), &failed, &at(20));
+        assert_eq!(
+            again.conditions.last().unwrap().last_transition_time,
+            at(10)
+        );
+        let mut saved = SloStatus::default();
+        with_saved(&mut saved, Some(&s), &Saved::Current, &at(30));
+        let c = saved.conditions.last().unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Saved"));
+        assert_eq!(c.last_transition_time, at(30));
+    }
 }

@@ -12,7 +12,7 @@ use ringwarden_crds::{ProbeSetStatus, SloStatus as CrdSloStatus};
 use ringwarden_operator::{
     assess::assess,
     reports::{Figures, Flow, MAX_LISTED_NODES, NodeProblem, problem},
-    slo_status::{self, Problem, Verdict},
+    slo_status::{self, Problem, Saved, Verdict},
     status::{self, Reported},
 };
 use serde_json::Value;
@@ -210,7 +210,19 @@ fn every_slo_status_is_admitted() {
             .iter()
             .map(|e| slo_status::desired(&slo, Verdict::Evaluated(e), &at(7))),
     );
-    for mut s in statuses {
+    let saved = [
+        Saved::Current,
+        Saved::Failed {
+            error: "e".repeat(100_000),
+            since: at(7).0.to_string(),
+        },
+        Saved::RestoredStale {
+            age: Duration::from_secs(86_400 * 3),
+            at: at(7).0.to_string(),
+        },
+    ];
+    for (i, mut s) in statuses.into_iter().enumerate() {
+        slo_status::with_saved(&mut s, None, &saved[i % saved.len()], &at(7));
         s.cluster = Some("c".repeat(63));
         let bytes = check("SLO", &serde_json::to_value(&s).unwrap());
         assert!(bytes < 16 * 1024, "{bytes} bytes");
