@@ -64,9 +64,9 @@ fn check(kind: &str, status: &Value) -> usize {
 fn largest_probeset() -> ringwarden_crds::ProbeSet {
     let probes: String = (0..64)
         .map(|i| {
+            let name = format!("p{i:02}-{}", "x".repeat(59));
             format!(
-                "  - name: {}\n    kind: syscalls\n    export: {{policy: all}}\n    peakEventRate: 1e9\n    priority: {}\n",
-                format!("p{i:02}-{}", "x".repeat(59)),
+                "  - name: {name}\n    kind: syscalls\n    export: {{policy: all}}\n    peakEventRate: 1e9\n    priority: {}\n",
                 i % 3
             )
         })
@@ -131,10 +131,8 @@ fn the_longest_probeset_status_is_admitted_and_small() {
 fn an_invalid_probeset_status_with_every_error_is_admitted() {
     let probes: String = (0..64)
         .map(|i| {
-            format!(
-                "  - name: p{i}\n    kind: uprobe\n    filter: {{cgroups: [{}]}}\n",
-                format!("'../{}'", "c".repeat(500))
-            )
+            let cgroup = format!("'../{}'", "c".repeat(500));
+            format!("  - name: p{i}\n    kind: uprobe\n    filter: {{cgroups: [{cgroup}]}}\n")
         })
         .collect();
     let ps = common::probeset("shop", "bad", 2, &format!("probes:\n{probes}"));
