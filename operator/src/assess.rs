@@ -57,11 +57,35 @@ impl Assessment {
 /// Validates `ps` and plans its probes. `slos` may hold any SLOs; those
 /// watching this ProbeSet's probes tighten their drop rate and add kernel
 /// thresholds.
+/// Most bytes one ProbeSet's probes may take in the agents' ConfigMap
+/// (their specs and selectors as JSON): 96 KiB, so ten of the largest still
+/// fit a ConfigMap's 1 MiB. Far above any realistic spec (the examples take
+/// under 2 KiB), far below what the schema's limits allow (64 probes with
+/// full filters are several MiB).
+pub const MAX_CONFIG_BYTES_PER_PROBESET: usize = 96 * 1024;
+
 pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
     let spec = &ps.spec;
     let errors: Vec<String> = spec.validate().iter().map(ToString::to_string).collect();
     if !errors.is_empty() {
         return Assessment::Invalid(errors);
+    }
+    // Every probe carries its ProbeSet's selectors into the agents'
+    // ConfigMap: bound what one ProbeSet adds, so tenants together cannot
+    // push it past the API server's 1 MiB, and say so before it would.
+    let per_probe_selectors =
+        serde_json::to_vec(&(&spec.node_selector, &spec.pod_selector)).map_or(0, |v| v.len());
+    let config_bytes: usize = spec
+        .probes
+        .iter()
+        .map(|p| serde_json::to_vec(p).map_or(0, |v| v.len()) + per_probe_selectors)
+        .sum();
+    if config_bytes > MAX_CONFIG_BYTES_PER_PROBESET {
+        return Assessment::Invalid(vec![format!(
+            "spec.probes: this ProbeSet takes {config_bytes} bytes of the agents' \
+             configuration, over the {MAX_CONFIG_BYTES_PER_PROBESET} one ProbeSet may use; split \
+             it into several ProbeSets, or shorten its filters (cgroups, comms, pids) and selectors"
+        )]);
     }
     let budget = match parse_bytes(&spec.ring_buffer.node_budget) {
         Ok(b) => b,
@@ -337,5 +361,36 @@ mod tests {
         let slos: Vec<_> = (0..6).map(|i| slo(&format!("s{i}"), "sys", 0.01)).collect();
         let a = assess(&ps, &slos);
         assert_eq!(a.planned().unwrap().thresholds[0].len(), MAX_THRESHOLDS);
+    }
+
+    #[test]
+    fn a_probeset_too_large_for_the_agent_configmap_is_invalid_and_says_how_to_fix_it() {
+        let mut probes: Vec<ProbeSpec> = (0..64).map(|i| probe(&format!("p{i}"), 0.0)).collect();
+        for p in &mut probes {
+            p.filter = Some(ringwarden_crds::ProbeFilter {
+                comms: (0..200).map(|i| format!("worker-{i:06}")).collect(),
+                ..Default::default()
+            });
+        }
+        let Assessment::Invalid(errors) = assess(&probeset("64Mi", probes.clone()), &[]) else {
+            panic!("64 probes with 200 comms each fit no ConfigMap share");
+        };
+        assert!(
+            errors[0].starts_with("spec.probes: this ProbeSet takes "),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("split it into several ProbeSets"),
+            "{errors:?}"
+        );
+        // A quarter of it fits.
+        probes.truncate(16);
+        for p in &mut probes {
+            p.filter.as_mut().unwrap().comms.truncate(100);
+        }
+        assert!(matches!(
+            assess(&probeset("64Mi", probes), &[]),
+            Assessment::Planned(_)
+        ));
     }
 }
