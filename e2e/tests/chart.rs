@@ -21,6 +21,9 @@ use serde_json::{Value, json};
 
 const RELEASE: &str = "ringwarden";
 const NAMESPACE: &str = "ringwarden-system";
+/// The oldest Kubernetes the chart supports (`kubeVersion` in Chart.yaml):
+/// `helm template` renders for it, since helm's own default is older.
+const OLDEST_KUBERNETES: &str = "1.30.0";
 /// The API group of the prometheus-operator kinds, which kubernetes-validate
 /// has no schema for; [`monitoring_objects_are_optional_and_use_only_metrics_ringwarden_exports`]
 /// checks them instead.
@@ -95,6 +98,8 @@ fn template(values: &Option<PathBuf>, sets: &[&str]) -> Result<String, String> {
         chart().into(),
         "--namespace".into(),
         NAMESPACE.into(),
+        "--kube-version".into(),
+        OLDEST_KUBERNETES.into(),
     ];
     if let Some(file) = values {
         args.extend(["--values".into(), file.into()]);
@@ -226,6 +231,23 @@ fn containers(pod: &Value) -> Vec<&Value> {
 }
 
 // ---------------------------------------------------------------- lint, schemas
+
+#[test]
+fn the_chart_refuses_kubernetes_older_than_its_crd_rules_need() {
+    let args: Vec<OsString> = vec![
+        "template".into(),
+        RELEASE.into(),
+        chart().into(),
+        "--kube-version".into(),
+        "1.29.9".into(),
+    ];
+    let output = run("helm", &args);
+    assert!(
+        !output.status.success() && text(&output).contains(">=1.30.0-0"),
+        "helm template for Kubernetes 1.29 should fail on the chart's kubeVersion:\n{}",
+        text(&output)
+    );
+}
 
 #[test]
 fn the_chart_lints_with_default_and_ci_values() {

@@ -606,7 +606,7 @@ fn a_rule_under_an_unbounded_list_counts_as_often_as_a_request_can_hold_it() {
     // A string serializes to at least `""`; one comma between items.
     assert_eq!(rule.cardinality, 3 * 1024 * 1024 / 3);
     assert_eq!(rule.per_evaluation, 2);
-    // The messageExpression is counted once: the 40 bytes of self and 9 of the literal, traversed.
+    // The messageExpression is counted once: 40 bytes of self, 9 of the literal.
     assert_eq!(
         (message.per_evaluation, message.cardinality, message.cost),
         (6, 1, 6)
