@@ -537,9 +537,9 @@ mod tests {
 
     use super::*;
 
-    /// An API server holding one ProbeSet and one node: lists answer with
-    /// them, watches never answer, the Lease is kept, other writes are
-    /// echoed.
+    /// An API server holding one ProbeSet, an SLO on it and one node:
+    /// lists answer with them, watches never answer, the Lease is kept,
+    /// other writes are echoed.
     async fn fake_api_server(
         mut handle: Handle<Request<Body>, Response<Body>>,
         log: Arc<Mutex<Vec<String>>>,
@@ -548,6 +548,11 @@ mod tests {
             "apiVersion": "ringwarden.dev/v1alpha1", "kind": "ProbeSet",
             "metadata": {"name": "web", "namespace": "shop", "generation": 1, "resourceVersion": "5", "uid": "u1"},
             "spec": {"nodeSelector": {"pool": "web"}, "probes": [{"name": "sys", "kind": "syscalls"}]}
+        });
+        let slo = json!({
+            "apiVersion": "ringwarden.dev/v1alpha1", "kind": "SLO",
+            "metadata": {"name": "fast", "namespace": "shop", "generation": 1, "resourceVersion": "6", "uid": "u2"},
+            "spec": {"probeSet": "web", "probe": "sys", "indicator": {"errors": {}}, "target": 99.0}
         });
         let list = |kind: &str, items: Vec<Value>| json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "10"}, "items": items});
         let lease_path = "/apis/coordination.k8s.io/v1/namespaces/ringwarden-system/leases";
@@ -568,7 +573,9 @@ mod tests {
                 ("GET", "/apis/ringwarden.dev/v1alpha1/probesets") => {
                     (200, list("ProbeSetList", vec![probeset.clone()]))
                 }
-                ("GET", "/apis/ringwarden.dev/v1alpha1/slos") => (200, list("SLOList", vec![])),
+                ("GET", "/apis/ringwarden.dev/v1alpha1/slos") => {
+                    (200, list("SLOList", vec![slo.clone()]))
+                }
                 ("GET", "/api/v1/nodes") => (
                     200,
                     list(
@@ -593,9 +600,13 @@ mod tests {
                     json!({"kind": "Status", "code": 404, "reason": "NotFound"}),
                 ),
                 ("PATCH", p) if p.ends_with("/status") => {
-                    let mut ps = probeset.clone();
-                    ps["status"] = body["status"].clone();
-                    (200, ps)
+                    let mut object = if p.contains("/slos/") {
+                        slo.clone()
+                    } else {
+                        probeset.clone()
+                    };
+                    object["status"] = body["status"].clone();
+                    (200, object)
                 }
                 _ => (200, body),
             };
@@ -609,7 +620,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_wired_operator_leads_writes_once_and_releases_its_lease() {
+    async fn the_wired_operator_leads_writes_once_and_releases_its_lease_last() {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let log = Arc::new(Mutex::new(Vec::new()));
         let api = tokio::spawn(fake_api_server(handle, Arc::clone(&log)));
@@ -633,11 +644,16 @@ mod tests {
         let done = {
             let written = written.clone();
             async move {
+                let snapshot = format!(
+                    "PATCH /api/v1/namespaces/ringwarden-system/configmaps/{}",
+                    crate::publish::snapshot_name("shop/fast")
+                );
                 while !(written(
                     "PATCH /apis/apps/v1/namespaces/ringwarden-system/daemonsets/ringwarden-agent",
                 ) && written(
                     "PATCH /apis/ringwarden.dev/v1alpha1/namespaces/shop/probesets/web/status",
-                )) {
+                ) && written(&snapshot))
+                {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -662,10 +678,18 @@ mod tests {
             Some(&format!("POST {lease}").as_str()),
             "{log:#?}"
         );
+        // Released after everything else, SLO snapshots included: a
+        // successor never restores older state than this replica saved.
         assert_eq!(
             writes.last(),
             Some(&format!("PUT {lease}/ringwarden-operator").as_str()),
-            "the Lease is released: {log:#?}"
+            "the Lease is released last: {log:#?}"
+        );
+        assert!(
+            writes
+                .iter()
+                .any(|w| w.contains("/configmaps/ringwarden-slo-")),
+            "{log:#?}"
         );
         for once in [
             "PATCH /api/v1/namespaces/ringwarden-system/configmaps/ringwarden-agent-config",
