@@ -234,13 +234,37 @@ pub fn slower_than() -> Vec<Rule> {
     vec![duration_in("slowerThan", "0s", None, "10ms")]
 }
 
-/// On `spec.probes[].uprobe.binary`.
+/// On `spec.probes[].uprobe.binary`. The agent opens the file: devices
+/// and kernel interfaces under /dev, /proc and /sys are refused, and the
+/// path must be plain so no spelling reaches them. Prefix and substring
+/// tests only, no regex: this rule runs for up to 64 probes on a string of
+/// up to 4096 characters, and the API server charges a regex by both.
 pub fn uprobe_binary() -> Vec<Rule> {
-    vec![rule(
-        "self.startsWith('/')",
-        "binary must be an absolute path on the node, e.g. /usr/lib/x86_64-linux-gnu/libc.so.6",
-    )]
+    vec![
+        rule(
+            "self.startsWith('/')",
+            "binary must be an absolute path on the node, e.g. /usr/lib/x86_64-linux-gnu/libc.so.6",
+        ),
+        rule(
+            "!self.contains('//') && !self.contains('/./') && !self.contains('/../') && \
+             !self.endsWith('/.') && !self.endsWith('/..')",
+            UPROBE_BINARY_PLAIN,
+        ),
+        rule(
+            "!['/dev', '/proc', '/sys'].exists(d, self == d || self.startsWith(d + '/'))",
+            UPROBE_BINARY_NOT_KERNEL,
+        ),
+    ]
 }
+
+/// Why a uprobe binary path with `.`, `..` or `//` is refused.
+pub const UPROBE_BINARY_PLAIN: &str = "binary must be a plain path, without '.' or '..' \
+     components or '//', e.g. /usr/bin/app";
+
+/// Why a uprobe binary under /dev, /proc or /sys is refused.
+pub const UPROBE_BINARY_NOT_KERNEL: &str = "binary must not be under /dev, /proc or /sys, \
+     which hold devices and kernel interfaces, not programs; give the path of the program's \
+     binary on the node, e.g. /usr/bin/app";
 
 /// On each item of `spec.probes[].filter.comms`.
 pub fn comm() -> Vec<Rule> {

@@ -250,6 +250,24 @@ pub struct UprobeTarget {
     pub symbol: String,
 }
 
+/// What is wrong with an absolute uprobe binary path, as the CRD's rules
+/// ([`cel::uprobe_binary`]) say it: `.`, `..` or `//` in it, or a path
+/// under /dev, /proc or /sys.
+pub fn uprobe_binary_problem(binary: &str) -> Option<&'static str> {
+    if binary.contains("//")
+        || binary.contains("/./")
+        || binary.contains("/../")
+        || binary.ends_with("/.")
+        || binary.ends_with("/..")
+    {
+        return Some(cel::UPROBE_BINARY_PLAIN);
+    }
+    ["/dev", "/proc", "/sys"]
+        .iter()
+        .any(|d| binary == *d || binary.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+        .then_some(cel::UPROBE_BINARY_NOT_KERNEL)
+}
+
 /// Longest uprobe binary path (Linux's PATH_MAX).
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest uprobe symbol.
@@ -629,6 +647,9 @@ impl ProbeSetSpec {
                                 u.binary
                             ),
                         );
+                    }
+                    if let Some(problem) = uprobe_binary_problem(&u.binary) {
+                        err(format!("{at}.uprobe.binary"), problem.into());
                     }
                     if u.binary.chars().count() > MAX_PATH_LEN {
                         err(

@@ -346,6 +346,33 @@ fn cases() -> Vec<Case> {
             &["binary must be an absolute path"],
         ),
         bad_cel(
+            "a uprobe binary under /proc",
+            PS,
+            |o| set(o, "/spec/probes/1/uprobe/binary", s("/proc/self/exe")),
+            "spec.probes[1].uprobe.binary",
+            &["binary must not be under /dev, /proc or /sys"],
+        ),
+        bad_cel(
+            "a uprobe binary that is a device",
+            PS,
+            |o| set(o, "/spec/probes/1/uprobe/binary", s("/dev/zero")),
+            "spec.probes[1].uprobe.binary",
+            &["binary must not be under /dev, /proc or /sys"],
+        ),
+        bad_cel(
+            "a uprobe binary reaching /sys through '..'",
+            PS,
+            |o| {
+                set(
+                    o,
+                    "/spec/probes/1/uprobe/binary",
+                    s("/usr/../sys/kernel/tracing/trace_pipe"),
+                )
+            },
+            "spec.probes[1].uprobe.binary",
+            &["binary must be a plain path"],
+        ),
+        bad_cel(
             "a comm of 15 characters but more bytes",
             PS,
             |o| set(o, "/spec/probes/0/filter/comms/0", s("ngïnx-worker-01")),
