@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 use ringwarden_core::duration::parse_duration;
 
 /// ringwarden's operator: turns ProbeSets into node-agent configuration,
@@ -124,11 +124,7 @@ fn parse_cluster_name(s: &str) -> Result<String, String> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use ringwarden_logging::LogFormat;
 
 impl Args {
     /// Checks what clap cannot: the lease timings' order.

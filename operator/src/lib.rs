@@ -49,8 +49,8 @@ pub mod world;
 
 use std::process::ExitCode;
 
-use cli::{Args, LogFormat};
-use tracing_subscriber::EnvFilter;
+use cli::Args;
+use ringwarden_logging::init_tracing;
 
 /// Entry point of the `ringwarden-operator` binary.
 pub fn run(args: Args) -> ExitCode {
@@ -75,15 +75,4 @@ pub fn run(args: Args) -> ExitCode {
             }
         }
     }
-}
-
-fn init_tracing(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
