@@ -374,9 +374,7 @@ pub fn selector_requirement() -> Vec<Rule> {
     vec![
         rule(
             label_key("self.key"),
-            format!(
-                "matchExpressions keys must be label keys: {LABEL_KEY_SYNTAX}, e.g. app"
-            ),
+            format!("matchExpressions keys must be label keys: {LABEL_KEY_SYNTAX}, e.g. app"),
         ),
         rule(
             "self.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist']",

@@ -196,9 +196,8 @@ pub fn node_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Sche
 /// operators.
 pub fn pod_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut match_labels = label_map_schema(cel::label_map("matchLabels"));
-    match_labels["description"] = json!(
-        "Labels a pod must carry, all of them: a map of label keys to values, at most 32."
-    );
+    match_labels["description"] =
+        json!("Labels a pod must carry, all of them: a map of label keys to values, at most 32.");
     json!({
         "type": "object",
         "nullable": true,
@@ -257,7 +256,16 @@ mod tests {
             "node-role.kubernetes.io/worker",
             "A.b_c-9",
             &"a".repeat(63),
-            &format!("{}/x", ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".")),
+            &format!(
+                "{}/x",
+                [
+                    "a".repeat(63),
+                    "b".repeat(63),
+                    "c".repeat(63),
+                    "d".repeat(61)
+                ]
+                .join(".")
+            ),
         ] {
             assert_eq!(label_key_problem(good), None, "{good}");
         }
@@ -271,7 +279,16 @@ mod tests {
             "Example.com/app",
             "a/b/c",
             &"a".repeat(64),
-            &format!("{}/x", ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(62)].join(".")),
+            &format!(
+                "{}/x",
+                [
+                    "a".repeat(63),
+                    "b".repeat(63),
+                    "c".repeat(63),
+                    "d".repeat(62)
+                ]
+                .join(".")
+            ),
         ] {
             assert!(label_key_problem(bad).is_some(), "{bad}");
         }
@@ -302,7 +319,10 @@ mod tests {
                 r("app", "NotIn", &["ok", "not ok"]),
             ]),
         };
-        let fields: Vec<String> = label_selector_problems(&s).into_iter().map(|p| p.0).collect();
+        let fields: Vec<String> = label_selector_problems(&s)
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
         assert_eq!(
             fields,
             [

@@ -457,9 +457,11 @@ fn cases() -> Vec<Case> {
                 json!({"node-role.kubernetes.io/worker": "", "Zone_A.b": "eu-1"}),
             );
         }),
-        valid("an empty pod selector (every pod of the namespace)", PS, |o| {
-            set(o, "/spec/podSelector", json!({}))
-        }),
+        valid(
+            "an empty pod selector (every pod of the namespace)",
+            PS,
+            |o| set(o, "/spec/podSelector", json!({})),
+        ),
         bad_cel(
             "an unknown selector operator",
             PS,

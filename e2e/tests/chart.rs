@@ -707,13 +707,14 @@ fn rbac_grants_the_operator_exactly_the_calls_its_code_makes() {
             "the Role's namespace is the operator's"
         );
 
-        // The agents (node-agent/src/node.rs) read their node and list
-        // the pods on it, nothing else.
+        // The agents (node-agent/src/node.rs, pods.rs) read their node,
+        // and list and watch the pods on it, nothing else.
         let agent_account = named(&objects, "ServiceAccount", &agent.service_account_name);
         assert_eq!(agent_account["automountServiceAccountToken"], json!(true));
         let agent_want: BTreeSet<Grant> = [
             ("ClusterRole", "", "nodes", "*", "get"),
             ("ClusterRole", "", "pods", "*", "list"),
+            ("ClusterRole", "", "pods", "*", "watch"),
         ]
         .into_iter()
         .map(|(k, g, r, n, v)| {

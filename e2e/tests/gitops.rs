@@ -575,8 +575,19 @@ fn agent_exposition() -> Vec<(String, String)> {
         probe: "sys".into(),
         node: "n1".into(),
     };
+    let values = labels.values().map(str::to_owned);
     let registry = registry(Arc::new(Mutex::new(vec![(labels, snapshot)])));
     ringwarden_node_agent::uplink::UplinkMetrics::new(&registry).unwrap();
+    // Families with labels show only once they have a sample.
+    let node = ringwarden_node_agent::metrics::NodeMetrics::new(&registry).unwrap();
+    let with_reason = [&values[..], &["other".to_owned()]].concat();
+    node.probe_loads.with_label_values(&values).inc();
+    node.probe_load_failures
+        .with_label_values(&with_reason)
+        .inc();
+    node.probe_failing.with_label_values(&with_reason).set(1);
+    node.pod_filter_cgroups.with_label_values(&values).set(1);
+    node.pod_filter_updates.with_label_values(&values).inc();
     let text = encode(&registry);
     text.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -15,8 +15,16 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "RINGWARDEN_LOG_FORMAT", global = true)]
     pub log_format: LogFormat,
 
-    /// Log filter, e.g. `info` or `ringwarden_node_agent=debug`.
-    #[arg(long, default_value = "info", env = "RINGWARDEN_LOG", global = true)]
+    /// Log filter, e.g. `info` or `ringwarden_node_agent=debug`. The
+    /// default leaves out the Kubernetes client's own line per failed
+    /// request: the agent logs each failure with what it means, at most
+    /// once a minute for the pod watch.
+    #[arg(
+        long,
+        default_value = "info,kube_client::client::builder=off",
+        env = "RINGWARDEN_LOG",
+        global = true
+    )]
     pub log: String,
 
     #[command(subcommand)]
@@ -65,9 +73,23 @@ pub struct NodeArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "RINGWARDEN_INTERVAL")]
     pub interval: Duration,
 
-    /// How often to re-read the configuration, node labels and pods.
+    /// How often to re-read the configuration and node labels, look for
+    /// the cgroups of new pods, and retry failed probes that are due (each
+    /// failure doubles the wait, from 1s up to 5m). Pods themselves are
+    /// watched, not polled.
     #[arg(long, default_value = "5s", value_parser = parse_duration, env = "RINGWARDEN_RELOAD_INTERVAL")]
     pub reload_interval: Duration,
+
+    /// The kernel's BTF, read to load the probes. A missing or unreadable
+    /// file is reported per probe and retried; the agent keeps running.
+    #[arg(long, default_value = crate::probes::KERNEL_BTF, env = "RINGWARDEN_KERNEL_BTF")]
+    pub kernel_btf: PathBuf,
+
+    /// Where the kubelet's `kubepods` (cgroupfs driver) or `kubepods.slice`
+    /// (systemd driver) cgroup lives; default: the cgroup v2 mount. Set it
+    /// when the kubelet runs with `--cgroup-root`.
+    #[arg(long, env = "RINGWARDEN_POD_CGROUP_ROOT")]
+    pub pod_cgroup_root: Option<PathBuf>,
 
     /// The operator's agent service, like
     /// `http://ringwarden-operator.ringwarden-system.svc:9440`: report there

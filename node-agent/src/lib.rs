@@ -4,12 +4,14 @@
 //! - [`table`] and [`metrics`] turn snapshots into a table and Prometheus text.
 //! - [`standalone`] wires them into the run loop of `ringwarden-agent standalone`.
 //! - [`node`] is the DaemonSet mode: the operator's configuration, hot-reloaded.
+//! - [`pods`] watches the pods on the node and resolves pod selectors to cgroups.
 //! - [`uplink`] streams reports to the operator; [`report`] builds them.
 
 pub mod btf;
 pub mod cli;
 pub mod metrics;
 pub mod node;
+pub mod pods;
 pub mod probes;
 pub mod report;
 pub mod standalone;

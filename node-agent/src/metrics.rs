@@ -36,6 +36,11 @@ impl ProbeLabels {
             ("node", &self.node),
         ]
     }
+
+    /// The values of [`BASE_LABELS`], in order.
+    pub fn values(&self) -> [&str; 4] {
+        [&self.namespace, &self.probeset, &self.probe, &self.node]
+    }
 }
 
 /// The latest figures of every running probe; the agent loop writes it, the
@@ -303,6 +308,90 @@ impl Collector for SnapshotCollector {
         families.push(family(&self.descs[m], MetricType::COUNTER, good));
         families.push(family(&self.descs[m + 1], MetricType::COUNTER, total));
         families
+    }
+}
+
+/// Node mode's own figures: which probes run or fail and why, and the pod
+/// watch behind pod selectors. Cheap to clone (the handles share values).
+#[derive(Clone)]
+pub struct NodeMetrics {
+    /// Successful loads per probe: stays 1 while pods come and go.
+    pub probe_loads: prometheus::IntCounterVec,
+    /// Failed load attempts per probe and reason.
+    pub probe_load_failures: prometheus::IntCounterVec,
+    /// 1 per probe that should run and does not, with the reason.
+    pub probe_failing: prometheus::IntGaugeVec,
+    /// cgroup ids in each pod-selected probe's filter.
+    pub pod_filter_cgroups: prometheus::IntGaugeVec,
+    /// cgroup ids added to or removed from filters in place.
+    pub pod_filter_updates: prometheus::IntCounterVec,
+    pub pod_watch_up: prometheus::IntGauge,
+    pub pod_watch_errors: prometheus::IntCounter,
+    pub pods: prometheus::IntGauge,
+}
+
+impl NodeMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+        let with_reason = [&BASE_LABELS[..], &["reason"]].concat();
+        let m = Self {
+            probe_loads: IntCounterVec::new(
+                Opts::new(
+                    "ringwarden_agent_probe_loads_total",
+                    "Times a probe's programs were loaded and attached (pod changes do not reload)",
+                ),
+                &BASE_LABELS,
+            )?,
+            probe_load_failures: IntCounterVec::new(
+                Opts::new(
+                    "ringwarden_agent_probe_load_failures_total",
+                    "Failed attempts to load a probe, by reason; retried with exponential backoff",
+                ),
+                &with_reason,
+            )?,
+            probe_failing: IntGaugeVec::new(
+                Opts::new(
+                    "ringwarden_agent_probe_failing",
+                    "1 while a probe this node should run does not, with the reason",
+                ),
+                &with_reason,
+            )?,
+            pod_filter_cgroups: IntGaugeVec::new(
+                Opts::new(
+                    "ringwarden_agent_pod_filter_cgroups",
+                    "Pod cgroups in the kernel filter of a probe with a podSelector",
+                ),
+                &BASE_LABELS,
+            )?,
+            pod_filter_updates: IntCounterVec::new(
+                Opts::new(
+                    "ringwarden_agent_pod_filter_updates_total",
+                    "Pod cgroups added to or removed from a running probe's filter",
+                ),
+                &BASE_LABELS,
+            )?,
+            pod_watch_up: IntGauge::new(
+                "ringwarden_agent_pod_watch_up",
+                "1 while the last list or watch of this node's pods succeeded",
+            )?,
+            pod_watch_errors: IntCounter::new(
+                "ringwarden_agent_pod_watch_errors_total",
+                "Failed lists and watches of this node's pods (the last known pods stay in force)",
+            )?,
+            pods: IntGauge::new(
+                "ringwarden_agent_pods",
+                "Pods on this node as the pod watch last saw them",
+            )?,
+        };
+        registry.register(Box::new(m.probe_loads.clone()))?;
+        registry.register(Box::new(m.probe_load_failures.clone()))?;
+        registry.register(Box::new(m.probe_failing.clone()))?;
+        registry.register(Box::new(m.pod_filter_cgroups.clone()))?;
+        registry.register(Box::new(m.pod_filter_updates.clone()))?;
+        registry.register(Box::new(m.pod_watch_up.clone()))?;
+        registry.register(Box::new(m.pod_watch_errors.clone()))?;
+        registry.register(Box::new(m.pods.clone()))?;
+        Ok(m)
     }
 }
 

@@ -9,8 +9,16 @@
 //! The node's labels decide which probes apply (`nodeSelector`); a
 //! ProbeSet's `podSelector` becomes a cgroup filter: the pods on this node
 //! that match, found by their UID under the cgroup v2 tree. Both come from
-//! the Kubernetes API with the agent's service account, or from
-//! `--node-labels` and no pod filtering when run outside a cluster.
+//! the Kubernetes API with the agent's service account (the pods from one
+//! watch of this node's pods, [`crate::pods`]), or from `--node-labels` and
+//! no pod filtering when run outside a cluster. As pods come and go, the
+//! running probe's filter map is rewritten in place: no reload, no counter
+//! reset, no event lost.
+//!
+//! A probe that fails to load (no BTF, a missing hook or symbol, a
+//! rejected program) is reported with its cause and retried with
+//! exponential backoff ([`retry_delay`]); the agent and its other probes
+//! keep running.
 //!
 //! With `--operator-addr` it also reports to the operator ([`crate::uplink`])
 //! and runs the configuration the operator pushes on that stream. The file
@@ -18,7 +26,7 @@
 //! agent that cannot reach the operator keeps running what it has.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -34,7 +42,8 @@ use tokio::{
 
 use crate::{
     cli::{MetricsAddr, NodeArgs},
-    metrics::{self, ProbeLabels, SharedSnapshots},
+    metrics::{self, NodeMetrics, ProbeLabels, SharedSnapshots},
+    pods::{PodWatch, pod_cgroup_index, selected_cgroups},
     probes::{Kernel, Probe, ProbeError, cgroup2_mount},
     report::{LoadFailure, probe_report},
     standalone::probe_config,
@@ -76,41 +85,6 @@ pub fn probes_for_node<'a>(
         .collect()
 }
 
-/// The cgroup directory of a pod under the cgroup v2 tree, found by its UID:
-/// `…/kubepods-burstable-pod<uid_with_underscores>.slice` with the systemd
-/// driver, `…/pod<uid>` with the cgroupfs driver.
-pub fn pod_cgroup(root: &Path, uid: &str) -> Option<PathBuf> {
-    let systemd = format!("pod{}.slice", uid.replace('-', "_"));
-    let cgroupfs = format!("pod{uid}");
-    let kubepods: Vec<PathBuf> = ["kubepods.slice", "kubepods"]
-        .iter()
-        .map(|d| root.join(d))
-        .filter(|p| p.is_dir())
-        .collect();
-    // Pods sit at most two levels below kubepods (QoS class, then pod).
-    let mut stack: Vec<(PathBuf, u8)> = kubepods.into_iter().map(|p| (p, 0)).collect();
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if !path.is_dir() {
-                continue;
-            }
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.ends_with(&systemd) || *name == cgroupfs {
-                return Some(path);
-            }
-            if depth < 2 {
-                stack.push((path, depth + 1));
-            }
-        }
-    }
-    None
-}
-
 /// Where node facts come from.
 enum Facts {
     /// Fixed labels, no pod resolution (outside a cluster).
@@ -134,76 +108,56 @@ impl Facts {
             }
         }
     }
-
-    /// cgroup ids of the pods on `node` that match a probe's pod selector;
-    /// `None` when the probe has no pod selector.
-    async fn pod_cgroups(
-        &self,
-        node: &str,
-        probe: &AgentProbe,
-    ) -> Result<Option<Vec<u64>>, String> {
-        let Some(selector) = &probe.pod_selector else {
-            return Ok(None);
-        };
-        let Self::Api(client) = self else {
-            return Err("a podSelector needs the Kubernetes API (run in a cluster)".into());
-        };
-        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-            kube::Api::namespaced(client.clone(), &probe.namespace);
-        let mut params = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
-        if let Some(labels) = label_selector_string(selector) {
-            params = params.labels(&labels);
-        }
-        let list = pods
-            .list(&params)
-            .await
-            .map_err(|e| format!("listing pods: {e}"))?;
-        let root = cgroup2_mount().ok_or("no cgroup2 file system mounted")?;
-        let mut ids = Vec::new();
-        for pod in list {
-            let Some(uid) = pod.metadata.uid else {
-                continue;
-            };
-            if let Some(dir) = pod_cgroup(&root, &uid)
-                && let Some(path) = dir.to_str()
-                && let Ok(id) = crate::probes::cgroup_id(path)
-            {
-                ids.push(id);
-            }
-        }
-        Ok(Some(ids))
-    }
 }
 
-/// A label selector as the API's `labelSelector` query string.
-fn label_selector_string(
-    s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-) -> Option<String> {
-    let mut parts: Vec<String> = s
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in s.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            "DoesNotExist" => format!("!{}", e.key),
-            _ => continue,
-        });
+/// First retry of a probe that failed to load; each further failure
+/// doubles the wait, up to [`RETRY_MAX`]. A missing BTF file or hook may
+/// appear (a kernel module loads, a binary is installed), so failures are
+/// retried, but not often enough to cost anything when they do not.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to load a failing probe.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// The wait after the `attempts`-th failed attempt in a row.
+pub fn retry_delay(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    (RETRY_FIRST * (1u32 << doublings)).min(RETRY_MAX)
+}
+
+/// The metric label of a failure's class.
+fn reason(kind: v1::load_error::Kind) -> &'static str {
+    use v1::load_error::Kind;
+    match kind {
+        Kind::MissingBtf => "missing_btf",
+        Kind::Verifier => "verifier",
+        Kind::MissingTracepoint => "missing_tracepoint",
+        _ => "other",
     }
-    (!parts.is_empty()).then(|| parts.join(","))
 }
 
 struct Loaded {
     /// The configuration it was loaded from; a different one reloads it.
     config: AgentProbe,
-    cgroups: Option<Vec<u64>>,
+    /// The checked pod selector, when the probe has one: its pods' cgroups
+    /// are written into the running filter as they come and go.
+    selector: Option<kube::core::Selector>,
+    /// cgroup ids of the probe's own `filter.cgroups`, always in the filter.
+    fixed_cgroups: BTreeSet<u64>,
     labels: ProbeLabels,
     probe: Probe,
+}
+
+/// A probe that should run and does not.
+struct Failed {
+    failure: LoadFailure,
+    /// The configuration that failed; a new one is tried at once.
+    config: AgentProbe,
+    /// Failed attempts in a row.
+    attempts: u32,
+    retry_at: Instant,
+    /// The failure is only that the node's pods are not known yet: the
+    /// first list of pods retries it at once.
+    waits_for_pods: bool,
 }
 
 /// Where the configuration in force came from.
@@ -224,12 +178,31 @@ struct State {
     /// The probes this node should run, in id order, loaded or not.
     desired: Vec<AgentProbe>,
     loaded: HashMap<String, Loaded>,
-    failed: HashMap<String, LoadFailure>,
+    failed: HashMap<String, Failed>,
+    /// Parsed kernel BTF, kept while probes wait to be retried so a retry
+    /// does not parse it again; dropped once every probe runs (it is tens
+    /// of MiB).
+    kernel: Option<Kernel>,
+    /// Where the kernel's BTF is read (`--kernel-btf`).
+    kernel_btf: PathBuf,
+    /// The pods on this node, watched once a probe has a pod selector.
+    pods: Option<PodWatch>,
+    /// Where pod cgroups are looked for (`--pod-cgroup-root`).
+    pod_cgroup_root: Option<PathBuf>,
+    node: String,
+    metrics: Option<NodeMetrics>,
 }
 
 /// Runs node mode until SIGINT or SIGTERM.
 pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
-    crate::probes::check_privileges()?;
+    // Missing capabilities or BTF are reported per probe and retried: an
+    // agent that exits would crash-loop and tell the operator nothing.
+    if let Err(e) = crate::probes::check_capabilities() {
+        tracing::error!(error = %e, "probes cannot load until this is fixed; retrying with backoff");
+    }
+    if let Err(e) = std::fs::metadata(&args.kernel_btf) {
+        tracing::error!(path = %args.kernel_btf.display(), error = %e, "kernel BTF unreadable; probes cannot load until it is there, retrying with backoff");
+    }
     let facts =
         if args.node_labels.is_empty() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
             match kube::Client::try_default().await {
@@ -245,6 +218,7 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
     let node = args.node_name.clone();
     let shared: SharedSnapshots = Arc::new(Mutex::new(Vec::new()));
     let registry = metrics::registry(shared.clone());
+    let node_metrics = NodeMetrics::new(&registry).expect("node metrics register once");
     // A new boot id per start: the kernel counters start from zero.
     let boot_id = new_boot_id();
     let (uplink, mut pushed) = match &args.operator_addr {
@@ -256,7 +230,11 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
                 token_file: args.token_file.clone(),
             };
             tracing::info!(operator = %address, %boot_id, "reporting to the operator");
-            let (u, configs) = Uplink::spawn(settings, uplink::hello(&node, &boot_id), m);
+            let (u, configs) = Uplink::spawn(
+                settings,
+                uplink::hello(&node, &boot_id, &args.kernel_btf),
+                m,
+            );
             (Some(u), Some(configs))
         }
     };
@@ -272,7 +250,13 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
     };
     let mut sigint = signal(SignalKind::interrupt()).map_err(NodeError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(NodeError::Signals)?;
-    let mut state = State::default();
+    let mut state = State {
+        kernel_btf: args.kernel_btf.clone(),
+        pod_cgroup_root: args.pod_cgroup_root.clone().or_else(cgroup2_mount),
+        node: node.clone(),
+        metrics: Some(node_metrics),
+        ..State::default()
+    };
     let mut reload = tokio::time::interval(args.reload_interval);
     let mut drain = tokio::time::interval(Duration::from_millis(50));
     let mut publish_tick = tokio::time::interval(args.interval);
@@ -280,15 +264,17 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
     let mut next_report = Instant::now() + state.report_interval(args.interval);
     loop {
         tokio::select! {
-            // Every pass, not only when the file changes: pods come and go,
-            // and node labels change.
+            // Every pass, not only when the file changes: node labels
+            // change, failed probes come due for a retry, and a pod's
+            // cgroup appears after the pod does.
             _ = reload.tick() => {
                 state.read_file(&args.config);
-                state.apply(&facts, &node).await;
+                state.apply(&facts).await;
             }
+            () = next_pod_change(&mut state.pods) => state.pods_changed(),
             Some(config) = next_config(&mut pushed) => {
                 if state.take_pushed(config) {
-                    state.apply(&facts, &node).await;
+                    state.apply(&facts).await;
                     if let Some(u) = &uplink {
                         u.running(state.version());
                     }
@@ -322,6 +308,14 @@ async fn next_config(
 ) -> Option<v1::Config> {
     match configs {
         Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change of the node's pods; never, without a pod watch.
+async fn next_pod_change(pods: &mut Option<PodWatch>) {
+    match pods {
+        Some(w) => w.changed().await,
         None => std::future::pending().await,
     }
 }
@@ -394,16 +388,26 @@ impl State {
             .max(Duration::from_millis(100))
     }
 
-    /// Brings the loaded probes in line with the configuration in force.
-    async fn apply(&mut self, facts: &Facts, node: &str) {
+    fn labels(&self, p: &AgentProbe) -> ProbeLabels {
+        ProbeLabels {
+            namespace: p.namespace.clone(),
+            probeset: p.probeset.clone(),
+            probe: p.spec.name.clone(),
+            node: self.node.clone(),
+        }
+    }
+
+    /// Brings the loaded probes in line with the configuration in force,
+    /// and retries failed probes that are due.
+    async fn apply(&mut self, facts: &Facts) {
         let Some(source) = &self.source else {
             return;
         };
         // Owned: loading below needs `self` mutably.
-        let wanted: Vec<AgentProbe> = if source.pushed {
+        let mut wanted: Vec<AgentProbe> = if source.pushed {
             source.config.probes.clone()
         } else {
-            match facts.labels(node).await {
+            match facts.labels(&self.node).await {
                 Ok(labels) => probes_for_node(&source.config, &labels)
                     .into_iter()
                     .cloned()
@@ -414,98 +418,300 @@ impl State {
                 }
             }
         };
-        let mut desired: HashMap<String, (&AgentProbe, Option<Vec<u64>>)> = HashMap::new();
-        let mut failed = HashMap::new();
-        for p in &wanted {
-            match facts.pod_cgroups(node, p).await {
-                Ok(c) => {
-                    desired.insert(p.id(), (p, c));
-                }
-                Err(e) => {
-                    failed.insert(p.id(), LoadFailure::other(&e));
-                }
-            }
-        }
-        let mut order = wanted.clone();
-        order.sort_by_key(AgentProbe::id);
-        order.dedup_by_key(|p| p.id());
+        wanted.sort_by_key(AgentProbe::id);
+        wanted.dedup_by_key(|p| p.id());
+        let by_id: HashMap<String, &AgentProbe> = wanted.iter().map(|p| (p.id(), p)).collect();
+        let mut gone = Vec::new();
         self.loaded.retain(|id, l| {
-            let keep = desired
-                .get(id)
-                .is_some_and(|(p, c)| **p == l.config && *c == l.cgroups);
+            let keep = by_id.get(id).is_some_and(|p| **p == l.config);
             if !keep {
                 tracing::info!(probe = %id, "probe removed or changed; detaching");
+                gone.push(l.labels.clone());
             }
             keep
         });
-        // Failures of probes still wanted stay until they load.
-        self.failed
-            .retain(|id, _| desired.contains_key(id) && !self.loaded.contains_key(id));
-        self.failed.extend(failed);
-        if desired.keys().any(|id| !self.loaded.contains_key(id)) {
-            match Kernel::open() {
-                Ok(kernel) => {
-                    for (id, (p, cgroups)) in desired {
-                        if !self.loaded.contains_key(&id) {
-                            self.load(&kernel, node, id, p, cgroups);
-                        }
+        // A changed configuration is tried at once; a removed one forgotten.
+        let now = Instant::now();
+        self.failed.retain(|id, f| match by_id.get(id) {
+            Some(p) => {
+                if **p != f.config {
+                    f.attempts = 0;
+                    f.retry_at = now;
+                }
+                true
+            }
+            None => {
+                gone.push(ProbeLabels {
+                    namespace: f.config.namespace.clone(),
+                    probeset: f.config.probeset.clone(),
+                    probe: f.config.spec.name.clone(),
+                    node: String::new(),
+                });
+                false
+            }
+        });
+        for mut labels in gone {
+            labels.node = self.node.clone();
+            self.forget_metrics(&labels);
+        }
+        if self.pods.is_none()
+            && wanted.iter().any(|p| p.pod_selector.is_some())
+            && let Facts::Api(client) = facts
+        {
+            tracing::info!(node = %self.node, "watching the pods on this node");
+            self.pods = Some(PodWatch::start(
+                client.clone(),
+                &self.node,
+                self.metrics.clone(),
+            ));
+        }
+        let static_facts = matches!(facts, Facts::Static(_));
+        self.desired = wanted;
+        self.load_due(static_facts);
+        self.sync_pods();
+    }
+
+    /// The pods on this node changed: probes waiting for the first list
+    /// load now, and running filters follow the pods.
+    fn pods_changed(&mut self) {
+        let synced = self.pods.as_ref().is_some_and(|w| w.health().synced);
+        if synced {
+            let now = Instant::now();
+            let mut waiting = false;
+            for f in self.failed.values_mut().filter(|f| f.waits_for_pods) {
+                f.retry_at = now;
+                waiting = true;
+            }
+            if waiting {
+                self.load_due(false);
+            }
+        }
+        self.sync_pods();
+    }
+
+    /// Loads every desired probe that is neither running nor waiting for
+    /// its next retry.
+    fn load_due(&mut self, static_facts: bool) {
+        let now = Instant::now();
+        let due: Vec<AgentProbe> = self
+            .desired
+            .iter()
+            .filter(|p| {
+                let id = p.id();
+                !self.loaded.contains_key(&id)
+                    && self.failed.get(&id).is_none_or(|f| f.retry_at <= now)
+            })
+            .cloned()
+            .collect();
+        for p in &due {
+            if let Err((failure, waits_for_pods)) = self.try_load(p, static_facts) {
+                self.fail(p, failure, waits_for_pods, now);
+            }
+        }
+        if self.failed.is_empty() && self.kernel.take().is_some() {
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+
+    /// One attempt to load `p`; on failure, why, and whether it only waits
+    /// for the node's pods to be known.
+    fn try_load(&mut self, p: &AgentProbe, static_facts: bool) -> Result<(), (LoadFailure, bool)> {
+        let id = p.id();
+        let mut config = probe_config(p, std::process::id())
+            .map_err(|e| (LoadFailure::from_error(&e), false))?;
+        let fixed_cgroups: BTreeSet<u64> = config.cgroup_ids.iter().copied().collect();
+        let mut selector = None;
+        if let Some(s) = &p.pod_selector {
+            let checked = crate::pods::selector(s).map_err(|e| (LoadFailure::other(&e), false))?;
+            if static_facts {
+                return Err((
+                    LoadFailure::other(
+                        "a podSelector needs the Kubernetes API (run in a cluster, without \
+                         --node-labels)",
+                    ),
+                    false,
+                ));
+            }
+            let Some(watch) = &self.pods else {
+                return Err((LoadFailure::other("the pod watch has not started"), true));
+            };
+            let health = watch.health();
+            if !health.synced {
+                return Err((
+                    LoadFailure::other(&format!(
+                        "waiting for the first list of the pods on this node{}",
+                        health
+                            .last_error
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    )),
+                    true,
+                ));
+            }
+            // Pods come and go while the probe runs: the filter is on from
+            // the start, empty or not, and never widens to all processes.
+            config.cgroup_filter = true;
+            config.cgroup_ids.extend(self.selected(p, &checked));
+            selector = Some(checked);
+        }
+        crate::probes::check_capabilities().map_err(|e| (LoadFailure::from_error(&e), false))?;
+        if self.kernel.is_none() {
+            let kernel = Kernel::open_at(&self.kernel_btf)
+                .map_err(|e| (LoadFailure::from_error(&e), false))?;
+            self.kernel = Some(kernel);
+        }
+        let kernel = self.kernel.as_ref().expect("opened above");
+        let probe =
+            Probe::load(kernel, &config).map_err(|e| (LoadFailure::from_error(&e), false))?;
+        tracing::info!(probe = %id, kind = p.spec.kind.as_str(), "probe attached");
+        let labels = self.labels(p);
+        if let Some(m) = &self.metrics {
+            m.probe_loads.with_label_values(&labels.values()).inc();
+            if selector.is_some() {
+                let pods = probe.cgroup_filter().len() - fixed_cgroups.len();
+                m.pod_filter_cgroups
+                    .with_label_values(&labels.values())
+                    .set(pods as i64);
+            }
+        }
+        if let Some(f) = self.failed.remove(&id) {
+            self.clear_failing(&labels, &f.failure);
+        }
+        self.loaded.insert(
+            id,
+            Loaded {
+                config: p.clone(),
+                selector,
+                fixed_cgroups,
+                labels,
+                probe,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records a failed attempt and when to try again.
+    fn fail(&mut self, p: &AgentProbe, failure: LoadFailure, waits_for_pods: bool, now: Instant) {
+        let id = p.id();
+        let labels = self.labels(p);
+        if waits_for_pods {
+            // Not a failure of the probe: it loads as soon as the first list
+            // of pods arrives ([`State::pods_changed`]); a list that keeps
+            // failing shows in the pod-watch metrics and in the report.
+            tracing::debug!(probe = %id, reason = %failure.message, "probe waits for the node's pods");
+            let attempts = self.failed.get(&id).map_or(0, |f| f.attempts);
+            self.failed.insert(
+                id,
+                Failed {
+                    failure,
+                    config: p.clone(),
+                    attempts,
+                    retry_at: now + RETRY_FIRST,
+                    waits_for_pods,
+                },
+            );
+            return;
+        }
+        let attempts = self.failed.get(&id).map_or(0, |f| f.attempts) + 1;
+        let delay = retry_delay(attempts);
+        tracing::warn!(probe = %id, error = %failure.message, attempt = attempts,
+            retry_in = ?delay, "probe not running; the others keep running");
+        if let Some(previous) = self.failed.get(&id) {
+            let previous = previous.failure.clone();
+            self.clear_failing(&labels, &previous);
+        }
+        if let Some(m) = &self.metrics {
+            let r = reason(failure.kind);
+            let mut values = labels.values().to_vec();
+            values.push(r);
+            m.probe_load_failures.with_label_values(&values).inc();
+            m.probe_failing.with_label_values(&values).set(1);
+        }
+        self.failed.insert(
+            id,
+            Failed {
+                failure,
+                config: p.clone(),
+                attempts,
+                retry_at: now + delay,
+                waits_for_pods,
+            },
+        );
+    }
+
+    fn clear_failing(&self, labels: &ProbeLabels, failure: &LoadFailure) {
+        if let Some(m) = &self.metrics {
+            let mut values = labels.values().to_vec();
+            values.push(reason(failure.kind));
+            let _ = m.probe_failing.remove_label_values(&values);
+        }
+    }
+
+    /// Drops the per-probe metrics of a probe this node no longer runs.
+    fn forget_metrics(&self, labels: &ProbeLabels) {
+        if let Some(m) = &self.metrics {
+            let values = labels.values();
+            let _ = m.pod_filter_cgroups.remove_label_values(&values);
+            for r in ["missing_btf", "verifier", "missing_tracepoint", "other"] {
+                let mut v = values.to_vec();
+                v.push(r);
+                let _ = m.probe_failing.remove_label_values(&v);
+            }
+        }
+    }
+
+    /// cgroup ids of the pods `selector` picks for `p`, as now known.
+    fn selected(&self, p: &AgentProbe, selector: &kube::core::Selector) -> BTreeSet<u64> {
+        let (Some(watch), Some(root)) = (&self.pods, &self.pod_cgroup_root) else {
+            return BTreeSet::new();
+        };
+        selected_cgroups(
+            &watch.pods(),
+            &p.namespace,
+            selector,
+            &pod_cgroup_index(root),
+        )
+    }
+
+    /// Writes each pod-selected probe's filter in place: the pods that
+    /// match now, plus the probe's own cgroups. Nothing is reloaded.
+    fn sync_pods(&mut self) {
+        let (Some(watch), Some(root)) = (&self.pods, &self.pod_cgroup_root) else {
+            return;
+        };
+        if !self.loaded.values().any(|l| l.selector.is_some()) {
+            return;
+        }
+        let pods = watch.pods();
+        let index = pod_cgroup_index(root);
+        for l in self.loaded.values_mut() {
+            let Some(selector) = &l.selector else {
+                continue;
+            };
+            let selected = selected_cgroups(&pods, &l.config.namespace, selector, &index);
+            let ids: BTreeSet<u64> = selected.union(&l.fixed_cgroups).copied().collect();
+            if ids == *l.probe.cgroup_filter() {
+                continue;
+            }
+            match l.probe.set_cgroup_filter(&ids) {
+                Ok((added, removed)) => {
+                    tracing::info!(probe = %l.config.id(), added, removed, pods = selected.len(),
+                        "pod filter updated in place");
+                    if let Some(m) = &self.metrics {
+                        let values = l.labels.values();
+                        m.pod_filter_updates
+                            .with_label_values(&values)
+                            .inc_by((added + removed) as u64);
+                        m.pod_filter_cgroups
+                            .with_label_values(&values)
+                            .set(selected.len() as i64);
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read kernel facts");
-                    let failure = LoadFailure::from_error(&e);
-                    for id in desired.into_keys() {
-                        if !self.loaded.contains_key(&id) {
-                            self.failed.insert(id, failure.clone());
-                        }
-                    }
+                    tracing::error!(probe = %l.config.id(), error = %e,
+                        "pod filter could not be updated; it keeps what it has");
                 }
-            }
-        }
-        self.desired = order;
-    }
-
-    fn load(
-        &mut self,
-        kernel: &Kernel,
-        node: &str,
-        id: String,
-        p: &AgentProbe,
-        cgroups: Option<Vec<u64>>,
-    ) {
-        let result = probe_config(p, std::process::id()).and_then(|mut c| {
-            if let Some(ids) = &cgroups {
-                if ids.is_empty() {
-                    return Err(ProbeError::Filter(
-                        "no pod on this node matches the podSelector".into(),
-                    ));
-                }
-                c.cgroup_ids.extend(ids);
-            }
-            Probe::load(kernel, &c)
-        });
-        match result {
-            Ok(probe) => {
-                tracing::info!(probe = %id, kind = p.spec.kind.as_str(), "probe attached");
-                self.failed.remove(&id);
-                self.loaded.insert(
-                    id,
-                    Loaded {
-                        config: p.clone(),
-                        cgroups,
-                        labels: ProbeLabels {
-                            namespace: p.namespace.clone(),
-                            probeset: p.probeset.clone(),
-                            probe: p.spec.name.clone(),
-                            node: node.to_string(),
-                        },
-                        probe,
-                    },
-                );
-            }
-            Err(e) => {
-                tracing::error!(probe = %id, error = %e, "probe failed to load; the others keep running");
-                self.failed.insert(id, LoadFailure::from_error(&e));
             }
         }
     }
@@ -529,7 +735,9 @@ impl State {
                         ),
                     });
                 }
-                self.failed.get(&id).map(|f| probe_report(p, Err(f)))
+                self.failed
+                    .get(&id)
+                    .map(|f| probe_report(p, Err(&f.failure)))
             })
             .collect();
         v1::Report {
@@ -648,39 +856,9 @@ probes:
     }
 
     #[test]
-    fn pods_are_found_by_uid_with_either_cgroup_driver() {
-        let root = std::env::temp_dir().join(format!("rw-cg-{}", std::process::id()));
-        let uid = "0f3c9a2e-1b2c-4d5e-8f90-123456789abc";
-        let systemd = root.join(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f3c9a2e_1b2c_4d5e_8f90_123456789abc.slice",
-        );
-        std::fs::create_dir_all(&systemd).unwrap();
-        assert_eq!(pod_cgroup(&root, uid), Some(systemd));
-        assert_eq!(
-            pod_cgroup(&root, "00000000-0000-0000-0000-000000000000"),
-            None
-        );
-        std::fs::remove_dir_all(&root).unwrap();
-        let cgroupfs = root.join(format!("kubepods/besteffort/pod{uid}"));
-        std::fs::create_dir_all(&cgroupfs).unwrap();
-        assert_eq!(pod_cgroup(&root, uid), Some(cgroupfs));
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn label_selectors_become_query_strings() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-            LabelSelector, LabelSelectorRequirement,
-        };
-        let s = LabelSelector {
-            match_labels: Some(BTreeMap::from([("app".into(), "web".into())])),
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "tier".into(),
-                operator: "In".into(),
-                values: Some(vec!["a".into(), "b".into()]),
-            }]),
-        };
-        assert_eq!(label_selector_string(&s).unwrap(), "app=web,tier in (a,b)");
-        assert_eq!(label_selector_string(&LabelSelector::default()), None);
+    fn failed_probes_are_retried_with_exponential_backoff_up_to_a_cap() {
+        let delays: Vec<u64> = (1..=12).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
     }
 }

@@ -32,8 +32,8 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
-        "kernel BTF is not available at {KERNEL_BTF} ({0}); ringwarden needs a kernel built with \
-         CONFIG_DEBUG_INFO_BTF=y (Linux >= 5.8)"
+        "kernel BTF is not available ({0}); ringwarden needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y (Linux >= 5.8), which publishes it at {KERNEL_BTF}"
     )]
     MissingBtf(String),
     #[error("loading the eBPF object failed: {0}{hint}", hint = permission_hint(.0))]
@@ -81,19 +81,28 @@ fn caps_allow_tracing(cap_eff: u64) -> bool {
 /// Checks, before anything is loaded, that this process may load and attach
 /// tracing programs and that the kernel has BTF, so the error says what to do.
 pub fn check_privileges() -> Result<(), ProbeError> {
+    check_capabilities()?;
+    if !std::path::Path::new(KERNEL_BTF).exists() {
+        return Err(ProbeError::MissingBtf(format!(
+            "{KERNEL_BTF}: no such file"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that this process may load and attach tracing programs.
+pub fn check_capabilities() -> Result<(), ProbeError> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let cap_eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    if !caps_allow_tracing(cap_eff) {
-        return Err(ProbeError::Privileges(cap_eff));
+    if caps_allow_tracing(cap_eff) {
+        Ok(())
+    } else {
+        Err(ProbeError::Privileges(cap_eff))
     }
-    if !std::path::Path::new(KERNEL_BTF).exists() {
-        return Err(ProbeError::MissingBtf("no such file".into()));
-    }
-    Ok(())
 }
 
 fn permission_hint(message: &str) -> &'static str {
@@ -143,8 +152,13 @@ pub struct ProbeConfig {
     pub pids: Vec<u32>,
     /// Task comms to observe (empty: all).
     pub comms: Vec<String>,
-    /// cgroup v2 ids to observe, with everything below them (empty: all).
+    /// cgroup v2 ids to observe, with everything below them (empty: all,
+    /// unless `cgroup_filter` is set).
     pub cgroup_ids: Vec<u64>,
+    /// Filter by cgroup even while `cgroup_ids` is empty: a pod selector
+    /// that matches no pod yet observes nothing, and pods that start later
+    /// join the filter in place ([`Probe::set_cgroup_filter`]).
+    pub cgroup_filter: bool,
     /// Process never observed: the agent itself, so it does not feed its own
     /// numbers with the syscalls it makes to read them.
     pub exclude_tgid: u32,
@@ -173,6 +187,7 @@ impl ProbeConfig {
             pids: vec![],
             comms: vec![],
             cgroup_ids: vec![],
+            cgroup_filter: false,
             exclude_tgid: std::process::id(),
             max_series: 64,
             export: Export::None,
@@ -231,6 +246,10 @@ pub struct Probe {
     counters: PerCpuArray<MapData, ProbeCounters>,
     slo_counts: PerCpuArray<MapData, SloCounts>,
     events: RingBuf<MapData>,
+    /// The cgroup filter set, kept to change it while the programs run.
+    cgroups: HashMap<MapData, u64, u8>,
+    /// What `cgroups` holds, so a change writes only the difference.
+    cgroup_ids: std::collections::BTreeSet<u64>,
     threshold_names: Vec<String>,
     ring_bytes: u32,
     program_ids: Vec<u32>,
@@ -276,8 +295,18 @@ pub struct Kernel {
 impl Kernel {
     /// Reads the kernel's BTF and the struct offsets the programs need.
     pub fn open() -> Result<Self, ProbeError> {
-        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::MissingBtf(e.to_string()))?;
-        let offsets = crate::btf::running_kernel_offsets().map_err(ProbeError::Offsets)?;
+        Self::open_at(Path::new(KERNEL_BTF))
+    }
+
+    /// [`Kernel::open`] with the kernel's BTF read from `path`.
+    pub fn open_at(path: &Path) -> Result<Self, ProbeError> {
+        let missing = |e: String| ProbeError::MissingBtf(format!("{}: {e}", path.display()));
+        let data = std::fs::read(path).map_err(|e| missing(e.to_string()))?;
+        let btf =
+            Btf::parse(&data, aya::Endianness::default()).map_err(|e| missing(e.to_string()))?;
+        let offsets = crate::btf::Btf::parse(&data)
+            .and_then(|b| b.kernel_offsets())
+            .map_err(|e| ProbeError::Offsets(format!("{}: {e}", path.display())))?;
         Ok(Self { btf, offsets })
     }
 }
@@ -368,7 +397,7 @@ impl Probe {
             .collect::<Result<Vec<_>, _>>()?;
         let flags = (!config.pids.is_empty() as u32 * FILTER_PID)
             | (!config.comms.is_empty() as u32 * FILTER_COMM)
-            | (!config.cgroup_ids.is_empty() as u32 * FILTER_CGROUP);
+            | ((config.cgroup_filter || !config.cgroup_ids.is_empty()) as u32 * FILTER_CGROUP);
         let (export, slower_than_ns) = match config.export {
             Export::None => (EXPORT_NONE, 0u64),
             Export::SlowerThan(ns) => (EXPORT_SLOWER_THAN, ns),
@@ -502,6 +531,8 @@ impl Probe {
             counters,
             slo_counts,
             events,
+            cgroups,
+            cgroup_ids: config.cgroup_ids.iter().copied().collect(),
             threshold_names: config.thresholds.iter().map(|(n, _)| n.clone()).collect(),
             ring_bytes,
             program_ids,
@@ -518,6 +549,47 @@ impl Probe {
     /// Kernel ids of the loaded programs (as `bpftool prog` lists them).
     pub fn program_ids(&self) -> &[u32] {
         &self.program_ids
+    }
+
+    /// The cgroup ids the filter holds now.
+    pub fn cgroup_filter(&self) -> &std::collections::BTreeSet<u64> {
+        &self.cgroup_ids
+    }
+
+    /// Makes the cgroup filter hold exactly `ids`, while the programs run:
+    /// no reload, no counter reset, no event lost. New ids go in before old
+    /// ones leave, and the filter flag stays set throughout, so the filter
+    /// never widens, even for a moment. Only for a probe loaded with a
+    /// cgroup filter; returns (added, removed).
+    pub fn set_cgroup_filter(
+        &mut self,
+        ids: &std::collections::BTreeSet<u64>,
+    ) -> Result<(usize, usize), ProbeError> {
+        if ids.len() > FILTER_CGROUPS_ENTRIES as usize {
+            return Err(ProbeError::Filter(format!(
+                "{} cgroups to observe, at most {FILTER_CGROUPS_ENTRIES} are supported",
+                ids.len()
+            )));
+        }
+        let added: Vec<u64> = ids.difference(&self.cgroup_ids).copied().collect();
+        let removed: Vec<u64> = self.cgroup_ids.difference(ids).copied().collect();
+        for id in &added {
+            self.cgroups
+                .insert(id, 1, 0)
+                .map_err(|e| map_error(maps::FILTER_CGROUPS, e))?;
+            self.cgroup_ids.insert(*id);
+        }
+        for id in &removed {
+            match self.cgroups.remove(id) {
+                Ok(()) => {}
+                // Already gone is what was wanted.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_error(maps::FILTER_CGROUPS, e)),
+            }
+            self.cgroup_ids.remove(id);
+        }
+        Ok((added.len(), removed.len()))
     }
 
     /// Reads every waiting ring-buffer record, handing decoded events to

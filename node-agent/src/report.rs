@@ -70,11 +70,18 @@ impl LoadFailure {
 }
 
 /// Whether an attach error says the hook does not exist (ENOENT from
-/// tracefs or BTF, or a symbol the binary lacks).
+/// tracefs or BTF, or a symbol the binary lacks: aya says "unknown
+/// symbol").
 fn missing_hook(message: &str) -> bool {
-    ["No such file", "not found", "does not exist", "no symbol"]
-        .iter()
-        .any(|m| message.contains(m))
+    [
+        "No such file",
+        "not found",
+        "does not exist",
+        "no symbol",
+        "unknown symbol",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// `s` on one line, cut at a character boundary to at most `limit` bytes.
@@ -280,6 +287,15 @@ mod tests {
         };
         assert_eq!(
             LoadFailure::from_error(&missing).kind,
+            Kind::MissingTracepoint
+        );
+        let symbol = ProbeError::Uprobe {
+            binary: "/usr/bin/app".into(),
+            symbol: "handler".into(),
+            message: "error resolving symbol: unknown symbol `handler`".into(),
+        };
+        assert_eq!(
+            LoadFailure::from_error(&symbol).kind,
             Kind::MissingTracepoint
         );
         assert_eq!(

@@ -354,7 +354,7 @@ fn seed(boot_id: &str) -> u64 {
 }
 
 /// Facts for the Hello, read from this machine.
-pub fn hello(node: &str, boot_id: &str) -> v1::Hello {
+pub fn hello(node: &str, boot_id: &str, kernel_btf: &std::path::Path) -> v1::Hello {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
@@ -366,7 +366,7 @@ pub fn hello(node: &str, boot_id: &str) -> v1::Hello {
         boot_id: boot_id.to_owned(),
         ringbuf: ringbuf_supported(&kernel),
         kernel_version: kernel,
-        btf: std::fs::File::open(crate::probes::KERNEL_BTF).is_ok(),
+        btf: std::fs::File::open(kernel_btf).is_ok(),
         page_size: u32::try_from(page).unwrap_or(4096),
         config_version: String::new(),
     }

@@ -1,0 +1,540 @@
+//! A `podSelector` probe on a live kernel while pods come and go: the real
+//! `ringwarden-agent node` process, pods served by an in-process mock of
+//! the API server (list and watch of `/api/v1/pods`, metadata only), and
+//! pod cgroups the test makes under `/sys/fs/cgroup/ringwarden-test-<pid>`
+//! with worker processes of its own in them. The ground truth is the
+//! number of `getppid` calls each worker makes; the agent's `/metrics`
+//! must count exactly those of the selected pods' workers, with the
+//! program loaded once and its counters never reset. The watch is then
+//! broken: the probe keeps its last filter and keeps counting.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Path as UrlPath, RawQuery, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get as route_get,
+};
+use common::{free_port, get};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_ringwarden-agent");
+const NODE: &str = "node-t";
+/// The probe's labels in the snapshot families, and in the agent's own
+/// families (which the Prometheus client sorts by name).
+const LABELS: &str = r#"namespace="shop",probeset="web",probe="sys",node="node-t""#;
+const AGENT_LABELS: &str = r#"namespace="shop",node="node-t",probe="sys",probeset="web""#;
+
+// ---------------------------------------------------------------- mock API
+
+/// Pods of the mock API server, an event log for watches to resume from,
+/// the open watches, and every pods request seen.
+#[derive(Default)]
+struct Api {
+    pods: BTreeMap<String, Value>,
+    version: u64,
+    log: Vec<(u64, String)>,
+    watches: Vec<mpsc::UnboundedSender<Result<String, std::io::Error>>>,
+    failing: bool,
+    requests: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Api>>;
+
+fn pod_meta(namespace: &str, uid: &str, app: &str, version: u64) -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadata",
+        "metadata": {
+            "name": format!("pod-{}", &uid[uid.len() - 4..]),
+            "namespace": namespace,
+            "uid": uid,
+            "labels": {"app": app},
+            "resourceVersion": version.to_string(),
+        },
+    })
+}
+
+impl Api {
+    fn event(&mut self, kind: &str, object: Value) {
+        let line = format!("{}\n", json!({"type": kind, "object": object}));
+        self.log.push((self.version, line.clone()));
+        self.watches.retain(|w| w.send(Ok(line.clone())).is_ok());
+    }
+
+    fn apply(&mut self, namespace: &str, uid: &str, app: &str) {
+        self.version += 1;
+        let pod = pod_meta(namespace, uid, app, self.version);
+        let kind = if self.pods.contains_key(uid) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.pods.insert(uid.to_string(), pod.clone());
+        self.event(kind, pod);
+    }
+
+    fn delete(&mut self, uid: &str) {
+        self.version += 1;
+        let mut pod = self.pods.remove(uid).expect("a pod to delete");
+        pod["metadata"]["resourceVersion"] = json!(self.version.to_string());
+        self.event("DELETED", pod);
+    }
+
+    /// Lists and watches fail, and the open watches end, until `false`.
+    fn fail(&mut self, failing: bool) {
+        self.failing = failing;
+        if failing {
+            self.watches.clear();
+        }
+    }
+}
+
+fn status(code: u16, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": message, "code": code});
+    (
+        StatusCode::from_u16(code).unwrap(),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn pods(State(api): State<Shared>, RawQuery(query): RawQuery) -> Response {
+    let query = query.unwrap_or_default();
+    let mut a = api.lock().unwrap();
+    a.requests.push(query.clone());
+    if a.failing {
+        return status(500, "etcd is having a bad day");
+    }
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+    };
+    if param("watch").as_deref() == Some("true") {
+        let from: u64 = param("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (version, line) in &a.log {
+            if *version > from {
+                let _ = tx.send(Ok(line.clone()));
+            }
+        }
+        a.watches.push(tx);
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(stream))
+            .unwrap();
+    }
+    let list = json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": a.version.to_string()},
+        "items": a.pods.values().collect::<Vec<_>>(),
+    });
+    ([("content-type", "application/json")], list.to_string()).into_response()
+}
+
+async fn node(UrlPath(name): UrlPath<String>) -> Response {
+    let node = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"pool": "web"}}});
+    ([("content-type", "application/json")], node.to_string()).into_response()
+}
+
+/// Serves the mock API on loopback from a thread of its own, so the test
+/// may block (waiting for its workers) while the API answers; returns its
+/// port.
+fn serve(api: Shared) -> u16 {
+    let app = Router::new()
+        .route("/api/v1/pods", route_get(pods))
+        .route("/api/v1/nodes/{name}", route_get(node))
+        .with_state(api);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap()
+        })
+    });
+    port
+}
+
+// ---------------------------------------------------------------- cgroups and workers
+
+/// The test's cgroup tree, in the kubelet's layouts; removed on drop.
+struct PodCgroups {
+    root: PathBuf,
+    dirs: Vec<PathBuf>,
+}
+
+impl PodCgroups {
+    fn new() -> Self {
+        let mount = ringwarden_node_agent::probes::cgroup2_mount()
+            .expect("a cgroup2 file system (pod filters need cgroup v2)");
+        let root = mount.join(format!("ringwarden-test-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap_or_else(|e| {
+            panic!(
+                "cannot create {}: {e}; this test needs root to make cgroups",
+                root.display()
+            )
+        });
+        Self { root, dirs: vec![] }
+    }
+
+    /// A pod's cgroup with one container cgroup in it, where its workers
+    /// run: `kubepods/besteffort/pod<uid>/ctr` (cgroupfs driver) or the
+    /// systemd driver's `kubepods.slice/…-pod<uid_>.slice/ctr.scope`.
+    fn pod(&mut self, uid: &str, systemd: bool) -> PathBuf {
+        let pod = if systemd {
+            self.root.join(format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+                uid.replace('-', "_")
+            ))
+        } else {
+            self.root.join(format!("kubepods/besteffort/pod{uid}"))
+        };
+        let ctr = pod.join(if systemd { "ctr.scope" } else { "ctr" });
+        std::fs::create_dir_all(&ctr).unwrap();
+        self.dirs.push(ctr.clone());
+        self.dirs.push(pod);
+        ctr
+    }
+}
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+        for d in [
+            "kubepods.slice/kubepods-burstable.slice",
+            "kubepods.slice",
+            "kubepods/besteffort",
+            "kubepods",
+            "",
+        ] {
+            let _ = std::fs::remove_dir(self.root.join(d));
+        }
+    }
+}
+
+/// Makes `calls` getppid calls in `cgroup` from a new process, and waits
+/// for it to exit. The child is moved into the cgroup while it waits on a
+/// pipe, so every call it makes is made there.
+fn getppid_in(cgroup: &Path, calls: u64) {
+    let mut go = [0i32; 2];
+    // SAFETY: a valid array of two fds.
+    assert_eq!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: the child only makes raw syscalls (read, getppid, _exit),
+    // which are async-signal-safe, before it exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: raw syscalls on fds this process owns.
+        unsafe {
+            let mut b = 0u8;
+            libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+            for _ in 0..calls {
+                libc::syscall(libc::SYS_getppid);
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: both fds were just created and are owned here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(go[0]), OwnedFd::from_raw_fd(go[1])) };
+    drop(read_end);
+    std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())
+        .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", cgroup.display()));
+    // SAFETY: writing one byte from a valid buffer to an open pipe.
+    assert_eq!(
+        unsafe { libc::write(write_end.as_raw_fd(), b"g".as_ptr().cast(), 1) },
+        1
+    );
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+}
+
+// ---------------------------------------------------------------- the agent
+
+struct Agent {
+    child: Child,
+    port: u16,
+    /// `ringwarden_events_observed_total` at each scrape: never lower.
+    observed: u64,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn metrics(&mut self) -> String {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the agent exited: {:?}",
+            self.child.try_wait()
+        );
+        let text = get(self.port, "/metrics").unwrap_or_default();
+        if let Some(observed) = value(
+            &text,
+            &format!("ringwarden_events_observed_total{{{LABELS}}}"),
+        ) {
+            assert!(
+                observed >= self.observed,
+                "the probe's counters went back from {} to {observed}: it was reloaded",
+                self.observed
+            );
+            self.observed = observed;
+        }
+        text
+    }
+
+    /// Waits until `/metrics` has `series` at `want`; panics with the
+    /// exposition after 30 s.
+    fn until(&mut self, series: &str, want: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.metrics();
+            if value(&text, series) == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never became {want}:\n{}",
+                text.lines()
+                    .filter(|l| l.starts_with("ringwarden_agent") || l.contains("getppid"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kernel ids of the BPF programs the agent holds open.
+    fn program_ids(&self) -> BTreeSet<u32> {
+        let dir = format!("/proc/{}/fdinfo", self.child.id());
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("prog_id:"))
+                    .and_then(|id| id.trim().parse().ok())
+            })
+            .collect()
+    }
+}
+
+/// The value of one sample line (`name{labels}`), if present.
+fn value(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+fn getppid_count() -> String {
+    format!("ringwarden_latency_seconds_count{{{LABELS},series=\"getppid\"}}")
+}
+
+#[test]
+fn pods_joining_and_leaving_change_the_filter_in_place_and_every_count_is_exact() {
+    if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
+        panic!("this live-kernel test cannot run: {e}; run `sudo make test`");
+    }
+    let dir = std::env::temp_dir().join(format!("rw-pods-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cgroups = PodCgroups::new();
+    let uid = |n: u8| format!("00000000-0000-4000-8000-0000000000{n:02x}");
+    let (a, b, c, d, e) = (uid(0xa), uid(0xb), uid(0xc), uid(0xd), uid(0xe));
+    let ctr_a = cgroups.pod(&a, false);
+    let ctr_b = cgroups.pod(&b, false);
+    let ctr_c = cgroups.pod(&c, false);
+    let ctr_d = cgroups.pod(&d, true);
+    let ctr_e = cgroups.pod(&e, false);
+
+    let api: Shared = Arc::default();
+    {
+        let mut api = api.lock().unwrap();
+        api.apply("shop", &a, "web");
+        // Same namespace, other app; and the same app in another namespace.
+        api.apply("shop", &b, "db");
+        api.apply("other", &c, "web");
+    }
+    let api_port = serve(api.clone());
+    std::fs::write(
+        dir.join("kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: mock\n\
+             clusters: [{{name: mock, cluster: {{server: 'http://127.0.0.1:{api_port}'}}}}]\n\
+             users: [{{name: mock, user: {{}}}}]\n\
+             contexts: [{{name: mock, context: {{cluster: mock, user: mock}}}}]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("config.yaml"),
+        "probes:\n  - {namespace: shop, probeset: web, spec: {name: sys, kind: syscalls, \
+         maxSeries: 512}, podSelector: {matchLabels: {app: web}}, nodeSelector: {pool: web}, \
+         ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(AGENT)
+        .args(["node", "--node-name", NODE, "--interval", "100ms"])
+        .args(["--reload-interval", "200ms"])
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--config")
+        .arg(dir.join("config.yaml"))
+        .arg("--pod-cgroup-root")
+        .arg(&cgroups.root)
+        // In a pod the agent finds the API this way; the client reads
+        // KUBECONFIG first.
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBECONFIG", dir.join("kubeconfig"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the agent binary starts");
+    let mut agent = Agent {
+        child,
+        port,
+        observed: 0,
+    };
+    let filter = format!("ringwarden_agent_pod_filter_cgroups{{{AGENT_LABELS}}}");
+    let loads = format!("ringwarden_agent_probe_loads_total{{{AGENT_LABELS}}}");
+    agent.until(&filter, 1);
+    agent.until("ringwarden_agent_pod_watch_up", 1);
+    let programs = agent.program_ids();
+    assert_eq!(
+        programs.len(),
+        3,
+        "fork, enter and exit programs: {programs:?}"
+    );
+
+    // Only pod a is selected.
+    getppid_in(&ctr_a, 1_000);
+    getppid_in(&ctr_b, 700);
+    getppid_in(&ctr_c, 900);
+    let mut expected = 1_000;
+    agent.until(&getppid_count(), expected);
+
+    // Pod d starts (systemd layout), pod b is relabelled into the selection.
+    {
+        let mut api = api.lock().unwrap();
+        api.apply("shop", &d, "web");
+        api.apply("shop", &b, "web");
+    }
+    agent.until(&filter, 3);
+    getppid_in(&ctr_d, 1_200);
+    getppid_in(&ctr_b, 300);
+    getppid_in(&ctr_a, 400);
+    getppid_in(&ctr_c, 900);
+    expected += 1_200 + 300 + 400;
+    agent.until(&getppid_count(), expected);
+
+    // Pod a stops: calls from its (still existing) cgroup no longer count.
+    api.lock().unwrap().delete(&a);
+    agent.until(&filter, 2);
+    getppid_in(&ctr_a, 800);
+    getppid_in(&ctr_d, 250);
+    expected += 250;
+    agent.until(&getppid_count(), expected);
+
+    // The watch breaks: the probe keeps the pods it knew and keeps
+    // counting; a pod that starts meanwhile is not known until it is back.
+    api.lock().unwrap().fail(true);
+    agent.until("ringwarden_agent_pod_watch_up", 0);
+    api.lock().unwrap().apply("shop", &e, "web");
+    getppid_in(&ctr_d, 600);
+    getppid_in(&ctr_b, 100);
+    getppid_in(&ctr_e, 500);
+    expected += 600 + 100;
+    agent.until(&getppid_count(), expected);
+    let text = agent.metrics();
+    assert_eq!(
+        value(&text, &filter),
+        Some(2),
+        "the last known filter stays"
+    );
+    assert!(value(&text, "ringwarden_agent_pod_watch_errors_total") >= Some(1));
+
+    api.lock().unwrap().fail(false);
+    agent.until("ringwarden_agent_pod_watch_up", 1);
+    agent.until(&filter, 3);
+    getppid_in(&ctr_e, 500);
+    expected += 500;
+    agent.until(&getppid_count(), expected);
+
+    // Nothing counted twice or late, one load, the same programs.
+    std::thread::sleep(Duration::from_millis(300));
+    let text = agent.metrics();
+    assert_eq!(value(&text, &getppid_count()), Some(expected));
+    assert_eq!(
+        value(&text, &loads),
+        Some(1),
+        "pod changes never reload the probe"
+    );
+    assert_eq!(
+        agent.program_ids(),
+        programs,
+        "the same programs throughout"
+    );
+    assert!(
+        value(
+            &text,
+            &format!("ringwarden_agent_pod_filter_updates_total{{{AGENT_LABELS}}}")
+        ) >= Some(4)
+    );
+
+    // One watch of this node's pods, not a list per probe per interval.
+    let requests = api.lock().unwrap().requests.clone();
+    assert!(
+        requests
+            .iter()
+            .all(|q| q.contains("fieldSelector=spec.nodeName%3Dnode-t")),
+        "every request is for this node's pods: {requests:?}"
+    );
+    let lists = requests
+        .iter()
+        .filter(|q| !q.contains("watch=true"))
+        .count();
+    assert!(
+        (1..=3).contains(&lists),
+        "{lists} lists: the agent polls instead of watching: {requests:?}"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
