@@ -64,22 +64,47 @@ impl Assessment {
 /// full filters are several MiB).
 pub const MAX_CONFIG_BYTES_PER_PROBESET: usize = 96 * 1024;
 
+/// What `ps`'s probes take in the agents' configuration: each as the
+/// ConfigMap writes it (YAML, with its ProbeSet's names and selectors),
+/// with the plan's fields at their widest and the most SLO thresholds.
+pub fn config_bytes(ps: &ProbeSet) -> usize {
+    let threshold = Threshold {
+        slo: format!("{}/{}", "n".repeat(63), "s".repeat(253)),
+        latency_ns: Some(u64::MAX),
+        errors: false,
+        series: vec![],
+    };
+    let probes: Vec<ringwarden_crds::AgentProbe> = ps
+        .spec
+        .probes
+        .iter()
+        .map(|p| ringwarden_crds::AgentProbe {
+            namespace: ps.metadata.namespace.clone().unwrap_or_default(),
+            probeset: ps.metadata.name.clone().unwrap_or_default(),
+            spec: p.clone(),
+            pod_selector: ps.spec.pod_selector.clone(),
+            node_selector: ps.spec.node_selector.clone(),
+            ring_bytes: u64::MAX,
+            sample_every: u64::MAX,
+            predicted_drop: 0.123_456_789_012_345_67,
+            report_interval: ps.spec.report_interval,
+            thresholds: vec![threshold.clone(); MAX_THRESHOLDS],
+        })
+        .collect();
+    // Nested one level deeper in the ConfigMap: two more spaces a line.
+    serde_yaml_ng::to_string(&probes).map_or(usize::MAX, |y| y.len() + 2 * y.lines().count())
+}
+
 pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
     let spec = &ps.spec;
     let errors: Vec<String> = spec.validate().iter().map(ToString::to_string).collect();
     if !errors.is_empty() {
         return Assessment::Invalid(errors);
     }
-    // Every probe carries its ProbeSet's selectors into the agents'
-    // ConfigMap: bound what one ProbeSet adds, so tenants together cannot
-    // push it past the API server's 1 MiB, and say so before it would.
-    let per_probe_selectors =
-        serde_json::to_vec(&(&spec.node_selector, &spec.pod_selector)).map_or(0, |v| v.len());
-    let config_bytes: usize = spec
-        .probes
-        .iter()
-        .map(|p| serde_json::to_vec(p).map_or(0, |v| v.len()) + per_probe_selectors)
-        .sum();
+    // Bound what one ProbeSet adds to the agents' ConfigMap, so tenants
+    // together cannot push it past the API server's 1 MiB, and say so
+    // before it would.
+    let config_bytes = config_bytes(ps);
     if config_bytes > MAX_CONFIG_BYTES_PER_PROBESET {
         return Assessment::Invalid(vec![format!(
             "spec.probes: this ProbeSet takes {config_bytes} bytes of the agents' \

@@ -9,9 +9,14 @@ use std::{
 use ringwarden_crds::ProbeSet;
 
 use crate::{
-    assess::{Assessment, assess},
+    assess::{Assessment, assess, config_bytes},
     slo::SloTarget,
 };
+
+/// Most bytes the probes of all ProbeSets may take in the agents'
+/// ConfigMap: three quarters of the API server's 1 MiB object limit, the
+/// rest for plans, thresholds and YAML overhead.
+pub const MAX_AGENT_CONFIG_BYTES: usize = 768 * 1024;
 
 /// Labels of one node.
 pub type Labels = BTreeMap<String, String>;
@@ -48,8 +53,40 @@ impl World {
                 assessment: assess(ps, &self.slos),
             })
             .collect();
+        crowd_out(&mut all);
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         all
+    }
+}
+
+/// Why a ProbeSet was left out of a full agent configuration.
+pub const CONFIG_FULL: &str = "the agents' configuration is full";
+
+/// Leaves out, as Invalid, the ProbeSets that would take the agents'
+/// configuration past [`MAX_AGENT_CONFIG_BYTES`]: the oldest keep running
+/// (by creation time, then namespace and name), so a new ProbeSet never
+/// stops one that works.
+fn crowd_out(all: &mut [Assessed]) {
+    all.sort_by(|a, b| {
+        let created = |x: &Assessed| x.probeset.metadata.creation_timestamp.clone();
+        (created(a), &a.namespace, &a.name).cmp(&(created(b), &b.namespace, &b.name))
+    });
+    let mut used = 0usize;
+    for a in all.iter_mut() {
+        if a.assessment.planned().is_none() {
+            continue;
+        }
+        let bytes = config_bytes(&a.probeset);
+        if used + bytes > MAX_AGENT_CONFIG_BYTES {
+            a.assessment = Assessment::Invalid(vec![format!(
+                "spec.probes: {CONFIG_FULL}: this ProbeSet's {bytes} bytes would take it past \
+                 {MAX_AGENT_CONFIG_BYTES} (a ConfigMap holds 1 MiB), so it runs nowhere while \
+                 the ProbeSets created before it run. Shrink or remove ProbeSets (their filters \
+                 and selectors), or merge small ones"
+            )]);
+        } else {
+            used += bytes;
+        }
     }
 }
 
@@ -112,5 +149,54 @@ mod tests {
         let classes = node_classes(&[&all, &gpu, &arm], &nodes);
         assert_eq!(classes, BTreeSet::from([vec![0, 1], vec![0]]));
         assert!(node_classes(&[&arm], &nodes).is_empty());
+    }
+
+    #[test]
+    fn a_full_agent_configuration_leaves_out_the_newest_probesets() {
+        use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+        // Each about 65 KB: eleven fit in 768 KiB, the twelfth does not.
+        let comms: Vec<String> = (0..200).map(|i| format!("worker-{i:06}")).collect();
+        let probes: String = (0..10)
+            .map(|i| format!("  - {{name: p{i}, kind: syscalls, filter: {{comms: {comms:?}}}}}\n"))
+            .collect();
+        let spec: ringwarden_crds::ProbeSetSpec =
+            serde_yaml_ng::from_str(&format!("probes:\n{probes}")).unwrap();
+        let bytes = config_bytes(&ProbeSet::new("ps00", spec.clone()));
+        assert!(
+            (50_000..crate::assess::MAX_CONFIG_BYTES_PER_PROBESET).contains(&bytes),
+            "{bytes}"
+        );
+        let fits = MAX_AGENT_CONFIG_BYTES / bytes;
+        let probesets: Vec<Arc<ProbeSet>> = (0..fits + 2)
+            .map(|i| {
+                let mut ps = ProbeSet::new(&format!("ps{i:02}"), spec.clone());
+                ps.metadata.namespace = Some(format!("team-{}", i % 3));
+                // Created in reverse name order: age, not name, decides.
+                let t = Timestamp::from_second(1_000_000 - i as i64).unwrap();
+                ps.metadata.creation_timestamp = Some(Time(t));
+                Arc::new(ps)
+            })
+            .collect();
+        let world = World {
+            probesets,
+            ..World::default()
+        };
+        let all = world.assess_all();
+        let out: Vec<&str> = all
+            .iter()
+            .filter(|a| a.assessment.planned().is_none())
+            .map(|a| a.name.as_str())
+            .collect();
+        // The two created last: ps00 and ps01.
+        assert_eq!(out, ["ps00", "ps01"], "{fits} fit");
+        let Assessment::Invalid(why) = &all.iter().find(|a| a.name == "ps00").unwrap().assessment
+        else {
+            unreachable!()
+        };
+        assert!(why[0].contains(CONFIG_FULL), "{why:?}");
+        // And what is rendered stays under the limit.
+        let config = crate::render::agent_config(&all, &[]);
+        let yaml = serde_yaml_ng::to_string(&config).unwrap();
+        assert!(yaml.len() <= MAX_AGENT_CONFIG_BYTES, "{} bytes", yaml.len());
     }
 }
