@@ -166,6 +166,191 @@ pub fn load_probe(
         .unwrap_or_else(|e| panic!("loading the {} probe failed: {e}", config.kind.as_str()))
 }
 
+/// The `ringwarden-agent` binary of this build profile. Cargo builds only
+/// the libraries of other packages for these tests, so the binary is built
+/// (or found up to date) here first: a test never runs a stale agent.
+pub fn agent_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // target/<profile>/deps/<test>: the profile directory is two up.
+            let exe = std::env::current_exe().expect("the test's own path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|d| d.parent())
+                .expect("tests run from target/<profile>/deps")
+                .to_path_buf();
+            let target_dir = profile_dir.parent().expect("a target directory");
+            let mut build = Command::new(env!("CARGO"));
+            build
+                .args(["build", "--quiet", "-p", "ringwarden-node-agent", "--bin"])
+                .arg("ringwarden-agent")
+                .env("CARGO_TARGET_DIR", target_dir)
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let out = build.output().expect("run cargo to build ringwarden-agent");
+            assert!(
+                out.status.success(),
+                "building ringwarden-agent failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            profile_dir.join("ringwarden-agent")
+        })
+        .clone()
+}
+
+/// `ringwarden-agent standalone --output json` in a child process.
+pub struct StandaloneAgent {
+    child: std::process::Child,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    /// Log lines read so far.
+    pub log: Vec<String>,
+}
+
+impl StandaloneAgent {
+    /// Starts the agent on `manifest` for `duration` (like `6s`), with a
+    /// report every second, through `wrapper` (e.g. `setpriv … --`; empty:
+    /// directly) and with `extra` arguments.
+    pub fn start(
+        wrapper: &[String],
+        manifest: &std::path::Path,
+        duration: &str,
+        extra: &[&str],
+    ) -> Self {
+        let agent = agent_binary();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&agent);
+                c
+            }
+            None => Command::new(&agent),
+        };
+        cmd.args([
+            "standalone",
+            "--output",
+            "json",
+            "--interval",
+            "1s",
+            "--metrics-addr",
+            "off",
+        ])
+        .args(["--duration", duration, "-f"])
+        .arg(manifest)
+        .args(extra)
+        .env("RINGWARDEN_LOG_FORMAT", "text")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {}: {e}", agent.display()));
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut s);
+            s
+        });
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let (tx, stderr) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdout: Some(stdout),
+            stderr,
+            log: Vec::new(),
+        }
+    }
+
+    /// The agent's pid (the wrapper execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `probes` probes have attached or failed to load.
+    pub fn wait_loaded(&mut self, probes: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let settled = |log: &[String]| {
+            log.iter()
+                .filter(|l| l.contains("probe attached") || l.contains("probe failed to load"))
+                .count()
+        };
+        while settled(&self.log) < probes {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "the agent did not load {probes} probes within 60s; its log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the agent to exit; returns every JSON report it printed,
+    /// the final one last, and its whole log.
+    pub fn finish(mut self) -> (Vec<serde_json::Value>, String) {
+        let status = self.child.wait().expect("wait for the agent");
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        self.log.extend(self.stderr.iter());
+        let log = self.log.join("\n");
+        assert!(
+            status.success(),
+            "the agent failed ({status}):\n{log}\n{stdout}"
+        );
+        let reports: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("report {l:?}: {e}")))
+            .collect();
+        assert!(
+            reports.last().is_some_and(|r| r["final"] == true),
+            "no final report:\n{stdout}\n{log}"
+        );
+        (reports, log)
+    }
+}
+
+impl Drop for StandaloneAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Observed events per probe name in a JSON report.
+pub fn observed_by_probe(report: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    report["probes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["probe"].as_str().unwrap_or_default().to_owned(),
+                p["counters"]["observed"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The failures of a JSON report (`<probe id> (<kind>): <cause>`).
+pub fn failures(report: &serde_json::Value) -> Vec<String> {
+    report["failed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The value at rank `ceil(q·n)` of a sample: the order statistic a
 /// histogram percentile estimates.
 pub fn exact_percentile(values: &[u64], q: f64) -> u64 {

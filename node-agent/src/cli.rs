@@ -101,6 +101,12 @@ pub struct NodeArgs {
     /// `ringwarden`); read again on every connect, as the kubelet rotates it.
     #[arg(long, env = "RINGWARDEN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// The host's root directory, under which `uprobe.binary` paths
+    /// resolve (symlinks stay inside it). In a pod, the read-only host
+    /// mount the operator adds when uprobes are enabled (`/host`).
+    #[arg(long, default_value = "/", env = "RINGWARDEN_HOST_ROOT")]
+    pub host_root: PathBuf,
 }
 
 fn parse_operator_addr(s: &str) -> Result<String, String> {
@@ -160,6 +166,12 @@ pub struct StandaloneArgs {
     /// the periodic report then goes to stderr.
     #[arg(long, value_enum, default_value_t = Events::None, env = "RINGWARDEN_EVENTS")]
     pub events: Events,
+
+    /// The host's root directory, under which `uprobe.binary` paths
+    /// resolve (symlinks stay inside it): `/` on the host itself, the host
+    /// mount when run in a container.
+    #[arg(long, default_value = "/", env = "RINGWARDEN_HOST_ROOT")]
+    pub host_root: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

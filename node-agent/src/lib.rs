@@ -2,6 +2,7 @@
 //!
 //! - [`probes`] loads the eBPF programs and reads their maps (kernel IO).
 //! - [`table`] and [`metrics`] turn snapshots into a table and Prometheus text.
+//! - [`target`] finds and checks the binaries uprobes attach to, on the host.
 //! - [`standalone`] wires them into the run loop of `ringwarden-agent standalone`.
 //! - [`node`] is the DaemonSet mode: the operator's configuration, hot-reloaded.
 //! - [`pods`] watches the pods on the node and resolves pod selectors to cgroups.
@@ -16,6 +17,7 @@ pub mod probes;
 pub mod report;
 pub mod standalone;
 pub mod table;
+pub mod target;
 pub mod uplink;
 
 use std::process::ExitCode;
@@ -44,13 +46,16 @@ pub fn run(args: Args) -> ExitCode {
                 e.exit_code()
             }
         },
-        Command::Node(a) => match runtime.block_on(node::run(a)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
+        Command::Node(a) => {
+            target::set_host_root(a.host_root.clone());
+            match runtime.block_on(node::run(a)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 

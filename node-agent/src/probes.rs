@@ -3,12 +3,18 @@
 //! Touches the kernel (bpf syscalls); everything it returns is plain data
 //! that [`crate::table`] and [`crate::metrics`] turn into output.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, UProbe, uprobe::UProbeScope},
+    programs::{
+        BtfTracePoint, ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 use ringwarden_core::{accounting::Counters, histogram::Histogram};
 use ringwarden_crds::ProbeKind;
@@ -20,6 +26,8 @@ use ringwarden_ebpf_common::{
     event::{DecodeError, decode},
     globals, maps, programs,
 };
+
+use crate::target::UprobeTarget;
 
 /// The compiled kernel programs, embedded so the agent is one file.
 static PROBES_OBJECT: &[u8] =
@@ -105,12 +113,80 @@ pub fn check_capabilities() -> Result<(), ProbeError> {
     }
 }
 
-fn permission_hint(message: &str) -> &'static str {
-    if message.contains("Operation not permitted") || message.contains("Permission denied") {
-        "; run as root or grant CAP_BPF and CAP_PERFMON"
-    } else {
-        ""
+/// Whether an error message is the kernel's EPERM or EACCES.
+fn is_permission_error(message: &str) -> bool {
+    message.contains("Operation not permitted") || message.contains("Permission denied")
+}
+
+/// This process's effective capabilities (0 if unreadable).
+fn effective_capabilities() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// The capabilities of `needed` that `cap_eff` lacks, by name.
+fn missing_capabilities(cap_eff: u64, needed: &[(u32, &'static str)]) -> Vec<&'static str> {
+    needed
+        .iter()
+        .filter(|(cap, _)| cap_eff & (1 << cap) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// What to do about a permission error from loading or attaching a
+/// tracepoint program: which of CAP_BPF and CAP_PERFMON is missing.
+fn permission_hint(message: &str) -> String {
+    if !is_permission_error(message) {
+        return String::new();
     }
+    let missing = missing_capabilities(
+        effective_capabilities(),
+        &[(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")],
+    );
+    if missing.is_empty() {
+        "; the agent has CAP_BPF and CAP_PERFMON, so a security module (SELinux, AppArmor, \
+         lockdown) or a seccomp profile denies it"
+            .into()
+    } else {
+        format!(
+            "; this process lacks {}: run as root or grant CAP_BPF and CAP_PERFMON",
+            missing.join(" and ")
+        )
+    }
+}
+
+/// Why the kernel refused to attach a uprobe with EPERM or EACCES, and
+/// what to do. Linux 6.16 (and the stable kernels that took upstream commit
+/// ba677dbe77af, July 2025) attaches uprobes only for CAP_SYS_ADMIN:
+/// CAP_PERFMON no longer suffices, because a uprobe placed inside an
+/// instruction can corrupt the traced program.
+fn uprobe_permission_message(cap_eff: u64, error: &str) -> String {
+    let missing = missing_capabilities(
+        cap_eff,
+        &[
+            (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+            (CAP_BPF, "CAP_BPF"),
+            (CAP_PERFMON, "CAP_PERFMON"),
+        ],
+    );
+    if missing.is_empty() {
+        return format!(
+            "the kernel refused the uprobe ({error}) although the agent has CAP_SYS_ADMIN, \
+             CAP_BPF and CAP_PERFMON: a security module (SELinux, AppArmor, lockdown) or a \
+             seccomp profile denies it"
+        );
+    }
+    format!(
+        "the kernel refused the uprobe ({error}): the agent lacks {}. This kernel attaches \
+         uprobes only with CAP_SYS_ADMIN (Linux 6.16 and stable kernels since July 2025; \
+         CAP_PERFMON is not enough). In a cluster, set the Helm value agent.uprobes.enabled=true, \
+         which grants the agent CAP_SYS_ADMIN; standalone, run as root",
+        missing.join(", ")
+    )
 }
 
 /// The tail of a verifier log: where the verifier gave up is at the end.
@@ -176,6 +252,9 @@ pub struct ProbeConfig {
     pub thresholds: Vec<(String, ringwarden_ebpf_common::ThresholdSlot)>,
     /// For uprobes: binary and symbol.
     pub uprobe: Option<(String, String)>,
+    /// The node's root directory, under which uprobe binaries resolve:
+    /// `/` on a host, the host mount in a pod (see [`crate::target`]).
+    pub host_root: PathBuf,
 }
 
 impl ProbeConfig {
@@ -196,6 +275,7 @@ impl ProbeConfig {
             start_entries: DEFAULT_START_ENTRIES,
             thresholds: vec![],
             uprobe: None,
+            host_root: crate::target::host_root(),
         }
     }
 }
@@ -324,45 +404,28 @@ fn comm_key(comm: &str) -> Result<[u8; COMM_LEN], ProbeError> {
     Ok(key)
 }
 
-/// Whether an ELF file is a Go binary: uretprobes corrupt Go programs,
-/// whose runtime moves goroutine stacks under the return trampoline.
-pub fn is_go_binary(data: &[u8]) -> bool {
-    use object::{Object, ObjectSection};
-    let Ok(file) = object::File::parse(data) else {
-        return false;
-    };
-    file.sections().any(|s| {
-        matches!(
-            s.name(),
-            Ok(".go.buildinfo" | ".gopclntab" | ".note.go.buildid")
-        )
-    })
-}
-
-fn check_uprobe_target(binary: &str, symbol: &str) -> Result<(), ProbeError> {
-    let err = |message: String| ProbeError::Uprobe {
-        binary: binary.into(),
-        symbol: symbol.into(),
-        message,
-    };
-    let data = std::fs::read(binary).map_err(|e| {
-        err(format!(
-            "cannot read the binary ({e}); give the absolute path of a file on this node"
-        ))
-    })?;
-    if is_go_binary(&data) {
-        return Err(err(
-            "this is a Go binary: a uretprobe would corrupt its goroutine stacks (Go moves \
-             them), so ringwarden refuses to attach; time the function from a non-Go caller"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
 impl Probe {
     /// Loads the kind's programs, installs filters and limits, and attaches.
+    /// A uprobe's binary is opened here, blocking: async code opens it on
+    /// a blocking thread ([`UprobeTarget::open_async`]) and calls
+    /// [`Probe::load_with_target`].
     pub fn load(kernel: &Kernel, config: &ProbeConfig) -> Result<Self, ProbeError> {
+        match &config.uprobe {
+            Some((binary, symbol)) if config.kind == ProbeKind::Uprobe => {
+                let target = UprobeTarget::open(&config.host_root, binary, symbol)
+                    .map_err(|e| uprobe_error(binary, symbol, e.0))?;
+                Self::load_with_target(kernel, config, Some(&target))
+            }
+            _ => Self::load_with_target(kernel, config, None),
+        }
+    }
+
+    /// [`Probe::load`] with the uprobe binary already opened and checked.
+    pub fn load_with_target(
+        kernel: &Kernel,
+        config: &ProbeConfig,
+        target: Option<&UprobeTarget>,
+    ) -> Result<Self, ProbeError> {
         if config.pids.len() > FILTER_PIDS_ENTRIES as usize {
             return Err(ProbeError::Filter(format!(
                 "{} pids given, at most {FILTER_PIDS_ENTRIES} are supported",
@@ -387,8 +450,10 @@ impl Probe {
                 config.thresholds.len()
             )));
         }
-        if let Some((binary, symbol)) = &config.uprobe {
-            check_uprobe_target(binary, symbol)?;
+        if config.kind == ProbeKind::Uprobe && target.is_none() {
+            return Err(ProbeError::Object(
+                "kind uprobe needs a binary and a symbol".into(),
+            ));
         }
         let comm_keys = config
             .comms
@@ -488,12 +553,8 @@ impl Probe {
             })?;
         }
         let mut uprobe_symbol = None;
-        if config.kind == ProbeKind::Uprobe {
-            let Some((binary, symbol)) = &config.uprobe else {
-                return Err(ProbeError::Object(
-                    "kind uprobe needs a binary and a symbol".into(),
-                ));
-            };
+        if let Some(target) = target.filter(|_| config.kind == ProbeKind::Uprobe) {
+            let (binary, symbol) = (&target.binary, &target.symbol);
             // Return first, for the same reason as the tracepoints.
             for program in [programs::UPROBE_RETURN, programs::UPROBE_ENTRY] {
                 let prog: &mut UProbe = ebpf
@@ -505,18 +566,20 @@ impl Probe {
                 if let Ok(info) = prog.info() {
                     program_ids.push(info.id());
                 }
+                // The kernel opens the checked file itself, by its fd.
                 prog.attach(
-                    symbol.as_str(),
-                    Path::new(binary),
+                    UProbeAttachLocation::AbsoluteOffset(target.offset),
+                    target.attach_path(),
                     UProbeScope::AllProcesses,
                 )
-                .map_err(|e| ProbeError::Uprobe {
-                    binary: binary.clone(),
-                    symbol: symbol.clone(),
-                    message: format!(
-                        "{}; check the symbol with `nm -D {binary}` or `nm {binary}`",
-                        error_chain(&e)
-                    ),
+                .map_err(|e| {
+                    let chain = error_chain(&e);
+                    let message = if is_permission_error(&chain) {
+                        uprobe_permission_message(effective_capabilities(), &chain)
+                    } else {
+                        chain
+                    };
+                    uprobe_error(binary, symbol, message)
                 })?;
             }
             uprobe_symbol = Some(symbol.clone());
@@ -800,6 +863,14 @@ where
     T::try_from(map).map_err(|e| map_error(name, e))
 }
 
+fn uprobe_error(binary: &str, symbol: &str, message: String) -> ProbeError {
+    ProbeError::Uprobe {
+        binary: binary.into(),
+        symbol: symbol.into(),
+        message,
+    }
+}
+
 fn map_error(map: &'static str, e: aya::maps::MapError) -> ProbeError {
     ProbeError::Map {
         map,
@@ -877,48 +948,27 @@ mod tests {
         );
     }
 
-    fn elf_with_section(name: &[u8]) -> Vec<u8> {
-        use object::{
-            Architecture, BinaryFormat, Endianness, SectionKind,
-            write::{Object, StandardSection},
-        };
-        let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
-        let text = obj.section_id(StandardSection::Text);
-        obj.append_section_data(text, &[0xc3], 1);
-        let s = obj.add_section(vec![], name.to_vec(), SectionKind::ReadOnlyData);
-        obj.append_section_data(s, b"\xff Go buildinf:", 1);
-        obj.write().unwrap()
-    }
-
     #[test]
-    fn go_binaries_are_recognised_by_their_sections() {
-        assert!(is_go_binary(&elf_with_section(b".go.buildinfo")));
-        assert!(is_go_binary(&elf_with_section(b".gopclntab")));
-        assert!(!is_go_binary(&elf_with_section(b".rodata.other")));
-        assert!(!is_go_binary(b"not an ELF file"));
-    }
-
-    #[test]
-    fn a_uprobe_on_a_go_binary_is_refused_with_the_reason() {
-        let path = std::env::temp_dir().join(format!("rw-go-{}", std::process::id()));
-        std::fs::write(&path, elf_with_section(b".go.buildinfo")).unwrap();
-        let e = check_uprobe_target(path.to_str().unwrap(), "main.handler")
-            .unwrap_err()
-            .to_string();
-        std::fs::remove_file(&path).unwrap();
-        assert!(
-            e.contains("Go binary") && e.contains("goroutine stacks"),
-            "{e}"
-        );
-        let e = check_uprobe_target("/nonexistent/app", "f")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("cannot read the binary"), "{e}");
-    }
-
-    #[test]
-    fn permission_errors_carry_the_capability_hint() {
-        assert!(permission_hint("Operation not permitted (os error 1)").contains("CAP_BPF"));
+    fn permission_errors_name_the_missing_capability() {
         assert_eq!(permission_hint("Invalid argument"), "");
+        let bpf_only = missing_capabilities(
+            1 << CAP_BPF,
+            &[(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")],
+        );
+        assert_eq!(bpf_only, ["CAP_PERFMON"]);
+    }
+
+    #[test]
+    fn a_refused_uprobe_names_cap_sys_admin_and_the_chart_value() {
+        let tracing_only = (1 << CAP_BPF) | (1 << CAP_PERFMON);
+        let m = uprobe_permission_message(tracing_only, "Permission denied (os error 13)");
+        assert!(
+            m.contains("lacks CAP_SYS_ADMIN.") && m.contains("agent.uprobes.enabled=true"),
+            "{m}"
+        );
+        assert!(!m.contains("nm "), "not a symbol problem: {m}");
+        let everything = (1 << CAP_SYS_ADMIN) | tracing_only;
+        let m = uprobe_permission_message(everything, "Permission denied (os error 13)");
+        assert!(m.contains("security module"), "{m}");
     }
 }

@@ -6,6 +6,7 @@
 //! detach everything.
 
 use std::{
+    path::Path,
     process::ExitCode,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -36,6 +37,7 @@ use crate::{
     metrics::{self, ProbeLabels, SharedSnapshots},
     probes::{Export, Kernel, Probe, ProbeConfig, ProbeError, Snapshot, page_size, series_name},
     table,
+    target::UprobeTarget,
 };
 
 /// Why standalone mode stopped with an error.
@@ -371,15 +373,26 @@ fn render_slos(watches: &[SloWatch]) -> String {
 }
 
 /// Loads every planned probe; a probe that fails is reported and skipped,
-/// the others run.
-fn load_all(kernel: &Kernel, planned: Vec<PlannedProbe>) -> (Vec<Running>, Vec<String>) {
+/// the others run. Uprobe binaries resolve under `host_root`, opened on a
+/// blocking thread.
+async fn load_all(
+    kernel: &Kernel,
+    planned: Vec<PlannedProbe>,
+    host_root: &Path,
+) -> (Vec<Running>, Vec<String>) {
     let mut running = Vec::new();
     let mut failures = Vec::new();
     let self_tgid = std::process::id();
     for p in planned {
         let id = p.probe.id();
         let kind = p.probe.spec.kind;
-        let result = probe_config(&p.probe, self_tgid).and_then(|c| Probe::load(kernel, &c));
+        let result = match probe_config(&p.probe, self_tgid) {
+            Ok(mut c) => {
+                c.host_root = host_root.to_path_buf();
+                load_one(kernel, &c).await
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok(probe) => {
                 tracing::info!(probe = %id, kind = kind.as_str(), ring_bytes = p.probe.ring_bytes,
@@ -400,6 +413,24 @@ fn load_all(kernel: &Kernel, planned: Vec<PlannedProbe>) -> (Vec<Running>, Vec<S
         }
     }
     (running, failures)
+}
+
+/// Loads one probe; a uprobe's binary is opened off the async thread.
+async fn load_one(kernel: &Kernel, c: &ProbeConfig) -> Result<Probe, ProbeError> {
+    match &c.uprobe {
+        Some((binary, symbol)) if c.kind == ProbeKind::Uprobe => {
+            let target =
+                UprobeTarget::open_async(c.host_root.clone(), binary.clone(), symbol.clone())
+                    .await
+                    .map_err(|e| ProbeError::Uprobe {
+                        binary: binary.clone(),
+                        symbol: symbol.clone(),
+                        message: e.0,
+                    })?;
+            Probe::load_with_target(kernel, c, Some(&target))
+        }
+        _ => Probe::load(kernel, c),
+    }
 }
 
 /// One exported event as a JSON line.
@@ -656,7 +687,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
         .map(|p| drain_period(&probesets, p))
         .min()
         .unwrap_or(DEFAULT_DRAIN_INTERVAL / 2);
-    let (mut running, load_failures) = load_all(&kernel, planned);
+    let (mut running, load_failures) = load_all(&kernel, planned, &args.host_root).await;
     failures.extend(load_failures);
     // The parsed kernel BTF (tens of MiB) is needed only to load programs:
     // free it and hand the memory back.

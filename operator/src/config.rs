@@ -66,6 +66,22 @@ pub struct AgentSettings {
     /// the Service `ringwarden-operator` in the operator's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_address: Option<String>,
+    /// Whether `kind: uprobe` probes run (the chart's `agent.uprobes`).
+    #[serde(default)]
+    pub uprobes: UprobeSettings,
+}
+
+/// Uprobes are opt-in: the kernel attaches them only for CAP_SYS_ADMIN
+/// (Linux 6.16 and the stable kernels patched in July 2025), which the agent
+/// otherwise never has (see [`crate::render::UPROBE_CAPABILITIES`]).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UprobeSettings {
+    /// Grant the agent CAP_SYS_ADMIN and a read-only mount of the host's
+    /// root, and run uprobe probes. Off: uprobe probes are not handed to
+    /// the agents and their ProbeSet says so.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 impl Default for AgentSettings {
@@ -81,6 +97,7 @@ impl Default for AgentSettings {
             priority_class_name: None,
             metrics_port: default_metrics_port(),
             operator_address: None,
+            uprobes: UprobeSettings::default(),
             owner: None,
         }
     }
@@ -265,5 +282,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is not a URL"), "{e}");
+    }
+
+    #[test]
+    fn uprobes_are_off_unless_enabled() {
+        assert!(!OperatorConfig::default().agent.uprobes.enabled);
+        let c = OperatorConfig::parse("agent: {uprobes: {enabled: true}}").unwrap();
+        assert!(c.agent.uprobes.enabled);
+        let e = OperatorConfig::parse("agent: {uprobes: {enable: true}}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `enable`"), "{e}");
     }
 }

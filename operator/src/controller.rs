@@ -196,6 +196,7 @@ pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, E
         ctx.hub.published(&key(&ps)).as_ref(),
         &now(),
     );
+    status::uprobes_not_enabled(&ps, ctx.agent.uprobes.enabled, &mut desired, &now());
     desired.cluster = ctx.hub.cluster().map(str::to_owned);
     if !status::up_to_date(ps.status.as_ref(), &desired) {
         write_status(&ps, &desired, &ctx).await?;

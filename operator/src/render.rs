@@ -50,19 +50,40 @@ pub const NO_PROBESETS_KEY: &str = "ringwarden.dev/no-probesets";
 
 /// Capabilities the agent adds after dropping all:
 /// - `BPF`: load programs and create maps, ring buffers included;
-/// - `PERFMON`: attach tracepoints and uprobes (perf events) and let
-///   programs read kernel memory;
-/// - `SYS_PTRACE`: open `/proc/<pid>/root/...` and `/proc/<pid>/exe` of
-///   other users' processes, to find the binaries uprobes attach to (and
-///   tell Go binaries apart); the kernel guards these links with ptrace
-///   access checks.
+/// - `PERFMON`: attach the tracepoint programs and let them read kernel
+///   memory.
 ///
-/// Not needed: `SYS_ADMIN` (BPF and PERFMON split it since 5.8);
+/// Not needed: `SYS_ADMIN` (BPF and PERFMON split it since 5.8; uprobes
+/// are the exception, see [`UPROBE_CAPABILITIES`]); `SYS_PTRACE` (the
+/// agent reads only its own `/proc/self`; uprobe binaries are found
+/// through a host mount, not `/proc/1/root`, whose ptrace check needs it);
 /// `SYS_RESOURCE` (since 5.11 BPF memory is charged to the memory cgroup,
-/// not to RLIMIT_MEMLOCK); `DAC_READ_SEARCH` (BTF, tracefs, cgroupfs,
-/// `/proc/<pid>/{cgroup,comm,stat}` and binaries are world-readable; pods
-/// are resolved to cgroup ids by `stat`ing cgroupfs).
-pub const AGENT_CAPABILITIES: [&str; 3] = ["BPF", "PERFMON", "SYS_PTRACE"];
+/// not to RLIMIT_MEMLOCK); `DAC_READ_SEARCH` (BTF, tracefs and cgroupfs are
+/// world-readable; pods are resolved to cgroup ids by `stat`ing cgroupfs).
+pub const AGENT_CAPABILITIES: [&str; 2] = ["BPF", "PERFMON"];
+
+/// Added to [`AGENT_CAPABILITIES`] only when the cluster enables uprobes
+/// (`agent.uprobes.enabled`): Linux 6.16 (and the stable kernels that took
+/// upstream commit ba677dbe77af, July 2025) attaches uprobes only for
+/// `SYS_ADMIN`, as a uprobe placed inside an instruction can corrupt the
+/// traced program; `PERFMON` no longer suffices.
+pub const UPROBE_CAPABILITIES: [&str; 1] = ["SYS_ADMIN"];
+
+/// Where the agent sees the host's root directory, read-only, when uprobes
+/// are enabled: `uprobe.binary` paths resolve under it. A read-only mount,
+/// rather than `/proc/1/root`, because reading another process's root
+/// link needs `SYS_PTRACE` (init has capabilities the agent lacks), which
+/// would let the agent attach to every process on the node.
+pub const HOST_ROOT: &str = "/host";
+
+/// The capabilities the agent container adds, as `settings` asks.
+pub fn agent_capabilities(settings: &AgentSettings) -> Vec<&'static str> {
+    let mut caps = AGENT_CAPABILITIES.to_vec();
+    if settings.uprobes.enabled {
+        caps.extend(UPROBE_CAPABILITIES);
+    }
+    caps
+}
 
 /// Host paths the agent mounts, all read-only: (volume name, path).
 pub const AGENT_HOST_PATHS: [(&str, &str); 3] = [
@@ -110,7 +131,14 @@ pub fn agent_objects(
     settings: &AgentSettings,
     namespace: &str,
 ) -> Result<AgentObjects, RenderError> {
-    let config = agent_config(assessed, nodes);
+    let mut config = agent_config(assessed, nodes);
+    if !settings.uprobes.enabled {
+        // Their ProbeSets say why (`UprobesNotEnabled`); the agents could
+        // not attach them.
+        config
+            .probes
+            .retain(|p| p.spec.kind != ringwarden_crds::ProbeKind::Uprobe);
+    }
     let selectors: Vec<&Labels> = assessed
         .iter()
         .filter(|a| a.assessment.planned().is_some())
@@ -274,34 +302,57 @@ pub fn daemon_set(
         value: Some(value.into()),
         value_from: None,
     };
+    let mut host_root_env = None;
+    if settings.uprobes.enabled {
+        // The node's files as the node sees them, including what is mounted
+        // later (container images), never writable.
+        volume_mounts.push(VolumeMount {
+            mount_propagation: Some("HostToContainer".into()),
+            ..read_only("host-root", HOST_ROOT)
+        });
+        volumes.push(Volume {
+            name: "host-root".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: "/".into(),
+                type_: Some("Directory".into()),
+            }),
+            ..Default::default()
+        });
+        host_root_env = Some(env("RINGWARDEN_HOST_ROOT", HOST_ROOT));
+    }
     let container = Container {
         name: "agent".into(),
         image: Some(settings.image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         args: Some(AGENT_ARGS.iter().map(|s| (*s).into()).collect()),
-        env: Some(vec![
-            EnvVar {
-                name: "RINGWARDEN_NODE_NAME".into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        api_version: None,
-                        field_path: "spec.nodeName".into(),
+        env: Some(
+            vec![
+                EnvVar {
+                    name: "RINGWARDEN_NODE_NAME".into(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            api_version: None,
+                            field_path: "spec.nodeName".into(),
+                        }),
+                        ..Default::default()
                     }),
-                    ..Default::default()
-                }),
-            },
-            env(
-                "RINGWARDEN_METRICS_ADDR",
-                &format!("0.0.0.0:{}", settings.metrics_port),
-            ),
-            env("RINGWARDEN_LOG_FORMAT", "json"),
-            env(
-                "RINGWARDEN_OPERATOR_ADDR",
-                &operator_address(settings, namespace),
-            ),
-            env("RINGWARDEN_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
-        ]),
+                },
+                env(
+                    "RINGWARDEN_METRICS_ADDR",
+                    &format!("0.0.0.0:{}", settings.metrics_port),
+                ),
+                env("RINGWARDEN_LOG_FORMAT", "json"),
+                env(
+                    "RINGWARDEN_OPERATOR_ADDR",
+                    &operator_address(settings, namespace),
+                ),
+                env("RINGWARDEN_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
+            ]
+            .into_iter()
+            .chain(host_root_env)
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".into()),
             container_port: i32::from(settings.metrics_port),
@@ -317,7 +368,7 @@ pub fn daemon_set(
             ..Default::default()
         }),
         resources: Some(settings.resources.clone()),
-        security_context: Some(agent_security_context()),
+        security_context: Some(agent_security_context(settings)),
         volume_mounts: Some(volume_mounts),
         ..Default::default()
     };
@@ -341,7 +392,8 @@ pub fn daemon_set(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(settings.service_account_name.clone()),
-                    // Host PIDs, so pids in kernel events and /proc agree.
+                    // Host PIDs: the kernel knows the agent by its host
+                    // tgid, and filters it out of its own numbers by it.
                     host_pid: Some(true),
                     priority_class_name: settings.priority_class_name.clone(),
                     tolerations: Some(settings.tolerations.clone()).filter(|t| !t.is_empty()),
@@ -379,14 +431,19 @@ pub fn operator_address(settings: &AgentSettings, namespace: &str) -> String {
 
 /// Never privileged; root only because loading BPF needs capabilities in
 /// the initial user namespace, with every capability but
-/// [`AGENT_CAPABILITIES`] dropped and no way to gain more.
-fn agent_security_context() -> SecurityContext {
+/// [`agent_capabilities`] dropped and no way to gain more.
+fn agent_security_context(settings: &AgentSettings) -> SecurityContext {
     SecurityContext {
         privileged: Some(false),
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
         capabilities: Some(Capabilities {
-            add: Some(AGENT_CAPABILITIES.iter().map(|c| (*c).into()).collect()),
+            add: Some(
+                agent_capabilities(settings)
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
+            ),
             drop: Some(vec!["ALL".into()]),
         }),
         ..Default::default()
@@ -573,5 +630,133 @@ mod tests {
         }
         let plain = daemon_set(&[], &AgentSettings::default(), "ringwarden").unwrap();
         assert!(plain.metadata.owner_references.is_none());
+    }
+
+    fn container(ds: &DaemonSet) -> &Container {
+        &ds.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+    }
+
+    fn added_capabilities(ds: &DaemonSet) -> Vec<String> {
+        let sc = container(ds).security_context.as_ref().unwrap();
+        sc.capabilities.as_ref().unwrap().add.clone().unwrap()
+    }
+
+    #[test]
+    fn the_agent_gets_sys_admin_and_the_host_root_only_when_uprobes_are_enabled() {
+        let plain = daemon_set(&[], &AgentSettings::default(), "ringwarden").unwrap();
+        assert_eq!(added_capabilities(&plain), ["BPF", "PERFMON"]);
+        let c = container(&plain);
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|m| m.mount_path != HOST_ROOT)
+        );
+        assert!(
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|e| e.name != "RINGWARDEN_HOST_ROOT")
+        );
+
+        let mut settings = AgentSettings::default();
+        settings.uprobes.enabled = true;
+        let ds = daemon_set(&[], &settings, "ringwarden").unwrap();
+        assert_eq!(added_capabilities(&ds), ["BPF", "PERFMON", "SYS_ADMIN"]);
+        let c = container(&ds);
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == HOST_ROOT)
+            .expect("the host root is mounted");
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
+        let volume = ds
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(volume.host_path.as_ref().unwrap().path, "/");
+        let env = c.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "RINGWARDEN_HOST_ROOT" && e.value.as_deref() == Some(HOST_ROOT))
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+    }
+
+    #[test]
+    fn uprobe_probes_reach_the_agents_only_when_uprobes_are_enabled() {
+        use ringwarden_crds::{ProbeKind, ProbeSet, ProbeSetSpec, ProbeSpec, UprobeTarget};
+        let probe = |name: &str, kind: ProbeKind| ProbeSpec {
+            name: name.into(),
+            kind,
+            uprobe: (kind == ProbeKind::Uprobe).then(|| UprobeTarget {
+                binary: "/usr/bin/app".into(),
+                symbol: "handler".into(),
+            }),
+            filter: None,
+            max_series: 64,
+            export: Default::default(),
+            peak_event_rate: 0.0,
+            sampling: 1.0,
+            priority: 0,
+        };
+        let mut ps = ProbeSet::new(
+            "web",
+            ProbeSetSpec {
+                node_selector: Default::default(),
+                pod_selector: None,
+                probes: vec![
+                    probe("sys", ProbeKind::Syscalls),
+                    probe("fn", ProbeKind::Uprobe),
+                ],
+                ring_buffer: Default::default(),
+                max_drop_rate: 0.01,
+                report_interval: std::time::Duration::from_secs(10),
+            },
+        );
+        ps.metadata.namespace = Some("shop".into());
+        let assessed = [Assessed {
+            namespace: "shop".into(),
+            name: "web".into(),
+            assessment: crate::assess::assess(&ps, &[]),
+            probeset: std::sync::Arc::new(ps),
+        }];
+        let names = |settings: &AgentSettings| -> Vec<String> {
+            agent_objects(&assessed, &[], settings, "ringwarden")
+                .unwrap()
+                .config
+                .probes
+                .iter()
+                .map(|p| p.spec.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&AgentSettings::default()), ["sys"]);
+        let mut settings = AgentSettings::default();
+        settings.uprobes.enabled = true;
+        assert_eq!(names(&settings), ["fn", "sys"]);
     }
 }

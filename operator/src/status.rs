@@ -51,6 +51,9 @@ pub mod reason {
     pub const WITHIN_BUDGET: &str = "WithinBudget";
     /// `Degraded` is False: every node selected runs every probe.
     pub const NODES_HEALTHY: &str = "NodesHealthy";
+    /// `Degraded` is True: the ProbeSet has uprobe probes and the cluster
+    /// has not enabled uprobes (`agent.uprobes.enabled`), so they do not run.
+    pub const UPROBES_NOT_ENABLED: &str = "UprobesNotEnabled";
     // When `Degraded` is True, its reason is the gravest node problem:
     // see `crate::reports::problem`.
 }
@@ -282,6 +285,75 @@ pub fn desired(
     }
 }
 
+/// Marks `status` when `ps` asks for uprobes that this cluster does not
+/// run: `Degraded` becomes True with reason [`reason::UPROBES_NOT_ENABLED`],
+/// naming the probes and the Helm value, ahead of any node problem (which
+/// the message keeps). The uprobe probes are left out of the agent
+/// configuration ([`crate::render::agent_objects`]); the others run.
+pub fn uprobes_not_enabled(
+    ps: &ProbeSet,
+    uprobes_enabled: bool,
+    status: &mut ProbeSetStatus,
+    now: &Time,
+) {
+    let uprobes: Vec<&str> = ps
+        .spec
+        .probes
+        .iter()
+        .filter(|p| p.kind == ringwarden_crds::ProbeKind::Uprobe)
+        .map(|p| p.name.as_str())
+        .collect();
+    // An invalid spec runs nothing, and says so already. A mark passed
+    // through from before goes: reports say what holds now.
+    if uprobes_enabled || uprobes.is_empty() || status.plan.is_none() {
+        status.conditions.retain(|c| {
+            !(c.type_ == condition::DEGRADED && c.reason == reason::UPROBES_NOT_ENABLED)
+        });
+        return;
+    }
+    let base = format!(
+        "probe{} {} (kind uprobe) not run: uprobes are not enabled in this cluster. The kernel \
+         attaches uprobes only for CAP_SYS_ADMIN (Linux 6.16 and stable kernels since July \
+         2025), which the agents get only with the Helm value agent.uprobes.enabled=true; the \
+         other probes run",
+        if uprobes.len() == 1 { "" } else { "s" },
+        uprobes.join(", ")
+    );
+    let current = ps
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::DEGRADED));
+    let at = status
+        .conditions
+        .iter()
+        .position(|c| c.type_ == condition::DEGRADED);
+    let message = match at.map(|i| &status.conditions[i]) {
+        // Passed through from the last write: unchanged while the probes are.
+        Some(c) if c.reason == reason::UPROBES_NOT_ENABLED && c.message.starts_with(&base) => {
+            c.message.clone()
+        }
+        Some(c) if c.reason != reason::UPROBES_NOT_ENABLED && c.status == "True" => {
+            truncate(&format!("{base}; and {}", c.message), MAX_DEGRADED_BYTES)
+        }
+        _ => base,
+    };
+    let last_transition_time = current
+        .filter(|c| c.status == "True")
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    let degraded = Condition {
+        type_: condition::DEGRADED.into(),
+        status: "True".into(),
+        reason: reason::UPROBES_NOT_ENABLED.into(),
+        message,
+        observed_generation: ps.metadata.generation,
+        last_transition_time,
+    };
+    match at {
+        Some(i) => status.conditions[i] = degraded,
+        None => status.conditions.push(degraded),
+    }
+}
+
 fn list_errors(errors: &[String]) -> String {
     let mut listed = errors[..errors.len().min(MAX_LISTED_ERRORS)].join("; ");
     if errors.len() > MAX_LISTED_ERRORS {
@@ -337,6 +409,7 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
             // Reasons are constants of `crate::reports::problem`.
             let reason = crate::reports::problem::ORDER
                 .into_iter()
+                .chain([reason::UPROBES_NOT_ENABLED])
                 .find(|r| *r == why)
                 .unwrap_or(crate::reports::problem::LOAD_FAILED);
             notice(true, reason, &message);
@@ -585,6 +658,78 @@ mod tests {
             [(true, "NoMatchingNodes")]
         );
         assert!(n[0].note.contains("(gpu=true)"), "{}", n[0].note);
+    }
+
+    fn with_uprobe(mut ps: ProbeSet) -> ProbeSet {
+        let mut up = ps.spec.probes[0].clone();
+        up.name = "checkout".into();
+        up.kind = ProbeKind::Uprobe;
+        up.uprobe = Some(ringwarden_crds::UprobeTarget {
+            binary: "/usr/bin/app".into(),
+            symbol: "checkout".into(),
+        });
+        ps.spec.probes.push(up);
+        ps
+    }
+
+    fn degraded(s: &ProbeSetStatus) -> &Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == condition::DEGRADED)
+            .expect("a Degraded condition")
+    }
+
+    #[test]
+    fn uprobes_in_a_cluster_without_them_degrade_the_probeset_naming_the_chart_value() {
+        let mut ps = with_uprobe(probeset(10.0, "64Mi"));
+        let a = assess(&ps, &[]);
+        let mut s = desired(&ps, &a, true, None, &at(1));
+        uprobes_not_enabled(&ps, false, &mut s, &at(1));
+        let d = degraded(&s);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "UprobesNotEnabled")
+        );
+        assert!(
+            d.message
+                .starts_with("probe checkout (kind uprobe) not run")
+                && d.message.contains("CAP_SYS_ADMIN")
+                && d.message.contains("agent.uprobes.enabled=true"),
+            "{}",
+            d.message
+        );
+        assert_eq!(
+            notices(None, &s)
+                .iter()
+                .find(|n| n.reason == "UprobesNotEnabled")
+                .map(|n| n.warning),
+            Some(true)
+        );
+        // Written once, then recomputed without reports: identical.
+        ps.status = Some(s.clone());
+        let mut again = desired(&ps, &a, true, None, &at(9));
+        uprobes_not_enabled(&ps, false, &mut again, &at(9));
+        assert_eq!(again, s);
+        // Enabled: nothing to say.
+        let mut enabled = desired(&ps, &a, true, None, &at(9));
+        uprobes_not_enabled(&ps, true, &mut enabled, &at(9));
+        assert!(
+            enabled
+                .conditions
+                .iter()
+                .all(|c| c.reason != "UprobesNotEnabled"),
+            "{enabled:?}"
+        );
+    }
+
+    #[test]
+    fn a_probeset_without_uprobes_is_not_marked() {
+        let ps = probeset(10.0, "64Mi");
+        let a = assess(&ps, &[]);
+        let mut s = desired(&ps, &a, true, None, &at(1));
+        let before = s.clone();
+        uprobes_not_enabled(&ps, false, &mut s, &at(1));
+        assert_eq!(s, before);
     }
 
     #[test]

@@ -94,6 +94,8 @@ agent:
   priorityClassName: {{ . }}
   {{- end }}
   metricsPort: {{ .Values.agent.metricsPort }}
+  uprobes:
+    enabled: {{ .Values.agent.uprobes.enabled }}
   # The operator's Service, whatever the release is called.
   operatorAddress: {{ printf "http://%s.%s.svc:%d" (include "ringwarden.operatorName" .) .Release.Namespace (int .Values.service.agentPort) }}
 {{- end }}

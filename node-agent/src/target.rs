@@ -1,0 +1,517 @@
+//! The binary a uprobe attaches to: found on the node, opened safely, its
+//! symbol resolved. Touches the filesystem (blocking reads: call it from a
+//! blocking thread in async code, see [`UprobeTarget::open_async`]).
+//!
+//! A `uprobe.binary` is a path on the node. In a pod the agent's own mount
+//! namespace is the container image, so the path is resolved under the
+//! host's root directory (`--host-root`, the read-only host mount the
+//! operator adds when uprobes are enabled; `/` on a bare host), with
+//! `openat2(RESOLVE_IN_ROOT)`: `..` and symlinks, absolute ones included,
+//! resolve inside that root and can never reach the container's files or
+//! anything the root does not hold.
+//!
+//! The file is opened non-blocking (a FIFO or a device cannot stall the
+//! agent), accepted only if it is a regular file of at most
+//! [`MAX_BINARY_BYTES`] on a real filesystem, and read through a cache of
+//! the ranges the ELF parser asks for, never whole. The kernel is then
+//! handed `/proc/self/fd/<n>` of that same open file, so what it attaches
+//! to is exactly what was checked, whatever the path points at by then.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Component, Path, PathBuf},
+};
+
+/// Largest binary a uprobe may attach to: 1 GiB. Real programs and
+/// libraries stay far below it (a browser is about 250 MiB, a static
+/// binary with full debug info a few hundred); anything larger is more
+/// likely a disk image or a sparse file than a program.
+pub const MAX_BINARY_BYTES: u64 = 1 << 30;
+
+/// Top-level directories no uprobe binary lives in: devices and kernel
+/// interfaces, whose files can block, never end or have side effects when
+/// read. Refused before anything is opened (and by the CRD's rule).
+pub const REFUSED_DIRS: [&str; 3] = ["dev", "proc", "sys"];
+
+/// Filesystems that hold kernel interfaces rather than files, refused even
+/// when a symlink or a mount leads there: (statfs `f_type`, name).
+const PSEUDO_FILESYSTEMS: [(i64, &str); 10] = [
+    (0x9fa0, "procfs"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+    (0xcafe_4a11, "bpffs"),
+    (0x2_7e0eb, "cgroupfs"),
+    (0x6367_7270, "cgroup2fs"),
+    (0x6e73_6673, "nsfs"),
+    (0x6165_676c, "pstore"),
+];
+
+/// The host root of this process, once set from the command line.
+static HOST_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the host root every [`crate::probes::ProbeConfig::new`] starts
+/// with: where the agent runs is the same for all its probes. Only the
+/// first call counts.
+pub fn set_host_root(path: PathBuf) {
+    let _ = HOST_ROOT.set(path);
+}
+
+/// The host root set by [`set_host_root`], or `/`.
+pub fn host_root() -> PathBuf {
+    HOST_ROOT
+        .get()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// A uprobe's binary, open and checked, with the file offset of its symbol.
+#[derive(Debug)]
+pub struct UprobeTarget {
+    file: File,
+    /// The path as the spec gives it, for messages.
+    pub binary: String,
+    pub symbol: String,
+    /// File offset of the symbol's first instruction, as the kernel wants it.
+    pub offset: u64,
+    /// Size of the file in bytes.
+    pub size: u64,
+}
+
+/// Why a uprobe target was refused; the message names the cause and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TargetError(pub String);
+
+impl UprobeTarget {
+    /// Resolves `binary` under `host_root`, opens it and finds `symbol`.
+    pub fn open(host_root: &Path, binary: &str, symbol: &str) -> Result<Self, TargetError> {
+        let relative = check_path(binary)?;
+        let root = open_root(host_root)?;
+        let file = open_in_root(&root, &relative).map_err(|e| {
+            TargetError(match e.raw_os_error() {
+                Some(libc::ENOENT) => format!(
+                    "no such file under the host root {} (symlinks resolve inside it); give the \
+                     path of the binary as the node sees it, e.g. /usr/bin/app",
+                    host_root.display()
+                ),
+                Some(libc::EXDEV) | Some(libc::ELOOP) => format!(
+                    "the path leads through a /proc link or too many symlinks ({e}); give the \
+                     binary's real path on the node"
+                ),
+                _ => format!(
+                    "cannot open it under the host root {}: {e}",
+                    host_root.display()
+                ),
+            })
+        })?;
+        let size = check_file(&file)?;
+        let offset = resolve_symbol(&file, symbol)?;
+        Ok(Self {
+            file,
+            binary: binary.into(),
+            symbol: symbol.into(),
+            offset,
+            size,
+        })
+    }
+
+    /// [`UprobeTarget::open`] on a blocking thread, so a slow filesystem
+    /// never stalls the agent's loop.
+    pub async fn open_async(
+        host_root: PathBuf,
+        binary: String,
+        symbol: String,
+    ) -> Result<Self, TargetError> {
+        tokio::task::spawn_blocking(move || Self::open(&host_root, &binary, &symbol))
+            .await
+            .map_err(|e| TargetError(format!("opening the binary did not finish: {e}")))?
+    }
+
+    /// The path under which the kernel finds exactly this open file.
+    pub fn attach_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// Checks the path as written and returns it relative to the host root,
+/// with `.` and `..` resolved lexically (`..` stops at the root, as the
+/// kernel resolves it in a root).
+pub fn check_path(binary: &str) -> Result<PathBuf, TargetError> {
+    if !binary.starts_with('/') {
+        return Err(TargetError(format!(
+            "{binary:?} is not an absolute path; give the path on the node, e.g. /usr/bin/app"
+        )));
+    }
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in Path::new(binary).components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    if let Some(top) = parts.first().and_then(|p| p.to_str())
+        && REFUSED_DIRS.contains(&top)
+    {
+        return Err(TargetError(format!(
+            "{binary:?} is under /{top}: /dev, /proc and /sys hold devices and kernel \
+             interfaces, not programs; give the path of the program's binary on the node, \
+             e.g. /usr/bin/app"
+        )));
+    }
+    if parts.is_empty() {
+        return Err(TargetError(format!(
+            "{binary:?} names the root directory; give the path of a binary, e.g. /usr/bin/app"
+        )));
+    }
+    Ok(parts.iter().collect())
+}
+
+fn open_root(host_root: &Path) -> Result<OwnedFd, TargetError> {
+    let c = CString::new(host_root.as_os_str().as_encoded_bytes())
+        .map_err(|_| TargetError(format!("host root {} contains NUL", host_root.display())))?;
+    // SAFETY: a valid NUL-terminated path; the fd returned is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(TargetError(format!(
+            "cannot open the host root {} ({e}); in a pod the agent finds binaries through the \
+             read-only host mount the operator adds when uprobes are enabled (Helm value \
+             agent.uprobes.enabled); on a host, pass --host-root /",
+            host_root.display()
+        )));
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `relative` with `root` as `/`: nothing outside it is reachable,
+/// nor /proc magic links. Read-only and non-blocking, so a FIFO or a
+/// device returns at once (and is refused by [`check_file`]).
+fn open_in_root(root: &OwnedFd, relative: &Path) -> std::io::Result<File> {
+    let path = CString::new(relative.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: valid fd, NUL-terminated path, and `how` lives across the
+    // call with its size passed alongside.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new fd that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// Accepts regular files of at most [`MAX_BINARY_BYTES`] on a real
+/// filesystem; returns the size.
+fn check_file(file: &File) -> Result<u64, TargetError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file
+        .metadata()
+        .map_err(|e| TargetError(format!("cannot stat it: {e}")))?;
+    let ft = meta.file_type();
+    let what = if ft.is_file() {
+        None
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_fifo() {
+        Some("a named pipe (FIFO)")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_block_device() {
+        Some("a block device")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(what) = what {
+        return Err(TargetError(format!(
+            "it is {what}, not a program: a uprobe binary must be a regular file, e.g. \
+             /usr/bin/app"
+        )));
+    }
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: valid fd and a buffer of the right type.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), fs.as_mut_ptr()) } == 0 {
+        // SAFETY: fstatfs succeeded, so the buffer is filled.
+        let f_type = unsafe { fs.assume_init() }.f_type as i64;
+        if let Some((_, name)) = PSEUDO_FILESYSTEMS.iter().find(|(t, _)| *t == f_type) {
+            return Err(TargetError(format!(
+                "it is on {name}, a kernel interface, not a program: give the path of the \
+                 program's binary on the node, e.g. /usr/bin/app"
+            )));
+        }
+    }
+    let size = meta.len();
+    if size > MAX_BINARY_BYTES {
+        return Err(TargetError(format!(
+            "it is {size} bytes, more than the {MAX_BINARY_BYTES} bytes (1 GiB) a uprobe \
+             binary may have; is this really the program?"
+        )));
+    }
+    if size == 0 {
+        return Err(TargetError("it is empty, not a program".into()));
+    }
+    Ok(size)
+}
+
+/// Whether the ELF file is a Go binary, by its sections.
+fn is_go<'data, R: object::ReadRef<'data>>(obj: &object::File<'data, R>) -> bool {
+    use object::{Object, ObjectSection};
+    obj.sections().any(|s| {
+        matches!(
+            s.name(),
+            Ok(".go.buildinfo" | ".gopclntab" | ".note.go.buildid")
+        )
+    })
+}
+
+/// The file offset of `symbol`, defined in the dynamic symbols or the
+/// symbol table. Reads only the headers, the section table and the symbol
+/// tables. Go binaries are refused: uretprobes corrupt them.
+fn resolve_symbol(file: &File, symbol: &str) -> Result<u64, TargetError> {
+    use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
+    let cache = object::ReadCache::new(file);
+    let obj = object::File::parse(&cache)
+        .map_err(|e| TargetError(format!("it is not an ELF binary or library ({e})")))?;
+    if is_go(&obj) {
+        return Err(TargetError(
+            "this is a Go binary: a uretprobe would corrupt its goroutine stacks (Go moves \
+             them), so ringwarden refuses to attach; time the function from a non-Go caller"
+                .into(),
+        ));
+    }
+    let Some(sym) = obj
+        .dynamic_symbols()
+        .chain(obj.symbols())
+        .find(|s| s.is_definition() && s.name() == Ok(symbol))
+    else {
+        return Err(TargetError(format!(
+            "no symbol {symbol:?} in its symbol tables (.dynsym, .symtab); list them with \
+             `nm -D` or `nm` on the node, and note that stripped binaries keep only .dynsym"
+        )));
+    };
+    let offset = match obj.kind() {
+        // Executables and shared objects: the kernel wants a file offset,
+        // the symbol holds a virtual address.
+        ObjectKind::Executable | ObjectKind::Dynamic => {
+            let index = sym.section_index().ok_or_else(|| {
+                TargetError(format!("symbol {symbol:?} is not in a section of the file"))
+            })?;
+            let section = obj
+                .section_by_index(index)
+                .map_err(|e| TargetError(format!("symbol {symbol:?}: {e}")))?;
+            let (file_offset, _) = section.file_range().ok_or_else(|| {
+                TargetError(format!(
+                    "symbol {symbol:?} is in a section with no file data"
+                ))
+            })?;
+            (sym.address() - section.address())
+                .checked_add(file_offset)
+                .ok_or_else(|| TargetError(format!("symbol {symbol:?}: offset overflows")))?
+        }
+        _ => sym.address(),
+    };
+    Ok(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temporary directory standing in for the host's root.
+    struct Root(PathBuf);
+
+    impl Root {
+        fn new(name: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("rw-root-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(p.join("usr/bin")).unwrap();
+            Self(p)
+        }
+
+        fn open(&self, binary: &str, symbol: &str) -> Result<UprobeTarget, TargetError> {
+            UprobeTarget::open(&self.0, binary, symbol)
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn elf(section: &[u8], symbol: &[u8]) -> Vec<u8> {
+        use object::{
+            Architecture, BinaryFormat, Endianness, SectionKind, SymbolFlags, SymbolKind,
+            SymbolScope,
+            write::{Object, StandardSection, Symbol, SymbolSection},
+        };
+        let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let text = obj.section_id(StandardSection::Text);
+        let at = obj.append_section_data(text, &[0x90, 0x90, 0xc3], 1);
+        obj.add_symbol(Symbol {
+            name: symbol.to_vec(),
+            value: at + 1,
+            size: 2,
+            kind: SymbolKind::Text,
+            scope: SymbolScope::Dynamic,
+            weak: false,
+            section: SymbolSection::Section(text),
+            flags: SymbolFlags::None,
+        });
+        let s = obj.add_section(vec![], section.to_vec(), SectionKind::ReadOnlyData);
+        obj.append_section_data(s, b"\xff Go buildinf:", 1);
+        obj.write().unwrap()
+    }
+
+    #[test]
+    fn a_symbol_resolves_to_its_offset_in_the_file() {
+        let root = Root::new("sym");
+        std::fs::write(
+            root.0.join("usr/bin/app"),
+            elf(b".rodata.other", b"handler"),
+        )
+        .unwrap();
+        let t = root.open("/usr/bin/app", "handler").unwrap();
+        assert!(t.offset > 0 && t.offset < t.size, "{t:?}");
+        assert!(t.attach_path().starts_with("/proc/self/fd/"));
+        let e = root.open("/usr/bin/app", "missing").unwrap_err().0;
+        assert!(
+            e.contains("no symbol \"missing\"") && e.contains("nm"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_uprobe_on_a_go_binary_is_refused_with_the_reason() {
+        let root = Root::new("go");
+        for section in [&b".go.buildinfo"[..], b".gopclntab"] {
+            std::fs::write(root.0.join("usr/bin/app"), elf(section, b"main.handler")).unwrap();
+            let e = root.open("/usr/bin/app", "main.handler").unwrap_err().0;
+            assert!(
+                e.contains("Go binary") && e.contains("goroutine stacks"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_host_root() {
+        let root = Root::new("links");
+        let outside = root.0.with_extension("outside");
+        std::fs::write(&outside, elf(b".rodata.other", b"handler")).unwrap();
+        // Absolute and relative links that would leave the root elsewhere.
+        std::os::unix::fs::symlink(&outside, root.0.join("usr/bin/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../..", root.0.join("usr/bin/up")).unwrap();
+        let e = root.open("/usr/bin/abs", "handler").unwrap_err().0;
+        std::fs::remove_file(&outside).unwrap();
+        assert!(e.contains("no such file under the host root"), "{e}");
+        let e = root.open("/usr/bin/up/etc/passwd", "x").unwrap_err().0;
+        assert!(e.contains("no such file under the host root"), "{e}");
+        // A link inside the root is followed.
+        std::fs::write(
+            root.0.join("usr/bin/real"),
+            elf(b".rodata.other", b"handler"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/usr/bin/real", root.0.join("usr/bin/alias")).unwrap();
+        assert!(root.open("/usr/bin/alias", "handler").is_ok());
+    }
+
+    #[test]
+    fn fifos_devices_directories_and_huge_files_are_refused_without_blocking() {
+        let root = Root::new("kinds");
+        let fifo = CString::new(
+            root.0
+                .join("usr/bin/fifo")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = root.open("/usr/bin/fifo", "f").unwrap_err().0;
+        assert!(e.contains("named pipe"), "{e}");
+        let e = root.open("/usr/bin", "f").unwrap_err().0;
+        assert!(e.contains("a directory"), "{e}");
+        let big = std::fs::File::create(root.0.join("usr/bin/big")).unwrap();
+        big.set_len(MAX_BINARY_BYTES + 1).unwrap();
+        let e = root.open("/usr/bin/big", "f").unwrap_err().0;
+        assert!(e.contains("1 GiB"), "{e}");
+        std::fs::File::create(root.0.join("usr/bin/empty")).unwrap();
+        let e = root.open("/usr/bin/empty", "f").unwrap_err().0;
+        assert!(e.contains("empty"), "{e}");
+        // The real /dev/zero, reached through a root of `/`.
+        let e = UprobeTarget::open(Path::new("/"), "/usr/../dev/zero", "f")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("/dev, /proc and /sys"), "{e}");
+    }
+
+    #[test]
+    fn paths_under_dev_proc_and_sys_are_refused_however_spelled() {
+        for p in [
+            "/dev/zero",
+            "/proc/self/exe",
+            "/sys/kernel/tracing/trace_pipe",
+            "//proc/1/exe",
+            "/usr/../proc/kcore",
+            "/./sys/x",
+            "/../../dev/mem",
+        ] {
+            let e = check_path(p).unwrap_err().0;
+            assert!(e.contains("/dev, /proc and /sys"), "{p}: {e}");
+        }
+    }
+
+    #[test]
+    fn other_absolute_paths_become_relative_to_the_host_root() {
+        assert_eq!(
+            check_path("/usr/bin/app").unwrap(),
+            Path::new("usr/bin/app")
+        );
+        assert_eq!(
+            check_path("/opt/./a/../b/app").unwrap(),
+            Path::new("opt/b/app")
+        );
+        assert_eq!(
+            check_path("/devices/app").unwrap(),
+            Path::new("devices/app")
+        );
+        assert!(check_path("bin/app").unwrap_err().0.contains("absolute"));
+        assert!(check_path("/").unwrap_err().0.contains("root directory"));
+    }
+}

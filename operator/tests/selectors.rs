@@ -1,0 +1,86 @@
+//! A ProbeSet whose node selector the API server would refuse in the agent
+//! DaemonSet's node affinity (`ValidateNodeSelectorRequirement`: keys are
+//! qualified names, values label values) is Invalid and left out; the
+//! DaemonSet rendered for everyone else carries only valid requirements.
+
+mod common;
+
+use std::sync::Arc;
+
+use ringwarden_crds::selector::{label_key_problem, label_value_problem};
+use ringwarden_operator::{assess::Assessment, config::AgentSettings, render, world::World};
+
+fn world(bad_selectors: &[(&str, &str)]) -> World {
+    let mut probesets = vec![Arc::new(common::probeset(
+        "shop",
+        "good",
+        1,
+        "nodeSelector: {pool: web, topology.kubernetes.io/zone: eu-west-1a}\nprobes: [{name: sys, kind: syscalls}]",
+    ))];
+    for (i, (k, v)) in bad_selectors.iter().enumerate() {
+        let mut ps = common::probeset(
+            "shop",
+            &format!("bad-{i}"),
+            1,
+            "probes: [{name: sys, kind: syscalls}]",
+        );
+        ps.spec.node_selector.insert((*k).into(), (*v).into());
+        probesets.push(Arc::new(ps));
+    }
+    World {
+        probesets,
+        nodes: vec![[("pool".to_string(), "web".to_string())].into()],
+        slos: vec![],
+    }
+}
+
+#[test]
+fn a_selector_the_daemonset_could_not_carry_is_invalid_and_left_out() {
+    let bad = [
+        ("bad key", "x"),
+        ("-leading", "x"),
+        ("example.com/", "x"),
+        ("UPPER.example.com/name", "x"),
+        (&*"k".repeat(64), "x"),
+        ("pool", "has space"),
+        ("pool", &*"v".repeat(64)),
+        ("pool", "-dash"),
+    ];
+    let w = world(&bad);
+    let all = w.assess_all();
+    for a in &all {
+        match (a.name.as_str(), &a.assessment) {
+            ("good", Assessment::Planned(_)) => {}
+            ("good", other) => panic!("the good ProbeSet is {other:?}"),
+            (name, Assessment::Invalid(why)) => assert!(
+                why.iter().any(|w| w.starts_with("spec.nodeSelector")),
+                "{name}: {why:?}"
+            ),
+            (name, _) => panic!("{name} with a bad selector was planned"),
+        }
+    }
+    let objects = render::agent_objects(
+        &all,
+        &w.nodes,
+        &AgentSettings::default(),
+        "ringwarden-system",
+    )
+    .expect("renders");
+    let ds = serde_json::to_value(&objects.daemon_set).unwrap();
+    let terms = &ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    let mut keys = Vec::new();
+    for term in terms.as_array().expect("node selector terms") {
+        for r in term["matchExpressions"].as_array().unwrap() {
+            let key = r["key"].as_str().unwrap();
+            assert_eq!(label_key_problem(key), None, "{key}");
+            for v in r["values"].as_array().into_iter().flatten() {
+                let v = v.as_str().unwrap();
+                assert_eq!(label_value_problem(v), None, "{v}");
+            }
+            keys.push(key.to_owned());
+        }
+    }
+    keys.sort();
+    assert_eq!(keys, ["pool", "topology.kubernetes.io/zone"]);
+}
