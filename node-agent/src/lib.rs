@@ -22,8 +22,8 @@ pub mod uplink;
 
 use std::process::ExitCode;
 
-use cli::{Args, Command, LogFormat};
-use tracing_subscriber::EnvFilter;
+use cli::{Args, Command};
+use ringwarden_logging::init_tracing;
 
 /// Entry point of the `ringwarden-agent` binary.
 pub fn run(args: Args) -> ExitCode {
@@ -57,16 +57,4 @@ pub fn run(args: Args) -> ExitCode {
             }
         }
     }
-}
-
-fn init_tracing(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) is harmless: keep the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
