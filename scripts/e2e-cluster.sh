@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make e2e-cluster`: the cluster suite. On the cluster that KUBECONFIG (or
-# ~/.kube/config) points at, it installs the chart, applies
-# examples/probeset.yaml and examples/slo.yaml in a temporary namespace,
-# waits until agents report and the SLO has a state, prints what
-# `kubectl get probesets` and `kubectl get slo` show, and uninstalls
+# ~/.kube/config) points at, it installs the chart (with uprobes enabled),
+# applies examples/probeset.yaml and examples/slo.yaml in a temporary
+# namespace, waits until agents report and the SLO has a state; then runs a
+# podSelector probe on a small Deployment and a uprobe on the nodes' libc,
+# churns the Deployment's pods and checks the probes keep counting; prints
+# what `kubectl get probesets` and `kubectl get slo` show, and uninstalls
 # everything on exit. docs/install.md walks through it on a kind cluster.
 #
 # Environment:
@@ -91,6 +93,7 @@ helm install "$RELEASE" charts/ringwarden -n "$NAMESPACE" \
     --set agent.image.repository="$IMAGE_PREFIX/agent" \
     --set agent.image.tag="$IMAGE_TAG" \
     --set agent.image.pullPolicy="$PULL_POLICY" \
+    --set agent.uprobes.enabled=true \
     --wait --timeout 5m
 
 say "applying examples/probeset.yaml and examples/slo.yaml in $PROBES_NAMESPACE"
@@ -124,3 +127,87 @@ degraded=$(field probeset/node-syscalls '{.status.conditions[?(@.type=="Degraded
 [ "$degraded" != True ] \
     || fail "the ProbeSet is Degraded: $(field probeset/node-syscalls '{.status.conditions[?(@.type=="Degraded")].message}')"
 say "ok: $ready nodes run every probe, SLO state $state"
+
+# A podSelector probe on pods that come and go, and a uprobe on the nodes'
+# own libc (found through the agent's read-only host mount).
+arch=$(kubectl get nodes -o 'jsonpath={.items[0].status.nodeInfo.architecture}')
+case "$arch" in
+amd64) libc=/usr/lib/x86_64-linux-gnu/libc.so.6 ;;
+arm64) libc=/usr/lib/aarch64-linux-gnu/libc.so.6 ;;
+*) fail "no libc path known for node architecture $arch" ;;
+esac
+say "a podSelector probe on a Deployment, and a uprobe on $libc"
+kubectl apply -n "$PROBES_NAMESPACE" -f - <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: churn
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app.kubernetes.io/name: churn}
+  template:
+    metadata:
+      labels: {app.kubernetes.io/name: churn}
+    spec:
+      containers:
+        - name: loop
+          image: busybox:1.36
+          command: [sh, -c, "while :; do cat /etc/hostname >/dev/null; sleep 0.05; done"]
+---
+apiVersion: ringwarden.dev/v1alpha1
+kind: ProbeSet
+metadata:
+  name: churn
+spec:
+  podSelector:
+    matchLabels: {app.kubernetes.io/name: churn}
+  reportInterval: 5s
+  probes:
+    - {name: sys, kind: syscalls}
+---
+apiVersion: ringwarden.dev/v1alpha1
+kind: ProbeSet
+metadata:
+  name: node-libc
+spec:
+  reportInterval: 5s
+  probes:
+    - name: open
+      kind: uprobe
+      uprobe: {binary: $libc, symbol: open64}
+YAML
+kubectl rollout status -n "$PROBES_NAMESPACE" deployment/churn --timeout=120s
+
+# Waits until ProbeSet $1 runs on at least one node and counts events.
+counting() {
+    local name=$1 deadline=$((SECONDS + TIMEOUT)) ready rate
+    while :; do
+        ready=$(field "probeset/$name" '{.status.ready}')
+        rate=$(field "probeset/$name" '{.status.eventsPerSecond}')
+        if [[ "$ready" =~ ^([1-9][0-9]*)/ ]] && [ -n "$rate" ] && [ "${rate%%.*}" != 0 ]; then
+            return 0
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            fail "after ${TIMEOUT}s ProbeSet $name: ready=${ready:-<none>} events/s=${rate:-<none>}; $(field "probeset/$name" '{.status.conditions}')"
+        fi
+        sleep 5
+    done
+}
+counting churn
+counting node-libc
+
+say "churning the Deployment's pods"
+for replicas in 3 1 2 1; do
+    kubectl scale -n "$PROBES_NAMESPACE" deployment/churn --replicas="$replicas" >/dev/null
+    kubectl rollout status -n "$PROBES_NAMESPACE" deployment/churn --timeout=120s >/dev/null
+done
+sleep 15
+counting churn
+for name in churn node-libc; do
+    degraded=$(field "probeset/$name" '{.status.conditions[?(@.type=="Degraded")].status}')
+    [ "$degraded" != True ] \
+        || fail "ProbeSet $name is Degraded: $(field "probeset/$name" '{.status.conditions[?(@.type=="Degraded")].message}')"
+done
+kubectl get probesets -n "$PROBES_NAMESPACE"
+say "ok: the podSelector probe counted through pod churn, the uprobe counts on the nodes' libc"
