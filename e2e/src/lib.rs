@@ -351,6 +351,33 @@ pub fn failures(report: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// How long [`wait_until`] waits before it gives up.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Reads `read()` until `done` holds for what it returned, and returns
+/// that; panics after [`WAIT`] naming `what` and the last value read.
+/// Kernel state can change after the syscall that caused it returns (a
+/// socket's close finished in softirq, say): assert on what was awaited,
+/// never on a single read right after the call.
+pub fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    mut read: impl FnMut() -> T,
+    mut done: impl FnMut(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = read();
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {value:?} after {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The value at rank `ceil(q·n)` of a sample: the order statistic a
 /// histogram percentile estimates.
 pub fn exact_percentile(values: &[u64], q: f64) -> u64 {
@@ -364,6 +391,26 @@ pub fn exact_percentile(values: &[u64], q: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_until_returns_the_first_value_that_is_done() {
+        let mut n = 0;
+        let got = wait_until(
+            "n reaches 3",
+            || {
+                n += 1;
+                n
+            },
+            |n| *n >= 3,
+        );
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "never: still false after")]
+    fn wait_until_gives_up_naming_what_it_waited_for() {
+        wait_until("never", || false, |done| *done);
+    }
 
     #[test]
     fn exact_percentile_picks_the_ceiling_rank() {

@@ -9,7 +9,9 @@ use std::{
 
 use ringwarden_core::histogram::MAX_RELATIVE_ERROR;
 use ringwarden_crds::ProbeKind;
-use ringwarden_e2e::{CallReport, Child, exact_percentile, load_probe, require_bpf_privileges};
+use ringwarden_e2e::{
+    CallReport, Child, exact_percentile, load_probe, require_bpf_privileges, wait_until,
+};
 use ringwarden_node_agent::probes::{ProbeConfig, block_device_name};
 
 /// A loop device over a temporary file; detached on drop.
@@ -84,12 +86,13 @@ fn block_io_counts_every_direct_read_and_times_it() {
     // SAFETY: allocated above with this layout.
     unsafe { std::alloc::dealloc(buf, layout) };
 
-    let snap = probe.snapshot().unwrap();
     let series = lo.series("read");
-    let h = snap
-        .series
-        .get(&series)
-        .unwrap_or_else(|| panic!("no series {series}: {:?}", snap.series.keys()));
+    let snap = wait_until(
+        &format!("{READS} reads of {series} counted"),
+        || probe.snapshot().unwrap(),
+        |s| s.series.get(&series).map_or(0, |h| h.count()) >= READS as u64,
+    );
+    let h = &snap.series[&series];
     assert_eq!(h.count(), READS as u64, "one request per O_DIRECT read");
     assert_eq!(h.errors(), 0);
     assert_eq!(snap.counters.check_identities(), Ok(()));

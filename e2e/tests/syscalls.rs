@@ -2,11 +2,11 @@
 //! truth the test makes itself: a child process with known syscall counts
 //! and its own user-space timings.
 
-use std::time::{Duration, Instant};
-
 use ringwarden_core::histogram::MAX_RELATIVE_ERROR;
 use ringwarden_crds::ProbeKind;
-use ringwarden_e2e::{Child, exact_percentile, load_probe as load, require_bpf_privileges};
+use ringwarden_e2e::{
+    Child, exact_percentile, load_probe as load, require_bpf_privileges, wait_until,
+};
 use ringwarden_node_agent::probes::{Probe, ProbeConfig};
 use syscalls::Sysno;
 
@@ -157,15 +157,12 @@ fn dropping_a_probe_detaches_it_and_a_new_one_starts_from_zero() {
     assert_eq!(ids.len(), 3, "fork, enter and exit programs");
     assert!(ids.iter().all(|id| loaded_program_ids().contains(id)));
     drop(probe);
-    // The kernel frees programs after an RCU grace period: poll briefly.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ids.iter().any(|id| loaded_program_ids().contains(id)) {
-        assert!(
-            Instant::now() < deadline,
-            "programs {ids:?} still loaded after drop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The kernel frees programs after an RCU grace period.
+    wait_until(
+        &format!("programs {ids:?} unloaded after drop"),
+        loaded_program_ids,
+        |loaded| !ids.iter().any(|id| loaded.contains(id)),
+    );
 
     let second = Load::spawn(&["--getppid", "700"]);
     let probe = load_probe(vec![second.pid()], vec![]);

@@ -13,7 +13,7 @@ use std::{
 };
 
 use ringwarden_crds::ProbeKind;
-use ringwarden_e2e::{exact_percentile, load_probe, require_bpf_privileges};
+use ringwarden_e2e::{exact_percentile, load_probe, require_bpf_privileges, wait_until};
 use ringwarden_node_agent::probes::ProbeConfig;
 
 /// A network namespace with a veth pair to it; removed on drop. With a
@@ -208,7 +208,16 @@ fn connects_and_refusals_are_counted_and_timed() {
     server.join().unwrap();
     assert_eq!(refused, 7, "a closed port answers with RST");
 
-    let snap = probe.snapshot().unwrap();
+    let count = |snap: &ringwarden_node_agent::probes::Snapshot, port: u16| {
+        snap.series
+            .get(&format!("port {port}"))
+            .map_or(0, |h| h.count())
+    };
+    let snap = wait_until(
+        "50 connects and 7 refusals counted",
+        || probe.snapshot().unwrap(),
+        |s| count(s, port) >= 50 && count(s, closed) >= 7,
+    );
     let c = snap.counters;
     assert_eq!(c.check_identities(), Ok(()), "{c:?}");
     let ok = &snap.series[&format!("port {port}")];
@@ -268,7 +277,11 @@ fn a_full_start_map_is_a_counted_pairing_loss() {
             pending.push(fd);
         }
     }
-    let c = probe.snapshot().unwrap().counters;
+    let c = wait_until(
+        "two connects past the full start map",
+        || probe.snapshot().unwrap().counters,
+        |c| c.observed >= 2,
+    );
     assert_eq!(c.start_map_full, 2, "{c:?}");
     assert_eq!(c.pairing_dropped, 2, "{c:?}");
     assert_eq!(c.observed, 2, "the stored one has not ended yet: {c:?}");
@@ -276,7 +289,13 @@ fn a_full_start_map_is_a_counted_pairing_loss() {
         // SAFETY: closing fds we opened. SYN_SENT → CLOSE ends the stored connect.
         unsafe { libc::close(fd) };
     }
-    let snap = probe.snapshot().unwrap();
+    // The stored connect ends when the kernel closes the socket, which
+    // may finish after close() returns.
+    let snap = wait_until(
+        "the stored connect ended",
+        || probe.snapshot().unwrap(),
+        |s| s.counters.observed >= 3,
+    );
     let c = snap.counters;
     assert_eq!(c.observed, 3, "{c:?}");
     assert_eq!(c.aggregated, 1);
