@@ -265,6 +265,8 @@ fn check_file(file: &File) -> Result<u64, TargetError> {
     let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: valid fd and a buffer of the right type.
     if unsafe { libc::fstatfs(file.as_raw_fd(), fs.as_mut_ptr()) } == 0 {
+        // `f_type`'s width differs between architectures and C libraries.
+        #[allow(clippy::unnecessary_cast)]
         // SAFETY: fstatfs succeeded, so the buffer is filled.
         let f_type = unsafe { fs.assume_init() }.f_type as i64;
         if let Some((_, name)) = PSEUDO_FILESYSTEMS.iter().find(|(t, _)| *t == f_type) {

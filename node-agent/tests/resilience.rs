@@ -20,7 +20,6 @@ const AGENT: &str = env!("CARGO_BIN_EXE_ringwarden-agent");
 struct Agent {
     child: Child,
     port: u16,
-    started: Instant,
 }
 
 impl Agent {
@@ -40,11 +39,7 @@ impl Agent {
             .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
             .spawn()
             .expect("the agent binary starts");
-        Self {
-            child,
-            port,
-            started: Instant::now(),
-        }
+        Self { child, port }
     }
 
     fn metrics(&mut self) -> String {
@@ -123,9 +118,10 @@ fn a_missing_then_corrupt_btf_file_is_reported_and_retried_with_backoff_until_it
         "ringwarden_agent_probe_load_failures_total{{{SYS_SORTED},reason=\"missing_btf\"}}"
     );
     agent.until(&failing);
-    // Tried at once, then after 1 s and 3 s: with a 100 ms reload interval
-    // and no backoff it would be tried about 35 times by then.
-    std::thread::sleep(Duration::from_millis(3_500).saturating_sub(agent.started.elapsed()));
+    // Tried once, then after 1 s and 3 s: with a 100 ms reload interval and
+    // no backoff it would be tried about 35 times by then.
+    let first = Instant::now();
+    std::thread::sleep(Duration::from_millis(3_500).saturating_sub(first.elapsed()));
     let text = agent.metrics();
     let attempts = value(&text, &failures);
     assert!(
@@ -196,10 +192,11 @@ fn a_uprobe_on_a_missing_symbol_is_reported_while_the_other_probes_run() {
     agent.until(&format!(
         "ringwarden_agent_probe_failing{{{uprobe},reason=\"missing_tracepoint\"}} 1"
     ));
+    let first = Instant::now();
     agent.until(&format!(
         "ringwarden_agent_probe_loads_total{{{SYS_SORTED}}} 1"
     ));
-    std::thread::sleep(Duration::from_millis(3_500).saturating_sub(agent.started.elapsed()));
+    std::thread::sleep(Duration::from_millis(3_500).saturating_sub(first.elapsed()));
     let text = agent.metrics();
     let attempts = value(
         &text,
