@@ -1,7 +1,7 @@
 //! A `podSelector` probe on a live kernel while pods come and go: the real
 //! `ringwarden-agent node` process, pods served by an in-process mock of
 //! the API server (list and watch of `/api/v1/pods`, metadata only), and
-//! pod cgroups the test makes under `/sys/fs/cgroup/ringwarden-test-<pid>`
+//! pod cgroups the test makes under `/sys/fs/cgroup/ringwarden-test-*`
 //! with worker processes of its own in them. The ground truth is the
 //! number of `getppid` calls each worker makes; the agent's `/metrics`
 //! must count exactly those of the selected pods' workers, with the
@@ -192,10 +192,10 @@ struct PodCgroups {
 }
 
 impl PodCgroups {
-    fn new() -> Self {
+    fn new(test: &str) -> Self {
         let mount = ringwarden_node_agent::probes::cgroup2_mount()
             .expect("a cgroup2 file system (pod filters need cgroup v2)");
-        let root = mount.join(format!("ringwarden-test-{}", std::process::id()));
+        let root = mount.join(format!("ringwarden-test-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap_or_else(|e| {
             panic!(
                 "cannot create {}: {e}; this test needs root to make cgroups",
@@ -298,6 +298,51 @@ impl Drop for Agent {
 }
 
 impl Agent {
+    /// `ringwarden-agent node` on `node-t` with one podSelector probe
+    /// (`app: web` in namespace `shop`), its API the mock on `api_port`.
+    fn start(dir: &Path, api_port: u16, pod_root: &Path) -> Self {
+        std::fs::write(
+            dir.join("kubeconfig"),
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: mock\n\
+                 clusters: [{{name: mock, cluster: {{server: 'http://127.0.0.1:{api_port}'}}}}]\n\
+                 users: [{{name: mock, user: {{}}}}]\n\
+                 contexts: [{{name: mock, context: {{cluster: mock, user: mock}}}}]\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("config.yaml"),
+            "probes:\n  - {namespace: shop, probeset: web, spec: {name: sys, kind: syscalls, \
+             maxSeries: 512}, podSelector: {matchLabels: {app: web}}, nodeSelector: {pool: web}, \
+             ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(AGENT)
+            .args(["node", "--node-name", NODE, "--interval", "100ms"])
+            .args(["--reload-interval", "200ms"])
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--config")
+            .arg(dir.join("config.yaml"))
+            .arg("--pod-cgroup-root")
+            .arg(pod_root)
+            // In a pod the agent finds the API this way; the client reads
+            // KUBECONFIG first.
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBECONFIG", dir.join("kubeconfig"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the agent binary starts");
+        Self {
+            child,
+            port,
+            observed: 0,
+        }
+    }
+
     fn metrics(&mut self) -> String {
         assert!(
             self.child.try_wait().unwrap().is_none(),
@@ -322,15 +367,21 @@ impl Agent {
     /// Waits until `/metrics` has `series` at `want`; panics with the
     /// exposition after 30 s.
     fn until(&mut self, series: &str, want: u64) {
+        self.until_is(series, &format!("{want}"), |v| v == want);
+    }
+
+    /// Waits until `series` has a value that `ok` accepts (`what` says
+    /// which, for the message).
+    fn until_is(&mut self, series: &str, what: &str, ok: impl Fn(u64) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = self.metrics();
-            if value(&text, series) == Some(want) {
+            if value(&text, series).is_some_and(&ok) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{series} never became {want}:\n{}",
+                "{series} never became {what}:\n{}",
                 text.lines()
                     .filter(|l| l.starts_with("ringwarden_agent") || l.contains("getppid"))
                     .collect::<Vec<_>>()
@@ -375,7 +426,7 @@ fn pods_joining_and_leaving_change_the_filter_in_place_and_every_count_is_exact(
     }
     let dir = std::env::temp_dir().join(format!("rw-pods-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut cgroups = PodCgroups::new();
+    let mut cgroups = PodCgroups::new("churn");
     let uid = |n: u8| format!("00000000-0000-4000-8000-0000000000{n:02x}");
     let (a, b, c, d, e) = (uid(0xa), uid(0xb), uid(0xc), uid(0xd), uid(0xe));
     let ctr_a = cgroups.pod(&a, false);
@@ -392,47 +443,7 @@ fn pods_joining_and_leaving_change_the_filter_in_place_and_every_count_is_exact(
         api.apply("shop", &b, "db");
         api.apply("other", &c, "web");
     }
-    let api_port = serve(api.clone());
-    std::fs::write(
-        dir.join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: mock\n\
-             clusters: [{{name: mock, cluster: {{server: 'http://127.0.0.1:{api_port}'}}}}]\n\
-             users: [{{name: mock, user: {{}}}}]\n\
-             contexts: [{{name: mock, context: {{cluster: mock, user: mock}}}}]\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("config.yaml"),
-        "probes:\n  - {namespace: shop, probeset: web, spec: {name: sys, kind: syscalls, \
-         maxSeries: 512}, podSelector: {matchLabels: {app: web}}, nodeSelector: {pool: web}, \
-         ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let child = Command::new(AGENT)
-        .args(["node", "--node-name", NODE, "--interval", "100ms"])
-        .args(["--reload-interval", "200ms"])
-        .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--config")
-        .arg(dir.join("config.yaml"))
-        .arg("--pod-cgroup-root")
-        .arg(&cgroups.root)
-        // In a pod the agent finds the API this way; the client reads
-        // KUBECONFIG first.
-        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        .env("KUBECONFIG", dir.join("kubeconfig"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the agent binary starts");
-    let mut agent = Agent {
-        child,
-        port,
-        observed: 0,
-    };
+    let mut agent = Agent::start(&dir, serve(api.clone()), &cgroups.root);
     let filter = format!("ringwarden_agent_pod_filter_cgroups{{{AGENT_LABELS}}}");
     let loads = format!("ringwarden_agent_probe_loads_total{{{AGENT_LABELS}}}");
     agent.until(&filter, 1);
@@ -535,6 +546,52 @@ fn pods_joining_and_leaving_change_the_filter_in_place_and_every_count_is_exact(
         (1..=3).contains(&lists),
         "{lists} lists: the agent polls instead of watching: {requests:?}"
     );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn pod_selected_probes_wait_for_the_first_list_of_pods_and_load_once_it_succeeds() {
+    if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
+        panic!("this live-kernel test cannot run: {e}; run `sudo make test`");
+    }
+    let dir = std::env::temp_dir().join(format!("rw-pods-first-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cgroups = PodCgroups::new("first-list");
+    let a = "00000000-0000-4000-8000-0000000001aa";
+    let ctr = cgroups.pod(a, false);
+    let api: Shared = Arc::default();
+    {
+        let mut api = api.lock().unwrap();
+        api.apply("shop", a, "web");
+        api.fail(true);
+    }
+    let mut agent = Agent::start(&dir, serve(api.clone()), &cgroups.root);
+    agent.until_is(
+        "ringwarden_agent_pod_watch_errors_total",
+        "at least 1",
+        |n| n >= 1,
+    );
+    // Without the node's pods the probe does not run: it neither observes
+    // every process nor pretends to observe the pods.
+    let text = agent.metrics();
+    assert_eq!(
+        value(
+            &text,
+            &format!("ringwarden_agent_probe_loads_total{{{AGENT_LABELS}}}")
+        ),
+        None,
+        "loaded without knowing the pods"
+    );
+    assert_eq!(value(&text, "ringwarden_agent_pod_watch_up"), Some(0));
+
+    api.lock().unwrap().fail(false);
+    agent.until(
+        &format!("ringwarden_agent_pod_filter_cgroups{{{AGENT_LABELS}}}"),
+        1,
+    );
+    getppid_in(&ctr, 321);
+    agent.until(&getppid_count(), 321);
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
