@@ -27,7 +27,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    assess::Assessment,
     controller::Context,
+    world::CONFIG_FULL,
     error::Error,
     metrics::controller,
     render::{self, APPLIED_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, FIELD_MANAGER},
@@ -60,12 +62,19 @@ pub async fn sync(ctx: &Context) -> Result<(), Error> {
         return Ok(());
     }
     let world = ctx.world();
-    let objects = render::agent_objects(
-        &world.assess_all(),
-        &world.nodes,
-        &ctx.agent,
-        &ctx.namespace,
-    )?;
+    let assessed = world.assess_all();
+    ctx.set_crowded(
+        assessed
+            .iter()
+            .filter_map(|a| match &a.assessment {
+                Assessment::Invalid(why) if why.iter().any(|w| w.contains(CONFIG_FULL)) => {
+                    Some((format!("{}/{}", a.namespace, a.name), why.join("; ")))
+                }
+                _ => None,
+            })
+            .collect(),
+    );
+    let objects = render::agent_objects(&assessed, &world.nodes, &ctx.agent, &ctx.namespace)?;
     // Connected agents get it at once; the ConfigMap is the durable copy.
     ctx.hub.set_config(&objects.config);
     let cm_hash = annotation(&objects.config_map.metadata, CONFIG_HASH_ANNOTATION);

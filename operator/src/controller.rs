@@ -7,7 +7,7 @@
 //! failure there never holds up status, and the other way round.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -19,10 +19,11 @@ use kube::{
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::Store,
+        reflector::{ObjectRef, Store},
     },
 };
 use ringwarden_crds::{API_VERSION, ProbeSet, Slo};
+use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, instrument, warn};
 
 use crate::{
@@ -84,6 +85,11 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// What the agent writer last applied or verified.
     pub(crate) synced: tokio::sync::Mutex<Option<crate::agent::Synced>>,
+    /// ProbeSets the agent writer left out of a full agent configuration
+    /// (`namespace/name` → why): their status says so.
+    crowded: Mutex<BTreeMap<String, String>>,
+    /// Asks the controller to reconcile a ProbeSet again.
+    requeue: Mutex<Option<UnboundedSender<ObjectRef<ProbeSet>>>>,
 }
 
 impl Context {
@@ -111,6 +117,8 @@ impl Context {
             leadership,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            crowded: Mutex::new(BTreeMap::new()),
+            requeue: Mutex::new(None),
             synced: tokio::sync::Mutex::new(None),
         }
     }
@@ -160,6 +168,40 @@ impl Context {
         Duration::from_secs(1u64 << (*n - 1).min(16)).min(MAX_BACKOFF)
     }
 
+    /// Where [`Context::set_crowded`] sends the ProbeSets whose place in
+    /// the agent configuration changed.
+    pub fn set_requeue(&self, tx: UnboundedSender<ObjectRef<ProbeSet>>) {
+        *self.requeue.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+    }
+
+    /// Records which ProbeSets a full agent configuration left out, and
+    /// has those whose standing changed reconciled again.
+    pub fn set_crowded(&self, now: BTreeMap<String, String>) {
+        let before = std::mem::replace(
+            &mut *self.crowded.lock().unwrap_or_else(PoisonError::into_inner),
+            now.clone(),
+        );
+        let changed = before
+            .keys()
+            .filter(|k| now.get(*k) != before.get(*k))
+            .chain(now.keys().filter(|k| before.get(*k) != now.get(*k)));
+        let requeue = self.requeue.lock().unwrap_or_else(PoisonError::into_inner);
+        for k in changed {
+            if let (Some(tx), Some((ns, name))) = (&*requeue, k.split_once('/')) {
+                let _ = tx.send(ObjectRef::new(name).within(ns));
+            }
+        }
+    }
+
+    /// Why `key` was left out of the agent configuration, if it was.
+    pub fn crowded_out(&self, key: &str) -> Option<String> {
+        self.crowded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
     fn succeeded(&self, key: &str) {
         self.failures
             .lock()
@@ -188,7 +230,12 @@ pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, E
     if !ctx.leadership.is_leading() || ps.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let assessment = assess(&ps, &ctx.slos());
+    // Valid alone, it may still be left out of a full agent configuration
+    // (world::crowd_out, decided by the agent writer over all ProbeSets).
+    let assessment = match ctx.crowded_out(&key(&ps)) {
+        Some(why) => crate::assess::Assessment::Invalid(vec![why]),
+        None => assess(&ps, &ctx.slos()),
+    };
     let mut desired = status::desired(
         &ps,
         &assessment,

@@ -349,6 +349,7 @@ pub async fn serve(
         }
     });
     let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
+    ctx.set_requeue(reconcile_tx.clone());
     let publisher = Publisher::new(
         Arc::clone(&ctx),
         reconcile_tx,

@@ -84,3 +84,51 @@ fn a_selector_the_daemonset_could_not_carry_is_invalid_and_left_out() {
     keys.sort();
     assert_eq!(keys, ["pool", "topology.kubernetes.io/zone"]);
 }
+
+#[tokio::test]
+async fn a_probeset_left_out_of_a_full_agent_configuration_says_so_and_is_requeued() {
+    use common::{Cluster, api_server, context, events_path, patch_status, post};
+    use ringwarden_operator::{controller::reconcile, lease::Leadership, world::CONFIG_FULL};
+
+    let cluster = Cluster::new(
+        vec![common::probeset(
+            "shop",
+            "late",
+            1,
+            "probes: [{name: sys, kind: syscalls}]",
+        )],
+        &[&[("pool", "web")]],
+        vec![],
+    );
+    let (client, server) = api_server(vec![
+        patch_status(&cluster.probeset("shop", "late")).check(|s| {
+            let conditions = s.body["status"]["conditions"].as_array().unwrap();
+            let invalid = conditions.iter().find(|c| c["type"] == "Invalid").unwrap();
+            assert_eq!(invalid["status"], "True");
+            assert!(
+                invalid["message"].as_str().unwrap().contains(CONFIG_FULL),
+                "{invalid}"
+            );
+            assert!(s.body["status"].get("plan").is_none());
+        }),
+        post(&events_path("shop")),
+    ]);
+    let (ctx, _) = context(client, &cluster, Leadership::always());
+    let (tx, mut requeued) = tokio::sync::mpsc::unbounded_channel();
+    ctx.set_requeue(tx);
+    let why = format!("spec.probes: {CONFIG_FULL}: this ProbeSet's 70000 bytes would take it past");
+    ctx.set_crowded([("shop/late".to_string(), why)].into());
+    let again = requeued
+        .try_recv()
+        .expect("the ProbeSet is reconciled again");
+    assert_eq!(again.name, "late");
+    reconcile(cluster.probeset("shop", "late"), Arc::clone(&ctx))
+        .await
+        .unwrap();
+    // Room again: requeued once more, and planned.
+    ctx.set_crowded(Default::default());
+    assert_eq!(requeued.try_recv().unwrap().name, "late");
+    assert!(requeued.try_recv().is_err());
+    drop(ctx);
+    server.finish().await;
+}
