@@ -301,6 +301,75 @@ mod tests {
         assert!(pod_cgroup_index(&root).is_empty());
     }
 
+    fn meta(namespace: &str, uid: &str) -> PodMeta {
+        PodMeta {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some(format!("pod-{uid}")),
+                namespace: Some(namespace.into()),
+                uid: Some(uid.into()),
+                ..ObjectMeta::default()
+            },
+            _phantom: std::marker::PhantomData,
+        }
+    }
+
+    /// Lets the watch task run until `done` holds.
+    async fn settle(w: &PodWatch, done: impl Fn(&PodWatchHealth) -> bool) {
+        for _ in 0..1000 {
+            if done(&w.health()) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the watch task never got there: {:?}", w.health());
+    }
+
+    #[tokio::test]
+    async fn a_failed_watch_keeps_the_pods_it_knew_and_says_so() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut w = PodWatch::from_stream(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+            None,
+        );
+        assert_eq!(w.health(), PodWatchHealth::default());
+        for e in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(meta("shop", "a")),
+            watcher::Event::InitDone,
+        ] {
+            tx.send(Ok(e)).unwrap();
+        }
+        w.changed().await;
+        settle(&w, |h| h.synced).await;
+        assert_eq!(w.pods().len(), 1);
+
+        tx.send(Err(watcher::Error::NoResourceVersion)).unwrap();
+        settle(&w, |h| h.errors == 1).await;
+        let h = w.health();
+        assert!(!h.up && h.synced, "{h:?}");
+        assert!(h.last_error.unwrap().contains("resourceVersion"));
+        assert_eq!(w.pods().len(), 1, "the pods it knew stay");
+
+        tx.send(Ok(watcher::Event::Apply(meta("shop", "b"))))
+            .unwrap();
+        w.changed().await;
+        settle(&w, |h| h.up).await;
+        assert_eq!(w.pods().len(), 2);
+        assert_eq!(w.health().last_error, None);
+    }
+
+    #[test]
+    fn repeated_failures_are_logged_once_a_minute_with_a_count() {
+        let mut log = RateLimitedLog::default();
+        log.warn("first");
+        assert!(log.last.is_some());
+        assert_eq!(log.suppressed, 0);
+        log.warn("second");
+        log.warn("third");
+        assert_eq!(log.suppressed, 2, "within a minute only counted");
+    }
+
     #[test]
     fn names_that_merely_look_like_pods_are_not_pods() {
         assert_eq!(pod_uid(&format!("pod{UID}")).as_deref(), Some(UID));

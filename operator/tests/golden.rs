@@ -164,7 +164,7 @@ fn assert_locked_down(ds: &DaemonSet) {
     let caps = sc.capabilities.as_ref().unwrap();
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
-    assert_eq!(added, BTreeSet::from(["BPF", "PERFMON", "SYS_PTRACE"]));
+    assert_eq!(added, BTreeSet::from(["BPF", "PERFMON"]));
     assert_eq!(added, AGENT_CAPABILITIES.into_iter().collect());
 
     let host_paths: BTreeSet<(&str, &str)> = pod
@@ -190,6 +190,42 @@ fn the_agent_is_never_privileged_and_adds_only_the_named_capabilities() {
     let reviewed: DaemonSet =
         serde_yaml_ng::from_str(&std::fs::read_to_string(data("daemonset.yaml")).unwrap()).unwrap();
     assert_locked_down(&reviewed);
+}
+
+/// The uprobe opt-in adds exactly SYS_ADMIN and the read-only host root,
+/// and nothing else changes in how the agent is locked down.
+#[test]
+fn the_uprobe_opt_in_adds_only_sys_admin_and_the_read_only_host_root() {
+    let mut enabled = settings();
+    enabled.uprobes.enabled = true;
+    let ds = render(&world(), &enabled).daemon_set;
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let added: BTreeSet<&str> = sc
+        .capabilities
+        .as_ref()
+        .unwrap()
+        .add
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(added, BTreeSet::from(["BPF", "PERFMON", "SYS_ADMIN"]));
+    let host_paths: BTreeSet<(&str, &str)> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.as_str(), v.host_path.as_ref()?.path.as_str())))
+        .collect();
+    let mut expected: BTreeSet<(&str, &str)> = AGENT_HOST_PATHS.into_iter().collect();
+    expected.insert(("host-root", "/"));
+    assert_eq!(host_paths, expected);
+    for m in c.volume_mounts.iter().flatten() {
+        assert_eq!(m.read_only, Some(true), "{} is mounted writable", m.name);
+    }
 }
 
 #[test]
