@@ -49,6 +49,24 @@ impl Watches {
         f(all.entry(resource).or_default())
     }
 
+    /// A watch of every object of `api`, retried with backoff, whose
+    /// events and errors this records as `resource`.
+    pub fn watch<K>(
+        &self,
+        resource: &'static str,
+        api: kube::Api<K>,
+    ) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        let watches = self.clone();
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .inspect(move |e| watches.saw(resource, e))
+    }
+
     /// Records one event or error of the watch of `resource`.
     pub fn saw<K>(
         &self,

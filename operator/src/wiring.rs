@@ -235,15 +235,7 @@ pub async fn serve(
     };
     let (bad_probesets, bad_slos) = (Undecodable::default(), Undecodable::default());
     let probesets = stored::decoded(
-        watcher(
-            Api::<Stored<ProbeSet>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .inspect({
-            let watches = watches.clone();
-            move |e| watches.saw("probesets", e)
-        }),
+        watches.watch("probesets", Api::<Stored<ProbeSet>>::all(client.clone())),
         bad_probesets.clone(),
         on_undecodable("probesets"),
     )
@@ -260,16 +252,9 @@ pub async fn serve(
     .applied_objects();
     let nodes = label_changes(
         // A metadata-only watch: labels are all that is needed.
-        watcher(
-            Api::<PartialObjectMeta<Node>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .inspect({
-            let watches = watches.clone();
-            move |e| watches.saw("nodes", e)
-        })
-        .reflect(node_writer),
+        watches
+            .watch("nodes", Api::<PartialObjectMeta<Node>>::all(client.clone()))
+            .reflect(node_writer),
     )
     .inspect({
         let (poke, hub) = (poke.clone(), Arc::clone(&ctx.hub));
@@ -281,15 +266,7 @@ pub async fn serve(
     let slos = {
         let mut specs = SpecChanges::default();
         stored::decoded(
-            watcher(
-                Api::<Stored<Slo>>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .inspect({
-                let watches = watches.clone();
-                move |e| watches.saw("slos", e)
-            }),
+            watches.watch("slos", Api::<Stored<Slo>>::all(client.clone())),
             bad_slos.clone(),
             on_undecodable("slos"),
         )
