@@ -32,7 +32,7 @@ use std::{
     time::Duration,
 };
 
-use ringwarden_crds::{AgentConfig, AgentProbe};
+use ringwarden_crds::{AgentConfig, AgentProbe, ProbeKind};
 use ringwarden_proto::v1;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -47,6 +47,7 @@ use crate::{
     probes::{Kernel, Probe, ProbeError, cgroup2_mount},
     report::{LoadFailure, probe_report},
     standalone::probe_config,
+    target::{TargetError, UprobeTarget},
     uplink::{self, Uplink, UplinkMetrics, new_boot_id},
 };
 
@@ -271,7 +272,7 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
                 state.read_file(&args.config);
                 state.apply(&facts).await;
             }
-            () = next_pod_change(&mut state.pods) => state.pods_changed(),
+            () = next_pod_change(&mut state.pods) => state.pods_changed().await,
             Some(config) = next_config(&mut pushed) => {
                 if state.take_pushed(config) {
                     state.apply(&facts).await;
@@ -467,13 +468,13 @@ impl State {
         }
         let static_facts = matches!(facts, Facts::Static(_));
         self.desired = wanted;
-        self.load_due(static_facts);
+        self.load_due(static_facts).await;
         self.sync_pods();
     }
 
     /// The pods on this node changed: probes waiting for the first list
     /// load now, and running filters follow the pods.
-    fn pods_changed(&mut self) {
+    async fn pods_changed(&mut self) {
         let synced = self.pods.as_ref().is_some_and(|w| w.health().synced);
         if synced {
             let now = Instant::now();
@@ -483,15 +484,16 @@ impl State {
                 waiting = true;
             }
             if waiting {
-                self.load_due(false);
+                self.load_due(false).await;
             }
         }
         self.sync_pods();
     }
 
     /// Loads every desired probe that is neither running nor waiting for
-    /// its next retry.
-    fn load_due(&mut self, static_facts: bool) {
+    /// its next retry. Uprobe binaries are opened first, on blocking
+    /// threads, so a slow filesystem never stalls the loop.
+    async fn load_due(&mut self, static_facts: bool) {
         let now = Instant::now();
         let due: Vec<AgentProbe> = self
             .desired
@@ -503,8 +505,26 @@ impl State {
             })
             .cloned()
             .collect();
+        let mut binaries = HashMap::new();
         for p in &due {
-            if let Err((failure, waits_for_pods)) = self.try_load(p, static_facts) {
+            if let Some(u) = p
+                .spec
+                .uprobe
+                .as_ref()
+                .filter(|_| p.spec.kind == ProbeKind::Uprobe)
+            {
+                let opened = UprobeTarget::open_async(
+                    crate::target::host_root(),
+                    u.binary.clone(),
+                    u.symbol.clone(),
+                )
+                .await;
+                binaries.insert(p.id(), opened);
+            }
+        }
+        for p in &due {
+            let binary = binaries.remove(&p.id());
+            if let Err((failure, waits_for_pods)) = self.try_load(p, static_facts, binary) {
                 self.fail(p, failure, waits_for_pods, now);
             }
         }
@@ -514,9 +534,15 @@ impl State {
         }
     }
 
-    /// One attempt to load `p`; on failure, why, and whether it only waits
-    /// for the node's pods to be known.
-    fn try_load(&mut self, p: &AgentProbe, static_facts: bool) -> Result<(), (LoadFailure, bool)> {
+    /// One attempt to load `p`, a uprobe with its binary opened already;
+    /// on failure, why, and whether it only waits for the node's pods to
+    /// be known.
+    fn try_load(
+        &mut self,
+        p: &AgentProbe,
+        static_facts: bool,
+        binary: Option<Result<UprobeTarget, TargetError>>,
+    ) -> Result<(), (LoadFailure, bool)> {
         let id = p.id();
         let mut config = probe_config(p, std::process::id())
             .map_err(|e| (LoadFailure::from_error(&e), false))?;
@@ -562,8 +588,11 @@ impl State {
             self.kernel = Some(kernel);
         }
         let kernel = self.kernel.as_ref().expect("opened above");
-        let probe =
-            Probe::load(kernel, &config).map_err(|e| (LoadFailure::from_error(&e), false))?;
+        let probe = match binary {
+            Some(opened) => Probe::load_opened(kernel, &config, opened),
+            None => Probe::load(kernel, &config),
+        }
+        .map_err(|e| (LoadFailure::from_error(&e), false))?;
         tracing::info!(probe = %id, kind = p.spec.kind.as_str(), "probe attached");
         let labels = self.labels(p);
         if let Some(m) = &self.metrics {

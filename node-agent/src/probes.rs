@@ -420,6 +420,22 @@ impl Probe {
         }
     }
 
+    /// [`Probe::load`] of a uprobe whose binary was opened beforehand
+    /// ([`UprobeTarget::open_async`]), or with the reason it could not be.
+    pub fn load_opened(
+        kernel: &Kernel,
+        config: &ProbeConfig,
+        opened: Result<UprobeTarget, crate::target::TargetError>,
+    ) -> Result<Self, ProbeError> {
+        match opened {
+            Ok(target) => Self::load_with_target(kernel, config, Some(&target)),
+            Err(e) => {
+                let (binary, symbol) = config.uprobe.clone().unwrap_or_default();
+                Err(uprobe_error(&binary, &symbol, e.0))
+            }
+        }
+    }
+
     /// [`Probe::load`] with the uprobe binary already opened and checked.
     pub fn load_with_target(
         kernel: &Kernel,

@@ -419,15 +419,9 @@ async fn load_all(
 async fn load_one(kernel: &Kernel, c: &ProbeConfig) -> Result<Probe, ProbeError> {
     match &c.uprobe {
         Some((binary, symbol)) if c.kind == ProbeKind::Uprobe => {
-            let target =
-                UprobeTarget::open_async(c.host_root.clone(), binary.clone(), symbol.clone())
-                    .await
-                    .map_err(|e| ProbeError::Uprobe {
-                        binary: binary.clone(),
-                        symbol: symbol.clone(),
-                        message: e.0,
-                    })?;
-            Probe::load_with_target(kernel, c, Some(&target))
+            let opened =
+                UprobeTarget::open_async(c.host_root.clone(), binary.clone(), symbol.clone()).await;
+            Probe::load_opened(kernel, c, opened)
         }
         _ => Probe::load(kernel, c),
     }
