@@ -289,7 +289,7 @@ impl Hub {
                     .filter_map(|n| n.metadata.name.clone())
                     .collect();
                 desired.sort();
-                let probes: Vec<String> = ps.spec.probes.iter().map(|p| p.name.clone()).collect();
+                let probes = awaited_probes(config.as_deref(), ps);
                 let namespace = ps.metadata.namespace.clone().unwrap_or_default();
                 let name = ps.metadata.name.clone().unwrap_or_default();
                 let interval = ps.spec.report_interval;
@@ -371,6 +371,25 @@ impl Hub {
     }
 }
 
+/// The probes of `ps` a node must run to count as ready: those the agents
+/// were handed. A probe left out of the configuration (a uprobe where
+/// uprobes are not enabled, see `status::uprobes_not_enabled`) is not
+/// waited for; without a configuration yet, every probe of the spec.
+fn awaited_probes(config: Option<&AgentConfig>, ps: &ProbeSet) -> Vec<String> {
+    match config {
+        Some(c) => c
+            .probes
+            .iter()
+            .filter(|p| {
+                Some(&p.namespace) == ps.metadata.namespace.as_ref()
+                    && Some(&p.probeset) == ps.metadata.name.as_ref()
+            })
+            .map(|p| p.spec.name.clone())
+            .collect(),
+        None => ps.spec.probes.iter().map(|p| p.name.clone()).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -444,5 +463,33 @@ mod tests {
         );
         assert_ne!(gpu.version, plain.version);
         assert_eq!(node_config(&config, &Labels::new()), plain);
+    }
+
+    #[test]
+    fn nodes_are_ready_once_they_run_the_probes_they_were_handed() {
+        let mut sys = probe("sys", &[], None).spec;
+        let mut fun = sys.clone();
+        fun.name = "fn".into();
+        fun.kind = ProbeKind::Uprobe;
+        sys.name = "sys".into();
+        let mut ps = ProbeSet::new(
+            "web",
+            ringwarden_crds::ProbeSetSpec {
+                node_selector: Default::default(),
+                pod_selector: None,
+                probes: vec![sys, fun],
+                ring_buffer: Default::default(),
+                max_drop_rate: 0.01,
+                report_interval: Duration::from_secs(10),
+            },
+        );
+        ps.metadata.namespace = Some("shop".into());
+        // The uprobe was left out of the configuration.
+        let config = AgentConfig {
+            probes: vec![probe("sys", &[], None)],
+            node_budget_bytes: 4096,
+        };
+        assert_eq!(awaited_probes(Some(&config), &ps), ["sys"]);
+        assert_eq!(awaited_probes(None, &ps), ["sys", "fn"]);
     }
 }
