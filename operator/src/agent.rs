@@ -29,10 +29,10 @@ use tracing::{info, warn};
 use crate::{
     assess::Assessment,
     controller::Context,
-    world::CONFIG_FULL,
     error::Error,
     metrics::controller,
     render::{self, APPLIED_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, FIELD_MANAGER},
+    world::CONFIG_FULL,
 };
 
 /// How long objects found right are trusted without reading them again;
