@@ -18,6 +18,9 @@ use ringwarden_core::{accounting::Counters, histogram::Histogram};
 
 use crate::probes::Snapshot;
 
+mod protobuf;
+pub use protobuf::Format;
+
 /// Who a probe's figures belong to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeLabels {
@@ -191,6 +194,16 @@ fn desc(name: &str, help: &str, labels: Vec<String>) -> Desc {
         .expect("metric names and labels are valid constants")
 }
 
+/// A probe's labels and `series`, in exposition order.
+fn label_values_with_series<'a>(
+    l: &'a ProbeLabels,
+    series: &'a str,
+) -> Vec<(&'static str, &'a str)> {
+    let mut pairs = l.pairs();
+    pairs.push(("series", series));
+    pairs
+}
+
 fn label_pairs(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
     pairs
         .iter()
@@ -272,8 +285,7 @@ impl Collector for SnapshotCollector {
         let (mut latency, mut errors) = (Vec::new(), Vec::new());
         for (l, s) in snapshots.iter() {
             for (name, h) in &s.series {
-                let mut pairs = l.pairs();
-                pairs.push(("series", name));
+                let pairs = label_values_with_series(l, name);
                 latency.push(histogram(label_pairs(&pairs), h));
                 errors.push(counter(label_pairs(&pairs), h.errors()));
             }
@@ -395,42 +407,97 @@ impl NodeMetrics {
     }
 }
 
+/// What `/metrics` serves: a registry holding the snapshot collector, and
+/// the snapshots themselves, from which the protobuf exposition draws the
+/// native latency histograms (the registry's data model has no fields for
+/// them). Collectors register on it as on the [`Registry`] it derefs to.
+pub struct Exposition {
+    registry: Registry,
+    snapshots: SharedSnapshots,
+}
+
+impl std::ops::Deref for Exposition {
+    type Target = Registry;
+
+    fn deref(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Exposition {
+    /// The text exposition (format 0.0.4): latency as a classic histogram
+    /// with power-of-two `le` bounds.
+    pub fn text(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The delimited protobuf exposition: every family of the registry,
+    /// latency as a native histogram (with the classic buckets too).
+    pub fn protobuf(&self) -> Vec<u8> {
+        let snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        protobuf::encode(&self.registry.gather(), LATENCY, &snapshots)
+    }
+
+    /// The exposition a scrape's `Accept` header asks for, with its
+    /// content type.
+    pub fn negotiate(&self, accept: Option<&str>) -> (&'static str, Vec<u8>) {
+        match protobuf::negotiate(accept) {
+            Format::Protobuf => (protobuf::CONTENT_TYPE, self.protobuf()),
+            Format::Text => (TEXT_CONTENT_TYPE, self.text().into_bytes()),
+        }
+    }
+}
+
+/// Content type of the text exposition.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// A registry holding the snapshot collector.
-pub fn registry(snapshots: SharedSnapshots) -> Registry {
+pub fn registry(snapshots: SharedSnapshots) -> Exposition {
     let registry = Registry::new();
     registry
-        .register(Box::new(SnapshotCollector::new(snapshots)))
+        .register(Box::new(SnapshotCollector::new(snapshots.clone())))
         .expect("the collector is registered once on a fresh registry");
-    registry
+    Exposition {
+        registry,
+        snapshots,
+    }
 }
 
-/// Text exposition of everything in `registry`.
-pub fn encode(registry: &Registry) -> String {
-    let mut buf = Vec::new();
-    // Encoding into a Vec cannot fail for well-formed families.
-    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
+/// Text exposition of everything in `exposition`.
+pub fn encode(exposition: &Exposition) -> String {
+    exposition.text()
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` until the task is dropped.
+/// Binds `addr` and serves `/metrics` and `/healthz` until the task is
+/// dropped. `/metrics` answers in protobuf, with native histograms, when
+/// the scrape's `Accept` header prefers it (Prometheus with
+/// `--enable-feature=native-histograms`), and in text otherwise.
 pub async fn serve(
     addr: SocketAddr,
-    registry: Registry,
+    exposition: Exposition,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    use axum::{Router, routing::get};
+    use axum::{Router, http::HeaderMap, routing::get};
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let registry = Arc::new(registry);
+    let exposition = Arc::new(exposition);
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || {
-                let registry = registry.clone();
+            get(move |headers: HeaderMap| {
+                let exposition = exposition.clone();
                 async move {
-                    (
-                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                        encode(&registry),
-                    )
+                    let accept = headers
+                        .get(axum::http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok());
+                    let (content_type, body) = exposition.negotiate(accept);
+                    ([("content-type", content_type)], body)
                 }
             }),
         )
@@ -446,6 +513,120 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one_probe() -> Exposition {
+        let mut snap = Snapshot::default();
+        snap.counters.observed = 3;
+        snap.counters.aggregated = 3;
+        let mut h = Histogram::new();
+        for ns in [1_000, 2_000, 3_000_000] {
+            h.record(ns);
+        }
+        snap.series.insert("getppid".into(), h);
+        snap.thresholds.push(crate::probes::ThresholdCount {
+            slo: "default/fast".into(),
+            good: 2,
+            total: 3,
+        });
+        let labels = ProbeLabels {
+            namespace: "default".into(),
+            probeset: "demo".into(),
+            probe: "sys".into(),
+            node: "n1".into(),
+        };
+        registry(Arc::new(Mutex::new(vec![(labels, snap)])))
+    }
+
+    #[test]
+    fn protobuf_exposition_has_every_family_and_latency_as_a_native_histogram() {
+        use prost::Message;
+        use ringwarden_core::native::{self, NativeHistogram, Span};
+        use ringwarden_ebpf_common::bucket_index;
+        use ringwarden_proto::prometheus as pb;
+
+        let exposition = one_probe();
+        let bytes = exposition.protobuf();
+        let mut rest = &bytes[..];
+        let mut families = std::collections::BTreeMap::new();
+        while !rest.is_empty() {
+            let f = pb::MetricFamily::decode_length_delimited(&mut rest).unwrap();
+            families.insert(f.name().to_owned(), f);
+        }
+        let text_names: std::collections::BTreeSet<String> = exposition
+            .text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            families
+                .keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            text_names
+        );
+        let observed = &families["ringwarden_events_observed_total"].metric[0];
+        assert_eq!(observed.counter.as_ref().unwrap().value(), 3.0);
+
+        let latency = &families[LATENCY];
+        assert_eq!(latency.r#type(), pb::MetricType::Histogram);
+        let m = &latency.metric[0];
+        let labels: Vec<(&str, &str)> = m.label.iter().map(|l| (l.name(), l.value())).collect();
+        assert_eq!(
+            labels,
+            [
+                ("namespace", "default"),
+                ("probeset", "demo"),
+                ("probe", "sys"),
+                ("node", "n1"),
+                ("series", "getppid")
+            ]
+        );
+        let h = m.histogram.as_ref().unwrap();
+        assert_eq!(h.schema(), native::SCHEMA);
+        assert!(h.zero_threshold() > 0.0, "marks the histogram native");
+        assert_eq!(h.sample_count(), 3);
+        assert!((h.sample_sum() - 0.003_003).abs() < 1e-12);
+        let decoded = NativeHistogram {
+            count: h.sample_count(),
+            sum_seconds: h.sample_sum(),
+            zero_count: h.zero_count(),
+            spans: h
+                .positive_span
+                .iter()
+                .map(|s| Span {
+                    offset: s.offset(),
+                    length: s.length(),
+                })
+                .collect(),
+            deltas: h.positive_delta.clone(),
+        };
+        let nonzero: Vec<(i32, u64)> = decoded.buckets().into_iter().filter(|b| b.1 > 0).collect();
+        let at = |ns| native::native_index(bucket_index(ns)).unwrap();
+        assert_eq!(
+            nonzero,
+            [(at(1_000), 1), (at(2_000), 1), (at(3_000_000), 1)]
+        );
+        // The classic buckets ride along, as in the text.
+        assert_eq!(h.bucket.len(), prometheus_bucket_count());
+    }
+
+    fn prometheus_bucket_count() -> usize {
+        ringwarden_core::histogram::prometheus_bounds_ns().count()
+    }
+
+    #[test]
+    fn a_scrape_gets_the_format_its_accept_header_prefers() {
+        let exposition = one_probe();
+        let (kind, body) = exposition.negotiate(Some(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3",
+        ));
+        assert_eq!(kind, protobuf::CONTENT_TYPE);
+        assert_eq!(body, exposition.protobuf());
+        let (kind, body) = exposition.negotiate(None);
+        assert_eq!(kind, TEXT_CONTENT_TYPE);
+        assert_eq!(String::from_utf8(body).unwrap(), exposition.text());
+    }
 
     #[test]
     fn exposition_has_counters_and_a_latency_histogram_in_seconds() {

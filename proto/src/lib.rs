@@ -2,13 +2,22 @@
 //! [`v1::agent_service_server`] / [`v1::agent_service_client`] for the
 //! agent stream, [`v1::query_service_server`] / [`v1::query_service_client`]
 //! for users. docs/protocol.md gives the rules; this crate adds the few
-//! constants and functions both ends must agree on. No IO.
+//! constants and functions both ends must agree on. [`prometheus`] is
+//! Prometheus' own exposition model (`io.prometheus.client`), which the
+//! agent's `/metrics` writes for native histograms. No IO.
 #![forbid(unsafe_code)]
 
 /// Package `ringwarden.v1`.
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("ringwarden.v1");
+}
+
+/// Package `io.prometheus.client`, from vendor/io/prometheus/client/metrics.proto:
+/// `MetricFamily` and its parts, native-histogram fields included.
+pub mod prometheus {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("io.prometheus.client");
 }
 
 /// Default port of the operator's agent service.
