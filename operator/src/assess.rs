@@ -58,27 +58,23 @@ impl Assessment {
 /// watching this ProbeSet's probes tighten their drop rate and add kernel
 /// thresholds.
 /// Most bytes one ProbeSet's probes may take in the agents' ConfigMap
-/// (their specs and selectors as JSON): 96 KiB, so ten of the largest still
-/// fit a ConfigMap's 1 MiB. Far above any realistic spec (the examples take
-/// under 2 KiB), far below what the schema's limits allow (64 probes with
-/// full filters are several MiB).
+/// (as its YAML): 96 KiB, so eight of the largest still fit the 768 KiB
+/// all may take ([`crate::world::MAX_AGENT_CONFIG_BYTES`]). Far above any
+/// realistic spec (the examples take under 2 KiB; 64 plain probes about
+/// 40 KiB), far below what the schema's limits allow (64 probes with full
+/// filters are several MiB).
 pub const MAX_CONFIG_BYTES_PER_PROBESET: usize = 96 * 1024;
 
 /// What `ps`'s probes take in the agents' configuration: each as the
-/// ConfigMap writes it (YAML, with its ProbeSet's names and selectors),
-/// with the plan's fields at their widest and the most SLO thresholds.
-pub fn config_bytes(ps: &ProbeSet) -> usize {
-    let threshold = Threshold {
-        slo: format!("{}/{}", "n".repeat(63), "s".repeat(253)),
-        latency_ns: Some(u64::MAX),
-        errors: false,
-        series: vec![],
-    };
+/// ConfigMap writes it (YAML, with its ProbeSet's names, selectors and
+/// SLO `thresholds`), with the plan's fields at their widest.
+pub fn config_bytes(ps: &ProbeSet, thresholds: &[Vec<Threshold>]) -> usize {
     let probes: Vec<ringwarden_crds::AgentProbe> = ps
         .spec
         .probes
         .iter()
-        .map(|p| ringwarden_crds::AgentProbe {
+        .enumerate()
+        .map(|(i, p)| ringwarden_crds::AgentProbe {
             namespace: ps.metadata.namespace.clone().unwrap_or_default(),
             probeset: ps.metadata.name.clone().unwrap_or_default(),
             spec: p.clone(),
@@ -88,7 +84,7 @@ pub fn config_bytes(ps: &ProbeSet) -> usize {
             sample_every: u64::MAX,
             predicted_drop: 0.123_456_789_012_345_67,
             report_interval: ps.spec.report_interval,
-            thresholds: vec![threshold.clone(); MAX_THRESHOLDS],
+            thresholds: thresholds.get(i).cloned().unwrap_or_default(),
         })
         .collect();
     // Nested one level deeper in the ConfigMap: two more spaces a line.
@@ -100,17 +96,6 @@ pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
     let errors: Vec<String> = spec.validate().iter().map(ToString::to_string).collect();
     if !errors.is_empty() {
         return Assessment::Invalid(errors);
-    }
-    // Bound what one ProbeSet adds to the agents' ConfigMap, so tenants
-    // together cannot push it past the API server's 1 MiB, and say so
-    // before it would.
-    let config_bytes = config_bytes(ps);
-    if config_bytes > MAX_CONFIG_BYTES_PER_PROBESET {
-        return Assessment::Invalid(vec![format!(
-            "spec.probes: this ProbeSet takes {config_bytes} bytes of the agents' \
-             configuration, over the {MAX_CONFIG_BYTES_PER_PROBESET} one ProbeSet may use; split \
-             it into several ProbeSets, or shorten its filters (cgroups, comms, pids) and selectors"
-        )]);
     }
     let budget = match parse_bytes(&spec.ring_buffer.node_budget) {
         Ok(b) => b,
@@ -140,6 +125,17 @@ pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
                 .map(|s| s.threshold.clone())
                 .collect(),
         );
+    }
+    // Bound what one ProbeSet adds to the agents' ConfigMap (its SLOs'
+    // thresholds included), so tenants together cannot push it past the
+    // API server's 1 MiB, and say so before it would.
+    let config_bytes = config_bytes(ps, &thresholds);
+    if config_bytes > MAX_CONFIG_BYTES_PER_PROBESET {
+        return Assessment::Invalid(vec![format!(
+            "spec.probes: this ProbeSet takes {config_bytes} bytes of the agents' \
+             configuration, over the {MAX_CONFIG_BYTES_PER_PROBESET} one ProbeSet may use; split \
+             it into several ProbeSets, or shorten its filters (cgroups, comms, pids) and selectors"
+        )]);
     }
     let input = PlanInput {
         page_size: PLAN_PAGE_SIZE,

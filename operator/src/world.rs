@@ -73,10 +73,10 @@ fn crowd_out(all: &mut [Assessed]) {
     });
     let mut used = 0usize;
     for a in all.iter_mut() {
-        if a.assessment.planned().is_none() {
+        let Some(planned) = a.assessment.planned() else {
             continue;
-        }
-        let bytes = config_bytes(&a.probeset);
+        };
+        let bytes = config_bytes(&a.probeset, &planned.thresholds);
         if used + bytes > MAX_AGENT_CONFIG_BYTES {
             a.assessment = Assessment::Invalid(vec![format!(
                 "spec.probes: {CONFIG_FULL}: this ProbeSet's {bytes} bytes would take it past \
@@ -161,7 +161,7 @@ mod tests {
             .collect();
         let spec: ringwarden_crds::ProbeSetSpec =
             serde_yaml_ng::from_str(&format!("probes:\n{probes}")).unwrap();
-        let bytes = config_bytes(&ProbeSet::new("ps00", spec.clone()));
+        let bytes = config_bytes(&ProbeSet::new("ps00", spec.clone()), &[]);
         assert!(
             (50_000..crate::assess::MAX_CONFIG_BYTES_PER_PROBESET).contains(&bytes),
             "{bytes}"
