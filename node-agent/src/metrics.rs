@@ -437,12 +437,13 @@ impl Exposition {
     /// The delimited protobuf exposition: every family of the registry,
     /// latency as a native histogram (with the classic buckets too).
     pub fn protobuf(&self) -> Vec<u8> {
+        // Gathering takes the snapshots' lock itself: take it after.
+        let families = self.registry.gather();
         let snapshots = self
             .snapshots
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        protobuf::encode(&self.registry.gather(), LATENCY, &snapshots)
+            .unwrap_or_else(PoisonError::into_inner);
+        protobuf::encode(&families, LATENCY, &snapshots)
     }
 
     /// The exposition a scrape's `Accept` header asks for, with its

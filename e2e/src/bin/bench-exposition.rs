@@ -1,4 +1,4 @@
-//! `make bench`: what one scrape of the agent's `/metrics` costs, text
+//! What one scrape of the agent's `/metrics` costs (BENCHMARKS.md), text
 //! (classic histograms) against protobuf (native histograms), on the same
 //! snapshots in the same run.
 //!
