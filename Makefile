@@ -39,7 +39,7 @@ bench: deps
 	target/release/bench-syscalls --calls $${CALLS:-3000000} --reps $${REPS:-5}
 	target/release/bench-agent --rate $${RATE:-100000} --seconds $${SECONDS_AT_RATE:-10}
 	@# Report ingest: simulated agents against an operator process (docs/operator.md).
-	$(CARGO) build --release -p ringwarden-operator --bin bench-ingest
+	$(CARGO) build --release -p ringwarden-operator --features test-support --bin bench-ingest
 	@# Two sockets per agent: raise the open-file limit to the hard limit.
 	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; target/release/bench-ingest --agents $${AGENTS:-1000} --interval $${INTERVAL:-10s} --duration $${DURATION:-60s}
 

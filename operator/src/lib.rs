@@ -1,51 +1,39 @@
 //! ringwarden's operator: turns ProbeSets (and the SLOs on their probes)
 //! into node-agent configuration.
 //!
-//! Reconcile is a pipeline; each step is a module:
+//! Two halves, each a pipeline of modules:
 //!
-//! - fetch: the watch caches, as a [`world::World`] (no IO), filled from
-//!   objects decoded one by one ([`stored`]) by watches whose health
-//!   [`watches`] keeps;
-//! - validate and plan: [`assess`] (pure);
-//! - render: [`render`] the agent configuration, ConfigMap and DaemonSet,
-//!   and [`status`] of each ProbeSet (pure);
-//! - apply: [`agent`] writes the agent objects, [`controller`] the status
-//!   and Events (API server);
-//! - [`lease`] elects the one replica that writes (API server);
-//! - agents: [`grpc`] serves their streams, authenticated by [`auth`]
-//!   (API server); [`reports`] aggregates what they report (pure), kept in
-//!   the [`hub`]; [`publish`] turns it into ProbeSet and SLO status
-//!   ([`status`], [`slo_status`], pure) and persists SLO state (API server);
-//! - [`ctl`] is the `ringwarden` CLI, a client of the query service;
-//!   [`sim`] simulates agents for tests and the ingest benchmark, and
-//!   [`loopback`] serves them without a cluster;
-//! - [`wiring`] starts everything; [`metrics`] serves what it counted.
+//! - [`reconcile`]: fetch → assess → render → apply → status, from the
+//!   ProbeSets, SLOs and node labels to the agent ConfigMap and DaemonSet
+//!   and each ProbeSet's status;
+//! - [`ingest`]: stream → auth → aggregate → publish, from the agents'
+//!   reports to figures, SLO verdicts and status.
+//!
+//! Around them: [`lease`] elects the one replica that writes (API server);
+//! [`wiring`] starts everything; [`metrics`] serves what it counted;
+//! [`config`] and [`cli`] read the settings; [`ctl`] is the `ringwarden`
+//! CLI, a client of the query service. With the `test-support` feature,
+//! `sim` simulates agents (tests, the ingest benchmark) and `loopback`
+//! serves them without a cluster.
 #![forbid(unsafe_code)]
 
-pub mod agent;
-pub mod assess;
-pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod controller;
 pub mod ctl;
 pub mod error;
-pub mod grpc;
-pub mod hub;
+pub mod ingest;
 pub mod lease;
+#[cfg(any(test, feature = "test-support"))]
 pub mod loopback;
 pub mod metrics;
-pub mod publish;
-pub mod render;
-pub mod reports;
+pub mod reconcile;
+#[cfg(any(test, feature = "test-support"))]
 pub mod sim;
-pub mod slo;
-pub mod slo_status;
-pub mod status;
-pub mod stored;
-pub mod watches;
 pub mod wiring;
-pub mod world;
+
+// Each step by its own name too, as the binaries and tests use them.
+pub use ingest::{auth, grpc, hub, publish, reports, slo_status};
+pub use reconcile::{agent, assess, controller, render, slo, status, stored, watches, world};
 
 use std::process::ExitCode;
 

@@ -1,0 +1,19 @@
+//! The ingest half: what agents report, turned into figures, SLO verdicts
+//! and status, as a pipeline whose every step is a module.
+//!
+//! 1. **stream**: [`grpc`] serves the agents' bidirectional streams and
+//!    the query service;
+//! 2. **auth**: [`auth`] checks each agent's token (TokenReview, API
+//!    server) and the node it may speak for;
+//! 3. **aggregate**: [`reports`] counts what agents report, exactly and
+//!    without double counting (pure), kept in the [`hub`];
+//! 4. **publish**: [`publish`] hands ProbeSet figures to the controller,
+//!    writes SLO status ([`slo_status`], pure) and persists SLO state (API
+//!    server).
+
+pub mod auth;
+pub mod grpc;
+pub mod hub;
+pub mod publish;
+pub mod reports;
+pub mod slo_status;
