@@ -1,0 +1,1225 @@
+//! The SLO evaluator's tests: counting, windows, burn rates, states and
+//! snapshots, table-driven and property-based.
+
+use super::*;
+use crate::histogram::MAX_RELATIVE_ERROR;
+use proptest::prelude::*;
+
+/// A multiple of 30 minutes, so every window's slots start on it.
+const T0: u64 = 1_699_999_200;
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3_600);
+const DAY: Duration = Duration::from_secs(86_400);
+const WEEK: Duration = Duration::from_secs(7 * 86_400);
+const MONTH: Duration = Duration::from_secs(30 * 86_400);
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(T0 + secs)
+}
+
+fn spec(target: f64, window: Duration) -> SloSpec {
+    SloSpec {
+        target,
+        window,
+        max_drop_rate: 0.01,
+    }
+}
+
+fn evaluator(target: f64, window: Duration) -> SloEvaluator {
+    SloEvaluator::new(spec(target, window), 1).unwrap()
+}
+
+fn close(actual: Option<f64>, expected: f64) -> bool {
+    actual.is_some_and(|a| (a - expected).abs() <= 1e-9 * expected.abs().max(1.0))
+}
+
+fn counts(good: u64, total: u64, observed: u64, lost: u64) -> Counts {
+    Counts {
+        good,
+        total,
+        observed,
+        lost,
+    }
+}
+
+/// One node's counters, reported as its agent would.
+#[derive(Clone, Debug)]
+struct Agent(Report);
+
+impl Agent {
+    fn new(node: &str) -> Self {
+        Self(Report {
+            node: node.to_owned(),
+            boot_id: "boot-1".to_owned(),
+            seq: 0,
+            threshold_id: 1,
+            good: 0,
+            total: 0,
+            loss: Counters::default(),
+        })
+    }
+
+    /// Completed events: `good` and `bad` timed, `lost` not.
+    fn add(&mut self, good: u64, bad: u64, lost: u64) {
+        let r = &mut self.0;
+        r.good += good;
+        r.total += good + bad;
+        r.loss.observed += good + bad + lost;
+        r.loss.aggregated += good + bad;
+        r.loss.pairing_dropped += lost;
+    }
+
+    fn next(&mut self) -> Report {
+        self.0.seq += 1;
+        self.0.clone()
+    }
+
+    fn events(&mut self, good: u64, bad: u64) -> Report {
+        self.add(good, bad, 0);
+        self.next()
+    }
+
+    fn lost(&mut self, lost: u64) -> Report {
+        self.add(0, 0, lost);
+        self.next()
+    }
+
+    /// A new run of the agent: new boot id, counters from zero.
+    fn restart(&mut self, boot_id: &str) {
+        self.0 = Report {
+            boot_id: boot_id.to_owned(),
+            seq: 0,
+            good: 0,
+            total: 0,
+            loss: Counters::default(),
+            ..self.0.clone()
+        };
+    }
+
+    /// The kernel's counters restart for a new threshold.
+    fn install_threshold(&mut self, threshold_id: u64) {
+        self.0.threshold_id = threshold_id;
+        self.0.good = 0;
+        self.0.total = 0;
+    }
+}
+
+#[test]
+fn invalid_specs_are_rejected_with_a_helpful_message() {
+    let with_drop = |max_drop_rate| SloSpec {
+        max_drop_rate,
+        ..spec(99.9, DAY)
+    };
+    let cases = [
+        (
+            spec(0.0, DAY),
+            "target 0 is not a percentage above 0 and below 100; use e.g. 99.9",
+        ),
+        (spec(100.0, DAY), "target 100 is not a percentage"),
+        (spec(-1.0, DAY), "target -1 is not a percentage"),
+        (spec(f64::NAN, DAY), "target NaN is not a percentage"),
+        // Within half a part per billion of 100 %: no budget at all.
+        (spec(99.99999999, DAY), "target 99.99999999 is not"),
+        (spec(1e-8, DAY), "target 0.00000001 is not"),
+        (
+            spec(99.9, Duration::from_secs(59)),
+            "window 59s is shorter than the minimum of 1m",
+        ),
+        (
+            with_drop(1.5),
+            "maxDropRate 1.5 is not a fraction from 0 to 1; use e.g. 0.01 for 1 %",
+        ),
+        (with_drop(-0.1), "maxDropRate -0.1 is not a fraction"),
+        (with_drop(f64::NAN), "maxDropRate NaN is not a fraction"),
+    ];
+    for (spec, message) in cases {
+        let error = SloEvaluator::new(spec.clone(), 1).unwrap_err().to_string();
+        assert!(
+            error.contains(message),
+            "{spec:?}: {error:?} lacks {message:?}"
+        );
+    }
+}
+
+#[test]
+fn specs_at_the_edges_of_their_ranges_are_accepted() {
+    let valid = [
+        spec(1e-7, DAY),
+        spec(99.9999999, DAY),
+        spec(99.9, MIN_WINDOW),
+        SloSpec {
+            max_drop_rate: 0.0,
+            ..spec(99.9, DAY)
+        },
+        SloSpec {
+            max_drop_rate: 1.0,
+            ..spec(99.9, DAY)
+        },
+    ];
+    for spec in valid {
+        assert!(SloEvaluator::new(spec.clone(), 1).is_ok(), "{spec:?}");
+    }
+}
+
+#[test]
+fn burn_windows_scale_with_the_slo_window() {
+    let s = |secs| Duration::from_secs(secs);
+    let cases = [
+        (MONTH, [HOUR, 5 * MINUTE, 6 * HOUR, 30 * MINUTE]),
+        (WEEK, [s(840), s(70), s(5_040), s(420)]),
+        (DAY, [2 * MINUTE, s(10), 12 * MINUTE, MINUTE]),
+        (
+            HOUR,
+            [
+                s(5),
+                Duration::from_nanos(416_666_666),
+                s(30),
+                s(2) + Duration::from_millis(500),
+            ],
+        ),
+    ];
+    for (window, [fast_long, fast_short, slow_long, slow_short]) in cases {
+        let status = evaluator(99.9, window).evaluate(at(0), None);
+        let (fast, slow) = (&status.fast_burn, &status.slow_burn);
+        let name = format_duration(window);
+        assert_eq!(
+            (fast.long_window, fast.short_window),
+            (fast_long, fast_short),
+            "{name}"
+        );
+        assert_eq!(
+            (slow.long_window, slow.short_window),
+            (slow_long, slow_short),
+            "{name}"
+        );
+        assert_eq!((fast.factor, slow.factor), (14.4, 6.0), "{name}");
+    }
+}
+
+#[test]
+fn a_new_evaluator_has_no_data() {
+    let status = evaluator(99.9, MONTH).evaluate(at(0), None);
+    assert_eq!(status.state, SloState::NoData);
+    assert_eq!(status.counts, Counts::default());
+    assert_eq!(
+        (status.sli, status.error_budget_remaining, status.drop_rate),
+        (None, None, None)
+    );
+    assert_eq!(
+        (status.fast_burn.long_rate, status.slow_burn.short_rate),
+        (None, None)
+    );
+    assert!(!status.fast_burn.firing && !status.slow_burn.firing);
+    assert_eq!(status.counting_since, None);
+}
+
+#[test]
+fn sli_budget_and_burn_rates_match_hand_computed_values() {
+    // Target 99.9 %: 10 bad events in 10 000 spend the whole budget.
+    let cases = [
+        // good, bad, SLI, budget remaining, burn rate, state
+        (10_000, 0, 1.0, 1.0, 0.0, SloState::Met),
+        (9_995, 5, 0.9995, 0.5, 0.5, SloState::Met),
+        (9_990, 10, 0.999, 0.0, 1.0, SloState::Met),
+        (9_989, 11, 0.9989, -0.1, 1.1, SloState::Breached),
+        (9_970, 30, 0.997, -2.0, 3.0, SloState::Breached),
+        (0, 10_000, 0.0, -999.0, 1_000.0, SloState::Breached),
+    ];
+    for (good, bad, sli, budget, burn, state) in cases {
+        let mut slo = evaluator(99.9, MONTH);
+        slo.ingest(at(0), &Agent::new("a").events(good, bad));
+        let s = slo.evaluate(at(0), None);
+        let case = format!("{good} good, {bad} bad");
+        assert_eq!(s.state, state, "{case}");
+        assert_eq!(s.counts, counts(good, good + bad, good + bad, 0), "{case}");
+        assert!(close(s.sli, sli), "{case}: SLI {:?}", s.sli);
+        assert!(
+            close(s.error_budget_remaining, budget),
+            "{case}: budget {:?}",
+            s.error_budget_remaining
+        );
+        for rate in [
+            s.fast_burn.long_rate,
+            s.fast_burn.short_rate,
+            s.slow_burn.long_rate,
+            s.slow_burn.short_rate,
+        ] {
+            assert!(close(rate, burn), "{case}: burn rate {rate:?}");
+        }
+        assert_eq!(s.drop_rate, Some(0.0), "{case}");
+    }
+}
+
+#[test]
+fn the_sli_exactly_at_target_is_met_and_one_bad_event_more_breaches() {
+    let cases = [
+        (99.9, 999_000, 1_000, SloState::Met),
+        (99.9, 999_000, 1_001, SloState::Breached),
+        (99.95, 19_990, 10, SloState::Met),
+        (99.95, 19_989, 11, SloState::Breached),
+        (99.0, 99, 1, SloState::Met),
+        (99.0, 98, 1, SloState::Breached),
+        (99.999, 99_999, 1, SloState::Met),
+        (99.999, 99_998, 2, SloState::Breached),
+    ];
+    for (target, good, bad, state) in cases {
+        // Judged a week later, when no burn window holds the events.
+        let mut slo = evaluator(target, MONTH);
+        let mut agent = Agent::new("a");
+        slo.ingest(at(0), &agent.events(good, bad));
+        let s = slo.evaluate(at(WEEK.as_secs()), None);
+        assert_eq!(s.state, state, "{target}: {good} good, {bad} bad");
+    }
+}
+
+/// Target 99 % over a day: a burn rate of 14.4 is 14.4 % bad events.
+/// Burn windows: fast 120 s / 10 s, slow 720 s / 60 s.
+fn burning(extra_bad_now: u64) -> SloStatus {
+    let mut slo = evaluator(99.0, DAY);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(100_000, 0)); // outside every burn window
+    slo.ingest(at(900), &agent.events(312, 288)); // in the long windows only
+    slo.ingest(at(970), &agent.events(1_400, 0)); // not in the fast short one
+    slo.ingest(at(1_000), &agent.events(856, 144 + extra_bad_now));
+    slo.evaluate(at(1_000), None)
+}
+
+#[test]
+fn burn_pairs_do_not_fire_exactly_at_their_threshold() {
+    let s = burning(0);
+    // Fast: 144/1000 and 432/3000 bad; slow: 432/3000 and 144/2400.
+    assert!(close(s.fast_burn.short_rate, 14.4));
+    assert!(close(s.fast_burn.long_rate, 14.4));
+    assert!(close(s.slow_burn.short_rate, 6.0));
+    assert!(close(s.slow_burn.long_rate, 14.4));
+    assert!(!s.fast_burn.firing && !s.slow_burn.firing);
+    assert_eq!(s.state, SloState::Met);
+}
+
+#[test]
+fn burn_pairs_fire_one_bad_event_above_their_threshold() {
+    let s = burning(1);
+    assert!(close(s.fast_burn.short_rate, 14_500.0 / 1_001.0));
+    assert!(close(s.fast_burn.long_rate, 43_300.0 / 3_001.0));
+    assert!(close(s.slow_burn.short_rate, 14_500.0 / 2_401.0));
+    assert!(s.fast_burn.firing && s.slow_burn.firing);
+    assert_eq!(s.state, SloState::AtRisk);
+}
+
+#[test]
+fn a_steady_burn_fires_the_pairs_it_exceeds() {
+    let cases = [
+        // bad per 1000 (burn rate ×10), fast firing, slow firing, state
+        (60, false, false, SloState::Met),
+        (61, false, true, SloState::AtRisk),
+        (144, false, true, SloState::AtRisk),
+        (145, true, true, SloState::AtRisk),
+    ];
+    for (bad, fast, slow, state) in cases {
+        let mut slo = evaluator(99.0, DAY);
+        let mut agent = Agent::new("a");
+        slo.ingest(at(0), &agent.events(1_000_000, 0));
+        slo.ingest(at(1_000), &agent.events(1_000 - bad, bad));
+        let s = slo.evaluate(at(1_000), None);
+        assert_eq!(
+            (s.fast_burn.firing, s.slow_burn.firing, s.state),
+            (fast, slow, state),
+            "{bad} bad per 1000"
+        );
+    }
+}
+
+#[test]
+fn a_burst_seen_only_by_the_short_windows_fires_no_alert() {
+    let mut slo = evaluator(99.0, DAY);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(1_000_000, 0));
+    slo.ingest(at(940), &agent.events(20_000, 0));
+    slo.ingest(at(1_000), &agent.events(855, 145));
+    let s = slo.evaluate(at(1_000), None);
+    assert!(close(s.fast_burn.short_rate, 14.5) && close(s.slow_burn.short_rate, 14.5));
+    assert!(close(s.fast_burn.long_rate, 14_500.0 / 21_000.0));
+    assert!(!s.fast_burn.firing && !s.slow_burn.firing);
+    assert_eq!(s.state, SloState::Met);
+}
+
+#[test]
+fn a_burn_that_has_stopped_fires_no_alert() {
+    let mut slo = evaluator(99.0, DAY);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(1_000_000, 0));
+    slo.ingest(at(900), &agent.events(0, 500));
+    let s = slo.evaluate(at(1_000), None);
+    assert!(close(s.fast_burn.long_rate, 100.0));
+    assert_eq!(
+        (s.fast_burn.short_rate, s.slow_burn.short_rate),
+        (None, None)
+    );
+    assert_eq!(s.state, SloState::Met);
+}
+
+#[test]
+fn drops_above_the_maximum_make_the_slo_unreliable_whatever_else_holds() {
+    let cases = [
+        // good, bad, lost, max drop rate, state, drop rate
+        (940, 50, 10, 0.01, SloState::Breached, 0.01),
+        (940, 50, 11, 0.01, SloState::Unreliable, 11.0 / 1_001.0),
+        (990, 0, 10, 0.01, SloState::Met, 0.01),
+        (990, 0, 11, 0.01, SloState::Unreliable, 11.0 / 1_001.0),
+        (1_000, 0, 1, 0.0, SloState::Unreliable, 1.0 / 1_001.0),
+        (1_000, 0, 0, 0.0, SloState::Met, 0.0),
+        (0, 10, 1_000, 1.0, SloState::Breached, 1_000.0 / 1_010.0),
+    ];
+    for (good, bad, lost, max_drop_rate, state, drop_rate) in cases {
+        let spec = SloSpec {
+            max_drop_rate,
+            ..spec(99.9, MONTH)
+        };
+        let mut slo = SloEvaluator::new(spec, 1).unwrap();
+        let mut agent = Agent::new("a");
+        agent.add(good, bad, lost);
+        slo.ingest(at(0), &agent.next());
+        let s = slo.evaluate(at(0), None);
+        let case = format!("{good} good, {bad} bad, {lost} lost, max {max_drop_rate}");
+        assert_eq!(s.state, state, "{case}");
+        assert!(close(s.drop_rate, drop_rate), "{case}: {:?}", s.drop_rate);
+    }
+}
+
+#[test]
+fn events_seen_but_all_lost_are_unreliable_rather_than_no_data() {
+    let mut slo = evaluator(99.9, MONTH);
+    slo.ingest(at(0), &Agent::new("a").lost(100));
+    let s = slo.evaluate(at(0), None);
+    assert_eq!(
+        (s.state, s.counts.total, s.drop_rate),
+        (SloState::Unreliable, 0, Some(1.0))
+    );
+
+    let mut tolerant = SloEvaluator::new(
+        SloSpec {
+            max_drop_rate: 1.0,
+            ..spec(99.9, MONTH)
+        },
+        1,
+    )
+    .unwrap();
+    tolerant.ingest(at(0), &Agent::new("a").lost(100));
+    assert_eq!(tolerant.evaluate(at(0), None).state, SloState::NoData);
+}
+
+#[test]
+fn sampling_and_ring_buffer_drops_are_not_losses() {
+    // 1-in-10 sampling of 10 000 events, and 90 % of the exported ones
+    // lost in the ring buffer: the exact counters still saw all 10 000.
+    let report = Report {
+        good: 9_990,
+        total: 10_000,
+        loss: Counters {
+            observed: 10_000,
+            aggregated: 1_000,
+            sampled_out: 9_000,
+            exported: 1_000,
+            delivered: 100,
+            ringbuf_dropped: 900,
+            ..Counters::default()
+        },
+        seq: 1,
+        ..Agent::new("a").0
+    };
+    assert_eq!(report.loss.check_identities(), Ok(()));
+    let mut slo = evaluator(99.9, MONTH);
+    slo.ingest(at(0), &report);
+    let s = slo.evaluate(at(0), None);
+    assert_eq!(s.state, SloState::Met);
+    assert_eq!(s.counts, counts(9_990, 10_000, 10_000, 0));
+    assert!(close(s.sli, 0.999));
+    assert_eq!(s.drop_rate, Some(0.0));
+}
+
+#[test]
+fn a_uniformly_sampled_histogram_gives_the_same_latency_at_target() {
+    let (mut full, mut sampled) = (Histogram::new(), Histogram::new());
+    for ns in 1..=100_000u64 {
+        full.record(ns * 1_000);
+        if ns % 10 == 0 {
+            sampled.record(ns * 1_000);
+        }
+    }
+    for target in [50.0, 90.0, 99.0, 99.9] {
+        assert_eq!(
+            latency_at_target(&sampled, target),
+            latency_at_target(&full, target),
+            "target {target}"
+        );
+    }
+}
+
+#[test]
+fn latency_at_target_is_the_target_percentile() {
+    let mut h = Histogram::new();
+    for ns in 1..=1_000 {
+        h.record(ns);
+    }
+    let p999 = latency_at_target(&h, 99.9).unwrap();
+    assert_eq!(Some(p999), h.percentile(0.999));
+    assert!(
+        p999.abs_diff(999) as f64 <= 999.0 * MAX_RELATIVE_ERROR,
+        "{p999}"
+    );
+    assert!(latency_at_target(&h, 50.0).unwrap().abs_diff(500) <= 500 / 64);
+    assert_eq!(latency_at_target(&h, 100.5), None);
+    assert_eq!(latency_at_target(&Histogram::new(), 99.9), None);
+
+    let mut slo = evaluator(99.9, MONTH);
+    slo.ingest(at(0), &Agent::new("a").events(10, 0));
+    assert_eq!(
+        slo.evaluate(at(0), Some(&h)).observed_latency_ns,
+        Some(p999)
+    );
+    assert_eq!(slo.evaluate(at(0), None).observed_latency_ns, None);
+}
+
+#[test]
+fn duplicates_and_retransmits_are_counted_once() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    let (first, second) = (agent.events(90, 10), agent.events(45, 5));
+    assert_eq!(
+        slo.ingest(at(0), &first),
+        Ingest::NewStream(counts(90, 100, 100, 0))
+    );
+    assert_eq!(slo.ingest(at(1), &first), Ingest::Stale);
+    assert_eq!(
+        slo.ingest(at(2), &second),
+        Ingest::Counted(counts(45, 50, 50, 0))
+    );
+    assert_eq!(slo.ingest(at(3), &second), Ingest::Stale);
+    assert_eq!(slo.ingest(at(4), &first), Ingest::Stale);
+    assert_eq!(slo.evaluate(at(4), None).counts, counts(135, 150, 150, 0));
+}
+
+#[test]
+fn a_report_arriving_after_a_later_one_is_ignored() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    let reports = [
+        agent.events(10, 0),
+        agent.events(20, 0),
+        agent.events(30, 0),
+    ];
+    slo.ingest(at(0), &reports[0]);
+    assert_eq!(
+        slo.ingest(at(1), &reports[2]),
+        Ingest::Counted(counts(50, 50, 50, 0))
+    );
+    assert_eq!(slo.ingest(at(2), &reports[1]), Ingest::Stale);
+    assert_eq!(slo.evaluate(at(2), None).counts.total, 60);
+}
+
+#[test]
+fn a_gap_in_sequence_numbers_loses_nothing() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(10, 0));
+    let _lost_in_transit = agent.events(20, 1);
+    assert_eq!(
+        slo.ingest(at(20), &agent.events(30, 2)),
+        Ingest::Counted(counts(50, 53, 53, 0))
+    );
+    assert_eq!(slo.evaluate(at(20), None).counts.total, 63);
+}
+
+#[test]
+fn a_new_boot_id_is_counted_from_zero() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(100, 0));
+    agent.restart("boot-2");
+    assert_eq!(
+        slo.ingest(at(10), &agent.events(29, 1)),
+        Ingest::NewStream(counts(29, 30, 30, 0))
+    );
+    assert_eq!(slo.evaluate(at(10), None).counts, counts(129, 130, 130, 0));
+}
+
+#[test]
+fn a_late_report_of_the_previous_boot_adds_its_own_increments() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut old = Agent::new("a");
+    slo.ingest(at(0), &old.events(100, 0));
+    let late = old.events(20, 0);
+    let mut new = old.clone();
+    new.restart("boot-2");
+    slo.ingest(at(10), &new.events(30, 0));
+    assert_eq!(
+        slo.ingest(at(11), &late),
+        Ingest::Counted(counts(20, 20, 20, 0))
+    );
+    assert_eq!(slo.evaluate(at(11), None).counts.total, 150);
+}
+
+#[test]
+fn counters_going_down_without_a_new_boot_id_are_a_reset() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(100, 0));
+    let mut restarted = agent.clone();
+    restarted.restart("boot-1");
+    restarted.0.seq = agent.0.seq;
+    assert_eq!(
+        slo.ingest(at(10), &restarted.events(39, 1)),
+        Ingest::Reset(counts(39, 40, 40, 0))
+    );
+    assert_eq!(slo.evaluate(at(10), None).counts.total, 140);
+
+    // Only the loss counters restarting resets only them.
+    let mut loss_only = restarted.clone();
+    loss_only.0.loss = Counters::default();
+    loss_only.add(1, 0, 2);
+    assert_eq!(
+        slo.ingest(at(20), &loss_only.next()),
+        Ingest::Reset(counts(1, 1, 3, 2))
+    );
+}
+
+#[test]
+fn good_above_total_is_clamped_and_made_up_by_the_next_report() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    agent.add(10, 0, 0);
+    agent.0.good = 11; // read between the kernel's two increments
+    assert_eq!(
+        slo.ingest(at(0), &agent.next()),
+        Ingest::NewStream(counts(10, 10, 10, 0))
+    );
+    agent.0.good = 10;
+    assert_eq!(
+        slo.ingest(at(1), &agent.events(2, 0)),
+        Ingest::Counted(counts(2, 2, 2, 0))
+    );
+    assert_eq!(slo.evaluate(at(1), None).counts, counts(12, 12, 12, 0));
+}
+
+#[test]
+fn several_nodes_add_up() {
+    let mut slo = evaluator(99.9, MONTH);
+    let (mut a, mut b) = (Agent::new("a"), Agent::new("b"));
+    slo.ingest(at(0), &a.events(100, 0));
+    slo.ingest(at(0), &b.events(50, 1));
+    slo.ingest(at(10), &a.events(10, 0));
+    slo.ingest(at(10), &b.lost(3));
+    assert_eq!(slo.evaluate(at(10), None).counts, counts(160, 161, 164, 3));
+}
+
+#[test]
+fn a_threshold_change_counts_anew_from_the_reset() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(100, 0));
+    assert_eq!(slo.counting_since(), Some(at(0)));
+
+    slo.reset_counting(at(10), 2);
+    let s = slo.evaluate(at(10), None);
+    assert_eq!(
+        (s.state, s.counting_since),
+        (SloState::NoData, Some(at(10)))
+    );
+    assert_eq!(slo.threshold_id(), 2);
+
+    // Still counted against the old threshold: only the losses count.
+    assert_eq!(
+        slo.ingest(at(20), &agent.events(50, 0)),
+        Ingest::Counted(counts(0, 0, 50, 0))
+    );
+    agent.install_threshold(2);
+    assert_eq!(
+        slo.ingest(at(30), &agent.events(7, 3)),
+        Ingest::Counted(counts(7, 10, 10, 0))
+    );
+    assert_eq!(
+        slo.ingest(at(40), &agent.events(1, 0)),
+        Ingest::Counted(counts(1, 1, 1, 0))
+    );
+    let s = slo.evaluate(at(40), None);
+    assert_eq!(s.counts, counts(8, 11, 61, 0));
+    assert_eq!(s.counting_since, Some(at(10)));
+}
+
+#[test]
+fn resetting_for_the_same_threshold_keeps_the_baselines() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(100, 0));
+    slo.reset_counting(at(10), 1);
+    slo.ingest(at(20), &agent.events(5, 0));
+    assert_eq!(slo.evaluate(at(20), None).counts, counts(5, 5, 5, 0));
+}
+
+#[test]
+fn events_leave_the_window_when_it_has_passed() {
+    // A day: window slots of 60 s, burn units of 2 s.
+    let mut slo = evaluator(99.9, DAY);
+    slo.ingest(at(0), &Agent::new("a").events(10, 0));
+    let total = |secs| slo.evaluate(at(secs), None).counts.total;
+    assert_eq!((total(86_399), total(86_400)), (10, 0));
+    assert_eq!(slo.evaluate(at(86_400), None).state, SloState::NoData);
+
+    let fast_short = |secs| slo.evaluate(at(secs), None).fast_burn.short_rate;
+    assert_eq!((fast_short(9), fast_short(10)), (Some(0.0), None));
+    let slow_long = |secs| slo.evaluate(at(secs), None).slow_burn.long_rate;
+    assert_eq!((slow_long(719), slow_long(720)), (Some(0.0), None));
+
+    // Counted mid-slot, events leave with their slot.
+    let mut slo = evaluator(99.9, DAY);
+    slo.ingest(at(30), &Agent::new("a").events(10, 0));
+    let total = |secs| slo.evaluate(at(secs), None).counts.total;
+    assert_eq!((total(86_399), total(86_400)), (10, 0));
+}
+
+#[test]
+fn slots_are_reused_once_their_counts_have_left_the_window() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(10, 0));
+    slo.ingest(at(43_200), &agent.events(20, 0));
+    // Same ring position as at(0), one window later.
+    slo.ingest(at(86_400), &agent.events(30, 0));
+    assert_eq!(slo.evaluate(at(86_400), None).counts.total, 50);
+    assert_eq!(slo.evaluate(at(129_600), None).counts.total, 30);
+    // Long silences clear everything.
+    slo.ingest(at(10 * 86_400), &Agent::new("b").events(1, 0));
+    assert_eq!(slo.evaluate(at(10 * 86_400), None).counts.total, 1);
+}
+
+#[test]
+fn a_clock_going_back_counts_in_the_newest_slot() {
+    let mut slo = evaluator(99.9, DAY);
+    let (mut a, mut b) = (Agent::new("a"), Agent::new("b"));
+    slo.ingest(at(100), &a.events(10, 0));
+    slo.ingest(at(50), &b.events(5, 0));
+    assert_eq!(slo.evaluate(at(50), None).counts.total, 15);
+    // Both are in the slot of at(100), [60 s, 120 s).
+    let total = |secs| slo.evaluate(at(secs), None).counts.total;
+    assert_eq!((total(86_459), total(86_460)), (15, 0));
+    assert_eq!(slo.counting_since(), Some(at(100)));
+}
+
+#[test]
+fn streams_silent_for_longer_than_the_window_are_forgotten() {
+    let mut slo = evaluator(99.9, DAY);
+    let (mut a, mut b) = (Agent::new("a"), Agent::new("b"));
+    slo.ingest(at(0), &a.events(10, 0));
+    slo.ingest(at(86_400), &b.events(1, 0));
+    assert_eq!(
+        slo.ingest(at(86_400), &a.events(2, 0)),
+        Ingest::Counted(counts(2, 2, 2, 0))
+    );
+
+    slo.ingest(at(2 * 86_400 + 1), &b.events(1, 0));
+    assert!(!slo.streams.contains_key("a"));
+    // Should it speak again, it is a new stream: counted from zero.
+    assert_eq!(
+        slo.ingest(at(2 * 86_400 + 1), &a.events(3, 0)),
+        Ingest::NewStream(counts(15, 15, 15, 0))
+    );
+}
+
+#[test]
+fn a_crash_looping_agent_keeps_only_its_latest_streams() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    for boot in 1..=6 {
+        agent.restart(&format!("boot-{boot}"));
+        slo.ingest(at(boot), &agent.events(1, 0));
+    }
+    let boots: Vec<&str> = slo.streams["a"]
+        .iter()
+        .map(|s| s.boot_id.as_str())
+        .collect();
+    assert_eq!(boots, ["boot-3", "boot-4", "boot-5", "boot-6"]);
+    assert_eq!(slo.evaluate(at(6), None).counts.total, 6);
+}
+
+#[test]
+fn a_forgotten_node_is_counted_from_zero() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(10, 0));
+    assert!(slo.forget_node("a"));
+    assert!(!slo.forget_node("a"));
+    assert_eq!(
+        slo.ingest(at(1), &agent.events(1, 0)),
+        Ingest::NewStream(counts(11, 11, 11, 0))
+    );
+}
+
+#[test]
+fn a_new_target_applies_to_the_counts_held_and_a_new_window_counts_anew() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(999, 1));
+    slo.ingest(at(3_600), &agent.events(1_000, 0));
+    assert_eq!(slo.evaluate(at(3_600), None).state, SloState::Met);
+
+    slo.set_spec(spec(99.9, DAY), at(3_600)).unwrap();
+    slo.set_spec(spec(99.99, DAY), at(3_600)).unwrap();
+    let s = slo.evaluate(at(3_600), None);
+    assert_eq!((s.state, s.counts.total), (SloState::Breached, 2_000));
+    assert_eq!(s.counting_since, Some(at(0)));
+
+    slo.set_spec(spec(99.99, WEEK), at(3_700)).unwrap();
+    let s = slo.evaluate(at(3_700), None);
+    assert_eq!(
+        (s.state, s.counting_since),
+        (SloState::NoData, Some(at(3_700)))
+    );
+    assert_eq!(
+        slo.ingest(at(3_800), &agent.events(4, 0)),
+        Ingest::Counted(counts(4, 4, 4, 0))
+    );
+
+    assert!(slo.set_spec(spec(100.0, DAY), at(3_800)).is_err());
+    assert_eq!(slo.spec(), &spec(99.99, WEEK));
+}
+
+/// Two nodes over two hours: restarts, losses, a threshold change.
+fn script() -> Vec<(u64, Option<Report>)> {
+    let (mut a, mut b) = (Agent::new("a"), Agent::new("b"));
+    let mut steps = Vec::new();
+    for i in 0..60u64 {
+        let t = i * 120;
+        steps.push((t, Some(a.events(100 + i, i % 7))));
+        if i % 3 == 0 {
+            b.add(50, 1, i % 2);
+            steps.push((t + 30, Some(b.next())));
+        }
+        if i == 20 {
+            b.restart("boot-2");
+        }
+        if i == 40 {
+            steps.push((t + 60, None)); // the threshold changes
+            a.install_threshold(2);
+            b.install_threshold(2);
+        }
+    }
+    steps
+}
+
+fn play(slo: &mut SloEvaluator, steps: &[(u64, Option<Report>)]) {
+    for (t, step) in steps {
+        match step {
+            Some(report) => {
+                slo.ingest(at(*t), report);
+            }
+            None => slo.reset_counting(at(*t), 2),
+        }
+    }
+}
+
+#[test]
+fn restoring_a_snapshot_continues_as_if_never_stopped() {
+    let steps = script();
+    for split in [0, 1, 17, 44, 70, steps.len()] {
+        let mut original = evaluator(99.5, DAY);
+        play(&mut original, &steps[..split]);
+        let mut restored = SloEvaluator::restore(spec(99.5, DAY), original.snapshot()).unwrap();
+        assert_eq!(restored, original, "restored after {split} steps");
+        play(&mut original, &steps[split..]);
+        play(&mut restored, &steps[split..]);
+        assert_eq!(restored, original, "continued after {split} steps");
+        for t in [7_200, 7_300, 50_000, 90_000] {
+            assert_eq!(
+                restored.evaluate(at(t), None),
+                original.evaluate(at(t), None),
+                "split {split}, at {t}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_holds_only_the_slots_in_use() {
+    let mut slo = evaluator(99.9, DAY);
+    assert!(slo.snapshot().window.is_empty());
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(9, 1));
+    slo.ingest(at(90), &agent.lost(2));
+    let snapshot = slo.snapshot();
+    assert_eq!(snapshot.window, [(0, 0, 0, 2, 2), (1, 9, 10, 10, 0)]);
+    // The loss-only report adds nothing to the burn slots.
+    assert_eq!(snapshot.burn, [(45, 9, 10)]);
+}
+
+#[test]
+fn restoring_under_another_window_counts_anew_without_double_counting() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(100, 0));
+    slo.ingest(at(60), &agent.events(100, 0));
+    let mut restored = SloEvaluator::restore(spec(99.9, WEEK), slo.snapshot()).unwrap();
+    let s = restored.evaluate(at(60), None);
+    assert_eq!(
+        (s.state, s.counting_since),
+        (SloState::NoData, Some(at(60)))
+    );
+    assert_eq!(
+        restored.ingest(at(120), &agent.events(5, 0)),
+        Ingest::Counted(counts(5, 5, 5, 0))
+    );
+}
+
+#[test]
+fn malformed_snapshots_are_rejected() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    slo.ingest(at(0), &agent.events(9, 1));
+    slo.ingest(at(100), &agent.events(9, 1));
+    let good = slo.snapshot();
+    let stream = good.streams["a"][0].clone();
+    type Breaking = fn(&mut SloSnapshot, &Stream);
+    let broken: [(Breaking, SnapshotError); 11] = [
+        (|s, _| s.version = 2, SnapshotError::Version { found: 2 }),
+        (
+            |s, _| s.counting_since_ms = Some(s.latest_ms + 1),
+            SnapshotError::CountingSince,
+        ),
+        (
+            |s, _| s.window.push((0, 1, 1, 1, 0)),
+            SnapshotError::SlotOrder {
+                ring: "window",
+                age: 0,
+            },
+        ),
+        (
+            |s, _| s.window = vec![(1_440, 1, 1, 1, 0)],
+            SnapshotError::SlotOrder {
+                ring: "window",
+                age: 1_440,
+            },
+        ),
+        (
+            |s, _| s.window = vec![(3, 2, 1, 1, 0)],
+            SnapshotError::SlotCounts {
+                ring: "window",
+                age: 3,
+            },
+        ),
+        (
+            |s, _| s.window = vec![(3, 1, 1, 1, 2)],
+            SnapshotError::SlotCounts {
+                ring: "window",
+                age: 3,
+            },
+        ),
+        (
+            |s, _| s.burn = vec![(360, 1, 1)],
+            SnapshotError::SlotOrder {
+                ring: "burn",
+                age: 360,
+            },
+        ),
+        (
+            |s, _| s.streams.insert("b".into(), Vec::new()).map_or((), drop),
+            SnapshotError::Streams { node: "b".into() },
+        ),
+        (
+            |s, t| {
+                s.streams
+                    .insert("a".into(), vec![t.clone(), t.clone()])
+                    .map_or((), drop)
+            },
+            SnapshotError::Streams { node: "a".into() },
+        ),
+        (
+            |s, t| {
+                let stream = Stream {
+                    good: t.total + 1,
+                    ..t.clone()
+                };
+                s.streams.insert("a".into(), vec![stream]);
+            },
+            SnapshotError::Stream {
+                node: "a".into(),
+                boot_id: "boot-1".into(),
+            },
+        ),
+        (
+            |s, t| {
+                let stream = Stream {
+                    last_seen_ms: s.latest_ms + 1,
+                    ..t.clone()
+                };
+                s.streams.insert("a".into(), vec![stream]);
+            },
+            SnapshotError::Stream {
+                node: "a".into(),
+                boot_id: "boot-1".into(),
+            },
+        ),
+    ];
+    for (i, (breaking, expected)) in broken.into_iter().enumerate() {
+        let mut snapshot = good.clone();
+        breaking(&mut snapshot, &stream);
+        assert_eq!(
+            SloEvaluator::restore(spec(99.9, DAY), snapshot),
+            Err(SloError::Snapshot(expected)),
+            "case {i}"
+        );
+    }
+    let five = (1..=5)
+        .map(|n| Stream {
+            boot_id: format!("boot-{n}"),
+            ..stream.clone()
+        })
+        .collect();
+    let mut snapshot = good.clone();
+    snapshot.streams.insert("a".into(), five);
+    assert!(SloEvaluator::restore(spec(99.9, DAY), snapshot).is_err());
+    assert_eq!(
+        SloEvaluator::restore(spec(0.0, DAY), good.clone()),
+        Err(SloError::Target { target: 0.0 })
+    );
+    assert_eq!(
+        SloError::Snapshot(SnapshotError::Version { found: 2 }).to_string(),
+        "cannot restore SLO state: snapshot version 2 is not supported; this build reads version 1"
+    );
+    assert!(SloEvaluator::restore(spec(99.9, DAY), good).is_ok());
+}
+
+#[test]
+fn states_are_named_as_the_status_shows_them() {
+    let names = [
+        (SloState::Met, "Met"),
+        (SloState::AtRisk, "AtRisk"),
+        (SloState::Breached, "Breached"),
+        (SloState::Unreliable, "Unreliable"),
+        (SloState::NoData, "NoData"),
+    ];
+    for (state, name) in names {
+        assert_eq!((state.as_str(), state.to_string()), (name, name.to_owned()));
+    }
+}
+
+/// One step of a small cluster: a node counts some events, possibly
+/// after restarting, then reports.
+#[derive(Clone, Debug)]
+struct Step {
+    node: usize,
+    restart: bool,
+    good: u64,
+    bad: u64,
+    lost: u64,
+    after_secs: u64,
+}
+
+fn steps(max_after_secs: u64) -> impl Strategy<Value = Vec<Step>> {
+    let step = (
+        0..3usize,
+        prop::bool::weighted(0.1),
+        0..1_000u64,
+        0..50u64,
+        0..20u64,
+        0..max_after_secs,
+    )
+        .prop_map(|(node, restart, good, bad, lost, after_secs)| Step {
+            node,
+            restart,
+            good,
+            bad,
+            lost,
+            after_secs,
+        });
+    prop::collection::vec(step, 1..60)
+}
+
+/// The cumulative reports, each with its time in seconds after `T0`.
+/// Each node boots at most [`MAX_STREAMS_PER_NODE`] times.
+fn reports(steps: &[Step]) -> Vec<(u64, Report)> {
+    let mut agents: Vec<(Agent, usize)> = (0..3)
+        .map(|i| (Agent::new(&format!("node-{i}")), 1))
+        .collect();
+    let mut t = 0;
+    steps
+        .iter()
+        .map(|s| {
+            t += s.after_secs;
+            let (agent, boots) = &mut agents[s.node];
+            if s.restart && *boots < MAX_STREAMS_PER_NODE {
+                *boots += 1;
+                agent.restart(&format!("boot-{boots}"));
+            }
+            agent.add(s.good, s.bad, s.lost);
+            (t, agent.next())
+        })
+        .collect()
+}
+
+fn in_range(s: &SloStatus) -> bool {
+    let fraction = |x: Option<f64>| x.is_none_or(|x| (0.0..=1.0).contains(&x));
+    let rate = |x: Option<f64>| x.is_none_or(|x| x >= 0.0);
+    fraction(s.sli)
+        && fraction(s.drop_rate)
+        && s.error_budget_remaining.is_none_or(|b| b <= 1.0)
+        && s.counts.good <= s.counts.total
+        && s.counts.lost <= s.counts.observed
+        && [
+            s.fast_burn.long_rate,
+            s.fast_burn.short_rate,
+            s.slow_burn.long_rate,
+            s.slow_burn.short_rate,
+        ]
+        .into_iter()
+        .all(rate)
+}
+
+fn arbitrary_report() -> impl Strategy<Value = Report> {
+    (
+        0..2usize,
+        0..2usize,
+        0..20u64,
+        0..3u64,
+        (any::<u64>(), any::<u64>(), 0..1_000u64, 0..1_000u64),
+    )
+        .prop_map(
+            |(node, boot, seq, threshold_id, (good, total, observed, lost))| Report {
+                node: format!("node-{node}"),
+                boot_id: format!("boot-{boot}"),
+                seq,
+                threshold_id,
+                good,
+                total,
+                loss: Counters {
+                    observed,
+                    pairing_dropped: lost,
+                    ..Counters::default()
+                },
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn figures_stay_in_range_whatever_the_reports(
+        reports in prop::collection::vec((0..100_000u64, arbitrary_report()), 1..40),
+        target in 0.1f64..99.999,
+    ) {
+        let mut slo = evaluator(target, DAY);
+        for (t, report) in &reports {
+            slo.ingest(at(*t), report);
+            let s = slo.evaluate(at(*t), None);
+            prop_assert!(in_range(&s), "{:?}", s);
+            prop_assert!(s.state == SloState::NoData || s.counting_since.is_some());
+        }
+    }
+
+    #[test]
+    fn replaying_any_report_changes_nothing(
+        steps in steps(600),
+        replays in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..20),
+    ) {
+        let reports = reports(&steps);
+        let (mut once, mut replayed) = (evaluator(99.0, DAY), evaluator(99.0, DAY));
+        for (i, (t, report)) in reports.iter().enumerate() {
+            once.ingest(at(*t), report);
+            replayed.ingest(at(*t), report);
+            for (after, which) in &replays {
+                if after.index(reports.len()) == i {
+                    let old = &reports[which.index(i + 1)].1;
+                    replayed.ingest(at(*t), old);
+                }
+            }
+        }
+        let end = reports.last().unwrap().0;
+        for t in [end, end + 60, end + 3_600] {
+            prop_assert_eq!(replayed.evaluate(at(t), None), once.evaluate(at(t), None));
+        }
+    }
+
+    #[test]
+    fn any_split_into_cumulative_reports_counts_the_same(
+        increments in prop::collection::vec(
+            (prop::bool::weighted(0.1), 0..1_000u64, 0..50u64, 0..20u64), 1..50),
+        split_a in prop::collection::vec(any::<bool>(), 50),
+        split_b in prop::collection::vec(any::<bool>(), 50),
+    ) {
+        // All at once, so that only the split differs.
+        let run = |split: &[bool]| {
+            let mut slo = evaluator(99.9, MONTH);
+            let mut agent = Agent::new("a");
+            let mut boots = 1;
+            for (i, &(restart, good, bad, lost)) in increments.iter().enumerate() {
+                if restart && boots < MAX_STREAMS_PER_NODE {
+                    boots += 1;
+                    agent.restart(&format!("boot-{boots}"));
+                }
+                agent.add(good, bad, lost);
+                // A restart loses what was not reported, so report before it.
+                let restarts_next = increments.get(i + 1).is_some_and(|n| n.0);
+                if split[i] || restarts_next || i + 1 == increments.len() {
+                    slo.ingest(at(0), &agent.next());
+                }
+            }
+            slo.evaluate(at(0), None)
+        };
+        let expected = increments.iter().fold(Counts::default(), |mut c, &(_, good, bad, lost)| {
+            c.add(counts(good, good + bad, good + bad + lost, lost));
+            c
+        });
+        let a = run(&split_a);
+        prop_assert_eq!(a.counts, expected);
+        prop_assert_eq!(run(&split_b), a);
+    }
+
+    #[test]
+    fn delivery_order_never_changes_the_totals(
+        steps in steps(1),
+        order in Just(()).prop_flat_map(|()| Just((0..60usize).collect::<Vec<_>>()).prop_shuffle()),
+    ) {
+        let single: Vec<Step> = steps.into_iter().map(|s| Step { node: 0, ..s }).collect();
+        let reports = reports(&single);
+        let mut last_of_boot = BTreeMap::new();
+        for (_, r) in &reports {
+            last_of_boot.insert(r.boot_id.clone(), r.clone());
+        }
+        let expected = last_of_boot.values().fold(Counts::default(), |mut c, r| {
+            c.add(counts(r.good, r.total, r.loss.observed, r.loss.pairing_dropped));
+            c
+        });
+        let mut slo = evaluator(99.9, MONTH);
+        for i in order.into_iter().filter(|&i| i < reports.len()) {
+            slo.ingest(at(0), &reports[i].1);
+        }
+        prop_assert_eq!(slo.evaluate(at(0), None).counts, expected);
+    }
+
+    #[test]
+    fn restoring_at_any_point_gives_the_same_answers(
+        steps in steps(3_000),
+        split in any::<prop::sample::Index>(),
+        reset in any::<prop::sample::Index>(),
+    ) {
+        let reports = reports(&steps);
+        let reset = reset.index(reports.len());
+        let play = |slo: &mut SloEvaluator, range: std::ops::Range<usize>| {
+            for i in range {
+                let (t, report) = &reports[i];
+                if i == reset {
+                    slo.reset_counting(at(*t), 1);
+                }
+                slo.ingest(at(*t), report);
+            }
+        };
+        let split = split.index(reports.len() + 1);
+        let mut original = evaluator(99.0, DAY);
+        play(&mut original, 0..split);
+        let mut restored = SloEvaluator::restore(spec(99.0, DAY), original.snapshot()).unwrap();
+        play(&mut original, split..reports.len());
+        play(&mut restored, split..reports.len());
+        prop_assert_eq!(&restored, &original);
+        let end = reports.last().unwrap().0;
+        for t in [end, end + 600, end + 86_000] {
+            prop_assert_eq!(restored.evaluate(at(t), None), original.evaluate(at(t), None));
+        }
+    }
+}
