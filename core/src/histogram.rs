@@ -207,8 +207,16 @@ impl Histogram {
     /// histogram's resolution that keeps every count exact. The `+Inf`
     /// bucket is [`Histogram::count`].
     pub fn cumulative_at_edges(&self) -> Vec<(u64, u64)> {
+        // One pass over the buckets: every bound is a bucket edge, so the
+        // buckets below it are exactly those before its index.
+        let (mut below, mut seen) = (0usize, 0u64);
         prometheus_bounds_ns()
-            .map(|bound| (bound, self.count_le(bound - 1)))
+            .map(|bound| {
+                let edge = bucket_index(bound);
+                seen = seen.saturating_add(sum(&self.buckets[below..edge]));
+                below = edge;
+                (bound, seen)
+            })
             .collect()
     }
 }

@@ -111,8 +111,14 @@ struct Prometheus {
 
 impl Prometheus {
     /// Scrapes each `(cluster, agent)` every second with that `cluster`
-    /// label, evaluating `rules` every second.
-    fn start(dir: &Path, targets: &[(&str, SocketAddr)], rules: Option<&Path>) -> Self {
+    /// label, evaluating `rules` every second; with `native`, asks for
+    /// native histograms (and so for the protobuf exposition).
+    fn start(
+        dir: &Path,
+        targets: &[(&str, SocketAddr)],
+        rules: Option<&Path>,
+        native: bool,
+    ) -> Self {
         require_tool("prometheus");
         let mut config = String::from(
             "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n",
@@ -133,14 +139,18 @@ impl Prometheus {
         std::fs::write(&config_path, config).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.join("prometheus.log");
-        let child = Command::new("prometheus")
+        let mut command = Command::new("prometheus");
+        command
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--enable-feature=native-histograms")
+            .arg(format!("--web.listen-address={addr}"));
+        if native {
+            command.arg("--enable-feature=native-histograms");
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -514,7 +524,11 @@ fn native_histogram_percentiles_in_prometheus_match_the_workloads_own_timing() {
     require_tool("prometheus");
     let dir = workdir("single");
     let agent = Agent::start(&dir, "prom-single", "node-single", "rwp-single");
-    let prom = Prometheus::start(&dir, &[("single", agent.metrics)], None);
+    let prom = Prometheus::start(&dir, &[("single", agent.metrics)], None, true);
+    // A second server without native histograms gets the text exposition.
+    let classic_dir = dir.join("classic");
+    std::fs::create_dir_all(&classic_dir).unwrap();
+    let classic = Prometheus::start(&classic_dir, &[("single", agent.metrics)], None, false);
     let sel = r#"cluster="single", series="clock_nanosleep""#;
     // The SLO's counters are scraped (at zero) before anything happens.
     prom.wait_for(
@@ -529,7 +543,8 @@ fn native_histogram_percentiles_in_prometheus_match_the_workloads_own_timing() {
     let count = format!("histogram_count(ringwarden_latency_seconds{{{sel}}})");
     prom.wait_for(&count, 30, |r| r.len() == 1 && sample(&r[0]) == 1000.0);
 
-    // Ingested as a native histogram: no classic bucket series exist.
+    // Ingested as a native histogram: no classic bucket series exist
+    // (Prometheus 2.42 has no scrape_classic_histograms to keep both).
     assert!(
         prom.query(&format!("ringwarden_latency_seconds_bucket{{{sel}}}"))
             .is_empty(),
@@ -553,6 +568,29 @@ fn native_histogram_percentiles_in_prometheus_match_the_workloads_own_timing() {
             error <= PERCENTILE_TOLERANCE,
             "histogram_quantile({q}) is {:.2} % off:\n{report}",
             error * 100.0
+        );
+    }
+
+    // The text exposition's classic histogram: exact counts, and
+    // percentiles within the factor of two docs/metrics.md states.
+    let classic_count = format!("ringwarden_latency_seconds_count{{{sel}}}");
+    classic.wait_for(&classic_count, 30, |r| {
+        r.len() == 1 && sample(&r[0]) == 1000.0
+    });
+    for q in [0.5, 0.9, 0.99] {
+        let measured = classic.value(&format!(
+            "histogram_quantile({q}, ringwarden_latency_seconds_bucket{{{sel}}})"
+        ));
+        let truth = exact_percentile(&took, q) as f64 / 1e9;
+        report.push_str(&format!(
+            "classic p{}: Prometheus {:.4} ms, error {:+.1} %\n",
+            q * 100.0,
+            measured * 1e3,
+            (measured / truth - 1.0) * 100.0
+        ));
+        assert!(
+            measured >= truth / 2.0 && measured <= truth * 2.0,
+            "classic p{q} outside the stated bound:\n{report}"
         );
     }
     eprintln!("{report}");
@@ -613,7 +651,12 @@ fn fleet_rules_add_two_clusters_exact_counts_and_merge_their_histograms() {
     // The same ProbeSet and SLO in two clusters, one node each.
     let a = Agent::start(&dir, "fleet", "node-a", "rwp-fleet-a");
     let b = Agent::start(&dir, "fleet", "node-b", "rwp-fleet-b");
-    let prom = Prometheus::start(&dir, &[("a", a.metrics), ("b", b.metrics)], Some(&rules));
+    let prom = Prometheus::start(
+        &dir,
+        &[("a", a.metrics), ("b", b.metrics)],
+        Some(&rules),
+        true,
+    );
     prom.wait_for("ringwarden_slo_events_total", 30, |r| r.len() == 2);
     // Both targets have been scraped at least once by now.
     let scraped = Instant::now();

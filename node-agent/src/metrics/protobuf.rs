@@ -2,8 +2,13 @@
 //! each message preceded by its length), the one format in which Prometheus
 //! scrapes native histograms, and the negotiation that picks it. No IO.
 
+use std::collections::HashMap;
+
 use prometheus::proto::{self as model, MetricType};
-use ringwarden_core::native::{self, NativeHistogram};
+use ringwarden_core::{
+    histogram::Histogram,
+    native::{self, NativeHistogram},
+};
 use ringwarden_proto::prometheus as pb;
 
 use prost::Message;
@@ -189,28 +194,39 @@ fn convert(family: &model::MetricFamily) -> pb::MetricFamily {
 
 /// The latency family with a native histogram per series, at
 /// [`native::SCHEMA`] on every node so that sums across nodes and clusters
-/// stay exact. The classic buckets ride along for scrapers that keep both.
+/// stay exact. The gathered classic buckets ride along for scrapers that
+/// keep both.
 fn native_family(
     family: &model::MetricFamily,
     snapshots: &[(ProbeLabels, Snapshot)],
 ) -> pb::MetricFamily {
-    let mut metric = Vec::new();
-    for (l, s) in snapshots {
-        for (series, h) in &s.series {
-            let n = NativeHistogram::from(h);
-            let classic = super::histogram(Vec::new(), h);
-            metric.push(pb::Metric {
-                label: label_values_with_series(l, series)
+    let histograms: HashMap<Vec<&str>, &Histogram> = snapshots
+        .iter()
+        .flat_map(|(l, s)| {
+            s.series.iter().map(move |(series, h)| {
+                let key = label_values_with_series(l, series)
                     .into_iter()
-                    .map(|(name, value)| pb::LabelPair {
-                        name: Some(name.to_owned()),
-                        value: Some(value.to_owned()),
-                    })
-                    .collect(),
+                    .map(|(_, v)| v)
+                    .collect();
+                (key, h)
+            })
+        })
+        .collect();
+    let metric = family
+        .get_metric()
+        .iter()
+        .filter_map(|m| {
+            let key: Vec<&str> = m.get_label().iter().map(|p| p.value()).collect();
+            // Published after this family was gathered: left for the next
+            // scrape rather than shown without its classic buckets.
+            let h = histograms.get(&key)?;
+            let n = NativeHistogram::from(*h);
+            Some(pb::Metric {
+                label: labels(m.get_label()),
                 histogram: Some(pb::Histogram {
                     sample_count: Some(n.count),
                     sample_sum: Some(n.sum_seconds),
-                    bucket: classic_buckets(classic.get_histogram()),
+                    bucket: classic_buckets(m.get_histogram()),
                     schema: Some(native::SCHEMA),
                     zero_threshold: Some(native::ZERO_THRESHOLD),
                     zero_count: Some(n.zero_count),
@@ -226,9 +242,9 @@ fn native_family(
                     ..Default::default()
                 }),
                 ..Default::default()
-            });
-        }
-    }
+            })
+        })
+        .collect();
     pb::MetricFamily {
         name: Some(family.name().to_owned()),
         help: Some(family.help().to_owned()),
