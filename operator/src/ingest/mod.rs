@@ -5,6 +5,7 @@
 //!    the query service;
 //! 2. **auth**: [`auth`] checks each agent's token (TokenReview, API
 //!    server) and the node it may speak for;
+//!    [`decode`] checks and bounds each message into plain data (pure);
 //! 3. **aggregate**: [`reports`] counts what agents report, exactly and
 //!    without double counting (pure), kept in the [`hub`];
 //! 4. **publish**: [`publish`] hands ProbeSet figures to the controller,
@@ -12,6 +13,7 @@
 //!    server).
 
 pub mod auth;
+pub mod decode;
 pub mod grpc;
 pub mod hub;
 pub mod publish;
