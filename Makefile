@@ -33,11 +33,13 @@ lint: deps
 	RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/bpf-lint $(CARGO) clippy -p ringwarden-ebpf \
 		--bins --release --target bpfel-unknown-none -Z build-std=core -- -D warnings
 
-## bench: added CPU per probed syscall (both paths), consumer cost per record, agent CPU/RSS at 100k events/s (see BENCHMARKS.md)
+## bench: added CPU per probed syscall (both paths), consumer cost per record, agent CPU/RSS at 100k events/s, scrape cost (see BENCHMARKS.md)
 bench: deps
 	$(CARGO) build --release -p ringwarden-e2e -p ringwarden-node-agent --bins
 	target/release/bench-syscalls --calls $${CALLS:-3000000} --reps $${REPS:-5}
 	target/release/bench-agent --rate $${RATE:-100000} --seconds $${SECONDS_AT_RATE:-10}
+	@# The agent's /metrics: text (classic) against protobuf (native histograms) per scrape.
+	target/release/bench-exposition --probes 8 --series 64
 	@# Report ingest: simulated agents against an operator process (docs/operator.md).
 	$(CARGO) build --release -p ringwarden-operator --features test-support --bin bench-ingest
 	@# Two sockets per agent: raise the open-file limit to the hard limit.
