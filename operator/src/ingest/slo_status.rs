@@ -34,12 +34,7 @@ pub mod condition {
 /// Whether `current` already says what `desired` does, looking only at the
 /// condition types the operator owns (see [`crate::status::up_to_date`]).
 pub fn up_to_date(current: Option<&SloStatus>, desired: &SloStatus) -> bool {
-    current.is_some_and(|c| {
-        let mut c = c.clone();
-        c.conditions
-            .retain(|c| condition::OWNED.contains(&c.type_.as_str()));
-        &c == desired
-    })
+    crate::status::same_owned(current, desired, &condition::OWNED, |s| &mut s.conditions)
 }
 
 /// Condition reasons.

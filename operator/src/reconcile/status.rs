@@ -33,10 +33,20 @@ pub mod condition {
 /// condition types the operator owns: a condition another controller adds
 /// must neither be applied by the operator nor make it write every pass.
 pub fn up_to_date(current: Option<&ProbeSetStatus>, desired: &ProbeSetStatus) -> bool {
+    same_owned(current, desired, &condition::OWNED, |s| &mut s.conditions)
+}
+
+/// Whether `current`, with only the conditions of the `owned` types, equals
+/// `desired`: the comparison behind every status write.
+pub fn same_owned<S: Clone + PartialEq>(
+    current: Option<&S>,
+    desired: &S,
+    owned: &[&str],
+    conditions: fn(&mut S) -> &mut Vec<Condition>,
+) -> bool {
     current.is_some_and(|c| {
         let mut c = c.clone();
-        c.conditions
-            .retain(|c| condition::OWNED.contains(&c.type_.as_str()));
+        conditions(&mut c).retain(|c| owned.contains(&c.type_.as_str()));
         &c == desired
     })
 }
@@ -737,5 +747,36 @@ mod tests {
         let s = "é".repeat(1000);
         let t = truncate(&s, MAX_NOTE_BYTES);
         assert!(t.len() <= MAX_NOTE_BYTES && t.ends_with('…'));
+    }
+
+    #[test]
+    fn another_controllers_condition_is_neither_applied_nor_a_reason_to_write() {
+        let mut ps = probeset(1000.0, "64Mi");
+        let ours = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
+        let mut current = ours.clone();
+        current.conditions.push(Condition {
+            type_: "example.com/Audited".into(),
+            status: "True".into(),
+            reason: "Checked".into(),
+            message: "written by another controller".into(),
+            observed_generation: None,
+            last_transition_time: at(50),
+        });
+        ps.status = Some(current.clone());
+        let again = desired(&ps, &assess(&ps, &[]), true, None, &at(200));
+        assert!(
+            again
+                .conditions
+                .iter()
+                .all(|c| condition::OWNED.contains(&c.type_.as_str())),
+            "{:?}",
+            again.conditions
+        );
+        assert!(up_to_date(Some(&current), &again));
+        // A change of ours still counts.
+        let mut changed = current.clone();
+        changed.conditions[0].message = "something else".into();
+        assert!(!up_to_date(Some(&changed), &again));
+        assert!(!up_to_date(None, &again));
     }
 }
