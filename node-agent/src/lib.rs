@@ -10,6 +10,7 @@
 
 pub mod btf;
 pub mod cli;
+pub mod clock;
 pub mod metrics;
 pub mod node;
 pub mod pods;

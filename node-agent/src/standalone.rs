@@ -437,6 +437,9 @@ struct JsonEvent<'a> {
     series: &'a str,
     /// Boot-relative end time (CLOCK_MONOTONIC), as the kernel stamped it.
     ts_ns: u64,
+    /// The same instant on the wall clock, RFC 3339 to the nanosecond (the
+    /// clocks' offset measured at this drain: `clock.rs`).
+    time: String,
     latency_ns: u64,
     pid: u32,
     tgid: u32,
@@ -448,6 +451,7 @@ struct JsonEvent<'a> {
 
 /// Drains every ring buffer, writing events as JSON lines when asked.
 fn drain(running: &mut [Running], out: &mut Option<std::io::BufWriter<std::io::Stdout>>) {
+    let clock = crate::clock::WallClock::measure();
     for r in running.iter_mut() {
         let kind = r.probe.kind();
         let Running {
@@ -469,6 +473,7 @@ fn drain(running: &mut [Running], out: &mut Option<std::io::BufWriter<std::io::S
                 kind: kind.as_str(),
                 series: name,
                 ts_ns: ev.ts_ns,
+                time: clock.rfc3339(ev.ts_ns),
                 latency_ns: ev.latency_ns,
                 pid: ev.pid,
                 tgid: ev.tgid,
