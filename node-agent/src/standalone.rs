@@ -451,7 +451,8 @@ struct JsonEvent<'a> {
 
 /// Drains every ring buffer, writing events as JSON lines when asked.
 fn drain(running: &mut [Running], out: &mut Option<std::io::BufWriter<std::io::Stdout>>) {
-    let clock = crate::clock::WallClock::measure();
+    // Measured only when events are written, once per drain.
+    let clock = out.is_some().then(crate::clock::WallClock::measure);
     for r in running.iter_mut() {
         let kind = r.probe.kind();
         let Running {
@@ -473,7 +474,7 @@ fn drain(running: &mut [Running], out: &mut Option<std::io::BufWriter<std::io::S
                 kind: kind.as_str(),
                 series: name,
                 ts_ns: ev.ts_ns,
-                time: clock.rfc3339(ev.ts_ns),
+                time: clock.map(|c| c.rfc3339(ev.ts_ns)).unwrap_or_default(),
                 latency_ns: ev.latency_ns,
                 pid: ev.pid,
                 tgid: ev.tgid,

@@ -5,16 +5,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use ringwarden_core::slo as core_slo;
 use ringwarden_crds::{AgentConfig, BurnRate, ProbeSet, Slo, SloState, SloStatus};
 
 use crate::{
     reports::{ProbeRef, SloDef, truncate},
-    status::round_significant,
+    status::{condition_at, round_significant},
 };
 
 /// Condition types.
@@ -96,23 +93,17 @@ pub fn with_saved(status: &mut SloStatus, current: Option<&SloStatus>, saved: &S
             ),
         ),
     };
-    let status_text = if ok { "True" } else { "False" };
-    let last_transition_time = current
-        .and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == condition::PERSISTED)
-        })
-        .filter(|c| c.status == status_text)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-    status.conditions.push(Condition {
-        type_: condition::PERSISTED.into(),
-        status: status_text.into(),
-        reason: reason.into(),
-        message: truncate(&message, MAX_MESSAGE_BYTES),
-        observed_generation: status.observed_generation,
-        last_transition_time,
-    });
+    let before = current.map_or(&[][..], |s| &s.conditions[..]);
+    let persisted = condition_at(
+        before,
+        condition::PERSISTED,
+        ok,
+        reason,
+        truncate(&message, MAX_MESSAGE_BYTES),
+        status.observed_generation,
+        now,
+    );
+    status.conditions.push(persisted);
 }
 
 /// Longest condition message.
@@ -235,20 +226,10 @@ pub enum Verdict<'a> {
 pub fn desired(slo: &Slo, verdict: Verdict<'_>, now: &Time) -> SloStatus {
     let current = slo.status.as_ref();
     let generation = slo.metadata.generation;
+    let before = current.map_or(&[][..], |s| &s.conditions[..]);
     let cond = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let last_transition_time = current
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-            .filter(|c| c.status == status)
-            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: truncate(&message, MAX_MESSAGE_BYTES),
-            observed_generation: generation,
-            last_transition_time,
-        }
+        let message = truncate(&message, MAX_MESSAGE_BYTES);
+        condition_at(before, type_, ok, reason, message, generation, now)
     };
     let valid = || {
         cond(

@@ -36,6 +36,33 @@ pub fn up_to_date(current: Option<&ProbeSetStatus>, desired: &ProbeSetStatus) ->
     same_owned(current, desired, &condition::OWNED, |s| &mut s.conditions)
 }
 
+/// A condition of `type_`, keeping the `lastTransitionTime` it has in
+/// `before` unless its status flips, so recomputing an unchanged status
+/// gives it exactly.
+pub fn condition_at(
+    before: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    observed_generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = before
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation,
+        last_transition_time,
+    }
+}
+
 /// Whether `current`, with only the conditions of the `owned` types, equals
 /// `desired`: the comparison behind every status write.
 pub fn same_owned<S: Clone + PartialEq>(
@@ -144,20 +171,9 @@ pub fn desired(
 ) -> ProbeSetStatus {
     let current = ps.status.as_ref();
     let generation = ps.metadata.generation;
+    let before = current.map_or(&[][..], |s| &s.conditions[..]);
     let cond = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let last_transition_time = current
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-            .filter(|c| c.status == status)
-            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time,
-        }
+        condition_at(before, type_, ok, reason, message, generation, now)
     };
 
     let mut conditions = Vec::with_capacity(4);
