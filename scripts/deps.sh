@@ -14,8 +14,9 @@ LLVM=22
 # lua5.4 runs the Argo CD health checks in docs/argocd against the status the
 # operator writes (e2e/tests/gitops.rs). prometheus (2.42, with promtool)
 # scrapes a real agent and runs the chart's rules (e2e/tests/prometheus.rs);
-# its service is not needed, the tests start their own.
-pkgs=(llvm-$LLVM-dev libpolly-$LLVM-dev zlib1g-dev libzstd-dev pkg-config lua5.4 prometheus)
+# its service is not needed, the tests start their own. golang-1.19-go builds
+# the Go programs the Go uprobe and goRuntime tests trace (e2e/tests/go.rs).
+pkgs=(llvm-$LLVM-dev libpolly-$LLVM-dev zlib1g-dev libzstd-dev pkg-config lua5.4 prometheus golang-1.19-go)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

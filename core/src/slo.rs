@@ -391,6 +391,18 @@ pub struct SloStatus {
 /// A uniformly sampled histogram gives the same answer as the full one up to
 /// the sample's own spread: percentiles, unlike counts, need no scaling.
 /// `None` when the histogram is empty or the target is outside `[0, 100]`.
+/// Whether the series an SLO names (`spec.series`) covers the series
+/// `name` an agent reports: the same name, or that name kept per process
+/// (`gc-pause` covers `gc-pause (pid 4242)`, see the `goRuntime` probe).
+pub fn series_covers(named: &str, name: &str) -> bool {
+    name == named
+        || name
+            .strip_prefix(named)
+            .and_then(|rest| rest.strip_prefix(" (pid "))
+            .and_then(|rest| rest.strip_suffix(')'))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 pub fn latency_at_target(histogram: &Histogram, target: f64) -> Option<u64> {
     histogram.percentile(target / 100.0)
 }

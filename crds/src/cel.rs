@@ -189,6 +189,17 @@ pub fn probe() -> Vec<Rule> {
         )
         .at(".uprobe", Reason::FieldValueForbidden),
         rule(
+            "self.kind != 'goRuntime' || has(self.goRuntime)",
+            "goRuntime is required when kind is goRuntime; add \
+             `goRuntime: {binary: /path/to/go/binary}`",
+        )
+        .at(".goRuntime", Reason::FieldValueRequired),
+        rule(
+            "self.kind == 'goRuntime' || !has(self.goRuntime)",
+            "goRuntime is only used with kind: goRuntime; remove it or set kind: goRuntime",
+        )
+        .at(".goRuntime", Reason::FieldValueForbidden),
+        rule(
             "self.kind != 'tcpRetransmit' || !has(self.filter) || \
              ((!has(self.filter.pids) || size(self.filter.pids) == 0) && \
              (!has(self.filter.comms) || size(self.filter.comms) == 0))",

@@ -341,8 +341,8 @@ spec:
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].contains(
-                "spec.probes[0].filtr: unknown field; remove it or use one of: export, filter, kind, \
-                 maxSeries, name, peakEventRate, priority, sampling, uprobe"
+                "spec.probes[0].filtr: unknown field; remove it or use one of: export, filter, \
+                 goRuntime, kind, maxSeries, name, peakEventRate, priority, sampling, uprobe"
             ),
             "{e:?}"
         );

@@ -166,13 +166,20 @@ pub struct ProbeSpec {
     /// retransmits per destination port (counts, no latency). `runqueue`:
     /// run-queue delay (wakeup to running). `blockIO`: block I/O latency per
     /// device and operation. `uprobe`: latency of a user-space function,
-    /// given in `uprobe`.
+    /// given in `uprobe` (C, Rust, C++ or Go). `goRuntime`: the Go runtime's
+    /// stop-the-world pauses (`gc-pause`, `stw-other`) and GC cycles
+    /// (`gc-cycle`) in the processes of the Go binary given in `goRuntime`.
     pub kind: ProbeKind,
 
     /// The function a `kind: uprobe` probe times. Required for uprobes and
     /// not allowed for other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uprobe: Option<UprobeTarget>,
+
+    /// The Go binary whose runtime a `kind: goRuntime` probe times.
+    /// Required for goRuntime and not allowed for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go_runtime: Option<GoRuntimeTarget>,
 
     /// Which processes are observed, by pid, command name or cgroup; all
     /// given criteria must match. Without a filter every process on the node
@@ -244,10 +251,24 @@ pub struct UprobeTarget {
     #[schemars(extend("x-kubernetes-validations" = cel::uprobe_binary()))]
     pub binary: String,
     /// Symbol of the function, as `nm -D` or `nm` lists it, e.g.
-    /// `getaddrinfo`. Go functions are timed at their return instructions,
-    /// since Go moves goroutine stacks.
+    /// `getaddrinfo`; in a Go binary the function's full name as
+    /// `go tool nm` lists it, e.g. `main.(*Server).handle` (stripped Go
+    /// binaries work too). Go functions are timed from their entry to each
+    /// of their return instructions and paired by goroutine, never with a
+    /// uretprobe, since Go moves goroutine stacks.
     #[schemars(length(min = 1, max = MAX_SYMBOL_LEN))]
     pub symbol: String,
+}
+
+/// The Go binary a `goRuntime` probe watches: every process running it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GoRuntimeTarget {
+    /// Absolute path of the Go binary on the node (Go 1.17 or newer,
+    /// amd64), e.g. `/usr/local/bin/server`.
+    #[schemars(length(max = MAX_PATH_LEN))]
+    #[schemars(extend("x-kubernetes-validations" = cel::uprobe_binary()))]
+    pub binary: String,
 }
 
 /// What is wrong with an absolute uprobe binary path, as the CRD's rules
@@ -325,8 +346,10 @@ pub enum ProbeKind {
     /// Block I/O latency (issue → complete), per device and operation.
     #[serde(rename = "blockIO")]
     BlockIo,
-    /// User-space function latency (uprobe → uretprobe).
+    /// User-space function latency (entry → return), in C-ABI and Go binaries.
     Uprobe,
+    /// The Go runtime's stop-the-world pauses and GC cycles.
+    GoRuntime,
 }
 
 impl ExportPolicy {
@@ -351,7 +374,14 @@ impl ProbeKind {
             Self::Runqueue => "runqueue",
             Self::BlockIo => "blockIO",
             Self::Uprobe => "uprobe",
+            Self::GoRuntime => "goRuntime",
         }
+    }
+
+    /// Whether the probe attaches uprobes (which this kernel allows only
+    /// with CAP_SYS_ADMIN, see the chart's `agent.uprobes.enabled`).
+    pub fn uses_uprobes(self) -> bool {
+        matches!(self, Self::Uprobe | Self::GoRuntime)
     }
 
     /// Whether events have a latency (`tcpRetransmit` only counts).
@@ -682,6 +712,42 @@ impl ProbeSetSpec {
                 ),
                 (_, None) => {}
             }
+            match (p.kind, &p.go_runtime) {
+                (ProbeKind::GoRuntime, None) => err(
+                    format!("{at}.goRuntime"),
+                    "kind goRuntime needs the Go binary to watch; add \
+                     `goRuntime: {binary: /path/to/go/binary}`"
+                        .into(),
+                ),
+                (ProbeKind::GoRuntime, Some(g)) => {
+                    if !g.binary.starts_with('/') {
+                        err(
+                            format!("{at}.goRuntime.binary"),
+                            format!(
+                                "{:?} is not an absolute path; use e.g. /usr/local/bin/server",
+                                g.binary
+                            ),
+                        );
+                    }
+                    if let Some(problem) = uprobe_binary_problem(&g.binary) {
+                        err(format!("{at}.goRuntime.binary"), problem.into());
+                    }
+                    if g.binary.chars().count() > MAX_PATH_LEN {
+                        err(
+                            format!("{at}.goRuntime.binary"),
+                            format!("is longer than {MAX_PATH_LEN} characters; use a shorter path"),
+                        );
+                    }
+                }
+                (kind, Some(_)) => err(
+                    format!("{at}.goRuntime"),
+                    format!(
+                        "only used with `kind: goRuntime` (kind is {}); remove it",
+                        kind.as_str()
+                    ),
+                ),
+                (_, None) => {}
+            }
             let Some(filter) = &p.filter else { continue };
             for (list, len, max) in [
                 ("pids", filter.pids.len(), MAX_FILTER_PIDS),
@@ -781,6 +847,7 @@ mod tests {
             name: name.into(),
             kind: ProbeKind::Syscalls,
             uprobe: None,
+            go_runtime: None,
             filter: None,
             max_series: DEFAULT_MAX_SERIES,
             export: ExportSpec::default(),

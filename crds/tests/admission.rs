@@ -41,6 +41,9 @@ spec:
     - name: retransmits
       kind: tcpRetransmit
       filter: {cgroups: [/sys/fs/cgroup/kubepods.slice]}
+    - name: gc
+      kind: goRuntime
+      goRuntime: {binary: /usr/local/bin/server}
 ";
 
 const SLO: &str = "
@@ -260,6 +263,41 @@ fn cases() -> Vec<Case> {
             },
             "spec.probes[0].uprobe",
             &["uprobe is only used with kind: uprobe"],
+        ),
+        bad_cel(
+            "a goRuntime probe without its binary",
+            PS,
+            |o| del(o, "/spec/probes/3/goRuntime"),
+            "spec.probes[3].goRuntime",
+            &["goRuntime is required when kind is goRuntime"],
+        ),
+        bad_cel(
+            "a goRuntime binary on another kind",
+            PS,
+            |o| set(o, "/spec/probes/0/goRuntime", json!({"binary": "/bin/app"})),
+            "spec.probes[0].goRuntime",
+            &["goRuntime is only used with kind: goRuntime"],
+        ),
+        bad_cel(
+            "a relative goRuntime binary",
+            PS,
+            |o| set(o, "/spec/probes/3/goRuntime/binary", s("server")),
+            "spec.probes[3].goRuntime.binary",
+            &["binary must be an absolute path"],
+        ),
+        bad_cel(
+            "a goRuntime binary under /proc",
+            PS,
+            |o| set(o, "/spec/probes/3/goRuntime/binary", s("/proc/1/exe")),
+            "spec.probes[3].goRuntime.binary",
+            &["binary must not be under /dev, /proc or /sys"],
+        ),
+        bad_cel(
+            "a goRuntime binary with '..'",
+            PS,
+            |o| set(o, "/spec/probes/3/goRuntime/binary", s("/usr/../bin/app")),
+            "spec.probes[3].goRuntime.binary",
+            &["binary must be a plain path"],
         ),
         bad_cel(
             "a pid filter on tcpRetransmit",

@@ -21,6 +21,8 @@ pub(crate) struct Sites {
     pub(crate) entry: u64,
     /// Every near RET.
     pub(crate) returns: Vec<u64>,
+    /// Every direct near CALL: (its target, the instruction after it).
+    pub(crate) calls: Vec<(u64, u64)>,
 }
 
 /// Finds the entry and return sites in `code`, the function's bytes loaded
@@ -41,19 +43,25 @@ pub(crate) fn sites(code: &[u8], address: u64) -> Sites {
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut window = Vec::with_capacity(PROLOGUE_WINDOW);
     let mut returns = Vec::new();
+    let mut calls = Vec::new();
     let mut instruction = Instruction::default();
     while decoder.can_decode() {
         decoder.decode_out(&mut instruction);
         if window.len() < PROLOGUE_WINDOW {
             window.push(instruction);
         }
-        if instruction.mnemonic() == Mnemonic::Ret {
-            returns.push(instruction.ip());
+        match instruction.mnemonic() {
+            Mnemonic::Ret => returns.push(instruction.ip()),
+            Mnemonic::Call if instruction.op0_kind() == OpKind::NearBranch64 => {
+                calls.push((instruction.near_branch_target(), instruction.next_ip()));
+            }
+            _ => {}
         }
     }
     Sites {
         entry: entry_after_stack_check(&window).unwrap_or(address),
         returns,
+        calls,
     }
 }
 
@@ -126,6 +134,15 @@ mod tests {
         let s = sites(&code, BASE);
         assert_eq!(s.entry, BASE);
         assert_eq!(s.returns, vec![BASE + 4]);
+    }
+
+    #[test]
+    fn direct_calls_are_found_with_the_instruction_after_them() {
+        // call +0x10; call [rax] (indirect, left out); ret
+        let code = [0xe8, 0x10, 0x00, 0x00, 0x00, 0xff, 0x10, 0xc3];
+        let s = sites(&code, BASE);
+        assert_eq!(s.calls, vec![(BASE + 5 + 0x10, BASE + 5)]);
+        assert_eq!(s.returns, vec![BASE + 7]);
     }
 
     #[test]

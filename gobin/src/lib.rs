@@ -135,7 +135,19 @@ pub struct GoFunction {
     /// File offsets of every RET instruction in the function, in address
     /// order; never empty.
     pub return_offsets: Vec<u64>,
+    /// Every direct call the function makes, in address order.
+    pub calls: Vec<CallSite>,
     pub symbols: SymbolSource,
+}
+
+/// A direct `CALL` in a function's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallSite {
+    /// Virtual address of the function called.
+    pub target: u64,
+    /// File offset of the instruction after the call: where a uprobe sees
+    /// what the callee returned (in RAX, with Go's register ABI).
+    pub after_offset: u64,
 }
 
 /// Why a binary or function cannot be probed; the message says what is
@@ -260,6 +272,16 @@ pub fn function<'data, R: ReadRef<'data>>(data: R, name: &str) -> Result<GoFunct
             .iter()
             .map(|&at| offset(at))
             .collect::<Result<_, _>>()?,
+        calls: sites
+            .calls
+            .iter()
+            .map(|&(target, after)| {
+                Ok(CallSite {
+                    target,
+                    after_offset: offset(after)?,
+                })
+            })
+            .collect::<Result<_, GoError>>()?,
         symbols,
     })
 }

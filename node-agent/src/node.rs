@@ -507,16 +507,17 @@ impl State {
             .collect();
         let mut binaries = HashMap::new();
         for p in &due {
-            if let Some(u) = p
-                .spec
-                .uprobe
-                .as_ref()
-                .filter(|_| p.spec.kind == ProbeKind::Uprobe)
-            {
+            let target = match (p.spec.kind, &p.spec.uprobe, &p.spec.go_runtime) {
+                (ProbeKind::Uprobe, Some(u), _) => Some((u.binary.clone(), u.symbol.clone())),
+                (ProbeKind::GoRuntime, _, Some(g)) => Some((g.binary.clone(), String::new())),
+                _ => None,
+            };
+            if let Some((binary, symbol)) = target {
                 let opened = UprobeTarget::open_async(
+                    p.spec.kind,
                     crate::target::host_root(),
-                    u.binary.clone(),
-                    u.symbol.clone(),
+                    binary,
+                    symbol,
                 )
                 .await;
                 binaries.insert(p.id(), opened);

@@ -21,13 +21,14 @@ use ringwarden_crds::ProbeKind;
 use ringwarden_ebpf_common::{
     COMM_LEN, DEFAULT_START_ENTRIES, EXPORT_ALL, EXPORT_ERRORS, EXPORT_NONE, EXPORT_SLOWER_THAN,
     Event, FILTER_CGROUP, FILTER_CGROUPS_ENTRIES, FILTER_COMM, FILTER_COMMS_ENTRIES, FILTER_PID,
-    FILTER_PIDS_ENTRIES, KernelOffsets, LatencyHist, MAX_THRESHOLDS, OVERFLOW_SERIES,
+    FILTER_PIDS_ENTRIES, GO_SERIES_GC_CYCLE, GO_SERIES_GC_PAUSE, GO_SERIES_STW_OTHER, GoFrames,
+    GoKey, GoRuntimeState, KernelOffsets, LatencyHist, MAX_THRESHOLDS, OVERFLOW_SERIES,
     OVERFLOW_SLOT, ProbeCounters, SeriesKey, SloCounts, Thresholds,
     event::{DecodeError, decode},
     globals, maps, programs,
 };
 
-use crate::target::UprobeTarget;
+use crate::target::{Attach, UprobeTarget};
 
 /// The compiled kernel programs, embedded so the agent is one file.
 static PROBES_OBJECT: &[u8] =
@@ -307,7 +308,7 @@ fn tracepoints(kind: ProbeKind) -> &'static [(&'static str, &'static str)] {
             (programs::BIO_COMPLETE, "block_rq_complete"),
             (programs::BIO_ISSUE, "block_rq_issue"),
         ],
-        ProbeKind::Uprobe => &[],
+        ProbeKind::Uprobe | ProbeKind::GoRuntime => &[],
     }
 }
 
@@ -336,6 +337,44 @@ pub struct Probe {
     drained: u64,
     decode_errors: u64,
     uprobe_symbol: Option<String>,
+    go_maps: GoMaps,
+}
+
+/// The Go programs' pairing maps, swept of processes that exited (see
+/// [`Probe::sweep_exited`]).
+#[derive(Default)]
+struct GoMaps {
+    start: Option<HashMap<MapData, GoKey, GoFrames>>,
+    runtime: Option<HashMap<MapData, u32, GoRuntimeState>>,
+    /// Calls, stops and cycles whose process exited before they ended,
+    /// counted as the sweep removes them: observed and pairing-dropped.
+    swept: u64,
+    last_sweep: Option<std::time::Instant>,
+}
+
+impl GoMaps {
+    /// Whether a sweep is due: Go maps exist and a second has passed (a
+    /// drain runs every ~100 ms; a sweep walks the map's keys).
+    fn sweep_due(&mut self) -> bool {
+        if self.start.is_none() && self.runtime.is_none() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .last_sweep
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.last_sweep = Some(now);
+        true
+    }
+}
+
+/// Whether process `pid` still runs, in the pid namespace of `/proc` (the
+/// host's: the agent runs with hostPID).
+pub fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Exact good/total counts of one SLO threshold.
@@ -411,8 +450,8 @@ impl Probe {
     /// [`Probe::load_with_target`].
     pub fn load(kernel: &Kernel, config: &ProbeConfig) -> Result<Self, ProbeError> {
         match &config.uprobe {
-            Some((binary, symbol)) if config.kind == ProbeKind::Uprobe => {
-                let target = UprobeTarget::open(&config.host_root, binary, symbol)
+            Some((binary, symbol)) if config.kind.uses_uprobes() => {
+                let target = UprobeTarget::open_for(config.kind, &config.host_root, binary, symbol)
                     .map_err(|e| uprobe_error(binary, symbol, e.0))?;
                 Self::load_with_target(kernel, config, Some(&target))
             }
@@ -466,10 +505,16 @@ impl Probe {
                 config.thresholds.len()
             )));
         }
-        if config.kind == ProbeKind::Uprobe && target.is_none() {
-            return Err(ProbeError::Object(
-                "kind uprobe needs a binary and a symbol".into(),
-            ));
+        if config.kind.uses_uprobes() && target.is_none() {
+            return Err(ProbeError::Object(format!(
+                "kind {} needs a binary{}",
+                config.kind.as_str(),
+                if config.kind == ProbeKind::Uprobe {
+                    " and a symbol"
+                } else {
+                    ""
+                }
+            )));
         }
         let comm_keys = config
             .comms
@@ -500,6 +545,14 @@ impl Probe {
             }
             _ => 1,
         };
+        let go_start_entries = match target.map(|t| &t.attach) {
+            Some(Attach::Go { .. }) => config.start_entries.max(1),
+            _ => 1,
+        };
+        let go_runtime_entries = match target.map(|t| &t.attach) {
+            Some(Attach::GoRuntime(_)) => config.start_entries.max(1),
+            _ => 1,
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&kernel.btf))
             // Task storage has no typed user-space handle in aya; the kernel
@@ -518,6 +571,8 @@ impl Probe {
             .map_max_entries(maps::SLOTS, max_series + 1)
             .map_max_entries(maps::EVENTS, ring_bytes)
             .map_max_entries(maps::OBJ_START, obj_entries)
+            .map_max_entries(maps::GO_START, go_start_entries)
+            .map_max_entries(maps::GO_RUNTIME, go_runtime_entries)
             .load(PROBES_OBJECT)
             .map_err(|e| ProbeError::Object(error_chain(&e)))?;
 
@@ -569,22 +624,49 @@ impl Probe {
             })?;
         }
         let mut uprobe_symbol = None;
-        if let Some(target) = target.filter(|_| config.kind == ProbeKind::Uprobe) {
+        let mut go_maps = GoMaps::default();
+        if let Some(target) = target.filter(|_| config.kind.uses_uprobes()) {
             let (binary, symbol) = (&target.binary, &target.symbol);
-            // Return first, for the same reason as the tracepoints.
-            for program in [programs::UPROBE_RETURN, programs::UPROBE_ENTRY] {
+            // Ends attach first, for the same reason as the tracepoints.
+            let sites: Vec<(&'static str, u64)> = match &target.attach {
+                Attach::Native { offset } => vec![
+                    (programs::UPROBE_RETURN, *offset),
+                    (programs::UPROBE_ENTRY, *offset),
+                ],
+                Attach::Go { entry, returns, .. } => returns
+                    .iter()
+                    .map(|r| (programs::GO_RETURN, *r))
+                    .chain([(programs::GO_ENTRY, *entry)])
+                    .collect(),
+                Attach::GoRuntime(sites) => sites
+                    .stw_end
+                    .iter()
+                    .map(|r| (programs::GO_STW_END, *r))
+                    .chain([
+                        (programs::GO_GC_DONE, sites.gc_done),
+                        (programs::GO_GC_START, sites.gc_start),
+                        (programs::GO_STW_BEGIN, sites.stw_begin),
+                        (programs::GO_STW_OTHER, sites.stw_other),
+                    ])
+                    .collect(),
+            };
+            let mut loaded: Vec<&str> = Vec::new();
+            for (program, offset) in sites {
                 let prog: &mut UProbe = ebpf
                     .program_mut(program)
                     .ok_or_else(|| ProbeError::Object(format!("program {program} missing")))?
                     .try_into()
                     .map_err(|e: ProgramError| program_error(program, e))?;
-                prog.load().map_err(|e| program_error(program, e))?;
-                if let Ok(info) = prog.info() {
-                    program_ids.push(info.id());
+                if !loaded.contains(&program) {
+                    prog.load().map_err(|e| program_error(program, e))?;
+                    if let Ok(info) = prog.info() {
+                        program_ids.push(info.id());
+                    }
+                    loaded.push(program);
                 }
                 // The kernel opens the checked file itself, by its fd.
                 prog.attach(
-                    UProbeAttachLocation::AbsoluteOffset(target.offset),
+                    UProbeAttachLocation::AbsoluteOffset(offset),
                     target.attach_path(),
                     UProbeScope::AllProcesses,
                 )
@@ -597,6 +679,15 @@ impl Probe {
                     };
                     uprobe_error(binary, symbol, message)
                 })?;
+            }
+            match &target.attach {
+                Attach::Go { .. } => {
+                    go_maps.start = Some(take_map(&mut ebpf, maps::GO_START)?);
+                }
+                Attach::GoRuntime(_) => {
+                    go_maps.runtime = Some(take_map(&mut ebpf, maps::GO_RUNTIME)?);
+                }
+                Attach::Native { .. } => {}
             }
             uprobe_symbol = Some(symbol.clone());
         }
@@ -618,6 +709,7 @@ impl Probe {
             drained: 0,
             decode_errors: 0,
             uprobe_symbol,
+            go_maps,
         })
     }
 
@@ -684,10 +776,55 @@ impl Probe {
             }
         }
         self.drained += n;
+        if self.go_maps.sweep_due() {
+            self.sweep_exited(process_alive);
+        }
         n
     }
 
     /// Reads the counters and every histogram, summed over CPUs.
+    /// Removes the Go pairing state of processes that have exited, counting
+    /// each call, stop or cycle they left unfinished as observed and
+    /// pairing-dropped. A live goroutine's state needs no sweep: it is
+    /// removed at its last return, and a call that unwound without
+    /// returning is found at the goroutine's next call (`golang.rs`).
+    /// `alive` says whether a process id still runs (`/proc/<pid>`, with
+    /// the host's pid namespace).
+    pub fn sweep_exited(&mut self, alive: impl Fn(u32) -> bool) -> u64 {
+        let mut swept = 0;
+        if let Some(start) = &mut self.go_maps.start {
+            let dead: Vec<GoKey> = start
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !alive(k.tgid))
+                .collect();
+            for key in dead {
+                if let Ok(frames) = start.get(&key, 0)
+                    && start.remove(&key).is_ok()
+                {
+                    swept += frames.frames.iter().filter(|f| f.ts_ns != 0).count() as u64;
+                }
+            }
+        }
+        if let Some(runtime) = &mut self.go_maps.runtime {
+            let dead: Vec<u32> = runtime
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|tgid| !alive(*tgid))
+                .collect();
+            for tgid in dead {
+                if let Ok(state) = runtime.get(&tgid, 0)
+                    && runtime.remove(&tgid).is_ok()
+                {
+                    swept += u64::from(state.stw_ts_ns != 0)
+                        + u64::from(state.cycle_ts_ns != 0 || state.cycle_pending != 0);
+                }
+            }
+        }
+        self.go_maps.swept += swept;
+        swept
+    }
+
     pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
         let per_cpu = self
             .counters
@@ -752,9 +889,12 @@ impl Probe {
                 total: slo.iter().map(|s| s.total[i]).sum(),
             })
             .collect();
+        let mut counters = Counters::from_per_cpu(&per_cpu);
+        counters.observed += self.go_maps.swept;
+        counters.pairing_dropped += self.go_maps.swept;
         Ok(Snapshot {
             kind: Some(self.kind),
-            counters: Counters::from_per_cpu(&per_cpu),
+            counters,
             series,
             thresholds,
             ring_bytes: self.ring_bytes.into(),
@@ -809,7 +949,31 @@ pub fn series_name(kind: ProbeKind, key: &SeriesKey, symbol: Option<&str>) -> St
         }
         ProbeKind::Runqueue => "all".into(),
         ProbeKind::Uprobe => symbol.unwrap_or("function").into(),
+        ProbeKind::GoRuntime => {
+            let pid = u32::from_le_bytes([key.addr[0], key.addr[1], key.addr[2], key.addr[3]]);
+            let name = GO_RUNTIME_SERIES
+                .iter()
+                .find(|(_, id)| *id == key.id)
+                .map_or("runtime", |(name, _)| name);
+            format!("{name} (pid {pid})")
+        }
     }
+}
+
+/// The series of a `goRuntime` probe, by name (each per process, shown
+/// as `gc-pause (pid 4242)`; an SLO names them without the process).
+pub const GO_RUNTIME_SERIES: [(&str, u64); 3] = [
+    ("gc-pause", GO_SERIES_GC_PAUSE),
+    ("stw-other", GO_SERIES_STW_OTHER),
+    ("gc-cycle", GO_SERIES_GC_CYCLE),
+];
+
+/// The kernel's series id of a `goRuntime` series name.
+pub fn go_runtime_series_id(name: &str) -> Option<u64> {
+    GO_RUNTIME_SERIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, id)| *id)
 }
 
 /// `loop0` for 7:0, from sysfs; `7:0` when sysfs does not know it.

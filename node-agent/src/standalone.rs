@@ -21,7 +21,7 @@ use ringwarden_core::{
 
 use ringwarden_core::planner::DEFAULT_DRAIN_INTERVAL;
 use ringwarden_crds::{
-    AgentProbe, ExportPolicy, ProbeKind, ProbeSet, Threshold,
+    AgentProbe, ExportPolicy, ProbeKind, ProbeSet, ProbeSpec, Threshold,
     manifest::{self, ManifestErrors},
     plan::plan_probeset,
     slo::Slo,
@@ -131,21 +131,23 @@ pub fn probe_config(p: &AgentProbe, self_tgid: u32) -> Result<ProbeConfig, Probe
     };
     config.sample_every = p.sample_every.max(1);
     config.ring_bytes = u32::try_from(p.ring_bytes).unwrap_or(u32::MAX);
-    config.uprobe = spec
-        .uprobe
-        .as_ref()
-        .map(|u| (u.binary.clone(), u.symbol.clone()));
+    config.uprobe = match (&spec.uprobe, &spec.go_runtime) {
+        (Some(u), _) => Some((u.binary.clone(), u.symbol.clone())),
+        (None, Some(g)) => Some((g.binary.clone(), String::new())),
+        (None, None) => None,
+    };
     config.thresholds = p
         .thresholds
         .iter()
-        .map(|t| Ok((t.slo.clone(), threshold_slot(spec.kind, t)?)))
+        .map(|t| Ok((t.slo.clone(), threshold_slot(spec, t)?)))
         .collect::<Result<_, ProbeError>>()?;
     Ok(config)
 }
 
 /// An SLO's threshold as the kernel compares it: series names become the
 /// ids the kernel keys series by.
-pub fn threshold_slot(kind: ProbeKind, t: &Threshold) -> Result<ThresholdSlot, ProbeError> {
+pub fn threshold_slot(spec: &ProbeSpec, t: &Threshold) -> Result<ThresholdSlot, ProbeError> {
+    let kind = spec.kind;
     let mut slot = ThresholdSlot {
         latency_ns: t.latency_ns.unwrap_or(0),
         mode: if t.errors {
@@ -186,10 +188,29 @@ pub fn threshold_slot(kind: ProbeKind, t: &Threshold) -> Result<ThresholdSlot, P
                         t.slo
                     ))
                 })?,
+            // One series: the function.
+            ProbeKind::Uprobe => {
+                let symbol = spec.uprobe.as_ref().map_or("", |u| u.symbol.as_str());
+                if name != symbol {
+                    return Err(ProbeError::Filter(format!(
+                        "SLO {}: {name:?} is not a series of this probe, whose one series is \
+                         its function {symbol:?}; name that or remove spec.series",
+                        t.slo
+                    )));
+                }
+                0
+            }
+            ProbeKind::GoRuntime => crate::probes::go_runtime_series_id(name).ok_or_else(|| {
+                ProbeError::Filter(format!(
+                    "SLO {}: {name:?} is not a goRuntime series; use gc-pause, stw-other or \
+                     gc-cycle",
+                    t.slo
+                ))
+            })?,
             other => {
                 return Err(ProbeError::Filter(format!(
-                    "SLO {}: series narrowing is supported for syscalls and tcpConnect \
-                     probes, not {}; remove spec.series",
+                    "SLO {}: series narrowing is supported for syscalls, tcpConnect, uprobe \
+                     and goRuntime probes, not {}; remove spec.series",
                     t.slo,
                     other.as_str()
                 )));
@@ -339,7 +360,11 @@ fn evaluate_slos(
         );
         let mut h = Histogram::new();
         for (name, sh) in &snap.series {
-            if w.series.is_empty() || w.series.contains(name) {
+            if w.series.is_empty()
+                || w.series
+                    .iter()
+                    .any(|s| ringwarden_core::slo::series_covers(s, name))
+            {
                 h.merge(sh);
             }
         }
@@ -418,9 +443,14 @@ async fn load_all(
 /// Loads one probe; a uprobe's binary is opened off the async thread.
 async fn load_one(kernel: &Kernel, c: &ProbeConfig) -> Result<Probe, ProbeError> {
     match &c.uprobe {
-        Some((binary, symbol)) if c.kind == ProbeKind::Uprobe => {
-            let opened =
-                UprobeTarget::open_async(c.host_root.clone(), binary.clone(), symbol.clone()).await;
+        Some((binary, symbol)) if c.kind.uses_uprobes() => {
+            let opened = UprobeTarget::open_async(
+                c.kind,
+                c.host_root.clone(),
+                binary.clone(),
+                symbol.clone(),
+            )
+            .await;
             Probe::load_opened(kernel, c, opened)
         }
         _ => Probe::load(kernel, c),

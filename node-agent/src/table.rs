@@ -98,6 +98,7 @@ pub fn render(title: &str, rows: &[Row], snapshot: &Snapshot) -> String {
         ProbeKind::Runqueue => "TASKS",
         ProbeKind::BlockIo => "DEVICE OP",
         ProbeKind::Uprobe => "FUNCTION",
+        ProbeKind::GoRuntime => "RUNTIME (PROCESS)",
     };
     if kind.has_latency() {
         let _ = writeln!(

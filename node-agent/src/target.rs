@@ -68,17 +68,54 @@ pub fn host_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// A uprobe's binary, open and checked, with the file offset of its symbol.
+/// A uprobe's binary, open and checked, with where its probes attach.
 #[derive(Debug)]
 pub struct UprobeTarget {
     file: File,
     /// The path as the spec gives it, for messages.
     pub binary: String,
+    /// The function (empty for `goRuntime`, which times the runtime's own).
     pub symbol: String,
-    /// File offset of the symbol's first instruction, as the kernel wants it.
-    pub offset: u64,
+    pub attach: Attach,
     /// Size of the file in bytes.
     pub size: u64,
+}
+
+/// Where a target's probes go, as file offsets, which the kernel wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attach {
+    /// A function with the C calling convention: a uprobe at its first
+    /// instruction and a uretprobe.
+    Native { offset: u64 },
+    /// A Go function: plain uprobes at its entry (after the stack-growth
+    /// check) and at every `RET`; never a uretprobe, which breaks when Go
+    /// moves the goroutine's stack.
+    Go {
+        /// The Go that built the binary, e.g. `go1.19.8`.
+        version: String,
+        entry: u64,
+        returns: Vec<u64>,
+    },
+    /// The Go runtime's stop-the-world and GC functions (`goRuntime`).
+    GoRuntime(GoRuntimeSites),
+}
+
+/// The Go runtime functions a `goRuntime` probe attaches to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoRuntimeSites {
+    pub version: String,
+    /// Entry of `runtime.stopTheWorld`'s closure: a stop that is not the
+    /// collector's follows on this thread.
+    pub stw_other: u64,
+    /// Entry of `runtime.stopTheWorldWithSema`.
+    pub stw_begin: u64,
+    /// In `runtime.startTheWorldWithSema`: after its clock read, or
+    /// every `RET`.
+    pub stw_end: Vec<u64>,
+    /// Entry of `runtime.gcResetMarkState` (a GC cycle starts).
+    pub gc_start: u64,
+    /// Entry of `runtime.gcMarkTermination` (a GC cycle ends).
+    pub gc_done: u64,
 }
 
 /// Why a uprobe target was refused; the message names the cause and the fix.
@@ -87,46 +124,58 @@ pub struct UprobeTarget {
 pub struct TargetError(pub String);
 
 impl UprobeTarget {
-    /// Resolves `binary` under `host_root`, opens it and finds `symbol`.
+    /// Resolves `binary` under `host_root`, opens it and finds `symbol`:
+    /// in the ELF symbol tables, or for a Go binary with `ringwarden_gobin`
+    /// (its symbol table or, stripped, its `.gopclntab`).
     pub fn open(host_root: &Path, binary: &str, symbol: &str) -> Result<Self, TargetError> {
-        let relative = check_path(binary)?;
-        let root = open_root(host_root)?;
-        let file = open_in_root(&root, &relative).map_err(|e| {
-            TargetError(match e.raw_os_error() {
-                Some(libc::ENOENT) => format!(
-                    "no such file under the host root {} (symlinks resolve inside it); give the \
-                     path of the binary as the node sees it, e.g. /usr/bin/app",
-                    host_root.display()
-                ),
-                Some(libc::EXDEV) | Some(libc::ELOOP) => format!(
-                    "the path leads through a /proc link or too many symlinks ({e}); give the \
-                     binary's real path on the node"
-                ),
-                _ => format!(
-                    "cannot open it under the host root {}: {e}",
-                    host_root.display()
-                ),
-            })
-        })?;
-        let size = check_file(&file)?;
-        let offset = resolve_symbol(&file, symbol)?;
+        let (file, size) = open_binary(host_root, binary)?;
+        let attach = resolve_symbol(&file, symbol)?;
         Ok(Self {
             file,
             binary: binary.into(),
             symbol: symbol.into(),
-            offset,
+            attach,
             size,
         })
+    }
+
+    /// Resolves and opens a Go binary for a `goRuntime` probe and finds the
+    /// runtime functions it attaches to.
+    pub fn open_go_runtime(host_root: &Path, binary: &str) -> Result<Self, TargetError> {
+        let (file, size) = open_binary(host_root, binary)?;
+        let attach = Attach::GoRuntime(resolve_go_runtime(&file)?);
+        Ok(Self {
+            file,
+            binary: binary.into(),
+            symbol: String::new(),
+            attach,
+            size,
+        })
+    }
+
+    /// [`UprobeTarget::open`] for kind `uprobe`, [`UprobeTarget::open_go_runtime`]
+    /// for kind `goRuntime` (which ignores `symbol`).
+    pub fn open_for(
+        kind: ringwarden_crds::ProbeKind,
+        host_root: &Path,
+        binary: &str,
+        symbol: &str,
+    ) -> Result<Self, TargetError> {
+        match kind {
+            ringwarden_crds::ProbeKind::GoRuntime => Self::open_go_runtime(host_root, binary),
+            _ => Self::open(host_root, binary, symbol),
+        }
     }
 
     /// [`UprobeTarget::open`] on a blocking thread, so a slow filesystem
     /// never stalls the agent's loop.
     pub async fn open_async(
+        kind: ringwarden_crds::ProbeKind,
         host_root: PathBuf,
         binary: String,
         symbol: String,
     ) -> Result<Self, TargetError> {
-        tokio::task::spawn_blocking(move || Self::open(&host_root, &binary, &symbol))
+        tokio::task::spawn_blocking(move || Self::open_for(kind, &host_root, &binary, &symbol))
             .await
             .map_err(|e| TargetError(format!("opening the binary did not finish: {e}")))?
     }
@@ -135,6 +184,32 @@ impl UprobeTarget {
     pub fn attach_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
+}
+
+/// Resolves `binary` under `host_root` and opens it, checked (see the
+/// module's doc); returns the file and its size.
+fn open_binary(host_root: &Path, binary: &str) -> Result<(File, u64), TargetError> {
+    let relative = check_path(binary)?;
+    let root = open_root(host_root)?;
+    let file = open_in_root(&root, &relative).map_err(|e| {
+        TargetError(match e.raw_os_error() {
+            Some(libc::ENOENT) => format!(
+                "no such file under the host root {} (symlinks resolve inside it); give the \
+                 path of the binary as the node sees it, e.g. /usr/bin/app",
+                host_root.display()
+            ),
+            Some(libc::EXDEV) | Some(libc::ELOOP) => format!(
+                "the path leads through a /proc link or too many symlinks ({e}); give the \
+                 binary's real path on the node"
+            ),
+            _ => format!(
+                "cannot open it under the host root {}: {e}",
+                host_root.display()
+            ),
+        })
+    })?;
+    let size = check_file(&file)?;
+    Ok((file, size))
 }
 
 /// Checks the path as written and returns it relative to the host root,
@@ -289,31 +364,21 @@ fn check_file(file: &File) -> Result<u64, TargetError> {
     Ok(size)
 }
 
-/// Whether the ELF file is a Go binary, by its sections.
-fn is_go<'data, R: object::ReadRef<'data>>(obj: &object::File<'data, R>) -> bool {
-    use object::{Object, ObjectSection};
-    obj.sections().any(|s| {
-        matches!(
-            s.name(),
-            Ok(".go.buildinfo" | ".gopclntab" | ".note.go.buildid")
-        )
-    })
-}
-
-/// The file offset of `symbol`, defined in the dynamic symbols or the
-/// symbol table. Reads only the headers, the section table and the symbol
-/// tables. Go binaries are refused: uretprobes corrupt them.
-fn resolve_symbol(file: &File, symbol: &str) -> Result<u64, TargetError> {
+/// Where to probe `symbol`: a Go function through `ringwarden_gobin`,
+/// anything else through the dynamic symbols or the symbol table. Reads
+/// only the headers, the section table and the tables it needs.
+fn resolve_symbol(file: &File, symbol: &str) -> Result<Attach, TargetError> {
     use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
     let cache = object::ReadCache::new(file);
     let obj = object::File::parse(&cache)
         .map_err(|e| TargetError(format!("it is not an ELF binary or library ({e})")))?;
-    if is_go(&obj) {
-        return Err(TargetError(
-            "this is a Go binary: a uretprobe would corrupt its goroutine stacks (Go moves \
-             them), so ringwarden refuses to attach; time the function from a non-Go caller"
-                .into(),
-        ));
+    if let Some(go) = ringwarden_gobin::inspect(&cache).map_err(|e| TargetError(e.0))? {
+        let f = ringwarden_gobin::function(&cache, symbol).map_err(|e| TargetError(e.0))?;
+        return Ok(Attach::Go {
+            version: go.version,
+            entry: f.entry_offset,
+            returns: f.return_offsets,
+        });
     }
     let Some(sym) = obj
         .dynamic_symbols()
@@ -346,7 +411,50 @@ fn resolve_symbol(file: &File, symbol: &str) -> Result<u64, TargetError> {
         }
         _ => sym.address(),
     };
-    Ok(offset)
+    Ok(Attach::Native { offset })
+}
+
+/// The runtime functions of a Go binary that `goRuntime` attaches to.
+fn resolve_go_runtime(file: &File) -> Result<GoRuntimeSites, TargetError> {
+    let cache = object::ReadCache::new(file);
+    let Some(go) = ringwarden_gobin::inspect(&cache).map_err(|e| TargetError(e.0))? else {
+        return Err(TargetError(
+            "it was not built by Go (no .go.buildinfo, .gopclntab or .note.go.buildid \
+             section): kind goRuntime times the Go runtime; give the path of a Go program"
+                .into(),
+        ));
+    };
+    let function = |name: &str| {
+        ringwarden_gobin::function(&cache, name)
+            .map_err(|e| TargetError(format!("runtime function {name}: {}", e.0)))
+    };
+    let start = function("runtime.startTheWorldWithSema")?;
+    // The world runs again where the runtime reads its clock for the
+    // pause (`startTime := nanotime()`), before it wakes an idle P, which
+    // may start a thread: tens of microseconds that are no pause. Go
+    // 1.22 reads that clock only when its caller did not; there, and if
+    // the call is not found, the pause ends at the function's returns.
+    let clock = ringwarden_gobin::lookup(&cache, "runtime.nanotime1").ok();
+    let after_clock = clock
+        .filter(|_| (go.major, go.minor) <= (1, 21))
+        .and_then(|c| {
+            start
+                .calls
+                .iter()
+                .rfind(|call| call.target == c.address)
+                .map(|call| call.after_offset)
+        });
+    Ok(GoRuntimeSites {
+        stw_other: function("runtime.stopTheWorld.func1")?.entry_offset,
+        stw_begin: function("runtime.stopTheWorldWithSema")?.entry_offset,
+        stw_end: match after_clock {
+            Some(at) => vec![at],
+            None => start.return_offsets,
+        },
+        gc_start: function("runtime.gcResetMarkState")?.entry_offset,
+        gc_done: function("runtime.gcMarkTermination")?.entry_offset,
+        version: go.version,
+    })
 }
 
 #[cfg(test)]
@@ -408,7 +516,10 @@ mod tests {
         )
         .unwrap();
         let t = root.open("/usr/bin/app", "handler").unwrap();
-        assert!(t.offset > 0 && t.offset < t.size, "{t:?}");
+        let Attach::Native { offset } = t.attach else {
+            panic!("a C function is probed natively: {t:?}")
+        };
+        assert!(offset > 0 && offset < t.size, "{t:?}");
         assert!(t.attach_path().starts_with("/proc/self/fd/"));
         let e = root.open("/usr/bin/app", "missing").unwrap_err().0;
         assert!(
@@ -418,13 +529,16 @@ mod tests {
     }
 
     #[test]
-    fn a_uprobe_on_a_go_binary_is_refused_with_the_reason() {
+    fn a_go_binary_whose_version_cannot_be_told_is_refused_with_the_reason() {
+        // Go binaries are told by their sections and probed at their
+        // returns (e2e/tests/go.rs); one whose Go version cannot be read
+        // might predate the register ABI the pairing relies on.
         let root = Root::new("go");
         for section in [&b".go.buildinfo"[..], b".gopclntab"] {
             std::fs::write(root.0.join("usr/bin/app"), elf(section, b"main.handler")).unwrap();
             let e = root.open("/usr/bin/app", "main.handler").unwrap_err().0;
             assert!(
-                e.contains("Go binary") && e.contains("goroutine stacks"),
+                e.contains("Go binary") && e.contains("cannot be told") && e.contains("rebuild"),
                 "{e}"
             );
         }

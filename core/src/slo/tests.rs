@@ -1223,3 +1223,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_slo_series_covers_the_same_series_kept_per_process() {
+    assert!(series_covers("read", "read"));
+    assert!(series_covers("gc-pause", "gc-pause (pid 4242)"));
+    assert!(!series_covers("gc-pause", "gc-pause (pid )"));
+    assert!(!series_covers("gc-pause", "gc-pause (pid 12x)"));
+    assert!(!series_covers("gc", "gc-pause (pid 1)"));
+    assert!(!series_covers("read", "readv"));
+}

@@ -41,6 +41,8 @@ pub mod maps {
     pub const FILTER_PIDS: &str = "FILTER_PIDS";
     pub const FILTER_COMMS: &str = "FILTER_COMMS";
     pub const FILTER_CGROUPS: &str = "FILTER_CGROUPS";
+    pub const GO_START: &str = "GO_START";
+    pub const GO_RUNTIME: &str = "GO_RUNTIME";
 }
 
 /// Program names (the Rust function names in the eBPF object).
@@ -57,6 +59,13 @@ pub mod programs {
     pub const BIO_COMPLETE: &str = "rw_bio_complete";
     pub const UPROBE_ENTRY: &str = "rw_uprobe_entry";
     pub const UPROBE_RETURN: &str = "rw_uprobe_return";
+    pub const GO_ENTRY: &str = "rw_go_entry";
+    pub const GO_RETURN: &str = "rw_go_return";
+    pub const GO_STW_OTHER: &str = "rw_go_stw_other";
+    pub const GO_STW_BEGIN: &str = "rw_go_stw_begin";
+    pub const GO_STW_END: &str = "rw_go_stw_end";
+    pub const GO_GC_START: &str = "rw_go_gc_start";
+    pub const GO_GC_DONE: &str = "rw_go_gc_done";
 }
 
 /// Read-only globals the loader sets before the verifier sees the program,
@@ -162,6 +171,69 @@ pub struct SyscallStart {
 /// so it is neither an event nor a loss.
 pub const START_FORKED: u32 = 1;
 const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
+
+/// Calls of one Go function in flight on one goroutine, deepest last.
+pub const GO_FRAMES: usize = 8;
+
+/// Key of [`GoFrames`]: the process and the goroutine (its `g` pointer,
+/// which Go keeps in R14 on amd64 from Go 1.17, whatever thread runs it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GoKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub g: u64,
+}
+const _: () = assert!(core::mem::size_of::<GoKey>() == 16);
+
+/// One timed call of a Go function: its frame, as the distance from the
+/// top of the goroutine's stack (`g.stack.hi`) to the return address.
+/// That distance survives Go copying the stack to grow it, which moves
+/// every address; recursion gives each call its own frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoFrame {
+    pub depth: u64,
+    /// `bpf_ktime_get_ns()` at entry; 0: slot free.
+    pub ts_ns: u64,
+}
+
+/// The timed calls in flight on one goroutine ([`GoKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoFrames {
+    pub frames: [GoFrame; GO_FRAMES],
+}
+const _: () = assert!(core::mem::size_of::<GoFrames>() == 16 * GO_FRAMES);
+
+/// `goRuntime` series ids: a stop-the-world pause of the garbage collector,
+/// one for anything else (`ReadMemStats`, `GOMAXPROCS`, traces...), and a
+/// whole GC cycle (sweep termination to the end of mark termination). The
+/// series key's `addr` holds the process id, so each process has its own.
+pub const GO_SERIES_GC_PAUSE: u64 = 1;
+pub const GO_SERIES_STW_OTHER: u64 = 2;
+pub const GO_SERIES_GC_CYCLE: u64 = 3;
+
+/// The Go runtime's state in one process (`GO_RUNTIME`, keyed by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoRuntimeState {
+    /// Start of the stop-the-world in progress; 0: none.
+    pub stw_ts_ns: u64,
+    /// Start of the GC cycle in progress; 0: none.
+    pub cycle_ts_ns: u64,
+    /// Thread that entered `stopTheWorld` (a non-GC stop) and has not yet
+    /// stopped the world; 0: none.
+    pub other_tid: u32,
+    /// The stop in progress is not the collector's.
+    pub stw_other: u32,
+    /// Mark termination ran: the stop in progress ends the cycle.
+    pub cycle_ending: u32,
+    /// `gcStart` reset the mark state before stopping the world (Go
+    /// 1.17–1.19 do it first): the next GC stop begins the cycle.
+    pub cycle_pending: u32,
+}
+const _: () = assert!(core::mem::size_of::<GoRuntimeState>() == 32);
 
 /// Start of an event paired by kernel object (a socket, a block request):
 /// the task that started it, since the end runs in another context.
@@ -358,3 +430,9 @@ unsafe impl aya::Pod for Thresholds {}
 unsafe impl aya::Pod for SloCounts {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for KernelOffsets {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for GoKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for GoFrames {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for GoRuntimeState {}

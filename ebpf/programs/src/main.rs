@@ -22,6 +22,8 @@ mod block;
 #[cfg(target_arch = "bpf")]
 mod common;
 #[cfg(target_arch = "bpf")]
+mod golang;
+#[cfg(target_arch = "bpf")]
 mod runqueue;
 #[cfg(target_arch = "bpf")]
 mod syscalls;

@@ -406,6 +406,7 @@ mod tests {
                 name: name.into(),
                 kind: ProbeKind::Syscalls,
                 uprobe: None,
+                go_runtime: None,
                 filter: None,
                 max_series: 64,
                 export: ExportSpec {

@@ -502,7 +502,13 @@ impl Reports {
                 }
                 entry.version += 1;
                 for (series, h) in increments.get(&p.id).into_iter().flatten() {
-                    if entry.def.series.is_empty() || entry.def.series.iter().any(|s| s == series) {
+                    if entry.def.series.is_empty()
+                        || entry
+                            .def
+                            .series
+                            .iter()
+                            .any(|s| core_slo::series_covers(s, series))
+                    {
                         entry.latency.add(now_ms, h);
                     }
                 }

@@ -135,9 +135,7 @@ pub fn agent_objects(
     if !settings.uprobes.enabled {
         // Their ProbeSets say why (`UprobesNotEnabled`); the agents could
         // not attach them.
-        config
-            .probes
-            .retain(|p| p.spec.kind != ringwarden_crds::ProbeKind::Uprobe);
+        config.probes.retain(|p| !p.spec.kind.uses_uprobes());
     }
     let selectors: Vec<&Labels> = assessed
         .iter()
@@ -709,13 +707,18 @@ mod tests {
 
     #[test]
     fn uprobe_probes_reach_the_agents_only_when_uprobes_are_enabled() {
-        use ringwarden_crds::{ProbeKind, ProbeSet, ProbeSetSpec, ProbeSpec, UprobeTarget};
+        use ringwarden_crds::{
+            GoRuntimeTarget, ProbeKind, ProbeSet, ProbeSetSpec, ProbeSpec, UprobeTarget,
+        };
         let probe = |name: &str, kind: ProbeKind| ProbeSpec {
             name: name.into(),
             kind,
             uprobe: (kind == ProbeKind::Uprobe).then(|| UprobeTarget {
                 binary: "/usr/bin/app".into(),
                 symbol: "handler".into(),
+            }),
+            go_runtime: (kind == ProbeKind::GoRuntime).then(|| GoRuntimeTarget {
+                binary: "/usr/bin/app".into(),
             }),
             filter: None,
             max_series: 64,
@@ -732,6 +735,7 @@ mod tests {
                 probes: vec![
                     probe("sys", ProbeKind::Syscalls),
                     probe("fn", ProbeKind::Uprobe),
+                    probe("gc", ProbeKind::GoRuntime),
                 ],
                 ring_buffer: Default::default(),
                 max_drop_rate: 0.01,
@@ -757,6 +761,6 @@ mod tests {
         assert_eq!(names(&AgentSettings::default()), ["sys"]);
         let mut settings = AgentSettings::default();
         settings.uprobes.enabled = true;
-        assert_eq!(names(&settings), ["fn", "sys"]);
+        assert_eq!(names(&settings), ["fn", "gc", "sys"]);
     }
 }

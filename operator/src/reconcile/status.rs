@@ -326,7 +326,7 @@ pub fn uprobes_not_enabled(
         .spec
         .probes
         .iter()
-        .filter(|p| p.kind == ringwarden_crds::ProbeKind::Uprobe)
+        .filter(|p| p.kind.uses_uprobes())
         .map(|p| p.name.as_str())
         .collect();
     // An invalid spec runs nothing, and says so already. A mark passed
@@ -338,7 +338,7 @@ pub fn uprobes_not_enabled(
         return;
     }
     let base = format!(
-        "probe{} {} (kind uprobe) not run: uprobes are not enabled in this cluster. The kernel \
+        "probe{} {} (kind uprobe or goRuntime) not run: uprobes are not enabled in this cluster. The kernel \
          attaches uprobes only for CAP_SYS_ADMIN (Linux 6.16 and stable kernels since July \
          2025), which the agents get only with the Helm value agent.uprobes.enabled=true; the \
          other probes run",
@@ -482,6 +482,7 @@ mod tests {
                     name: "sys".into(),
                     kind: ProbeKind::Syscalls,
                     uprobe: None,
+                    go_runtime: None,
                     filter: None,
                     max_series: 64,
                     export: ExportSpec {
@@ -718,7 +719,7 @@ mod tests {
         );
         assert!(
             d.message
-                .starts_with("probe checkout (kind uprobe) not run")
+                .starts_with("probe checkout (kind uprobe or goRuntime) not run")
                 && d.message.contains("CAP_SYS_ADMIN")
                 && d.message.contains("agent.uprobes.enabled=true"),
             "{}",
