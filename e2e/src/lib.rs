@@ -11,6 +11,8 @@ use std::{
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+pub mod go;
+
 /// What `syscall-load` did, measured by itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadReport {

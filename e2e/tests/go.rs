@@ -9,20 +9,19 @@
 //! its own timing of every call, and `runtime/metrics`.
 
 use std::{
-    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    process::{ChildStdout, Command, Stdio},
     sync::OnceLock,
 };
 
 use ringwarden_core::histogram::MAX_RELATIVE_ERROR;
 use ringwarden_crds::ProbeKind;
-use ringwarden_e2e::{exact_percentile, load_probe, require_bpf_privileges, wait_until};
+use ringwarden_e2e::{
+    exact_percentile,
+    go::{self, GoChild},
+    load_probe, require_bpf_privileges, wait_until,
+};
 use ringwarden_node_agent::probes::{Probe, ProbeConfig, Snapshot, process_alive};
 use serde_json::Value;
-
-/// Debian's Go 1.19.
-const GO: &str = "/usr/lib/go-1.19/bin/go";
 
 /// The tests of this file run one at a time: they time calls against the
 /// program's own clock, which waits for a CPU whenever another test runs.
@@ -35,82 +34,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// The traced program, built once per test binary: (with symbols, stripped).
 fn binaries() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        assert!(
-            Path::new(GO).exists(),
-            "{GO} is missing: the Go tests build their target with Debian's golang-1.19-go; \
-             run `sudo make deps`"
-        );
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-target");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/go/target/main.go"),
-            dir.join("main.go"),
-        )
-        .unwrap();
-        std::fs::write(dir.join("go.mod"), "module gotarget\n\ngo 1.19\n").unwrap();
-        let build = |out: &str, ldflags: &str| {
-            let o = Command::new(GO)
-                .args(["build", "-trimpath", "-ldflags", ldflags, "-o", out, "."])
-                .current_dir(&dir)
-                .env("GOCACHE", dir.join("cache"))
-                .env("GOPATH", dir.join("gopath"))
-                .env("HOME", &dir)
-                .env("GOTOOLCHAIN", "local")
-                .env("GOFLAGS", "-mod=mod")
-                .env("CGO_ENABLED", "0")
-                .output()
-                .unwrap_or_else(|e| panic!("run {GO}: {e}"));
-            assert!(
-                o.status.success(),
-                "go build failed:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            dir.join(out)
-        };
-        (build("gotarget", ""), build("gotarget-stripped", "-s -w"))
-    })
-}
-
-/// The Go program, started and waiting for `go` on stdin.
-struct GoChild {
-    child: std::process::Child,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl GoChild {
-    fn spawn(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(bin)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        Self { child, stdout }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Runs the workload; returns its report once the program exited
-    /// normally.
-    fn run(mut self) -> Value {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "the Go program failed: {status}");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("report {line:?}: {e}"))
-    }
+    BUILT
+        .get_or_init(|| go::build_target(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-target")))
 }
 
 /// A uprobe probe on `function` of `bin`, observing only `pid`.
@@ -385,4 +310,83 @@ fn go_probes_refuse_what_they_cannot_time_with_the_reason() {
     assert!(e.contains("main.work") && e.contains("go tool nm"), "{e}");
     let e = load(ProbeKind::GoRuntime, "/bin/true", "");
     assert!(e.contains("not built by Go"), "{e}");
+}
+
+#[test]
+fn slos_point_at_a_go_function_and_at_gc_pauses_in_the_standalone_agent() {
+    require_bpf_privileges();
+    let _serial = serial();
+    let bin = binaries().0.display().to_string();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-slo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("go.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: ringwarden.dev/v1alpha1
+kind: ProbeSet
+metadata: {{name: web, namespace: default}}
+spec:
+  probes:
+    - name: handle
+      kind: uprobe
+      uprobe: {{binary: {bin}, symbol: "main.(*Server).handle"}}
+    - name: gc
+      kind: goRuntime
+      goRuntime: {{binary: {bin}}}
+---
+apiVersion: ringwarden.dev/v1alpha1
+kind: SLO
+metadata: {{name: handle-fast, namespace: default}}
+spec:
+  probeSet: web
+  probe: handle
+  series: ["main.(*Server).handle"]
+  indicator: {{latency: {{threshold: 1s}}}}
+  target: 99
+  window: 1h
+---
+apiVersion: ringwarden.dev/v1alpha1
+kind: SLO
+metadata: {{name: gc-short, namespace: default}}
+spec:
+  probeSet: web
+  probe: gc
+  series: [gc-pause]
+  indicator: {{latency: {{threshold: 1s}}}}
+  target: 99
+  window: 1h
+"#
+        ),
+    )
+    .unwrap();
+    let mut agent = ringwarden_e2e::StandaloneAgent::start(&[], &manifest, "6s", &[]);
+    agent.wait_loaded(2);
+    let calls = GoChild::spawn(&binaries().0, &["calls", "2", "10"], &[]);
+    let gc = GoChild::spawn(&binaries().0, &["gc", "5", "0"], &[("GOGC", "off")]);
+    let gc_pid = gc.pid();
+    calls.run();
+    gc.run();
+    let (reports, log) = agent.finish();
+    let last = reports.last().unwrap();
+    assert!(ringwarden_e2e::failures(last).is_empty(), "{log}");
+    let slo = |name: &str| {
+        last["slos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["slo"].as_str().is_some_and(|n| n.ends_with(name)))
+            .unwrap_or_else(|| panic!("no SLO {name}: {last}"))
+            .clone()
+    };
+    let handle = slo("handle-fast");
+    assert_eq!(handle["total"], 1000, "{handle}");
+    assert_eq!(handle["good"], 1000, "{handle}");
+    assert!(handle["observed_latency_ns"].as_u64().is_some(), "{handle}");
+    // Two pauses per forced cycle, from the series kept per process.
+    let pauses = slo("gc-short");
+    assert_eq!(pauses["total"], 10, "{pauses}");
+    assert!(pauses["observed_latency_ns"].as_u64().is_some(), "{pauses}");
+    let text = last.to_string();
+    assert!(text.contains(&format!("gc-pause (pid {gc_pid})")), "{text}");
 }

@@ -115,6 +115,26 @@ func blockOn(ch chan int) int {
 	return <-ch
 }
 
+// add is the benchmark's traced function: a leaf, so the probes' cost is
+// all there is to measure.
+//
+//go:noinline
+func add(a, b int) int {
+	return a + b
+}
+
+// bench calls add n times and reports the mean time per call.
+func bench(n int) report {
+	start := time.Now()
+	var s int
+	for i := 0; i < n; i++ {
+		s = add(s, i)
+	}
+	elapsed := time.Since(start)
+	sink += int64(s)
+	return report{"calls": n, "ns_per_call": float64(elapsed.Nanoseconds()) / float64(n)}
+}
+
 type report map[string]any
 
 func calls(goroutines, perGoroutine int) report {
@@ -270,7 +290,7 @@ func counts(h *metrics.Float64Histogram) []uint64 {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: gotarget calls G N | hostile ROUNDS | gc CYCLES MEMSTATS")
+		fmt.Fprintln(os.Stderr, "usage: gotarget calls G N | hostile ROUNDS | gc CYCLES MEMSTATS | bench N")
 		os.Exit(2)
 	}
 	arg := func(i int) int {
@@ -293,6 +313,8 @@ func main() {
 		out = hostile(arg(2))
 	case "gc":
 		out = gc(arg(2), arg(3))
+	case "bench":
+		out = bench(arg(2))
 	default:
 		os.Exit(2)
 	}
