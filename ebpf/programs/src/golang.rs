@@ -84,17 +84,17 @@ pub fn rw_go_entry(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: reads the monotonic clock, no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let frames = match GO_START.get_ptr_mut(&key) {
+    let frames = match GO_START.get_ptr_mut(key) {
         Some(f) => f,
         None => {
             if GO_START
-                .insert(&key, &GoFrames::default(), BPF_NOEXIST.into())
+                .insert(key, GoFrames::default(), BPF_NOEXIST.into())
                 .is_err()
             {
                 start_map_full(c);
                 return 0;
             }
-            match GO_START.get_ptr_mut(&key) {
+            match GO_START.get_ptr_mut(key) {
                 Some(f) => f,
                 None => return 0,
             }
@@ -133,13 +133,8 @@ pub fn rw_go_return(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let frames = match goroutine_frame(&ctx, tgid) {
-        Some((key, depth)) => match GO_START.get_ptr_mut(&key) {
-            Some(f) => Some((key, depth, f)),
-            None => None,
-        },
-        None => None,
-    };
+    let frames = goroutine_frame(&ctx, tgid)
+        .and_then(|(key, depth)| GO_START.get_ptr_mut(key).map(|f| (key, depth, f)));
     let Some((key, depth, frames)) = frames else {
         if wanted_current(tgid) {
             pairing_lost(c);
@@ -166,7 +161,7 @@ pub fn rw_go_return(ctx: ProbeContext) -> u32 {
         }
     }
     if live == 0 {
-        let _ = GO_START.remove(&key);
+        let _ = GO_START.remove(key);
     }
     // Frames are stored only for wanted processes, and the key names the
     // process: no filter check needed here.
@@ -196,17 +191,17 @@ pub fn rw_go_return(ctx: ProbeContext) -> u32 {
 /// when the map is full.
 #[inline(always)]
 fn runtime_state(c: *mut ProbeCounters, tgid: u32) -> Option<*mut GoRuntimeState> {
-    if let Some(s) = GO_RUNTIME.get_ptr_mut(&tgid) {
+    if let Some(s) = GO_RUNTIME.get_ptr_mut(tgid) {
         return Some(s);
     }
     if GO_RUNTIME
-        .insert(&tgid, &GoRuntimeState::default(), BPF_NOEXIST.into())
+        .insert(tgid, GoRuntimeState::default(), BPF_NOEXIST.into())
         .is_err()
     {
         start_map_full(c);
         return None;
     }
-    GO_RUNTIME.get_ptr_mut(&tgid)
+    GO_RUNTIME.get_ptr_mut(tgid)
 }
 
 /// The series of a runtime event of process `tgid`.
@@ -345,7 +340,7 @@ pub fn rw_go_stw_end(_ctx: ProbeContext) -> u32 {
     let Some(c) = counters() else {
         return 0;
     };
-    let Some(s) = GO_RUNTIME.get_ptr_mut(&tgid) else {
+    let Some(s) = GO_RUNTIME.get_ptr_mut(tgid) else {
         if wanted_current(tgid) {
             pairing_lost(c);
         }
