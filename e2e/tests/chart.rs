@@ -571,7 +571,15 @@ type Grant = (&'static str, String, String, String, String);
 ///   DaemonSet in its own namespace;
 /// - lease.rs: `get_opt`, `create` and `replace` (update) of the Lease; a
 ///   create carries its name only in the body, so RBAC cannot narrow it.
-fn expected_grants(ds: &str, owner: Option<&str>, lease: Option<&str>) -> BTreeSet<Grant> {
+///
+/// - ingest/pki.rs: `get_opt`, `create` and `replace` of its own TLS Secret,
+///   when it keeps its own CA (not with --tls-cert-file or plaintext).
+fn expected_grants(
+    ds: &str,
+    owner: Option<&str>,
+    lease: Option<&str>,
+    tls_secret: Option<&str>,
+) -> BTreeSet<Grant> {
     let mut rows: Vec<(&'static str, &str, &str, &str, &str)> = vec![
         ("ClusterRole", "ringwarden.dev", "probesets", "*", "list"),
         ("ClusterRole", "ringwarden.dev", "probesets", "*", "watch"),
@@ -608,6 +616,13 @@ fn expected_grants(ds: &str, owner: Option<&str>, lease: Option<&str>) -> BTreeS
     if let Some(owner) = owner {
         // wiring.rs: the owner Deployment, read once at start.
         rows.push(("Role", "apps", "deployments", owner, "get"));
+    }
+    if let Some(secret) = tls_secret {
+        rows.extend([
+            ("Role", "", "secrets", secret, "get"),
+            ("Role", "", "secrets", secret, "update"),
+            ("Role", "", "secrets", "*", "create"),
+        ]);
     }
     if let Some(lease) = lease {
         rows.extend([
@@ -689,10 +704,13 @@ fn rbac_grants_the_operator_exactly_the_calls_its_code_makes() {
             operator_deployment(&objects)["metadata"]["name"].as_str(),
             "the operator owns the agent objects through its own Deployment"
         );
+        let keeps_own_ca =
+            args.tls_cert_file.is_none() && !args.insecure_plaintext_for_local_development;
         let want = expected_grants(
             &agent.name,
             owner,
             args.leader_elect.then_some(args.lease_name.as_str()),
+            keeps_own_ca.then_some(args.tls_secret.as_str()),
         );
         let have = granted(&objects, account);
         assert!(
@@ -1319,8 +1337,9 @@ fn agents_are_told_the_address_of_the_charts_service() {
             .iter()
             .find(|p| p["name"] == "grpc")
             .expect("the Service has a grpc port");
+        // TLS unless the values say loudly otherwise.
         let expected = format!(
-            "http://{}.{NAMESPACE}.svc:{}",
+            "https://{}.{NAMESPACE}.svc:{}",
             service["metadata"]["name"].as_str().unwrap(),
             port["port"]
         );
@@ -1373,4 +1392,107 @@ fn the_agent_accepts_the_daemonset_the_operator_renders() {
         assert!(node.token_file.is_some(), "{argv:?}");
         assert_eq!(node.node_name, "node-a");
     }
+}
+
+/// The default install is TLS with the operator's own CA and NetworkPolicies
+/// that let only agents reach the agent port; the agent pods the operator
+/// renders carry exactly the labels the policy admits.
+#[test]
+fn the_default_install_speaks_tls_and_admits_only_agents_to_the_agent_port() {
+    let objects = render_objects(&None, &[]);
+    let args = operator_args(&objects);
+    assert!(!args.insecure_plaintext_for_local_development);
+    assert!(
+        args.tls_cert_file.is_none(),
+        "the operator keeps its own CA"
+    );
+    let config = operator_config(&objects);
+    let ds = ringwarden_operator::render::daemon_set(&[], &config.agent, NAMESPACE).unwrap();
+    let env = &ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let var = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert!(
+        var("RINGWARDEN_OPERATOR_ADDR").is_some_and(|a| a.starts_with("https://")),
+        "{env:?}"
+    );
+    assert!(var("RINGWARDEN_OPERATOR_CA").is_some(), "{env:?}");
+    let pod_labels = ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let policies = of_kind(&objects, "NetworkPolicy");
+    assert_eq!(policies.len(), 2, "operator and agents");
+    let operator_policy = named(&objects, "NetworkPolicy", &args.service_name);
+    let agent_peer = &operator_policy["spec"]["ingress"][0];
+    let admitted = agent_peer["from"][0]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    for (k, v) in admitted {
+        assert_eq!(
+            pod_labels.get(k).map(String::as_str),
+            v.as_str(),
+            "agent pods must carry {k}={v}"
+        );
+    }
+    let port = |o: &Value| o["ports"][0]["port"].as_u64().unwrap();
+    let service = one(&objects, "Service");
+    let grpc = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .unwrap();
+    assert_eq!(port(agent_peer), grpc["port"].as_u64().unwrap());
+}
+
+/// cert-manager issues the certificate instead: the operator reads the
+/// mounted Secret and needs no rights on Secrets; plaintext is only ever
+/// the loudly named flag, on both sides.
+#[test]
+fn cert_manager_and_plaintext_are_explicit_choices() {
+    let objects = render_objects(&None, &["tls.source=certManager"]);
+    let args = operator_args(&objects);
+    assert!(args.tls_cert_file.is_some() && args.tls_ca_file.is_some());
+    let certificate = named(&objects, "Certificate", &args.service_name);
+    let names = strings(&certificate["spec"]["dnsNames"]);
+    assert!(
+        names.contains(&format!("{}.{NAMESPACE}.svc", args.service_name)),
+        "{names:?}"
+    );
+    assert!(
+        !serde_json::to_string(&objects)
+            .unwrap()
+            .contains("\"secrets\""),
+        "no Secret rights with cert-manager"
+    );
+
+    let objects = render_objects(&None, &["tls.insecurePlaintextForLocalDevelopment=true"]);
+    let args = operator_args(&objects);
+    assert!(args.insecure_plaintext_for_local_development);
+    let config = operator_config(&objects);
+    assert!(
+        ringwarden_operator::render::operator_address(&config.agent, NAMESPACE)
+            .starts_with("http://")
+    );
 }

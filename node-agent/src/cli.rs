@@ -92,10 +92,23 @@ pub struct NodeArgs {
     pub pod_cgroup_root: Option<PathBuf>,
 
     /// The operator's agent service, like
-    /// `http://ringwarden-operator.ringwarden-system.svc:9440`: report there
+    /// `https://ringwarden-operator.ringwarden-system.svc:9440`: report there
     /// and run the configuration it pushes. Unset: the file alone.
     #[arg(long, env = "RINGWARDEN_OPERATOR_ADDR", value_parser = parse_operator_addr)]
     pub operator_addr: Option<String>,
+
+    /// The CA (PEM) the operator's certificate must chain to; no other is
+    /// trusted. The chart mounts it from the ConfigMap
+    /// `ringwarden-operator-ca`. Read again on every connect, so a rotated
+    /// CA needs no restart.
+    #[arg(long, env = "RINGWARDEN_OPERATOR_CA")]
+    pub operator_ca: Option<PathBuf>,
+
+    /// Speak plaintext to an `http://` operator address: reports and the
+    /// configuration the agent runs cross the network readable and
+    /// forgeable. For a development cluster on one machine only.
+    #[arg(long, env = "RINGWARDEN_INSECURE_PLAINTEXT_FOR_LOCAL_DEVELOPMENT")]
+    pub insecure_plaintext_for_local_development: bool,
 
     /// The projected service-account token sent to the operator (audience
     /// `ringwarden`); read again on every connect, as the kubelet rotates it.
@@ -114,7 +127,7 @@ fn parse_operator_addr(s: &str) -> Result<String, String> {
         Ok(s.to_owned())
     } else {
         Err(format!(
-            "{s:?} is not a URL; write it like http://ringwarden-operator.ringwarden-system.svc:9440"
+            "{s:?} is not a URL; write it like https://ringwarden-operator.ringwarden-system.svc:9440"
         ))
     }
 }

@@ -63,6 +63,8 @@ pub enum NodeError {
     Signals(std::io::Error),
     #[error("{0}")]
     Kernel(#[from] ProbeError),
+    #[error("{0}")]
+    Operator(String),
 }
 
 /// Parses an agent configuration (YAML, of which JSON is a subset).
@@ -226,10 +228,20 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
         None => (None, None),
         Some(address) => {
             let m = UplinkMetrics::new(&registry).expect("uplink metrics register once");
-            let settings = uplink::Settings {
-                address: address.clone(),
-                token_file: args.token_file.clone(),
+            let settings = match uplink::Settings::new(
+                address.clone(),
+                args.token_file.clone(),
+                args.operator_ca.clone(),
+                args.insecure_plaintext_for_local_development,
+            ) {
+                Ok(s) => s,
+                Err(e) => return Err(NodeError::Operator(e)),
             };
+            if settings.ca_file.is_none() {
+                tracing::warn!(operator = %address, "reporting WITHOUT TLS \
+                    (--insecure-plaintext-for-local-development): reports and pushed \
+                    configuration cross the network readable and forgeable");
+            }
             tracing::info!(operator = %address, %boot_id, "reporting to the operator");
             let (u, configs) = Uplink::spawn(
                 settings,

@@ -27,11 +27,63 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The agent service, like `http://ringwarden-operator.ringwarden-system.svc:9440`.
+    /// The agent service, like `https://ringwarden-operator.ringwarden-system.svc:9440`.
     pub address: String,
     /// The projected service-account token, read again on every connect
     /// because the kubelet rotates it; none sends no credentials.
     pub token_file: Option<PathBuf>,
+    /// The CA the operator's certificate must chain to (pinned: no other is
+    /// trusted), read again on every connect; `None` only for an `http://`
+    /// address under `--insecure-plaintext-for-local-development`.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Checks that the agent will speak TLS, or was told loudly not to.
+    pub fn new(
+        address: String,
+        token_file: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
+        insecure_plaintext: bool,
+    ) -> Result<Self, String> {
+        if address.starts_with("https://") {
+            if ca_file.is_none() {
+                return Err(format!(
+                    "--operator-addr {address} needs --operator-ca: the CA the operator's \
+                     certificate must chain to (the chart mounts it from the ConfigMap \
+                     ringwarden-operator-ca)"
+                ));
+            }
+            return Ok(Self {
+                address,
+                token_file,
+                ca_file,
+            });
+        }
+        if !insecure_plaintext {
+            return Err(format!(
+                "refusing to report to {address} in plaintext: use an https:// address with \
+                 --operator-ca, or pass --insecure-plaintext-for-local-development on a \
+                 development machine"
+            ));
+        }
+        Ok(Self {
+            address,
+            token_file,
+            ca_file: None,
+        })
+    }
+}
+
+/// The host of a URL, which the operator's certificate must name.
+fn url_host(address: &str) -> Option<String> {
+    let rest = address.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// The uplink's own figures, in the agent's `/metrics`.
@@ -239,7 +291,7 @@ impl Task {
                 }
             },
         };
-        let endpoint = match Endpoint::from_shared(self.settings.address.clone()) {
+        let mut endpoint = match Endpoint::from_shared(self.settings.address.clone()) {
             Ok(e) => e
                 .connect_timeout(CONNECT_TIMEOUT)
                 .http2_keep_alive_interval(Duration::from_secs(30))
@@ -251,6 +303,32 @@ impl Task {
                 )));
             }
         };
+        if let Some(ca_file) = &self.settings.ca_file {
+            let ca = match std::fs::read_to_string(ca_file) {
+                Ok(ca) => ca,
+                Err(e) => {
+                    return Ended::Lost(Status::unavailable(format!(
+                        "cannot read the operator's CA {}: {e}",
+                        ca_file.display()
+                    )));
+                }
+            };
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            if let Some(host) = url_host(&self.settings.address) {
+                tls = tls.domain_name(host);
+            }
+            endpoint = match endpoint.tls_config(tls) {
+                Ok(e) => e,
+                Err(e) => {
+                    return Ended::Lost(Status::invalid_argument(format!(
+                        "TLS settings for {}: {}",
+                        self.settings.address,
+                        error_chain(&e)
+                    )));
+                }
+            };
+        }
         // A new connection every time, so the Service can route this agent
         // to another replica (docs/protocol.md, "Connecting").
         let channel = match endpoint.connect().await {
@@ -395,6 +473,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_agent_speaks_tls_with_a_pinned_ca_or_plaintext_only_when_told_loudly() {
+        let ca = Some(PathBuf::from("/etc/ringwarden/operator-ca/ca.crt"));
+        let https = "https://ringwarden-operator.ringwarden-system.svc:9440".to_string();
+        let http = "http://ringwarden-operator.ringwarden-system.svc:9440".to_string();
+        assert!(Settings::new(https.clone(), None, ca.clone(), false).is_ok());
+        let e = Settings::new(https, None, None, false).unwrap_err();
+        assert!(e.contains("needs --operator-ca"), "{e}");
+        let e = Settings::new(http.clone(), None, None, false).unwrap_err();
+        assert!(
+            e.contains("refusing") && e.contains("--insecure-plaintext-for-local-development"),
+            "{e}"
+        );
+        let plain = Settings::new(http, None, ca, true).unwrap();
+        assert_eq!(plain.ca_file, None);
+    }
+
+    #[test]
+    fn the_certificate_must_name_the_host_of_the_address() {
+        assert_eq!(
+            url_host("https://ringwarden-operator.ns.svc:9440").as_deref(),
+            Some("ringwarden-operator.ns.svc")
+        );
+        assert_eq!(
+            url_host("https://localhost:1/x").as_deref(),
+            Some("localhost")
+        );
+        assert_eq!(url_host("https://[::1]:9440").as_deref(), Some("::1"));
+        assert_eq!(url_host("https://host").as_deref(), Some("host"));
+        assert_eq!(url_host("nonsense"), None);
+    }
+
+    #[test]
     fn kernels_from_5_8_have_ring_buffers() {
         assert!(ringbuf_supported("6.1.0-13-amd64"));
         assert!(ringbuf_supported("5.8.0"));
@@ -416,6 +526,7 @@ mod tests {
             settings: Settings {
                 address: String::new(),
                 token_file: None,
+                ca_file: None,
             },
             hello: v1::Hello::default(),
             version,

@@ -85,6 +85,9 @@ impl AgentProcess {
             .arg(dir.join("config.yaml"))
             .arg("--token-file")
             .arg(dir.join("token"))
+            // Pinned: the loopback operator's own CA, and no other.
+            .arg("--operator-ca")
+            .arg(dir.join("ca.crt"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -247,6 +250,7 @@ async fn a_real_agent_and_simulated_ones_are_counted_exactly_through_operator_an
     // configuration, applied without a restart.
     std::fs::write(dir.join("config.yaml"), "probes: []\n").unwrap();
     std::fs::write(dir.join("token"), "agent:node-real\n").unwrap();
+    std::fs::write(dir.join("ca.crt"), LoopbackOperator::ca_pem()).unwrap();
 
     let op = LoopbackOperator::start(&stores, None).await;
     let url = op.url();

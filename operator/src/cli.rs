@@ -48,6 +48,60 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:9441", env = "RINGWARDEN_QUERY_ADDR")]
     pub query_addr: SocketAddr,
 
+    /// The Secret in `--namespace` where the operator keeps its own CA and
+    /// serving certificate for the agent and query ports, created on first
+    /// start and renewed 30 days before expiry. Unused with
+    /// --tls-cert-file.
+    #[arg(
+        long,
+        default_value = "ringwarden-operator-tls",
+        env = "RINGWARDEN_TLS_SECRET"
+    )]
+    pub tls_secret: String,
+
+    /// Serve this PEM certificate (with --tls-key-file and --tls-ca-file)
+    /// instead of the operator's own: a mounted cert-manager Secret's
+    /// `tls.crt`. Read again when it changes.
+    #[arg(
+        long,
+        env = "RINGWARDEN_TLS_CERT_FILE",
+        requires_all = ["tls_key_file", "tls_ca_file"]
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The private key of --tls-cert-file (`tls.key`).
+    #[arg(long, env = "RINGWARDEN_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// The CA bundle agents pin to verify --tls-cert-file (`ca.crt`).
+    #[arg(long, env = "RINGWARDEN_TLS_CA_FILE", requires = "tls_cert_file")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// The ConfigMap in `--namespace` where the operator publishes the CA
+    /// certificate agents pin (key `ca.crt`); the agent DaemonSet mounts it.
+    #[arg(
+        long,
+        default_value = "ringwarden-operator-ca",
+        env = "RINGWARDEN_CA_CONFIGMAP"
+    )]
+    pub ca_configmap: String,
+
+    /// The operator's Service: its DNS names in `--namespace` are the names
+    /// the serving certificate is issued for.
+    #[arg(
+        long,
+        default_value = "ringwarden-operator",
+        env = "RINGWARDEN_SERVICE_NAME"
+    )]
+    pub service_name: String,
+
+    /// Serve the agent and query ports without TLS, and tell agents to
+    /// connect so: reports and pushed configuration cross the network
+    /// readable and forgeable. For a development cluster on one machine
+    /// only.
+    #[arg(long, env = "RINGWARDEN_INSECURE_PLAINTEXT_FOR_LOCAL_DEVELOPMENT")]
+    pub insecure_plaintext_for_local_development: bool,
+
     /// How often changed SLO state is saved (to a ConfigMap per SLO); an
     /// operator restart loses at most this much SLO history.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "RINGWARDEN_SNAPSHOT_INTERVAL")]

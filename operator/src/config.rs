@@ -62,13 +62,36 @@ pub struct AgentSettings {
     #[serde(skip)]
     pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     /// Where agents reach the operator's agent service, like
-    /// `http://ringwarden-operator.ringwarden-system.svc:9440`; by default
+    /// `https://ringwarden-operator.ringwarden-system.svc:9440`; by default
     /// the Service `ringwarden-operator` in the operator's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_address: Option<String>,
+    /// Set at start from the flags, not read from the file: how agents
+    /// verify the operator (the CA ConfigMap they pin), or that they speak
+    /// plaintext (`--insecure-plaintext-for-local-development`).
+    #[serde(skip)]
+    pub transport: AgentTransport,
     /// Whether `kind: uprobe` probes run (the chart's `agent.uprobes`).
     #[serde(default)]
     pub uprobes: UprobeSettings,
+}
+
+/// How agents reach the operator's agent service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentTransport {
+    /// TLS, trusting only the CA in this ConfigMap (key `ca.crt`), which
+    /// the DaemonSet mounts.
+    Tls { ca_configmap: String },
+    /// No TLS (`--insecure-plaintext-for-local-development`).
+    Plaintext,
+}
+
+impl Default for AgentTransport {
+    fn default() -> Self {
+        Self::Tls {
+            ca_configmap: "ringwarden-operator-ca".into(),
+        }
+    }
 }
 
 /// Uprobes are opt-in: the kernel attaches them only for CAP_SYS_ADMIN
@@ -97,6 +120,7 @@ impl Default for AgentSettings {
             priority_class_name: None,
             metrics_port: default_metrics_port(),
             operator_address: None,
+            transport: AgentTransport::default(),
             uprobes: UprobeSettings::default(),
             owner: None,
         }
@@ -221,7 +245,7 @@ impl OperatorConfig {
         {
             return Err(format!(
                 "agent.operatorAddress {address:?} is not a URL; write it like \
-                 http://ringwarden-operator.ringwarden-system.svc:9440"
+                 https://ringwarden-operator.ringwarden-system.svc:9440"
             ));
         }
         if a.metrics_port == 0 {

@@ -18,7 +18,11 @@ use tonic::transport::{Channel, Endpoint};
 ///   kubectl -n ringwarden-system port-forward deploy/ringwarden-operator 9441
 ///
 /// (only the leading replica has figures; if told otherwise, forward to
-/// the pod named in `kubectl -n ringwarden-system get lease`).
+/// the pod named in `kubectl -n ringwarden-system get lease`), and fetch
+/// the CA the operator's certificate is checked against:
+///
+///   kubectl -n ringwarden-system get configmap ringwarden-operator-ca \
+///     -o jsonpath='{.data.ca\.crt}' > ringwarden-ca.crt
 #[derive(Debug, Parser)]
 #[command(name = "ringwarden", version)]
 pub struct Args {
@@ -26,10 +30,30 @@ pub struct Args {
     #[arg(
         long,
         global = true,
-        default_value = "http://127.0.0.1:9441",
+        default_value = "https://127.0.0.1:9441",
         env = "RINGWARDEN_SERVER"
     )]
     pub server: String,
+
+    /// The CA the operator's certificate must chain to (the ConfigMap
+    /// `ringwarden-operator-ca`'s `ca.crt`); no other is trusted.
+    #[arg(
+        long,
+        global = true,
+        default_value = "ringwarden-ca.crt",
+        env = "RINGWARDEN_CA_FILE"
+    )]
+    pub ca_file: std::path::PathBuf,
+
+    /// The name the operator's certificate must carry: its Service's DNS
+    /// name, whatever address the port-forward gives.
+    #[arg(
+        long,
+        global = true,
+        default_value = "ringwarden-operator.ringwarden-system.svc",
+        env = "RINGWARDEN_TLS_SERVER_NAME"
+    )]
+    pub tls_server_name: String,
 
     /// Only this namespace (default: all).
     #[arg(long, short = 'n', global = true, env = "RINGWARDEN_QUERY_NAMESPACE")]
@@ -76,10 +100,28 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-async fn connect(server: &str) -> Result<QueryServiceClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(server.to_owned())
-        .map_err(|e| format!("{server:?} is not a URL like http://127.0.0.1:9441: {e}"))?
+async fn connect(args: &Args) -> Result<QueryServiceClient<Channel>, String> {
+    let server = args.server.as_str();
+    let mut endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(|e| format!("{server:?} is not a URL like https://127.0.0.1:9441: {e}"))?
         .connect_timeout(Duration::from_secs(5));
+    if server.starts_with("https://") {
+        let ca = std::fs::read_to_string(&args.ca_file).map_err(|e| {
+            format!(
+                "cannot read the operator's CA {} ({e}); fetch it with `kubectl -n \
+                 ringwarden-system get configmap ringwarden-operator-ca -o \
+                 jsonpath='{{.data.ca\\.crt}}' > ringwarden-ca.crt`, or pass --ca-file",
+                args.ca_file.display()
+            )
+        })?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                    .domain_name(args.tls_server_name.clone()),
+            )
+            .map_err(|e| format!("TLS settings: {e}"))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         // tonic's top-level message is only "transport error".
         let mut why = e.to_string();
@@ -97,7 +139,7 @@ async fn connect(server: &str) -> Result<QueryServiceClient<Channel>, String> {
 }
 
 async fn query(args: &Args) -> Result<(), String> {
-    let mut client = connect(&args.server).await?;
+    let mut client = connect(args).await?;
     let request = |interval: Duration| StatusRequest {
         namespace: args.namespace.clone().unwrap_or_default(),
         interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),

@@ -30,6 +30,7 @@ use crate::{
     controller::Stores,
     grpc::{self, AgentApi, StreamSettings},
     hub::Hub,
+    ingest::tls,
     metrics::Metrics,
     render,
     reports::Persisted,
@@ -179,7 +180,11 @@ impl LoopbackOperator {
         let auth = Authenticator::new(FakeReview, "ringwarden", NAMESPACE, AGENT_ACCOUNT);
         let api = AgentApi::new(Arc::clone(&hub), auth, StreamSettings::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(grpc::serve_agents(listener, api, async {
+        let (_, serving) = test_pki();
+        let store = tls::CertStore::new(serving).expect("the test certificate loads");
+        let transport =
+            grpc::Transport::Tls(tls::server_config(store).expect("a TLS server configuration"));
+        let task = tokio::spawn(grpc::serve_agents(listener, api, transport, async {
             let _ = stopped.await;
         }));
         Self {
@@ -191,14 +196,26 @@ impl LoopbackOperator {
         }
     }
 
-    /// The agent service's URL.
+    /// The agent service's URL (TLS; the certificate names `localhost`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://localhost:{}", self.addr.port())
     }
 
+    /// The CA every loopback operator's certificate chains to (PEM).
+    pub fn ca_pem() -> String {
+        test_pki().0.cert.clone()
+    }
+
+    /// A channel that trusts only [`LoopbackOperator::ca_pem`], as agents do.
     pub async fn channel(&self) -> Channel {
         Endpoint::from_shared(self.url())
             .expect("a loopback URL")
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(Self::ca_pem()))
+                    .domain_name("localhost"),
+            )
+            .expect("TLS settings")
             .connect()
             .await
             .expect("the loopback operator accepts connections")
@@ -268,4 +285,18 @@ impl LoopbackOperator {
                 .expect("the server ends cleanly");
         }
     }
+}
+
+/// One CA and one `localhost` certificate for every loopback operator of
+/// a test process: (CA, serving).
+fn test_pki() -> &'static (tls::Pem, tls::Pem) {
+    static PKI: std::sync::OnceLock<(tls::Pem, tls::Pem)> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let now = SystemTime::now();
+        let ca = tls::new_ca(now).expect("a test CA");
+        let serving = tls::issue(&ca.key, &["localhost".to_string()], now)
+            .expect("a test certificate")
+            .pem;
+        (ca, serving)
+    })
 }

@@ -35,9 +35,9 @@ use crate::{
     agent,
     auth::{Authenticator, TokenReviewer},
     cli::Args,
-    config::{ConfigError, OperatorConfig},
+    config::{AgentTransport, ConfigError, OperatorConfig},
     controller::{Context, Stores, error_policy, reconcile},
-    grpc::{self, AgentApi, QueryApi, StreamSettings},
+    grpc::{self, AgentApi, QueryApi, StreamSettings, Transport},
     lease::{Elector, Leadership, LeaseSettings},
     metrics::{self, Metrics},
     publish::{self, Publisher},
@@ -65,6 +65,8 @@ pub enum RunError {
     Signals(std::io::Error),
     #[error("--owner-deployment: {0}; check the name, or grant `get` on it")]
     Owner(String),
+    #[error("TLS for the agent and query ports: {0}")]
+    Tls(#[from] crate::ingest::tls::TlsError),
 }
 
 /// The sockets the operator serves on.
@@ -110,6 +112,7 @@ pub async fn operate(args: Args) -> Result<(), RunError> {
         config.agent.owner = Some(owner_reference(&client, &args.namespace, name).await?);
     }
     let listeners = Listeners::bind(&args).await?;
+    let transport = transport(&args, &mut config, &client).await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let signalled = async move {
@@ -118,8 +121,53 @@ pub async fn operate(args: Args) -> Result<(), RunError> {
             _ = sigint.recv() => {}
         }
     };
-    serve(&args, config, client, listeners, signalled).await;
+    serve(&args, config, client, listeners, transport, signalled).await;
     Ok(())
+}
+
+/// TLS for the agent and query ports from the flags, with the task that
+/// keeps the certificate current; or plaintext, loudly.
+async fn transport(
+    args: &Args,
+    config: &mut OperatorConfig,
+    client: &Client,
+) -> Result<Transport, RunError> {
+    use crate::ingest::{pki, tls};
+    if args.insecure_plaintext_for_local_development {
+        warn!(
+            "serving agents and queries WITHOUT TLS (--insecure-plaintext-for-local-development): \
+             reports and pushed configuration cross the network readable and forgeable"
+        );
+        config.agent.transport = AgentTransport::Plaintext;
+        return Ok(Transport::Plaintext);
+    }
+    let source = match (&args.tls_cert_file, &args.tls_key_file, &args.tls_ca_file) {
+        (Some(cert), Some(key), Some(ca)) => pki::Source::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        },
+        _ => pki::Source::Managed {
+            secret: args.tls_secret.clone(),
+            names: pki::service_names(&args.service_name, &args.namespace),
+        },
+    };
+    let first = pki::load(client, &args.namespace, &source).await?;
+    let store = tls::CertStore::new(&first.serving)?;
+    let server = tls::server_config(Arc::clone(&store))?;
+    config.agent.transport = AgentTransport::Tls {
+        ca_configmap: args.ca_configmap.clone(),
+    };
+    tokio::spawn(pki::keep(
+        client.clone(),
+        args.namespace.clone(),
+        source,
+        args.ca_configmap.clone(),
+        store,
+        first,
+        std::future::pending(),
+    ));
+    Ok(Transport::Tls(server))
 }
 
 /// Runs everything on `client`, serving on `listeners`, until `shutdown`
@@ -129,6 +177,7 @@ pub async fn serve(
     config: OperatorConfig,
     client: Client,
     listeners: Listeners,
+    transport: Transport,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let registry = Registry::new();
@@ -307,11 +356,12 @@ pub async fn serve(
         &args.namespace,
         &service_account,
     );
+    let query_transport = transport.clone();
     let agents = tokio::spawn({
         let api = AgentApi::new(Arc::clone(&ctx.hub), auth, StreamSettings::default());
         let stopped = stopped();
         async move {
-            if let Err(e) = grpc::serve_agents(listeners.agents, api, stopped).await {
+            if let Err(e) = grpc::serve_agents(listeners.agents, api, transport, stopped).await {
                 warn!(error = %e, "the agent service stopped");
             }
         }
@@ -320,7 +370,9 @@ pub async fn serve(
         let api = QueryApi::new(Arc::clone(&ctx.hub));
         let stopped = stopped();
         async move {
-            if let Err(e) = grpc::serve_queries(listeners.queries, api, stopped).await {
+            if let Err(e) =
+                grpc::serve_queries(listeners.queries, api, query_transport, stopped).await
+            {
                 warn!(error = %e, "the query service stopped");
             }
         }
@@ -639,7 +691,14 @@ mod tests {
         let client = Client::new(service, "default");
         tokio::time::timeout(
             Duration::from_secs(20),
-            serve(&args, OperatorConfig::default(), client, listeners, done),
+            serve(
+                &args,
+                OperatorConfig::default(),
+                client,
+                listeners,
+                Transport::Plaintext,
+                done,
+            ),
         )
         .await
         .expect("the operator wrote its objects and stopped");

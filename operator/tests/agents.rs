@@ -334,6 +334,7 @@ async fn the_query_service_and_the_cli_show_what_agents_reported() {
     let server = tokio::spawn(grpc::serve_queries(
         listener,
         QueryApi::new(Arc::clone(&op.hub)),
+        grpc::Transport::Plaintext,
         async {
             let _ = stopped.await;
         },

@@ -31,6 +31,16 @@
 {{- printf "%s-agent-config" (include "ringwarden.fullname" .) }}
 {{- end }}
 
+{{/* The operator's own CA and serving certificate (tls.source operator). */}}
+{{- define "ringwarden.tlsSecretName" -}}
+{{- printf "%s-tls" (include "ringwarden.operatorName" .) }}
+{{- end }}
+
+{{/* The CA agents pin, published by the operator. */}}
+{{- define "ringwarden.caConfigMapName" -}}
+{{- printf "%s-ca" (include "ringwarden.operatorName" .) }}
+{{- end }}
+
 {{- define "ringwarden.leaseName" -}}
 {{- default (include "ringwarden.operatorName" .) .Values.operator.leaderElection.leaseName }}
 {{- end }}
@@ -97,7 +107,7 @@ agent:
   uprobes:
     enabled: {{ .Values.agent.uprobes.enabled }}
   # The operator's Service, whatever the release is called.
-  operatorAddress: {{ printf "http://%s.%s.svc:%d" (include "ringwarden.operatorName" .) .Release.Namespace (int .Values.service.agentPort) }}
+  operatorAddress: {{ printf "%s://%s.%s.svc:%d" (ternary "http" "https" .Values.tls.insecurePlaintextForLocalDevelopment) (include "ringwarden.operatorName" .) .Release.Namespace (int .Values.service.agentPort) }}
 {{- end }}
 
 {{/*
@@ -115,6 +125,9 @@ Checks across values, which the JSON schema cannot express clearly.
 {{- if eq (int (get $.Values.service $key)) 9441 }}
 {{- fail (printf "service.%s is 9441, the port of the operator's loopback query service; choose another" $key) }}
 {{- end }}
+{{- end }}
+{{- if not (has .Values.tls.source (list "operator" "certManager")) }}
+{{- fail (printf "tls.source is %q; use operator (the operator keeps its own CA) or certManager" .Values.tls.source) }}
 {{- end }}
 {{- range .Values.monitoring.prometheusRule.burnRateAlerts }}
 {{- if eq .longWindow .shortWindow }}

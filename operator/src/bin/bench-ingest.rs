@@ -234,7 +234,12 @@ async fn serve(args: Args) -> Result<(), String> {
         "ringwarden-agent",
     );
     let api = AgentApi::new(Arc::clone(&ctx.hub), auth, StreamSettings::default());
-    let server = tokio::spawn(grpc::serve_agents(listener, api, stopped()));
+    let server = tokio::spawn(grpc::serve_agents(
+        listener,
+        api,
+        grpc::Transport::Plaintext,
+        stopped(),
+    ));
     let (reconcile_tx, mut reconcile_rx) =
         tokio::sync::mpsc::unbounded_channel::<ObjectRef<ProbeSet>>();
     let publisher = tokio::spawn(

@@ -457,32 +457,63 @@ pub fn status_reply(hub: &Hub, namespace: &str, now: SystemTime) -> StatusReply 
     reply
 }
 
+/// How the agent and query ports are served.
+#[derive(Clone)]
+pub enum Transport {
+    /// TLS with the operator's serving certificate ([`super::tls`]).
+    Tls(Arc<rustls::ServerConfig>),
+    /// No TLS: `--insecure-plaintext-for-local-development`, and in-process
+    /// tests.
+    Plaintext,
+}
+
 /// Serves `AgentService` on `listener` until `shutdown` completes.
 pub async fn serve_agents<R: Reviewer>(
     listener: TcpListener,
     api: AgentApi<R>,
+    transport: Transport,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    Server::builder()
+    let router = Server::builder()
         // Finds agents that vanished without closing their connection.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(AgentServiceServer::new(api))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
+        .add_service(AgentServiceServer::new(api));
+    match transport {
+        Transport::Tls(config) => {
+            router
+                .serve_with_incoming_shutdown(super::tls::incoming(listener, config), shutdown)
+                .await
+        }
+        Transport::Plaintext => {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+    }
 }
 
 /// Serves `QueryService` on `listener` until `shutdown` completes.
 pub async fn serve_queries(
     listener: TcpListener,
     api: QueryApi,
+    transport: Transport,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    Server::builder()
-        .add_service(QueryServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await
+    let router = Server::builder().add_service(QueryServiceServer::new(api));
+    match transport {
+        Transport::Tls(config) => {
+            router
+                .serve_with_incoming_shutdown(super::tls::incoming(listener, config), shutdown)
+                .await
+        }
+        Transport::Plaintext => {
+            router
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+                .await
+        }
+    }
 }

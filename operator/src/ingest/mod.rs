@@ -2,7 +2,8 @@
 //! and status, as a pipeline whose every step is a module.
 //!
 //! 1. **stream**: [`grpc`] serves the agents' bidirectional streams and
-//!    the query service;
+//!    the query service, over TLS ([`tls`]) with a certificate the
+//!    operator keeps itself or is given ([`pki`]);
 //! 2. **auth**: [`auth`] checks each agent's token (TokenReview, API
 //!    server) and the node it may speak for;
 //!    [`decode`] checks and bounds each message into plain data (pure);
@@ -16,6 +17,8 @@ pub mod auth;
 pub mod decode;
 pub mod grpc;
 pub mod hub;
+pub mod pki;
 pub mod publish;
 pub mod reports;
 pub mod slo_status;
+pub mod tls;

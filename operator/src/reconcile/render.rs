@@ -25,7 +25,7 @@ use ringwarden_crds::{AgentConfig, AgentProbe};
 
 use crate::{
     assess::PLAN_PAGE_SIZE,
-    config::AgentSettings,
+    config::{AgentSettings, AgentTransport},
     world::{Assessed, Labels, node_classes},
 };
 
@@ -101,6 +101,9 @@ const TOKEN_SECONDS: i64 = 3_600;
 /// Arguments of the agent's Kubernetes mode: read the mounted
 /// configuration and run the probes whose node selector matches the node
 /// named by `RINGWARDEN_NODE_NAME`.
+/// Where the agent finds the operator's CA (the CA ConfigMap's mount).
+pub const OPERATOR_CA_DIR: &str = "/etc/ringwarden/operator-ca";
+
 const AGENT_ARGS: [&str; 3] = ["node", "--config", "/etc/ringwarden/agent-config.yaml"];
 
 const CONFIG_HEADER: &str =
@@ -295,6 +298,29 @@ pub fn daemon_set(
             ..Default::default()
         });
     }
+    // How the agent verifies the operator: the CA ConfigMap, mounted and
+    // pinned (a rotated CA reaches the file without restarting the pod).
+    let transport_env = match &settings.transport {
+        AgentTransport::Tls { ca_configmap } => {
+            volume_mounts.push(read_only("operator-ca", OPERATOR_CA_DIR));
+            volumes.push(Volume {
+                name: "operator-ca".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: ca_configmap.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            (
+                "RINGWARDEN_OPERATOR_CA",
+                format!("{OPERATOR_CA_DIR}/ca.crt"),
+            )
+        }
+        AgentTransport::Plaintext => (
+            "RINGWARDEN_INSECURE_PLAINTEXT_FOR_LOCAL_DEVELOPMENT",
+            "true".to_string(),
+        ),
+    };
     let env = |name: &str, value: &str| EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -346,6 +372,7 @@ pub fn daemon_set(
                     &operator_address(settings, namespace),
                 ),
                 env("RINGWARDEN_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
+                env(transport_env.0, &transport_env.1),
             ]
             .into_iter()
             .chain(host_root_env)
@@ -420,8 +447,12 @@ pub fn daemon_set(
 /// The agent service's URL, as agents are told it.
 pub fn operator_address(settings: &AgentSettings, namespace: &str) -> String {
     settings.operator_address.clone().unwrap_or_else(|| {
+        let scheme = match settings.transport {
+            AgentTransport::Tls { .. } => "https",
+            AgentTransport::Plaintext => "http",
+        };
         format!(
-            "http://ringwarden-operator.{namespace}.svc:{}",
+            "{scheme}://ringwarden-operator.{namespace}.svc:{}",
             ringwarden_proto::AGENT_PORT
         )
     })

@@ -1,0 +1,179 @@
+//! The agent and query ports over TLS, attacked: a client that trusts
+//! another CA, expects another name or speaks plaintext gets nothing; a
+//! rotated certificate serves the next handshake without a restart; and
+//! clients that connect and never finish a handshake stall no one else.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use ringwarden_operator::{
+    grpc::{self, QueryApi, Transport},
+    hub::Hub,
+    ingest::tls::{self, CertStore, Pem},
+    loopback::fixed_stores,
+    metrics::Metrics,
+};
+use ringwarden_proto::v1::{StatusRequest, query_service_client::QueryServiceClient};
+use rustls::pki_types::pem::PemObject;
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+const NAME: &str = "ringwarden-operator.ringwarden-system.svc";
+
+struct Server {
+    port: u16,
+    store: Arc<CertStore>,
+    ca: Pem,
+    _stop: oneshot::Sender<()>,
+}
+
+/// The query service over TLS, with a fresh CA and a certificate for NAME.
+async fn server() -> Server {
+    let now = SystemTime::now();
+    let ca = tls::new_ca(now).unwrap();
+    let serving = tls::issue(&ca.key, &[NAME.to_string()], now).unwrap();
+    let store = CertStore::new(&serving.pem).unwrap();
+    let config = tls::server_config(Arc::clone(&store)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).unwrap();
+    let hub = Hub::new(fixed_stores(vec![], &[], vec![]), metrics.ingest);
+    tokio::spawn(grpc::serve_queries(
+        listener,
+        QueryApi::new(Arc::new(hub)),
+        Transport::Tls(config),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Server {
+        port,
+        store,
+        ca,
+        _stop: stop,
+    }
+}
+
+/// Asks for the status over TLS trusting `ca` and expecting `name`.
+async fn ask(port: u16, ca: &str, name: &str) -> Result<(), String> {
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .domain_name(name),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    QueryServiceClient::new(channel)
+        .get_status(StatusRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{s:?}"))
+}
+
+#[tokio::test]
+async fn only_a_client_pinning_the_operators_ca_and_name_gets_an_answer() {
+    let s = server().await;
+    ask(s.port, &s.ca.cert, NAME).await.expect("the pinned CA");
+
+    let other = tls::new_ca(SystemTime::now()).unwrap();
+    let e = ask(s.port, &other.cert, NAME).await.unwrap_err();
+    assert!(
+        e.contains("InvalidCertificate"),
+        "another CA must not verify the operator: {e}"
+    );
+    let e = ask(s.port, &s.ca.cert, "evil.example").await.unwrap_err();
+    assert!(
+        e.contains("InvalidCertificate") && e.contains("NotValidForName"),
+        "the certificate names the operator's Service only: {e}"
+    );
+
+    // Plaintext gRPC against the TLS port: no answer.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{}", s.port))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let r = QueryServiceClient::new(channel)
+            .get_status(StatusRequest::default())
+            .await;
+        assert!(r.is_err(), "plaintext got an answer: {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_serves_the_next_handshake_without_a_restart() {
+    let s = server().await;
+    let first = peer_certificate(s.port, &s.ca.cert).await;
+    let renewed = tls::issue(&s.ca.key, &[NAME.to_string()], SystemTime::now()).unwrap();
+    s.store.set(&renewed.pem).unwrap();
+    let second = peer_certificate(s.port, &s.ca.cert).await;
+    assert_ne!(first, second);
+    let expected = rustls::pki_types::CertificateDer::from_pem_slice(renewed.pem.cert.as_bytes())
+        .unwrap()
+        .to_vec();
+    assert_eq!(second, expected, "the new certificate is served");
+    ask(s.port, &s.ca.cert, NAME)
+        .await
+        .expect("agents pinning the CA keep working");
+}
+
+/// The certificate the server presents, through a plain rustls client.
+async fn peer_certificate(port: u16, ca: &str) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = connector
+        .connect(ServerName::try_from(NAME).unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn silent_connections_stall_no_one_else() {
+    let s = server().await;
+    // Connections that never send a ClientHello: each waits out its own
+    // handshake deadline, off the accept loop.
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    ask(s.port, &s.ca.cert, NAME)
+        .await
+        .expect("a real client is served");
+    assert!(
+        started.elapsed() < tls::HANDSHAKE_TIMEOUT,
+        "served only after {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
