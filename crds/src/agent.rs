@@ -10,7 +10,7 @@ use ringwarden_core::duration::serde_duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::probeset::ProbeSpec;
+use crate::probeset::{FieldError, ProbeSetSpec, ProbeSpec};
 
 /// Configuration of every probe one agent (one node class) runs.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -59,6 +59,87 @@ pub struct AgentProbe {
     pub thresholds: Vec<Threshold>,
 }
 
+impl AgentConfig {
+    /// Checks a configuration before the agent runs any of it: every probe
+    /// with the rules the API server applies to its ProbeSet
+    /// ([`crate::ProbeSetSpec::validate`], grouped per ProbeSet as
+    /// rendered), and what the plan added (ring sizes, sampling,
+    /// thresholds) within what the kernel side accepts. A pushed
+    /// configuration comes over the network: an operator that was not the
+    /// operator must not get past this.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut groups: BTreeMap<(&str, &str), Vec<&AgentProbe>> = BTreeMap::new();
+        for p in &self.probes {
+            groups
+                .entry((p.namespace.as_str(), p.probeset.as_str()))
+                .or_default()
+                .push(p);
+        }
+        for ((namespace, probeset), probes) in groups {
+            let at = format!("{namespace}/{probeset}");
+            if !crate::probeset::is_dns_label(namespace)
+                || probeset.is_empty()
+                || probeset.len() > 253
+            {
+                errors.push(FieldError {
+                    field: format!("probes of {at:?}"),
+                    message: "namespace and ProbeSet must be Kubernetes object names".into(),
+                });
+            }
+            let first = probes[0];
+            let spec = ProbeSetSpec {
+                node_selector: first.node_selector.clone(),
+                pod_selector: first.pod_selector.clone(),
+                probes: probes.iter().map(|p| p.spec.clone()).collect(),
+                ring_buffer: Default::default(),
+                max_drop_rate: 0.01,
+                report_interval: first.report_interval,
+            };
+            for e in spec.validate() {
+                errors.push(FieldError {
+                    field: format!("{at}: {}", e.field),
+                    message: e.message,
+                });
+            }
+            for (i, p) in probes.iter().enumerate() {
+                let field = |f: &str| format!("{at}: spec.probes[{i}].{f}");
+                if !p.ring_bytes.is_power_of_two() || p.ring_bytes > MAX_RING_BYTES {
+                    errors.push(FieldError {
+                        field: field("ringBytes"),
+                        message: format!(
+                            "{} is not a power of two of at most {MAX_RING_BYTES} bytes",
+                            p.ring_bytes
+                        ),
+                    });
+                }
+                if p.sample_every == 0 {
+                    errors.push(FieldError {
+                        field: field("sampleEvery"),
+                        message: "must be at least 1".into(),
+                    });
+                }
+                if p.thresholds.len() > MAX_THRESHOLDS
+                    || p.thresholds.iter().any(|t| t.series.len() > 8)
+                {
+                    errors.push(FieldError {
+                        field: field("thresholds"),
+                        message: format!(
+                            "at most {MAX_THRESHOLDS} thresholds of at most 8 series each"
+                        ),
+                    });
+                }
+            }
+        }
+        errors
+    }
+}
+
+/// Largest ring buffer a plan may hand one probe (the kernel's limit for a
+/// BPF ring buffer is far above; this keeps a forged plan from pinning
+/// the node's memory).
+pub const MAX_RING_BYTES: u64 = 1 << 30;
+
 impl AgentProbe {
     /// `namespace/probeset/probe`, unique per agent.
     pub fn id(&self) -> String {
@@ -89,3 +170,46 @@ pub struct Threshold {
 
 /// Threshold slots per probe in the kernel.
 pub const MAX_THRESHOLDS: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> AgentConfig {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    const GOOD: &str = "
+probes:
+  - namespace: shop
+    probeset: web
+    spec: {name: sys, kind: syscalls}
+    ringBytes: 4096
+    sampleEvery: 1
+    reportInterval: 10s
+";
+
+    #[test]
+    fn a_rendered_configuration_passes() {
+        assert_eq!(config(GOOD).validate(), vec![]);
+    }
+
+    #[test]
+    fn what_the_api_server_would_refuse_is_refused_and_named() {
+        for (from, to) in [
+            ("{name: sys, kind: syscalls}", "{name: Sys, kind: syscalls}"),
+            (
+                "{name: sys, kind: syscalls}",
+                "{name: sys, kind: uprobe, uprobe: {binary: /proc/self/exe, symbol: x}}",
+            ),
+            ("ringBytes: 4096", "ringBytes: 4097"),
+            ("sampleEvery: 1", "sampleEvery: 0"),
+            ("reportInterval: 10s", "reportInterval: 1ms"),
+        ] {
+            let bad = GOOD.replace(from, to);
+            let errors = config(&bad).validate();
+            assert!(!errors.is_empty(), "{bad} passed");
+            assert!(errors[0].field.starts_with("shop/web: "), "{errors:?}");
+        }
+    }
+}

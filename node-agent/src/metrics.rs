@@ -340,6 +340,8 @@ pub struct NodeMetrics {
     pub pod_watch_up: prometheus::IntGauge,
     pub pod_watch_errors: prometheus::IntCounter,
     pub pods: prometheus::IntGauge,
+    /// Configurations refused before running any of them, by source.
+    pub configs_refused: prometheus::IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -394,7 +396,16 @@ impl NodeMetrics {
                 "ringwarden_agent_pods",
                 "Pods on this node as the pod watch last saw them",
             )?,
+            configs_refused: IntCounterVec::new(
+                Opts::new(
+                    "ringwarden_agent_configs_refused_total",
+                    "Configurations refused before any of it ran (unparsable, or failing the \
+                     ProbeSet rules), by source: pushed or file; the running probes stay",
+                ),
+                &["source"],
+            )?,
         };
+        registry.register(Box::new(m.configs_refused.clone()))?;
         registry.register(Box::new(m.probe_loads.clone()))?;
         registry.register(Box::new(m.probe_load_failures.clone()))?;
         registry.register(Box::new(m.probe_failing.clone()))?;

@@ -72,6 +72,20 @@ pub fn parse_config(bytes: &[u8]) -> Result<AgentConfig, String> {
     serde_yaml_ng::from_slice(bytes).map_err(|e| e.to_string())
 }
 
+/// `config` if it passes the rules the API server applies to ProbeSets
+/// ([`AgentConfig::validate`]), else every problem, in one message.
+pub fn checked(config: AgentConfig) -> Result<AgentConfig, String> {
+    let errors = config.validate();
+    if errors.is_empty() {
+        return Ok(config);
+    }
+    Err(errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
 /// The probes of `config` whose node selector this node's labels satisfy.
 pub fn probes_for_node<'a>(
     config: &'a AgentConfig,
@@ -349,7 +363,7 @@ impl State {
         if self.file.as_ref() == Some(&bytes) {
             return;
         }
-        match parse_config(&bytes) {
+        match parse_config(&bytes).and_then(checked) {
             Ok(config) => {
                 self.source = Some(Source {
                     config,
@@ -358,6 +372,7 @@ impl State {
                 });
             }
             Err(e) => {
+                self.refused("file");
                 tracing::warn!(error = %e, path = %path.display(), "agent configuration invalid; keeping the running probes")
             }
         }
@@ -370,7 +385,10 @@ impl State {
         if self.source.as_ref().is_some_and(|s| s.version == c.version) {
             return false;
         }
-        match serde_json::from_str::<AgentConfig>(&c.agent_config_json) {
+        match serde_json::from_str::<AgentConfig>(&c.agent_config_json)
+            .map_err(|e| e.to_string())
+            .and_then(checked)
+        {
             Ok(config) => {
                 self.source = Some(Source {
                     config,
@@ -380,9 +398,16 @@ impl State {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, version = %c.version, "pushed configuration does not parse; keeping the running probes");
+                self.refused("pushed");
+                tracing::error!(error = %e, version = %c.version, "pushed configuration refused; keeping the running probes");
                 false
             }
+        }
+    }
+
+    fn refused(&self, source: &str) {
+        if let Some(m) = &self.metrics {
+            m.configs_refused.with_label_values(&[source]).inc();
         }
     }
 
@@ -860,6 +885,23 @@ probes:
             thresholds: vec![],
         }));
         assert_eq!(state.version(), "v1");
+        // Nor does one that parses but breaks the ProbeSet rules: a uprobe
+        // on a kernel interface, a ring that is not a power of two.
+        for bad in [
+            only_all.replace(
+                "{name: all, kind: syscalls}",
+                "{name: all, kind: uprobe, uprobe: {binary: /dev/mem, symbol: x}}",
+            ),
+            only_all.replace("ringBytes: 4096", "ringBytes: 5000"),
+        ] {
+            let json = serde_json::to_string(&config(&bad)).unwrap();
+            assert!(!state.take_pushed(v1::Config {
+                version: "v3".into(),
+                agent_config_json: json,
+                thresholds: vec![],
+            }));
+            assert_eq!(state.version(), "v1", "{bad}");
+        }
         // The file changing makes it the configuration again.
         std::fs::write(&path, format!("{CONFIG}\n# edited\n")).unwrap();
         state.read_file(&path);

@@ -130,6 +130,15 @@ fn the_configmap_matches_the_reviewed_yaml() {
     );
 }
 
+/// Agents run a configuration only if it passes the ProbeSet rules
+/// (`AgentConfig::validate`): what the operator renders always does.
+#[test]
+fn the_rendered_configuration_passes_the_checks_agents_make() {
+    let config = render(&world(), &settings()).config;
+    assert!(!config.probes.is_empty());
+    assert_eq!(config.validate(), vec![]);
+}
+
 #[test]
 fn the_daemonset_matches_the_reviewed_yaml() {
     golden(
