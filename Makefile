@@ -5,7 +5,7 @@ CARGO ?= cargo
 AGENT := target/release/ringwarden-agent
 RUN_SECONDS ?= 20
 
-.PHONY: deps build run test lint fmt crds bench clean
+.PHONY: deps build run test fuzz lint fmt crds bench clean
 
 ## deps: install toolchain pieces, LLVM, bpf-linker; mount tracefs and bpffs (idempotent)
 deps:
@@ -21,9 +21,18 @@ run: build
 	$(AGENT) standalone -f examples/probeset.yaml -f examples/slo.yaml --interval 5s --duration $(RUN_SECONDS)s --top 12; \
 	status=$$?; wait; exit $$status
 
-## test: unit, schema and live-kernel tests (needs root)
+## test: unit, schema and live-kernel tests (needs root), then every fuzz target for $(FUZZ_SECONDS)s
 test: deps
 	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory fuzz
+
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := ring_record agent_message go_binary
+## fuzz: each cargo-fuzz target (fuzz/) for FUZZ_SECONDS; a crash fails and leaves its input in fuzz/artifacts
+fuzz: deps
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; \
+	done
 
 ## lint: formatting and clippy, warnings are errors
 lint: deps

@@ -40,6 +40,15 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
         --version "$BPF_LINKER_VERSION" --no-default-features --features "llvm-$LLVM"
 fi
 
+# cargo-fuzz drives the fuzz targets in fuzz/ (`make fuzz`, part of
+# `make test`), with libFuzzer; RUSTC_BOOTSTRAP=1 lets it use the stable
+# toolchain's sanitizer flags.
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    say "installing cargo-fuzz $CARGO_FUZZ_VERSION (a minute or two, once)"
+    cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+
 # kubernetes-validate checks the CRDs against the official Kubernetes OpenAPI
 # schemas, offline (crds/tests/crds.rs runs it).
 KUBERNETES_VALIDATE_VERSION=1.37.0

@@ -388,4 +388,77 @@ mod tests {
         );
         assert!(one_line(&"x".repeat(5000), "").len() <= MAX_MESSAGE);
     }
+
+    use proptest::prelude::*;
+
+    /// A histogram with arbitrary (often out-of-range, mismatched or
+    /// overflowing) bucket indexes and counts.
+    fn histogram() -> impl Strategy<Value = v1::Histogram> {
+        (
+            proptest::collection::vec(any::<u32>(), 0..8),
+            proptest::collection::vec(any::<u64>(), 0..8),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(bucket_index, bucket_count, sum_ns, errors)| v1::Histogram {
+                    bucket_index,
+                    bucket_count,
+                    sum_ns,
+                    max_ns: sum_ns,
+                    errors,
+                },
+            )
+    }
+
+    fn report() -> impl Strategy<Value = v1::Report> {
+        let series = proptest::collection::vec(("[a-z]{0,300}", histogram()), 0..4);
+        let probe = ("[a-z]{0,70}", series).prop_map(|(name, series)| v1::ProbeReport {
+            id: Some(v1::ProbeId {
+                namespace: "shop".into(),
+                probeset: "web".into(),
+                probe: name,
+            }),
+            histograms: series
+                .into_iter()
+                .map(|(series, h)| v1::SeriesHistogram {
+                    series,
+                    histogram: Some(h),
+                })
+                .collect(),
+            ..Default::default()
+        });
+        (
+            ".{0,300}",
+            any::<u64>(),
+            proptest::collection::vec(probe, 0..4),
+        )
+            .prop_map(|(boot_id, seq, probes)| v1::Report {
+                boot_id,
+                seq,
+                probes,
+                ..Default::default()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whatever a client sends, decoding refuses or yields data within
+        /// the bounds; it never panics. (`fuzz/` runs the same decoder on
+        /// raw bytes under libFuzzer.)
+        #[test]
+        fn any_report_is_refused_or_bounded(r in report()) {
+            if let Ok(sample) = Sample::try_from(r) {
+                prop_assert!(sample.boot_id.len() <= MAX_NAME);
+                for p in &sample.probes {
+                    prop_assert!(p.series.len() <= MAX_SERIES);
+                    for (name, h) in &p.series {
+                        prop_assert!(name.len() <= MAX_NAME);
+                        prop_assert!(h.buckets.iter().all(|(i, _)| usize::from(*i) < HIST_BUCKETS));
+                    }
+                }
+            }
+        }
+    }
 }
