@@ -95,6 +95,17 @@ pub struct Args {
     )]
     pub service_name: String,
 
+    /// Open connections one IP address may hold on the agent and query
+    /// ports (an agent needs one). Raise it when a proxy or service-mesh
+    /// sidecar makes every agent arrive from one address.
+    #[arg(
+        long,
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..),
+        env = "RINGWARDEN_MAX_CONNECTIONS_PER_ADDRESS"
+    )]
+    pub max_connections_per_address: u32,
+
     /// Serve the agent and query ports without TLS, and tell agents to
     /// connect so: reports and pushed configuration cross the network
     /// readable and forgeable. For a development cluster on one machine

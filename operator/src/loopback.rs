@@ -182,8 +182,10 @@ impl LoopbackOperator {
         let (stop, stopped) = oneshot::channel::<()>();
         let (_, serving) = test_pki();
         let store = tls::CertStore::new(serving).expect("the test certificate loads");
-        let transport =
-            grpc::Transport::Tls(tls::server_config(store).expect("a TLS server configuration"));
+        let transport = grpc::Transport::Tls(tls::Serving::new(
+            tls::server_config(store).expect("a TLS server configuration"),
+            tls::Limits::default(),
+        ));
         let task = tokio::spawn(grpc::serve_agents(listener, api, transport, async {
             let _ = stopped.await;
         }));

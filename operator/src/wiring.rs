@@ -167,7 +167,10 @@ async fn transport(
         first,
         std::future::pending(),
     ));
-    Ok(Transport::Tls(server))
+    Ok(Transport::Tls(tls::Serving::new(
+        server,
+        tls::Limits::default(),
+    )))
 }
 
 /// Runs everything on `client`, serving on `listeners`, until `shutdown`
@@ -182,6 +185,12 @@ pub async fn serve(
 ) {
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).expect("metric names are fixed and unique");
+    if let Transport::Tls(serving) = &transport
+        && let Err(e) = registry.register(Box::new(serving.refused.clone()))
+    {
+        warn!(error = %e, "the connection metrics could not be registered");
+    }
+
     let watches = Watches::new(
         &["probesets", "nodes", "slos"],
         metrics.watch_errors.clone(),

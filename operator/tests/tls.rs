@@ -26,6 +26,7 @@ struct Server {
     port: u16,
     store: Arc<CertStore>,
     ca: Pem,
+    refused: prometheus::IntCounterVec,
     _stop: oneshot::Sender<()>,
 }
 
@@ -33,19 +34,21 @@ struct Server {
 async fn server() -> Server {
     let now = SystemTime::now();
     let ca = tls::new_ca(now).unwrap();
-    let serving = tls::issue(&ca.key, &[NAME.to_string()], now).unwrap();
-    let store = CertStore::new(&serving.pem).unwrap();
+    let issued = tls::issue(&ca.key, &[NAME.to_string()], now).unwrap();
+    let store = CertStore::new(&issued.pem).unwrap();
     let config = tls::server_config(Arc::clone(&store)).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tls::Serving::new(config, tls::Limits::default());
+    let refused = serving.refused.clone();
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
     let hub = Hub::new(fixed_stores(vec![], &[], vec![]), metrics.ingest);
     tokio::spawn(grpc::serve_queries(
         listener,
         QueryApi::new(Arc::new(hub)),
-        Transport::Tls(config),
+        Transport::Tls(serving),
         async {
             let _ = stopped.await;
         },
@@ -54,6 +57,7 @@ async fn server() -> Server {
         port,
         store,
         ca,
+        refused,
         _stop: stop,
     }
 }
@@ -158,10 +162,16 @@ async fn silent_connections_stall_no_one_else() {
     let s = server().await;
     // Connections that never send a ClientHello: each waits out its own
     // handshake deadline, off the accept loop.
+    // 200 of them, from 20 addresses (each within its own bound).
     let mut silent = Vec::new();
-    for _ in 0..200 {
+    for i in 0..200 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("127.0.1.{}:0", 1 + i % 20).parse().unwrap())
+            .unwrap();
         silent.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            socket
+                .connect(format!("127.0.0.1:{}", s.port).parse().unwrap())
                 .await
                 .unwrap(),
         );
@@ -176,4 +186,47 @@ async fn silent_connections_stall_no_one_else() {
         started.elapsed()
     );
     drop(silent);
+}
+
+/// One address opening connection after connection gets only its share;
+/// the connections over it are closed at once and counted, and others
+/// are served meanwhile.
+#[tokio::test]
+async fn one_address_gets_a_bounded_number_of_connections() {
+    let s = server().await;
+    let per_address = tls::Limits::default().per_address;
+    // 127.0.0.2 is another loopback address: the flooder.
+    let mut held = Vec::new();
+    for _ in 0..per_address * 4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        held.push(
+            socket
+                .connect(format!("127.0.0.1:{}", s.port).parse().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    let over = (per_address * 3) as u64;
+    let counted = wait_for(|| s.refused.with_label_values(&["per_address"]).get(), over).await;
+    assert_eq!(
+        counted, over,
+        "every connection over the bound is refused and counted"
+    );
+    ask(s.port, &s.ca.cert, NAME)
+        .await
+        .expect("another address is served meanwhile");
+    drop(held);
+}
+
+/// Waits up to 5 s for `read` to reach `want`; returns what it read last.
+async fn wait_for(read: impl Fn() -> u64, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = read();
+        if v >= want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -457,11 +457,15 @@ pub fn status_reply(hub: &Hub, namespace: &str, now: SystemTime) -> StatusReply 
     reply
 }
 
+/// Streams one agent connection may hold open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+
 /// How the agent and query ports are served.
 #[derive(Clone)]
 pub enum Transport {
-    /// TLS with the operator's serving certificate ([`super::tls`]).
-    Tls(Arc<rustls::ServerConfig>),
+    /// TLS with the operator's serving certificate, within bounds
+    /// ([`super::tls`]).
+    Tls(super::tls::Serving),
     /// No TLS: `--insecure-plaintext-for-local-development`, and in-process
     /// tests.
     Plaintext,
@@ -478,11 +482,15 @@ pub async fn serve_agents<R: Reviewer>(
         // Finds agents that vanished without closing their connection.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // An agent needs one stream; a few allow a reconnect racing the
+        // old one. Bounds what one connection can make the server hold.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .add_service(AgentServiceServer::new(api));
     match transport {
-        Transport::Tls(config) => {
+        Transport::Tls(serving) => {
             router
-                .serve_with_incoming_shutdown(super::tls::incoming(listener, config), shutdown)
+                .serve_with_incoming_shutdown(super::tls::incoming(listener, serving), shutdown)
                 .await
         }
         Transport::Plaintext => {
@@ -505,9 +513,9 @@ pub async fn serve_queries(
 ) -> Result<(), tonic::transport::Error> {
     let router = Server::builder().add_service(QueryServiceServer::new(api));
     match transport {
-        Transport::Tls(config) => {
+        Transport::Tls(serving) => {
             router
-                .serve_with_incoming_shutdown(super::tls::incoming(listener, config), shutdown)
+                .serve_with_incoming_shutdown(super::tls::incoming(listener, serving), shutdown)
                 .await
         }
         Transport::Plaintext => {

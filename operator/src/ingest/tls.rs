@@ -9,11 +9,16 @@
 //! connects and says nothing holds one task for at most that long.
 
 use std::{
-    sync::{Arc, PoisonError, RwLock},
+    collections::HashMap,
+    net::IpAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
 use futures::Stream;
+use prometheus::{IntCounterVec, Opts};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -24,9 +29,13 @@ use rustls::{
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// The CA's name (its subject): issuing from a stored CA rebuilds it.
 pub const CA_NAME: &str = "ringwarden operator CA";
@@ -55,7 +64,7 @@ pub struct Pem {
 
 /// A serving certificate and when it expires.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Serving {
+pub struct Issued {
     pub pem: Pem,
     pub not_after: SystemTime,
 }
@@ -103,7 +112,7 @@ pub fn new_ca(now: SystemTime) -> Result<Pem, TlsError> {
 
 /// A serving certificate for `names` (DNS names; the first is its
 /// subject), issued by `ca_key`, valid for [`SERVING_LIFETIME`].
-pub fn issue(ca_key: &str, names: &[String], now: SystemTime) -> Result<Serving, TlsError> {
+pub fn issue(ca_key: &str, names: &[String], now: SystemTime) -> Result<Issued, TlsError> {
     let ca_key = KeyPair::from_pem(ca_key).map_err(rcgen_error("reading the CA key"))?;
     let issuer = Issuer::new(ca_params(now), ca_key);
     let mut p = CertificateParams::new(names.to_vec()).map_err(rcgen_error("the serving names"))?;
@@ -125,7 +134,7 @@ pub fn issue(ca_key: &str, names: &[String], now: SystemTime) -> Result<Serving,
     let cert = p
         .signed_by(&key, &issuer)
         .map_err(rcgen_error("signing the serving certificate"))?;
-    Ok(Serving {
+    Ok(Issued {
         pem: Pem {
             cert: cert.pem(),
             key: key.serialize_pem(),
@@ -206,15 +215,164 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
     Ok(Arc::new(config))
 }
 
+/// Bounds on what a client can cost before it has authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections from one IP address (one agent needs one; a node
+    /// restarting its agent briefly two).
+    pub per_address: usize,
+    /// TLS handshakes in progress at once; beyond, new connections are
+    /// closed at once rather than queued.
+    pub handshakes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_address: 16,
+            handshakes: 256,
+        }
+    }
+}
+
+/// How the TLS listener serves: certificate, bounds, and the counter of
+/// connections it closed unserved.
+#[derive(Clone)]
+pub struct Serving {
+    pub config: Arc<ServerConfig>,
+    pub limits: Limits,
+    /// `ringwarden_operator_connections_refused_total{reason}`: registered
+    /// with the operator's metrics by whoever serves.
+    pub refused: IntCounterVec,
+}
+
+impl Serving {
+    pub fn new(config: Arc<ServerConfig>, limits: Limits) -> Self {
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "ringwarden_operator_connections_refused_total",
+                "Connections to the agent and query ports closed before a stream, by reason: \
+                 per_address (too many open from one IP), handshakes (too many handshakes at \
+                 once), handshake_failed, handshake_timeout",
+            ),
+            &["reason"],
+        )
+        .expect("a fixed, valid metric");
+        Self {
+            config,
+            limits,
+            refused,
+        }
+    }
+}
+
+/// Open connections per IP address.
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerAddress {
+    /// Takes a slot for `ip` unless it holds `max` already.
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            table: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// One open connection's place in [`PerAddress`], given back on drop.
+struct Slot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.table.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A served TLS connection; its per-address slot is freed when the server
+/// drops it.
+pub struct Conn {
+    inner: TlsStream<TcpStream>,
+    info: TcpConnectInfo,
+    _slot: Slot,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// Accepts TCP connections on `listener` and yields those that complete
-/// a TLS handshake within [`HANDSHAKE_TIMEOUT`]; each handshake runs in a
-/// task of its own, so a silent client stalls nobody else.
+/// a TLS handshake within [`HANDSHAKE_TIMEOUT`], within `serving.limits`:
+/// each handshake runs in a task of its own, so a silent client stalls
+/// nobody else, and connections over a bound are closed at once, counted.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    serving: Serving,
+) -> impl Stream<Item = Result<Conn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
-    let acceptor = TlsAcceptor::from(config);
+    let acceptor = TlsAcceptor::from(Arc::clone(&serving.config));
+    let table = Arc::new(PerAddress::default());
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(serving.limits.handshakes));
+    let refused = serving.refused.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -229,18 +387,43 @@ pub fn incoming(
                 },
                 () = tx.closed() => return,
             };
+            let Some(slot) = table.take(peer.ip(), serving.limits.per_address) else {
+                refused.with_label_values(&["per_address"]).inc();
+                continue;
+            };
+            let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                refused.with_label_values(&["handshakes"]).inc();
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
+            let info = TcpConnectInfo {
+                local_addr: tcp.local_addr().ok(),
+                remote_addr: Some(peer),
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let refused = refused.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match handshake {
+                    Ok(Ok(inner)) => {
+                        let _ = tx
+                            .send(Ok(Conn {
+                                inner,
+                                info,
+                                _slot: slot,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => {
+                        refused.with_label_values(&["handshake_failed"]).inc();
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     }
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Err(_) => {
+                        refused.with_label_values(&["handshake_timeout"]).inc();
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
                 }
             });
         }
