@@ -173,6 +173,50 @@ async fn transport(
     )))
 }
 
+/// Serves `listener` with `serve` on a thread and runtime of its own: a
+/// flood of connections, handshakes or reports then competes with the
+/// Lease renewal and the controllers only through the OS scheduler, never
+/// for the one thread they run on. The handle completes when it is done.
+fn on_ingest_thread<F, Fut>(
+    name: &str,
+    listener: TcpListener,
+    serve: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnOnce(TcpListener) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let std_listener = listener.into_std();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the ingest runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match std_listener.and_then(TcpListener::from_std) {
+                    Ok(listener) => serve(listener).await,
+                    Err(e) => tracing::error!(error = %e, "cannot move the listener"),
+                }
+            });
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the ingest thread");
+    }
+    tokio::spawn(async move {
+        let _ = done_rx.await;
+    })
+}
+
 /// Runs everything on `client`, serving on `listeners`, until `shutdown`
 /// completes; then stops the controllers and releases the Lease.
 pub async fn serve(
@@ -366,22 +410,20 @@ pub async fn serve(
         &service_account,
     );
     let query_transport = transport.clone();
-    let agents = tokio::spawn({
+    let agents = on_ingest_thread("ringwarden-agents", listeners.agents, {
         let api = AgentApi::new(Arc::clone(&ctx.hub), auth, StreamSettings::default());
         let stopped = stopped();
-        async move {
-            if let Err(e) = grpc::serve_agents(listeners.agents, api, transport, stopped).await {
+        move |listener| async move {
+            if let Err(e) = grpc::serve_agents(listener, api, transport, stopped).await {
                 warn!(error = %e, "the agent service stopped");
             }
         }
     });
-    let queries = tokio::spawn({
+    let queries = on_ingest_thread("ringwarden-queries", listeners.queries, {
         let api = QueryApi::new(Arc::clone(&ctx.hub));
         let stopped = stopped();
-        async move {
-            if let Err(e) =
-                grpc::serve_queries(listeners.queries, api, query_transport, stopped).await
-            {
+        move |listener| async move {
+            if let Err(e) = grpc::serve_queries(listener, api, query_transport, stopped).await {
                 warn!(error = %e, "the query service stopped");
             }
         }
@@ -638,6 +680,19 @@ mod tests {
                     404,
                     json!({"kind": "Status", "code": 404, "reason": "NotFound"}),
                 ),
+                ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => {
+                    // Every token is the agent of node n1.
+                    let mut review = body;
+                    review["status"] = json!({
+                        "authenticated": true,
+                        "audiences": [ringwarden_proto::TOKEN_AUDIENCE],
+                        "user": {
+                            "username": "system:serviceaccount:ringwarden-system:ringwarden-agent",
+                            "extra": {(crate::auth::NODE_NAME_EXTRA): ["n1"]}
+                        }
+                    });
+                    (201, review)
+                }
                 ("PATCH", p) if p.ends_with("/status") => {
                     let mut object = if p.contains("/slos/") {
                         slo.clone()
@@ -656,6 +711,191 @@ mod tests {
                     .unwrap(),
             );
         }
+    }
+
+    /// Connections that flood the agent port — silent, garbage, or TLS
+    /// handshakes from many addresses — run on the ingest thread: the
+    /// Lease keeps being renewed on time and a real agent is still served.
+    #[tokio::test]
+    async fn a_connection_flood_neither_delays_the_lease_nor_shuts_out_agents() {
+        use crate::ingest::tls;
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let api = tokio::spawn(fake_api_server(handle, Arc::clone(&log)));
+        let args = Args::try_parse_from([
+            "ringwarden-operator",
+            "--identity",
+            "operator-0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--agent-addr",
+            "127.0.0.1:0",
+            "--query-addr",
+            "127.0.0.1:0",
+            "--retry-period",
+            "100ms",
+            "--renew-deadline",
+            "1s",
+            "--lease-duration",
+            "2s",
+        ])
+        .unwrap();
+        let listeners = Listeners::bind(&args).await.unwrap();
+        let port = listeners.agents.local_addr().unwrap().port();
+        let now = std::time::SystemTime::now();
+        let ca = tls::new_ca(now).unwrap();
+        let issued = tls::issue(&ca.key, &["localhost".to_string()], now).unwrap();
+        let store = tls::CertStore::new(&issued.pem).unwrap();
+        let serving = tls::Serving::new(tls::server_config(store).unwrap(), tls::Limits::default());
+        let refused = serving.refused.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let client = Client::new(service, "default");
+        let operator = tokio::spawn(async move {
+            serve(
+                &args,
+                OperatorConfig::default(),
+                client,
+                listeners,
+                Transport::Tls(serving),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+        });
+        let lease_writes = {
+            let log = Arc::clone(&log);
+            move || {
+                log.lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| l.contains("/leases") && !l.starts_with("GET"))
+                    .count()
+            }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lease_writes() < 2 {
+            assert!(std::time::Instant::now() < deadline, "never led");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // The flood, from a thread of its own: 64 clients at a time from
+        // 64 loopback addresses, each connecting, sending garbage or half
+        // a handshake, and going.
+        let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flood = std::thread::spawn({
+            let flooding = Arc::clone(&flooding);
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut tasks = Vec::new();
+                    for i in 0..64u32 {
+                        let flooding = Arc::clone(&flooding);
+                        tasks.push(tokio::spawn(async move {
+                            let mut n = 0u64;
+                            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                                let from = format!("127.0.3.{}:0", 1 + i);
+                                socket.bind(from.parse().unwrap()).unwrap();
+                                let to = format!("127.0.0.1:{port}").parse().unwrap();
+                                if let Ok(mut c) = socket.connect(to).await {
+                                    use tokio::io::AsyncWriteExt;
+                                    // A ClientHello header, then garbage.
+                                    let _ = c.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00]).await;
+                                    let _ = c.write_all(&[0xAB; 512]).await;
+                                    n += 1;
+                                }
+                            }
+                            n
+                        }));
+                    }
+                    let mut total = 0;
+                    for t in tasks {
+                        total += t.await.unwrap();
+                    }
+                    total
+                })
+            }
+        });
+
+        // Meanwhile: the Lease is renewed every retry period, never late
+        // by the renew deadline, and an agent connects and reports.
+        let started = std::time::Instant::now();
+        let mut last = (lease_writes(), std::time::Instant::now());
+        let mut longest = Duration::ZERO;
+        let mut agent = crate::sim::SimAgent::new(
+            "n1",
+            "boot-1",
+            vec![crate::reports::ProbeRef {
+                namespace: "shop".into(),
+                probeset: "web".into(),
+                probe: "sys".into(),
+            }],
+        );
+        let served = async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+                    .unwrap()
+                    .tls_config(
+                        tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(
+                                ca.cert.clone(),
+                            ))
+                            .domain_name("localhost"),
+                    )
+                    .unwrap()
+                    .connect()
+                    .await
+                    .expect("the agent reaches the operator during the flood");
+            let mut c = crate::sim::connect(channel, Some("token"), agent.hello())
+                .await
+                .expect("the agent is let in");
+            c.until_config(&mut agent).await.unwrap();
+            let report = agent.report(1);
+            c.report(&mut agent, report).await.unwrap();
+        };
+        tokio::pin!(served);
+        let mut agent_done = false;
+        while started.elapsed() < Duration::from_secs(4) {
+            tokio::select! {
+                () = &mut served, if !agent_done => agent_done = true,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let n = lease_writes();
+            if n > last.0 {
+                longest = longest.max(last.1.elapsed());
+                last = (n, std::time::Instant::now());
+            }
+        }
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+        let flooded = flood.join().unwrap();
+        eprintln!("flood: {flooded} connections, longest Lease gap {longest:?}");
+        assert!(agent_done, "the agent was not served during the flood");
+        longest = longest.max(last.1.elapsed());
+        assert!(
+            longest < Duration::from_secs(1),
+            "the Lease went {longest:?} without renewal (renew deadline 1s) while {flooded} \
+             connections flooded the agent port"
+        );
+        let refusals: u64 = [
+            "handshake_failed",
+            "per_address",
+            "handshakes",
+            "handshake_timeout",
+        ]
+        .iter()
+        .map(|r| refused.with_label_values(&[r]).get())
+        .sum();
+        assert!(
+            flooded > 100 && refusals > 0,
+            "flooded {flooded}, refused {refusals}"
+        );
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(20), operator).await;
+        api.abort();
     }
 
     #[tokio::test]
