@@ -706,10 +706,11 @@ fn a_clock_going_back_counts_in_the_newest_slot() {
 }
 
 #[test]
-fn streams_silent_for_longer_than_the_window_are_forgotten() {
+fn streams_silent_for_longer_than_the_window_are_retired() {
     let mut slo = evaluator(99.9, DAY);
     let (mut a, mut b) = (Agent::new("a"), Agent::new("b"));
-    slo.ingest(at(0), &a.events(10, 0));
+    let first = a.events(10, 0);
+    slo.ingest(at(0), &first);
     slo.ingest(at(86_400), &b.events(1, 0));
     assert_eq!(
         slo.ingest(at(86_400), &a.events(2, 0)),
@@ -718,10 +719,17 @@ fn streams_silent_for_longer_than_the_window_are_forgotten() {
 
     slo.ingest(at(2 * 86_400 + 1), &b.events(1, 0));
     assert!(!slo.streams.contains_key("a"));
-    // Should it speak again, it is a new stream: counted from zero.
+    // Its old reports cannot count again.
+    assert_eq!(slo.ingest(at(2 * 86_400 + 1), &first), Ingest::Replayed);
+    // Should it speak again, its counters are only a baseline: what it
+    // counted a window ago has left the window.
     assert_eq!(
         slo.ingest(at(2 * 86_400 + 1), &a.events(3, 0)),
-        Ingest::NewStream(counts(15, 15, 15, 0))
+        Ingest::Baseline
+    );
+    assert_eq!(
+        slo.ingest(at(2 * 86_400 + 2), &a.events(4, 0)),
+        Ingest::Counted(counts(4, 4, 4, 0))
     );
 }
 
@@ -738,19 +746,125 @@ fn a_crash_looping_agent_keeps_only_its_latest_streams() {
         .map(|s| s.boot_id.as_str())
         .collect();
     assert_eq!(boots, ["boot-3", "boot-4", "boot-5", "boot-6"]);
+    let retired: Vec<&str> = slo.retired["a"]
+        .iter()
+        .map(|r| r.boot_id.as_str())
+        .collect();
+    assert_eq!(retired, ["boot-1", "boot-2"]);
     assert_eq!(slo.evaluate(at(6), None).counts.total, 6);
 }
 
 #[test]
-fn a_forgotten_node_is_counted_from_zero() {
+fn an_evicted_boot_id_cannot_count_its_reports_again() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    agent.restart("boot-1");
+    slo.ingest(at(1), &agent.events(5, 0));
+    let last = agent.events(5, 0);
+    slo.ingest(at(2), &last);
+    let first_of_boot = Report {
+        seq: 1,
+        ..last.clone()
+    };
+    for boot in 2..=5 {
+        agent.restart(&format!("boot-{boot}"));
+        slo.ingest(at(boot), &agent.events(1, 0));
+    }
+    let before = slo.evaluate(at(10), None);
+    assert_eq!(before.counts.total, 14);
+    // Replayed as it was, or its boot id recycled from seq 1: refused.
+    assert_eq!(slo.ingest(at(10), &last), Ingest::Replayed);
+    assert_eq!(slo.ingest(at(10), &first_of_boot), Ingest::Replayed);
+    assert_eq!(slo.ingest_from_start(at(10), &last), Ingest::Replayed);
+    assert_eq!(slo.evaluate(at(10), None), before);
+    assert!(!slo.streams["a"].iter().any(|s| s.boot_id == "boot-1"));
+    // Still running after all, it counts again from its next report.
+    let mut alive = Agent(last);
+    assert_eq!(slo.ingest(at(11), &alive.events(7, 0)), Ingest::Baseline);
+    assert_eq!(
+        slo.ingest(at(12), &alive.events(1, 0)),
+        Ingest::Counted(counts(1, 1, 1, 0))
+    );
+}
+
+#[test]
+fn retired_streams_are_remembered_for_a_window_and_at_most_so_many_per_node() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    let boots = MAX_STREAMS_PER_NODE + MAX_RETIRED_PER_NODE + 2;
+    let mut firsts = Vec::new();
+    for boot in 1..=boots {
+        agent.restart(&format!("boot-{boot}"));
+        let r = agent.events(1, 0);
+        slo.ingest(at(boot as u64), &r);
+        firsts.push(r);
+    }
+    assert_eq!(slo.retired["a"].len(), MAX_RETIRED_PER_NODE);
+    // The two retired longest ago were forgotten: at seq 1 they count again.
+    for (i, r) in firsts.iter().enumerate().take(boots - MAX_STREAMS_PER_NODE) {
+        let expected = if i < 2 {
+            Ingest::NewStream(counts(1, 1, 1, 0))
+        } else {
+            Ingest::Replayed
+        };
+        let mut probe = slo.clone();
+        assert_eq!(probe.ingest(at(100), r), expected, "{}", r.boot_id);
+    }
+    // A window after they were retired, none is remembered (the streams
+    // kept until now, silent for a window, are retired in their turn).
+    slo.ingest(at(100 + 86_401), &agent.events(1, 0));
+    let retired: Vec<&str> = slo.retired["a"]
+        .iter()
+        .map(|r| r.boot_id.as_str())
+        .collect();
+    assert_eq!(
+        retired,
+        [
+            format!("boot-{}", boots - 3),
+            format!("boot-{}", boots - 2),
+            format!("boot-{}", boots - 1)
+        ]
+    );
+    assert_eq!(
+        slo.ingest(at(100 + 86_401), &firsts[5]),
+        Ingest::NewStream(counts(1, 1, 1, 0))
+    );
+}
+
+#[test]
+fn a_boot_first_seen_after_its_first_report_is_only_a_baseline() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    agent.add(500, 500, 0);
+    agent.0.seq = 40;
+    assert_eq!(slo.ingest(at(0), &agent.events(1, 0)), Ingest::Baseline);
+    assert_eq!(slo.evaluate(at(0), None).counts, Counts::default());
+    assert_eq!(
+        slo.ingest(at(10), &agent.events(3, 1)),
+        Ingest::Counted(counts(3, 4, 4, 0))
+    );
+    // A caller that saw the boot from its start vouches for it.
+    let mut vouched = evaluator(99.9, MONTH);
+    let mut other = Agent::new("b");
+    other.add(10, 0, 0);
+    other.0.seq = 40;
+    assert_eq!(
+        vouched.ingest_from_start(at(0), &other.next()),
+        Ingest::NewStream(counts(10, 10, 10, 0))
+    );
+}
+
+#[test]
+fn a_forgotten_node_counts_from_its_next_report() {
     let mut slo = evaluator(99.9, DAY);
     let mut agent = Agent::new("a");
     slo.ingest(at(0), &agent.events(10, 0));
     assert!(slo.forget_node("a"));
     assert!(!slo.forget_node("a"));
+    assert_eq!(slo.ingest(at(1), &agent.events(1, 0)), Ingest::Baseline);
     assert_eq!(
-        slo.ingest(at(1), &agent.events(1, 0)),
-        Ingest::NewStream(counts(11, 11, 11, 0))
+        slo.ingest(at(2), &agent.events(1, 0)),
+        Ingest::Counted(counts(1, 1, 1, 0))
     );
 }
 
@@ -839,6 +953,34 @@ fn restoring_a_snapshot_continues_as_if_never_stopped() {
 }
 
 #[test]
+fn retired_streams_survive_a_snapshot_and_older_snapshots_have_none() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    let mut firsts = Vec::new();
+    for boot in 1..=MAX_STREAMS_PER_NODE + 1 {
+        agent.restart(&format!("boot-{boot}"));
+        let r = agent.events(1, 0);
+        slo.ingest(at(boot as u64), &r);
+        firsts.push(r);
+    }
+    let json = serde_json::to_value(slo.snapshot()).unwrap();
+    assert_eq!(json["retired"]["a"][0]["bootId"], "boot-1");
+    let mut restored = SloEvaluator::restore(
+        spec(99.9, DAY),
+        serde_json::from_value(json.clone()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(restored.ingest(at(20), &firsts[0]), Ingest::Replayed);
+
+    let mut older = json;
+    older.as_object_mut().unwrap().remove("retired");
+    let restored =
+        SloEvaluator::restore(spec(99.9, DAY), serde_json::from_value(older).unwrap()).unwrap();
+    assert!(restored.retired.is_empty());
+    assert_eq!(restored.streams, slo.streams);
+}
+
+#[test]
 fn a_snapshot_holds_only_the_slots_in_use() {
     let mut slo = evaluator(99.9, DAY);
     assert!(slo.snapshot().window.is_empty());
@@ -878,7 +1020,22 @@ fn malformed_snapshots_are_rejected() {
     let good = slo.snapshot();
     let stream = good.streams["a"][0].clone();
     type Breaking = fn(&mut SloSnapshot, &Stream);
-    let broken: [(Breaking, SnapshotError); 11] = [
+    let broken: [(Breaking, SnapshotError); 13] = [
+        (
+            |s, _| s.retired.insert("b".into(), Vec::new()).map_or((), drop),
+            SnapshotError::Retired { node: "b".into() },
+        ),
+        (
+            |s, t| {
+                let r = Retired {
+                    boot_id: t.boot_id.clone(),
+                    seq: 1,
+                    retired_ms: s.latest_ms + 1,
+                };
+                s.retired.insert("a".into(), vec![r]).map_or((), drop)
+            },
+            SnapshotError::Retired { node: "a".into() },
+        ),
         (|s, _| s.version = 2, SnapshotError::Version { found: 2 }),
         (
             |s, _| s.counting_since_ms = Some(s.latest_ms + 1),
@@ -1186,9 +1343,11 @@ proptest! {
             c.add(counts(r.good, r.total, r.loss.observed, r.loss.pairing_dropped));
             c
         });
+        // The operator has seen each boot from its start; the evaluator
+        // sees the reports in any order.
         let mut slo = evaluator(99.9, MONTH);
         for i in order.into_iter().filter(|&i| i < reports.len()) {
-            slo.ingest(at(0), &reports[i].1);
+            slo.ingest_from_start(at(0), &reports[i].1);
         }
         prop_assert_eq!(slo.evaluate(at(0), None).counts, expected);
     }
