@@ -733,23 +733,38 @@ impl SloEvaluator {
         self.ingest_as(now, report, true)
     }
 
+    /// Whether a report numbered `seq` of stream `node`/`boot_id` would be
+    /// refused as [`Ingest::Replayed`]: the stream was retired, at that
+    /// number or a later one.
+    pub fn is_replay(&self, node: &str, boot_id: &str, seq: u64) -> bool {
+        let kept = self
+            .streams
+            .get(node)
+            .is_some_and(|list| list.iter().any(|s| s.boot_id == boot_id));
+        !kept
+            && self
+                .retired
+                .get(node)
+                .is_some_and(|list| list.iter().any(|r| r.boot_id == boot_id && seq <= r.seq))
+    }
+
     fn ingest_as(&mut self, now: SystemTime, report: &Report, from_start: bool) -> Ingest {
         let now_ms = self.advance(now);
         self.forget_idle(now_ms);
-        let known = self
+        if self.is_replay(&report.node, &report.boot_id, report.seq) {
+            return Ingest::Replayed;
+        }
+        let kept = self
             .streams
             .get(&report.node)
             .is_some_and(|list| list.iter().any(|s| s.boot_id == report.boot_id));
         // A stream that spoke again after it was retired lost its baseline:
         // this report becomes it.
         let mut revived = false;
-        if !known
+        if !kept
             && let Some(list) = self.retired.get_mut(&report.node)
             && let Some(i) = list.iter().position(|r| r.boot_id == report.boot_id)
         {
-            if report.seq <= list[i].seq {
-                return Ingest::Replayed;
-            }
             list.remove(i);
             if list.is_empty() {
                 self.retired.remove(&report.node);

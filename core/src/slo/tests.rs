@@ -773,6 +773,9 @@ fn an_evicted_boot_id_cannot_count_its_reports_again() {
     let before = slo.evaluate(at(10), None);
     assert_eq!(before.counts.total, 14);
     // Replayed as it was, or its boot id recycled from seq 1: refused.
+    assert!(slo.is_replay("a", "boot-1", last.seq));
+    assert!(!slo.is_replay("a", "boot-1", last.seq + 1));
+    assert!(!slo.is_replay("a", "boot-5", 1));
     assert_eq!(slo.ingest(at(10), &last), Ingest::Replayed);
     assert_eq!(slo.ingest(at(10), &first_of_boot), Ingest::Replayed);
     assert_eq!(slo.ingest_from_start(at(10), &last), Ingest::Replayed);
