@@ -15,13 +15,22 @@
 //! - a gap loses nothing: the next report carries what the missing ones did;
 //! - a new boot id is a new stream, counted from zero, and late reports of
 //!   the previous boot still add their own increments;
+//! - a stream is new only from its first report (`seq` 1): a boot id first
+//!   seen at a later number is taken as a baseline and counts only what its
+//!   next reports add, so a report replayed from some earlier run cannot
+//!   bring in its cumulative counts (see [`SloEvaluator::ingest_from_start`]
+//!   for callers that saw the boot from its start);
+//! - a stream dropped from the list (a full list, or a silence longer than
+//!   the window) is remembered for another window, so its old reports, or
+//!   its boot id used again from `seq` 1, are refused
+//!   ([`Ingest::Replayed`]);
 //! - a counter group going down without a new boot id was restarted: its new
 //!   values are counted from zero, never as negative increments.
 //!
-//! A stream's first report counts in full: its counters began when the agent
-//! started or the threshold was installed. Streams silent for longer than
-//! the window are forgotten, so a node that speaks again after such a silence
-//! is counted from zero too. The exact counters are kept before in-kernel
+//! A stream's first report (`seq` 1) counts in full: its counters began when
+//! the agent started or the threshold was installed. Streams silent for
+//! longer than the window are retired, so a node that speaks again after such
+//! a silence counts from its next report on. The exact counters are kept before in-kernel
 //! sampling, so the SLI needs no scaling.
 //!
 //! Increments land in the slot of the `now` they are ingested at; a `now`
@@ -114,6 +123,7 @@ use thiserror::Error;
 use crate::accounting::Counters;
 use crate::duration::{format_duration, serde_duration};
 use crate::histogram::Histogram;
+use ring::{Exact, Ring, Tally};
 
 /// Slots the SLO window is cut into.
 pub const WINDOW_SLOTS: usize = 1_440;
@@ -130,6 +140,11 @@ pub const MIN_WINDOW: Duration = Duration::from_secs(60);
 /// Streams (boot ids) kept per node. A crash-looping agent would otherwise
 /// add one per restart; late reports only ever come from the last few.
 pub const MAX_STREAMS_PER_NODE: usize = 4;
+/// Retired streams remembered per node, each for a window: enough for an
+/// agent restarting every few hours of a 30-day window to have its old boot
+/// ids refused, while a crash loop costs a snapshot at most this many
+/// entries per node.
+pub const MAX_RETIRED_PER_NODE: usize = 16;
 
 const SNAPSHOT_VERSION: u32 = 1;
 const PPB: u64 = 1_000_000_000;
@@ -234,6 +249,13 @@ pub enum SnapshotError {
         /// The node.
         node: String,
     },
+    /// A node with no retired streams, too many, or one retired after the
+    /// latest report.
+    #[error("node {node:?} has an empty, oversized or future list of retired streams")]
+    Retired {
+        /// The node.
+        node: String,
+    },
     /// A stream whose baseline counts are inconsistent or from the future.
     #[error(
         "stream {boot_id:?} of node {node:?} counts more good than total or more lost than observed events, or was seen after the latest report"
@@ -255,8 +277,8 @@ pub struct Report {
     /// Names one run of the node's counters: it changes whenever they restart
     /// from zero (agent restart, node reboot).
     pub boot_id: String,
-    /// Increases with every report of a boot; a report numbered no higher
-    /// than one already seen is ignored.
+    /// 1 for a boot's first report, one higher for every report after it; a
+    /// report numbered no higher than one already seen is ignored.
     pub seq: u64,
     /// The threshold the kernel counted `good` and `total` against, numbered
     /// as the operator pleases (e.g. the SLO generation that set it). Only
@@ -298,6 +320,14 @@ pub enum Ingest {
     Reset(Counts),
     /// Numbered no higher than the stream's last report: nothing counted.
     Stale,
+    /// The first report of a stream not seen from its start (`seq` above 1),
+    /// or of a retired stream speaking again: nothing counted; its counters
+    /// are the baseline of the next report.
+    Baseline,
+    /// A report of a retired stream numbered no higher than its last one
+    /// (an old report replayed, or its boot id used again): refused, nothing
+    /// counted and nothing changed.
+    Replayed,
 }
 
 impl Ingest {
@@ -305,7 +335,7 @@ impl Ingest {
     pub fn added(&self) -> Counts {
         match *self {
             Self::Counted(c) | Self::NewStream(c) | Self::Reset(c) => c,
-            Self::Stale => Counts::default(),
+            Self::Stale | Self::Baseline | Self::Replayed => Counts::default(),
         }
     }
 }
@@ -450,121 +480,6 @@ impl SloSpec {
     }
 }
 
-/// A slot's counts.
-trait Tally: Copy + Default + PartialEq {
-    fn add(&mut self, other: Self);
-}
-
-impl Tally for Counts {
-    // Saturating: a pinned counter is visibly wrong, a wrapped one is not.
-    fn add(&mut self, other: Self) {
-        self.good = self.good.saturating_add(other.good);
-        self.total = self.total.saturating_add(other.total);
-        self.observed = self.observed.saturating_add(other.observed);
-        self.lost = self.lost.saturating_add(other.lost);
-    }
-}
-
-/// A burn slot: the exact counters only.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Exact {
-    good: u64,
-    total: u64,
-}
-
-impl Tally for Exact {
-    fn add(&mut self, other: Self) {
-        self.good = self.good.saturating_add(other.good);
-        self.total = self.total.saturating_add(other.total);
-    }
-}
-
-/// Slots indexed by absolute slot number modulo their count. The newest
-/// (`head`) is kept by the caller; every slot holds one of the last
-/// `len` slot numbers up to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Ring<T> {
-    slots: Vec<T>,
-}
-
-impl<T: Tally> Ring<T> {
-    fn new(len: usize) -> Self {
-        Self {
-            slots: vec![T::default(); len],
-        }
-    }
-
-    fn len(&self) -> u64 {
-        self.slots.len() as u64
-    }
-
-    fn slot(&mut self, i: u64) -> &mut T {
-        let len = self.len();
-        &mut self.slots[(i % len) as usize]
-    }
-
-    /// Moves the newest slot from `head` to `to`, clearing the slots that
-    /// come into use: they held counts from a whole ring ago.
-    fn advance(&mut self, head: u64, to: u64) {
-        let from = head
-            .saturating_add(1)
-            .max(to.saturating_add(1).saturating_sub(self.len()));
-        for i in from..=to {
-            *self.slot(i) = T::default();
-        }
-    }
-
-    /// Sum of the `k` slots ending at `at`, of those held (`head <= at`).
-    fn sum(&self, head: u64, at: u64, k: u64) -> T {
-        let oldest = at
-            .saturating_add(1)
-            .saturating_sub(k)
-            .max(head.saturating_add(1).saturating_sub(self.len()));
-        let mut total = T::default();
-        for i in oldest..=head {
-            total.add(self.slots[(i % self.len()) as usize]);
-        }
-        total
-    }
-
-    fn clear(&mut self) {
-        self.slots.fill(T::default());
-    }
-
-    /// Non-empty slots as `(age, counts)`, newest (age 0) first.
-    fn sparse(&self, head: u64) -> Vec<(u32, T)> {
-        (0..self.len().min(head.saturating_add(1)))
-            .filter_map(|age| {
-                let t = self.slots[((head - age) % self.len()) as usize];
-                (t != T::default()).then_some((age as u32, t))
-            })
-            .collect()
-    }
-
-    /// Refills from [`Ring::sparse`] output.
-    fn fill(
-        &mut self,
-        ring: &'static str,
-        head: u64,
-        sparse: impl IntoIterator<Item = (u32, T)>,
-        valid: impl Fn(&T) -> bool,
-    ) -> Result<(), SnapshotError> {
-        let mut previous = None;
-        for (age, t) in sparse {
-            let age64 = u64::from(age);
-            if previous.is_some_and(|p| age <= p) || age64 >= self.len() || age64 > head {
-                return Err(SnapshotError::SlotOrder { ring, age });
-            }
-            if !valid(&t) {
-                return Err(SnapshotError::SlotCounts { ring, age });
-            }
-            *self.slot(head - age64) = t;
-            previous = Some(age);
-        }
-        Ok(())
-    }
-}
-
 /// Where a stream's counters stood at its last counted report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -577,6 +492,16 @@ struct Stream {
     total: u64,
     observed: u64,
     lost: u64,
+}
+
+/// A stream no longer kept: where its numbering stood, so that none of its
+/// reports counts again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Retired {
+    boot_id: String,
+    seq: u64,
+    retired_ms: u64,
 }
 
 /// An [`SloEvaluator`]'s whole state, as serde data, for an operator to
@@ -598,6 +523,9 @@ pub struct SloSnapshot {
     /// `(age, good, total)`.
     burn: Vec<(u32, u64, u64)>,
     streams: BTreeMap<String, Vec<Stream>>,
+    /// Absent from snapshots written before streams were retired.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    retired: BTreeMap<String, Vec<Retired>>,
 }
 
 /// One SLO's rolling state: per-stream baselines and the slotted counts.
@@ -613,6 +541,8 @@ pub struct SloEvaluator {
     window: Ring<Counts>,
     burn: Ring<Exact>,
     streams: BTreeMap<String, Vec<Stream>>,
+    /// Streams dropped from `streams`, per node, for a window after.
+    retired: BTreeMap<String, Vec<Retired>>,
 }
 
 impl SloEvaluator {
@@ -627,6 +557,7 @@ impl SloEvaluator {
             window: Ring::new(WINDOW_SLOTS),
             burn: Ring::new(BURN_SLOTS),
             streams: BTreeMap::new(),
+            retired: BTreeMap::new(),
         })
     }
 
@@ -672,31 +603,99 @@ impl SloEvaluator {
         self.counting_since_ms = Some(now_ms);
     }
 
-    /// Counts what `report` adds to its stream at `now`.
+    /// Counts what `report` adds to its stream at `now`. A stream this
+    /// evaluator does not know counts in full only from its first report
+    /// (`seq` 1); see the module docs.
     pub fn ingest(&mut self, now: SystemTime, report: &Report) -> Ingest {
+        self.ingest_as(now, report, false)
+    }
+
+    /// As [`SloEvaluator::ingest`], for a caller that has seen every report
+    /// of this boot from its first one and passes only reports numbered
+    /// higher than any before: a stream this evaluator does not know yet (an
+    /// SLO created while the agent runs) then counts its first report in
+    /// full, whatever its number. Retired streams are refused all the same.
+    pub fn ingest_from_start(&mut self, now: SystemTime, report: &Report) -> Ingest {
+        self.ingest_as(now, report, true)
+    }
+
+    /// Whether a report numbered `seq` of stream `node`/`boot_id` would be
+    /// refused as [`Ingest::Replayed`]: the stream was retired, at that
+    /// number or a later one.
+    pub fn is_replay(&self, node: &str, boot_id: &str, seq: u64) -> bool {
+        let kept = self
+            .streams
+            .get(node)
+            .is_some_and(|list| list.iter().any(|s| s.boot_id == boot_id));
+        !kept
+            && self
+                .retired
+                .get(node)
+                .is_some_and(|list| list.iter().any(|r| r.boot_id == boot_id && seq <= r.seq))
+    }
+
+    fn ingest_as(&mut self, now: SystemTime, report: &Report, from_start: bool) -> Ingest {
         let now_ms = self.advance(now);
         self.forget_idle(now_ms);
+        if self.is_replay(&report.node, &report.boot_id, report.seq) {
+            return Ingest::Replayed;
+        }
+        let kept = self
+            .streams
+            .get(&report.node)
+            .is_some_and(|list| list.iter().any(|s| s.boot_id == report.boot_id));
+        // A stream that spoke again after it was retired lost its baseline:
+        // this report becomes it.
+        let mut revived = false;
+        if !kept
+            && let Some(list) = self.retired.get_mut(&report.node)
+            && let Some(i) = list.iter().position(|r| r.boot_id == report.boot_id)
+        {
+            list.remove(i);
+            if list.is_empty() {
+                self.retired.remove(&report.node);
+            }
+            revived = true;
+        }
         let streams = self.streams.entry(report.node.clone()).or_default();
         let (stream, new) = match streams.iter().position(|s| s.boot_id == report.boot_id) {
             Some(i) if report.seq <= streams[i].seq => return Ingest::Stale,
             Some(i) => (&mut streams[i], false),
             None => {
-                if streams.len() >= MAX_STREAMS_PER_NODE {
+                let evicted = (streams.len() >= MAX_STREAMS_PER_NODE).then(|| {
                     let idlest = (0..streams.len())
                         .min_by_key(|&i| streams[i].last_seen_ms)
                         .expect("the list is full, so not empty");
-                    streams.remove(idlest);
-                }
-                streams.push(Stream {
+                    streams.remove(idlest)
+                });
+                let counts_in_full = !revived && (report.seq == 1 || from_start);
+                let good = report.good.min(report.total);
+                let observed = report.loss.observed;
+                // Not counted in full: the report's own counters are the
+                // baseline, so only what later reports add counts.
+                let baseline = Stream {
                     boot_id: report.boot_id.clone(),
-                    seq: 0,
+                    seq: if counts_in_full { 0 } else { report.seq },
                     last_seen_ms: now_ms,
                     threshold_id: report.threshold_id,
-                    good: 0,
-                    total: 0,
-                    observed: 0,
-                    lost: 0,
-                });
+                    good: if counts_in_full { 0 } else { good },
+                    total: if counts_in_full { 0 } else { report.total },
+                    observed: if counts_in_full { 0 } else { observed },
+                    lost: if counts_in_full {
+                        0
+                    } else {
+                        report.loss.pairing_dropped.min(observed)
+                    },
+                };
+                streams.push(baseline);
+                if let Some(s) = evicted {
+                    self.retire(&report.node, s, now_ms);
+                }
+                if !counts_in_full {
+                    self.counting_since_ms.get_or_insert(now_ms);
+                    return Ingest::Baseline;
+                }
+                let streams = self.streams.get_mut(&report.node).expect("just pushed to");
                 (streams.last_mut().expect("just pushed"), true)
             }
         };
@@ -753,12 +752,14 @@ impl SloEvaluator {
         }
     }
 
-    /// Forgets a node's streams, as when the node is deleted; whether it had any.
+    /// Forgets a node's streams, retired ones too, as when the node is
+    /// deleted; whether it had any.
     ///
-    /// Streams silent for longer than the window are forgotten anyway. Should
-    /// such a stream speak again it is counted from zero, like a new one.
+    /// Streams silent for longer than the window are retired anyway. Should
+    /// such a stream speak again it counts from its next report on.
     pub fn forget_node(&mut self, node: &str) -> bool {
-        self.streams.remove(node).is_some()
+        let retired = self.retired.remove(node).is_some();
+        self.streams.remove(node).is_some() || retired
     }
 
     /// The figures at `now` (taken as the latest time seen if earlier), with
@@ -826,6 +827,7 @@ impl SloEvaluator {
                 .map(|(age, e)| (age, e.good, e.total))
                 .collect(),
             streams: self.streams.clone(),
+            retired: self.retired.clone(),
         }
     }
 
@@ -845,6 +847,7 @@ impl SloEvaluator {
             window,
             burn,
             streams,
+            retired,
         } = snapshot;
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::Version { found: version }.into());
@@ -869,6 +872,15 @@ impl SloEvaluator {
                     boot_id: s.boot_id.clone(),
                 }
                 .into());
+            }
+        }
+
+        for (node, list) in &retired {
+            if list.is_empty()
+                || list.len() > MAX_RETIRED_PER_NODE
+                || list.iter().any(|r| r.retired_ms > latest_ms)
+            {
+                return Err(SnapshotError::Retired { node: node.clone() }.into());
             }
         }
 
@@ -906,6 +918,7 @@ impl SloEvaluator {
         evaluator.latest_ms = latest_ms;
         evaluator.counting_since_ms = counting_since_ms;
         evaluator.streams = streams;
+        evaluator.retired = retired;
         if window_ms == evaluator.objective.window_ms {
             evaluator.window = window_ring;
             evaluator.burn = burn_ring;
@@ -936,13 +949,41 @@ impl SloEvaluator {
         self.burn.clear();
     }
 
-    /// Drops streams silent for longer than the window: whatever they
-    /// counted has left it, and their nodes may well be gone.
+    /// Retires streams silent for longer than the window (whatever they
+    /// counted has left it, and their nodes may well be gone), and forgets
+    /// streams retired for longer than the window.
     fn forget_idle(&mut self, now_ms: u64) {
         let window_ms = self.objective.window_ms;
-        self.streams.retain(|_, list| {
-            list.retain(|s| now_ms.saturating_sub(s.last_seen_ms) <= window_ms);
+        let idle = |s: &Stream| now_ms.saturating_sub(s.last_seen_ms) > window_ms;
+        if self.streams.values().flatten().any(idle) {
+            let mut silent = Vec::new();
+            self.streams.retain(|node, list| {
+                for s in list.extract_if(.., |s| idle(s)) {
+                    silent.push((node.clone(), s));
+                }
+                !list.is_empty()
+            });
+            for (node, s) in silent {
+                self.retire(&node, s, now_ms);
+            }
+        }
+        self.retired.retain(|_, list| {
+            list.retain(|r| now_ms.saturating_sub(r.retired_ms) <= window_ms);
             !list.is_empty()
+        });
+    }
+
+    /// Remembers that `stream` of `node` is no longer kept, dropping the
+    /// node's longest-retired stream when it has too many.
+    fn retire(&mut self, node: &str, stream: Stream, now_ms: u64) {
+        let list = self.retired.entry(node.to_owned()).or_default();
+        if list.len() >= MAX_RETIRED_PER_NODE {
+            list.remove(0);
+        }
+        list.push(Retired {
+            boot_id: stream.boot_id,
+            seq: stream.seq,
+            retired_ms: now_ms,
         });
     }
 
@@ -1014,5 +1055,6 @@ fn time(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+mod ring;
 #[cfg(test)]
 mod tests;

@@ -566,7 +566,9 @@ type Grant = (&'static str, String, String, String, String);
 /// - publish.rs: `patch_status` of an SLO's status; per SLO a snapshot
 ///   ConfigMap in its own namespace, named by a hash (`get_opt`, apply,
 ///   `delete`, and `list_metadata` to find stale ones);
-/// - auth.rs: `create` of TokenReviews for agents' tokens;
+/// - auth.rs: `create` of TokenReviews for agents' tokens, and `get_opt`
+///   of the agent pod a token names without its node, in its own
+///   namespace;
 /// - agent.rs: `get_opt` and server-side apply of the agent ConfigMap and
 ///   DaemonSet in its own namespace;
 /// - lease.rs: `get_opt`, `create` and `replace` (update) of the Lease; a
@@ -604,6 +606,7 @@ fn expected_grants(
             "*",
             "create",
         ),
+        ("Role", "", "pods", "*", "get"),
         ("Role", "", "configmaps", "*", "get"),
         ("Role", "", "configmaps", "*", "list"),
         ("Role", "", "configmaps", "*", "create"),

@@ -32,7 +32,7 @@ pub mod sim;
 pub mod wiring;
 
 // Each step by its own name too, as the binaries and tests use them.
-pub use ingest::{auth, grpc, hub, publish, reports, slo_status};
+pub use ingest::{auth, grpc, handed, hub, publish, reports, slo_status};
 pub use reconcile::{agent, assess, controller, render, slo, status, stored, watches, world};
 
 use std::process::ExitCode;

@@ -26,7 +26,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{
-    auth::{Authenticator, Review, Reviewer},
+    auth::{Authenticator, BoundPod, PodPlace, Review, Reviewer},
     controller::Stores,
     grpc::{self, AgentApi, StreamSettings},
     hub::Hub,
@@ -45,31 +45,57 @@ pub const NAMESPACE: &str = "ringwarden-system";
 pub const AGENT_ACCOUNT: &str = "ringwarden-agent";
 
 /// Tokens `agent:<node>` belong to the agent ServiceAccount, bound to a pod
-/// on `<node>`; `other` to another ServiceAccount; the rest are forged.
+/// on `<node>` (the API server names the node); `pod:<node>` too, but the
+/// API server names only the pod, `agent-<node>`, which runs on `<node>`;
+/// `unbound` to the agent ServiceAccount without a node or pod;
+/// `kube:<node>` is the agent's token for the API server's audience;
+/// `other` belongs to another ServiceAccount; the rest are forged.
 pub struct FakeReview;
 
 impl Reviewer for FakeReview {
     async fn review(&self, token: &str, audience: &str) -> Result<Review, String> {
-        let (user, node) = match token.split_once(':') {
-            Some(("agent", node)) => (
-                format!("system:serviceaccount:{NAMESPACE}:{AGENT_ACCOUNT}"),
-                Some(node.to_owned()),
-            ),
-            _ if token == "other" => ("system:serviceaccount:shop:web".to_owned(), None),
+        let agent = format!("system:serviceaccount:{NAMESPACE}:{AGENT_ACCOUNT}");
+        let mut review = Review {
+            authenticated: true,
+            username: agent,
+            audiences: vec![audience.into()],
+            ..Review::default()
+        };
+        match token.split_once(':') {
+            Some(("agent", node)) => review.node = Some(node.to_owned()),
+            Some(("pod", node)) => {
+                review.pod = Some(BoundPod {
+                    name: format!("agent-{node}"),
+                    uid: format!("uid-{node}"),
+                });
+            }
+            Some(("kube", node)) => {
+                review.node = Some(node.to_owned());
+                review.audiences = vec!["https://kubernetes.default.svc".into()];
+            }
+            _ if token == "unbound" => {}
+            _ if token == "other" => {
+                review.username = "system:serviceaccount:shop:web".to_owned();
+                review.node = Some("node-0".into());
+            }
             _ => {
                 return Ok(Review {
                     error: Some("invalid bearer token".into()),
                     ..Review::default()
                 });
             }
-        };
-        Ok(Review {
-            authenticated: true,
-            username: user,
-            audiences: vec![audience.into()],
-            node,
-            error: None,
-        })
+        }
+        Ok(review)
+    }
+
+    async fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodPlace>, String> {
+        Ok(name
+            .strip_prefix("agent-")
+            .filter(|_| namespace == NAMESPACE)
+            .map(|node| PodPlace {
+                uid: format!("uid-{node}"),
+                node: Some(node.to_owned()),
+            }))
     }
 }
 

@@ -46,14 +46,18 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct IngestMetrics {
     /// Reports by outcome: `ingested`, `stale` (a repeat), `other_boot`,
-    /// `invalid`.
+    /// `replayed`, `baseline`, `unknown_node`, `invalid`.
     pub reports: IntCounterVec,
+    /// Reports refused whole or in part, by reason (`handed::refusal`),
+    /// each reason once per report.
+    pub reports_refused: IntCounterVec,
     /// Time from a report's arrival to its acknowledgement being queued.
     pub ingest_duration: prometheus::Histogram,
     /// Agent streams open now.
     pub agents_connected: IntGauge,
-    /// Streams refused, by reason (`unauthenticated`, `forbidden`,
-    /// `not_leading`).
+    /// Streams refused, by reason (`unauthenticated`, `wrong_audience`,
+    /// `forbidden`, `no_node`, `review_failed`, `wrong_node`,
+    /// `unknown_node`, `boot_retired`, `not_leading`).
     pub refused: IntCounterVec,
     /// Per ProbeSet: `desired`, `ready` and `reporting` nodes.
     pub nodes: GaugeVec,
@@ -200,14 +204,23 @@ impl IngestMetrics {
         Ok(Self {
             reports: counter(
                 "ringwarden_operator_reports_total",
-                "Agent reports received, by outcome (ingested, stale, other_boot, invalid).",
+                "Agent reports received, by outcome (ingested, stale, other_boot, replayed, \
+                 baseline, unknown_node, invalid).",
                 &["outcome"],
+            )?,
+            reports_refused: counter(
+                "ringwarden_operator_reports_refused_total",
+                "Agent reports refused whole or in part, by reason (probe_not_pushed, \
+                 threshold_not_pushed, unknown_node, boot_replayed, not_from_start); the \
+                 refused part counts toward no figure and no SLO.",
+                &["reason"],
             )?,
             ingest_duration,
             agents_connected,
             refused: counter(
                 "ringwarden_operator_agent_streams_refused_total",
-                "Agent streams refused, by reason (unauthenticated, forbidden, not_leading).",
+                "Agent streams refused, by reason (unauthenticated, wrong_audience, forbidden, \
+                 no_node, review_failed, wrong_node, unknown_node, boot_retired, not_leading).",
                 &["reason"],
             )?,
             nodes: gauge(

@@ -116,13 +116,13 @@ async fn unauthenticated_or_forged_streams_are_refused_and_change_nothing() {
         ),
         3.0
     );
-    assert_eq!(
-        op.metric(
-            "ringwarden_operator_agent_streams_refused_total",
-            "forbidden"
-        ),
-        2.0
-    );
+    for reason in ["forbidden", "wrong_node"] {
+        assert_eq!(
+            op.metric("ringwarden_operator_agent_streams_refused_total", reason),
+            1.0,
+            "{reason}"
+        );
+    }
     let figures = op.hub.probeset_figures(SystemTime::now());
     assert_eq!(figures[0].figures.reporting, 0);
     op.stop().await;

@@ -54,8 +54,8 @@ fn report(agent: &mut SimAgent, at: SystemTime) -> Sample {
     Sample::try_from(agent.report(millis(at))).unwrap()
 }
 
-/// Installs the SLO's threshold as a pushed configuration would.
-fn configure(agent: &mut SimAgent, cluster: &Cluster) {
+/// The agents' configuration the operator renders for `cluster`.
+fn rendered(cluster: &Cluster) -> ringwarden_crds::AgentConfig {
     let slos: Vec<_> = cluster
         .stores
         .slos
@@ -68,8 +68,13 @@ fn configure(agent: &mut SimAgent, cluster: &Cluster) {
         nodes: vec![[("pool".to_string(), "web".to_string())].into()],
         slos,
     };
-    let config = ringwarden_operator::render::agent_config(&world.assess_all(), &world.nodes);
-    let mine = ringwarden_operator::hub::node_config(&config, &world.nodes[0]);
+    ringwarden_operator::render::agent_config(&world.assess_all(), &world.nodes)
+}
+
+/// Installs the SLO's threshold as a pushed configuration would.
+fn configure(agent: &mut SimAgent, cluster: &Cluster) {
+    let web = [("pool".to_string(), "web".to_string())].into();
+    let mine = ringwarden_operator::hub::node_config(&rendered(cluster), &web);
     agent.apply(&v1::Config {
         version: mine.version,
         agent_config_json: mine.json,
@@ -128,7 +133,7 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
     let mut before = Reports::default();
     let def = slo_status::definition(&fast, &cluster.stores.probesets.state(), None).unwrap();
     before.sync_slos(earlier, vec![def]);
-    before.hello(earlier, hello(&agent));
+    before.hello(earlier, hello(&agent)).unwrap();
     before.ingest(earlier, "node-0", &report(&mut agent, earlier));
     let persisted = before.persisted("shop/fast").unwrap();
 
@@ -175,6 +180,8 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
     let (reconcile_tx, mut reconciled) = mpsc::unbounded_channel::<ObjectRef<ProbeSet>>();
     let mut publisher = Publisher::new(ctx.clone(), reconcile_tx, Settings::default());
     let hub = ctx.hub.clone();
+    // As the agent controller would, before agents report.
+    hub.set_config(&rendered(&cluster));
     // What the watch would do after each write.
     let observe_write = |cluster: &mut Cluster| -> SloStatus {
         let status: SloStatus = serde_json::from_value(written.try_recv().unwrap()).unwrap();
@@ -192,9 +199,9 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
     assert_eq!(s.state, Some(SloState::Breached));
     assert!(s.counting_since.is_some());
 
-    hub.hello(at(1), hello(&agent));
+    hub.hello(at(1), hello(&agent)).unwrap();
     agent.probes[0].observe("read", &[MS; 900]);
-    hub.ingest(at(1), "node-0", &report(&mut agent, at(1)));
+    hub.ingest(at(1), "node-0", report(&mut agent, at(1)));
     advance(Duration::from_secs(1)).await;
     publisher.step(at(1)).await;
     advance(Duration::from_secs(4)).await;
@@ -223,7 +230,7 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
     // Agents have had two intervals: the ProbeSet's figures are published.
     advance(Duration::from_secs(7)).await;
     agent.probes[0].observe("read", &[MS; 100]);
-    hub.ingest(at(21), "node-0", &report(&mut agent, at(21)));
+    hub.ingest(at(21), "node-0", report(&mut agent, at(21)));
     publisher.step(at(22)).await;
     assert_eq!(
         reconciled.try_recv().unwrap(),
@@ -240,7 +247,7 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
         let mut latencies = vec![MS; good];
         latencies.extend(vec![10 * MS; bad]);
         agent.probes[0].observe("read", &latencies);
-        hub.ingest(at(s), "node-0", &report(&mut agent, at(s)));
+        hub.ingest(at(s), "node-0", report(&mut agent, at(s)));
         publisher.step(at(s)).await;
         assert!(
             reconciled.try_recv().is_err(),
@@ -351,7 +358,7 @@ fn snapshot_after(nodes: usize, reports: u64) -> Persisted {
         let boot = format!("{:016x}{:016x}", next(), next());
         let mut agent = SimAgent::new(&node, &boot, vec![probe.clone()]);
         configure(&mut agent, &cluster);
-        reports_seen.hello(t0, hello(&agent));
+        reports_seen.hello(t0, hello(&agent)).unwrap();
         for r in 0..reports {
             let at = t0 + Duration::from_secs(10 * r);
             for _ in 0..(n * 7 + r as usize * 13) % 29 + 1 {

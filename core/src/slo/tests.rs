@@ -706,10 +706,11 @@ fn a_clock_going_back_counts_in_the_newest_slot() {
 }
 
 #[test]
-fn streams_silent_for_longer_than_the_window_are_forgotten() {
+fn streams_silent_for_longer_than_the_window_are_retired() {
     let mut slo = evaluator(99.9, DAY);
     let (mut a, mut b) = (Agent::new("a"), Agent::new("b"));
-    slo.ingest(at(0), &a.events(10, 0));
+    let first = a.events(10, 0);
+    slo.ingest(at(0), &first);
     slo.ingest(at(86_400), &b.events(1, 0));
     assert_eq!(
         slo.ingest(at(86_400), &a.events(2, 0)),
@@ -718,10 +719,17 @@ fn streams_silent_for_longer_than_the_window_are_forgotten() {
 
     slo.ingest(at(2 * 86_400 + 1), &b.events(1, 0));
     assert!(!slo.streams.contains_key("a"));
-    // Should it speak again, it is a new stream: counted from zero.
+    // Its old reports cannot count again.
+    assert_eq!(slo.ingest(at(2 * 86_400 + 1), &first), Ingest::Replayed);
+    // Should it speak again, its counters are only a baseline: what it
+    // counted a window ago has left the window.
     assert_eq!(
         slo.ingest(at(2 * 86_400 + 1), &a.events(3, 0)),
-        Ingest::NewStream(counts(15, 15, 15, 0))
+        Ingest::Baseline
+    );
+    assert_eq!(
+        slo.ingest(at(2 * 86_400 + 2), &a.events(4, 0)),
+        Ingest::Counted(counts(4, 4, 4, 0))
     );
 }
 
@@ -738,19 +746,128 @@ fn a_crash_looping_agent_keeps_only_its_latest_streams() {
         .map(|s| s.boot_id.as_str())
         .collect();
     assert_eq!(boots, ["boot-3", "boot-4", "boot-5", "boot-6"]);
+    let retired: Vec<&str> = slo.retired["a"]
+        .iter()
+        .map(|r| r.boot_id.as_str())
+        .collect();
+    assert_eq!(retired, ["boot-1", "boot-2"]);
     assert_eq!(slo.evaluate(at(6), None).counts.total, 6);
 }
 
 #[test]
-fn a_forgotten_node_is_counted_from_zero() {
+fn an_evicted_boot_id_cannot_count_its_reports_again() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    agent.restart("boot-1");
+    slo.ingest(at(1), &agent.events(5, 0));
+    let last = agent.events(5, 0);
+    slo.ingest(at(2), &last);
+    let first_of_boot = Report {
+        seq: 1,
+        ..last.clone()
+    };
+    for boot in 2..=5 {
+        agent.restart(&format!("boot-{boot}"));
+        slo.ingest(at(boot), &agent.events(1, 0));
+    }
+    let before = slo.evaluate(at(10), None);
+    assert_eq!(before.counts.total, 14);
+    // Replayed as it was, or its boot id recycled from seq 1: refused.
+    assert!(slo.is_replay("a", "boot-1", last.seq));
+    assert!(!slo.is_replay("a", "boot-1", last.seq + 1));
+    assert!(!slo.is_replay("a", "boot-5", 1));
+    assert_eq!(slo.ingest(at(10), &last), Ingest::Replayed);
+    assert_eq!(slo.ingest(at(10), &first_of_boot), Ingest::Replayed);
+    assert_eq!(slo.ingest_from_start(at(10), &last), Ingest::Replayed);
+    assert_eq!(slo.evaluate(at(10), None), before);
+    assert!(!slo.streams["a"].iter().any(|s| s.boot_id == "boot-1"));
+    // Still running after all, it counts again from its next report.
+    let mut alive = Agent(last);
+    assert_eq!(slo.ingest(at(11), &alive.events(7, 0)), Ingest::Baseline);
+    assert_eq!(
+        slo.ingest(at(12), &alive.events(1, 0)),
+        Ingest::Counted(counts(1, 1, 1, 0))
+    );
+}
+
+#[test]
+fn retired_streams_are_remembered_for_a_window_and_at_most_so_many_per_node() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    let boots = MAX_STREAMS_PER_NODE + MAX_RETIRED_PER_NODE + 2;
+    let mut firsts = Vec::new();
+    for boot in 1..=boots {
+        agent.restart(&format!("boot-{boot}"));
+        let r = agent.events(1, 0);
+        slo.ingest(at(boot as u64), &r);
+        firsts.push(r);
+    }
+    assert_eq!(slo.retired["a"].len(), MAX_RETIRED_PER_NODE);
+    // The two retired longest ago were forgotten: at seq 1 they count again.
+    for (i, r) in firsts.iter().enumerate().take(boots - MAX_STREAMS_PER_NODE) {
+        let expected = if i < 2 {
+            Ingest::NewStream(counts(1, 1, 1, 0))
+        } else {
+            Ingest::Replayed
+        };
+        let mut probe = slo.clone();
+        assert_eq!(probe.ingest(at(100), r), expected, "{}", r.boot_id);
+    }
+    // A window after they were retired, none is remembered (the streams
+    // kept until now, silent for a window, are retired in their turn).
+    slo.ingest(at(100 + 86_401), &agent.events(1, 0));
+    let retired: Vec<&str> = slo.retired["a"]
+        .iter()
+        .map(|r| r.boot_id.as_str())
+        .collect();
+    assert_eq!(
+        retired,
+        [
+            format!("boot-{}", boots - 3),
+            format!("boot-{}", boots - 2),
+            format!("boot-{}", boots - 1)
+        ]
+    );
+    assert_eq!(
+        slo.ingest(at(100 + 86_401), &firsts[5]),
+        Ingest::NewStream(counts(1, 1, 1, 0))
+    );
+}
+
+#[test]
+fn a_boot_first_seen_after_its_first_report_is_only_a_baseline() {
+    let mut slo = evaluator(99.9, MONTH);
+    let mut agent = Agent::new("a");
+    agent.add(500, 500, 0);
+    agent.0.seq = 40;
+    assert_eq!(slo.ingest(at(0), &agent.events(1, 0)), Ingest::Baseline);
+    assert_eq!(slo.evaluate(at(0), None).counts, Counts::default());
+    assert_eq!(
+        slo.ingest(at(10), &agent.events(3, 1)),
+        Ingest::Counted(counts(3, 4, 4, 0))
+    );
+    // A caller that saw the boot from its start vouches for it.
+    let mut vouched = evaluator(99.9, MONTH);
+    let mut other = Agent::new("b");
+    other.add(10, 0, 0);
+    other.0.seq = 40;
+    assert_eq!(
+        vouched.ingest_from_start(at(0), &other.next()),
+        Ingest::NewStream(counts(10, 10, 10, 0))
+    );
+}
+
+#[test]
+fn a_forgotten_node_counts_from_its_next_report() {
     let mut slo = evaluator(99.9, DAY);
     let mut agent = Agent::new("a");
     slo.ingest(at(0), &agent.events(10, 0));
     assert!(slo.forget_node("a"));
     assert!(!slo.forget_node("a"));
+    assert_eq!(slo.ingest(at(1), &agent.events(1, 0)), Ingest::Baseline);
     assert_eq!(
-        slo.ingest(at(1), &agent.events(1, 0)),
-        Ingest::NewStream(counts(11, 11, 11, 0))
+        slo.ingest(at(2), &agent.events(1, 0)),
+        Ingest::Counted(counts(1, 1, 1, 0))
     );
 }
 
@@ -839,6 +956,34 @@ fn restoring_a_snapshot_continues_as_if_never_stopped() {
 }
 
 #[test]
+fn retired_streams_survive_a_snapshot_and_older_snapshots_have_none() {
+    let mut slo = evaluator(99.9, DAY);
+    let mut agent = Agent::new("a");
+    let mut firsts = Vec::new();
+    for boot in 1..=MAX_STREAMS_PER_NODE + 1 {
+        agent.restart(&format!("boot-{boot}"));
+        let r = agent.events(1, 0);
+        slo.ingest(at(boot as u64), &r);
+        firsts.push(r);
+    }
+    let json = serde_json::to_value(slo.snapshot()).unwrap();
+    assert_eq!(json["retired"]["a"][0]["bootId"], "boot-1");
+    let mut restored = SloEvaluator::restore(
+        spec(99.9, DAY),
+        serde_json::from_value(json.clone()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(restored.ingest(at(20), &firsts[0]), Ingest::Replayed);
+
+    let mut older = json;
+    older.as_object_mut().unwrap().remove("retired");
+    let restored =
+        SloEvaluator::restore(spec(99.9, DAY), serde_json::from_value(older).unwrap()).unwrap();
+    assert!(restored.retired.is_empty());
+    assert_eq!(restored.streams, slo.streams);
+}
+
+#[test]
 fn a_snapshot_holds_only_the_slots_in_use() {
     let mut slo = evaluator(99.9, DAY);
     assert!(slo.snapshot().window.is_empty());
@@ -878,7 +1023,22 @@ fn malformed_snapshots_are_rejected() {
     let good = slo.snapshot();
     let stream = good.streams["a"][0].clone();
     type Breaking = fn(&mut SloSnapshot, &Stream);
-    let broken: [(Breaking, SnapshotError); 11] = [
+    let broken: [(Breaking, SnapshotError); 13] = [
+        (
+            |s, _| s.retired.insert("b".into(), Vec::new()).map_or((), drop),
+            SnapshotError::Retired { node: "b".into() },
+        ),
+        (
+            |s, t| {
+                let r = Retired {
+                    boot_id: t.boot_id.clone(),
+                    seq: 1,
+                    retired_ms: s.latest_ms + 1,
+                };
+                s.retired.insert("a".into(), vec![r]).map_or((), drop)
+            },
+            SnapshotError::Retired { node: "a".into() },
+        ),
         (|s, _| s.version = 2, SnapshotError::Version { found: 2 }),
         (
             |s, _| s.counting_since_ms = Some(s.latest_ms + 1),
@@ -1001,229 +1161,6 @@ fn states_are_named_as_the_status_shows_them() {
     }
 }
 
-/// One step of a small cluster: a node counts some events, possibly
-/// after restarting, then reports.
-#[derive(Clone, Debug)]
-struct Step {
-    node: usize,
-    restart: bool,
-    good: u64,
-    bad: u64,
-    lost: u64,
-    after_secs: u64,
-}
-
-fn steps(max_after_secs: u64) -> impl Strategy<Value = Vec<Step>> {
-    let step = (
-        0..3usize,
-        prop::bool::weighted(0.1),
-        0..1_000u64,
-        0..50u64,
-        0..20u64,
-        0..max_after_secs,
-    )
-        .prop_map(|(node, restart, good, bad, lost, after_secs)| Step {
-            node,
-            restart,
-            good,
-            bad,
-            lost,
-            after_secs,
-        });
-    prop::collection::vec(step, 1..60)
-}
-
-/// The cumulative reports, each with its time in seconds after `T0`.
-/// Each node boots at most [`MAX_STREAMS_PER_NODE`] times.
-fn reports(steps: &[Step]) -> Vec<(u64, Report)> {
-    let mut agents: Vec<(Agent, usize)> = (0..3)
-        .map(|i| (Agent::new(&format!("node-{i}")), 1))
-        .collect();
-    let mut t = 0;
-    steps
-        .iter()
-        .map(|s| {
-            t += s.after_secs;
-            let (agent, boots) = &mut agents[s.node];
-            if s.restart && *boots < MAX_STREAMS_PER_NODE {
-                *boots += 1;
-                agent.restart(&format!("boot-{boots}"));
-            }
-            agent.add(s.good, s.bad, s.lost);
-            (t, agent.next())
-        })
-        .collect()
-}
-
-fn in_range(s: &SloStatus) -> bool {
-    let fraction = |x: Option<f64>| x.is_none_or(|x| (0.0..=1.0).contains(&x));
-    let rate = |x: Option<f64>| x.is_none_or(|x| x >= 0.0);
-    fraction(s.sli)
-        && fraction(s.drop_rate)
-        && s.error_budget_remaining.is_none_or(|b| b <= 1.0)
-        && s.counts.good <= s.counts.total
-        && s.counts.lost <= s.counts.observed
-        && [
-            s.fast_burn.long_rate,
-            s.fast_burn.short_rate,
-            s.slow_burn.long_rate,
-            s.slow_burn.short_rate,
-        ]
-        .into_iter()
-        .all(rate)
-}
-
-fn arbitrary_report() -> impl Strategy<Value = Report> {
-    (
-        0..2usize,
-        0..2usize,
-        0..20u64,
-        0..3u64,
-        (any::<u64>(), any::<u64>(), 0..1_000u64, 0..1_000u64),
-    )
-        .prop_map(
-            |(node, boot, seq, threshold_id, (good, total, observed, lost))| Report {
-                node: format!("node-{node}"),
-                boot_id: format!("boot-{boot}"),
-                seq,
-                threshold_id,
-                good,
-                total,
-                loss: Counters {
-                    observed,
-                    pairing_dropped: lost,
-                    ..Counters::default()
-                },
-            },
-        )
-}
-
-proptest! {
-    #[test]
-    fn figures_stay_in_range_whatever_the_reports(
-        reports in prop::collection::vec((0..100_000u64, arbitrary_report()), 1..40),
-        target in 0.1f64..99.999,
-    ) {
-        let mut slo = evaluator(target, DAY);
-        for (t, report) in &reports {
-            slo.ingest(at(*t), report);
-            let s = slo.evaluate(at(*t), None);
-            prop_assert!(in_range(&s), "{:?}", s);
-            prop_assert!(s.state == SloState::NoData || s.counting_since.is_some());
-        }
-    }
-
-    #[test]
-    fn replaying_any_report_changes_nothing(
-        steps in steps(600),
-        replays in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..20),
-    ) {
-        let reports = reports(&steps);
-        let (mut once, mut replayed) = (evaluator(99.0, DAY), evaluator(99.0, DAY));
-        for (i, (t, report)) in reports.iter().enumerate() {
-            once.ingest(at(*t), report);
-            replayed.ingest(at(*t), report);
-            for (after, which) in &replays {
-                if after.index(reports.len()) == i {
-                    let old = &reports[which.index(i + 1)].1;
-                    replayed.ingest(at(*t), old);
-                }
-            }
-        }
-        let end = reports.last().unwrap().0;
-        for t in [end, end + 60, end + 3_600] {
-            prop_assert_eq!(replayed.evaluate(at(t), None), once.evaluate(at(t), None));
-        }
-    }
-
-    #[test]
-    fn any_split_into_cumulative_reports_counts_the_same(
-        increments in prop::collection::vec(
-            (prop::bool::weighted(0.1), 0..1_000u64, 0..50u64, 0..20u64), 1..50),
-        split_a in prop::collection::vec(any::<bool>(), 50),
-        split_b in prop::collection::vec(any::<bool>(), 50),
-    ) {
-        // All at once, so that only the split differs.
-        let run = |split: &[bool]| {
-            let mut slo = evaluator(99.9, MONTH);
-            let mut agent = Agent::new("a");
-            let mut boots = 1;
-            for (i, &(restart, good, bad, lost)) in increments.iter().enumerate() {
-                if restart && boots < MAX_STREAMS_PER_NODE {
-                    boots += 1;
-                    agent.restart(&format!("boot-{boots}"));
-                }
-                agent.add(good, bad, lost);
-                // A restart loses what was not reported, so report before it.
-                let restarts_next = increments.get(i + 1).is_some_and(|n| n.0);
-                if split[i] || restarts_next || i + 1 == increments.len() {
-                    slo.ingest(at(0), &agent.next());
-                }
-            }
-            slo.evaluate(at(0), None)
-        };
-        let expected = increments.iter().fold(Counts::default(), |mut c, &(_, good, bad, lost)| {
-            c.add(counts(good, good + bad, good + bad + lost, lost));
-            c
-        });
-        let a = run(&split_a);
-        prop_assert_eq!(a.counts, expected);
-        prop_assert_eq!(run(&split_b), a);
-    }
-
-    #[test]
-    fn delivery_order_never_changes_the_totals(
-        steps in steps(1),
-        order in Just(()).prop_flat_map(|()| Just((0..60usize).collect::<Vec<_>>()).prop_shuffle()),
-    ) {
-        let single: Vec<Step> = steps.into_iter().map(|s| Step { node: 0, ..s }).collect();
-        let reports = reports(&single);
-        let mut last_of_boot = BTreeMap::new();
-        for (_, r) in &reports {
-            last_of_boot.insert(r.boot_id.clone(), r.clone());
-        }
-        let expected = last_of_boot.values().fold(Counts::default(), |mut c, r| {
-            c.add(counts(r.good, r.total, r.loss.observed, r.loss.pairing_dropped));
-            c
-        });
-        let mut slo = evaluator(99.9, MONTH);
-        for i in order.into_iter().filter(|&i| i < reports.len()) {
-            slo.ingest(at(0), &reports[i].1);
-        }
-        prop_assert_eq!(slo.evaluate(at(0), None).counts, expected);
-    }
-
-    #[test]
-    fn restoring_at_any_point_gives_the_same_answers(
-        steps in steps(3_000),
-        split in any::<prop::sample::Index>(),
-        reset in any::<prop::sample::Index>(),
-    ) {
-        let reports = reports(&steps);
-        let reset = reset.index(reports.len());
-        let play = |slo: &mut SloEvaluator, range: std::ops::Range<usize>| {
-            for i in range {
-                let (t, report) = &reports[i];
-                if i == reset {
-                    slo.reset_counting(at(*t), 1);
-                }
-                slo.ingest(at(*t), report);
-            }
-        };
-        let split = split.index(reports.len() + 1);
-        let mut original = evaluator(99.0, DAY);
-        play(&mut original, 0..split);
-        let mut restored = SloEvaluator::restore(spec(99.0, DAY), original.snapshot()).unwrap();
-        play(&mut original, split..reports.len());
-        play(&mut restored, split..reports.len());
-        prop_assert_eq!(&restored, &original);
-        let end = reports.last().unwrap().0;
-        for t in [end, end + 600, end + 86_000] {
-            prop_assert_eq!(restored.evaluate(at(t), None), original.evaluate(at(t), None));
-        }
-    }
-}
-
 #[test]
 fn an_slo_series_covers_the_same_series_kept_per_process() {
     assert!(series_covers("read", "read"));
@@ -1233,3 +1170,5 @@ fn an_slo_series_covers_the_same_series_kept_per_process() {
     assert!(!series_covers("gc", "gc-pause (pid 1)"));
     assert!(!series_covers("read", "readv"));
 }
+
+mod properties;

@@ -35,7 +35,7 @@ use prometheus::Registry;
 use ringwarden_core::{duration::parse_duration, histogram::Histogram};
 use ringwarden_crds::{ProbeSet, Slo};
 use ringwarden_operator::{
-    auth::{Authenticator, Review, Reviewer},
+    auth::{Authenticator, PodPlace, Review, Reviewer},
     config::AgentSettings,
     controller::{self, Context, Stores},
     grpc::{self, AgentApi, StreamSettings},
@@ -112,19 +112,25 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------
 // The operator process
 
-/// Every token belongs to the agent ServiceAccount: the review's cost is
-/// the API server's, and positive reviews are cached anyway.
+/// Every token `bench:<node>` belongs to the agent ServiceAccount, bound to
+/// `<node>`: the review's cost is the API server's, and positive reviews
+/// are cached anyway.
 struct AcceptAll;
 
 impl Reviewer for AcceptAll {
-    async fn review(&self, _: &str, audience: &str) -> Result<Review, String> {
+    async fn review(&self, token: &str, audience: &str) -> Result<Review, String> {
         Ok(Review {
             authenticated: true,
             username: "system:serviceaccount:ringwarden-system:ringwarden-agent".into(),
             audiences: vec![audience.into()],
-            node: None,
+            node: token.strip_prefix("bench:").map(str::to_owned),
+            pod: None,
             error: None,
         })
+    }
+
+    async fn pod(&self, _: &str, _: &str) -> Result<Option<PodPlace>, String> {
+        Ok(None)
     }
 }
 
@@ -616,7 +622,7 @@ async fn agent(
             .connect()
             .await
             .map_err(|e| e.to_string())?;
-        match sim::connect(channel, Some("bench"), a.hello()).await {
+        match sim::connect(channel, Some(&format!("bench:{}", a.node)), a.hello()).await {
             Ok(c) => break c,
             Err(s) if s.code() == tonic::Code::Unavailable && attempt < 20 => {
                 attempt += 1;

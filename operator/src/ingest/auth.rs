@@ -2,8 +2,13 @@
 //! service-account token (audience [`TOKEN_AUDIENCE`]) as
 //! `authorization: Bearer <token>` metadata, and the operator asks the API
 //! server whether it is valid with a TokenReview. Only the agent
-//! ServiceAccount is let in. Positive answers are cached briefly, so a
-//! thousand agents reconnecting cost the API server little.
+//! ServiceAccount is let in, and only for the node its token is bound to:
+//! the node the API server names (user extra
+//! `authentication.kubernetes.io/node-name`), or else the node of the pod
+//! it names (`…/pod-name` and `…/pod-uid`), read from the pod's
+//! `spec.nodeName`. A token bound to neither is refused: nothing else says
+//! which node an agent may speak for. Positive answers are cached briefly,
+//! so a thousand agents reconnecting cost the API server little.
 //!
 //! [`TokenReviewer`] talks to the API server; [`Authenticator`] is
 //! generic over the [`Reviewer`] so tests can fake it.
@@ -16,7 +21,10 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::{
+    authentication::v1::{TokenReview, TokenReviewSpec},
+    core::v1::Pod,
+};
 use kube::{Api, Client, api::PostParams};
 use tokio::time::Instant;
 use tonic::{Status, metadata::MetadataMap};
@@ -26,9 +34,21 @@ use tonic::{Status, metadata::MetadataMap};
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most cached reviews; one per agent pod is the steady state.
 const CACHE_MAX: usize = 16_384;
+/// Most pods whose node is cached; one per agent pod is the steady state.
+const POD_CACHE_MAX: usize = 16_384;
 /// The user-info key under which the API server names the node a bound
 /// token's pod runs on (Kubernetes 1.30 and later).
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// The user-info keys naming the pod a token is bound to.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+/// The pod a token is bound to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BoundPod {
+    pub name: String,
+    pub uid: String,
+}
 
 /// Who a token belongs to, as the API server says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,11 +60,21 @@ pub struct Review {
     pub audiences: Vec<String>,
     /// The node of the pod the token is bound to, when the API server says.
     pub node: Option<String>,
+    /// The pod the token is bound to, when the API server says.
+    pub pod: Option<BoundPod>,
     /// Why the token was refused.
     pub error: Option<String>,
 }
 
-/// Asks whether a token is valid.
+/// Where a pod is, as the API server says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodPlace {
+    pub uid: String,
+    /// `spec.nodeName`; `None` until the pod is scheduled.
+    pub node: Option<String>,
+}
+
+/// Asks the API server about tokens and the pods they are bound to.
 pub trait Reviewer: Send + Sync + 'static {
     /// Reviews `token` for `audience`. `Err` when the review itself could
     /// not be made (the API server is unreachable).
@@ -53,19 +83,37 @@ pub trait Reviewer: Send + Sync + 'static {
         token: &str,
         audience: &str,
     ) -> impl Future<Output = Result<Review, String>> + Send;
+
+    /// Pod `namespace/name`, or `None` if there is none. `Err` when the
+    /// API server could not be asked.
+    fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<PodPlace>, String>> + Send;
 }
 
-/// Reviews tokens with `authentication.k8s.io/v1` TokenReviews.
+/// Reviews tokens with `authentication.k8s.io/v1` TokenReviews and reads
+/// pods of the agents' namespace.
 pub struct TokenReviewer {
-    api: Api<TokenReview>,
+    client: Client,
 }
 
 impl TokenReviewer {
     pub fn new(client: Client) -> Self {
-        Self {
-            api: Api::all(client),
-        }
+        Self { client }
     }
+}
+
+fn first_extra(
+    extra: &mut Option<std::collections::BTreeMap<String, Vec<String>>>,
+    key: &str,
+) -> Option<String> {
+    extra
+        .as_mut()
+        .and_then(|e| e.remove(key))
+        .and_then(|values| values.into_iter().next())
+        .filter(|v| !v.is_empty())
 }
 
 impl Reviewer for TokenReviewer {
@@ -77,23 +125,37 @@ impl Reviewer for TokenReviewer {
             },
             ..Default::default()
         };
-        let answer = self
-            .api
+        let answer = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &request)
             .await
             .map_err(|e| e.to_string())?;
         let status = answer.status.unwrap_or_default();
         let user = status.user.unwrap_or_default();
+        let mut extra = user.extra;
+        let node = first_extra(&mut extra, NODE_NAME_EXTRA);
+        let pod = first_extra(&mut extra, POD_NAME_EXTRA).map(|name| BoundPod {
+            name,
+            uid: first_extra(&mut extra, POD_UID_EXTRA).unwrap_or_default(),
+        });
         Ok(Review {
             authenticated: status.authenticated.unwrap_or(false),
             username: user.username.unwrap_or_default(),
             audiences: status.audiences.unwrap_or_default(),
-            node: user
-                .extra
-                .and_then(|mut extra| extra.remove(NODE_NAME_EXTRA))
-                .and_then(|nodes| nodes.into_iter().next()),
+            node,
+            pod,
             error: status.error,
         })
+    }
+
+    async fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodPlace>, String> {
+        let pod = Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(pod.map(|p| PodPlace {
+            uid: p.metadata.uid.unwrap_or_default(),
+            node: p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty()),
+        }))
     }
 }
 
@@ -101,20 +163,94 @@ impl Reviewer for TokenReviewer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub username: String,
-    /// The node its token is bound to, when known: its Hello must name
-    /// the same node.
-    pub node: Option<String>,
+    /// The node its token is bound to: the only node it may report for.
+    pub node: String,
 }
 
-/// Lets in the agent ServiceAccount only.
+/// Why an agent's stream was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "no authorization metadata; send `authorization: Bearer <token>` with the agent's \
+         projected service-account token"
+    )]
+    NoToken,
+    #[error("the authorization metadata is not `Bearer <token>`")]
+    NotBearer,
+    #[error("the token was not accepted{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Rejected(Option<String>),
+    #[error(
+        "the token is not for audience {0:?}; mount a projected service-account token with \
+         that audience"
+    )]
+    Audience(String),
+    #[error("{user} is not the agent ServiceAccount ({expected})")]
+    Account { user: String, expected: String },
+    #[error(
+        "the token is bound to no node and no pod, so it cannot say which node the agent \
+         reports for; mount the projected service-account token the kubelet binds to the \
+         agent pod (serviceAccountToken with audience {0:?}), not a token made by hand"
+    )]
+    Unbound(String),
+    #[error(
+        "the token is bound to pod {namespace}/{name}, which {why}; the agent reconnects with \
+         its current pod's token"
+    )]
+    Pod {
+        namespace: String,
+        name: String,
+        why: String,
+    },
+    #[error("cannot review the token: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// The `reason` label of `ringwarden_operator_agent_streams_refused_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NoToken | Self::NotBearer | Self::Rejected(_) => "unauthenticated",
+            Self::Audience(_) => "wrong_audience",
+            Self::Account { .. } => "forbidden",
+            Self::Unbound(_) | Self::Pod { .. } => "no_node",
+            Self::Unavailable(_) => "review_failed",
+        }
+    }
+
+    /// What the agent is answered.
+    pub fn status(&self) -> Status {
+        let message = self.to_string();
+        match self {
+            Self::NoToken | Self::NotBearer | Self::Rejected(_) | Self::Audience(_) => {
+                Status::unauthenticated(message)
+            }
+            Self::Account { .. } | Self::Unbound(_) | Self::Pod { .. } => {
+                Status::permission_denied(message)
+            }
+            Self::Unavailable(_) => Status::unavailable(message),
+        }
+    }
+}
+
+/// Lets in the agent ServiceAccount only, for the node its token is bound
+/// to.
 pub struct Authenticator<R> {
     reviewer: R,
     audience: String,
+    /// The agents' namespace, where the pods their tokens name are.
+    namespace: String,
     /// `system:serviceaccount:<namespace>:<name>`.
     expected: String,
     /// Positive reviews by the SHA-256 of the token (tokens themselves are
     /// not kept), with when they were made.
     cache: Mutex<HashMap<Vec<u8>, (Identity, Instant)>>,
+    /// The node of each pod looked up, by pod uid: a pod never moves, and
+    /// a uid is never reused.
+    pods: Mutex<HashMap<String, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<R: Reviewer> Authenticator<R> {
@@ -123,21 +259,21 @@ impl<R: Reviewer> Authenticator<R> {
         Self {
             reviewer,
             audience: audience.to_owned(),
+            namespace: namespace.to_owned(),
             expected: format!("system:serviceaccount:{namespace}:{name}"),
             cache: Mutex::new(HashMap::new()),
+            pods: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Who sent `metadata`'s bearer token. `UNAUTHENTICATED` without a
-    /// valid token, `PERMISSION_DENIED` for a valid token of someone else,
-    /// `UNAVAILABLE` when the review could not be made.
-    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
+    /// Who sent `metadata`'s bearer token, and for which node.
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity, AuthError> {
         let token = bearer(metadata)?;
         let key = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
             .as_ref()
             .to_vec();
         let now = Instant::now();
-        if let Some((who, at)) = self.lock().get(&key)
+        if let Some((who, at)) = lock(&self.cache).get(&key)
             && now.duration_since(*at) < CACHE_TTL
         {
             return Ok(who.clone());
@@ -146,31 +282,29 @@ impl<R: Reviewer> Authenticator<R> {
             .reviewer
             .review(token, &self.audience)
             .await
-            .map_err(|e| Status::unavailable(format!("cannot review the token: {e}")))?;
+            .map_err(AuthError::Unavailable)?;
         if !review.authenticated {
-            return Err(Status::unauthenticated(format!(
-                "the token was not accepted{}",
-                review.error.map(|e| format!(": {e}")).unwrap_or_default()
-            )));
+            return Err(AuthError::Rejected(review.error));
         }
         if !review.audiences.contains(&self.audience) {
-            return Err(Status::unauthenticated(format!(
-                "the token is not for audience {:?}; mount a projected service-account token \
-                 with that audience",
-                self.audience
-            )));
+            return Err(AuthError::Audience(self.audience.clone()));
         }
         if review.username != self.expected {
-            return Err(Status::permission_denied(format!(
-                "{} is not the agent ServiceAccount ({})",
-                review.username, self.expected
-            )));
+            return Err(AuthError::Account {
+                user: review.username,
+                expected: self.expected.clone(),
+            });
         }
+        let node = match (review.node, review.pod) {
+            (Some(node), _) => node,
+            (None, Some(pod)) => self.node_of(&pod).await?,
+            (None, None) => return Err(AuthError::Unbound(self.audience.clone())),
+        };
         let who = Identity {
             username: review.username,
-            node: review.node,
+            node,
         };
-        let mut cache = self.lock();
+        let mut cache = lock(&self.cache);
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
             if cache.len() >= CACHE_MAX {
@@ -181,32 +315,57 @@ impl<R: Reviewer> Authenticator<R> {
         Ok(who)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, (Identity, Instant)>> {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The node `pod` runs on, if it is still the pod the token names.
+    async fn node_of(&self, pod: &BoundPod) -> Result<String, AuthError> {
+        let refuse = |why: String| AuthError::Pod {
+            namespace: self.namespace.clone(),
+            name: pod.name.clone(),
+            why,
+        };
+        if pod.uid.is_empty() {
+            return Err(refuse(format!("is named without a uid ({POD_UID_EXTRA})")));
+        }
+        if let Some(node) = lock(&self.pods).get(&pod.uid) {
+            return Ok(node.clone());
+        }
+        let place = self
+            .reviewer
+            .pod(&self.namespace, &pod.name)
+            .await
+            .map_err(|e| AuthError::Unavailable(format!("reading the token's pod: {e}")))?
+            .ok_or_else(|| refuse("no longer exists".into()))?;
+        if place.uid != pod.uid {
+            return Err(refuse(format!(
+                "is now another pod (uid {}, the token's is {})",
+                place.uid, pod.uid
+            )));
+        }
+        let node = place
+            .node
+            .ok_or_else(|| refuse("is not scheduled on a node".into()))?;
+        let mut pods = lock(&self.pods);
+        if pods.len() >= POD_CACHE_MAX {
+            pods.clear();
+        }
+        pods.insert(pod.uid.clone(), node.clone());
+        Ok(node)
     }
 }
 
 /// The token of `authorization: Bearer <token>`.
-fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
+fn bearer(metadata: &MetadataMap) -> Result<&str, AuthError> {
     let value = metadata
         .get(ringwarden_proto::AUTHORIZATION)
-        .ok_or_else(|| {
-            Status::unauthenticated(
-                "no authorization metadata; send `authorization: Bearer <token>` with the \
-                 agent's projected service-account token",
-            )
-        })?
+        .ok_or(AuthError::NoToken)?
         .to_str()
-        .map_err(|_| Status::unauthenticated("the authorization metadata is not text"))?;
+        .map_err(|_| AuthError::NotBearer)?;
     match value.split_once(' ') {
         Some((scheme, token))
             if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
         {
             Ok(token.trim())
         }
-        _ => Err(Status::unauthenticated(
-            "the authorization metadata is not `Bearer <token>`",
-        )),
+        _ => Err(AuthError::NotBearer),
     }
 }
 
@@ -221,17 +380,37 @@ mod tests {
 
     use super::*;
 
-    /// Knows two tokens: the agent's, bound to node-1, and another
-    /// ServiceAccount's; counts reviews.
+    /// Knows the agent's tokens (bound to node-1, to pod agent-abc, or to
+    /// nothing), another ServiceAccount's, and pod agent-abc on node-2;
+    /// counts reviews and pod lookups.
     #[derive(Clone, Default)]
-    struct Fake(Arc<AtomicUsize>);
+    struct Fake {
+        reviews: Arc<AtomicUsize>,
+        pods: Arc<AtomicUsize>,
+    }
+
+    const AGENT: &str = "system:serviceaccount:ringwarden-system:ringwarden-agent";
 
     impl Reviewer for Fake {
         async fn review(&self, token: &str, audience: &str) -> Result<Review, String> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            let user = match token {
-                "agent-token" => "system:serviceaccount:ringwarden-system:ringwarden-agent",
-                "other-token" => "system:serviceaccount:shop:web",
+            self.reviews.fetch_add(1, Ordering::SeqCst);
+            let pod = |name: &str, uid: &str| {
+                Some(BoundPod {
+                    name: name.into(),
+                    uid: uid.into(),
+                })
+            };
+            let (user, node, pod) = match token {
+                "agent-token" => (AGENT, Some("node-1".into()), pod("agent-xyz", "u-9")),
+                "pod-token" | "rotated-pod-token" => (AGENT, None, pod("agent-abc", "u-1")),
+                "old-pod-token" => (AGENT, None, pod("agent-abc", "u-0")),
+                "gone-pod-token" => (AGENT, None, pod("agent-gone", "u-2")),
+                "unbound-token" => (AGENT, None, None),
+                "other-token" => (
+                    "system:serviceaccount:shop:web",
+                    Some("node-1".into()),
+                    None,
+                ),
                 "unreachable" => return Err("connection refused".into()),
                 _ => {
                     return Ok(Review {
@@ -244,9 +423,19 @@ mod tests {
                 authenticated: true,
                 username: user.into(),
                 audiences: vec![audience.into()],
-                node: Some("node-1".into()),
+                node,
+                pod,
                 error: None,
             })
+        }
+
+        async fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodPlace>, String> {
+            self.pods.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(namespace, "ringwarden-system");
+            Ok((name == "agent-abc").then(|| PodPlace {
+                uid: "u-1".into(),
+                node: Some("node-2".into()),
+            }))
         }
     }
 
@@ -266,22 +455,86 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_agent_service_account_gets_in() {
+    async fn only_the_agent_service_account_gets_in_bound_to_a_node() {
         let fake = Fake::default();
         let a = auth(&fake);
         let who = a.authenticate(&with("Bearer agent-token")).await.unwrap();
-        assert_eq!(who.node.as_deref(), Some("node-1"));
-        for (metadata, code) in [
-            (MetadataMap::new(), Code::Unauthenticated),
-            (with("Basic agent-token"), Code::Unauthenticated),
-            (with("Bearer "), Code::Unauthenticated),
-            (with("Bearer forged"), Code::Unauthenticated),
-            (with("Bearer other-token"), Code::PermissionDenied),
-            (with("Bearer unreachable"), Code::Unavailable),
+        // The node claim wins: no pod is looked up.
+        assert_eq!(who.node, "node-1");
+        assert_eq!(fake.pods.load(Ordering::SeqCst), 0);
+        for (metadata, code, label) in [
+            (MetadataMap::new(), Code::Unauthenticated, "unauthenticated"),
+            (
+                with("Basic agent-token"),
+                Code::Unauthenticated,
+                "unauthenticated",
+            ),
+            (with("Bearer "), Code::Unauthenticated, "unauthenticated"),
+            (
+                with("Bearer forged"),
+                Code::Unauthenticated,
+                "unauthenticated",
+            ),
+            (
+                with("Bearer other-token"),
+                Code::PermissionDenied,
+                "forbidden",
+            ),
+            (
+                with("Bearer unbound-token"),
+                Code::PermissionDenied,
+                "no_node",
+            ),
+            (
+                with("Bearer old-pod-token"),
+                Code::PermissionDenied,
+                "no_node",
+            ),
+            (
+                with("Bearer gone-pod-token"),
+                Code::PermissionDenied,
+                "no_node",
+            ),
+            (
+                with("Bearer unreachable"),
+                Code::Unavailable,
+                "review_failed",
+            ),
         ] {
             let e = a.authenticate(&metadata).await.unwrap_err();
-            assert_eq!(e.code(), code, "{metadata:?}: {e}");
+            assert_eq!(
+                (e.status().code(), e.metric_label()),
+                (code, label),
+                "{metadata:?}: {e}"
+            );
         }
+        let e = a
+            .authenticate(&with("Bearer unbound-token"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("bound to no node and no pod"), "{e}");
+        let e = a
+            .authenticate(&with("Bearer old-pod-token"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("uid u-1, the token's is u-0"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_pod_claim_is_resolved_to_the_pods_node_once() {
+        let fake = Fake::default();
+        let a = auth(&fake);
+        let who = a.authenticate(&with("Bearer pod-token")).await.unwrap();
+        assert_eq!(who.node, "node-2");
+        // A rotated token of the same pod: reviewed, but the pod's node is
+        // known.
+        let who = a
+            .authenticate(&with("Bearer rotated-pod-token"))
+            .await
+            .unwrap();
+        assert_eq!(who.node, "node-2");
+        assert_eq!(fake.reviews.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.pods.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -291,15 +544,15 @@ mod tests {
         for _ in 0..3 {
             a.authenticate(&with("Bearer agent-token")).await.unwrap();
         }
-        assert_eq!(fake.0.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.reviews.load(Ordering::SeqCst), 1);
         tokio::time::advance(CACHE_TTL).await;
         a.authenticate(&with("Bearer agent-token")).await.unwrap();
-        assert_eq!(fake.0.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.reviews.load(Ordering::SeqCst), 2);
         // Refusals are never cached: a token may become valid.
         for _ in 0..2 {
             a.authenticate(&with("Bearer forged")).await.unwrap_err();
         }
-        assert_eq!(fake.0.load(Ordering::SeqCst), 4);
+        assert_eq!(fake.reviews.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]
@@ -309,10 +562,14 @@ mod tests {
             async fn review(&self, _: &str, _: &str) -> Result<Review, String> {
                 Ok(Review {
                     authenticated: true,
-                    username: "system:serviceaccount:ringwarden-system:ringwarden-agent".into(),
+                    username: AGENT.into(),
                     audiences: vec!["https://kubernetes.default.svc".into()],
+                    node: Some("node-1".into()),
                     ..Review::default()
                 })
+            }
+            async fn pod(&self, _: &str, _: &str) -> Result<Option<PodPlace>, String> {
+                unreachable!("an unauthenticated token names no pod to look up")
             }
         }
         let a = Authenticator::new(
@@ -325,6 +582,9 @@ mod tests {
             .authenticate(&with("Bearer agent-token"))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::Unauthenticated);
+        assert_eq!(
+            (e.status().code(), e.metric_label()),
+            (Code::Unauthenticated, "wrong_audience")
+        );
     }
 }

@@ -23,7 +23,7 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
-    Code, Request, Response, Status, Streaming,
+    Request, Response, Status, Streaming,
     transport::{Server, server::TcpIncoming},
 };
 use tracing::{debug, info, instrument, warn};
@@ -94,14 +94,7 @@ impl<R: Reviewer> AgentService for AgentApi<R> {
             .auth
             .authenticate(request.metadata())
             .await
-            .map_err(|e| {
-                let reason = match e.code() {
-                    Code::PermissionDenied => "forbidden",
-                    Code::Unavailable => "review_failed",
-                    _ => "unauthenticated",
-                };
-                self.refuse(reason, e)
-            })?;
+            .map_err(|e| self.refuse(e.metric_label(), e.status()))?;
         if !self.hub.is_serving() {
             return Err(self.refuse("not_leading", Status::unavailable(NOT_LEADING)));
         }
@@ -167,14 +160,33 @@ async fn agent_stream(
         Ok(info) => info,
         Err(e) => return end(Status::invalid_argument(e.to_string())).await,
     };
-    if let Some(bound) = &who.node
-        && *bound != info.node
-    {
-        hub.metrics.refused.with_label_values(&["forbidden"]).inc();
-        return end(Status::permission_denied(format!(
-            "the token belongs to a pod on node {bound}, not on {}",
-            info.node
-        )))
+    let refuse = |reason: &str, status: Status| {
+        hub.metrics.refused.with_label_values(&[reason]).inc();
+        debug!(reason, message = status.message(), "agent stream refused");
+        end(status)
+    };
+    // The node comes from the token; the Hello may only agree with it.
+    if who.node != info.node {
+        return refuse(
+            "wrong_node",
+            Status::permission_denied(format!(
+                "the token is bound to node {}, not {}; an agent reports for the node it runs \
+                 on only (set RINGWARDEN_NODE_NAME from spec.nodeName)",
+                who.node, info.node
+            )),
+        )
+        .await;
+    }
+    // Names not in the node list never create state.
+    if !hub.knows_node(&info.node) {
+        return refuse(
+            "unknown_node",
+            Status::unavailable(format!(
+                "node {} is not in the cluster's node list as this operator sees it; \
+                 reconnect once it is",
+                info.node
+            )),
+        )
         .await;
     }
     tracing::Span::current().record("node", info.node.as_str());
@@ -182,8 +194,20 @@ async fn agent_stream(
     let boot_id = info.boot_id.clone();
     let mut sent = info.config_version.clone();
     let mut subscriptions = hub.subscribe();
-    info!(boot_id, agent = info.agent_version, "agent connected");
-    hub.hello(SystemTime::now(), info);
+    // Reports are checked against what this node was handed: wait for a
+    // rendered configuration (moments after a replica takes over).
+    tokio::select! {
+        () = async { let _ = subscriptions.config.wait_for(Option::is_some).await; } => {}
+        () = async { let _ = subscriptions.serving.wait_for(|s| !*s).await; } => {
+            return end(Status::unavailable(NOT_LEADING)).await;
+        }
+        () = tx.closed() => return,
+    }
+    let agent_version = info.agent_version.clone();
+    if let Err(e) = hub.hello(SystemTime::now(), info) {
+        return refuse("boot_retired", Status::failed_precondition(e.to_string())).await;
+    }
+    info!(boot_id, agent = agent_version, "agent connected");
     let _bye = Bye(Arc::clone(&hub), node.clone());
     if !push_config(&hub, &node, &mut sent, &tx).await {
         return;
@@ -213,7 +237,7 @@ async fn agent_stream(
                             return end(Status::invalid_argument(e.to_string())).await;
                         }
                     };
-                    hub.ingest(SystemTime::now(), &node, &sample);
+                    hub.ingest(SystemTime::now(), &node, sample);
                     let ack = OperatorMessage {
                         message: Some(ToAgent::Ack(v1::Ack { seq })),
                     };

@@ -9,7 +9,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -19,9 +22,10 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     controller::Stores,
+    handed::{Handed, HandedOut, refusal, selected},
     metrics::IngestMetrics,
     render::content_hash,
-    reports::{AgentInfo, Figures, Outcome, ProbeSetQuery, Reports, Sample, SloDef},
+    reports::{AgentInfo, BootRetired, Figures, Outcome, ProbeSetQuery, Reports, Sample, SloDef},
     slo_status::{self, Problem},
     status::Reported,
     world::{Labels, selector_matches},
@@ -42,12 +46,7 @@ pub struct NodeConfig {
 /// selector matches, everything else as rendered for the ConfigMap.
 pub fn node_config(config: &AgentConfig, labels: &Labels) -> NodeConfig {
     let mine = AgentConfig {
-        probes: config
-            .probes
-            .iter()
-            .filter(|p| selector_matches(&p.node_selector, labels))
-            .cloned()
-            .collect(),
+        probes: selected(config, labels).cloned().collect(),
         node_budget_bytes: config.node_budget_bytes,
     };
     let json = serde_json::to_string(&mine).expect("an AgentConfig serializes to JSON");
@@ -109,6 +108,11 @@ pub struct Hub {
     stores: Stores,
     config: watch::Sender<Option<Arc<AgentConfig>>>,
     labels: watch::Sender<u64>,
+    /// Bumped whenever the configuration or some node's labels change, so
+    /// what each node was handed is computed again.
+    generation: AtomicU64,
+    /// What each node was handed, to check its reports against.
+    handed: Mutex<HandedOut>,
     serving: watch::Sender<bool>,
     serving_since: Mutex<Option<SystemTime>>,
     published: Mutex<HashMap<String, Published>>,
@@ -130,6 +134,8 @@ impl Hub {
             stores,
             config: watch::Sender::new(None),
             labels: watch::Sender::new(0),
+            generation: AtomicU64::new(0),
+            handed: Mutex::new(HandedOut::default()),
             serving: watch::Sender::new(false),
             serving_since: Mutex::new(None),
             published: Mutex::new(HashMap::new()),
@@ -165,18 +171,42 @@ impl Hub {
     /// A newly rendered agent configuration; streams push what changed for
     /// their node.
     pub fn set_config(&self, config: &AgentConfig) {
-        self.config.send_if_modified(|current| {
+        let changed = self.config.send_if_modified(|current| {
             if current.as_deref() == Some(config) {
                 return false;
             }
             *current = Some(Arc::new(config.clone()));
             true
         });
+        if changed {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// Some node's labels changed: streams recompute their node's probes.
     pub fn nodes_changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.labels.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether `node` is in the cluster's node list (the node cache).
+    pub fn knows_node(&self, node: &str) -> bool {
+        self.stores.nodes.get(&ObjectRef::new(node)).is_some()
+    }
+
+    /// What `node` is handed now: nothing before a configuration was
+    /// rendered.
+    fn handed_to(&self, node: &str) -> Handed {
+        let Some(config) = self.config.borrow().clone() else {
+            return Handed::default();
+        };
+        let labels = self
+            .stores
+            .nodes
+            .get(&ObjectRef::new(node))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        Handed::of(&config, &labels)
     }
 
     pub fn subscribe(&self) -> Subscriptions {
@@ -229,10 +259,13 @@ impl Hub {
         })
     }
 
-    pub fn hello(&self, now: SystemTime, info: AgentInfo) {
+    /// An agent of a node in the node list said hello; refused for a boot
+    /// id the node already replaced.
+    pub fn hello(&self, now: SystemTime, info: AgentInfo) -> Result<(), BootRetired> {
         let mut r = self.reports();
-        r.hello(now, info);
+        r.hello(now, info)?;
         self.metrics.agents_connected.set(r.connected() as i64);
+        Ok(())
     }
 
     pub fn bye(&self, node: &str) {
@@ -241,13 +274,51 @@ impl Hub {
         self.metrics.agents_connected.set(r.connected() as i64);
     }
 
-    pub fn ingest(&self, now: SystemTime, node: &str, sample: &Sample) -> Outcome {
-        let outcome = self.reports().ingest(now, node, sample);
+    /// Counts a report of `node` (the node its token is bound to) at `now`,
+    /// once every probe and threshold the node was not handed is taken out
+    /// of it. What is refused is counted by reason.
+    pub fn ingest(&self, now: SystemTime, node: &str, mut sample: Sample) -> Outcome {
+        let (outcome, mut refused) = if self.knows_node(node) {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let refused = lock(&self.handed).check(
+                now,
+                node,
+                generation,
+                || self.handed_to(node),
+                &mut sample,
+            );
+            (self.reports().ingest(now, node, &sample), refused)
+        } else {
+            // Deleted while its agent still streams: nothing is kept for it.
+            (Outcome::UnknownNode, vec![refusal::UNKNOWN_NODE])
+        };
+        match outcome {
+            Outcome::Replayed => refused.push(refusal::BOOT_REPLAYED),
+            Outcome::Baseline => refused.push(refusal::NOT_FROM_START),
+            _ => {}
+        }
+        for reason in refused {
+            self.metrics
+                .reports_refused
+                .with_label_values(&[reason])
+                .inc();
+        }
         self.metrics
             .reports
             .with_label_values(&[outcome.label()])
             .inc();
         outcome
+    }
+
+    /// Forgets nodes silent for long (see [`Reports::prune`]), and what
+    /// they were handed.
+    pub fn prune(&self, now: SystemTime) {
+        let reports = {
+            let mut r = self.reports();
+            r.prune(now);
+            r
+        };
+        lock(&self.handed).retain(|n| reports.knows(n));
     }
 
     /// The figures of every ProbeSet the agents run at `now`, sorted by

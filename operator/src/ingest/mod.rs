@@ -7,6 +7,8 @@
 //! 2. **auth**: [`auth`] checks each agent's token (TokenReview, API
 //!    server) and the node it may speak for;
 //!    [`decode`] checks and bounds each message into plain data (pure);
+//!    [`handed`] keeps each report to the probes and thresholds its node
+//!    was handed (pure);
 //! 3. **aggregate**: [`reports`] counts what agents report, exactly and
 //!    without double counting (pure), kept in the [`hub`];
 //! 4. **publish**: [`publish`] hands ProbeSet figures to the controller,
@@ -16,6 +18,7 @@
 pub mod auth;
 pub mod decode;
 pub mod grpc;
+pub mod handed;
 pub mod hub;
 pub mod pki;
 pub mod publish;

@@ -242,7 +242,7 @@ impl Publisher {
         self.publish_probesets(now);
         self.write_slo_statuses(now).await;
         self.persist().await;
-        hub.reports().prune(now);
+        hub.prune(now);
     }
 
     /// Restores every evaluable SLO that has a snapshot, and deletes

@@ -12,11 +12,18 @@
 //! - the first report this operator sees of a boot is only a baseline,
 //!   unless it is the boot's first report (`seq` 1), whose counters all
 //!   happened since the agent started;
-//! - a new boot id in a Hello starts the node afresh.
+//! - a new boot id in a Hello starts the node afresh, and the boot ids it
+//!   replaced are refused in later Hellos;
+//! - a report of a boot id an SLO evaluator retired, numbered no higher
+//!   than its last, is a replay: refused whole ([`Outcome::Replayed`]).
 //!
 //! SLO counts go through [`SloEvaluator::ingest`], which keeps its own
 //! per-stream baselines (and persists them), so they survive an operator
-//! restart; the figures here are rebuilt from the next reports.
+//! restart; the figures here are rebuilt from the next reports. A boot
+//! seen here from its first report is vouched for
+//! ([`SloEvaluator::ingest_from_start`]): an SLO that does not know it yet
+//! counts its next report in full. Otherwise such a report is only a
+//! baseline ([`Outcome::Baseline`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,7 +33,7 @@ use std::{
 use ringwarden_core::{
     accounting::Counters,
     histogram::Histogram,
-    slo::{self as core_slo, SloError, SloEvaluator, SloSnapshot},
+    slo::{self as core_slo, MAX_RETIRED_PER_NODE, SloError, SloEvaluator, SloSnapshot},
 };
 use ringwarden_ebpf_common::{HIST_BUCKETS, LatencyHist};
 use ringwarden_proto::{NO_THRESHOLD, v1};
@@ -141,6 +148,11 @@ struct NodeState {
     info: AgentInfo,
     /// Highest report number ingested of `info.boot_id`; 0 before any.
     seq: u64,
+    /// Whether the first report ingested of `info.boot_id` was its first
+    /// (`seq` 1), so every report of it since was seen.
+    from_start: bool,
+    /// Boot ids of this node that `info.boot_id` replaced, latest last.
+    retired_boots: Vec<String>,
     /// The agent's clock at that report.
     unix_ms: u64,
     /// The operator's clock at that report, or at the Hello before one.
@@ -232,6 +244,13 @@ pub enum Outcome {
     OtherBoot,
     /// No Hello from the node; nothing counted.
     UnknownNode,
+    /// Of a boot id an SLO retired, numbered no higher than its last
+    /// report: a replay, refused whole.
+    Replayed,
+    /// The first report seen of a boot, but not its first (`seq` above 1):
+    /// some SLO that did not know the boot took its counters as a baseline
+    /// and counted none of them.
+    Baseline,
 }
 
 impl Outcome {
@@ -242,8 +261,22 @@ impl Outcome {
             Self::Stale => "stale",
             Self::OtherBoot => "other_boot",
             Self::UnknownNode => "unknown_node",
+            Self::Replayed => "replayed",
+            Self::Baseline => "baseline",
         }
     }
+}
+
+/// A Hello naming a boot id its node already replaced with a newer one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "node {node} replaced boot id {boot_id} with {current}; an old boot id cannot report \
+     again: an agent takes a new boot id whenever its counters start from zero"
+)]
+pub struct BootRetired {
+    pub node: String,
+    pub boot_id: String,
+    pub current: String,
 }
 
 /// What a ProbeSet's figures are computed from.
@@ -383,20 +416,39 @@ pub struct Reports {
 
 impl Reports {
     /// An agent said hello. A boot id other than the node's last starts the
-    /// node afresh.
-    pub fn hello(&mut self, now: SystemTime, info: AgentInfo) {
+    /// node afresh; one the node already replaced is refused.
+    pub fn hello(&mut self, now: SystemTime, info: AgentInfo) -> Result<(), BootRetired> {
         match self.nodes.get_mut(&info.node) {
             Some(n) if n.info.boot_id == info.boot_id => {
                 n.streams += 1;
                 n.info = info;
             }
+            Some(n) if n.retired_boots.contains(&info.boot_id) => {
+                return Err(BootRetired {
+                    node: info.node,
+                    boot_id: info.boot_id,
+                    current: n.info.boot_id.clone(),
+                });
+            }
             found => {
-                let streams = found.map_or(0, |n| n.streams) + 1;
+                let (streams, retired_boots) = match found {
+                    Some(n) => {
+                        let mut retired = std::mem::take(&mut n.retired_boots);
+                        if retired.len() >= MAX_RETIRED_PER_NODE {
+                            retired.remove(0);
+                        }
+                        retired.push(n.info.boot_id.clone());
+                        (n.streams + 1, retired)
+                    }
+                    None => (1, Vec::new()),
+                };
                 self.nodes.insert(
                     info.node.clone(),
                     NodeState {
                         info,
                         seq: 0,
+                        from_start: false,
+                        retired_boots,
                         unix_ms: 0,
                         seen: now,
                         reported: false,
@@ -406,6 +458,12 @@ impl Reports {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Whether `node` said hello and is not forgotten yet.
+    pub fn knows(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
     }
 
     /// A stream of `node` ended.
@@ -434,6 +492,17 @@ impl Reports {
         if current && sample.seq <= state.seq {
             return Outcome::Stale;
         }
+        if self
+            .slos
+            .values()
+            .any(|e| e.evaluator.is_replay(node, &sample.boot_id, sample.seq))
+        {
+            return Outcome::Replayed;
+        }
+        if current && state.seq == 0 {
+            state.from_start = sample.seq == 1;
+        }
+        let vouched = current && state.from_start;
         // Per probe, this interval's series histograms, for SLO latency.
         let mut increments: HashMap<&ProbeRef, Vec<(&str, Sparse)>> = HashMap::new();
         if current {
@@ -479,6 +548,7 @@ impl Reports {
         }
 
         let now_ms = millis(now);
+        let mut baseline = false;
         for p in &sample.probes {
             let Some(ids) = self.by_probe.get(&p.id) else {
                 continue;
@@ -497,8 +567,20 @@ impl Reports {
                     total: exact.map_or(0, |t| t.total),
                     loss: p.counters.unwrap_or_default(),
                 };
-                if entry.evaluator.ingest(now, &report) == core_slo::Ingest::Stale {
-                    continue;
+                let ingested = if vouched {
+                    entry.evaluator.ingest_from_start(now, &report)
+                } else {
+                    entry.evaluator.ingest(now, &report)
+                };
+                match ingested {
+                    core_slo::Ingest::Stale | core_slo::Ingest::Replayed => continue,
+                    // A new baseline to persist, but no increments.
+                    core_slo::Ingest::Baseline => {
+                        baseline = true;
+                        entry.version += 1;
+                        continue;
+                    }
+                    _ => {}
                 }
                 entry.version += 1;
                 for (series, h) in increments.get(&p.id).into_iter().flatten() {
@@ -514,7 +596,9 @@ impl Reports {
                 }
             }
         }
-        if current {
+        if baseline {
+            Outcome::Baseline
+        } else if current {
             Outcome::Ingested
         } else {
             Outcome::OtherBoot
@@ -871,132 +955,4 @@ fn millis_of(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sparse(buckets: &[(u16, u64)]) -> Sparse {
-        Sparse {
-            buckets: buckets.to_vec(),
-            ..Sparse::default()
-        }
-    }
-
-    #[test]
-    fn sparse_histograms_subtract_and_merge_bucket_by_bucket() {
-        let later = sparse(&[(1, 5), (3, 7), (9, 2)]);
-        let earlier = sparse(&[(1, 5), (2, 1), (3, 4)]);
-        assert_eq!(later.delta_since(&earlier).buckets, [(3, 3), (9, 2)]);
-        let mut a = sparse(&[(1, 1), (5, 1)]);
-        a.merge(&sparse(&[(0, 2), (5, 2), (7, 1)]));
-        assert_eq!(a.buckets, [(0, 2), (1, 1), (5, 3), (7, 1)]);
-        assert_eq!(a.count(), 7);
-    }
-
-    #[test]
-    fn malformed_histograms_are_rejected() {
-        let h = |index: Vec<u32>, count: Vec<u64>| v1::Histogram {
-            bucket_index: index,
-            bucket_count: count,
-            ..Default::default()
-        };
-        assert!(Sparse::from_proto("read", &h(vec![1, 2], vec![1])).is_err());
-        assert!(Sparse::from_proto("read", &h(vec![2, 2], vec![1, 1])).is_err());
-        assert!(Sparse::from_proto("read", &h(vec![1024], vec![1])).is_err());
-        let ok = Sparse::from_proto("read", &h(vec![1, 7], vec![0, 3])).unwrap();
-        assert_eq!(ok.buckets, [(7, 3)]);
-    }
-
-    #[test]
-    fn dense_histograms_round_trip_through_the_core_type() {
-        let mut d = Dense::default();
-        d.add(&Sparse {
-            buckets: vec![(100, 3), (200, 1)],
-            sum_ns: 10,
-            max_ns: 9,
-            errors: 1,
-        });
-        let h = d.to_histogram();
-        assert_eq!(
-            (h.count(), h.sum_ns(), h.max_ns(), h.errors()),
-            (4, 10, 9, 1)
-        );
-        assert_eq!(Dense::from_histogram(&h), d);
-    }
-
-    fn node(reports: &mut Reports, agent: &crate::sim::SimAgent) {
-        let Some(v1::agent_message::Message::Hello(h)) = agent.hello().message else {
-            unreachable!()
-        };
-        reports.hello(UNIX_EPOCH, AgentInfo::try_from(h).unwrap());
-    }
-
-    fn figures(reports: &Reports, at: SystemTime) -> Figures {
-        reports.figures(
-            at,
-            &ProbeSetQuery {
-                namespace: "shop",
-                name: "web",
-                probes: &["sys".to_string()],
-                desired: &["n1".to_string()],
-                interval: Duration::from_secs(10),
-                max_drop_rate: 0.01,
-                expect_reports: true,
-            },
-        )
-    }
-
-    fn agent() -> crate::sim::SimAgent {
-        crate::sim::SimAgent::new(
-            "n1",
-            "b1",
-            vec![ProbeRef {
-                namespace: "shop".into(),
-                probeset: "web".into(),
-                probe: "sys".into(),
-            }],
-        )
-    }
-
-    #[test]
-    fn a_first_sight_after_an_operator_restart_is_only_a_baseline() {
-        let mut a = agent();
-        a.probes[0].observe("read", &[1000; 500]);
-        a.seq = 41;
-        let mut r = Reports::default();
-        node(&mut r, &a);
-        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
-        let baseline = Sample::try_from(a.report(10_000)).unwrap();
-        assert_eq!(r.ingest(at(10), "n1", &baseline), Outcome::Ingested);
-        let f = figures(&r, at(10));
-        assert_eq!((f.reporting, f.ready, f.flow.observed), (1, 1, 0));
-        a.probes[0].observe("read", &[1000; 20]);
-        let next = Sample::try_from(a.report(20_000)).unwrap();
-        r.ingest(at(20), "n1", &next);
-        let f = figures(&r, at(20));
-        assert_eq!(f.flow.observed, 20);
-        assert_eq!(f.flow.events_per_second, 2.0);
-        assert_eq!(r.ingest(at(21), "n1", &next), Outcome::Stale);
-    }
-
-    #[test]
-    fn a_boots_first_report_counts_in_full_and_a_reloaded_probe_from_zero() {
-        let mut a = agent();
-        a.probes[0].observe("read", &[1000; 30]);
-        let mut r = Reports::default();
-        node(&mut r, &a);
-        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
-        r.ingest(at(10), "n1", &Sample::try_from(a.report(10_000)).unwrap());
-        assert_eq!(figures(&r, at(10)).flow.observed, 30);
-        // The probe was reloaded: its counters start again.
-        a.probes[0] = crate::sim::SimProbe::new(a.probes[0].id.clone());
-        a.probes[0].observe("read", &[1000; 7]);
-        r.ingest(at(20), "n1", &Sample::try_from(a.report(20_000)).unwrap());
-        let f = figures(&r, at(20));
-        assert_eq!(f.flow.observed, 7);
-        assert!(f.p50_ns.is_some());
-        // Silent for more than two intervals: not reporting.
-        let f = figures(&r, at(42));
-        assert_eq!((f.reporting, f.problem_nodes), (0, 1));
-        assert_eq!(f.problems[0].reason, problem::NOT_REPORTING);
-    }
-}
+mod tests;

@@ -1,0 +1,152 @@
+//! Aggregation of reports: histograms, baselines, figures and boots.
+
+use super::*;
+
+fn sparse(buckets: &[(u16, u64)]) -> Sparse {
+    Sparse {
+        buckets: buckets.to_vec(),
+        ..Sparse::default()
+    }
+}
+
+#[test]
+fn sparse_histograms_subtract_and_merge_bucket_by_bucket() {
+    let later = sparse(&[(1, 5), (3, 7), (9, 2)]);
+    let earlier = sparse(&[(1, 5), (2, 1), (3, 4)]);
+    assert_eq!(later.delta_since(&earlier).buckets, [(3, 3), (9, 2)]);
+    let mut a = sparse(&[(1, 1), (5, 1)]);
+    a.merge(&sparse(&[(0, 2), (5, 2), (7, 1)]));
+    assert_eq!(a.buckets, [(0, 2), (1, 1), (5, 3), (7, 1)]);
+    assert_eq!(a.count(), 7);
+}
+
+#[test]
+fn malformed_histograms_are_rejected() {
+    let h = |index: Vec<u32>, count: Vec<u64>| v1::Histogram {
+        bucket_index: index,
+        bucket_count: count,
+        ..Default::default()
+    };
+    assert!(Sparse::from_proto("read", &h(vec![1, 2], vec![1])).is_err());
+    assert!(Sparse::from_proto("read", &h(vec![2, 2], vec![1, 1])).is_err());
+    assert!(Sparse::from_proto("read", &h(vec![1024], vec![1])).is_err());
+    let ok = Sparse::from_proto("read", &h(vec![1, 7], vec![0, 3])).unwrap();
+    assert_eq!(ok.buckets, [(7, 3)]);
+}
+
+#[test]
+fn dense_histograms_round_trip_through_the_core_type() {
+    let mut d = Dense::default();
+    d.add(&Sparse {
+        buckets: vec![(100, 3), (200, 1)],
+        sum_ns: 10,
+        max_ns: 9,
+        errors: 1,
+    });
+    let h = d.to_histogram();
+    assert_eq!(
+        (h.count(), h.sum_ns(), h.max_ns(), h.errors()),
+        (4, 10, 9, 1)
+    );
+    assert_eq!(Dense::from_histogram(&h), d);
+}
+
+fn node(reports: &mut Reports, agent: &crate::sim::SimAgent) {
+    let Some(v1::agent_message::Message::Hello(h)) = agent.hello().message else {
+        unreachable!()
+    };
+    reports
+        .hello(UNIX_EPOCH, AgentInfo::try_from(h).unwrap())
+        .unwrap();
+}
+
+fn figures(reports: &Reports, at: SystemTime) -> Figures {
+    reports.figures(
+        at,
+        &ProbeSetQuery {
+            namespace: "shop",
+            name: "web",
+            probes: &["sys".to_string()],
+            desired: &["n1".to_string()],
+            interval: Duration::from_secs(10),
+            max_drop_rate: 0.01,
+            expect_reports: true,
+        },
+    )
+}
+
+fn agent() -> crate::sim::SimAgent {
+    crate::sim::SimAgent::new(
+        "n1",
+        "b1",
+        vec![ProbeRef {
+            namespace: "shop".into(),
+            probeset: "web".into(),
+            probe: "sys".into(),
+        }],
+    )
+}
+
+#[test]
+fn a_first_sight_after_an_operator_restart_is_only_a_baseline() {
+    let mut a = agent();
+    a.probes[0].observe("read", &[1000; 500]);
+    a.seq = 41;
+    let mut r = Reports::default();
+    node(&mut r, &a);
+    let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+    let baseline = Sample::try_from(a.report(10_000)).unwrap();
+    assert_eq!(r.ingest(at(10), "n1", &baseline), Outcome::Ingested);
+    let f = figures(&r, at(10));
+    assert_eq!((f.reporting, f.ready, f.flow.observed), (1, 1, 0));
+    a.probes[0].observe("read", &[1000; 20]);
+    let next = Sample::try_from(a.report(20_000)).unwrap();
+    r.ingest(at(20), "n1", &next);
+    let f = figures(&r, at(20));
+    assert_eq!(f.flow.observed, 20);
+    assert_eq!(f.flow.events_per_second, 2.0);
+    assert_eq!(r.ingest(at(21), "n1", &next), Outcome::Stale);
+}
+
+#[test]
+fn a_boots_first_report_counts_in_full_and_a_reloaded_probe_from_zero() {
+    let mut a = agent();
+    a.probes[0].observe("read", &[1000; 30]);
+    let mut r = Reports::default();
+    node(&mut r, &a);
+    let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+    r.ingest(at(10), "n1", &Sample::try_from(a.report(10_000)).unwrap());
+    assert_eq!(figures(&r, at(10)).flow.observed, 30);
+    // The probe was reloaded: its counters start again.
+    a.probes[0] = crate::sim::SimProbe::new(a.probes[0].id.clone());
+    a.probes[0].observe("read", &[1000; 7]);
+    r.ingest(at(20), "n1", &Sample::try_from(a.report(20_000)).unwrap());
+    let f = figures(&r, at(20));
+    assert_eq!(f.flow.observed, 7);
+    assert!(f.p50_ns.is_some());
+    // Silent for more than two intervals: not reporting.
+    let f = figures(&r, at(42));
+    assert_eq!((f.reporting, f.problem_nodes), (0, 1));
+    assert_eq!(f.problems[0].reason, problem::NOT_REPORTING);
+}
+
+#[test]
+fn a_boot_id_the_node_replaced_cannot_say_hello_again() {
+    let a = agent();
+    let mut r = Reports::default();
+    node(&mut r, &a);
+    let b = a.restarted("b2");
+    node(&mut r, &b);
+    let Some(v1::agent_message::Message::Hello(h)) = a.hello().message else {
+        unreachable!()
+    };
+    let e = r
+        .hello(UNIX_EPOCH, AgentInfo::try_from(h.clone()).unwrap())
+        .unwrap_err();
+    assert_eq!((e.boot_id.as_str(), e.current.as_str()), ("b1", "b2"));
+    assert!(e.to_string().contains("new boot id"), "{e}");
+    // The current boot reconnects as often as it likes.
+    node(&mut r, &b);
+    assert_eq!(r.connected(), 3);
+    assert!(r.knows("n1") && !r.knows("n2"));
+}
