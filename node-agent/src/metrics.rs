@@ -405,6 +405,10 @@ impl NodeMetrics {
                 &["source"],
             )?,
         };
+        // Both sources from the start, so a dashboard sees 0, not nothing.
+        for source in ["pushed", "file"] {
+            m.configs_refused.with_label_values(&[source]);
+        }
         registry.register(Box::new(m.configs_refused.clone()))?;
         registry.register(Box::new(m.probe_loads.clone()))?;
         registry.register(Box::new(m.probe_load_failures.clone()))?;

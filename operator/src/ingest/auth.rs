@@ -34,6 +34,15 @@ use tonic::{Status, metadata::MetadataMap};
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most cached reviews; one per agent pod is the steady state.
 const CACHE_MAX: usize = 16_384;
+/// How long a refused token is answered without asking the API server
+/// again: long enough that a client retrying a bad token costs one review
+/// per period, short enough that a token that becomes valid gets in soon.
+pub const REFUSAL_TTL: Duration = Duration::from_secs(10);
+/// TokenReviews per second, sustained, and at once: a thousand agents
+/// reconnecting together are all reviewed within a few seconds, and no
+/// flood of fresh tokens makes the operator hammer the API server.
+pub const REVIEWS_PER_SECOND: u32 = 200;
+const REVIEW_BURST: f64 = 400.0;
 /// Most pods whose node is cached; one per agent pod is the steady state.
 const POD_CACHE_MAX: usize = 16_384;
 /// The user-info key under which the API server names the node a bound
@@ -203,6 +212,11 @@ pub enum AuthError {
     },
     #[error("cannot review the token: {0}")]
     Unavailable(String),
+    #[error(
+        "too many token reviews at once ({0} per second at most); the agent retries with \
+         backoff"
+    )]
+    Throttled(u32),
 }
 
 impl AuthError {
@@ -214,6 +228,7 @@ impl AuthError {
             Self::Account { .. } => "forbidden",
             Self::Unbound(_) | Self::Pod { .. } => "no_node",
             Self::Unavailable(_) => "review_failed",
+            Self::Throttled(_) => "throttled",
         }
     }
 
@@ -227,7 +242,7 @@ impl AuthError {
             Self::Account { .. } | Self::Unbound(_) | Self::Pod { .. } => {
                 Status::permission_denied(message)
             }
-            Self::Unavailable(_) => Status::unavailable(message),
+            Self::Unavailable(_) | Self::Throttled(_) => Status::unavailable(message),
         }
     }
 }
@@ -247,6 +262,10 @@ pub struct Authenticator<R> {
     /// The node of each pod looked up, by pod uid: a pod never moves, and
     /// a uid is never reused.
     pods: Mutex<HashMap<String, String>>,
+    /// Definite refusals by token hash, for [`REFUSAL_TTL`].
+    refused: Mutex<HashMap<Vec<u8>, (AuthError, Instant)>>,
+    /// Review tokens left, refilled at [`REVIEWS_PER_SECOND`].
+    budget: Mutex<(f64, Instant)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -263,6 +282,22 @@ impl<R: Reviewer> Authenticator<R> {
             expected: format!("system:serviceaccount:{namespace}:{name}"),
             cache: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            budget: Mutex::new((REVIEW_BURST, Instant::now())),
+        }
+    }
+
+    /// Takes one review from the budget, if there is one left.
+    fn may_review(&self, now: Instant) -> bool {
+        let mut b = lock(&self.budget);
+        let refill = now.duration_since(b.1).as_secs_f64() * f64::from(REVIEWS_PER_SECOND);
+        b.0 = (b.0 + refill).min(REVIEW_BURST);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -278,6 +313,47 @@ impl<R: Reviewer> Authenticator<R> {
         {
             return Ok(who.clone());
         }
+        if let Some((why, at)) = lock(&self.refused).get(&key)
+            && now.duration_since(*at) < REFUSAL_TTL
+        {
+            return Err(why.clone());
+        }
+        if !self.may_review(now) {
+            return Err(AuthError::Throttled(REVIEWS_PER_SECOND));
+        }
+        let result = self.review(token).await;
+        if let Err(why) = &result
+            && matches!(
+                why,
+                AuthError::Rejected(_)
+                    | AuthError::Audience(_)
+                    | AuthError::Account { .. }
+                    | AuthError::Unbound(_)
+            )
+        {
+            let mut refused = lock(&self.refused);
+            if refused.len() >= CACHE_MAX {
+                refused.retain(|_, (_, at)| now.duration_since(*at) < REFUSAL_TTL);
+                if refused.len() >= CACHE_MAX {
+                    refused.clear();
+                }
+            }
+            refused.insert(key.clone(), (why.clone(), now));
+        }
+        let who = result?;
+        let mut cache = lock(&self.cache);
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (who.clone(), now));
+        Ok(who)
+    }
+
+    /// Asks the API server about `token`, and checks the answer.
+    async fn review(&self, token: &str) -> Result<Identity, AuthError> {
         let review = self
             .reviewer
             .review(token, &self.audience)
@@ -300,19 +376,10 @@ impl<R: Reviewer> Authenticator<R> {
             (None, Some(pod)) => self.node_of(&pod).await?,
             (None, None) => return Err(AuthError::Unbound(self.audience.clone())),
         };
-        let who = Identity {
+        Ok(Identity {
             username: review.username,
             node,
-        };
-        let mut cache = lock(&self.cache);
-        if cache.len() >= CACHE_MAX {
-            cache.retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (who.clone(), now));
-        Ok(who)
+        })
     }
 
     /// The node `pod` runs on, if it is still the pod the token names.
@@ -548,11 +615,41 @@ mod tests {
         tokio::time::advance(CACHE_TTL).await;
         a.authenticate(&with("Bearer agent-token")).await.unwrap();
         assert_eq!(fake.reviews.load(Ordering::SeqCst), 2);
-        // Refusals are never cached: a token may become valid.
-        for _ in 0..2 {
+        // A refusal is remembered briefly: retrying a bad token costs one
+        // review per REFUSAL_TTL, and a token that becomes valid gets in.
+        for _ in 0..5 {
             a.authenticate(&with("Bearer forged")).await.unwrap_err();
         }
+        assert_eq!(fake.reviews.load(Ordering::SeqCst), 3);
+        tokio::time::advance(REFUSAL_TTL).await;
+        a.authenticate(&with("Bearer forged")).await.unwrap_err();
         assert_eq!(fake.reviews.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_fresh_tokens_is_reviewed_at_a_bounded_rate() {
+        let fake = Fake::default();
+        let a = auth(&fake);
+        let mut throttled = 0;
+        for i in 0..2_000 {
+            if let Err(AuthError::Throttled(_)) =
+                a.authenticate(&with(&format!("Bearer t{i}"))).await
+            {
+                throttled += 1;
+            }
+        }
+        let reviewed = fake.reviews.load(Ordering::SeqCst);
+        assert_eq!(reviewed as f64, REVIEW_BURST, "at once, at most the burst");
+        assert_eq!(throttled, 2_000 - reviewed);
+        // Refilled over time, at the sustained rate.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for i in 0..1_000 {
+            let _ = a.authenticate(&with(&format!("Bearer u{i}"))).await;
+        }
+        assert_eq!(
+            fake.reviews.load(Ordering::SeqCst) - reviewed,
+            REVIEWS_PER_SECOND as usize
+        );
     }
 
     #[tokio::test]
