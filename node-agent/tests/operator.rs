@@ -313,3 +313,63 @@ async fn a_real_agent_and_simulated_ones_are_counted_exactly_through_operator_an
     op.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An agent pinning another CA than the operator's never reports to it
+/// and never runs what it would push; a plaintext address is refused at
+/// start unless the loud flag says otherwise.
+#[tokio::test]
+async fn an_agent_refuses_an_operator_it_cannot_verify() {
+    let stores = fixed_stores(
+        vec![probeset()],
+        &[("node-real", &[("pool", "web")])],
+        vec![slo()],
+    );
+    let dir: PathBuf = std::env::temp_dir().join(format!("rw-uplink-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.yaml"), "probes: []\n").unwrap();
+    std::fs::write(dir.join("token"), "agent:node-real\n").unwrap();
+    let other = ringwarden_operator::ingest::tls::new_ca(std::time::SystemTime::now()).unwrap();
+    std::fs::write(dir.join("ca.crt"), &other.cert).unwrap();
+
+    let op = LoopbackOperator::start(&stores, None).await;
+    let agent = AgentProcess::start(&op.url(), &dir);
+    // Long enough for several connection attempts (backoff starts at 1 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let text = get(agent.metrics_port, "/metrics").unwrap_or_default();
+    assert!(
+        text.contains("ringwarden_agent_operator_connected 0"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("probe=\"sys\""),
+        "the agent ran a configuration from a server it could not verify:\n{text}"
+    );
+    assert_eq!(op.counted(SLO), (0, 0));
+    drop(agent);
+
+    // Plaintext without the flag: the agent refuses to start reporting.
+    let out = Command::new(AGENT)
+        .args([
+            "node",
+            "--node-name",
+            "node-real",
+            "--node-labels",
+            "pool=web",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--operator-addr",
+            "http://127.0.0.1:9",
+        ])
+        .arg("--config")
+        .arg(dir.join("config.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to report")
+            && err.contains("--insecure-plaintext-for-local-development"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
