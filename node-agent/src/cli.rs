@@ -69,6 +69,13 @@ pub struct NodeArgs {
     #[arg(long, default_value = "0.0.0.0:9464", value_parser = parse_metrics_addr, env = "RINGWARDEN_METRICS_ADDR")]
     pub metrics_addr: MetricsAddr,
 
+    /// Leave peer addresses out of `/metrics`: a `tcpRetransmit` series
+    /// `10.0.3.7:443` is shown as `port 443` (series of one port merged),
+    /// so whoever may scrape the agent learns no tenant's peers. Events and
+    /// reports to the operator keep the addresses.
+    #[arg(long, env = "RINGWARDEN_METRICS_WITHOUT_ADDRESSES")]
+    pub metrics_without_addresses: bool,
+
     /// How often to read the kernel counters for `/metrics`.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "RINGWARDEN_INTERVAL")]
     pub interval: Duration,

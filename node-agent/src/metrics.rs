@@ -138,6 +138,32 @@ const PROBE_FAMILIES: [ProbeFamily; 5] = [
 const SLO_GOOD: &str = "ringwarden_slo_good_events_total";
 const SLO_TOTAL: &str = "ringwarden_slo_events_total";
 
+/// Merges the series of `snapshot` named by a peer address (`10.0.3.7:443`,
+/// `[fd00::7]:443`) into one series per port (`port 443`), for
+/// `--metrics-without-addresses`.
+pub fn without_addresses(snapshot: &mut Snapshot) {
+    if !snapshot
+        .series
+        .keys()
+        .any(|k| k.parse::<std::net::SocketAddr>().is_ok())
+    {
+        return;
+    }
+    let series = std::mem::take(&mut snapshot.series);
+    for (name, h) in series {
+        let name = match name.parse::<std::net::SocketAddr>() {
+            Ok(a) => format!("port {}", a.port()),
+            Err(_) => name,
+        };
+        match snapshot.series.get_mut(&name) {
+            Some(existing) => existing.merge(&h),
+            None => {
+                snapshot.series.insert(name, h);
+            }
+        }
+    }
+}
+
 /// Renders [`SharedSnapshots`] as Prometheus families on every scrape.
 pub struct SnapshotCollector {
     snapshots: SharedSnapshots,
@@ -529,6 +555,24 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_addresses_can_be_left_out_merging_series_by_port() {
+        let mut snap = Snapshot::default();
+        let one = |ns: u64| {
+            let mut h = Histogram::new();
+            h.record(ns);
+            h
+        };
+        snap.series.insert("10.0.3.7:443".into(), one(1_000));
+        snap.series.insert("[fd00::7]:443".into(), one(2_000));
+        snap.series.insert("10.0.3.8:80".into(), one(3_000));
+        snap.series.insert("other".into(), one(4_000));
+        without_addresses(&mut snap);
+        let names: Vec<&str> = snap.series.keys().map(String::as_str).collect();
+        assert_eq!(names, ["other", "port 443", "port 80"]);
+        assert_eq!(snap.series["port 443"].count(), 2);
+    }
 
     fn one_probe() -> Exposition {
         let mut snap = Snapshot::default();

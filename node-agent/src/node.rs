@@ -312,7 +312,7 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
                     l.probe.drain(|_| {});
                 }
             }
-            _ = publish_tick.tick() => publish(&state.loaded, &shared),
+            _ = publish_tick.tick() => publish(&state.loaded, &shared, args.metrics_without_addresses),
             () = tokio::time::sleep_until(next_report) => {
                 if let Some(u) = &uplink {
                     seq += 1;
@@ -819,11 +819,16 @@ impl State {
     }
 }
 
-fn publish(loaded: &HashMap<String, Loaded>, shared: &SharedSnapshots) {
+fn publish(loaded: &HashMap<String, Loaded>, shared: &SharedSnapshots, hide_addresses: bool) {
     let mut out = Vec::with_capacity(loaded.len());
     for l in loaded.values() {
         match l.probe.snapshot() {
-            Ok(s) => out.push((l.labels.clone(), s)),
+            Ok(mut s) => {
+                if hide_addresses {
+                    metrics::without_addresses(&mut s);
+                }
+                out.push((l.labels.clone(), s))
+            }
             Err(e) => {
                 tracing::warn!(probe = %l.labels.probe, error = %e, "reading the probe failed")
             }

@@ -56,6 +56,10 @@ pub struct AgentSettings {
     /// Port of the agent's `/metrics` and `/healthz`.
     #[serde(default = "default_metrics_port")]
     pub metrics_port: u16,
+    /// Whether the agent's `/metrics` may name peer addresses (the
+    /// `tcpRetransmit` series); off, they are merged per port.
+    #[serde(default = "default_true")]
+    pub metrics_address_labels: bool,
     /// Set at start from `--owner-deployment`, not read from the file: the
     /// operator's own Deployment, made the owner of the agent DaemonSet and
     /// ConfigMap so that uninstalling the operator removes them.
@@ -119,12 +123,17 @@ impl Default for AgentSettings {
             tolerations: default_tolerations(),
             priority_class_name: None,
             metrics_port: default_metrics_port(),
+            metrics_address_labels: true,
             operator_address: None,
             transport: AgentTransport::default(),
             uprobes: UprobeSettings::default(),
             owner: None,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_name() -> String {

@@ -104,6 +104,7 @@ agent:
   priorityClassName: {{ . }}
   {{- end }}
   metricsPort: {{ .Values.agent.metricsPort }}
+  metricsAddressLabels: {{ .Values.agent.metricsAddressLabels }}
   uprobes:
     enabled: {{ .Values.agent.uprobes.enabled }}
   # The operator's Service, whatever the release is called.

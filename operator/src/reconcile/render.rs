@@ -375,6 +375,11 @@ pub fn daemon_set(
                 env(transport_env.0, &transport_env.1),
             ]
             .into_iter()
+            .chain(
+                (!settings.metrics_address_labels)
+                    .then(|| env("RINGWARDEN_METRICS_WITHOUT_ADDRESSES", "true")),
+            )
+            .into_iter()
             .chain(host_root_env)
             .collect(),
         ),
