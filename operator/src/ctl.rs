@@ -55,6 +55,12 @@ pub struct Args {
     )]
     pub tls_server_name: String,
 
+    /// A Kubernetes token to send (e.g. from `kubectl create token`): an
+    /// operator whose query service is reachable beyond port-forward lets
+    /// in only tokens allowed to read the namespace asked about.
+    #[arg(long, global = true, env = "RINGWARDEN_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Only this namespace (default: all).
     #[arg(long, short = 'n', global = true, env = "RINGWARDEN_QUERY_NAMESPACE")]
     pub namespace: Option<String>,
@@ -140,14 +146,33 @@ async fn connect(args: &Args) -> Result<QueryServiceClient<Channel>, String> {
 
 async fn query(args: &Args) -> Result<(), String> {
     let mut client = connect(args).await?;
-    let request = |interval: Duration| StatusRequest {
-        namespace: args.namespace.clone().unwrap_or_default(),
-        interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the token {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let request = |interval: Duration| -> Result<tonic::Request<StatusRequest>, String> {
+        let mut r = tonic::Request::new(StatusRequest {
+            namespace: args.namespace.clone().unwrap_or_default(),
+            interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+        });
+        if let Some(token) = &token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "the token file holds characters not allowed in a header")?;
+            r.metadata_mut()
+                .insert(ringwarden_proto::AUTHORIZATION, value);
+        }
+        Ok(r)
     };
     match &args.command {
         Command::Status => {
             let reply = client
-                .get_status(request(Duration::ZERO))
+                .get_status(request(Duration::ZERO)?)
                 .await
                 .map_err(|s| format!("the operator answered: {}", s.message()))?
                 .into_inner();
@@ -155,7 +180,7 @@ async fn query(args: &Args) -> Result<(), String> {
         }
         Command::Top { interval } => {
             let mut stream = client
-                .watch(request(*interval))
+                .watch(request(*interval)?)
                 .await
                 .map_err(|s| format!("the operator answered: {}", s.message()))?
                 .into_inner();

@@ -403,7 +403,7 @@ pub async fn serve(
     });
 
     let auth = Authenticator::new(
-        TokenReviewer::new(client),
+        TokenReviewer::new(client.clone()),
         // The audience the rendered DaemonSet's projected token carries.
         ringwarden_proto::TOKEN_AUDIENCE,
         &args.namespace,
@@ -420,7 +420,14 @@ pub async fn serve(
         }
     });
     let queries = on_ingest_thread("ringwarden-queries", listeners.queries, {
-        let api = QueryApi::new(Arc::clone(&ctx.hub));
+        let mut api = QueryApi::new(Arc::clone(&ctx.hub));
+        if !args.query_addr.ip().is_loopback() {
+            // Reachable beyond port-forward: who asks must be allowed to
+            // read the namespace.
+            api = api.with_access(crate::ingest::access::Access::new(
+                crate::ingest::access::kube_check(client.clone()),
+            ));
+        }
         let stopped = stopped();
         move |listener| async move {
             if let Err(e) = grpc::serve_queries(listener, api, query_transport, stopped).await {

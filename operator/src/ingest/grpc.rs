@@ -321,11 +321,30 @@ async fn push_config(hub: &Hub, node: &str, sent: &mut String, tx: &Outbound) ->
 /// `QueryService`: figures for people and the `ringwarden` CLI.
 pub struct QueryApi {
     hub: Arc<Hub>,
+    /// Per-namespace access checks, when the service is reachable beyond
+    /// port-forward ([`super::access`]).
+    access: Option<Arc<super::access::Access>>,
 }
 
 impl QueryApi {
     pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+        Self { hub, access: None }
+    }
+
+    /// Requires a token allowed to read the namespace asked about.
+    pub fn with_access(mut self, access: super::access::Access) -> Self {
+        self.access = Some(Arc::new(access));
+        self
+    }
+
+    async fn authorize(&self, request: &Request<StatusRequest>) -> Result<(), Status> {
+        match &self.access {
+            Some(a) => {
+                a.authorize(request.metadata(), &request.get_ref().namespace)
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -339,6 +358,7 @@ impl QueryService for QueryApi {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
+        self.authorize(&request).await?;
         let namespace = request.into_inner().namespace;
         Ok(Response::new(status_reply(
             &self.hub,
@@ -353,6 +373,7 @@ impl QueryService for QueryApi {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.authorize(&request).await?;
         let request = request.into_inner();
         let every = match request.interval_ms {
             0 => DEFAULT_WATCH_INTERVAL,

@@ -15,6 +15,7 @@
 //!    writes SLO status ([`slo_status`], pure) and persists SLO state (API
 //!    server).
 
+pub mod access;
 pub mod auth;
 pub mod decode;
 pub mod grpc;
