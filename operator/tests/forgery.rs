@@ -424,3 +424,37 @@ async fn a_token_bound_to_a_pod_reports_for_that_pods_node_as_the_api_server_say
     drop(auth);
     server.finish().await;
 }
+
+/// An authenticated agent cannot make the operator do more than agents
+/// do: reports sent faster than agents send them (a burst of 64, then
+/// one per 100 ms) end the stream, counted, and nothing beyond the
+/// accepted ones is counted.
+#[tokio::test]
+async fn reports_faster_than_agents_send_them_end_the_stream() {
+    let cluster = cluster();
+    let op = Operator::start(&cluster.stores, None).await;
+    let mut agent = SimAgent::new("node-0", "boot-0", vec![probe("web")]);
+    let mut c = op.connect(&mut agent).await;
+    for _ in 0..200 {
+        agent.probes[0].observe("read", &[MS]);
+        let r = agent.report(unix_ms());
+        if c.send(report_message(r)).await.is_err() {
+            break;
+        }
+    }
+    let status = loop {
+        match c.next().await {
+            Err(status) => break status,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without an answer"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(op.metric("ringwarden_operator_reports_total", "throttled") >= 1.0);
+    // Reports are cumulative: what was accepted is at most the burst.
+    let (_, total) = op.counted("shop/fast");
+    assert!(
+        (1..=64).contains(&total),
+        "counted {total} of 200 reports' events"
+    );
+}

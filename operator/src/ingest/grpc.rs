@@ -112,6 +112,23 @@ impl<R: Reviewer> AgentService for AgentApi<R> {
 
 type Outbound = mpsc::Sender<Result<OperatorMessage, Status>>;
 
+/// Longest an answer may wait for a client that does not read: a stalled
+/// client cannot hold its stream past re-authentication or a change of
+/// leader.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reports a stream may send at once (an agent's buffer after a
+/// reconnect holds 60), and the sustained pace (an agent reports at most
+/// every 100 ms): beyond, the stream is ended, so an authenticated agent
+/// cannot make the operator do more than agents do.
+const REPORT_BURST: f64 = 64.0;
+const REPORTS_PER_SECOND: f64 = 10.0;
+
+/// Sends `message` unless the client has not read for [`SEND_TIMEOUT`];
+/// false when the stream is gone or stalled.
+async fn send(tx: &Outbound, message: Result<OperatorMessage, Status>) -> bool {
+    matches!(timeout(SEND_TIMEOUT, tx.send(message)).await, Ok(Ok(())))
+}
+
 /// Marks the node's stream closed when dropped.
 struct Bye(Arc<Hub>, String);
 
@@ -134,7 +151,7 @@ async fn agent_stream(
     let end = |status: Status| {
         let tx = tx.clone();
         async move {
-            let _ = tx.send(Err(status)).await;
+            let _ = send(&tx, Err(status)).await;
         }
     };
     let hello = match timeout(settings.hello_timeout, inbound.message()).await {
@@ -217,11 +234,26 @@ async fn agent_stream(
     let spread = settings.reauthenticate_after / 10;
     let jitter = spread.mul_f64((hash(&node) % 1000) as f64 / 1000.0);
     let deadline = Instant::now() + settings.reauthenticate_after - jitter;
+    let mut budget = (REPORT_BURST, Instant::now());
     loop {
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(AgentMessage { message: Some(FromAgent::Report(report)) })) => {
                     let started = std::time::Instant::now();
+                    let now = Instant::now();
+                    budget.0 = (budget.0
+                        + now.duration_since(budget.1).as_secs_f64() * REPORTS_PER_SECOND)
+                        .min(REPORT_BURST);
+                    budget.1 = now;
+                    if budget.0 < 1.0 {
+                        hub.metrics.reports.with_label_values(&["throttled"]).inc();
+                        return end(Status::resource_exhausted(
+                            "reports faster than agents send them (one per 100 ms, bursts of \
+                             64); reconnect and report at the configured interval",
+                        ))
+                        .await;
+                    }
+                    budget.0 -= 1.0;
                     if report.boot_id != boot_id {
                         return end(Status::invalid_argument(
                             "report.boot_id differs from the Hello's; a new boot opens a new stream",
@@ -241,7 +273,7 @@ async fn agent_stream(
                     let ack = OperatorMessage {
                         message: Some(ToAgent::Ack(v1::Ack { seq })),
                     };
-                    if tx.send(Ok(ack)).await.is_err() {
+                    if !send(&tx, Ok(ack)).await {
                         return;
                     }
                     hub.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
@@ -310,7 +342,7 @@ async fn push_config(hub: &Hub, node: &str, sent: &mut String, tx: &Outbound) ->
                 .collect(),
         })),
     };
-    if tx.send(Ok(message)).await.is_err() {
+    if !send(tx, Ok(message)).await {
         return false;
     }
     debug!(version = config.version, "configuration pushed");
