@@ -909,11 +909,17 @@ fn increment<'a>(
             whole(seconds)
         }
         Some((prev, before)) => {
+            // By key: a probe may report thousands of series.
+            let earlier: std::collections::HashMap<&str, &Sparse> = prev
+                .series
+                .iter()
+                .map(|(t, e)| (t.as_str(), e))
+                .collect();
             let series = p
                 .series
                 .iter()
                 .map(|(s, h)| {
-                    let earlier = prev.series.iter().find(|(t, _)| t == s).map(|(_, e)| e);
+                    let earlier = earlier.get(s.as_str()).copied();
                     let d = match earlier {
                         Some(e) => h.delta_since(e),
                         None => h.clone(),
