@@ -29,10 +29,13 @@ const CACHE_MAX: usize = 4_096;
 pub type Check =
     Arc<dyn Fn(String, String) -> BoxFuture<'static, Result<bool, String>> + Send + Sync>;
 
+/// Answers by (token hash, namespace), with when they were given.
+type Answers = HashMap<(Vec<u8>, String), (bool, Instant)>;
+
 /// Access to the query service, with its cache.
 pub struct Access {
     check: Check,
-    cache: Mutex<HashMap<(Vec<u8>, String), (bool, Instant)>>,
+    cache: Mutex<Answers>,
 }
 
 impl Access {

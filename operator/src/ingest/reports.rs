@@ -910,11 +910,8 @@ fn increment<'a>(
         }
         Some((prev, before)) => {
             // By key: a probe may report thousands of series.
-            let earlier: std::collections::HashMap<&str, &Sparse> = prev
-                .series
-                .iter()
-                .map(|(t, e)| (t.as_str(), e))
-                .collect();
+            let earlier: std::collections::HashMap<&str, &Sparse> =
+                prev.series.iter().map(|(t, e)| (t.as_str(), e)).collect();
             let series = p
                 .series
                 .iter()

@@ -379,7 +379,6 @@ pub fn daemon_set(
                 (!settings.metrics_address_labels)
                     .then(|| env("RINGWARDEN_METRICS_WITHOUT_ADDRESSES", "true")),
             )
-            .into_iter()
             .chain(host_root_env)
             .collect(),
         ),
