@@ -50,6 +50,12 @@ pub struct AgentProbe {
     /// The planner's predicted steady-state drop fraction of exported events.
     #[serde(default)]
     pub predicted_drop: f64,
+    /// The ProbeSet's `ringBuffer.drainInterval`: the agent drains the ring
+    /// every half of it (`ringwarden_core::planner::drain_period`), the
+    /// period the plan predicts `predictedDrop` for.
+    #[serde(default = "default_drain_interval", with = "serde_duration")]
+    #[schemars(with = "String")]
+    pub drain_interval: Duration,
     /// How often to report.
     #[serde(with = "serde_duration")]
     #[schemars(with = "String")]
@@ -139,6 +145,12 @@ impl AgentConfig {
 /// BPF ring buffer is far above; this keeps a forged plan from pinning
 /// the node's memory).
 pub const MAX_RING_BYTES: u64 = 1 << 30;
+
+/// Configurations rendered before the field existed were planned for the
+/// default interval.
+fn default_drain_interval() -> Duration {
+    ringwarden_core::planner::DEFAULT_DRAIN_INTERVAL
+}
 
 impl AgentProbe {
     /// `namespace/probeset/probe`, unique per agent.

@@ -127,6 +127,7 @@ pub fn plan_probeset(
             ring_bytes: pp.ring_bytes.max(page_size),
             sample_every: pp.sample_every,
             predicted_drop: pp.predicted_drop,
+            drain_interval: spec.ring_buffer.drain_interval,
             report_interval: spec.report_interval,
             thresholds: w
                 .iter()

@@ -83,6 +83,7 @@ pub fn config_bytes(ps: &ProbeSet, thresholds: &[Vec<Threshold>]) -> usize {
             ring_bytes: u64::MAX,
             sample_every: u64::MAX,
             predicted_drop: 0.123_456_789_012_345_67,
+            drain_interval: ps.spec.ring_buffer.drain_interval,
             report_interval: ps.spec.report_interval,
             thresholds: thresholds.get(i).cloned().unwrap_or_default(),
         })
