@@ -396,16 +396,16 @@ fn finish(p: &ProbeDemand, s: Draft, budget: u64) -> ProbePlan {
             n => format!(" sampled 1 in {n}"),
         };
         let arithmetic = format!(
-            "a drain every {} (half the drainInterval) finds {} records at {} ev/s{sampled}; the ring holds {records}",
+            "a drain every {} (half the drainInterval) finds {} records at {} ev/s{sampled} and the ring holds {records}",
             format_duration(period),
             decimal(per_period / n as f64, 1),
             decimal(p.peak_rate, 2),
         );
         reasons.push(if drop_at(n) > allowed {
-            format!("{arithmetic}: {} would be dropped", percent(drop_at(n)))
+            format!("{arithmetic}; {} would be dropped", percent(drop_at(n)))
         } else {
             format!(
-                "{arithmetic}: predicted drops {} within maxDropRate {}",
+                "{arithmetic}; predicted drops {} within maxDropRate {}",
                 percent(drop_at(n)),
                 percent(allowed)
             )
@@ -731,8 +731,8 @@ mod tests {
         ));
         assert_eq!(
             p.reasons.last().unwrap(),
-            "a drain every 50ms (half the drainInterval) finds 1000 records at 20000 ev/s; \
-             the ring holds 682: predicted drops 31.8% within maxDropRate 99%"
+            "a drain every 50ms (half the drainInterval) finds 1000 records at 20000 ev/s \
+             and the ring holds 682; predicted drops 31.8% within maxDropRate 99%"
         );
     }
 
