@@ -135,7 +135,7 @@ mod tests {
             ringbuf_dropped: 318,
             ..Default::default()
         };
-        assert_eq!(c.ringbuf_drop(), 0.318);
+        assert_eq!(c.ringbuf_drop(), 318.0 / 1000.0);
         assert_eq!(Counters::default().ringbuf_drop(), 0.0);
     }
 

@@ -706,7 +706,7 @@ mod tests {
         }
         snap.series.insert("getppid".into(), h);
         snap.ring_bytes = 65536;
-        snap.predicted_drop = 0.318;
+        snap.predicted_drop = 0.25;
         snap.thresholds.push(crate::probes::ThresholdCount {
             slo: "default/fast".into(),
             good: 2,
@@ -749,7 +749,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(&format!("ringwarden_drop_ratio_predicted{{{base}}} 0.318")),
+            text.contains(&format!("ringwarden_drop_ratio_predicted{{{base}}} 0.25")),
             "{text}"
         );
         assert!(

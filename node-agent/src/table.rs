@@ -258,7 +258,7 @@ mod tests {
         s.counters.exported = 1000;
         s.counters.delivered = 680;
         s.counters.ringbuf_dropped = 320;
-        s.predicted_drop = 0.318;
+        s.predicted_drop = 1.0 - 682.0 / 1000.0;
         let text = render("probe sys", &rows(&s, None, Duration::ZERO, 5), &s);
         assert!(
             text.contains(

@@ -615,7 +615,7 @@ mod tests {
         assert_eq!(s.predicted_drop_percent, Some(32.0));
         assert_eq!(s.drop_percent, Some(32.0));
         let plan = s.plan.unwrap();
-        assert!((plan.probes[0].predicted_drop - 0.318).abs() < 1e-12);
+        assert!((plan.probes[0].predicted_drop - (1.0 - 682.0 / 1000.0)).abs() < 1e-12);
         // Within the default 1 %, the planner samples instead.
         let ps = probeset(20_000.0, "64Ki");
         let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
