@@ -10,7 +10,7 @@ use ringwarden_core::duration::serde_duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::probeset::{FieldError, ProbeSetSpec, ProbeSpec};
+use crate::probeset::{DRAIN_INTERVAL_RULE, DRAIN_INTERVALS, FieldError, ProbeSetSpec, ProbeSpec};
 
 /// Configuration of every probe one agent (one node class) runs.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -119,6 +119,14 @@ impl AgentConfig {
                         ),
                     });
                 }
+                // The agent's drain clock runs at half of it: keep it to the
+                // range `spec.ringBuffer.drainInterval` allows.
+                if !DRAIN_INTERVALS.contains(&p.drain_interval) {
+                    errors.push(FieldError {
+                        field: field("drainInterval"),
+                        message: DRAIN_INTERVAL_RULE.into(),
+                    });
+                }
                 if p.sample_every == 0 {
                     errors.push(FieldError {
                         field: field("sampleEvery"),
@@ -217,6 +225,14 @@ probes:
             ("ringBytes: 4096", "ringBytes: 4097"),
             ("sampleEvery: 1", "sampleEvery: 0"),
             ("reportInterval: 10s", "reportInterval: 1ms"),
+            (
+                "reportInterval: 10s",
+                "reportInterval: 10s\n    drainInterval: 0s",
+            ),
+            (
+                "reportInterval: 10s",
+                "reportInterval: 10s\n    drainInterval: 1h",
+            ),
         ] {
             let bad = GOOD.replace(from, to);
             let errors = config(&bad).validate();

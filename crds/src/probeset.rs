@@ -135,6 +135,12 @@ impl Default for RingBufferSpec {
 /// Longest `nodeBudget` string.
 pub const MAX_QUANTITY_LEN: usize = 32;
 
+/// The drain intervals a ProbeSet (and an agent configuration) may ask for.
+pub const DRAIN_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(10);
+/// What is wrong with a drain interval outside [`DRAIN_INTERVALS`].
+pub const DRAIN_INTERVAL_RULE: &str = "must be between 1ms and 10s; use e.g. `100ms`";
+
 fn default_drain_interval() -> Duration {
     Duration::from_millis(100)
 }
@@ -564,12 +570,10 @@ impl ProbeSetSpec {
             );
         }
         let rb = &self.ring_buffer;
-        if rb.drain_interval < Duration::from_millis(1)
-            || rb.drain_interval > Duration::from_secs(10)
-        {
+        if !DRAIN_INTERVALS.contains(&rb.drain_interval) {
             err(
                 "spec.ringBuffer.drainInterval".into(),
-                "must be between 1ms and 10s; use e.g. `100ms`".into(),
+                DRAIN_INTERVAL_RULE.into(),
             );
         }
         if !(rb.burst_factor >= 1.0 && rb.burst_factor <= 100.0) {
