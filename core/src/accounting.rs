@@ -87,6 +87,17 @@ impl Counters {
         Ok(())
     }
 
+    /// Fraction of exported events the ring buffer dropped; 0 when none
+    /// were exported. The measured figure the plan's predicted drop is
+    /// compared with.
+    pub fn ringbuf_drop(&self) -> f64 {
+        if self.exported == 0 {
+            0.0
+        } else {
+            self.ringbuf_dropped as f64 / self.exported as f64
+        }
+    }
+
     /// Counters accumulated since `earlier` (saturating: a counter never goes back).
     pub fn delta_since(&self, earlier: &Self) -> Self {
         Self {
@@ -114,6 +125,18 @@ mod tests {
             pairing_dropped,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_ringbuf_drop_is_dropped_over_exported_and_zero_without_exports() {
+        let c = Counters {
+            exported: 1000,
+            delivered: 682,
+            ringbuf_dropped: 318,
+            ..Default::default()
+        };
+        assert_eq!(c.ringbuf_drop(), 318.0 / 1000.0);
+        assert_eq!(Counters::default().ringbuf_drop(), 0.0);
     }
 
     #[test]

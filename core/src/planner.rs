@@ -6,17 +6,19 @@
 //!
 //! Per event path, with `r` the declared peak rate, `f = 1/N` the sampling,
 //! `s` the record size (event rounded up to 8 bytes, plus the kernel's 8-byte
-//! header), `d` the drain interval (worst consumer stall) and `b` the burst
-//! factor:
+//! header), `d` the drain interval (the longest the agent may leave a ring
+//! undrained) and `b` the burst factor:
 //!
 //! - the ring needs `r·f·s·d·b` bytes, rounded up to a power of two, at least
 //!   a page (and one record), at most `max_bytes_per_probe`;
 //! - over the node budget, rings are halved least important first, largest
 //!   first within a priority, by name last;
-//! - the predicted steady-state drop fraction is `max(0, 1 − size/(r·f·s·d))`
-//!   (no burst: bursts are what the headroom is for), and where it exceeds the
-//!   probe's `max_drop_rate`, `N` is raised to the smallest that brings it
-//!   within.
+//! - the agent drains every [`drain_period`] `T = d/2`, emptying the ring;
+//!   a ring of `size` bytes holds `C = ⌊(size − 1)/s⌋` records
+//!   ([`ring_records`]), so at a steady rate the predicted drop fraction is
+//!   `max(0, 1 − C/(r·f·T))` ([`steady_drop`]; no burst: bursts are what the
+//!   headroom is for), and where it exceeds the probe's `max_drop_rate`, `N`
+//!   is raised to the smallest that brings it within.
 
 use std::cmp::Reverse;
 use std::time::Duration;
@@ -40,6 +42,49 @@ pub const DEFAULT_MAX_BYTES_PER_PROBE: u64 = 256 << 20;
 /// sparser sampling carries too little to be worth it; the plan keeps this
 /// value, predicts drops above the bound and says so in a reason.
 pub const MAX_SAMPLE_EVERY: u64 = 1 << 20;
+
+/// Shortest drain period: the resolution of the agent's timer.
+pub const MIN_DRAIN_PERIOD: Duration = Duration::from_millis(1);
+
+/// How often the agent drains a ring whose ProbeSet declares
+/// `drain_interval`: twice per interval, and at most every
+/// [`MIN_DRAIN_PERIOD`].
+///
+/// The interval is documented as the longest the agent may leave a ring
+/// undrained, and a timer fires late under load: draining once per interval
+/// would break that bound at every late tick. Draining at half of it leaves
+/// the other half as slack for a late or slow drain. The ring is still sized
+/// for the whole interval times the burst factor, so a stall of a whole
+/// interval at the declared rate loses nothing; the predicted drop uses the
+/// period the agent keeps, so it is what a user measures at that rate.
+pub fn drain_period(drain_interval: Duration) -> Duration {
+    (drain_interval / 2).max(MIN_DRAIN_PERIOD)
+}
+
+/// Records of `record_bytes` (header included) that a ring of `ring_bytes`
+/// holds at once. The kernel refuses a reserve that would put the producer
+/// more than `ring_bytes − 1` bytes ahead of the consumer
+/// (`kernel/bpf/ringbuf.c`), so a record never fills the ring exactly.
+pub fn ring_records(ring_bytes: u64, record_bytes: u64) -> u64 {
+    ring_bytes
+        .saturating_sub(1)
+        .checked_div(record_bytes)
+        .unwrap_or(0)
+}
+
+/// Fraction of exported events a ring holding `records` records drops when
+/// they arrive at a steady `rate` per second (after sampling) and the agent
+/// empties it every `period`: `rate·period` arrive between two drains, and
+/// the ring keeps the first `records` of them. An empty ring (`records` 0)
+/// drops everything.
+pub fn steady_drop(rate: f64, records: u64, period: Duration) -> f64 {
+    let per_period = rate * period.as_secs_f64();
+    if per_period <= 0.0 {
+        0.0
+    } else {
+        (1.0 - records as f64 / per_period).max(0.0)
+    }
+}
 
 /// Everything that shares one node's ring buffer budget.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -261,8 +306,9 @@ fn size(p: &ProbeDemand, input: &PlanInput) -> Draft {
         * record as f64
         * p.drain_interval.as_secs_f64()
         * p.burst_factor;
-    // The kernel rejects a record larger than the ring, so one must fit.
-    let floor = page.max(record.next_power_of_two());
+    // The kernel never fills a ring to the last byte (`ring_records`), so
+    // the smallest ring that holds one record is above the record's size.
+    let floor = page.max((record + 1).next_power_of_two());
     let (ring, outcome) = if needed > cap as f64 {
         (
             cap,
@@ -330,22 +376,45 @@ fn finish(p: &ProbeDemand, s: Draft, budget: u64) -> ProbePlan {
             p.priority
         ));
     }
-    // Bytes one drain interval brings at full rate; the drop at 1 in `n` is
-    // what of `per_drain / n` the ring cannot hold.
-    let per_drain = p.peak_rate * record as f64 * p.drain_interval.as_secs_f64();
+    // The drop at 1 in `n` at the declared rate, with the agent's drain
+    // period (see `drain_period` for why it is half the interval).
+    let records = ring_records(ring, record);
+    let period = drain_period(p.drain_interval);
+    let per_period = p.peak_rate * period.as_secs_f64();
     let drop_at = |n: u64| {
         if ring == 0 {
             0.0
         } else {
-            (1.0 - ring as f64 * n as f64 / per_drain).max(0.0)
+            steady_drop(p.peak_rate / n as f64, records, period)
         }
     };
     let allowed = p.max_drop_rate;
     let mut n = requested;
+    if drop_at(n) > 0.0 {
+        let sampled = match n {
+            1 => String::new(),
+            n => format!(" sampled 1 in {n}"),
+        };
+        let arithmetic = format!(
+            "a drain every {} (half the drainInterval) finds {} records at {} ev/s{sampled} and the ring holds {records}",
+            format_duration(period),
+            decimal(per_period / n as f64, 1),
+            decimal(p.peak_rate, 2),
+        );
+        reasons.push(if drop_at(n) > allowed {
+            format!("{arithmetic}; {} would be dropped", percent(drop_at(n)))
+        } else {
+            format!(
+                "{arithmetic}; predicted drops {} within maxDropRate {}",
+                percent(drop_at(n)),
+                percent(allowed)
+            )
+        });
+    }
     if drop_at(n) > allowed {
         // Solve `drop_at(n) <= allowed`, then step off floating-point noise
         // to the smallest `n` that satisfies it as computed.
-        n = (per_drain * (1.0 - allowed) / ring as f64)
+        n = (per_period * (1.0 - allowed) / records.max(1) as f64)
             .ceil()
             .clamp(requested as f64, MAX_SAMPLE_EVERY as f64) as u64;
         while n > requested && drop_at(n - 1) <= allowed {
@@ -367,12 +436,6 @@ fn finish(p: &ProbeDemand, s: Draft, budget: u64) -> ProbePlan {
                 percent(allowed)
             )
         });
-    } else if drop_at(n) > 0.0 {
-        reasons.push(format!(
-            "predicted drops {} within maxDropRate {}",
-            percent(drop_at(n)),
-            percent(allowed)
-        ));
     }
     ProbePlan {
         name: p.name.clone(),
@@ -591,6 +654,89 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_drains_twice_per_drain_interval_at_most_every_millisecond() {
+        let ms = Duration::from_millis;
+        // (drainInterval, period)
+        let cases = [
+            (ms(100), ms(50)),
+            (ms(40), ms(20)),
+            (ms(3), Duration::from_micros(1500)),
+            (ms(2), ms(1)),
+            (ms(1), ms(1)),
+            (Duration::from_secs(10), Duration::from_secs(5)),
+        ];
+        for (interval, period) in cases {
+            assert_eq!(drain_period(interval), period, "{interval:?}");
+        }
+    }
+
+    #[test]
+    fn a_ring_never_holds_its_own_size_in_records() {
+        // (ring, record, records)
+        let cases = [
+            (256 * KIB, 96, 2730),
+            (64 * KIB, 96, 682),
+            (PAGE, 96, 42),
+            // 4096/8 records would fill it to the last byte: one fewer fits.
+            (PAGE, 8, 511),
+            (PAGE, PAGE, 0),
+            (0, 96, 0),
+            (PAGE, 0, 0),
+        ];
+        for (ring, record, records) in cases {
+            assert_eq!(ring_records(ring, record), records, "{ring} / {record}");
+        }
+    }
+
+    #[test]
+    fn the_predicted_drop_is_what_one_drain_period_brings_beyond_the_ring() {
+        let ms = Duration::from_millis;
+        // (rate, records, period, drop)
+        let cases = [
+            // 50000 ev/s for 50ms is 2500 records: a 256 KiB ring holds 2730.
+            (50_000.0, 2730, ms(50), 0.0),
+            // 20000 ev/s for 50ms is 1000 records: 64 KiB holds 682.
+            (20_000.0, 682, ms(50), 1.0 - 682.0 / 1000.0),
+            (20_000.0, 682, ms(100), 1.0 - 682.0 / 2000.0),
+            (0.0, 682, ms(50), 0.0),
+            (10.0, 0, ms(50), 1.0),
+        ];
+        for (rate, records, period, drop) in cases {
+            let got = steady_drop(rate, records, period);
+            assert!(
+                (got - drop).abs() < 1e-12,
+                "{rate} {records} {period:?}: {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ring_the_budget_squeezes_predicts_the_drop_at_the_agents_drain_period() {
+        // The two cases from the field: 96-byte records, 100ms drain interval.
+        // (rate, budget, ring, drop)
+        let cases = [
+            (50_000.0, 256 * KIB, 256 * KIB, 0.0),
+            (20_000.0, 64 * KIB, 64 * KIB, 1.0 - 682.0 / 1000.0),
+        ];
+        for (rate, budget, ring, drop) in cases {
+            let d = ProbeDemand::new("p", 88, rate, 0.99);
+            let p = only(&input(budget, vec![d]));
+            assert_eq!(p.ring_bytes, ring);
+            assert_eq!(p.sample_every, 1);
+            assert!((p.predicted_drop - drop).abs() < 1e-12, "{p:?}");
+        }
+        let p = only(&input(
+            64 * KIB,
+            vec![ProbeDemand::new("p", 88, 20_000.0, 0.99)],
+        ));
+        assert_eq!(
+            p.reasons.last().unwrap(),
+            "a drain every 50ms (half the drainInterval) finds 1000 records at 20000 ev/s \
+             and the ring holds 682; predicted drops 31.8% within maxDropRate 99%"
+        );
+    }
+
+    #[test]
     fn the_reasons_show_the_arithmetic() {
         let p = only(&input(u64::MAX, vec![probe("p", 10_000.0, 0)]));
         assert_eq!(
@@ -692,9 +838,9 @@ mod tests {
 
     #[test]
     fn shrunk_rings_sample_just_enough_to_stay_within_the_drop_rate() {
-        // 10000 ev/s × 56 B × 100ms = 56000 B per drain; a 16 KiB ring drops
-        // 1 − 16384/56000 = 70.7% at full rate. 1 in 3 still drops
-        // 1 − 3·16384/56000 = 12.2%; 1 in 4 drops nothing.
+        // 10000 ev/s bring 500 records per 50ms drain period; a 16 KiB ring
+        // holds ⌊16383/56⌋ = 292 of them, so it drops 1 − 292/500 = 41.6% at
+        // full rate. At 1 in 2, 250 records fit.
         let probes = vec![
             probe("a", 10_000.0, 0),
             probe("b", 10_000.0, 1),
@@ -704,26 +850,27 @@ mod tests {
         let a = &plan.probes[0];
         assert_eq!(
             (a.ring_bytes, a.sample_every, a.effective_sampling),
-            (16 * KIB, 4, 0.25)
+            (16 * KIB, 2, 0.5)
         );
         assert_eq!(a.predicted_drop, 0.0);
         assert_eq!(
             a.reasons.last().unwrap(),
-            "sampling 1 in 4 so predicted drops 0% stay within maxDropRate 1%"
+            "sampling 1 in 2 so predicted drops 0% stay within maxDropRate 1%"
         );
         assert_eq!(plan.probes[1].sample_every, 1);
     }
 
     #[test]
     fn sampling_stops_at_the_smallest_n_that_satisfies_the_drop_rate() {
-        // 100000 ev/s × 56 B × 100ms = 560000 B per drain into a 128 KiB cap.
-        // (allowed, N, predicted): N = ceil(560000·(1 − allowed)/131072).
+        // 100000 ev/s bring 5000 records per 50ms drain period into a
+        // 128 KiB cap, which holds ⌊131071/56⌋ = 2340 of them.
+        // (allowed, N, predicted): N = ceil(5000·(1 − allowed)/2340).
         let cases = [
-            (0.0, 5, 0.0),
-            (0.01, 5, 0.0),
-            (0.1, 4, 1.0 - 4.0 * 131_072.0 / 560_000.0),
-            (0.5, 3, 1.0 - 3.0 * 131_072.0 / 560_000.0),
-            (0.8, 1, 1.0 - 131_072.0 / 560_000.0),
+            (0.0, 3, 0.0),
+            (0.01, 3, 0.0),
+            (0.1, 2, 1.0 - 2.0 * 2340.0 / 5000.0),
+            (0.5, 2, 1.0 - 2.0 * 2340.0 / 5000.0),
+            (0.54, 1, 1.0 - 2340.0 / 5000.0),
         ];
         for (allowed, n, predicted) in cases {
             let mut i = input(u64::MAX, vec![probe("p", 100_000.0, 0)]);
@@ -741,12 +888,13 @@ mod tests {
 
     #[test]
     fn sampling_gives_up_at_its_bound_and_says_so() {
-        // 1e12 ev/s × 56 B × 100ms into one page needs 1 in 1.3e9.
+        // 1e12 ev/s bring 5e10 records per 50ms into one page, which holds
+        // ⌊4095/56⌋ = 73: that needs 1 in 6.8e8.
         let mut i = input(u64::MAX, vec![probe("flood", 1e12, 0)]);
         i.max_bytes_per_probe = PAGE;
         let p = only(&i);
         assert_eq!(p.sample_every, MAX_SAMPLE_EVERY);
-        let expected = 1.0 - PAGE as f64 * MAX_SAMPLE_EVERY as f64 / 5.6e12;
+        let expected = 1.0 - 73.0 * MAX_SAMPLE_EVERY as f64 / 5e10;
         assert!((p.predicted_drop - expected).abs() < 1e-12);
         assert!(
             p.reasons
@@ -946,8 +1094,9 @@ mod tests {
             let Some(plan) = plan_or_skip(&i)? else { return Ok(()) };
             for (d, p) in i.probes.iter().zip(&plan.probes) {
                 if p.sample_every > sample_every_for(d.requested_sampling) {
-                    let per_drain = d.peak_rate * p.record_bytes as f64 * d.drain_interval.as_secs_f64();
-                    let denser = 1.0 - p.ring_bytes as f64 * (p.sample_every - 1) as f64 / per_drain;
+                    let records = ring_records(p.ring_bytes, p.record_bytes);
+                    let rate = d.peak_rate / (p.sample_every - 1) as f64;
+                    let denser = steady_drop(rate, records, drain_period(d.drain_interval));
                     prop_assert!(denser > d.max_drop_rate);
                 }
             }

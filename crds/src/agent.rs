@@ -10,7 +10,7 @@ use ringwarden_core::duration::serde_duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::probeset::{FieldError, ProbeSetSpec, ProbeSpec};
+use crate::probeset::{DRAIN_INTERVAL_RULE, DRAIN_INTERVALS, FieldError, ProbeSetSpec, ProbeSpec};
 
 /// Configuration of every probe one agent (one node class) runs.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -50,6 +50,12 @@ pub struct AgentProbe {
     /// The planner's predicted steady-state drop fraction of exported events.
     #[serde(default)]
     pub predicted_drop: f64,
+    /// The ProbeSet's `ringBuffer.drainInterval`: the agent drains the ring
+    /// every half of it (`ringwarden_core::planner::drain_period`), the
+    /// period the plan predicts `predictedDrop` for.
+    #[serde(default = "default_drain_interval", with = "serde_duration")]
+    #[schemars(with = "String")]
+    pub drain_interval: Duration,
     /// How often to report.
     #[serde(with = "serde_duration")]
     #[schemars(with = "String")]
@@ -113,6 +119,14 @@ impl AgentConfig {
                         ),
                     });
                 }
+                // The agent's drain clock runs at half of it: keep it to the
+                // range `spec.ringBuffer.drainInterval` allows.
+                if !DRAIN_INTERVALS.contains(&p.drain_interval) {
+                    errors.push(FieldError {
+                        field: field("drainInterval"),
+                        message: DRAIN_INTERVAL_RULE.into(),
+                    });
+                }
                 if p.sample_every == 0 {
                     errors.push(FieldError {
                         field: field("sampleEvery"),
@@ -139,6 +153,12 @@ impl AgentConfig {
 /// BPF ring buffer is far above; this keeps a forged plan from pinning
 /// the node's memory).
 pub const MAX_RING_BYTES: u64 = 1 << 30;
+
+/// Configurations rendered before the field existed were planned for the
+/// default interval.
+fn default_drain_interval() -> Duration {
+    ringwarden_core::planner::DEFAULT_DRAIN_INTERVAL
+}
 
 impl AgentProbe {
     /// `namespace/probeset/probe`, unique per agent.
@@ -205,6 +225,14 @@ probes:
             ("ringBytes: 4096", "ringBytes: 4097"),
             ("sampleEvery: 1", "sampleEvery: 0"),
             ("reportInterval: 10s", "reportInterval: 1ms"),
+            (
+                "reportInterval: 10s",
+                "reportInterval: 10s\n    drainInterval: 0s",
+            ),
+            (
+                "reportInterval: 10s",
+                "reportInterval: 10s\n    drainInterval: 1h",
+            ),
         ] {
             let bad = GOOD.replace(from, to);
             let errors = config(&bad).validate();

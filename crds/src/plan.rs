@@ -127,6 +127,7 @@ pub fn plan_probeset(
             ring_bytes: pp.ring_bytes.max(page_size),
             sample_every: pp.sample_every,
             predicted_drop: pp.predicted_drop,
+            drain_interval: spec.ring_buffer.drain_interval,
             report_interval: spec.report_interval,
             thresholds: w
                 .iter()
@@ -151,6 +152,27 @@ pub fn plan_probeset(
             .collect(),
     };
     Ok((probes, status))
+}
+
+/// Fraction of all exported events of `spec` that `plan` predicts the ring
+/// buffers drop when every probe runs at its declared rate: each probe's
+/// predicted drop weighted by the events it exports (its `peakEventRate`
+/// over its sampling). 0 when no probe exports.
+pub fn predicted_drop(spec: &ProbeSetSpec, plan: &planner::Plan) -> f64 {
+    let (mut dropped, mut exported) = (0.0, 0.0);
+    for (p, pp) in spec.probes.iter().zip(&plan.probes) {
+        if pp.ring_bytes == 0 {
+            continue;
+        }
+        let rate = p.peak_event_rate / pp.sample_every as f64;
+        dropped += rate * pp.predicted_drop;
+        exported += rate;
+    }
+    if exported > 0.0 {
+        dropped / exported
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
@@ -195,7 +217,7 @@ mod tests {
     fn slos_add_thresholds_and_tighten_the_drop_rate() {
         let ps = probeset(
             "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a, namespace: web}\n\
-             spec:\n  ringBuffer: {nodeBudget: 8Ki}\n  probes:\n    - {name: sys, kind: syscalls, export: {policy: all}, peakEventRate: 100000}\n",
+             spec:\n  maxDropRate: 0.5\n  ringBuffer: {nodeBudget: 8Ki}\n  probes:\n    - {name: sys, kind: syscalls, export: {policy: all}, peakEventRate: 100000}\n",
         );
         let slo = |name: &str, drop: f64| -> Slo {
             match parse_str(
@@ -222,6 +244,47 @@ mod tests {
         assert_eq!(t[0].series, ["read"]);
         // A tiny budget: the stricter drop rate forces sparser sampling.
         assert!(strict[0].sample_every > loose[0].sample_every);
+    }
+
+    #[test]
+    fn the_probesets_predicted_drop_weights_each_probe_by_the_events_it_exports() {
+        // 20000 ev/s into 64 KiB drops 1 − 682/1000; 10000 ev/s into
+        // 128 KiB nothing; the histogram-only probe exports nothing.
+        let ps = probeset(
+            "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a}\n\
+             spec:\n  maxDropRate: 0.5\n  ringBuffer: {nodeBudget: 192Ki}\n  probes:\n\
+             \x20   - {name: a, kind: syscalls, export: {policy: all}, peakEventRate: 20000}\n\
+             \x20   - {name: b, kind: syscalls, export: {policy: all}, peakEventRate: 10000}\n\
+             \x20   - {name: c, kind: runqueue}\n",
+        );
+        let input = PlanInput {
+            page_size: 4096,
+            node_budget_bytes: 192 << 10,
+            max_bytes_per_probe: planner::DEFAULT_MAX_BYTES_PER_PROBE,
+            probes: demands(&ps.spec, &[0.5; 3]),
+        };
+        let plan = planner::plan(&input).unwrap();
+        let rings: Vec<u64> = plan.probes.iter().map(|p| p.ring_bytes >> 10).collect();
+        assert_eq!(rings, [64, 128, 0]);
+        let a = 1.0 - 682.0 / 1000.0;
+        assert!((plan.probes[0].predicted_drop - a).abs() < 1e-12);
+        let expected = 20_000.0 * a / 30_000.0;
+        assert!((predicted_drop(&ps.spec, &plan) - expected).abs() < 1e-12);
+
+        let quiet = probeset(
+            "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a}\n\
+             spec:\n  probes:\n    - {name: c, kind: runqueue}\n",
+        );
+        let (_, status) = plan_probeset(&quiet, &[], 4096).unwrap();
+        let plan = planner::plan(&PlanInput {
+            page_size: 4096,
+            node_budget_bytes: 64 << 20,
+            max_bytes_per_probe: planner::DEFAULT_MAX_BYTES_PER_PROBE,
+            probes: demands(&quiet.spec, &[0.01]),
+        })
+        .unwrap();
+        assert_eq!(status.probes[0].predicted_drop, 0.0);
+        assert_eq!(predicted_drop(&quiet.spec, &plan), 0.0);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::cel::{self, MAX_DURATION_LEN};
     printcolumn = r#"{"name":"Ready","type":"string","description":"Nodes running the probes / nodes selected","jsonPath":".status.ready"}"#,
     printcolumn = r#"{"name":"Events/s","type":"number","description":"Events per second across nodes","jsonPath":".status.eventsPerSecond"}"#,
     printcolumn = r#"{"name":"Drop %","type":"number","description":"Exported events dropped by ring buffers","jsonPath":".status.dropPercent"}"#,
+    printcolumn = r#"{"name":"Plan Drop %","type":"number","description":"Exported events the quota plan predicts the ring buffers drop at the declared peak rates","jsonPath":".status.predictedDropPercent"}"#,
     printcolumn = r#"{"name":"Ringbuf","type":"string","description":"Ring-buffer memory per node","jsonPath":".status.ringBuffer"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -133,6 +134,12 @@ impl Default for RingBufferSpec {
 
 /// Longest `nodeBudget` string.
 pub const MAX_QUANTITY_LEN: usize = 32;
+
+/// The drain intervals a ProbeSet (and an agent configuration) may ask for.
+pub const DRAIN_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(10);
+/// What is wrong with a drain interval outside [`DRAIN_INTERVALS`].
+pub const DRAIN_INTERVAL_RULE: &str = "must be between 1ms and 10s; use e.g. `100ms`";
 
 fn default_drain_interval() -> Duration {
     Duration::from_millis(100)
@@ -457,6 +464,13 @@ pub struct ProbeSetStatus {
     /// Percentage of exported events the ring buffers dropped, last interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_percent: Option<f64>,
+    /// Percentage of exported events the quota plan predicts the ring
+    /// buffers drop when every probe runs at its declared `peakEventRate`:
+    /// the probes' `plan.probes[].predictedDrop`, weighted by the events
+    /// each exports. `dropPercent` above it means a rate above the declared
+    /// one, or an agent starved of CPU (docs/quota.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_drop_percent: Option<f64>,
     /// Ring-buffer memory per node, all probes together, like `4Mi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_buffer: Option<String>,
@@ -492,7 +506,8 @@ pub struct ProbePlanStatus {
     /// The kernel keeps one event in `sampleEvery`.
     pub sample_every: u64,
     /// Predicted steady-state fraction of exported events dropped at the
-    /// declared peak rate.
+    /// declared peak rate, with the agent draining the ring every half
+    /// `drainInterval`.
     pub predicted_drop: f64,
     /// Why the planner chose these numbers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -555,12 +570,10 @@ impl ProbeSetSpec {
             );
         }
         let rb = &self.ring_buffer;
-        if rb.drain_interval < Duration::from_millis(1)
-            || rb.drain_interval > Duration::from_secs(10)
-        {
+        if !DRAIN_INTERVALS.contains(&rb.drain_interval) {
             err(
                 "spec.ringBuffer.drainInterval".into(),
-                "must be between 1ms and 10s; use e.g. `100ms`".into(),
+                DRAIN_INTERVAL_RULE.into(),
             );
         }
         if !(rb.burst_factor >= 1.0 && rb.burst_factor <= 100.0) {

@@ -435,6 +435,39 @@ fn printer_columns_point_at_fields_of_their_type() {
 }
 
 #[test]
+fn kubectl_get_probesets_shows_the_measured_drop_next_to_the_plans_prediction() {
+    let crd = common::crds()
+        .into_iter()
+        .find(|c| c["spec"]["names"]["kind"] == "ProbeSet")
+        .unwrap();
+    let columns: Vec<(String, String)> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_uppercase(),
+                c["jsonPath"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "READY",
+            "EVENTS/S",
+            "DROP %",
+            "PLAN DROP %",
+            "RINGBUF",
+            "AGE"
+        ]
+    );
+    assert_eq!(columns[2].1, ".status.dropPercent");
+    assert_eq!(columns[3].1, ".status.predictedDropPercent");
+}
+
+#[test]
 fn kubectl_get_slo_shows_the_designed_columns() {
     let crd = common::crds()
         .into_iter()

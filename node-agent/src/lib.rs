@@ -3,6 +3,7 @@
 //! - [`probes`] loads the eBPF programs and reads their maps (kernel IO).
 //! - [`table`] and [`metrics`] turn snapshots into a table and Prometheus text.
 //! - [`target`] finds and checks the binaries uprobes attach to, on the host.
+//! - [`drain`] says when each ring buffer is read.
 //! - [`standalone`] wires them into the run loop of `ringwarden-agent standalone`.
 //! - [`node`] is the DaemonSet mode: the operator's configuration, hot-reloaded.
 //! - [`pods`] watches the pods on the node and resolves pod selectors to cgroups.
@@ -11,6 +12,7 @@
 pub mod btf;
 pub mod cli;
 pub mod clock;
+pub mod drain;
 pub mod metrics;
 pub mod node;
 pub mod pods;

@@ -101,38 +101,45 @@ const LATENCY: &str = "ringwarden_latency_seconds";
 const ERRORS: &str = "ringwarden_event_errors_total";
 
 /// Per-probe figures outside [`Counters`]: (name, help, type, value).
-type ProbeFamily = (&'static str, &'static str, MetricType, fn(&Snapshot) -> u64);
+type ProbeFamily = (&'static str, &'static str, MetricType, fn(&Snapshot) -> f64);
 
-const PROBE_FAMILIES: [ProbeFamily; 5] = [
+const PROBE_FAMILIES: [ProbeFamily; 6] = [
     (
         "ringwarden_ringbuf_bytes",
         "Size of the probe's ring buffer, from the quota plan.",
         MetricType::GAUGE,
-        |s| s.ring_bytes,
+        |s| s.ring_bytes as f64,
     ),
     (
         "ringwarden_ringbuf_high_water_bytes",
         "Most bytes seen waiting in the ring buffer right after a write.",
         MetricType::GAUGE,
-        |s| s.ring_high_water,
+        |s| s.ring_high_water as f64,
+    ),
+    (
+        "ringwarden_drop_ratio_predicted",
+        "Fraction of exported events the quota plan predicts the ring buffer drops at the declared peak rate; \
+         compare with rate(ringwarden_events_ringbuf_dropped_total) / rate(ringwarden_events_exported_total).",
+        MetricType::GAUGE,
+        |s| s.predicted_drop,
     ),
     (
         "ringwarden_events_received_total",
         "Ring-buffer records the agent read.",
         MetricType::COUNTER,
-        |s| s.events_received,
+        |s| s.events_received as f64,
     ),
     (
         "ringwarden_events_corrupt_total",
         "Ring-buffer records that failed to decode (skipped).",
         MetricType::COUNTER,
-        |s| s.decode_errors,
+        |s| s.decode_errors as f64,
     ),
     (
         "ringwarden_series_folded_total",
         "Aggregated events that fell into the overflow series (maxSeries reached).",
         MetricType::COUNTER,
-        |s| s.counters.series_folded,
+        |s| s.counters.series_folded as f64,
     ),
 ];
 const SLO_GOOD: &str = "ringwarden_slo_good_events_total";
@@ -251,18 +258,18 @@ fn family(d: &Desc, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFami
     f
 }
 
-fn gauge(labels: Vec<proto::LabelPair>, value: u64) -> proto::Metric {
+fn gauge(labels: Vec<proto::LabelPair>, value: f64) -> proto::Metric {
     let mut g = proto::Gauge::default();
-    g.set_value(value as f64);
+    g.set_value(value);
     let mut m = proto::Metric::default();
     m.set_label(labels);
     m.set_gauge(g);
     m
 }
 
-fn counter(labels: Vec<proto::LabelPair>, value: u64) -> proto::Metric {
+fn counter(labels: Vec<proto::LabelPair>, value: f64) -> proto::Metric {
     let mut c = proto::Counter::default();
-    c.set_value(value as f64);
+    c.set_value(value);
     let mut m = proto::Metric::default();
     m.set_label(labels);
     m.set_counter(c);
@@ -304,7 +311,7 @@ impl Collector for SnapshotCollector {
         for (i, (_, _, field)) in COUNTER_FAMILIES.iter().enumerate() {
             let metrics = snapshots
                 .iter()
-                .map(|(l, s)| counter(label_pairs(&l.pairs()), field(&s.counters)))
+                .map(|(l, s)| counter(label_pairs(&l.pairs()), field(&s.counters) as f64))
                 .collect();
             families.push(family(&self.descs[i], MetricType::COUNTER, metrics));
         }
@@ -313,7 +320,7 @@ impl Collector for SnapshotCollector {
             for (name, h) in &s.series {
                 let pairs = label_values_with_series(l, name);
                 latency.push(histogram(label_pairs(&pairs), h));
-                errors.push(counter(label_pairs(&pairs), h.errors()));
+                errors.push(counter(label_pairs(&pairs), h.errors() as f64));
             }
         }
         let n = COUNTER_FAMILIES.len();
@@ -338,8 +345,8 @@ impl Collector for SnapshotCollector {
             for t in &s.thresholds {
                 let mut pairs = l.pairs();
                 pairs.push(("slo", &t.slo));
-                good.push(counter(label_pairs(&pairs), t.good));
-                total.push(counter(label_pairs(&pairs), t.total));
+                good.push(counter(label_pairs(&pairs), t.good as f64));
+                total.push(counter(label_pairs(&pairs), t.total as f64));
             }
         }
         let m = n + 2 + PROBE_FAMILIES.len();
@@ -699,6 +706,7 @@ mod tests {
         }
         snap.series.insert("getppid".into(), h);
         snap.ring_bytes = 65536;
+        snap.predicted_drop = 0.25;
         snap.thresholds.push(crate::probes::ThresholdCount {
             slo: "default/fast".into(),
             good: 2,
@@ -734,6 +742,14 @@ mod tests {
         );
         assert!(
             text.contains(&format!("ringwarden_ringbuf_bytes{{{base}}} 65536")),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE ringwarden_drop_ratio_predicted gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("ringwarden_drop_ratio_predicted{{{base}}} 0.25")),
             "{text}"
         );
         assert!(

@@ -42,6 +42,7 @@ use tokio::{
 
 use crate::{
     cli::{MetricsAddr, NodeArgs},
+    drain::{self, DrainClock},
     metrics::{self, NodeMetrics, ProbeLabels, SharedSnapshots},
     pods::{PodWatch, pod_cgroup_index, selected_cgroups},
     probes::{Kernel, Probe, ProbeError, cgroup2_mount},
@@ -162,6 +163,8 @@ struct Loaded {
     fixed_cgroups: BTreeSet<u64>,
     labels: ProbeLabels,
     probe: Probe,
+    /// When its ring is drained next.
+    drain: DrainClock,
 }
 
 /// A probe that should run and does not.
@@ -285,7 +288,6 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
         ..State::default()
     };
     let mut reload = tokio::time::interval(args.reload_interval);
-    let mut drain = tokio::time::interval(Duration::from_millis(50));
     let mut publish_tick = tokio::time::interval(args.interval);
     let mut seq: u64 = 0;
     let mut next_report = Instant::now() + state.report_interval(args.interval);
@@ -307,9 +309,15 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
                     }
                 }
             }
-            _ = drain.tick() => {
+            // Records are written without wakeups: each ring is read on
+            // its own drain clock (`drain.rs`), the cadence the plan
+            // predicts drops for.
+            () = next_drain(&state.loaded) => {
+                let now = Instant::now().into_std();
                 for l in state.loaded.values_mut() {
-                    l.probe.drain(|_| {});
+                    if l.drain.due(now) {
+                        l.probe.drain(|_| {});
+                    }
                 }
             }
             _ = publish_tick.tick() => publish(&state.loaded, &shared, args.metrics_without_addresses),
@@ -327,6 +335,14 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
     state.loaded.clear(); // detaches every program
     tracing::info!("all probes detached");
     Ok(())
+}
+
+/// When the first ring's drain is due; never, without a probe.
+async fn next_drain(loaded: &HashMap<String, Loaded>) {
+    match drain::next_deadline(loaded.values().map(|l| &l.drain)) {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next pushed configuration; never, without an operator.
@@ -653,6 +669,7 @@ impl State {
                 fixed_cgroups,
                 labels,
                 probe,
+                drain: DrainClock::new(p.drain_interval, Instant::now().into_std()),
             },
         );
         Ok(())

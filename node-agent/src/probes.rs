@@ -246,6 +246,9 @@ pub struct ProbeConfig {
     pub sample_every: u64,
     /// Ring-buffer bytes (a power of two multiple of the page size).
     pub ring_bytes: u32,
+    /// The plan's predicted steady-state drop fraction at the declared
+    /// rate, reported next to the measured one.
+    pub predicted_drop: f64,
     /// In-flight starts the object-keyed start map holds (tcpConnect,
     /// blockIO; runqueue: runnable threads waiting).
     pub start_entries: u32,
@@ -273,6 +276,7 @@ impl ProbeConfig {
             export: Export::None,
             sample_every: 1,
             ring_bytes: page_size(),
+            predicted_drop: 0.0,
             start_entries: DEFAULT_START_ENTRIES,
             thresholds: vec![],
             uprobe: None,
@@ -333,6 +337,7 @@ pub struct Probe {
     cgroup_ids: std::collections::BTreeSet<u64>,
     threshold_names: Vec<String>,
     ring_bytes: u32,
+    predicted_drop: f64,
     program_ids: Vec<u32>,
     drained: u64,
     decode_errors: u64,
@@ -395,6 +400,10 @@ pub struct Snapshot {
     pub series: BTreeMap<String, Histogram>,
     pub thresholds: Vec<ThresholdCount>,
     pub ring_bytes: u64,
+    /// The plan's predicted steady-state fraction of exported events the
+    /// ring drops at the declared rate (`ringbuf_dropped / exported` is the
+    /// measured one).
+    pub predicted_drop: f64,
     /// Most bytes seen waiting in the ring buffer after a submit, sampled
     /// every `HIGH_WATER_EVERY` records per CPU (so it may trail the peak
     /// by up to that many records per CPU).
@@ -705,6 +714,7 @@ impl Probe {
             cgroup_ids: config.cgroup_ids.iter().copied().collect(),
             threshold_names: config.thresholds.iter().map(|(n, _)| n.clone()).collect(),
             ring_bytes,
+            predicted_drop: config.predicted_drop,
             program_ids,
             drained: 0,
             decode_errors: 0,
@@ -898,6 +908,7 @@ impl Probe {
             series,
             thresholds,
             ring_bytes: self.ring_bytes.into(),
+            predicted_drop: self.predicted_drop,
             ring_high_water: high_water,
             events_received: self.drained,
             decode_errors: self.decode_errors,

@@ -19,7 +19,6 @@ use ringwarden_core::{
     slo::{Report as SloReport, SloEvaluator, SloSpec, SloStatus},
 };
 
-use ringwarden_core::planner::DEFAULT_DRAIN_INTERVAL;
 use ringwarden_crds::{
     AgentProbe, ExportPolicy, ProbeKind, ProbeSet, ProbeSpec, Threshold,
     manifest::{self, ManifestErrors},
@@ -34,6 +33,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Events, MetricsAddr, Output, StandaloneArgs},
+    drain::{self, DrainClock},
     metrics::{self, ProbeLabels, SharedSnapshots},
     probes::{Export, Kernel, Probe, ProbeConfig, ProbeError, Snapshot, page_size, series_name},
     table,
@@ -131,6 +131,7 @@ pub fn probe_config(p: &AgentProbe, self_tgid: u32) -> Result<ProbeConfig, Probe
     };
     config.sample_every = p.sample_every.max(1);
     config.ring_bytes = u32::try_from(p.ring_bytes).unwrap_or(u32::MAX);
+    config.predicted_drop = p.predicted_drop;
     config.uprobe = match (&spec.uprobe, &spec.go_runtime) {
         (Some(u), _) => Some((u.binary.clone(), u.symbol.clone())),
         (None, Some(g)) => Some((g.binary.clone(), String::new())),
@@ -276,8 +277,8 @@ struct Running {
     previous: Option<(Instant, Snapshot)>,
     /// Series names by key, so writing events does not look them up again.
     names: HashMap<SeriesKey, String>,
-    /// Longest the ring may go undrained.
-    drain_interval: Duration,
+    /// When its ring is drained next.
+    drain: DrainClock,
     /// The SLO thresholds the kernel counts for this probe, in slot order.
     thresholds: Vec<Threshold>,
 }
@@ -427,7 +428,7 @@ async fn load_all(
                     probe,
                     previous: None,
                     names: HashMap::new(),
-                    drain_interval: DEFAULT_DRAIN_INTERVAL,
+                    drain: DrainClock::new(p.probe.drain_interval, Instant::now()),
                     thresholds: p.probe.thresholds.clone(),
                 });
             }
@@ -479,11 +480,24 @@ struct JsonEvent<'a> {
     value: i64,
 }
 
-/// Drains every ring buffer, writing events as JSON lines when asked.
-fn drain(running: &mut [Running], out: &mut Option<std::io::BufWriter<std::io::Stdout>>) {
+/// Drains the ring buffers whose drain is due, writing events as JSON
+/// lines when asked.
+fn drain_due(running: &mut [Running], out: &mut Option<std::io::BufWriter<std::io::Stdout>>) {
+    let now = Instant::now();
+    let due = running
+        .iter_mut()
+        .filter_map(|r| r.drain.due(now).then_some(r));
+    drain(due, out);
+}
+
+/// Drains `rings`, writing events as JSON lines when asked.
+fn drain<'a>(
+    rings: impl Iterator<Item = &'a mut Running>,
+    out: &mut Option<std::io::BufWriter<std::io::Stdout>>,
+) {
     // Measured only when events are written, once per drain.
     let clock = out.is_some().then(crate::clock::WallClock::measure);
-    for r in running.iter_mut() {
+    for r in rings {
         let kind = r.probe.kind();
         let Running {
             labels,
@@ -531,6 +545,10 @@ struct JsonProbe<'a> {
     node: &'a str,
     kind: &'a str,
     counters: &'a ringwarden_core::accounting::Counters,
+    /// `ringbuf_dropped / exported` since the probe was loaded.
+    ringbuf_drop: f64,
+    /// What the plan predicts that fraction to be at the declared rate.
+    predicted_drop: f64,
     ring_bytes: u64,
     ring_high_water: u64,
     events_received: u64,
@@ -631,6 +649,8 @@ fn tick(
                 node: &r.labels.node,
                 kind,
                 counters: &snap.counters,
+                ringbuf_drop: snap.counters.ringbuf_drop(),
+                predicted_drop: snap.predicted_drop,
                 ring_bytes: snap.ring_bytes,
                 ring_high_water: snap.ring_high_water,
                 events_received: snap.events_received,
@@ -712,11 +732,6 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     let (planned, mut failures) = plan(&probesets, &slos, &node, page_size().into());
     crate::probes::check_privileges().map_err(|e| StandaloneError::NoProbes(e.to_string()))?;
     let kernel = Kernel::open().map_err(|e| StandaloneError::NoProbes(e.to_string()))?;
-    let drain_every = planned
-        .iter()
-        .map(|p| drain_period(&probesets, p))
-        .min()
-        .unwrap_or(DEFAULT_DRAIN_INTERVAL / 2);
     let (mut running, load_failures) = load_all(&kernel, planned, &args.host_root).await;
     failures.extend(load_failures);
     // The parsed kernel BTF (tens of MiB) is needed only to load programs:
@@ -726,9 +741,6 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     unsafe { libc::malloc_trim(0) };
     if running.is_empty() {
         return Err(StandaloneError::NoProbes(failures.join("\n")));
-    }
-    for r in &mut running {
-        r.drain_interval = drain_every * 2;
     }
     let mut slo_state = SloState {
         watches: watch_slos(&running, &slos),
@@ -759,14 +771,16 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     tokio::pin!(deadline);
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
-    // Records are written without wakeups; this timer is what reads them.
-    let mut drainer = tokio::time::interval(drain_every);
-    drainer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Records are written without wakeups: each ring is read on its own
+        // drain clock (`drain.rs`), and only then, so its cadence is the one
+        // the plan predicts drops for. Reports read the kernel's counters
+        // and need no drain.
+        let wake = drain::next_deadline(running.iter().map(|r| &r.drain))
+            .expect("at least one probe runs");
         tokio::select! {
-            _ = drainer.tick() => drain(&mut running, &mut events_out),
+            () = tokio::time::sleep_until(wake.into()) => drain_due(&mut running, &mut events_out),
             _ = ticker.tick() => {
-                drain(&mut running, &mut events_out);
                 tick(&mut running, &mut slo_state, &failures, &shared, &args, started, false)
             }
             _ = &mut deadline => { tracing::info!("duration reached, stopping"); break }
@@ -774,7 +788,8 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM, stopping"); break }
         }
     }
-    drain(&mut running, &mut events_out);
+    // Every delivered record is received before the final report.
+    drain(running.iter_mut(), &mut events_out);
     tick(
         &mut running,
         &mut slo_state,
@@ -787,22 +802,6 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     drop(running); // detaches every program and frees the maps
     tracing::info!("all probes detached");
     Ok(())
-}
-
-/// How often to drain a probe's ring: twice per drain interval, so a
-/// stalled tick still leaves a full interval of headroom.
-fn drain_period(probesets: &[ProbeSet], p: &PlannedProbe) -> Duration {
-    probesets
-        .iter()
-        .find(|ps| {
-            ps.metadata.name.as_deref() == Some(p.probe.probeset.as_str())
-                && ps.metadata.namespace.as_deref().unwrap_or("default") == p.probe.namespace
-        })
-        .map_or(DEFAULT_DRAIN_INTERVAL, |ps| {
-            ps.spec.ring_buffer.drain_interval
-        })
-        .max(Duration::from_millis(2))
-        / 2
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -85,6 +85,17 @@ pub fn fmt_ns(ns: u64) -> String {
     format!("{value:.digits$}{unit}")
 }
 
+/// A drop fraction as a percentage with one decimal, or two below 1 %
+/// (where a plan's bound usually lies).
+pub fn drop_percent(fraction: f64) -> String {
+    let pct = 100.0 * fraction;
+    if pct > 0.0 && pct < 1.0 {
+        format!("{pct:.2}%")
+    } else {
+        format!("{pct:.1}%")
+    }
+}
+
 /// Renders the table for one probe: a header line, the rows, and the
 /// loss-accounting line.
 pub fn render(title: &str, rows: &[Row], snapshot: &Snapshot) -> String {
@@ -157,11 +168,13 @@ pub fn render(title: &str, rows: &[Row], snapshot: &Snapshot) -> String {
     };
     let _ = writeln!(
         out,
-        "events:     exported {} = delivered {} + ringbuf_dropped {}; ring {} (high water {} = {fill:.1}%), \
-         received {}, corrupt {}",
+        "events:     exported {} = delivered {} + ringbuf_dropped {} (drop {}, predicted {}); \
+         ring {} (high water {} = {fill:.1}%), received {}, corrupt {}",
         c.exported,
         c.delivered,
         c.ringbuf_dropped,
+        drop_percent(c.ringbuf_drop()),
+        drop_percent(snapshot.predicted_drop),
         format_bytes(snapshot.ring_bytes),
         snapshot.ring_high_water,
         snapshot.events_received,
@@ -240,6 +253,17 @@ mod tests {
         assert!(text.contains("getppid"), "{text}");
         assert!(
             text.contains("observed 4 = aggregated 3 + sampled_out 0 + pairing_dropped 1"),
+            "{text}"
+        );
+        s.counters.exported = 1000;
+        s.counters.delivered = 680;
+        s.counters.ringbuf_dropped = 320;
+        s.predicted_drop = 1.0 - 682.0 / 1000.0;
+        let text = render("probe sys", &rows(&s, None, Duration::ZERO, 5), &s);
+        assert!(
+            text.contains(
+                "exported 1000 = delivered 680 + ringbuf_dropped 320 (drop 32.0%, predicted 31.8%)"
+            ),
             "{text}"
         );
         let empty = render("probe sys", &[], &Snapshot::default());

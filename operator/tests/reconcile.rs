@@ -99,6 +99,7 @@ async fn a_new_probeset_gets_its_plan_in_status_and_one_event() {
                          "message": "every probe gets the ring buffer its declared rate needs"}
                     ],
                     "ringBuffer": "32Ki",
+                    "predictedDropPercent": 0.0,
                     "plan": {
                         "budgetBytes": 67108864,
                         "usedBytes": 32768,
@@ -295,7 +296,7 @@ async fn a_spec_update_replans_and_rewrites_only_what_changed() {
             assert_eq!(
                 quota.message,
                 "spec.ringBuffer.nodeBudget is too small for the declared rates: \
-                 sys: ring 64Ki of the 2Mi it needs, sampling 1 in 15 instead of 1 in 1"
+                 sys: ring 64Ki of the 2Mi it needs, sampling 1 in 8 instead of 1 in 1"
             );
             let plan = status.plan.unwrap();
             assert_eq!((plan.budget_bytes, plan.used_bytes), (64 << 10, 64 << 10));
@@ -309,7 +310,7 @@ async fn a_spec_update_replans_and_rewrites_only_what_changed() {
         patch(CONFIG_MAP).check(|s| {
             let config = agent_config(&s.body);
             assert_eq!(config.probes[1].ring_bytes, 64 << 10);
-            assert_eq!(config.probes[1].sample_every, 15);
+            assert_eq!(config.probes[1].sample_every, 8);
         }),
         // Same node selectors: the DaemonSet is read, not rewritten.
         get(DAEMON_SET).found(&before.daemon_set),
@@ -651,9 +652,10 @@ async fn slos_on_a_probe_become_kernel_thresholds_and_tighten_its_plan() {
                 serde_json::to_value(&sys.thresholds).unwrap(),
                 json!([{"slo": "shop/checkout-fast", "latencyNs": 5_000_000, "errors": false, "series": ["read"]}])
             );
-            // 960000 B per drain into 64 KiB: 50% drops allowed by the
-            // ProbeSet would need 1 in 8, the SLO's 0.1% needs 1 in 15.
-            assert_eq!(sys.sample_every, 15);
+            // 5000 records per 50ms drain period into 64 KiB, which holds
+            // 682: 50% drops allowed by the ProbeSet would need 1 in 4, the
+            // SLO's 0.1% needs 1 in 8.
+            assert_eq!(sys.sample_every, 8);
             let runq = config.probes.iter().find(|p| p.spec.name == "runq").unwrap();
             assert!(runq.thresholds.is_empty());
         }),

@@ -496,6 +496,7 @@ mod tests {
             ring_bytes: 4096,
             sample_every: 1,
             predicted_drop: 0.0,
+            drain_interval: Duration::from_millis(100),
             report_interval: Duration::from_secs(10),
             thresholds: slo
                 .map(|s| Threshold {

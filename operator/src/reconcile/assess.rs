@@ -83,6 +83,7 @@ pub fn config_bytes(ps: &ProbeSet, thresholds: &[Vec<Threshold>]) -> usize {
             ring_bytes: u64::MAX,
             sample_every: u64::MAX,
             predicted_drop: 0.123_456_789_012_345_67,
+            drain_interval: ps.spec.ring_buffer.drain_interval,
             report_interval: ps.spec.report_interval,
             thresholds: thresholds.get(i).cloned().unwrap_or_default(),
         })
@@ -315,7 +316,7 @@ mod tests {
         assert_eq!(p.plan.probes[0].ring_bytes, 32 << 10);
         assert_eq!(
             p.constrained,
-            ["a: ring 32Ki of the 256Ki it needs, sampling 1 in 3 instead of 1 in 1"]
+            ["a: ring 32Ki of the 256Ki it needs, sampling 1 in 2 instead of 1 in 1"]
         );
     }
 
@@ -356,13 +357,13 @@ mod tests {
 
     #[test]
     fn slos_add_thresholds_and_the_strictest_drop_rate() {
-        // 100000 ev/s × 96 B × 100ms = 960000 B per drain into a 256 KiB
-        // budget: no drops allowed needs 1 in 4, the 50% the ProbeSet alone
-        // allows needs only 1 in 2.
+        // 100000 ev/s bring 5000 records per 50ms drain period into a
+        // 256 KiB ring, which holds 2730: the 50% the ProbeSet alone allows
+        // needs no sampling (45.4% are dropped), no drops at all 1 in 2.
         let mut ps = probeset("256Ki", vec![probe("sys", 100_000.0), probe("other", 0.0)]);
         ps.spec.max_drop_rate = 0.5;
         let alone = assess(&ps, &[]);
-        assert_eq!(alone.planned().unwrap().plan.probes[0].sample_every, 2);
+        assert_eq!(alone.planned().unwrap().plan.probes[0].sample_every, 1);
 
         let slos = [
             slo("b-strict", "sys", 0.0),
@@ -371,7 +372,7 @@ mod tests {
         ];
         let with = assess(&ps, &slos);
         let p = with.planned().unwrap();
-        assert_eq!(p.plan.probes[0].sample_every, 4);
+        assert_eq!(p.plan.probes[0].sample_every, 2);
         let names: Vec<_> = p.thresholds[0].iter().map(|t| t.slo.as_str()).collect();
         assert_eq!(names, ["shop/a-lax", "shop/b-strict"]);
         assert!(p.thresholds[1].is_empty());

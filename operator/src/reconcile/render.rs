@@ -176,6 +176,7 @@ pub fn agent_config(assessed: &[Assessed], nodes: &[Labels]) -> AgentConfig {
                 ring_bytes: plan.ring_bytes.max(PLAN_PAGE_SIZE),
                 sample_every: plan.sample_every,
                 predicted_drop: plan.predicted_drop,
+                drain_interval: spec.ring_buffer.drain_interval,
                 report_interval: spec.report_interval,
                 thresholds: thresholds.clone(),
             });

@@ -177,7 +177,7 @@ pub fn desired(
     };
 
     let mut conditions = Vec::with_capacity(4);
-    let (plan, ring_buffer) = match assessment {
+    let (plan, ring_buffer, predicted_drop_percent) = match assessment {
         Assessment::Invalid(errors) => {
             conditions.push(cond(
                 condition::READY,
@@ -191,7 +191,7 @@ pub fn desired(
                 reason::INVALID_SPEC,
                 list_errors(errors),
             ));
-            (None, None)
+            (None, None, None)
         }
         Assessment::Planned(planned) => {
             let used = format_bytes(planned.plan.used_bytes);
@@ -263,7 +263,13 @@ pub fn desired(
                     })
                     .collect(),
             };
-            (Some(plan), Some(used))
+            // Two significant digits, like the measured `dropPercent`
+            // it stands next to.
+            let predicted = round_significant(
+                ringwarden_crds::plan::predicted_drop(&ps.spec, &planned.plan) * 100.0,
+                2,
+            );
+            (Some(plan), Some(used), Some(predicted))
         }
     };
     if let Some(r) = reported {
@@ -304,6 +310,7 @@ pub fn desired(
         ready,
         events_per_second,
         drop_percent,
+        predicted_drop_percent,
         ring_buffer,
         plan,
         // The caller names the cluster (`Hub::cluster`).
@@ -587,6 +594,36 @@ mod tests {
     }
 
     #[test]
+    fn the_measured_drop_stands_next_to_the_plans_prediction() {
+        use crate::reports::Flow;
+        // 20000 ev/s into 64 KiB: a 50ms drain period brings 1000 records,
+        // the ring holds 682.
+        let mut ps = probeset(20_000.0, "64Ki");
+        ps.spec.max_drop_rate = 0.5;
+        let f = Figures {
+            desired: 1,
+            ready: 1,
+            flow: Flow {
+                exported: 200_000,
+                ringbuf_dropped: 63_000,
+                ..Flow::default()
+            },
+            ..Figures::default()
+        };
+        let r = Reported::from_figures(&f);
+        let s = desired(&ps, &assess(&ps, &[]), true, Some(&r), &at(100));
+        assert_eq!(s.predicted_drop_percent, Some(32.0));
+        assert_eq!(s.drop_percent, Some(32.0));
+        let plan = s.plan.unwrap();
+        assert!((plan.probes[0].predicted_drop - (1.0 - 682.0 / 1000.0)).abs() < 1e-12);
+        // Within the default 1 %, the planner samples instead.
+        let ps = probeset(20_000.0, "64Ki");
+        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
+        assert_eq!(s.predicted_drop_percent, Some(0.0));
+        assert_eq!(s.plan.unwrap().probes[0].sample_every, 2);
+    }
+
+    #[test]
     fn recomputing_an_unchanged_status_keeps_it_identical() {
         let mut ps = probeset(1000.0, "64Mi");
         let first = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
@@ -645,6 +682,7 @@ mod tests {
                 .starts_with("spec.ringBuffer.nodeBudget: \"64 megs\" is not a byte quantity")
         );
         assert_eq!((s.plan, s.ring_buffer), (None, None));
+        assert_eq!(s.predicted_drop_percent, None);
         assert_eq!(s.ready.as_deref(), Some("2/3"));
     }
 
