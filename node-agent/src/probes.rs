@@ -21,14 +21,17 @@ use ringwarden_crds::ProbeKind;
 use ringwarden_ebpf_common::{
     COMM_LEN, DEFAULT_START_ENTRIES, EXPORT_ALL, EXPORT_ERRORS, EXPORT_NONE, EXPORT_SLOWER_THAN,
     Event, FILTER_CGROUP, FILTER_CGROUPS_ENTRIES, FILTER_COMM, FILTER_COMMS_ENTRIES, FILTER_PID,
-    FILTER_PIDS_ENTRIES, GO_SERIES_GC_CYCLE, GO_SERIES_GC_PAUSE, GO_SERIES_STW_OTHER, GoFrames,
-    GoKey, GoRuntimeState, KernelOffsets, LatencyHist, MAX_THRESHOLDS, OVERFLOW_SERIES,
+    FILTER_PIDS_ENTRIES, KernelOffsets, LatencyHist, MAX_THRESHOLDS, OVERFLOW_SERIES,
     OVERFLOW_SLOT, ProbeCounters, SeriesKey, SloCounts, Thresholds,
     event::{DecodeError, decode},
     globals, maps, programs,
 };
 
 use crate::target::{Attach, UprobeTarget};
+
+mod go;
+use go::GoMaps;
+pub use go::{GO_RUNTIME_SERIES, go_runtime_series_id, process_alive};
 
 /// The compiled kernel programs, embedded so the agent is one file.
 static PROBES_OBJECT: &[u8] =
@@ -343,43 +346,6 @@ pub struct Probe {
     decode_errors: u64,
     uprobe_symbol: Option<String>,
     go_maps: GoMaps,
-}
-
-/// The Go programs' pairing maps, swept of processes that exited (see
-/// [`Probe::sweep_exited`]).
-#[derive(Default)]
-struct GoMaps {
-    start: Option<HashMap<MapData, GoKey, GoFrames>>,
-    runtime: Option<HashMap<MapData, u32, GoRuntimeState>>,
-    /// Calls, stops and cycles whose process exited before they ended,
-    /// counted as the sweep removes them: observed and pairing-dropped.
-    swept: u64,
-    last_sweep: Option<std::time::Instant>,
-}
-
-impl GoMaps {
-    /// Whether a sweep is due: Go maps exist and a second has passed (a
-    /// drain runs every ~100 ms; a sweep walks the map's keys).
-    fn sweep_due(&mut self) -> bool {
-        if self.start.is_none() && self.runtime.is_none() {
-            return false;
-        }
-        let now = std::time::Instant::now();
-        if self
-            .last_sweep
-            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
-        {
-            return false;
-        }
-        self.last_sweep = Some(now);
-        true
-    }
-}
-
-/// Whether process `pid` still runs, in the pid namespace of `/proc` (the
-/// host's: the agent runs with hostPID).
-pub fn process_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Exact good/total counts of one SLO threshold.
@@ -793,48 +759,6 @@ impl Probe {
     }
 
     /// Reads the counters and every histogram, summed over CPUs.
-    /// Removes the Go pairing state of processes that have exited, counting
-    /// each call, stop or cycle they left unfinished as observed and
-    /// pairing-dropped. A live goroutine's state needs no sweep: it is
-    /// removed at its last return, and a call that unwound without
-    /// returning is found at the goroutine's next call (`golang.rs`).
-    /// `alive` says whether a process id still runs (`/proc/<pid>`, with
-    /// the host's pid namespace).
-    pub fn sweep_exited(&mut self, alive: impl Fn(u32) -> bool) -> u64 {
-        let mut swept = 0;
-        if let Some(start) = &mut self.go_maps.start {
-            let dead: Vec<GoKey> = start
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !alive(k.tgid))
-                .collect();
-            for key in dead {
-                if let Ok(frames) = start.get(&key, 0)
-                    && start.remove(&key).is_ok()
-                {
-                    swept += frames.frames.iter().filter(|f| f.ts_ns != 0).count() as u64;
-                }
-            }
-        }
-        if let Some(runtime) = &mut self.go_maps.runtime {
-            let dead: Vec<u32> = runtime
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|tgid| !alive(*tgid))
-                .collect();
-            for tgid in dead {
-                if let Ok(state) = runtime.get(&tgid, 0)
-                    && runtime.remove(&tgid).is_ok()
-                {
-                    swept += u64::from(state.stw_ts_ns != 0)
-                        + u64::from(state.cycle_ts_ns != 0 || state.cycle_pending != 0);
-                }
-            }
-        }
-        self.go_maps.swept += swept;
-        swept
-    }
-
     pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
         let per_cpu = self
             .counters
@@ -971,22 +895,6 @@ pub fn series_name(kind: ProbeKind, key: &SeriesKey, symbol: Option<&str>) -> St
     }
 }
 
-/// The series of a `goRuntime` probe, by name (each per process, shown
-/// as `gc-pause (pid 4242)`; an SLO names them without the process).
-pub const GO_RUNTIME_SERIES: [(&str, u64); 3] = [
-    ("gc-pause", GO_SERIES_GC_PAUSE),
-    ("stw-other", GO_SERIES_STW_OTHER),
-    ("gc-cycle", GO_SERIES_GC_CYCLE),
-];
-
-/// The kernel's series id of a `goRuntime` series name.
-pub fn go_runtime_series_id(name: &str) -> Option<u64> {
-    GO_RUNTIME_SERIES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, id)| *id)
-}
-
 /// `loop0` for 7:0, from sysfs; `7:0` when sysfs does not know it.
 pub fn block_device_name(major: u32, minor: u32) -> String {
     std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
@@ -1095,71 +1003,4 @@ pub fn syscall_name(nr: u32) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tracing_needs_cap_bpf_and_cap_perfmon_or_cap_sys_admin() {
-        let cases = [
-            (0, false),
-            (1 << CAP_BPF, false),
-            (1 << CAP_PERFMON, false),
-            ((1 << CAP_BPF) | (1 << CAP_PERFMON), true),
-            (1 << CAP_SYS_ADMIN, true),
-            (0x1ff_ffff_ffff, true), // root's full set
-        ];
-        for (caps, allowed) in cases {
-            assert_eq!(caps_allow_tracing(caps), allowed, "{caps:#x}");
-        }
-    }
-
-    #[test]
-    fn verifier_excerpt_keeps_the_last_lines() {
-        let log: String = (0..40).map(|i| format!("line {i}\n\n")).collect();
-        let excerpt = verifier_excerpt(&log);
-        assert_eq!(excerpt.lines().count(), 12);
-        assert!(excerpt.ends_with("line 39"));
-    }
-
-    #[test]
-    fn comm_keys_are_nul_padded_and_bounded() {
-        let k = comm_key("nginx").unwrap();
-        assert_eq!(&k[..6], b"nginx\0");
-        assert!(comm_key("").is_err());
-        assert!(comm_key("sixteen-bytes-xx").is_err());
-    }
-
-    #[test]
-    fn syscall_names_come_from_the_running_architecture() {
-        let getppid = syscalls::Sysno::getppid.id() as u32;
-        assert_eq!(syscall_name(getppid), "getppid");
-        assert_eq!(
-            series_name(ProbeKind::Syscalls, &OVERFLOW_SERIES, None),
-            "other"
-        );
-    }
-
-    #[test]
-    fn permission_errors_name_the_missing_capability() {
-        assert_eq!(permission_hint("Invalid argument"), "");
-        let bpf_only = missing_capabilities(
-            1 << CAP_BPF,
-            &[(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")],
-        );
-        assert_eq!(bpf_only, ["CAP_PERFMON"]);
-    }
-
-    #[test]
-    fn a_refused_uprobe_names_cap_sys_admin_and_the_chart_value() {
-        let tracing_only = (1 << CAP_BPF) | (1 << CAP_PERFMON);
-        let m = uprobe_permission_message(tracing_only, "Permission denied (os error 13)");
-        assert!(
-            m.contains("lacks CAP_SYS_ADMIN.") && m.contains("agent.uprobes.enabled=true"),
-            "{m}"
-        );
-        assert!(!m.contains("nm "), "not a symbol problem: {m}");
-        let everything = (1 << CAP_SYS_ADMIN) | tracing_only;
-        let m = uprobe_permission_message(everything, "Permission denied (os error 13)");
-        assert!(m.contains("security module"), "{m}");
-    }
-}
+mod tests;
