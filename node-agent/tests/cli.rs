@@ -256,13 +256,21 @@ fn node_mode_follows_the_config_file_without_restarting() {
     let dir = std::env::temp_dir().join(format!("rw-node-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("agent-config.yaml");
+    // Replaced whole, as the kubelet swaps a ConfigMap volume: the agent
+    // never reads a half-written file (an empty one is a valid, empty
+    // configuration).
+    let write = |text: String| {
+        let tmp = dir.join("agent-config.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
     let probe = |name: &str, selector: &str| {
         format!(
             "  - {{namespace: default, probeset: demo, spec: {{name: {name}, kind: syscalls}}, \
              nodeSelector: {{{selector}}}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}}\n"
         )
     };
-    std::fs::write(&config, format!("probes:\n{}", probe("base", ""))).unwrap();
+    write(format!("probes:\n{}", probe("base", "")));
     let port = free_port();
     let mut agent = Command::new(AGENT)
         .args([
@@ -285,16 +293,12 @@ fn node_mode_follows_the_config_file_without_restarting() {
         observed(m, "base").is_some_and(|n| n > 0)
     });
     let before = observed(&m, "base").unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "probes:\n{}{}{}",
-            probe("base", ""),
-            probe("ssd", "disk: ssd"),
-            probe("hdd", "disk: hdd")
-        ),
-    )
-    .unwrap();
+    write(format!(
+        "probes:\n{}{}{}",
+        probe("base", ""),
+        probe("ssd", "disk: ssd"),
+        probe("hdd", "disk: hdd")
+    ));
     let m = wait_for(port, "the ssd probe", |m| observed(m, "ssd").is_some());
     assert!(
         observed(&m, "hdd").is_none(),
@@ -304,14 +308,14 @@ fn node_mode_follows_the_config_file_without_restarting() {
         observed(&m, "base").unwrap() >= before,
         "the unchanged probe kept its counters"
     );
-    std::fs::write(&config, format!("probes:\n{}", probe("ssd", "disk: nvme"))).unwrap();
+    write(format!("probes:\n{}", probe("ssd", "disk: nvme")));
     wait_for(port, "both probes gone", |m| {
         observed(m, "ssd").is_none() && observed(m, "base").is_none()
     });
     // A broken file keeps what runs.
-    std::fs::write(&config, format!("probes:\n{}", probe("again", ""))).unwrap();
+    write(format!("probes:\n{}", probe("again", "")));
     wait_for(port, "the new probe", |m| observed(m, "again").is_some());
-    std::fs::write(&config, "probes: [this is not {").unwrap();
+    write("probes: [this is not {".into());
     std::thread::sleep(Duration::from_millis(600));
     assert!(observed(&get(port, "/metrics").unwrap(), "again").is_some());
 
