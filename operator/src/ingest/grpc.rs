@@ -564,6 +564,16 @@ pub async fn serve_agents<R: Reviewer>(
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .add_service(AgentServiceServer::new(api));
+    serve_on(router, listener, transport, shutdown).await
+}
+
+/// Serves `router` on `listener` over `transport` until `shutdown`.
+async fn serve_on(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    transport: Transport,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     match transport {
         Transport::Tls(serving) => {
             router
@@ -589,16 +599,5 @@ pub async fn serve_queries(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let router = Server::builder().add_service(QueryServiceServer::new(api));
-    match transport {
-        Transport::Tls(serving) => {
-            router
-                .serve_with_incoming_shutdown(super::tls::incoming(listener, serving), shutdown)
-                .await
-        }
-        Transport::Plaintext => {
-            router
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-                .await
-        }
-    }
+    serve_on(router, listener, transport, shutdown).await
 }
