@@ -29,6 +29,14 @@ const MS: u64 = 1_000_000;
 const THRESHOLD: &str = "4ms";
 const THRESHOLD_NS: u64 = 4 * MS;
 
+/// Calls the load itself timed within the threshold (good in the kernel
+/// for certain), and within it plus 1 ms of the load's own overhead and
+/// preemption around the call (good at most).
+fn fast_within(took: &[u64]) -> (u64, u64) {
+    let within = |limit: u64| took.iter().filter(|&&ns| ns <= limit).count() as u64;
+    (within(THRESHOLD_NS), within(THRESHOLD_NS + MS))
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -638,8 +646,15 @@ fn native_histogram_percentiles_in_prometheus_match_the_workloads_own_timing() {
     let total = prom.value(r#"ringwarden_slo_events_total{cluster="single"}"#);
     let (exact_good, exact_total) = exact_counts(&agent.stop());
     assert_eq!((good as u64, total as u64), (exact_good, exact_total));
-    let fast = took.iter().filter(|&&ns| ns <= THRESHOLD_NS).count() as u64;
-    assert_eq!((exact_good, exact_total), (fast, 1000));
+    // The kernel times each call from inside it, the load around it: a
+    // call the load timed just over the threshold may be good in the
+    // kernel, never the other way round.
+    let (surely, maybe) = fast_within(&took);
+    assert_eq!(exact_total, 1000);
+    assert!(
+        (surely..=maybe).contains(&exact_good),
+        "kernel good {exact_good}, load's own timing says {surely}..={maybe}"
+    );
 }
 
 #[test]
@@ -728,8 +743,17 @@ fn fleet_rules_add_two_clusters_exact_counts_and_merge_their_histograms() {
     let covered = scraped.elapsed().as_secs_f64();
     let ((ga, na), (gb, nb)) = (exact_counts(&a.stop()), exact_counts(&b.stop()));
     assert_eq!((fleet_good as u64, fleet_total as u64), (ga + gb, na + nb));
-    let fast = |t: &[u64]| 1 + t.iter().filter(|&&ns| ns <= THRESHOLD_NS).count() as u64;
-    assert_eq!((ga, na, gb, nb), (fast(&ta), 601, fast(&tb), 401));
+    assert_eq!((na, nb), (601, 401));
+    for (good, took) in [(ga, &ta), (gb, &tb)] {
+        // One more call than the load times: the first, always fast.
+        let (surely, maybe) = fast_within(took);
+        assert!(
+            (surely + 1..=maybe + 1).contains(&good),
+            "kernel good {good}, load's own timing says {}..={}",
+            surely + 1,
+            maybe + 1
+        );
+    }
 
     // Each cluster's error ratio is exact: its good and total share every
     // scrape, so rate()'s extrapolation cancels in the ratio.
