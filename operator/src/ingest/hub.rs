@@ -22,7 +22,7 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     controller::Stores,
-    handed::{Handed, HandedOut, refusal, selected},
+    handed::{self, Handed, HandedOut, refusal, selected},
     metrics::IngestMetrics,
     render::content_hash,
     reports::{AgentInfo, BootRetired, Figures, Outcome, ProbeSetQuery, Reports, Sample, SloDef},
@@ -280,13 +280,14 @@ impl Hub {
     pub fn ingest(&self, now: SystemTime, node: &str, mut sample: Sample) -> Outcome {
         let (outcome, mut refused) = if self.knows_node(node) {
             let generation = self.generation.load(Ordering::SeqCst);
-            let refused = lock(&self.handed).check(
+            let mut refused = lock(&self.handed).check(
                 now,
                 node,
                 generation,
                 || self.handed_to(node),
                 &mut sample,
             );
+            refused.extend(handed::cap(&mut sample));
             (self.reports().ingest(now, node, &sample), refused)
         } else {
             // Deleted while its agent still streams: nothing is kept for it.
