@@ -43,6 +43,7 @@ use kube::{
 use prometheus::Registry;
 use ringwarden_core::{duration::parse_duration, histogram::Histogram};
 use ringwarden_crds::{ProbeSet, Slo};
+use ringwarden_ebpf_common::{HIST_BUCKETS, bucket_index};
 use ringwarden_operator::{
     auth::{Authenticator, PodPlace, Review, Reviewer},
     config::AgentSettings,
@@ -58,6 +59,7 @@ use ringwarden_operator::{
     slo::SloTarget,
     world::World,
 };
+use ringwarden_proto::v1;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -523,6 +525,85 @@ impl XorShift {
     }
 }
 
+/// The latencies every agent reports: one population of series, grown
+/// continuously and shared, so the driver's cost does not grow with agents
+/// × series and its own CPU stays out of the round trips it measures. The
+/// operator does not compare nodes' histograms; identical ones cost it what
+/// different ones would.
+struct Population {
+    /// Per probe, per series: cumulative bucket counts, sum and max.
+    dense: Vec<Vec<(Vec<u64>, u64, u64)>>,
+    rng: XorShift,
+    /// Events added so far per series, and how many of them within the
+    /// SLOs' 5 ms.
+    events: u64,
+    good: u64,
+    /// The histograms as reports carry them, per probe.
+    wire: Arc<Vec<Vec<v1::SeriesHistogram>>>,
+}
+
+impl Population {
+    /// Series that already ran for a while: a few thousand events each,
+    /// 100 to 200 buckets populated.
+    fn new(probes: usize, series: usize) -> Self {
+        let mut p = Self {
+            dense: vec![vec![(vec![0; HIST_BUCKETS], 0, 0); series]; probes],
+            rng: XorShift(0x9e37_79b9_7f4a_7c15),
+            events: 0,
+            good: 0,
+            wire: Arc::new(Vec::new()),
+        };
+        p.add(2_000);
+        p
+    }
+
+    /// Adds `n` events to every series.
+    fn add(&mut self, n: usize) {
+        for probe in &mut self.dense {
+            for (buckets, sum, max) in probe.iter_mut() {
+                for _ in 0..n {
+                    let ns = self.rng.latency();
+                    buckets[bucket_index(ns) as usize] += 1;
+                    *sum += ns;
+                    *max = (*max).max(ns);
+                }
+            }
+        }
+        // Every series gets the same number; count the good ones in one.
+        self.events += n as u64;
+        self.good += n as u64; // latencies stay below 5 ms (see `latency`)
+        self.wire = Arc::new(
+            self.dense
+                .iter()
+                .map(|probe| {
+                    probe
+                        .iter()
+                        .enumerate()
+                        .map(|(s, (buckets, sum, max))| {
+                            let (index, count): (Vec<u32>, Vec<u64>) = buckets
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, n)| **n > 0)
+                                .map(|(i, n)| (i as u32, *n))
+                                .unzip();
+                            v1::SeriesHistogram {
+                                series: format!("s{s}"),
+                                histogram: Some(v1::Histogram {
+                                    bucket_index: index,
+                                    bucket_count: count,
+                                    sum_ns: *sum,
+                                    max_ns: *max,
+                                    errors: 0,
+                                }),
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+        );
+    }
+}
+
 /// What the agents saw.
 #[derive(Default)]
 struct Seen {
@@ -612,7 +693,12 @@ fn run_point(
     let pid = child.id();
     let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
     let mut line = String::new();
-    stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+    // A profiler wrapping the operator may print first.
+    while stdout.read_line(&mut line).map_err(|e| e.to_string())? > 0
+        && !line.starts_with("listening ")
+    {
+        line.clear();
+    }
     let addr: SocketAddr = line
         .trim()
         .strip_prefix("listening ")
@@ -627,11 +713,24 @@ fn run_point(
     let seen = Arc::new(Mutex::new(Seen::default()));
     let measuring = Arc::new(AtomicBool::new(false));
     let (reconnect_tx, reconnect_rx) = tokio::sync::watch::channel(None::<Instant>);
+    let population = Arc::new(Mutex::new(Population::new(point.probes, point.series)));
     let (before, after) = runtime.block_on(async {
-        let mut tasks = Vec::new();
+        // Fifty events per series per interval, added a tenth at a time.
+        let grow = tokio::spawn({
+            let (population, interval) = (Arc::clone(&population), args.interval);
+            async move {
+                let mut tick = tokio::time::interval(interval / 10);
+                loop {
+                    tick.tick().await;
+                    population.lock().unwrap_or_else(|e| e.into_inner()).add(5);
+                }
+            }
+        });
+        let mut tasks = vec![grow];
         for i in 0..point.agents {
             let (seen, measuring) = (Arc::clone(&seen), Arc::clone(&measuring));
             let (endpoint, reconnect) = (endpoint.clone(), reconnect_rx.clone());
+            let population = Arc::clone(&population);
             let interval = args.interval;
             // Agents start spread over one interval, as DaemonSet pods do.
             let offset =
@@ -645,6 +744,7 @@ fn run_point(
                     interval,
                     seen: Arc::clone(&seen),
                     measuring,
+                    population,
                 };
                 if let Err(e) = agent.run(reconnect).await {
                     seen.lock().unwrap_or_else(|e| e.into_inner()).failures += 1;
@@ -685,7 +785,9 @@ fn run_point(
         .write_all(b"stop\n")
         .map_err(|e| e.to_string())?;
     line.clear();
-    stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+    while stdout.read_line(&mut line).map_err(|e| e.to_string())? > 0 && !line.starts_with('{') {
+        line.clear();
+    }
     let served: Served =
         serde_json::from_str(line.trim()).map_err(|e| format!("operator stats {line:?}: {e}"))?;
     let _ = child.wait();
@@ -800,6 +902,7 @@ struct Agent {
     interval: Duration,
     seen: Arc<Mutex<Seen>>,
     measuring: Arc<AtomicBool>,
+    population: Arc<Mutex<Population>>,
 }
 
 impl Agent {
@@ -826,13 +929,7 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    for p in 0..self.point.probes {
-                        for s in 0..self.point.series {
-                            let latencies: Vec<u64> = (0..50).map(|_| rng.latency()).collect();
-                            a.probes[p].observe(&format!("s{s}"), &latencies);
-                        }
-                    }
-                    let report = a.report(ringwarden_operator::reports::millis(SystemTime::now()));
+                    let report = self.report(&mut a);
                     let sent = Instant::now();
                     c.report(&mut a, report).await.map_err(|e| e.to_string())?;
                     let rtt = sent.elapsed();
@@ -851,13 +948,35 @@ impl Agent {
                     c = self.open(&a, &mut rng, true).await?;
                     // The report the break interrupted, resent at once as
                     // an agent resends what it buffered.
-                    let report = a.report(ringwarden_operator::reports::millis(SystemTime::now()));
+                    let report = self.report(&mut a);
                     c.report(&mut a, report).await.map_err(|e| e.to_string())?;
                     let back = u64::try_from(dropped.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     self.seen.lock().unwrap_or_else(|e| e.into_inner()).reconnected.push(back);
                 }
             }
         }
+    }
+
+    /// The next report: the population's histograms, and counters and
+    /// threshold counts that agree with them.
+    fn report(&self, a: &mut SimAgent) -> v1::Report {
+        let (wire, events, good) = {
+            let p = self.population.lock().unwrap_or_else(|e| e.into_inner());
+            (Arc::clone(&p.wire), p.events, p.good)
+        };
+        let n = events * self.point.series as u64;
+        for probe in &mut a.probes {
+            probe.counters.observed = n;
+            probe.counters.aggregated = n;
+            for (_, _, g, total) in probe.exact.values_mut() {
+                (*g, *total) = (good * self.point.series as u64, n);
+            }
+        }
+        let mut report = a.report(ringwarden_operator::reports::millis(SystemTime::now()));
+        for (p, histograms) in report.probes.iter_mut().zip(wire.iter()) {
+            p.histograms.clone_from(histograms);
+        }
+        report
     }
 
     /// A new connection and an accepted stream, retried with the agent's

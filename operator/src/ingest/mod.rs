@@ -3,7 +3,8 @@
 //!
 //! 1. **stream**: [`grpc`] serves the agents' bidirectional streams and
 //!    the query service, over TLS ([`tls`]) with a certificate the
-//!    operator keeps itself or is given ([`pki`]);
+//!    operator keeps itself or is given ([`pki`]); [`frames`] reads agents'
+//!    messages without a buffer kept per stream;
 //! 2. **auth**: [`auth`] checks each agent's token (TokenReview, API
 //!    server) and the node it may speak for;
 //!    [`decode`] checks and bounds each message into plain data (pure);
@@ -18,6 +19,7 @@
 pub mod access;
 pub mod auth;
 pub mod decode;
+pub mod frames;
 pub mod grpc;
 pub mod handed;
 pub mod hub;
