@@ -686,6 +686,8 @@ fn run_point(
         ])
         .arg(tls_dir)
         .env_remove("RINGWARDEN_BENCH_POINTS")
+        // As the chart runs the operator.
+        .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
