@@ -123,6 +123,7 @@ pub fn plan_probeset(
             spec: p.clone(),
             node_selector: spec.node_selector.clone(),
             pod_selector: spec.pod_selector.clone(),
+            namespaces: None,
             // Without an event path the ring still exists, at its minimum.
             ring_bytes: pp.ring_bytes.max(page_size),
             sample_every: pp.sample_every,

@@ -7,8 +7,10 @@
 //! across reloads, a changed one is reloaded, a removed one detached.
 //!
 //! The node's labels decide which probes apply (`nodeSelector`); a
-//! ProbeSet's `podSelector` becomes a cgroup filter: the pods on this node
-//! that match, found by their UID under the cgroup v2 tree. Both come from
+//! ProbeSet's namespace and `podSelector` become a cgroup filter: the pods
+//! on this node of the namespaces in the probe's scope that the selector
+//! matches, found by their UID under the cgroup v2 tree. Only a
+//! ClusterProbeSet without a `namespaceSelector` sees the whole node. Both come from
 //! the Kubernetes API with the agent's service account (the pods from one
 //! watch of this node's pods, [`crate::pods`]), or from `--node-labels` and
 //! no pod filtering when run outside a cluster. As pods come and go, the
@@ -44,13 +46,19 @@ use crate::{
     cli::{MetricsAddr, NodeArgs},
     drain::{self, DrainClock},
     metrics::{self, NodeMetrics, ProbeLabels, SharedSnapshots},
-    pods::{PodWatch, pod_cgroup_index, selected_cgroups},
+    pods::{PodScope, PodWatch, pod_cgroup_index, selected_cgroups},
     probes::{Kernel, Probe, ProbeError, cgroup2_mount},
     report::{LoadFailure, probe_report},
     standalone::probe_config,
     target::{TargetError, UprobeTarget},
     uplink::{self, Uplink, UplinkMetrics, new_boot_id},
 };
+
+/// Why a ProbeSet's probe with `filter.cgroups` does not load: cgroup
+/// paths name the node's cgroups, the host's and other tenants' included.
+pub const NAMESPACED_CGROUPS: &str = "filter.cgroups: a ProbeSet observes only the pods of its \
+     namespace, and cgroup paths are node-wide; select pods with podSelector, or move the probe \
+     to a ClusterProbeSet";
 
 /// Why node mode stopped.
 #[derive(Debug, thiserror::Error)]
@@ -156,9 +164,10 @@ fn reason(kind: v1::load_error::Kind) -> &'static str {
 struct Loaded {
     /// The configuration it was loaded from; a different one reloads it.
     config: AgentProbe,
-    /// The checked pod selector, when the probe has one: its pods' cgroups
-    /// are written into the running filter as they come and go.
-    selector: Option<kube::core::Selector>,
+    /// The pods it observes, when limited to pods (by namespace or
+    /// `podSelector`): their cgroups are written into the running filter
+    /// as they come and go.
+    scope: Option<PodScope>,
     /// cgroup ids of the probe's own `filter.cgroups`, always in the filter.
     fixed_cgroups: BTreeSet<u64>,
     labels: ProbeLabels,
@@ -205,7 +214,7 @@ struct State {
     kernel: Option<Kernel>,
     /// Where the kernel's BTF is read (`--kernel-btf`).
     kernel_btf: PathBuf,
-    /// The pods on this node, watched once a probe has a pod selector.
+    /// The pods on this node, watched once a probe observes only pods.
     pods: Option<PodWatch>,
     /// Where pod cgroups are looked for (`--pod-cgroup-root`).
     pod_cgroup_root: Option<PathBuf>,
@@ -509,7 +518,7 @@ impl State {
             self.forget_metrics(&labels);
         }
         if self.pods.is_none()
-            && wanted.iter().any(|p| p.pod_selector.is_some())
+            && wanted.iter().any(AgentProbe::observes_pods_only)
             && let Facts::Api(client) = facts
         {
             tracing::info!(node = %self.node, "watching the pods on this node");
@@ -601,14 +610,16 @@ impl State {
         let mut config = probe_config(p, std::process::id())
             .map_err(|e| (LoadFailure::from_error(&e), false))?;
         let fixed_cgroups: BTreeSet<u64> = config.cgroup_ids.iter().copied().collect();
-        let mut selector = None;
-        if let Some(s) = &p.pod_selector {
-            let checked = crate::pods::selector(s).map_err(|e| (LoadFailure::other(&e), false))?;
+        let scope = PodScope::of(p).map_err(|e| (LoadFailure::other(&e), false))?;
+        if let Some(scope) = &scope {
+            if scope.namespaces.is_some() && !p.is_cluster() && !fixed_cgroups.is_empty() {
+                return Err((LoadFailure::other(NAMESPACED_CGROUPS), false));
+            }
             if static_facts {
                 return Err((
                     LoadFailure::other(
-                        "a podSelector needs the Kubernetes API (run in a cluster, without \
-                         --node-labels)",
+                        "observing only pods (a podSelector, or a ProbeSet's namespace) needs \
+                         the Kubernetes API: run in a cluster, without --node-labels",
                     ),
                     false,
                 ));
@@ -632,8 +643,7 @@ impl State {
             // Pods come and go while the probe runs: the filter is on from
             // the start, empty or not, and never widens to all processes.
             config.cgroup_filter = true;
-            config.cgroup_ids.extend(self.selected(p, &checked));
-            selector = Some(checked);
+            config.cgroup_ids.extend(self.selected(scope));
         }
         crate::probes::check_capabilities().map_err(|e| (LoadFailure::from_error(&e), false))?;
         if self.kernel.is_none() {
@@ -651,7 +661,7 @@ impl State {
         let labels = self.labels(p);
         if let Some(m) = &self.metrics {
             m.probe_loads.with_label_values(&labels.values()).inc();
-            if selector.is_some() {
+            if scope.is_some() {
                 let pods = probe.cgroup_filter().len() - fixed_cgroups.len();
                 m.pod_filter_cgroups
                     .with_label_values(&labels.values())
@@ -665,7 +675,7 @@ impl State {
             id,
             Loaded {
                 config: p.clone(),
-                selector,
+                scope,
                 fixed_cgroups,
                 labels,
                 probe,
@@ -745,17 +755,12 @@ impl State {
         }
     }
 
-    /// cgroup ids of the pods `selector` picks for `p`, as now known.
-    fn selected(&self, p: &AgentProbe, selector: &kube::core::Selector) -> BTreeSet<u64> {
+    /// cgroup ids of the pods `scope` selects, as now known.
+    fn selected(&self, scope: &PodScope) -> BTreeSet<u64> {
         let (Some(watch), Some(root)) = (&self.pods, &self.pod_cgroup_root) else {
             return BTreeSet::new();
         };
-        selected_cgroups(
-            &watch.pods(),
-            &p.namespace,
-            selector,
-            &pod_cgroup_index(root),
-        )
+        selected_cgroups(&watch.pods(), scope, &pod_cgroup_index(root))
     }
 
     /// Writes each pod-selected probe's filter in place: the pods that
@@ -764,16 +769,16 @@ impl State {
         let (Some(watch), Some(root)) = (&self.pods, &self.pod_cgroup_root) else {
             return;
         };
-        if !self.loaded.values().any(|l| l.selector.is_some()) {
+        if !self.loaded.values().any(|l| l.scope.is_some()) {
             return;
         }
         let pods = watch.pods();
         let index = pod_cgroup_index(root);
         for l in self.loaded.values_mut() {
-            let Some(selector) = &l.selector else {
+            let Some(scope) = &l.scope else {
                 continue;
             };
-            let selected = selected_cgroups(&pods, &l.config.namespace, selector, &index);
+            let selected = selected_cgroups(&pods, scope, &index);
             let ids: BTreeSet<u64> = selected.union(&l.fixed_cgroups).copied().collect();
             if ids == *l.probe.cgroup_filter() {
                 continue;

@@ -283,6 +283,11 @@ fn getppid_in(cgroup: &Path, calls: u64) {
 
 // ---------------------------------------------------------------- the agent
 
+/// One podSelector probe: `app: web` in namespace `shop`.
+const WEB_PROBE: &str = "probes:\n  - {namespace: shop, probeset: web, spec: {name: sys, kind: \
+     syscalls, maxSeries: 512}, podSelector: {matchLabels: {app: web}}, nodeSelector: {pool: web}, \
+     ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n";
+
 struct Agent {
     child: Child,
     port: u16,
@@ -301,6 +306,12 @@ impl Agent {
     /// `ringwarden-agent node` on `node-t` with one podSelector probe
     /// (`app: web` in namespace `shop`), its API the mock on `api_port`.
     fn start(dir: &Path, api_port: u16, pod_root: &Path) -> Self {
+        Self::start_with(dir, api_port, pod_root, WEB_PROBE)
+    }
+
+    /// `ringwarden-agent node` on `node-t` running the agent configuration
+    /// `config`, its API the mock on `api_port`.
+    fn start_with(dir: &Path, api_port: u16, pod_root: &Path, config: &str) -> Self {
         std::fs::write(
             dir.join("kubeconfig"),
             format!(
@@ -311,13 +322,7 @@ impl Agent {
             ),
         )
         .unwrap();
-        std::fs::write(
-            dir.join("config.yaml"),
-            "probes:\n  - {namespace: shop, probeset: web, spec: {name: sys, kind: syscalls, \
-             maxSeries: 512}, podSelector: {matchLabels: {app: web}}, nodeSelector: {pool: web}, \
-             ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("config.yaml"), config).unwrap();
         let port = free_port();
         let child = Command::new(AGENT)
             .args(["node", "--node-name", NODE, "--interval", "100ms"])
@@ -592,6 +597,108 @@ fn pod_selected_probes_wait_for_the_first_list_of_pods_and_load_once_it_succeeds
     );
     getppid_in(&ctr, 321);
     agent.until(&getppid_count(), 321);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `name{labels}` of the getppid count of `namespace/probeset/sys`.
+fn getppid_of(namespace: &str, probeset: &str) -> String {
+    format!(
+        "ringwarden_latency_seconds_count{{namespace=\"{namespace}\",probeset=\"{probeset}\",\
+         probe=\"sys\",node=\"node-t\",series=\"getppid\"}}"
+    )
+}
+
+#[test]
+fn a_probeset_counts_only_its_namespace_and_a_cluster_probeset_what_it_selects_exactly() {
+    if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
+        panic!("this live-kernel test cannot run: {e}; run `sudo make test`");
+    }
+    let dir = std::env::temp_dir().join(format!("rw-tenancy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cgroups = PodCgroups::new("tenancy");
+    let uid = |n: u8| format!("00000000-0000-4000-8000-0000000002{n:02x}");
+    let (a, b, c) = (uid(0xa), uid(0xb), uid(0xc));
+    let ctr_a = cgroups.pod(&a, false);
+    let ctr_b = cgroups.pod(&b, true);
+    let ctr_c = cgroups.pod(&c, false);
+    let api: Shared = Arc::default();
+    {
+        let mut api = api.lock().unwrap();
+        api.apply("shop", &a, "web");
+        api.apply("shop", &b, "db");
+        api.apply("other", &c, "web");
+    }
+    // As the operator renders them: the ProbeSet shop/web, without a
+    // podSelector, scoped to its namespace; a ClusterProbeSet whose
+    // namespaceSelector matched both namespaces; one without a
+    // namespaceSelector (the whole node); and a ProbeSet naming host
+    // cgroups, which must not load.
+    let probe = |namespace: &str, probeset: &str, extra: &str| {
+        format!(
+            "  - {{namespace: '{namespace}', probeset: {probeset}, spec: {{name: sys, kind: \
+             syscalls, maxSeries: 512{}}}, {extra}ringBytes: 4096, sampleEvery: 1, \
+             reportInterval: 1s}}\n",
+            if probeset == "host-cgroups" {
+                ", filter: {cgroups: [/sys/fs/cgroup]}"
+            } else {
+                ""
+            }
+        )
+    };
+    let config = format!(
+        "probes:\n{}{}{}{}",
+        probe("shop", "web", "namespaces: [shop], "),
+        probe("", "both", "namespaces: [other, shop], "),
+        probe("", "node", ""),
+        probe("shop", "host-cgroups", "namespaces: [shop], "),
+    );
+    let mut agent = Agent::start_with(&dir, serve(api.clone()), &cgroups.root, &config);
+    let filter = |ns: &str, ps: &str| {
+        format!(
+            "ringwarden_agent_pod_filter_cgroups{{namespace=\"{ns}\",node=\"node-t\",probe=\"sys\",probeset=\"{ps}\"}}"
+        )
+    };
+    agent.until(&filter("shop", "web"), 2);
+    agent.until(&filter("", "both"), 3);
+    agent.until(
+        "ringwarden_agent_probe_failing{namespace=\"shop\",node=\"node-t\",probe=\"sys\",probeset=\"host-cgroups\",reason=\"other\"}",
+        1,
+    );
+
+    getppid_in(&ctr_a, 1_000);
+    getppid_in(&ctr_b, 700);
+    getppid_in(&ctr_c, 900);
+    // And on the host, outside every pod.
+    let host = 500u64;
+    for _ in 0..host {
+        // SAFETY: a raw syscall without arguments.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    agent.until(&getppid_of("shop", "web"), 1_000 + 700);
+    agent.until(&getppid_of("", "both"), 1_000 + 700 + 900);
+    // Other processes of the node call getppid too: at least ours.
+    agent.until_is(&getppid_of("", "node"), "at least every call made", |n| {
+        n >= 1_000 + 700 + 900 + host
+    });
+
+    // A pod of `other` starting on the node stays out of shop's probe.
+    let d = uid(0xd);
+    let ctr_d = cgroups.pod(&d, false);
+    api.lock().unwrap().apply("other", &d, "web");
+    agent.until(&filter("", "both"), 4);
+    getppid_in(&ctr_d, 400);
+    getppid_in(&ctr_a, 100);
+    agent.until(&getppid_of("", "both"), 1_000 + 700 + 900 + 400 + 100);
+    std::thread::sleep(Duration::from_millis(300));
+    let text = agent.metrics();
+    assert_eq!(value(&text, &getppid_of("shop", "web")), Some(1_800));
+    assert_eq!(value(&text, &filter("shop", "web")), Some(2));
+    assert_eq!(
+        value(&text, &getppid_of("shop", "host-cgroups")),
+        None,
+        "a ProbeSet naming node-wide cgroups never runs"
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -79,6 +79,7 @@ pub fn config_bytes(ps: &ProbeSet, thresholds: &[Vec<Threshold>]) -> usize {
             probeset: ps.metadata.name.clone().unwrap_or_default(),
             spec: p.clone(),
             pod_selector: ps.spec.pod_selector.clone(),
+            namespaces: None,
             node_selector: ps.spec.node_selector.clone(),
             ring_bytes: u64::MAX,
             sample_every: u64::MAX,

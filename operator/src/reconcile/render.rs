@@ -170,6 +170,7 @@ pub fn agent_config(assessed: &[Assessed], nodes: &[Labels]) -> AgentConfig {
                 probeset: a.name.clone(),
                 spec: probe.clone(),
                 pod_selector: spec.pod_selector.clone(),
+                namespaces: a.namespaces.clone(),
                 node_selector: spec.node_selector.clone(),
                 // A probe without an event path still has a ring map, of
                 // the smallest size (as standalone mode plans it).
@@ -781,6 +782,7 @@ mod tests {
         ps.metadata.namespace = Some("shop".into());
         let assessed = [Assessed {
             namespace: "shop".into(),
+            namespaces: Some(vec!["shop".into()]),
             name: "web".into(),
             assessment: crate::assess::assess(&ps, &[]),
             probeset: std::sync::Arc::new(ps),

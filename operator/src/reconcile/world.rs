@@ -32,8 +32,13 @@ pub struct World {
 /// A ProbeSet with its outcome.
 #[derive(Clone, Debug)]
 pub struct Assessed {
+    /// Empty for a ClusterProbeSet.
     pub namespace: String,
     pub name: String,
+    /// The namespaces whose pods alone its probes observe (see
+    /// [`ringwarden_crds::AgentProbe::namespaces`]): its own for a
+    /// ProbeSet; `None` for a ClusterProbeSet that observes the whole node.
+    pub namespaces: Option<Vec<String>>,
     pub probeset: Arc<ProbeSet>,
     pub assessment: Assessment,
 }
@@ -48,6 +53,7 @@ impl World {
             .filter(|ps| ps.metadata.deletion_timestamp.is_none())
             .map(|ps| Assessed {
                 namespace: ps.metadata.namespace.clone().unwrap_or_default(),
+                namespaces: Some(vec![ps.metadata.namespace.clone().unwrap_or_default()]),
                 name: ps.metadata.name.clone().unwrap_or_default(),
                 probeset: Arc::clone(ps),
                 assessment: assess(ps, &self.slos),
