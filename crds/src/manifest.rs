@@ -441,7 +441,7 @@ spec:
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(
             e[0].contains(
-                "spec.objective: unknown field; remove it or use one of: indicator, \
+                "spec.objective: unknown field; remove it or use one of: clusterProbeSet, indicator, \
                  maxDropRate, probe, probeSet, series, target, window"
             ),
             "{e:?}"
