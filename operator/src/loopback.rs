@@ -16,7 +16,7 @@ use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Object
 use kube::{
     api::{PartialObjectMeta, PartialObjectMetaExt},
     runtime::{
-        reflector::{self, store::Writer},
+        reflector::{self, Store, store::Writer},
         watcher,
     },
 };
@@ -112,11 +112,27 @@ pub fn fixed_stores(
     fill(&mut w, nodes.iter().map(|(n, l)| node(n, l)).collect());
     let (slo_store, mut w) = reflector::store();
     fill(&mut w, slos);
+    let (cluster_probesets, namespaces) = empty_cluster_scoped();
     Stores {
         probesets: probeset_store,
         nodes: node_store,
         slos: slo_store,
+        cluster_probesets,
+        namespaces,
     }
+}
+
+/// Filled caches of no ClusterProbeSet and no namespace, for tests and
+/// tools whose cluster has none.
+pub fn empty_cluster_scoped() -> (
+    Store<ringwarden_crds::ClusterProbeSet>,
+    Store<PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
+) {
+    let (cps, mut w) = reflector::store();
+    fill(&mut w, vec![]);
+    let (ns, mut w) = reflector::store();
+    fill(&mut w, vec![]);
+    (cps, ns)
 }
 
 /// Fills a cache as a watch's initial list does.
@@ -170,6 +186,8 @@ impl LoopbackOperator {
         let hub = Arc::new(Hub::new(stores.clone(), metrics.ingest));
         let world = World {
             probesets: stores.probesets.state(),
+            cluster_probesets: stores.cluster_probesets.state(),
+            namespaces: vec![],
             nodes: stores
                 .nodes
                 .state()

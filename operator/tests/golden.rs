@@ -66,6 +66,8 @@ fn world() -> World {
         "{probeSet: web, probe: sys, series: [read, write], indicator: {latency: {threshold: 20ms}}, target: 99.9, maxDropRate: 0.001}",
     );
     World {
+        cluster_probesets: vec![],
+        namespaces: vec![],
         probesets: vec![
             Arc::new(probeset("shop", "web", 1, WEB)),
             Arc::new(probeset("team-b", "db", 1, DB)),

@@ -412,7 +412,7 @@ impl Publisher {
     async fn write_slo_statuses(&mut self, now: SystemTime) {
         let hub = Arc::clone(&self.ctx.hub);
         let at = Instant::now();
-        let probesets = self.ctx.stores.probesets.state();
+        let probesets = self.ctx.stores.all_probesets();
         let mut exported = HashSet::new();
         for slo in self.ctx.stores.slos.state() {
             let id = slo_status::id(&slo);

@@ -51,6 +51,19 @@ async fn fake_api_server(
             ("GET", "/apis/ringwarden.dev/v1alpha1/slos") => {
                 (200, list("SLOList", vec![slo.clone()]))
             }
+            ("GET", "/apis/ringwarden.dev/v1alpha1/clusterprobesets") => {
+                (200, list("ClusterProbeSetList", vec![]))
+            }
+            ("GET", "/api/v1/namespaces") => (
+                200,
+                list(
+                    "PartialObjectMetadataList",
+                    vec![
+                        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                "metadata": {"name": "shop"}}),
+                    ],
+                ),
+            ),
             ("GET", "/api/v1/nodes") => (
                 200,
                 list(
