@@ -46,7 +46,7 @@ use crate::{
     cli::{MetricsAddr, NodeArgs},
     drain::{self, DrainClock},
     metrics::{self, NodeMetrics, ProbeLabels, SharedSnapshots},
-    pods::{PodScope, PodWatch, pod_cgroup_index, selected_cgroups},
+    pods::{PodScope, PodWatch, pod_cgroup_index, selected_cgroups, selected_pods},
     probes::{Kernel, Probe, ProbeError, cgroup2_mount},
     report::{LoadFailure, probe_report},
     standalone::probe_config,
@@ -59,6 +59,14 @@ use crate::{
 pub const NAMESPACED_CGROUPS: &str = "filter.cgroups: a ProbeSet observes only the pods of its \
      namespace, and cgroup paths are node-wide; select pods with podSelector, or move the probe \
      to a ClusterProbeSet";
+
+/// Whether `p`'s uprobe binaries resolve in the containers of its pods
+/// rather than on the host: a ProbeSet's do (it traces its own namespace's
+/// programs only); a ClusterProbeSet's, and those of configurations
+/// rendered before namespaces were enforced, on the host.
+fn resolves_in_containers(p: &AgentProbe) -> bool {
+    !p.is_cluster() && p.namespaces.is_some()
+}
 
 /// Why node mode stopped.
 #[derive(Debug, thiserror::Error)]
@@ -575,13 +583,21 @@ impl State {
                 _ => None,
             };
             if let Some((binary, symbol)) = target {
-                let opened = UprobeTarget::open_async(
-                    p.spec.kind,
-                    crate::target::host_root(),
-                    binary,
-                    symbol,
-                )
-                .await;
+                let opened = if resolves_in_containers(p) {
+                    let Some(dirs) = self.pod_dirs(p) else {
+                        // The pods are not known yet: try_load waits.
+                        continue;
+                    };
+                    UprobeTarget::open_in_containers_async(p.spec.kind, dirs, binary, symbol).await
+                } else {
+                    UprobeTarget::open_async(
+                        p.spec.kind,
+                        crate::target::host_root(),
+                        binary,
+                        symbol,
+                    )
+                    .await
+                };
                 binaries.insert(p.id(), opened);
             }
         }
@@ -652,6 +668,13 @@ impl State {
             self.kernel = Some(kernel);
         }
         let kernel = self.kernel.as_ref().expect("opened above");
+        if binary.is_none() && resolves_in_containers(p) && p.spec.kind.uses_uprobes() {
+            // Never the host's binary for a ProbeSet.
+            return Err((
+                LoadFailure::other("waiting for the node's pods to find the binary in"),
+                true,
+            ));
+        }
         let probe = match binary {
             Some(opened) => Probe::load_opened(kernel, &config, opened),
             None => Probe::load(kernel, &config),
@@ -753,6 +776,24 @@ impl State {
                 let _ = m.probe_failing.remove_label_values(&v);
             }
         }
+    }
+
+    /// cgroup directories of the pods `p` observes, once the node's pods
+    /// are known.
+    fn pod_dirs(&self, p: &AgentProbe) -> Option<Vec<PathBuf>> {
+        let watch = self.pods.as_ref()?;
+        if !watch.health().synced {
+            return None;
+        }
+        let root = self.pod_cgroup_root.as_ref()?;
+        let scope = PodScope::of(p).ok()??;
+        let pods = watch.pods();
+        let index = pod_cgroup_index(root);
+        Some(
+            selected_pods(&pods, &scope, &index)
+                .map(Path::to_path_buf)
+                .collect(),
+        )
     }
 
     /// cgroup ids of the pods `scope` selects, as now known.
