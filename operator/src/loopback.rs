@@ -106,18 +106,30 @@ pub fn fixed_stores(
     nodes: &[(&str, &[(&str, &str)])],
     slos: Vec<Slo>,
 ) -> Stores {
+    fixed_stores_with_cluster(probesets, vec![], nodes, slos)
+}
+
+/// [`fixed_stores`] with ClusterProbeSets too (and no namespaces).
+pub fn fixed_stores_with_cluster(
+    probesets: Vec<ProbeSet>,
+    cluster_probesets: Vec<ringwarden_crds::ClusterProbeSet>,
+    nodes: &[(&str, &[(&str, &str)])],
+    slos: Vec<Slo>,
+) -> Stores {
     let (probeset_store, mut w) = reflector::store();
     fill(&mut w, probesets);
     let (node_store, mut w) = reflector::store();
     fill(&mut w, nodes.iter().map(|(n, l)| node(n, l)).collect());
     let (slo_store, mut w) = reflector::store();
     fill(&mut w, slos);
-    let (cluster_probesets, namespaces) = empty_cluster_scoped();
+    let (cluster_store, mut w) = reflector::store();
+    fill(&mut w, cluster_probesets);
+    let (_, namespaces) = empty_cluster_scoped();
     Stores {
         probesets: probeset_store,
         nodes: node_store,
         slos: slo_store,
-        cluster_probesets,
+        cluster_probesets: cluster_store,
         namespaces,
     }
 }
