@@ -195,7 +195,16 @@ struct Failed {
     /// The failure is only that the node's pods are not known yet: the
     /// first list of pods retries it at once.
     waits_for_pods: bool,
+    /// A ProbeSet's uprobe with no container of its pods on this node: in
+    /// force with nothing to attach to, so reported running with nothing
+    /// counted; it attaches when a pod of its starts (each pod change
+    /// retries it).
+    idle: bool,
 }
+
+/// Why an idle uprobe ([`Failed::idle`]) does not run.
+const NO_CONTAINER: &str = "no container of the ProbeSet's pods runs on this node; the uprobe \
+     attaches when one does";
 
 /// Where the configuration in force came from.
 struct Source {
@@ -597,12 +606,21 @@ impl State {
                         symbol,
                     )
                     .await
+                    .map(Some)
                 };
                 binaries.insert(p.id(), opened);
             }
         }
         for p in &due {
-            let binary = binaries.remove(&p.id());
+            let binary = match binaries.remove(&p.id()) {
+                Some(Ok(None)) => {
+                    self.idle(p, now);
+                    continue;
+                }
+                Some(Ok(Some(target))) => Some(Ok(target)),
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            };
             if let Err((failure, waits_for_pods)) = self.try_load(p, static_facts, binary) {
                 self.fail(p, failure, waits_for_pods, now);
             }
@@ -708,6 +726,31 @@ impl State {
         Ok(())
     }
 
+    /// Records that `p` has nothing to attach to on this node yet; a
+    /// failure before (say, the binary not in the pods' containers) is
+    /// cleared.
+    fn idle(&mut self, p: &AgentProbe, now: Instant) {
+        let id = p.id();
+        if let Some(f) = self.failed.get(&id)
+            && !f.waits_for_pods
+        {
+            let (labels, previous) = (self.labels(p), f.failure.clone());
+            self.clear_failing(&labels, &previous);
+        }
+        tracing::debug!(probe = %id, "no container of the ProbeSet's pods on this node");
+        self.failed.insert(
+            id,
+            Failed {
+                failure: LoadFailure::other(NO_CONTAINER),
+                config: p.clone(),
+                attempts: 0,
+                retry_at: now + RETRY_FIRST,
+                waits_for_pods: true,
+                idle: true,
+            },
+        );
+    }
+
     /// Records a failed attempt and when to try again.
     fn fail(&mut self, p: &AgentProbe, failure: LoadFailure, waits_for_pods: bool, now: Instant) {
         let id = p.id();
@@ -726,6 +769,7 @@ impl State {
                     attempts,
                     retry_at: now + RETRY_FIRST,
                     waits_for_pods,
+                    idle: false,
                 },
             );
             return;
@@ -753,6 +797,7 @@ impl State {
                 attempts,
                 retry_at: now + delay,
                 waits_for_pods,
+                idle: false,
             },
         );
     }
@@ -865,9 +910,19 @@ impl State {
                         ),
                     });
                 }
-                self.failed
-                    .get(&id)
-                    .map(|f| probe_report(p, Err(&f.failure)))
+                self.failed.get(&id).map(|f| {
+                    if f.idle {
+                        // In force, with nothing in scope to observe.
+                        let nothing = crate::probes::Snapshot {
+                            kind: Some(p.spec.kind),
+                            ring_bytes: p.ring_bytes,
+                            predicted_drop: p.predicted_drop,
+                            ..Default::default()
+                        };
+                        return probe_report(p, Ok(&nothing));
+                    }
+                    probe_report(p, Err(&f.failure))
+                })
             })
             .collect();
         v1::Report {

@@ -234,19 +234,24 @@ impl UprobeTarget {
         )))
     }
 
-    /// [`UprobeTarget::open_in_containers`] on a blocking thread.
+    /// [`UprobeTarget::open_in_containers`] on a blocking thread, in the
+    /// containers of the pods whose cgroups are `pod_dirs`; `None` when no
+    /// process runs in them: nothing to attach to on this node yet.
     pub async fn open_in_containers_async(
         kind: ringwarden_crds::ProbeKind,
         pod_dirs: Vec<PathBuf>,
         binary: String,
         symbol: String,
-    ) -> Result<Self, TargetError> {
+    ) -> Result<Option<Self>, TargetError> {
         tokio::task::spawn_blocking(move || {
             let (roots, errors) = crate::containers::roots(
                 pod_dirs.iter().map(PathBuf::as_path),
                 &crate::containers::proc_root(),
             );
-            Self::open_in_containers(kind, &roots, &errors, &binary, &symbol)
+            if roots.is_empty() && errors.is_empty() {
+                return Ok(None);
+            }
+            Self::open_in_containers(kind, &roots, &errors, &binary, &symbol).map(Some)
         })
         .await
         .map_err(|e| TargetError(format!("opening the binary did not finish: {e}")))?

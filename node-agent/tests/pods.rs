@@ -826,11 +826,13 @@ fn a_probesets_uprobe_resolves_only_in_its_own_pods_containers() {
     };
     let host = libc.to_str().unwrap();
     let config = format!(
-        "probes:\n{}{}{}{}",
+        "probes:\n{}{}{}{}{}",
         probe("shop", "mine", "/lib/tenant.so"),
         probe("shop", "host", host),
         probe("shop", "theirs", "/lib/other.so"),
         probe("", "node", host),
+        // No pod of `late` runs on the node yet.
+        probe("late", "later", "/lib/tenant.so"),
     );
     let log_path = dir.join("agent.log");
     let log = std::fs::File::create(&log_path).unwrap();
@@ -856,6 +858,27 @@ fn a_probesets_uprobe_resolves_only_in_its_own_pods_containers() {
     let text = agent.metrics();
     assert_eq!(value(&text, &loads("shop", "host")), None);
     assert_eq!(value(&text, &loads("shop", "theirs")), None);
+    // Nothing to attach to is not a failure; a pod of `late` starting
+    // attaches it, without waiting out a retry backoff.
+    let later_failing = series(
+        "ringwarden_agent_probe_failing",
+        "late",
+        "later",
+        ",reason=\"other\"",
+    );
+    assert_eq!(value(&text, &loads("late", "later")), None);
+    assert_eq!(value(&text, &later_failing), None, "{text}");
+    let d = "00000000-0000-4000-8000-00000000030d";
+    let ctr_d = cgroups.pod(d, false);
+    let _late = Contained::start(&ctr_d, &shop_root);
+    api.lock().unwrap().apply("late", d, "web");
+    let started = Instant::now();
+    agent.until(&loads("late", "later"), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "attached only after {:?}",
+        started.elapsed()
+    );
 
     // Each refusal names the binary, the rule and the fix.
     let log = std::fs::read_to_string(&log_path).unwrap();
