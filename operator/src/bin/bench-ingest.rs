@@ -239,10 +239,13 @@ async fn serve(
             .collect(),
     );
     fill(&mut slo_writer, slos);
+    let (cluster_probesets, namespaces) = ringwarden_operator::loopback::empty_cluster_scoped();
     let stores = Stores {
         probesets: ps_store.clone(),
         nodes: node_store,
         slos: slo_store,
+        cluster_probesets,
+        namespaces,
     };
 
     let served = Arc::new(Mutex::new(Served::default()));
@@ -266,6 +269,8 @@ async fn serve(
     ));
     let world = World {
         probesets: stores.probesets.state(),
+        cluster_probesets: vec![],
+        namespaces: vec![],
         nodes: vec![[("pool".to_string(), "bench".to_string())].into()],
         slos: stores
             .slos

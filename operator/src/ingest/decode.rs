@@ -300,7 +300,8 @@ impl TryFrom<v1::ProbeReport> for ProbeSample {
     fn try_from(p: v1::ProbeReport) -> Result<Self, Self::Error> {
         let id = p.id.ok_or(ReportError::Missing { field: "probe.id" })?;
         let id = ProbeRef {
-            namespace: name("probe.id.namespace", id.namespace)?,
+            // Empty for a ClusterProbeSet's probe.
+            namespace: bounded("probe.id.namespace", id.namespace)?,
             probeset: name("probe.id.probeset", id.probeset)?,
             probe: name("probe.id.probe", id.probe)?,
         };

@@ -515,7 +515,7 @@ pub fn status_reply(hub: &Hub, namespace: &str, now: SystemTime) -> StatusReply 
         let mut figures = v1::SloFigures {
             namespace: ns,
             name: slo.metadata.name.clone().unwrap_or_default(),
-            probeset: slo.spec.probe_set.clone(),
+            probeset: slo.spec.target(None).1.to_owned(),
             probe: slo.spec.probe.clone(),
             target: slo.spec.target,
             ..v1::SloFigures::default()

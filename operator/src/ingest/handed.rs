@@ -246,6 +246,7 @@ mod tests {
                 priority: 0,
             },
             pod_selector: None,
+            namespaces: None,
             node_selector: selector
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

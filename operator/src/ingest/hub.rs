@@ -328,16 +328,16 @@ impl Hub {
         let nodes = self.stores.nodes.state();
         let config = self.config.borrow().clone();
         let runs = |ps: &ProbeSet| match &config {
+            // A ClusterProbeSet's probes carry an empty namespace.
             Some(c) => c.probes.iter().any(|p| {
-                Some(&p.namespace) == ps.metadata.namespace.as_ref()
+                p.namespace == ps.metadata.namespace.as_deref().unwrap_or_default()
                     && Some(&p.probeset) == ps.metadata.name.as_ref()
             }),
             None => ps.spec.validate().is_empty(),
         };
         let mut probesets: Vec<Arc<ProbeSet>> = self
             .stores
-            .probesets
-            .state()
+            .all_probesets()
             .into_iter()
             .filter(|ps| ps.metadata.deletion_timestamp.is_none() && runs(ps))
             .collect();
@@ -390,7 +390,7 @@ impl Hub {
     /// The SLO definitions from the watch caches: the evaluable ones, and
     /// why the others are not evaluated.
     pub fn slo_defs(&self) -> (Vec<SloDef>, BTreeMap<String, Problem>) {
-        let probesets = self.stores.probesets.state();
+        let probesets = self.stores.all_probesets();
         let config = self.config.borrow().clone();
         let mut defs = Vec::new();
         let mut problems = BTreeMap::new();
@@ -453,7 +453,7 @@ fn awaited_probes(config: Option<&AgentConfig>, ps: &ProbeSet) -> Vec<String> {
             .probes
             .iter()
             .filter(|p| {
-                Some(&p.namespace) == ps.metadata.namespace.as_ref()
+                p.namespace == ps.metadata.namespace.as_deref().unwrap_or_default()
                     && Some(&p.probeset) == ps.metadata.name.as_ref()
             })
             .map(|p| p.spec.name.clone())
@@ -490,6 +490,7 @@ mod tests {
                 priority: 0,
             },
             pod_selector: None,
+            namespaces: None,
             node_selector: selector
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
