@@ -11,7 +11,8 @@
 //!    [`handed`] keeps each report to the probes and thresholds its node
 //!    was handed (pure);
 //! 3. **aggregate**: [`reports`] counts what agents report, exactly and
-//!    without double counting (pure), kept in the [`hub`];
+//!    without double counting (pure), kept in the [`hub`]; what it keeps
+//!    per node is [`packed`];
 //! 4. **publish**: [`publish`] hands ProbeSet figures to the controller,
 //!    writes SLO status ([`slo_status`], pure) and persists SLO state (API
 //!    server).
@@ -23,6 +24,7 @@ pub mod frames;
 pub mod grpc;
 pub mod handed;
 pub mod hub;
+pub mod packed;
 pub mod pki;
 pub mod publish;
 pub mod reports;

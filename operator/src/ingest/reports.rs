@@ -37,6 +37,8 @@ use ringwarden_core::{
 };
 use ringwarden_ebpf_common::{HIST_BUCKETS, LatencyHist};
 use ringwarden_proto::{NO_THRESHOLD, v1};
+
+use super::packed::Packed;
 use serde::{Deserialize, Serialize};
 
 pub use super::decode::{
@@ -81,6 +83,16 @@ impl Dense {
         self.sum_ns = self.sum_ns.saturating_add(s.sum_ns);
         self.max_ns = self.max_ns.max(s.max_ns);
         self.errors = self.errors.saturating_add(s.errors);
+    }
+
+    pub fn add_packed(&mut self, p: &Packed) {
+        for (i, n) in p.buckets() {
+            let b = &mut self.buckets[usize::from(i)];
+            *b = b.saturating_add(n);
+        }
+        self.sum_ns = self.sum_ns.saturating_add(p.sum_ns);
+        self.max_ns = self.max_ns.max(p.max_ns);
+        self.errors = self.errors.saturating_add(p.errors);
     }
 
     pub fn merge(&mut self, other: &Dense) {
@@ -138,11 +150,11 @@ struct ProbeNow {
     /// Cumulative, all series together: the baseline of the next
     /// interval's increments. One histogram per probe, not one per series:
     /// the operator's memory must not grow with the series agents report.
-    all: Sparse,
+    all: Packed,
     /// Cumulative, for the series an SLO names (`spec.series`) only.
     named: Vec<(String, Sparse)>,
     /// The last interval's events, all series together.
-    recent: Sparse,
+    recent: Packed,
     load_errors: Vec<LoadFailure>,
 }
 
@@ -531,9 +543,11 @@ impl Reports {
                     .collect();
                 let now = Cumulative::of(p, &filters);
                 let (interval, inc) = increment(previous.as_ref(), p, &now, sample.seq, seconds);
-                let mut recent = inc.as_ref().map(|i| i.all.clone()).unwrap_or_default();
-                // Kept until the next report, on every node: no slack.
-                recent.buckets.shrink_to_fit();
+                // Kept until the next report, on every node: packed.
+                let recent = inc
+                    .as_ref()
+                    .map(|i| Packed::new(&i.all))
+                    .unwrap_or_default();
                 if let Some(inc) = inc {
                     increments.insert(&p.id, inc);
                 }
@@ -544,7 +558,7 @@ impl Reports {
                         interval,
                         ring_bytes: p.ring_bytes,
                         ring_high_water: p.ring_high_water,
-                        all: now.all,
+                        all: Packed::new(&now.all),
                         named: now.named,
                         recent,
                         load_errors: p.load_errors.clone(),
@@ -706,7 +720,7 @@ impl Reports {
                 if let Some(interval) = &p.interval {
                     let (flow, dense) = &mut per_probe[i];
                     flow.add(interval);
-                    dense.add(&p.recent);
+                    dense.add_packed(&p.recent);
                     let mut mine = Flow::default();
                     mine.add(interval);
                     if node_problem.is_none()
@@ -985,7 +999,7 @@ fn increment(
                     seconds,
                 }),
                 Some(Increments {
-                    all: now.all.delta_since(&prev.all),
+                    all: prev.all.increment_to(&now.all),
                     named,
                 }),
             )

@@ -198,7 +198,7 @@ fn slo_latency_counts_each_interval_once_from_one_histogram_per_probe() {
         1,
         "only the series an SLO names is kept apart"
     );
-    assert_eq!(kept.all.count(), 202);
+    assert_eq!(kept.all.unpack().count(), 202);
 
     // The next interval: only what it added counts, once.
     a.probes[0].observe("read", &[ms; 5]);
