@@ -179,7 +179,7 @@ async fn transport(
 /// flood of connections, handshakes or reports then competes with the
 /// Lease renewal and the controllers only through the OS scheduler, never
 /// for the one thread they run on. The handle completes when it is done.
-fn on_ingest_thread<F, Fut>(
+pub fn on_ingest_thread<F, Fut>(
     name: &str,
     listener: TcpListener,
     serve: F,

@@ -322,12 +322,16 @@ async fn serve(
         limits,
     );
     let refused = serving.refused.clone();
-    let server = tokio::spawn(grpc::serve_agents(
-        listener,
-        api,
-        grpc::Transport::Tls(serving),
-        stopped(),
-    ));
+    // On a thread of its own, as the operator serves agents.
+    let stop = stopped();
+    let server =
+        ringwarden_operator::wiring::on_ingest_thread("ingest", listener, |listener| async move {
+            if let Err(e) =
+                grpc::serve_agents(listener, api, grpc::Transport::Tls(serving), stop).await
+            {
+                eprintln!("serving agents: {e}");
+            }
+        });
     let (reconcile_tx, mut reconcile_rx) =
         tokio::sync::mpsc::unbounded_channel::<ObjectRef<ProbeSet>>();
     let publisher = tokio::spawn(

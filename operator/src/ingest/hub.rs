@@ -25,12 +25,18 @@ use crate::{
     handed::{self, Handed, HandedOut, refusal, selected},
     metrics::IngestMetrics,
     render::content_hash,
-    reports::{AgentInfo, BootRetired, Figures, Outcome, ProbeSetQuery, Reports, Sample, SloDef},
+    reports::{
+        AgentInfo, BootRetired, Figures, FiguresBuilder, Outcome, ProbeSetQuery, Reports, Sample,
+        SloDef,
+    },
     slo_status::{self, Problem},
     status::Reported,
     world::{Labels, selector_matches},
 };
 
+/// Nodes summed into a ProbeSet's figures per hold of the reports' lock:
+/// a report waits at most for this many nodes, not for a whole fleet.
+const FIGURES_NODES_PER_LOCK: usize = 64;
 /// What one node runs, as pushed on its stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -346,7 +352,6 @@ impl Hub {
                 .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
         let none = Labels::new();
-        let reports = self.reports();
         probesets
             .iter()
             .map(|ps| {
@@ -365,23 +370,26 @@ impl Hub {
                 let namespace = ps.metadata.namespace.clone().unwrap_or_default();
                 let name = ps.metadata.name.clone().unwrap_or_default();
                 let interval = ps.spec.report_interval;
-                let figures = reports.figures(
-                    now,
-                    &ProbeSetQuery {
-                        namespace: &namespace,
-                        name: &name,
-                        probes: &probes,
-                        desired: &desired,
-                        interval,
-                        max_drop_rate: ps.spec.max_drop_rate,
-                        expect_reports: self.expect_reports(now, interval),
-                    },
-                );
+                let query = ProbeSetQuery {
+                    namespace: &namespace,
+                    name: &name,
+                    probes: &probes,
+                    desired: &desired,
+                    interval,
+                    max_drop_rate: ps.spec.max_drop_rate,
+                    expect_reports: self.expect_reports(now, interval),
+                };
+                // A few nodes per hold of the lock, so reports are not kept
+                // waiting while a large ProbeSet is summed.
+                let mut figures = FiguresBuilder::new(&query);
+                for nodes in desired.chunks(FIGURES_NODES_PER_LOCK) {
+                    self.reports().add_to_figures(now, &mut figures, nodes);
+                }
                 ProbeSetFigures {
                     namespace,
                     name,
                     interval,
-                    figures,
+                    figures: figures.finish(),
                 }
             })
             .collect()

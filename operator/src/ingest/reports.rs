@@ -661,26 +661,17 @@ impl Reports {
 
     /// A ProbeSet's figures at `now`.
     pub fn figures(&self, now: SystemTime, q: &ProbeSetQuery<'_>) -> Figures {
-        // Two intervals and a little: one late report is not an outage.
-        let stale_after = q.interval * 2 + Duration::from_secs(1);
-        let refs: Vec<ProbeRef> = q
-            .probes
-            .iter()
-            .map(|p| ProbeRef {
-                namespace: q.namespace.to_owned(),
-                probeset: q.name.to_owned(),
-                probe: p.clone(),
-            })
-            .collect();
-        let mut per_probe: Vec<(Flow, Dense)> =
-            vec![(Flow::default(), Dense::default()); refs.len()];
-        let mut f = Figures {
-            desired: q.desired.len(),
-            ..Figures::default()
-        };
-        for node in q.desired {
-            let Some(state) = self.fresh(node, now, stale_after) else {
-                if q.expect_reports {
+        let mut b = FiguresBuilder::new(q);
+        self.add_to_figures(now, &mut b, q.desired);
+        b.finish()
+    }
+
+    /// Adds `nodes` (some of the query's `desired`) to `b`: a caller may
+    /// add them a few at a time, letting reports in between.
+    pub fn add_to_figures(&self, now: SystemTime, b: &mut FiguresBuilder, nodes: &[String]) {
+        for node in nodes {
+            let Some(state) = self.fresh(node, now, b.stale_after) else {
+                if b.expect_reports {
                     let message = if self.nodes.get(node).is_some_and(|n| n.reported) {
                         "no report within two report intervals"
                     } else if self.nodes.contains_key(node) {
@@ -688,14 +679,14 @@ impl Reports {
                     } else {
                         "no agent has reported from this node"
                     };
-                    f.problem(node, problem::NOT_REPORTING, message.into());
+                    b.f.problem(node, problem::NOT_REPORTING, message.into());
                 }
                 continue;
             };
-            f.reporting += 1;
+            b.f.reporting += 1;
             let mut ready = true;
             let mut node_problem: Option<(&'static str, String)> = None;
-            for (i, r) in refs.iter().enumerate() {
+            for (i, r) in b.refs.iter().enumerate() {
                 let Some(p) = state.probes.get(r) else {
                     ready = false;
                     continue;
@@ -715,19 +706,19 @@ impl Reports {
                 if p.counters.is_none() {
                     ready = false;
                 }
-                f.ring_bytes = f.ring_bytes.saturating_add(p.ring_bytes);
-                f.ring_in_use = f.ring_in_use.saturating_add(p.ring_high_water);
+                b.f.ring_bytes = b.f.ring_bytes.saturating_add(p.ring_bytes);
+                b.f.ring_in_use = b.f.ring_in_use.saturating_add(p.ring_high_water);
                 if let Some(interval) = &p.interval {
-                    let (flow, dense) = &mut per_probe[i];
+                    let (flow, dense) = &mut b.per_probe[i];
                     flow.add(interval);
                     dense.add_packed(&p.recent);
                     let mut mine = Flow::default();
                     mine.add(interval);
                     if node_problem.is_none()
-                        && (mine.ringbuf_drop() > q.max_drop_rate
-                            || mine.pairing_drop() > q.max_drop_rate)
+                        && (mine.ringbuf_drop() > b.max_drop_rate
+                            || mine.pairing_drop() > b.max_drop_rate)
                     {
-                        let path = if mine.ringbuf_drop() > q.max_drop_rate {
+                        let path = if mine.ringbuf_drop() > b.max_drop_rate {
                             "the ring buffer dropped"
                         } else {
                             "the start map lost"
@@ -743,26 +734,12 @@ impl Reports {
                 }
             }
             if ready {
-                f.ready += 1;
+                b.f.ready += 1;
             }
             if let Some((reason, message)) = node_problem {
-                f.problem(node, reason, message);
+                b.f.problem(node, reason, message);
             }
         }
-        let mut all = Dense::default();
-        for (r, (flow, dense)) in refs.iter().zip(&per_probe) {
-            f.flow.merge(flow);
-            all.merge(dense);
-            let (p50_ns, p99_ns) = percentiles(dense);
-            f.probes.push(ProbeFigures {
-                name: r.probe.clone(),
-                flow: *flow,
-                p50_ns,
-                p99_ns,
-            });
-        }
-        (f.p50_ns, f.p99_ns) = percentiles(&all);
-        f
     }
 
     /// Makes the evaluators match `defs` (the valid SLOs): new ones start
@@ -895,6 +872,59 @@ impl Reports {
         let e = self.slos.get(id)?;
         let latency = e.latency.merged(millis(now));
         Some(e.evaluator.evaluate(now, latency.as_ref()))
+    }
+}
+
+/// A ProbeSet's figures being summed over its nodes.
+pub struct FiguresBuilder {
+    refs: Vec<ProbeRef>,
+    per_probe: Vec<(Flow, Dense)>,
+    f: Figures,
+    stale_after: Duration,
+    expect_reports: bool,
+    max_drop_rate: f64,
+}
+
+impl FiguresBuilder {
+    pub fn new(q: &ProbeSetQuery<'_>) -> Self {
+        let refs: Vec<ProbeRef> = q
+            .probes
+            .iter()
+            .map(|p| ProbeRef {
+                namespace: q.namespace.to_owned(),
+                probeset: q.name.to_owned(),
+                probe: p.clone(),
+            })
+            .collect();
+        Self {
+            per_probe: vec![(Flow::default(), Dense::default()); refs.len()],
+            refs,
+            f: Figures {
+                desired: q.desired.len(),
+                ..Figures::default()
+            },
+            // Two intervals and a little: one late report is not an outage.
+            stale_after: q.interval * 2 + Duration::from_secs(1),
+            expect_reports: q.expect_reports,
+            max_drop_rate: q.max_drop_rate,
+        }
+    }
+
+    pub fn finish(mut self) -> Figures {
+        let mut all = Dense::default();
+        for (r, (flow, dense)) in self.refs.iter().zip(&self.per_probe) {
+            self.f.flow.merge(flow);
+            all.merge(dense);
+            let (p50_ns, p99_ns) = percentiles(dense);
+            self.f.probes.push(ProbeFigures {
+                name: r.probe.clone(),
+                flow: *flow,
+                p50_ns,
+                p99_ns,
+            });
+        }
+        (self.f.p50_ns, self.f.p99_ns) = percentiles(&all);
+        self.f
     }
 }
 
