@@ -90,8 +90,11 @@ fn default_report_interval() -> Duration {
     Duration::from_secs(10)
 }
 
+/// `spec.maxDropRate` when unset.
+pub const DEFAULT_MAX_DROP_RATE: f64 = 0.01;
+
 fn default_max_drop_rate() -> f64 {
-    0.01
+    DEFAULT_MAX_DROP_RATE
 }
 
 /// Ring-buffer sizing inputs of the quota model: a probe's buffer holds

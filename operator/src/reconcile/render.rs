@@ -163,7 +163,12 @@ pub fn agent_config(assessed: &[Assessed], nodes: &[Labels]) -> AgentConfig {
     let mut probes = Vec::new();
     for (a, p) in &planned {
         let spec = &a.probeset.spec;
-        for ((probe, plan), thresholds) in spec.probes.iter().zip(&p.plan.probes).zip(&p.thresholds)
+        for (((probe, plan), thresholds), &max_drop_rate) in spec
+            .probes
+            .iter()
+            .zip(&p.plan.probes)
+            .zip(&p.thresholds)
+            .zip(&p.max_drop_rates)
         {
             probes.push(AgentProbe {
                 namespace: a.namespace.clone(),
@@ -176,6 +181,8 @@ pub fn agent_config(assessed: &[Assessed], nodes: &[Labels]) -> AgentConfig {
                 ring_bytes: plan.ring_bytes.max(PLAN_PAGE_SIZE),
                 sample_every: plan.sample_every,
                 predicted_drop: plan.predicted_drop,
+                burst_factor: spec.ring_buffer.burst_factor,
+                max_drop_rate,
                 drain_interval: spec.ring_buffer.drain_interval,
                 report_interval: spec.report_interval,
                 thresholds: thresholds.clone(),
