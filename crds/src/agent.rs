@@ -176,6 +176,11 @@ impl AgentConfig {
     }
 }
 
+/// The node budget when the platform sets none: locked kernel memory for
+/// the maps and ring buffers of every probe on a node. The chart's
+/// `agent.nodeBudget` and standalone mode's `--node-budget` default to it.
+pub const DEFAULT_NODE_BUDGET: &str = "256Mi";
+
 /// Largest ring buffer a plan may hand one probe (the kernel's limit for a
 /// BPF ring buffer is far above; this keeps a forged plan from pinning
 /// the node's memory).

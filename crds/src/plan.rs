@@ -211,6 +211,9 @@ pub fn node_demand(p: &AgentProbe) -> NodeProbeDemand {
 pub struct NodeProbes {
     pub plan: NodePlan,
     pub probes: Vec<Result<AgentProbe, String>>,
+    /// Per probe, in the order given: the locked bytes of its maps, ring
+    /// included (0 when not loaded).
+    pub memory_bytes: Vec<u64>,
 }
 
 /// Shares `node_budget_bytes` (0: no node budget) among `probes`, the
@@ -256,8 +259,10 @@ pub fn plan_node(
         probesets: groups.iter().map(|(g, _)| g.clone()).collect(),
     })?;
     let mut out: Vec<Result<AgentProbe, String>> = vec![Err(String::new()); probes.len()];
+    let mut memory_bytes = vec![0; probes.len()];
     for ((_, indices), share) in groups.iter().zip(&plan.probesets) {
         for (&i, s) in indices.iter().zip(&share.probes) {
+            memory_bytes[i] = s.memory_bytes;
             out[i] = if s.admitted {
                 Ok(AgentProbe {
                     // Without an event path the ring still exists, at its minimum.
@@ -271,7 +276,11 @@ pub fn plan_node(
             };
         }
     }
-    Ok(NodeProbes { plan, probes: out })
+    Ok(NodeProbes {
+        plan,
+        probes: out,
+        memory_bytes,
+    })
 }
 
 /// Fraction of all exported events of `spec` that `plan` predicts the ring

@@ -215,7 +215,7 @@ async fn serve(args: Args) -> Result<(), String> {
             .collect(),
     };
     ctx.hub
-        .set_config(&render::agent_config(&world.assess_all(), &world.nodes));
+        .set_config(&render::agent_config(&world.assess_all(), 0));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

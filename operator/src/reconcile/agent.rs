@@ -74,7 +74,7 @@ pub async fn sync(ctx: &Context) -> Result<(), Error> {
             })
             .collect(),
     );
-    let objects = render::agent_objects(&assessed, &world.nodes, &ctx.agent, &ctx.namespace)?;
+    let objects = render::agent_objects(&assessed, &ctx.agent, &ctx.namespace)?;
     // Connected agents get it at once; the ConfigMap is the durable copy.
     ctx.hub.set_config(&objects.config);
     let cm_hash = annotation(&objects.config_map.metadata, CONFIG_HASH_ANNOTATION);
