@@ -3,27 +3,31 @@
 //! see [`crate::maps`]) within the one budget the platform sets.
 //!
 //! Each ProbeSet first plans its rings against its own `nodeBudget`
-//! ([`super::plan`]); that ring is its request. The node then:
+//! ([`super::plan`]); that ring is its request. The node then serves
+//! priorities strictly, highest first: each gets all it asks for (maps and
+//! requested rings) from what higher priorities left. The first priority
+//! that does not fit shares what is left among its probes:
 //!
-//! 1. **admits** probes: each needs its maps and a ring of one page (or one
-//!    record) at least. While those minimums exceed the budget, one probe
-//!    is left out at a time: the lowest priority first, then the one of
-//!    the namespace holding the most, then of the ProbeSet holding the
-//!    most, then the largest, then by name. A probe left out is not loaded,
-//!    and says why; the others are unaffected.
-//! 2. **shrinks** rings: while the admitted probes exceed the budget, one
-//!    ring is halved at a time: the lowest priority first, then a ring of
-//!    the namespace holding the most memory on the node (max-min fairness:
-//!    no namespace keeps more than a squeezed one, give or take the one
-//!    halving that squeezed it), then the largest ring, then by name.
-//! 3. **samples**: each ring gets the sparsest sampling its drops need, as
-//!    in the ProbeSet's own plan.
+//! 1. **admission**: each probe needs its maps and a ring of one page (or
+//!    one record) at least. While those minimums exceed what is left, one
+//!    probe is left out at a time: of the namespace holding the most on
+//!    the node, then of the ProbeSet holding the most, then the largest,
+//!    then by name. A probe left out is not loaded, and says why; the
+//!    others are unaffected.
+//! 2. **rings**: while the admitted probes exceed what is left, one ring
+//!    is halved at a time: a ring of the namespace holding the most memory
+//!    on the node (max-min fairness: no namespace keeps more than a
+//!    squeezed one, give or take the one halving that squeezed it), the
+//!    largest first, then by name.
 //!
-//! Priorities are compared across ProbeSets and namespaces: a probe of
-//! priority 10 keeps its ring before any of priority 0 gives up less.
-//! Pure and deterministic, independent of input order; the operator plans
-//! with it for status, and agents (and standalone mode) plan with it on the
-//! node, with its real CPU count and page size, before creating any map.
+//! Lower priorities get nothing: a probe runs only if every probe of higher
+//! priority on the node got all it asked for. Then each ring gets the
+//! sparsest sampling its drops need, as in the ProbeSet's own plan.
+//!
+//! Priorities are compared across ProbeSets and namespaces. Pure and
+//! deterministic, independent of input order; the operator plans with it
+//! for status, and agents (and standalone mode) plan with it on the node,
+//! with its real CPU count and page size, before creating any map.
 
 use std::{cmp::Reverse, collections::BTreeMap};
 
@@ -158,6 +162,8 @@ struct Item {
     floor: u64,
     request: u64,
     admitted: bool,
+    /// Left out because a higher priority did not fit.
+    outranked: bool,
     halvings: u32,
     error: Option<String>,
 }
@@ -214,6 +220,7 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
                 floor: if draft.ring == 0 { page } else { floor },
                 request,
                 admitted: error.is_none(),
+                outranked: false,
                 halvings: 0,
                 error: error.clone(),
             });
@@ -230,72 +237,46 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
     };
     let budget = u128::from(input.node_budget_bytes);
 
-    // 1. Admission: each probe's maps and smallest ring.
+    // Strict priority: each priority, highest first, gets what it asks
+    // for from what the higher ones left; the first that does not fit is
+    // shared among its probes, and lower priorities get nothing.
     let minimum = |it: &Item| it.fixed + ring_cost(it.floor);
-    let usage = |items: &[Item], cost: &dyn Fn(&Item) -> u64| {
-        let mut by_ns: BTreeMap<&str, u128> = BTreeMap::new();
-        let mut by_ps: BTreeMap<usize, u128> = BTreeMap::new();
-        for it in items.iter().filter(|it| it.admitted) {
-            *by_ns.entry(key(it).0).or_default() += u128::from(cost(it));
-            *by_ps.entry(it.ps).or_default() += u128::from(cost(it));
-        }
-        (by_ns, by_ps)
-    };
-    let (mut ns_min, mut ps_min) = usage(&items, &minimum);
-    let mut total: u128 = ns_min.values().sum();
-    while total > budget {
-        let victim = (0..items.len())
-            .filter(|&i| items[i].admitted)
-            .min_by_key(|&i| {
-                let it = &items[i];
-                let (ns, ps, name) = key(it);
-                (
-                    it.priority,
-                    Reverse(ns_min[ns]),
-                    Reverse(ps_min[&it.ps]),
-                    Reverse(minimum(it)),
-                    ns,
-                    ps,
-                    name,
-                    i,
-                )
-            })
-            .expect("an over-budget node has admitted probes");
-        let cost = u128::from(minimum(&items[victim]));
-        let it = &mut items[victim];
-        it.admitted = false;
-        *ns_min.get_mut(key(&items[victim]).0).expect("counted") -= cost;
-        *ps_min.get_mut(&items[victim].ps).expect("counted") -= cost;
-        total -= cost;
-    }
-
-    // 2. Rings, halved least important, most-holding namespace, largest first.
     let cost = |it: &Item| it.fixed + ring_cost(it.ring);
-    let (mut ns_use, _) = usage(&items, &cost);
-    let mut used: u128 = ns_use.values().sum();
-    while used > budget {
-        let victim = (0..items.len())
-            .filter(|&i| items[i].admitted && items[i].ring > items[i].floor)
-            .min_by_key(|&i| {
-                let it = &items[i];
-                let (ns, ps, name) = key(it);
-                (
-                    it.priority,
-                    Reverse(ns_use[ns]),
-                    Reverse(it.ring),
-                    ns,
-                    ps,
-                    name,
-                    i,
-                )
-            })
-            .expect("the admitted minimums fit the budget, so some ring is above its floor");
-        let before = cost(&items[victim]);
-        items[victim].ring /= 2;
-        items[victim].halvings += 1;
-        let freed = u128::from(before - cost(&items[victim]));
-        *ns_use.get_mut(key(&items[victim]).0).expect("counted") -= freed;
-        used -= freed;
+    let mut ns_use: BTreeMap<&str, u128> = BTreeMap::new();
+    let mut used: u128 = 0;
+    let mut priorities: Vec<i32> = items.iter().map(|it| it.priority).collect();
+    priorities.sort_unstable_by_key(|&p| Reverse(p));
+    priorities.dedup();
+    let mut squeezed_at = None;
+    for priority in priorities {
+        let tier: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].priority == priority && items[i].admitted)
+            .collect();
+        if squeezed_at.is_some() {
+            for &i in &tier {
+                items[i].admitted = false;
+                items[i].outranked = true;
+            }
+            continue;
+        }
+        let asked: u128 = tier.iter().map(|&i| u128::from(cost(&items[i]))).sum();
+        if used + asked > budget {
+            squeezed_at = Some(priority);
+            squeeze(
+                &mut items,
+                &tier,
+                budget - used,
+                &ns_use,
+                &key,
+                &minimum,
+                &cost,
+            );
+        }
+        for &i in tier.iter().filter(|&&i| items[i].admitted) {
+            let c = u128::from(cost(&items[i]));
+            *ns_use.entry(key(&items[i]).0).or_default() += c;
+            used += c;
+        }
     }
 
     // 3. Sampling and reasons, per ProbeSet.
@@ -333,7 +314,7 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
         let plan = if it.admitted {
             if it.halvings > 0 {
                 cuts.push(format!(
-                    "halved {} more to fit the node budget of {} {} (priority {}; lower priorities, then the namespaces holding the most, then larger rings, shrink first)",
+                    "halved {} more to fit the node budget of {} {} (priority {}; higher priorities are served first, then rings of the namespaces holding the most, larger first, are halved)",
                     times(it.halvings),
                     bytes(input.node_budget_bytes as f64),
                     share.sharing(),
@@ -345,8 +326,14 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
         } else {
             let why = match &it.error {
                 Some(e) => format!("not loaded: {e}"),
+                None if it.outranked => format!(
+                    "not loaded: the node budget of {} does not hold all probes of higher priority than its {} {}",
+                    bytes(input.node_budget_bytes as f64),
+                    it.priority,
+                    share.sharing(),
+                ),
                 None => format!(
-                    "not loaded: its maps take {} even with the smallest ring, and the node budget of {} cannot hold them {} (priority {}; lower priorities, then the namespaces holding the most, give way first)",
+                    "not loaded: its maps take {} even with the smallest ring, and the node budget of {} cannot hold them {} (priority {}; higher priorities are served first, then probes of the namespaces holding the most give way)",
                     bytes(minimum(it) as f64),
                     bytes(input.node_budget_bytes as f64),
                     share.sharing(),
@@ -385,6 +372,88 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
         page_size: page,
         probesets: shares,
     })
+}
+
+/// Fits the probes `tier` (of one priority) into `room` bytes, with the
+/// bytes each namespace holds at higher priorities in `held`: first leaves
+/// out probes whose smallest form does not fit, from the namespace holding
+/// the most, then halves rings, from the namespace holding the most.
+#[allow(clippy::too_many_arguments)]
+fn squeeze<'a>(
+    items: &mut [Item],
+    tier: &[usize],
+    room: u128,
+    held: &BTreeMap<&'a str, u128>,
+    key: &dyn Fn(&Item) -> (&'a str, &'a str, &'a str),
+    minimum: &dyn Fn(&Item) -> u64,
+    cost: &dyn Fn(&Item) -> u64,
+) {
+    let usage = |items: &[Item], f: &dyn Fn(&Item) -> u64| {
+        let mut by_ns: BTreeMap<&str, u128> = held.clone();
+        let mut by_ps: BTreeMap<usize, u128> = BTreeMap::new();
+        for &i in tier.iter().filter(|&&i| items[i].admitted) {
+            *by_ns.entry(key(&items[i]).0).or_default() += u128::from(f(&items[i]));
+            *by_ps.entry(items[i].ps).or_default() += u128::from(f(&items[i]));
+        }
+        (by_ns, by_ps)
+    };
+    // Admission: each probe's maps and smallest ring.
+    let (mut ns_min, mut ps_min) = usage(items, minimum);
+    let mut total: u128 = tier
+        .iter()
+        .filter(|&&i| items[i].admitted)
+        .map(|&i| u128::from(minimum(&items[i])))
+        .sum();
+    while total > room {
+        let victim = tier
+            .iter()
+            .copied()
+            .filter(|&i| items[i].admitted)
+            .min_by_key(|&i| {
+                let it = &items[i];
+                let (ns, ps, name) = key(it);
+                (
+                    Reverse(ns_min[ns]),
+                    Reverse(ps_min[&it.ps]),
+                    Reverse(minimum(it)),
+                    ns,
+                    ps,
+                    name,
+                    i,
+                )
+            })
+            .expect("an over-budget priority has admitted probes");
+        let c = u128::from(minimum(&items[victim]));
+        items[victim].admitted = false;
+        *ns_min.get_mut(key(&items[victim]).0).expect("counted") -= c;
+        *ps_min.get_mut(&items[victim].ps).expect("counted") -= c;
+        total -= c;
+    }
+    // Rings, halved from the namespace holding the most, largest first.
+    let (mut ns_use, _) = usage(items, cost);
+    let mut used: u128 = tier
+        .iter()
+        .filter(|&&i| items[i].admitted)
+        .map(|&i| u128::from(cost(&items[i])))
+        .sum();
+    while used > room {
+        let victim = tier
+            .iter()
+            .copied()
+            .filter(|&i| items[i].admitted && items[i].ring > items[i].floor)
+            .min_by_key(|&i| {
+                let it = &items[i];
+                let (ns, ps, name) = key(it);
+                (Reverse(ns_use[ns]), Reverse(it.ring), ns, ps, name, i)
+            })
+            .expect("the admitted minimums fit, so some ring is above its floor");
+        let before = cost(&items[victim]);
+        items[victim].ring /= 2;
+        items[victim].halvings += 1;
+        let freed = u128::from(before - cost(&items[victim]));
+        *ns_use.get_mut(key(&items[victim]).0).expect("counted") -= freed;
+        used -= freed;
+    }
 }
 
 /// Largest power of two at most `n` (0 for 0).
