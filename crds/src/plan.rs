@@ -157,6 +157,7 @@ pub fn plan_probeset(
                 reasons: pp.reasons.clone(),
             })
             .collect(),
+        node_share: None,
     };
     Ok((probes, status))
 }

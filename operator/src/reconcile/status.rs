@@ -7,9 +7,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use ringwarden_core::quantity::format_bytes;
-use ringwarden_crds::{PlanStatus, ProbePlanStatus, ProbeSet, ProbeSetStatus};
+use ringwarden_crds::{NodeShareStatus, PlanStatus, ProbePlanStatus, ProbeSet, ProbeSetStatus};
 
-use crate::{assess::Assessment, reports::Figures};
+use crate::{assess::Assessment, reports::Figures, share::NodeShare};
 
 /// Condition types.
 pub mod condition {
@@ -85,6 +85,9 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const VALID_SPEC: &str = "ValidSpec";
     pub const BUDGET_SHORT: &str = "BudgetShort";
+    /// The platform's node budget, shared with other ProbeSets on a node,
+    /// gives the ProbeSet less than its own plan asks for.
+    pub const NODE_BUDGET_SHORT: &str = "NodeBudgetShort";
     pub const WITHIN_BUDGET: &str = "WithinBudget";
     /// `Degraded` is False: every node selected runs every probe.
     pub const NODES_HEALTHY: &str = "NodesHealthy";
@@ -159,14 +162,16 @@ const MAX_NOTE_BYTES: usize = 1024;
 const MAX_DEGRADED_BYTES: usize = 4096;
 
 /// The status `ps` should have. `node_matches` tells whether any node
-/// carries the labels of its node selector. Fields that agent reports fill
-/// (`ready`, `eventsPerSecond`, `dropPercent`, the `Degraded` condition)
-/// come from `reported`, or are kept as they are without it.
+/// carries the labels of its node selector; `share` is what the node
+/// budget gives it on its tightest node, when known. Fields that agent
+/// reports fill (`ready`, `eventsPerSecond`, `dropPercent`, the `Degraded`
+/// condition) come from `reported`, or are kept as they are without it.
 pub fn desired(
     ps: &ProbeSet,
     assessment: &Assessment,
     node_matches: bool,
     reported: Option<&Reported>,
+    share: Option<&NodeShare>,
     now: &Time,
 ) -> ProbeSetStatus {
     let current = ps.status.as_ref();
@@ -229,39 +234,68 @@ pub fn desired(
                 reason::VALID_SPEC,
                 "the spec is valid".into(),
             ));
-            conditions.push(if planned.constrained.is_empty() {
-                cond(
+            let own = (!planned.constrained.is_empty()).then(|| {
+                format!(
+                    "spec.ringBuffer.nodeBudget is too small for the declared rates: {}",
+                    planned.constrained.join("; ")
+                )
+            });
+            let shared = share
+                .filter(|s| s.share.constrained())
+                .map(node_budget_message);
+            conditions.push(match (shared, own) {
+                (None, None) => cond(
                     condition::QUOTA_CONSTRAINED,
                     false,
                     reason::WITHIN_BUDGET,
                     "every probe gets the ring buffer its declared rate needs".into(),
-                )
-            } else {
-                cond(
+                ),
+                (None, Some(own)) => cond(
                     condition::QUOTA_CONSTRAINED,
                     true,
                     reason::BUDGET_SHORT,
-                    format!(
-                        "spec.ringBuffer.nodeBudget is too small for the declared rates: {}",
-                        planned.constrained.join("; ")
-                    ),
-                )
+                    own,
+                ),
+                (Some(shared), own) => cond(
+                    condition::QUOTA_CONSTRAINED,
+                    true,
+                    reason::NODE_BUDGET_SHORT,
+                    match own {
+                        Some(own) => format!("{shared}. And {own}"),
+                        None => shared,
+                    },
+                ),
             });
+            let probe_status = |p: &ringwarden_core::planner::ProbePlan| ProbePlanStatus {
+                name: p.name.clone(),
+                ring_bytes: p.ring_bytes,
+                sample_every: p.sample_every,
+                predicted_drop: p.predicted_drop,
+                reasons: p.reasons.clone(),
+            };
             let plan = PlanStatus {
                 budget_bytes: planned.plan.budget_bytes,
                 used_bytes: planned.plan.used_bytes,
+                // On the tightest node when its share is known: the agents
+                // there run exactly these.
                 probes: planned
                     .plan
                     .probes
                     .iter()
-                    .map(|p| ProbePlanStatus {
-                        name: p.name.clone(),
-                        ring_bytes: p.ring_bytes,
-                        sample_every: p.sample_every,
-                        predicted_drop: p.predicted_drop,
-                        reasons: p.reasons.clone(),
+                    .map(|own| {
+                        share
+                            .and_then(|s| s.share.probes.iter().find(|p| p.plan.name == own.name))
+                            .map_or_else(|| probe_status(own), |p| probe_status(&p.plan))
                     })
                     .collect(),
+                node_share: share.map(|s| NodeShareStatus {
+                    node_budget_bytes: s.node_budget_bytes,
+                    requested_bytes: s.share.requested_bytes,
+                    granted_bytes: s.share.granted_bytes,
+                    cpus: s.cpus,
+                    other_probe_sets: s.share.other_probesets,
+                    other_namespaces: s.share.other_namespaces,
+                }),
             };
             // Two significant digits, like the measured `dropPercent`
             // it stands next to.
@@ -316,6 +350,42 @@ pub fn desired(
         // The caller names the cluster (`Hub::cluster`).
         cluster: None,
     }
+}
+
+/// `QuotaConstrained`'s message when the node budget cuts a ProbeSet: what
+/// it asks for and gets on its tightest node, how many others it shares
+/// with (never naming them: they may be another tenant's), and each probe
+/// it cuts.
+fn node_budget_message(s: &NodeShare) -> String {
+    let probes: Vec<String> = s
+        .share
+        .probes
+        .iter()
+        .filter_map(|p| {
+            if !p.admitted {
+                Some(format!("{}: not loaded", p.plan.name))
+            } else if p.plan.ring_bytes < p.ring_request {
+                Some(format!(
+                    "{}: ring {} of the {} it asks for",
+                    p.plan.name,
+                    format_bytes(p.plan.ring_bytes),
+                    format_bytes(p.ring_request)
+                ))
+            } else {
+                None
+            }
+        })
+        .collect();
+    format!(
+        "the node budget of {} (for {} possible CPUs) gives this ProbeSet {} of the {} it asks for \
+         on its tightest node, {}: {}",
+        format_bytes(s.node_budget_bytes),
+        s.cpus,
+        format_bytes(s.share.granted_bytes),
+        format_bytes(s.share.requested_bytes),
+        s.share.sharing(),
+        probes.join("; ")
+    )
 }
 
 /// Marks `status` when `ps` asks for uprobes that this cluster does not
@@ -557,18 +627,93 @@ mod tests {
         assert_eq!(round_significant(0.0, 2), 0.0);
         assert_eq!(round_significant(f64::NAN, 2), 0.0);
         let mut ps = probeset(1000.0, "64Mi");
-        let s = desired(&ps, &assess(&ps, &[]), true, Some(&r), &at(100));
+        let s = desired(&ps, &assess(&ps, &[]), true, Some(&r), None, &at(100));
         assert_eq!(s.conditions[3].type_, "Degraded");
         assert_eq!(s.conditions[3].reason, "LoadFailed");
         ps.status = Some(s.clone());
         // Without fresh figures the status keeps what was written.
-        assert_eq!(desired(&ps, &assess(&ps, &[]), true, None, &at(200)), s);
+        assert_eq!(
+            desired(&ps, &assess(&ps, &[]), true, None, None, &at(200)),
+            s
+        );
+    }
+
+    #[test]
+    fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
+        use ringwarden_core::maps::{fixed_bytes, ringbuf_bytes};
+        // Another team's ProbeSet of higher priority on the same nodes
+        // takes its full ring first; ours gets 16 KiB of the 256 KiB.
+        let ps = probeset(10_000.0, "64Mi");
+        let mut other = probeset(10_000.0, "64Mi");
+        other.metadata.namespace = Some("payments".into());
+        other.metadata.name = Some("ledger".into());
+        other.spec.probes[0].priority = 1;
+        let assessed: Vec<crate::world::Assessed> = [&ps, &other]
+            .iter()
+            .map(|p| crate::world::Assessed {
+                namespace: p.metadata.namespace.clone().unwrap(),
+                name: p.metadata.name.clone().unwrap(),
+                probeset: std::sync::Arc::new((*p).clone()),
+                assessment: assess(p, &[]),
+            })
+            .collect();
+        let fixed = fixed_bytes(&ringwarden_crds::plan::probe_maps(&ps.spec.probes[0]), 4);
+        let budget = 2 * fixed + ringbuf_bytes(256 << 10, 4096) + ringbuf_bytes(16 << 10, 4096);
+        let gpu = [("gpu".to_owned(), "true".to_owned())].into();
+        let shares = crate::share::node_shares(&assessed, &[gpu], budget, 4);
+        let share = &shares["shop/web"];
+        let s = desired(&ps, &assess(&ps, &[]), true, None, Some(share), &at(100));
+        let q = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "QuotaConstrained")
+            .unwrap();
+        assert_eq!(
+            (q.status.as_str(), q.reason.as_str()),
+            ("True", "NodeBudgetShort")
+        );
+        assert!(
+            q.message
+                .contains("(for 4 possible CPUs) gives this ProbeSet ")
+                && q.message.contains(
+                    "on its tightest node, with 1 other ProbeSet in 1 other namespace: \
+                     sys: ring 16Ki of the 256Ki it asks for"
+                )
+                && !q.message.contains("payments")
+                && !q.message.contains("ledger"),
+            "{}",
+            q.message
+        );
+        let plan = s.plan.unwrap();
+        assert_eq!(plan.probes[0].ring_bytes, 16 << 10);
+        assert!(
+            plan.probes[0].reasons[1].starts_with("halved 4 times more to fit the node budget")
+        );
+        let n = plan.node_share.unwrap();
+        assert_eq!((n.node_budget_bytes, n.cpus), (budget, 4));
+        assert_eq!(n.requested_bytes, fixed + ringbuf_bytes(256 << 10, 4096));
+        assert_eq!(n.granted_bytes, fixed + ringbuf_bytes(16 << 10, 4096));
+        assert_eq!((n.other_probe_sets, n.other_namespaces), (1, 1));
+        // The other team, served first, is within the budget.
+        let o = desired(
+            &other,
+            &assess(&other, &[]),
+            true,
+            None,
+            Some(&shares["payments/ledger"]),
+            &at(100),
+        );
+        assert!(
+            o.conditions
+                .iter()
+                .any(|c| c.type_ == "QuotaConstrained" && c.status == "False")
+        );
     }
 
     #[test]
     fn a_planned_probeset_is_ready_with_its_plan() {
         let ps = probeset(1000.0, "64Mi");
-        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
+        let s = desired(&ps, &assess(&ps, &[]), true, None, None, &at(100));
         assert_eq!(
             types(&s),
             [
@@ -611,14 +756,14 @@ mod tests {
             ..Figures::default()
         };
         let r = Reported::from_figures(&f);
-        let s = desired(&ps, &assess(&ps, &[]), true, Some(&r), &at(100));
+        let s = desired(&ps, &assess(&ps, &[]), true, Some(&r), None, &at(100));
         assert_eq!(s.predicted_drop_percent, Some(32.0));
         assert_eq!(s.drop_percent, Some(32.0));
         let plan = s.plan.unwrap();
         assert!((plan.probes[0].predicted_drop - (1.0 - 682.0 / 1000.0)).abs() < 1e-12);
         // Within the default 1 %, the planner samples instead.
         let ps = probeset(20_000.0, "64Ki");
-        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
+        let s = desired(&ps, &assess(&ps, &[]), true, None, None, &at(100));
         assert_eq!(s.predicted_drop_percent, Some(0.0));
         assert_eq!(s.plan.unwrap().probes[0].sample_every, 2);
     }
@@ -626,9 +771,9 @@ mod tests {
     #[test]
     fn recomputing_an_unchanged_status_keeps_it_identical() {
         let mut ps = probeset(1000.0, "64Mi");
-        let first = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
+        let first = desired(&ps, &assess(&ps, &[]), true, None, None, &at(100));
         ps.status = Some(first.clone());
-        let again = desired(&ps, &assess(&ps, &[]), true, None, &at(200));
+        let again = desired(&ps, &assess(&ps, &[]), true, None, None, &at(200));
         assert_eq!(again, first);
         assert!(notices(Some(&first), &again).is_empty());
     }
@@ -636,10 +781,10 @@ mod tests {
     #[test]
     fn only_flipped_conditions_get_a_new_transition_time() {
         let mut ps = probeset(1000.0, "64Mi");
-        ps.status = Some(desired(&ps, &assess(&ps, &[]), true, None, &at(100)));
+        ps.status = Some(desired(&ps, &assess(&ps, &[]), true, None, None, &at(100)));
         ps.spec.ring_buffer.node_budget = "8Ki".into();
         ps.spec.probes[0].peak_event_rate = 100_000.0;
-        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(200));
+        let s = desired(&ps, &assess(&ps, &[]), true, None, None, &at(200));
         let time = |t: &str| {
             s.conditions
                 .iter()
@@ -667,7 +812,7 @@ mod tests {
             }],
             ..Default::default()
         });
-        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
+        let s = desired(&ps, &assess(&ps, &[]), true, None, None, &at(100));
         assert_eq!(
             types(&s),
             [
@@ -689,7 +834,7 @@ mod tests {
     #[test]
     fn events_mark_transitions_only() {
         let mut ps = probeset(1000.0, "64Mi");
-        let created = desired(&ps, &assess(&ps, &[]), true, None, &at(1));
+        let created = desired(&ps, &assess(&ps, &[]), true, None, None, &at(1));
         let n = notices(None, &created);
         assert_eq!(n.len(), 1);
         assert_eq!((n[0].warning, n[0].reason), (false, "Planned"));
@@ -697,7 +842,7 @@ mod tests {
         ps.status = Some(created.clone());
         ps.spec.probes[0].peak_event_rate = 1e6;
         ps.spec.ring_buffer.node_budget = "8Ki".into();
-        let squeezed = desired(&ps, &assess(&ps, &[]), true, None, &at(2));
+        let squeezed = desired(&ps, &assess(&ps, &[]), true, None, None, &at(2));
         let n = notices(Some(&created), &squeezed);
         assert_eq!(
             n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
@@ -706,7 +851,7 @@ mod tests {
 
         ps.status = Some(squeezed.clone());
         ps.spec.ring_buffer.node_budget = "nope".into();
-        let broken = desired(&ps, &assess(&ps, &[]), true, None, &at(3));
+        let broken = desired(&ps, &assess(&ps, &[]), true, None, None, &at(3));
         let n = notices(Some(&squeezed), &broken);
         assert_eq!(
             n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
@@ -716,7 +861,7 @@ mod tests {
         ps.status = Some(broken.clone());
         ps.spec.ring_buffer.node_budget = "64Mi".into();
         ps.spec.probes[0].peak_event_rate = 1000.0;
-        let fixed = desired(&ps, &assess(&ps, &[]), false, None, &at(4));
+        let fixed = desired(&ps, &assess(&ps, &[]), false, None, None, &at(4));
         let n = notices(Some(&broken), &fixed);
         assert_eq!(
             n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
@@ -748,7 +893,7 @@ mod tests {
     fn uprobes_in_a_cluster_without_them_degrade_the_probeset_naming_the_chart_value() {
         let mut ps = with_uprobe(probeset(10.0, "64Mi"));
         let a = assess(&ps, &[]);
-        let mut s = desired(&ps, &a, true, None, &at(1));
+        let mut s = desired(&ps, &a, true, None, None, &at(1));
         uprobes_not_enabled(&ps, false, &mut s, &at(1));
         let d = degraded(&s);
         assert_eq!(
@@ -772,11 +917,11 @@ mod tests {
         );
         // Written once, then recomputed without reports: identical.
         ps.status = Some(s.clone());
-        let mut again = desired(&ps, &a, true, None, &at(9));
+        let mut again = desired(&ps, &a, true, None, None, &at(9));
         uprobes_not_enabled(&ps, false, &mut again, &at(9));
         assert_eq!(again, s);
         // Enabled: nothing to say.
-        let mut enabled = desired(&ps, &a, true, None, &at(9));
+        let mut enabled = desired(&ps, &a, true, None, None, &at(9));
         uprobes_not_enabled(&ps, true, &mut enabled, &at(9));
         assert!(
             enabled
@@ -791,7 +936,7 @@ mod tests {
     fn a_probeset_without_uprobes_is_not_marked() {
         let ps = probeset(10.0, "64Mi");
         let a = assess(&ps, &[]);
-        let mut s = desired(&ps, &a, true, None, &at(1));
+        let mut s = desired(&ps, &a, true, None, None, &at(1));
         let before = s.clone();
         uprobes_not_enabled(&ps, false, &mut s, &at(1));
         assert_eq!(s, before);
@@ -807,7 +952,7 @@ mod tests {
     #[test]
     fn another_controllers_condition_is_neither_applied_nor_a_reason_to_write() {
         let mut ps = probeset(1000.0, "64Mi");
-        let ours = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
+        let ours = desired(&ps, &assess(&ps, &[]), true, None, None, &at(100));
         let mut current = ours.clone();
         current.conditions.push(Condition {
             type_: "example.com/Audited".into(),
@@ -818,7 +963,7 @@ mod tests {
             last_transition_time: at(50),
         });
         ps.status = Some(current.clone());
-        let again = desired(&ps, &assess(&ps, &[]), true, None, &at(200));
+        let again = desired(&ps, &assess(&ps, &[]), true, None, None, &at(200));
         assert!(
             again
                 .conditions
