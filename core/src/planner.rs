@@ -539,7 +539,7 @@ fn sample_every_for(fraction: f64) -> u64 {
 }
 
 /// `1536.0` → "1.5 KiB": binary units, one decimal.
-fn bytes(n: f64) -> String {
+pub fn bytes(n: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let (mut value, mut unit) = (n, 0);
     while value >= 1024.0 && unit < UNITS.len() - 1 {

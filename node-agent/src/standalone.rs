@@ -800,7 +800,7 @@ fn node_name(args: &StandaloneArgs) -> String {
 /// The node budget's line in the table: used of the budget, and each
 /// ProbeSet cut by it.
 fn render_node_plan(n: &NodePlan) -> String {
-    use ringwarden_core::quantity::format_bytes;
+    let format_bytes = |n: u64| ringwarden_core::planner::bytes(n as f64);
     let mut out = format!(
         "node budget: {} of {} used ({} possible CPUs)\n",
         format_bytes(n.used_bytes),

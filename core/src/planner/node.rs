@@ -333,7 +333,7 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
                     share.sharing(),
                 ),
                 None => format!(
-                    "not loaded: its maps take {} even with the smallest ring, and the node budget of {} cannot hold them {} (priority {}; higher priorities are served first, then probes of the namespaces holding the most give way)",
+                    "not loaded: its maps take {} even with the smallest ring, more than the node budget of {} has left {} (priority {}; higher priorities are served first, then probes of the namespaces holding the most give way)",
                     bytes(minimum(it) as f64),
                     bytes(input.node_budget_bytes as f64),
                     share.sharing(),
