@@ -199,7 +199,13 @@ pub fn desired(
             (None, None, None)
         }
         Assessment::Planned(planned) => {
-            let used = format_bytes(planned.plan.used_bytes);
+            // On the tightest node when its share is known: the agents
+            // there run exactly this.
+            let effective = match share {
+                Some(s) => on_node(&planned.plan, s),
+                None => planned.plan.clone(),
+            };
+            let used = format_bytes(effective.used_bytes);
             conditions.push(if node_matches {
                 let n = planned.plan.probes.len();
                 cond(
@@ -274,20 +280,9 @@ pub fn desired(
                 reasons: p.reasons.clone(),
             };
             let plan = PlanStatus {
-                budget_bytes: planned.plan.budget_bytes,
-                used_bytes: planned.plan.used_bytes,
-                // On the tightest node when its share is known: the agents
-                // there run exactly these.
-                probes: planned
-                    .plan
-                    .probes
-                    .iter()
-                    .map(|own| {
-                        share
-                            .and_then(|s| s.share.probes.iter().find(|p| p.plan.name == own.name))
-                            .map_or_else(|| probe_status(own), |p| probe_status(&p.plan))
-                    })
-                    .collect(),
+                budget_bytes: effective.budget_bytes,
+                used_bytes: effective.used_bytes,
+                probes: effective.probes.iter().map(probe_status).collect(),
                 node_share: share.map(|s| NodeShareStatus {
                     node_budget_bytes: s.node_budget_bytes,
                     requested_bytes: s.share.requested_bytes,
@@ -300,7 +295,7 @@ pub fn desired(
             // Two significant digits, like the measured `dropPercent`
             // it stands next to.
             let predicted = round_significant(
-                ringwarden_crds::plan::predicted_drop(&ps.spec, &planned.plan) * 100.0,
+                ringwarden_crds::plan::predicted_drop(&ps.spec, &effective) * 100.0,
                 2,
             );
             (Some(plan), Some(used), Some(predicted))
@@ -349,6 +344,28 @@ pub fn desired(
         plan,
         // The caller names the cluster (`Hub::cluster`).
         cluster: None,
+    }
+}
+
+/// The ProbeSet's own plan as its tightest node runs it: each probe's ring,
+/// sampling and reasons from the node plan (a probe left out has no ring),
+/// the rings' total recomputed.
+fn on_node(own: &ringwarden_core::planner::Plan, s: &NodeShare) -> ringwarden_core::planner::Plan {
+    let probes: Vec<_> = own
+        .probes
+        .iter()
+        .map(|p| {
+            s.share
+                .probes
+                .iter()
+                .find(|n| n.plan.name == p.name)
+                .map_or_else(|| p.clone(), |n| n.plan.clone())
+        })
+        .collect();
+    ringwarden_core::planner::Plan {
+        used_bytes: probes.iter().map(|p| p.ring_bytes).sum(),
+        budget_bytes: own.budget_bytes,
+        probes,
     }
 }
 
@@ -684,8 +701,10 @@ mod tests {
             "{}",
             q.message
         );
+        assert_eq!(s.ring_buffer.as_deref(), Some("16Ki"));
         let plan = s.plan.unwrap();
         assert_eq!(plan.probes[0].ring_bytes, 16 << 10);
+        assert_eq!(plan.used_bytes, 16 << 10);
         assert!(
             plan.probes[0].reasons[1].starts_with("halved 4 times more to fit the node budget")
         );
