@@ -1,0 +1,130 @@
+//! Node mode's pure steps: configurations, node selection, retries.
+
+use super::*;
+
+fn config(yaml: &str) -> AgentConfig {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+const CONFIG: &str = "
+probes:
+  - {namespace: a, probeset: p, spec: {name: all, kind: syscalls}, ringBytes: 4096, sampleEvery: 1, reportInterval: 10s}
+  - {namespace: a, probeset: p, spec: {name: gpu, kind: runqueue}, nodeSelector: {gpu: 'true'}, ringBytes: 4096, sampleEvery: 1, reportInterval: 10s}
+";
+
+fn pushed(version: &str, yaml: &str) -> v1::Config {
+    v1::Config {
+        version: version.into(),
+        agent_config_json: serde_json::to_string(&config(yaml)).unwrap(),
+        thresholds: vec![],
+    }
+}
+
+#[test]
+fn a_pushed_configuration_is_in_force_until_the_file_changes() {
+    let path = std::env::temp_dir().join(format!("rw-node-{}.yaml", std::process::id()));
+    std::fs::write(&path, CONFIG).unwrap();
+    let mut state = State::default();
+    state.read_file(&path);
+    assert_eq!(state.version(), "");
+    assert_eq!(state.source.as_ref().unwrap().config.probes.len(), 2);
+
+    let only_all = "probes: [{namespace: a, probeset: p, spec: {name: all, kind: syscalls}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}]";
+    assert!(state.take_pushed(pushed("v1", only_all)));
+    assert!(state.source.as_ref().unwrap().pushed);
+    // The same version again changes nothing; nor does a file that
+    // did not change since it was read.
+    assert!(!state.take_pushed(pushed("v1", only_all)));
+    state.read_file(&path);
+    assert_eq!(state.version(), "v1");
+    // A configuration that does not parse keeps the one in force.
+    assert!(!state.take_pushed(v1::Config {
+        version: "v2".into(),
+        agent_config_json: "{not json".into(),
+        thresholds: vec![],
+    }));
+    assert_eq!(state.version(), "v1");
+    // Nor does one that parses but breaks the ProbeSet rules: a uprobe
+    // on a kernel interface, a ring that is not a power of two.
+    for bad in [
+        only_all.replace(
+            "{name: all, kind: syscalls}",
+            "{name: all, kind: uprobe, uprobe: {binary: /dev/mem, symbol: x}}",
+        ),
+        only_all.replace("ringBytes: 4096", "ringBytes: 5000"),
+    ] {
+        let json = serde_json::to_string(&config(&bad)).unwrap();
+        assert!(!state.take_pushed(v1::Config {
+            version: "v3".into(),
+            agent_config_json: json,
+            thresholds: vec![],
+        }));
+        assert_eq!(state.version(), "v1", "{bad}");
+    }
+    // The file changing makes it the configuration again.
+    std::fs::write(&path, format!("{CONFIG}\n# edited\n")).unwrap();
+    state.read_file(&path);
+    assert_eq!(state.version(), "");
+    assert!(!state.source.as_ref().unwrap().pushed);
+    // An invalid file keeps what is in force.
+    std::fs::write(&path, "probes: [{").unwrap();
+    state.read_file(&path);
+    assert_eq!(state.source.as_ref().unwrap().config.probes.len(), 2);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn the_agent_reports_at_the_shortest_report_interval_of_its_probes() {
+    let mut state = State::default();
+    assert_eq!(
+        state.report_interval(Duration::from_secs(10)),
+        Duration::from_secs(10)
+    );
+    state.desired = config(CONFIG).probes;
+    state.desired[1].report_interval = Duration::from_secs(2);
+    assert_eq!(
+        state.report_interval(Duration::from_secs(10)),
+        Duration::from_secs(2)
+    );
+}
+
+#[test]
+fn node_selectors_pick_the_probes_of_this_node() {
+    let c = config(CONFIG);
+    let none = BTreeMap::new();
+    let gpu = BTreeMap::from([("gpu".to_string(), "true".to_string())]);
+    let ids = |v: Vec<&AgentProbe>| v.iter().map(|p| p.id()).collect::<Vec<_>>();
+    assert_eq!(ids(probes_for_node(&c, &none)), ["a/p/all"]);
+    assert_eq!(ids(probes_for_node(&c, &gpu)), ["a/p/all", "a/p/gpu"]);
+}
+
+#[test]
+fn failed_probes_are_retried_with_exponential_backoff_up_to_a_cap() {
+    let delays: Vec<u64> = (1..=12).map(|n| retry_delay(n).as_secs()).collect();
+    assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+}
+
+#[test]
+fn the_node_budget_decides_what_loads_before_any_map_is_made() {
+    let c = config(
+        "probes:\n\
+         - {namespace: a, probeset: p, spec: {name: sys, kind: syscalls, priority: 1}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n\
+         - {namespace: b, probeset: q, spec: {name: sys, kind: syscalls}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n",
+    );
+    // No node budget (a configuration from before it): everything loads
+    // as its ProbeSet planned it.
+    let (load, refused) = share_node_budget(c.probes.clone(), 0);
+    assert_eq!(load, c.probes);
+    assert!(refused.is_empty());
+    // One byte: nothing fits, and each says why.
+    let (load, refused) = share_node_budget(c.probes.clone(), 1);
+    assert!(load.is_empty());
+    assert_eq!(refused.len(), 2);
+    assert!(
+        refused
+            .iter()
+            .all(|(_, why)| why.starts_with("not loaded: ")),
+        "{refused:?}"
+    );
+}
