@@ -538,10 +538,15 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
             notice(false, reason::NODES_HEALTHY, &message);
         }
     }
-    if let Some((status, _, message)) = find(Some(after), condition::QUOTA_CONSTRAINED) {
+    if let Some((status, why, message)) = find(Some(after), condition::QUOTA_CONSTRAINED) {
         let before = was(condition::QUOTA_CONSTRAINED).map(|(s, _)| s);
         if status == "True" && before.as_deref() != Some("True") {
-            notice(true, reason::BUDGET_SHORT, &message);
+            let reason = if why == reason::NODE_BUDGET_SHORT {
+                reason::NODE_BUDGET_SHORT
+            } else {
+                reason::BUDGET_SHORT
+            };
+            notice(true, reason, &message);
         }
         if status == "False" && before.as_deref() == Some("True") {
             notice(false, reason::WITHIN_BUDGET, &message);

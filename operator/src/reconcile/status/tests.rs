@@ -148,6 +148,13 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
         q.message
     );
     assert_eq!(s.ring_buffer.as_deref(), Some("16Ki"));
+    let events = notices(None, &s);
+    assert!(
+        events
+            .iter()
+            .any(|n| n.warning && n.reason == "NodeBudgetShort"),
+        "{events:?}"
+    );
     let plan = s.plan.unwrap();
     assert_eq!(plan.probes[0].ring_bytes, 16 << 10);
     assert_eq!(plan.used_bytes, 16 << 10);
