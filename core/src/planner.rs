@@ -359,11 +359,11 @@ fn size(p: &ProbeDemand, input: &PlanInput) -> Draft {
     }
 }
 
-/// "halved twice to fit the node budget of …", or nothing without halvings.
+/// "halved twice to fit nodeBudget …", or nothing without halvings.
 fn halving_reason(halvings: u32, budget: u64, priority: i32) -> Option<String> {
     (halvings > 0).then(|| {
         format!(
-            "halved {} to fit the node budget of {} (priority {priority}; lower priorities, then larger rings, shrink first)",
+            "halved {} to fit nodeBudget {} (priority {priority}; lower priorities, then larger rings, shrink first)",
             times(halvings),
             bytes(budget as f64),
         )

@@ -307,7 +307,7 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
         let mut cuts = Vec::new();
         if it.request > 0 && it.request < draft.ring {
             cuts.push(format!(
-                "cut to {} by the ProbeSet's nodeBudget",
+                "cut to {} by nodeBudget",
                 bytes(it.request as f64)
             ));
         }

@@ -74,7 +74,7 @@ fn the_request_of_a_probeset_caps_its_ring_and_says_why() {
     let plan = plan_node(&node(u64::MAX, 1, sets)).unwrap();
     assert_eq!(rings(&plan), [[64], [256], [256]]);
     let reasons = &plan.probesets[0].probes[0].plan.reasons;
-    assert_eq!(reasons[1], "cut to 64 KiB by the ProbeSet's nodeBudget");
+    assert_eq!(reasons[1], "cut to 64 KiB by nodeBudget");
 }
 
 #[test]
