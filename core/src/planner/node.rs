@@ -306,10 +306,7 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
         let mut draft = draft.expect("one draft per item");
         let mut cuts = Vec::new();
         if it.request > 0 && it.request < draft.ring {
-            cuts.push(format!(
-                "cut to {} by nodeBudget",
-                bytes(it.request as f64)
-            ));
+            cuts.push(format!("cut to {} by nodeBudget", bytes(it.request as f64)));
         }
         let plan = if it.admitted {
             if it.halvings > 0 {

@@ -4,7 +4,7 @@
 //! agents reported. Agents make the same plan on their node before they
 //! load anything; this is the operator's view of it, for status. Pure.
 
-use std::collections::BTreeMap;
+use std::{cmp::Reverse, collections::BTreeMap};
 
 use ringwarden_core::planner::node::ProbeSetShare;
 
@@ -40,7 +40,7 @@ pub fn node_shares(
         .iter()
         .map(|a| &a.probeset.spec.node_selector)
         .collect();
-    let mut shares: BTreeMap<String, NodeShare> = BTreeMap::new();
+    let mut shares: BTreeMap<String, (NodeShare, Tightness)> = BTreeMap::new();
     for class in node_classes(&selectors, nodes) {
         let probes: Vec<_> = config
             .probes
@@ -57,32 +57,42 @@ pub fn node_shares(
         else {
             continue;
         };
+        // The class by its members, to break ties whatever the input order.
+        let mut members: Vec<String> = class
+            .iter()
+            .map(|&i| format!("{}/{}", planned[i].namespace, planned[i].name))
+            .collect();
+        members.sort();
         for share in plan.plan.probesets {
             let key = format!("{}/{}", share.namespace, share.name);
-            let tighter = shares
-                .get(&key)
-                .is_none_or(|known| tightness(&share) < tightness(&known.share));
-            if tighter {
-                shares.insert(
-                    key,
-                    NodeShare {
-                        node_budget_bytes,
-                        cpus,
-                        share,
-                    },
-                );
+            let candidate = tightness(&share, &members);
+            if shares.get(&key).is_none_or(|(_, known)| candidate < *known) {
+                let share = NodeShare {
+                    node_budget_bytes,
+                    cpus,
+                    share,
+                };
+                shares.insert(key, (share, candidate));
             }
         }
     }
-    shares
+    shares.into_iter().map(|(k, (s, _))| (k, s)).collect()
 }
 
 /// Orders shares from the tightest: the smallest part of the request
-/// granted, then the most ProbeSets shared with.
-fn tightness(s: &ProbeSetShare) -> (u128, std::cmp::Reverse<u32>) {
+/// granted, then the most ProbeSets and namespaces shared with, then the
+/// class's members (`namespace/name`, sorted).
+type Tightness = (u128, Reverse<u32>, Reverse<u32>, Vec<String>);
+
+fn tightness(s: &ProbeSetShare, members: &[String]) -> Tightness {
     // granted / requested, compared as a fixed-point fraction.
     let part = (u128::from(s.granted_bytes) << 32) / u128::from(s.requested_bytes.max(1));
-    (part, std::cmp::Reverse(s.other_probesets))
+    (
+        part,
+        Reverse(s.other_probesets),
+        Reverse(s.other_namespaces),
+        members.to_vec(),
+    )
 }
 
 #[cfg(test)]
@@ -114,6 +124,42 @@ mod tests {
 
     fn labels(pool: &str) -> Labels {
         Labels::from([("pool".to_owned(), pool.to_owned())])
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn shares_fit_the_node_budget_and_do_not_depend_on_order(
+            sets in proptest::collection::vec(
+                (0usize..3, proptest::option::of(0usize..2), -1i32..=1, 0u32..50_000, 1u32..=64),
+                1..7,
+            ),
+            budget in 1u64..=32 << 20,
+            cpus in 1u32..=8,
+        ) {
+            let pools = ["web", "db"];
+            let assessed: Vec<Assessed> = sets
+                .iter()
+                .enumerate()
+                .map(|(i, &(ns, pool, priority, rate, series))| {
+                    let mut a = probeset(&format!("ns{ns}"), &format!("ps{i}"), pool.map(|p| pools[p]), priority);
+                    let mut ps = (*a.probeset).clone();
+                    ps.spec.probes[0].peak_event_rate = f64::from(rate);
+                    ps.spec.probes[0].max_series = series;
+                    a.assessment = assess(&ps, &[]);
+                    a.probeset = Arc::new(ps);
+                    a
+                })
+                .collect();
+            let nodes = [labels("web"), labels("db")];
+            let shares = node_shares(&assessed, &nodes, budget, cpus);
+            for s in shares.values() {
+                proptest::prop_assert!(s.share.granted_bytes <= s.share.requested_bytes);
+                proptest::prop_assert!(s.share.granted_bytes <= budget);
+            }
+            let mut reversed = assessed.clone();
+            reversed.reverse();
+            proptest::prop_assert_eq!(node_shares(&reversed, &nodes, budget, cpus), shares);
+        }
     }
 
     #[test]
