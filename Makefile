@@ -51,10 +51,13 @@ bench: deps
 	target/release/bench-go --calls $${GO_CALLS:-200000} --reps $${REPS:-5}
 	@# The agent's /metrics: text (classic) against protobuf (native histograms) per scrape.
 	target/release/bench-exposition --probes 8 --series 64
-	@# Report ingest: simulated agents against an operator process (docs/operator.md).
+	@# Report ingest over TLS: simulated agents against an operator process (docs/operator.md).
+	@# The two target points, then growth with agents (16 series) and with series (1 000 agents).
 	$(CARGO) build --release -p ringwarden-operator --features test-support --bin bench-ingest
 	@# Two sockets per agent: raise the open-file limit to the hard limit.
-	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; target/release/bench-ingest --agents $${AGENTS:-1000} --interval $${INTERVAL:-10s} --duration $${DURATION:-60s}
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; target/release/bench-ingest \
+		--points $${POINTS:-1000x5x64,2000x5x16,250x5x16,500x5x16,1000x5x16,1000x5x4} \
+		--interval $${INTERVAL:-10s} --duration $${DURATION:-30s}
 
 ## crds: regenerate crds/ringwarden.dev_crds.yaml and docs/reference.md from the Rust types (tests check both)
 crds:

@@ -3,7 +3,8 @@
 # ~/.kube/config) points at, it installs the chart (with uprobes enabled),
 # applies examples/probeset.yaml and examples/slo.yaml in a temporary
 # namespace, waits until agents report and the SLO has a state; then runs a
-# podSelector probe on a small Deployment and a uprobe on the nodes' libc,
+# podSelector probe on a small Deployment and, with a ClusterProbeSet (the
+# whole node is a cluster administrator's), a uprobe on the nodes' libc,
 # churns the Deployment's pods and checks the probes keep counting; prints
 # what `kubectl get probesets` and `kubectl get slo` show, and uninstalls
 # everything on exit. docs/install.md walks through it on a kind cluster.
@@ -62,15 +63,17 @@ cleanup() {
         say "failed; what the cluster shows:"
         kubectl get pods,daemonsets -n "$NAMESPACE" -o wide || true
         kubectl get probesets,slo -n "$PROBES_NAMESPACE" -o yaml || true
+        kubectl get clusterprobesets -l "ringwarden.dev/e2e=$PROBES_NAMESPACE" -o yaml || true
         kubectl logs -n "$NAMESPACE" deployment/ringwarden-operator --tail=50 || true
         kubectl logs -n "$NAMESPACE" daemonset/ringwarden-agent --tail=50 || true
     fi
     if [ "$KEEP" = 1 ]; then
         say "KEEP=1: left installed. Remove with:"
-        echo "  helm uninstall $RELEASE -n $NAMESPACE; kubectl delete namespace $NAMESPACE $PROBES_NAMESPACE"
+        echo "  helm uninstall $RELEASE -n $NAMESPACE; kubectl delete namespace $NAMESPACE $PROBES_NAMESPACE; kubectl delete clusterprobesets -l ringwarden.dev/e2e=$PROBES_NAMESPACE"
         exit "$status"
     fi
     say "uninstalling"
+    kubectl delete clusterprobesets -l "ringwarden.dev/e2e=$PROBES_NAMESPACE" --ignore-not-found >/dev/null 2>&1 || true
     kubectl delete namespace "$PROBES_NAMESPACE" --ignore-not-found --wait=false >/dev/null 2>&1 || true
     helm uninstall "$RELEASE" -n "$NAMESPACE" >/dev/null 2>&1 || true
     kubectl delete namespace "$NAMESPACE" --ignore-not-found --wait=false >/dev/null 2>&1 || true
@@ -129,7 +132,9 @@ degraded=$(field probeset/node-syscalls '{.status.conditions[?(@.type=="Degraded
 say "ok: $ready nodes run every probe, SLO state $state"
 
 # A podSelector probe on pods that come and go, and a uprobe on the nodes'
-# own libc (found through the agent's read-only host mount).
+# own libc (found through the agent's read-only host mount): a host binary,
+# so a ClusterProbeSet's; a ProbeSet's uprobe resolves only inside its own
+# pods' containers.
 arch=$(kubectl get nodes -o 'jsonpath={.items[0].status.nodeInfo.architecture}')
 case "$arch" in
 amd64) libc=/usr/lib/x86_64-linux-gnu/libc.so.6 ;;
@@ -167,9 +172,10 @@ spec:
     - {name: sys, kind: syscalls}
 ---
 apiVersion: ringwarden.dev/v1alpha1
-kind: ProbeSet
+kind: ClusterProbeSet
 metadata:
-  name: node-libc
+  name: node-libc-$PROBES_NAMESPACE
+  labels: {ringwarden.dev/e2e: $PROBES_NAMESPACE}
 spec:
   reportInterval: 5s
   probes:
@@ -179,23 +185,26 @@ spec:
 YAML
 kubectl rollout status -n "$PROBES_NAMESPACE" deployment/churn --timeout=120s
 
-# Waits until ProbeSet $1 runs on at least one node and counts events.
+# Waits until ProbeSet (or clusterprobeset/<name>) $1 runs on at least one
+# node and counts events.
 counting() {
-    local name=$1 deadline=$((SECONDS + TIMEOUT)) ready rate
+    local name=$1 deadline=$((SECONDS + TIMEOUT)) ready rate object
+    object=$name
+    [[ "$object" == */* ]] || object="probeset/$name"
     while :; do
-        ready=$(field "probeset/$name" '{.status.ready}')
-        rate=$(field "probeset/$name" '{.status.eventsPerSecond}')
+        ready=$(field "$object" '{.status.ready}')
+        rate=$(field "$object" '{.status.eventsPerSecond}')
         if [[ "$ready" =~ ^([1-9][0-9]*)/ ]] && [ -n "$rate" ] && [ "${rate%%.*}" != 0 ]; then
             return 0
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            fail "after ${TIMEOUT}s ProbeSet $name: ready=${ready:-<none>} events/s=${rate:-<none>}; $(field "probeset/$name" '{.status.conditions}')"
+            fail "after ${TIMEOUT}s $object: ready=${ready:-<none>} events/s=${rate:-<none>}; $(field "$object" '{.status.conditions}')"
         fi
         sleep 5
     done
 }
 counting churn
-counting node-libc
+counting "clusterprobeset/node-libc-$PROBES_NAMESPACE"
 
 say "churning the Deployment's pods"
 for replicas in 3 1 2 1; do
@@ -204,10 +213,11 @@ for replicas in 3 1 2 1; do
 done
 sleep 15
 counting churn
-for name in churn node-libc; do
-    degraded=$(field "probeset/$name" '{.status.conditions[?(@.type=="Degraded")].status}')
+for object in probeset/churn "clusterprobeset/node-libc-$PROBES_NAMESPACE"; do
+    degraded=$(field "$object" '{.status.conditions[?(@.type=="Degraded")].status}')
     [ "$degraded" != True ] \
-        || fail "ProbeSet $name is Degraded: $(field "probeset/$name" '{.status.conditions[?(@.type=="Degraded")].message}')"
+        || fail "$object is Degraded: $(field "$object" '{.status.conditions[?(@.type=="Degraded")].message}')"
 done
 kubectl get probesets -n "$PROBES_NAMESPACE"
+kubectl get clusterprobesets -l "ringwarden.dev/e2e=$PROBES_NAMESPACE"
 say "ok: the podSelector probe counted through pod churn, the uprobe counts on the nodes' libc"

@@ -34,6 +34,7 @@ pub struct AgentConfig {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentProbe {
+    /// The ProbeSet's namespace; empty for a ClusterProbeSet.
     pub namespace: String,
     pub probeset: String,
     /// The probe as declared (kind, kind-specific fields, filters, export).
@@ -42,6 +43,16 @@ pub struct AgentProbe {
     /// of pods on its node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+    /// Whose processes the probe may observe: only those of the pods (on
+    /// the agent's node) of these namespaces, narrowed by `podSelector`,
+    /// filtered by cgroup in the kernel. `[namespace]` for a ProbeSet; the
+    /// namespaces its `namespaceSelector` matches for a ClusterProbeSet
+    /// (empty: none matches, nothing is observed). Absent: every process
+    /// on the node, host processes included (a ClusterProbeSet without a
+    /// `namespaceSelector`, standalone mode, and configurations rendered
+    /// before namespaces were enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
     /// Labels a node must carry to run this probe (the ProbeSet's
     /// `nodeSelector`): each agent runs the probes whose selector its node
     /// matches. Empty matches every node.
@@ -99,7 +110,8 @@ impl AgentConfig {
         }
         for ((namespace, probeset), probes) in groups {
             let at = format!("{namespace}/{probeset}");
-            if !crate::probeset::is_dns_label(namespace)
+            // An empty namespace is a ClusterProbeSet's.
+            if !(namespace.is_empty() || crate::probeset::is_dns_label(namespace))
                 || probeset.is_empty()
                 || probeset.len() > 253
             {
@@ -109,6 +121,14 @@ impl AgentConfig {
                 });
             }
             let first = probes[0];
+            for p in &probes {
+                if let Some(e) = scope_problem(p) {
+                    errors.push(FieldError {
+                        field: format!("{at}: namespaces"),
+                        message: e,
+                    });
+                }
+            }
             let spec = ProbeSetSpec {
                 node_selector: first.node_selector.clone(),
                 pod_selector: first.pod_selector.clone(),
@@ -181,6 +201,32 @@ impl AgentConfig {
 /// `agent.nodeBudget` and standalone mode's `--node-budget` default to it.
 pub const DEFAULT_NODE_BUDGET: &str = "256Mi";
 
+/// Most namespaces one probe's `namespaces` may list.
+pub const MAX_SCOPE_NAMESPACES: usize = 4096;
+
+/// What is wrong with where `p` may look: a ProbeSet observes its own
+/// namespace only, whoever rendered the configuration.
+fn scope_problem(p: &AgentProbe) -> Option<String> {
+    let namespaces = p.namespaces.as_ref()?;
+    if namespaces.len() > MAX_SCOPE_NAMESPACES {
+        return Some(format!("at most {MAX_SCOPE_NAMESPACES} namespaces"));
+    }
+    if let Some(bad) = namespaces
+        .iter()
+        .find(|n| !crate::probeset::is_dns_label(n))
+    {
+        return Some(format!("{bad:?} is not a namespace name"));
+    }
+    if !p.namespace.is_empty() && namespaces.as_slice() != [p.namespace.as_str()] {
+        return Some(format!(
+            "a ProbeSet observes only its own namespace {:?}, not {namespaces:?}; \
+             observing other namespaces takes a ClusterProbeSet",
+            p.namespace
+        ));
+    }
+    None
+}
+
 /// Largest ring buffer a plan may hand one probe (the kernel's limit for a
 /// BPF ring buffer is far above; this keeps a forged plan from pinning
 /// the node's memory).
@@ -201,9 +247,33 @@ fn default_drain_interval() -> Duration {
 }
 
 impl AgentProbe {
-    /// `namespace/probeset/probe`, unique per agent.
+    /// `namespace/probeset/probe`, unique per agent (`/probeset/probe` for
+    /// a ClusterProbeSet's).
     pub fn id(&self) -> String {
         format!("{}/{}/{}", self.namespace, self.probeset, self.spec.name)
+    }
+
+    /// Whether it comes from a ClusterProbeSet.
+    pub fn is_cluster(&self) -> bool {
+        self.namespace.is_empty()
+    }
+
+    /// The namespaces whose pods alone it observes; `None`: not limited to
+    /// pods by namespace. A probe rendered before `namespaces` existed,
+    /// with a `podSelector`, keeps to its own namespace as it always did.
+    pub fn pod_namespaces(&self) -> Option<Vec<String>> {
+        match (&self.namespaces, &self.pod_selector) {
+            (Some(n), _) => Some(n.clone()),
+            (None, Some(_)) if !self.is_cluster() => Some(vec![self.namespace.clone()]),
+            _ => None,
+        }
+    }
+
+    /// Whether it observes only processes of pods (by namespace, by
+    /// `podSelector` or both), which the agent resolves from the pods on
+    /// its node.
+    pub fn observes_pods_only(&self) -> bool {
+        self.namespaces.is_some() || self.pod_selector.is_some()
     }
 }
 
@@ -279,5 +349,32 @@ probes:
             assert!(!errors.is_empty(), "{bad} passed");
             assert!(errors[0].field.starts_with("shop/web: "), "{errors:?}");
         }
+    }
+
+    #[test]
+    fn a_probeset_may_be_scoped_to_its_own_namespace_only() {
+        let scoped =
+            |extra: &str| GOOD.replace("sampleEvery: 1", &format!("sampleEvery: 1\n    {extra}"));
+        assert_eq!(config(&scoped("namespaces: [shop]")).validate(), vec![]);
+        for bad in [
+            "namespaces: [other]",
+            "namespaces: [shop, other]",
+            "namespaces: []",
+        ] {
+            let errors = config(&scoped(bad)).validate();
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(errors[0].field, "shop/web: namespaces");
+            assert!(errors[0].message.contains("ClusterProbeSet"), "{errors:?}");
+        }
+        // A ClusterProbeSet's probe may list any namespaces, or none.
+        let cluster = |extra: &str| scoped(extra).replace("namespace: shop", "namespace: ''");
+        for ok in ["namespaces: [shop, other]", "namespaces: []", ""] {
+            assert_eq!(config(&cluster(ok)).validate(), vec![], "{ok}");
+        }
+        let errors = config(&cluster("namespaces: [Not_A_Name]")).validate();
+        assert!(
+            errors[0].message.contains("not a namespace name"),
+            "{errors:?}"
+        );
     }
 }

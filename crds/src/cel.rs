@@ -421,6 +421,24 @@ pub fn slo_probe_name() -> Vec<Rule> {
     vec![dns_label("probe", "sys")]
 }
 
+/// On `spec` of an SLO.
+pub fn slo_target() -> Vec<Rule> {
+    vec![rule(
+        "has(self.probeSet) != has(self.clusterProbeSet)",
+        "spec needs exactly one of `probeSet` (a ProbeSet in the SLO's namespace) or \
+         `clusterProbeSet` (a ClusterProbeSet)",
+    )]
+}
+
+/// On `spec.clusterProbeSet` of an SLO.
+pub fn cluster_probe_set_name() -> Vec<Rule> {
+    vec![rule(
+        format!("self.matches('{DNS_SUBDOMAIN_REGEX}')"),
+        "clusterProbeSet must be the name of a ClusterProbeSet: lowercase letters, digits, '-' \
+         and '.', e.g. node-wide",
+    )]
+}
+
 /// On `spec.indicator` of an SLO.
 pub fn indicator() -> Vec<Rule> {
     vec![rule(
@@ -511,6 +529,8 @@ mod tests {
             label_map("nodeSelector"),
             selector_requirement(),
             probe_set_name(),
+            slo_target(),
+            cluster_probe_set_name(),
             slo_probe_name(),
             indicator(),
             latency_threshold(),

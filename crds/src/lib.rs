@@ -1,6 +1,9 @@
 //! ringwarden's Kubernetes API, group `ringwarden.dev`, version `v1alpha1`.
 //!
-//! - [`ProbeSet`]: which eBPF probes run on which nodes and for which processes.
+//! - [`ProbeSet`]: which eBPF probes run on which nodes, for the pods of its
+//!   namespace.
+//! - [`ClusterProbeSet`]: the same for whole nodes (host processes, every
+//!   namespace) or the namespaces a selector matches; cluster-scoped.
 //! - [`Slo`] (kind `SLO`): a latency or error objective on one probe.
 //! - [`cel`]: the admission rules the CRDs carry, mirrored by the Rust
 //!   `validate()` methods.
@@ -16,6 +19,7 @@
 
 pub mod agent;
 pub mod cel;
+pub mod cluster;
 pub mod manifest;
 pub mod plan;
 pub mod probeset;
@@ -24,6 +28,7 @@ pub mod selector;
 pub mod slo;
 
 pub use agent::{AgentConfig, AgentProbe, Threshold};
+pub use cluster::{ClusterProbeSet, ClusterProbeSetSpec};
 pub use probeset::{
     ExportPolicy, ExportSpec, GoRuntimeTarget, NodeShareStatus, PlanStatus, ProbeFilter, ProbeKind,
     ProbePlanStatus, ProbeSet, ProbeSetSpec, ProbeSetStatus, ProbeSpec, RingBufferSpec,
@@ -58,5 +63,5 @@ pub fn crd_yaml() -> String {
 /// Every CustomResourceDefinition of the API.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![ProbeSet::crd(), Slo::crd()]
+    vec![ProbeSet::crd(), ClusterProbeSet::crd(), Slo::crd()]
 }

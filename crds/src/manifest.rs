@@ -26,7 +26,7 @@ pub enum Manifest {
 }
 
 /// The kinds this module reads, as `kind:` spells them.
-const KINDS: [&str; 2] = ["ProbeSet", "SLO"];
+const KINDS: [&str; 3] = ["ProbeSet", "ClusterProbeSet", "SLO"];
 
 /// Splits manifests by kind, keeping their order within each kind.
 pub fn split(manifests: Vec<Manifest>) -> (Vec<ProbeSet>, Vec<Slo>) {
@@ -129,6 +129,29 @@ pub fn parse_str(file: &str, text: &str) -> Result<Vec<Manifest>, ManifestErrors
                     Err(errs) => errs.into_iter().for_each(|(f, m)| error(Some(f), m)),
                 }
             }
+            // Standalone mode has no namespaces: a ClusterProbeSet runs as a
+            // ProbeSet without one, its namespaceSelector checked and unused.
+            // It is read as a ProbeSet so that unknown fields are found
+            // (serde's `flatten` in its spec type would swallow them).
+            (API_VERSION, "ClusterProbeSet") => {
+                let mut value = value;
+                let selector = value
+                    .get_mut("spec")
+                    .and_then(Value::as_mapping_mut)
+                    .and_then(|m| m.remove("namespaceSelector"));
+                if let Some(s) = selector {
+                    namespace_selector_problems(s)
+                        .into_iter()
+                        .for_each(|(f, m)| error(Some(f), m));
+                }
+                match parse_object(value, |ps: &ProbeSet| ps.spec.validate()) {
+                    Ok(mut ps) => {
+                        ps.metadata.namespace = None;
+                        out.push(Manifest::ProbeSet(Box::new(ps)));
+                    }
+                    Err(errs) => errs.into_iter().for_each(|(f, m)| error(Some(f), m)),
+                }
+            }
             (API_VERSION, "SLO") => match parse_object(value, |slo: &Slo| slo.spec.validate()) {
                 Ok(slo) => out.push(Manifest::Slo(Box::new(slo))),
                 Err(errs) => errs.into_iter().for_each(|(f, m)| error(Some(f), m)),
@@ -139,7 +162,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<Vec<Manifest>, ManifestErrors
                     "missing; add `kind: ProbeSet` or `kind: SLO`, with `apiVersion: {API_VERSION}`"
                 ),
             ),
-            (_, "ProbeSet" | "SLO") => error(
+            (_, "ProbeSet" | "ClusterProbeSet" | "SLO") => error(
                 Some("apiVersion".into()),
                 format!("{api_version:?} is not served; use `apiVersion: {API_VERSION}`"),
             ),
@@ -219,6 +242,34 @@ where
 }
 
 /// Formats a serde_ignored path like serde_path_to_error does: `a.b[0].c`.
+/// What is wrong with a ClusterProbeSet's `spec.namespaceSelector`.
+fn namespace_selector_problems(value: Value) -> Vec<(String, String)> {
+    let at = "spec.namespaceSelector";
+    let mut unknown = Vec::new();
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
+    let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
+    let parsed: Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, _> =
+        serde_path_to_error::deserialize(de);
+    let mut out: Vec<(String, String)> = unknown
+        .into_iter()
+        .map(|f| {
+            (
+                format!("{at}.{f}"),
+                "unknown field; remove it or use one of: matchExpressions, matchLabels".into(),
+            )
+        })
+        .collect();
+    match parsed {
+        Err(e) => out.push((format!("{at}.{}", e.path()), e.into_inner().to_string())),
+        Ok(s) => out.extend(
+            crate::selector::label_selector_problems(&s)
+                .into_iter()
+                .map(|(f, m)| (format!("{at}{f}"), m)),
+        ),
+    }
+    out
+}
+
 fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path as P;
     match path {
@@ -436,12 +487,39 @@ spec:
     }
 
     #[test]
+    fn a_cluster_probeset_is_read_with_the_same_checks() {
+        let cluster = GOOD
+            .replacen("kind: ProbeSet", "kind: ClusterProbeSet", 1)
+            .replacen(
+                "\nspec:\n",
+                "\nspec:\n  namespaceSelector: {matchLabels: {team: retail}}\n",
+                1,
+            );
+        let docs = parse_str("c.yaml", &cluster).unwrap();
+        assert!(matches!(&docs[0], Manifest::ProbeSet(ps) if ps.metadata.namespace.is_none()));
+        let e = errors(&cluster.replace("namespaceSelector:", "namespaceSelectr:"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("spec.namespaceSelectr: unknown field")),
+            "{e:?}"
+        );
+        let e = errors(&cluster.replace("{team: retail}", "{team: 'no spaces'}"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("spec.namespaceSelector.matchLabels")),
+            "{e:?}"
+        );
+        let e = errors(&GOOD.replacen("kind: ProbeSet", "kind: clusterprobeset", 1));
+        assert!(e[0].contains("use `kind: ClusterProbeSet`"), "{e:?}");
+    }
+
+    #[test]
     fn an_unknown_slo_field_names_the_known_slo_fields() {
         let e = errors(&SLO.replace("target:", "objective:"));
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(
             e[0].contains(
-                "spec.objective: unknown field; remove it or use one of: indicator, \
+                "spec.objective: unknown field; remove it or use one of: clusterProbeSet, indicator, \
                  maxDropRate, probe, probeSet, series, target, window"
             ),
             "{e:?}"

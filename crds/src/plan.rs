@@ -87,13 +87,21 @@ pub fn plan_probeset(
             let mut w: Vec<(String, &Slo)> = slos
                 .iter()
                 .filter(|s| {
-                    s.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                        && s.spec.probe_set == name
-                        && s.spec.probe == p.name
-                        && s.spec.validate().is_empty()
+                    let slo_namespace = s.metadata.namespace.as_deref().unwrap_or("default");
+                    let on_this = match &s.spec.cluster_probe_set {
+                        // A ClusterProbeSet reads as a ProbeSet without a
+                        // namespace (manifest::parse_str).
+                        Some(c) => ps.metadata.namespace.is_none() && *c == name,
+                        None => slo_namespace == namespace && s.spec.probe_set == name,
+                    };
+                    on_this && s.spec.probe == p.name && s.spec.validate().is_empty()
                 })
                 .map(|s| {
-                    let id = format!("{namespace}/{}", s.metadata.name.as_deref().unwrap_or(""));
+                    let id = format!(
+                        "{}/{}",
+                        s.metadata.namespace.as_deref().unwrap_or("default"),
+                        s.metadata.name.as_deref().unwrap_or("")
+                    );
                     (id, s)
                 })
                 .collect();
@@ -128,6 +136,7 @@ pub fn plan_probeset(
             spec: p.clone(),
             node_selector: spec.node_selector.clone(),
             pod_selector: spec.pod_selector.clone(),
+            namespaces: None,
             // Without an event path the ring still exists, at its minimum.
             ring_bytes: pp.ring_bytes.max(page_size),
             sample_every: pp.sample_every,
@@ -374,6 +383,48 @@ mod tests {
         assert_eq!(t[0].series, ["read"]);
         // A tiny budget: the stricter drop rate forces sparser sampling.
         assert!(strict[0].sample_every > loose[0].sample_every);
+    }
+
+    #[test]
+    fn standalone_runs_a_cluster_probeset_with_the_slos_that_name_it() {
+        let ps = probeset(
+            "apiVersion: ringwarden.dev/v1alpha1\nkind: ClusterProbeSet\nmetadata: {name: node}\n\
+             spec:\n  namespaceSelector: {matchLabels: {team: retail}}\n  probes:\n    - {name: sys, kind: syscalls}\n",
+        );
+        assert_eq!(ps.metadata.namespace, None);
+        let slo = |spec: &str| -> Slo {
+            match parse_str(
+                "s.yaml",
+                &format!(
+                    "apiVersion: ringwarden.dev/v1alpha1\nkind: SLO\nmetadata: {{name: fast, namespace: shop}}\n\
+                     spec: {{{spec}, probe: sys, indicator: {{errors: {{}}}}, target: 99}}\n"
+                ),
+            )
+            .unwrap()
+            .remove(0)
+            {
+                Manifest::Slo(s) => *s,
+                Manifest::ProbeSet(_) => panic!("not an SLO"),
+            }
+        };
+        let slos = [slo("clusterProbeSet: node"), slo("probeSet: node")];
+        let (probes, _) = plan_probeset(&ps, &slos, 4096).unwrap();
+        // Observing the host, as everything in standalone mode does.
+        assert_eq!(probes[0].namespaces, None);
+        let ids: Vec<&str> = probes[0]
+            .thresholds
+            .iter()
+            .map(|t| t.slo.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            ["shop/fast"],
+            "only the SLO naming the ClusterProbeSet"
+        );
+        assert_eq!(
+            slos[0].spec.find_probe(Some("shop"), [&ps]).unwrap().name,
+            "sys"
+        );
     }
 
     #[test]

@@ -41,12 +41,15 @@ pub struct ProbeSetSpec {
 
     /// Pods whose processes are observed, as a label selector
     /// (`matchLabels`, `matchExpressions` with In, NotIn, Exists or
-    /// DoesNotExist), among the pods of the ProbeSet's namespace. Each
-    /// node's agent watches the pods on its node, resolves the matching ones
-    /// to cgroup v2 ids and filters in the kernel, updating the filter as
-    /// pods start and stop. `{}` selects every pod of the namespace.
-    /// Absent: every process on the node, subject to each probe's own
-    /// filter.
+    /// DoesNotExist), among the pods of the ProbeSet's namespace (of a
+    /// ClusterProbeSet: of the namespaces its `namespaceSelector` selects,
+    /// or of every namespace). Each node's agent watches the pods on its
+    /// node, resolves the matching ones to cgroup v2 ids and filters in the
+    /// kernel, updating the filter as pods start and stop. Absent or `{}`:
+    /// every pod of the ProbeSet's namespace, never a host process or
+    /// another namespace's pod (a ClusterProbeSet without either selector
+    /// observes every process on the node). Standalone mode, outside a
+    /// cluster, has no namespaces and observes the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::selector::pod_selector_schema")]
     pub pod_selector: Option<LabelSelector>,
@@ -194,9 +197,11 @@ pub struct ProbeSpec {
     pub go_runtime: Option<GoRuntimeTarget>,
 
     /// Which processes are observed, by pid, command name or cgroup; all
-    /// given criteria must match. Without a filter every process on the node
-    /// is, except the agent itself (and only the pods of `podSelector`, when
-    /// set). `tcpRetransmit` accepts only cgroups.
+    /// given criteria must match, within what the ProbeSet observes (its
+    /// namespace's pods, or `podSelector`'s). The agent itself is never
+    /// observed. `cgroups`, which name node-wide cgroups, is for
+    /// ClusterProbeSets and standalone mode: a ProbeSet in a cluster with
+    /// them is Invalid. `tcpRetransmit` accepts only cgroups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<ProbeFilter>,
 
@@ -423,6 +428,7 @@ pub struct ProbeFilter {
     /// absolute under the cgroup mount (`/sys/fs/cgroup/system.slice/nginx.service`)
     /// or relative to it (`system.slice/nginx.service`). Processes in
     /// descendant cgroups are included; pods are selected with `podSelector`.
+    /// Node-wide, so only ClusterProbeSets (and standalone mode) take them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_FILTER_CGROUPS), inner(length(min = 1, max = MAX_CGROUP_PATH_LEN)))]
     #[schemars(transform = cel::on_cgroup_items)]

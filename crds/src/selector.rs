@@ -195,18 +195,30 @@ pub fn node_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Sche
 /// every map, list and string, and CEL rules for label syntax and
 /// operators.
 pub fn pod_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    label_selector_schema("pod")
+}
+
+/// Schema of a ClusterProbeSet's `spec.namespaceSelector`: the same
+/// bounded LabelSelector as `podSelector`, on Namespace objects.
+pub fn namespace_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    label_selector_schema("namespace")
+}
+
+/// A bounded LabelSelector on objects of kind `object`.
+fn label_selector_schema(object: &str) -> schemars::Schema {
     let mut match_labels = label_map_schema(cel::label_map("matchLabels"));
-    match_labels["description"] =
-        json!("Labels a pod must carry, all of them: a map of label keys to values, at most 32.");
+    match_labels["description"] = json!(format!(
+        "Labels a {object} must carry, all of them: a map of label keys to values, at most 32."
+    ));
     json!({
         "type": "object",
         "nullable": true,
         "properties": {
             "matchLabels": match_labels,
             "matchExpressions": {
-                "description": "Requirements a pod's labels must meet, all of them (at most 16): \
-                    a label `key`, an `operator` (In, NotIn, Exists or DoesNotExist) and, for \
-                    In and NotIn, the `values` (at most 64).",
+                "description": format!("Requirements a {object}'s labels must meet, all of them \
+                    (at most 16): a label `key`, an `operator` (In, NotIn, Exists or \
+                    DoesNotExist) and, for In and NotIn, the `values` (at most 64)."),
                 "type": "array",
                 "maxItems": MAX_SELECTOR_EXPRESSIONS,
                 "items": {

@@ -41,12 +41,24 @@ use crate::{
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = cel::slo_target()))]
 pub struct SloSpec {
     /// Name of the ProbeSet, in the SLO's namespace, whose probe is measured,
-    /// e.g. `node-syscalls`.
+    /// e.g. `node-syscalls`. Exactly one of `probeSet` and
+    /// `clusterProbeSet` is given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 253))]
     #[schemars(extend("x-kubernetes-validations" = cel::probe_set_name()))]
     pub probe_set: String,
+
+    /// Name of the ClusterProbeSet whose probe is measured, e.g.
+    /// `node-wide`, instead of a `probeSet`. Its status then shows, to
+    /// whoever may read the SLO, latency of what that ClusterProbeSet
+    /// observes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = cel::cluster_probe_set_name()))]
+    pub cluster_probe_set: Option<String>,
 
     /// Name of the probe within that ProbeSet (an entry of its
     /// `spec.probes[].name`), e.g. `sys`.
@@ -260,12 +272,29 @@ impl SloSpec {
                 message,
             })
         };
-        if !is_dns_subdomain(&self.probe_set) {
+        match (&self.cluster_probe_set, self.probe_set.is_empty()) {
+            (Some(_), false) => err(
+                "spec",
+                "spec needs exactly one of `probeSet` (a ProbeSet in the SLO's namespace) or \
+                 `clusterProbeSet` (a ClusterProbeSet)"
+                    .into(),
+            ),
+            (Some(c), true) if !is_dns_subdomain(c) => err(
+                "spec.clusterProbeSet",
+                format!(
+                    "{c:?} is not a ClusterProbeSet name; use the metadata.name of a \
+                     ClusterProbeSet, e.g. node-wide"
+                ),
+            ),
+            _ => {}
+        }
+        // Absent and empty are one to serde: either is not a name.
+        if self.cluster_probe_set.is_none() && !is_dns_subdomain(&self.probe_set) {
             err(
                 "spec.probeSet",
                 format!(
                     "{:?} is not a ProbeSet name; use the metadata.name of a ProbeSet in the \
-                     SLO's namespace, e.g. node-syscalls",
+                     SLO's namespace, e.g. node-syscalls (or give clusterProbeSet instead)",
                     self.probe_set
                 ),
             );
@@ -350,26 +379,45 @@ impl SloSpec {
         errors
     }
 
+    /// The ProbeSet this SLO measures, for an SLO in `namespace`: its
+    /// namespace (`None` for a ClusterProbeSet) and name.
+    pub fn target<'a>(&'a self, namespace: Option<&'a str>) -> (Option<&'a str>, &'a str) {
+        match &self.cluster_probe_set {
+            Some(c) => (None, c.as_str()),
+            None => (namespace, self.probe_set.as_str()),
+        }
+    }
+
     /// The probe this SLO measures among `probesets` (the ProbeSet named
-    /// `spec.probeSet` in `namespace`), or what is wrong with the reference.
+    /// `spec.probeSet` in `namespace`, or the ClusterProbeSet named
+    /// `spec.clusterProbeSet` as [`crate::ClusterProbeSet::as_probeset`]
+    /// gives it), or what is wrong with the reference.
     pub fn find_probe<'a>(
         &self,
         namespace: Option<&str>,
         probesets: impl IntoIterator<Item = &'a ProbeSet>,
     ) -> Result<&'a ProbeSpec, FieldError> {
+        let (target_ns, name) = self.target(namespace);
         let ps = probesets
             .into_iter()
             .find(|ps| {
-                ps.metadata.name.as_deref() == Some(self.probe_set.as_str())
-                    && ps.metadata.namespace.as_deref() == namespace
+                ps.metadata.name.as_deref() == Some(name)
+                    && ps.metadata.namespace.as_deref() == target_ns
             })
-            .ok_or_else(|| FieldError {
-                field: "spec.probeSet".into(),
-                message: format!(
-                    "no ProbeSet {:?} in namespace {:?}; create it or name an existing one",
-                    self.probe_set,
-                    namespace.unwrap_or("")
-                ),
+            .ok_or_else(|| match self.cluster_probe_set {
+                None => FieldError {
+                    field: "spec.probeSet".into(),
+                    message: format!(
+                        "no ProbeSet {name:?} in namespace {:?}; create it or name an existing one",
+                        target_ns.unwrap_or("")
+                    ),
+                },
+                Some(_) => FieldError {
+                    field: "spec.clusterProbeSet".into(),
+                    message: format!(
+                        "no ClusterProbeSet {name:?}; create it or name an existing one"
+                    ),
+                },
             })?;
         let probe = ps
             .spec
@@ -379,8 +427,7 @@ impl SloSpec {
             .ok_or_else(|| FieldError {
                 field: "spec.probe".into(),
                 message: format!(
-                    "ProbeSet {:?} has no probe {:?}; use one of: {}",
-                    self.probe_set,
+                    "ProbeSet {name:?} has no probe {:?}; use one of: {}",
                     self.probe,
                     ps.spec
                         .probes
@@ -444,6 +491,7 @@ mod tests {
     fn spec() -> SloSpec {
         SloSpec {
             probe_set: "node-syscalls".into(),
+            cluster_probe_set: None,
             probe: "sys".into(),
             series: vec!["read".into()],
             indicator: Indicator {

@@ -870,7 +870,35 @@ fn cases() -> Vec<Case> {
                 json!(["a", "b", "c", "d", "e", "f", "g", "h"]),
             )
         }),
+        valid("an SLO on a ClusterProbeSet", "SLO", |o| {
+            del(o, "/spec/probeSet");
+            set(o, "/spec/clusterProbeSet", s("node-wide"));
+        }),
         // ---- SLO, refused by CEL ----
+        bad_cel(
+            "both a ProbeSet and a ClusterProbeSet",
+            "SLO",
+            |o| set(o, "/spec/clusterProbeSet", s("node-wide")),
+            "spec",
+            &["spec needs exactly one of `probeSet`"],
+        ),
+        bad_cel(
+            "neither a ProbeSet nor a ClusterProbeSet",
+            "SLO",
+            |o| del(o, "/spec/probeSet"),
+            "spec.probeSet",
+            &["spec needs exactly one of `probeSet`"],
+        ),
+        bad_cel(
+            "a ClusterProbeSet name with capitals",
+            "SLO",
+            |o| {
+                del(o, "/spec/probeSet");
+                set(o, "/spec/clusterProbeSet", s("Node"));
+            },
+            "spec.clusterProbeSet",
+            &["clusterProbeSet must be the name of a ClusterProbeSet"],
+        ),
         bad_cel(
             "a ProbeSet name with capitals",
             "SLO",

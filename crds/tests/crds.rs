@@ -538,3 +538,60 @@ fn the_crds_pass_the_official_kubernetes_schemas() {
     kubernetes_validate("1.33.0");
     kubernetes_validate("1.37.0");
 }
+
+/// A ClusterProbeSet's schema is a ProbeSet's plus `namespaceSelector`,
+/// whose rules are `podSelector`'s: the admission fixtures of ProbeSets
+/// (tests/admission.rs) therefore cover every rule of both, and the same
+/// Rust checks run on both.
+#[test]
+fn a_cluster_probeset_is_a_probeset_plus_a_namespace_selector_with_the_pod_selectors_rules() {
+    let probeset = common::schema("ProbeSet");
+    let cluster = common::schema("ClusterProbeSet");
+    assert_eq!(
+        cluster["properties"]["status"],
+        probeset["properties"]["status"]
+    );
+    let mut spec = cluster["properties"]["spec"].clone();
+    let selector = spec["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespaceSelector")
+        .expect("spec.namespaceSelector");
+    let ps_spec = &probeset["properties"]["spec"];
+    assert_eq!(spec["properties"], ps_spec["properties"]);
+    assert_eq!(spec["required"], ps_spec["required"]);
+    assert_eq!(
+        spec["x-kubernetes-validations"],
+        ps_spec["x-kubernetes-validations"]
+    );
+    // The same bounds and CEL rules as podSelector; only the words differ.
+    let strip = |v: &Value| -> Value {
+        let mut v = v.clone();
+        fn walk(v: &mut Value) {
+            match v {
+                Value::Object(m) => {
+                    m.remove("description");
+                    m.values_mut().for_each(walk);
+                }
+                Value::Array(a) => a.iter_mut().for_each(walk),
+                _ => {}
+            }
+        }
+        walk(&mut v);
+        v
+    };
+    assert_eq!(
+        strip(&selector),
+        strip(&ps_spec["properties"]["podSelector"])
+    );
+    // Cluster-scoped, and namespaced ProbeSets stay namespaced.
+    let scope = |kind: &str| {
+        common::crds()
+            .into_iter()
+            .find(|c| c["spec"]["names"]["kind"] == kind)
+            .unwrap()["spec"]["scope"]
+            .clone()
+    };
+    assert_eq!(scope("ClusterProbeSet"), "Cluster");
+    assert_eq!(scope("ProbeSet"), "Namespaced");
+}

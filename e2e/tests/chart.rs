@@ -355,12 +355,16 @@ fn the_chart_installs_the_crds_and_keeps_them_on_uninstall() {
     .collect();
     assert_eq!(
         generated.keys().collect::<Vec<_>>(),
-        ["probesets.ringwarden.dev", "slos.ringwarden.dev"]
+        [
+            "clusterprobesets.ringwarden.dev",
+            "probesets.ringwarden.dev",
+            "slos.ringwarden.dev"
+        ]
     );
 
     let objects = render_objects(&None, &[]);
     let crds = of_kind(&objects, "CustomResourceDefinition");
-    assert_eq!(crds.len(), 2, "both CRDs are installed by default");
+    assert_eq!(crds.len(), 3, "every CRD is installed by default");
     for crd in crds {
         let name = crd["metadata"]["name"].as_str().unwrap();
         assert_eq!(
@@ -595,6 +599,31 @@ fn expected_grants(
             "patch",
         ),
         ("ClusterRole", "ringwarden.dev", "slos/status", "*", "patch"),
+        // wiring.rs and controller.rs: ClusterProbeSets, their status, and
+        // the namespace labels their namespaceSelector is resolved against.
+        (
+            "ClusterRole",
+            "ringwarden.dev",
+            "clusterprobesets",
+            "*",
+            "list",
+        ),
+        (
+            "ClusterRole",
+            "ringwarden.dev",
+            "clusterprobesets",
+            "*",
+            "watch",
+        ),
+        (
+            "ClusterRole",
+            "ringwarden.dev",
+            "clusterprobesets/status",
+            "*",
+            "patch",
+        ),
+        ("ClusterRole", "", "namespaces", "*", "list"),
+        ("ClusterRole", "", "namespaces", "*", "watch"),
         ("ClusterRole", "", "nodes", "*", "list"),
         ("ClusterRole", "", "nodes", "*", "watch"),
         ("ClusterRole", "events.k8s.io", "events", "*", "create"),
@@ -1526,4 +1555,64 @@ fn cert_manager_and_plaintext_are_explicit_choices() {
         ringwarden_operator::render::operator_address(&config.agent, NAMESPACE)
             .starts_with("http://")
     );
+}
+
+/// Tenancy: namespace editors manage ProbeSets and SLOs (aggregated into
+/// `admin` and `edit`), viewers read them (`view`); none of these roles
+/// reaches ClusterProbeSets, which observe other namespaces and the host.
+#[test]
+fn namespace_roles_manage_probesets_and_slos_and_never_cluster_probesets() {
+    let objects = render_objects(&None, &[]);
+    let aggregated = |label: &str| -> Vec<&Value> {
+        of_kind(&objects, "ClusterRole")
+            .into_iter()
+            .filter(|r| r["metadata"]["labels"][label] == json!("true"))
+            .collect()
+    };
+    let grants = |roles: &[&Value]| -> BTreeSet<(String, String)> {
+        roles
+            .iter()
+            .flat_map(|r| r["rules"].as_array().unwrap().iter())
+            .flat_map(|rule| {
+                let verbs = strings(&rule["verbs"]);
+                strings(&rule["resources"])
+                    .into_iter()
+                    .flat_map(move |res| verbs.clone().into_iter().map(move |v| (res.clone(), v)))
+            })
+            .collect()
+    };
+    for label in [
+        "rbac.authorization.k8s.io/aggregate-to-admin",
+        "rbac.authorization.k8s.io/aggregate-to-edit",
+    ] {
+        let have = grants(&aggregated(label));
+        for resource in ["probesets", "slos"] {
+            for verb in [
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ] {
+                assert!(
+                    have.contains(&(resource.into(), verb.into())),
+                    "{label}: no {verb} on {resource}: {have:?}"
+                );
+            }
+        }
+    }
+    let view = grants(&aggregated("rbac.authorization.k8s.io/aggregate-to-view"));
+    for resource in ["probesets", "slos"] {
+        assert!(view.contains(&(resource.into(), "list".into())), "{view:?}");
+    }
+    assert!(
+        view.iter()
+            .all(|(_, v)| ["get", "list", "watch"].contains(&v.as_str())),
+        "view only reads: {view:?}"
+    );
+    for label in ["admin", "edit", "view"] {
+        let have = grants(&aggregated(&format!(
+            "rbac.authorization.k8s.io/aggregate-to-{label}"
+        )));
+        assert!(
+            have.iter().all(|(r, _)| !r.starts_with("clusterprobesets")),
+            "{label} must not reach ClusterProbeSets: {have:?}"
+        );
+    }
 }

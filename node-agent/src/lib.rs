@@ -2,7 +2,8 @@
 //!
 //! - [`probes`] loads the eBPF programs and reads their maps (kernel IO).
 //! - [`table`] and [`metrics`] turn snapshots into a table and Prometheus text.
-//! - [`target`] finds and checks the binaries uprobes attach to, on the host.
+//! - [`target`] finds and checks the binaries uprobes attach to, on the host
+//!   or, for a ProbeSet, in its pods' containers ([`containers`]).
 //! - [`drain`] says when each ring buffer is read.
 //! - [`standalone`] wires them into the run loop of `ringwarden-agent standalone`.
 //! - [`node`] is the DaemonSet mode: the operator's configuration, hot-reloaded.
@@ -12,6 +13,7 @@
 pub mod btf;
 pub mod cli;
 pub mod clock;
+pub mod containers;
 pub mod drain;
 pub mod metrics;
 pub mod node;

@@ -7,8 +7,10 @@
 //! across reloads, a changed one is reloaded, a removed one detached.
 //!
 //! The node's labels decide which probes apply (`nodeSelector`); a
-//! ProbeSet's `podSelector` becomes a cgroup filter: the pods on this node
-//! that match, found by their UID under the cgroup v2 tree. Both come from
+//! ProbeSet's namespace and `podSelector` become a cgroup filter: the pods
+//! on this node of the namespaces in the probe's scope that the selector
+//! matches, found by their UID under the cgroup v2 tree. Only a
+//! ClusterProbeSet without a `namespaceSelector` sees the whole node. Both come from
 //! the Kubernetes API with the agent's service account (the pods from one
 //! watch of this node's pods, [`crate::pods`]), or from `--node-labels` and
 //! no pod filtering when run outside a cluster. As pods come and go, the
@@ -44,13 +46,27 @@ use crate::{
     cli::{MetricsAddr, NodeArgs},
     drain::{self, DrainClock},
     metrics::{self, NodeMetrics, ProbeLabels, SharedSnapshots},
-    pods::{PodWatch, pod_cgroup_index, selected_cgroups},
+    pods::{PodScope, PodWatch, pod_cgroup_index, selected_cgroups, selected_pods},
     probes::{Kernel, Probe, ProbeError, cgroup2_mount},
     report::{LoadFailure, probe_report},
     standalone::probe_config,
     target::{TargetError, UprobeTarget},
     uplink::{self, Uplink, UplinkMetrics, new_boot_id},
 };
+
+/// Why a ProbeSet's probe with `filter.cgroups` does not load: cgroup
+/// paths name the node's cgroups, the host's and other tenants' included.
+pub const NAMESPACED_CGROUPS: &str = "filter.cgroups: a ProbeSet observes only the pods of its \
+     namespace, and cgroup paths are node-wide; select pods with podSelector, or move the probe \
+     to a ClusterProbeSet";
+
+/// Whether `p`'s uprobe binaries resolve in the containers of its pods
+/// rather than on the host: a ProbeSet's do (it traces its own namespace's
+/// programs only); a ClusterProbeSet's, and those of configurations
+/// rendered before namespaces were enforced, on the host.
+fn resolves_in_containers(p: &AgentProbe) -> bool {
+    !p.is_cluster() && p.namespaces.is_some()
+}
 
 /// Why node mode stopped.
 #[derive(Debug, thiserror::Error)]
@@ -199,9 +215,10 @@ fn reason(kind: v1::load_error::Kind) -> &'static str {
 struct Loaded {
     /// The configuration it was loaded from; a different one reloads it.
     config: AgentProbe,
-    /// The checked pod selector, when the probe has one: its pods' cgroups
-    /// are written into the running filter as they come and go.
-    selector: Option<kube::core::Selector>,
+    /// The pods it observes, when limited to pods (by namespace or
+    /// `podSelector`): their cgroups are written into the running filter
+    /// as they come and go.
+    scope: Option<PodScope>,
     /// cgroup ids of the probe's own `filter.cgroups`, always in the filter.
     fixed_cgroups: BTreeSet<u64>,
     labels: ProbeLabels,
@@ -221,7 +238,16 @@ struct Failed {
     /// The failure is only that the node's pods are not known yet: the
     /// first list of pods retries it at once.
     waits_for_pods: bool,
+    /// A ProbeSet's uprobe with no container of its pods on this node: in
+    /// force with nothing to attach to, so reported running with nothing
+    /// counted; it attaches when a pod of its starts (each pod change
+    /// retries it).
+    idle: bool,
 }
+
+/// Why an idle uprobe ([`Failed::idle`]) does not run.
+const NO_CONTAINER: &str = "no container of the ProbeSet's pods runs on this node; the uprobe \
+     attaches when one does";
 
 /// Where the configuration in force came from.
 struct Source {
@@ -248,7 +274,7 @@ struct State {
     kernel: Option<Kernel>,
     /// Where the kernel's BTF is read (`--kernel-btf`).
     kernel_btf: PathBuf,
-    /// The pods on this node, watched once a probe has a pod selector.
+    /// The pods on this node, watched once a probe observes only pods.
     pods: Option<PodWatch>,
     /// Where pod cgroups are looked for (`--pod-cgroup-root`).
     pod_cgroup_root: Option<PathBuf>,
@@ -561,7 +587,7 @@ impl State {
             self.forget_metrics(&labels);
         }
         if self.pods.is_none()
-            && wanted.iter().any(|p| p.pod_selector.is_some())
+            && wanted.iter().any(AgentProbe::observes_pods_only)
             && let Facts::Api(client) = facts
         {
             tracing::info!(node = %self.node, "watching the pods on this node");
@@ -627,18 +653,35 @@ impl State {
                 _ => None,
             };
             if let Some((binary, symbol)) = target {
-                let opened = UprobeTarget::open_async(
-                    p.spec.kind,
-                    crate::target::host_root(),
-                    binary,
-                    symbol,
-                )
-                .await;
+                let opened = if resolves_in_containers(p) {
+                    let Some(dirs) = self.pod_dirs(p) else {
+                        // The pods are not known yet: try_load waits.
+                        continue;
+                    };
+                    UprobeTarget::open_in_containers_async(p.spec.kind, dirs, binary, symbol).await
+                } else {
+                    UprobeTarget::open_async(
+                        p.spec.kind,
+                        crate::target::host_root(),
+                        binary,
+                        symbol,
+                    )
+                    .await
+                    .map(Some)
+                };
                 binaries.insert(p.id(), opened);
             }
         }
         for p in &due {
-            let binary = binaries.remove(&p.id());
+            let binary = match binaries.remove(&p.id()) {
+                Some(Ok(None)) => {
+                    self.idle(p, now);
+                    continue;
+                }
+                Some(Ok(Some(target))) => Some(Ok(target)),
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            };
             if let Err((failure, waits_for_pods)) = self.try_load(p, static_facts, binary) {
                 self.fail(p, failure, waits_for_pods, now);
             }
@@ -662,14 +705,16 @@ impl State {
         let mut config = probe_config(p, std::process::id())
             .map_err(|e| (LoadFailure::from_error(&e), false))?;
         let fixed_cgroups: BTreeSet<u64> = config.cgroup_ids.iter().copied().collect();
-        let mut selector = None;
-        if let Some(s) = &p.pod_selector {
-            let checked = crate::pods::selector(s).map_err(|e| (LoadFailure::other(&e), false))?;
+        let scope = PodScope::of(p).map_err(|e| (LoadFailure::other(&e), false))?;
+        if let Some(scope) = &scope {
+            if scope.namespaces.is_some() && !p.is_cluster() && !fixed_cgroups.is_empty() {
+                return Err((LoadFailure::other(NAMESPACED_CGROUPS), false));
+            }
             if static_facts {
                 return Err((
                     LoadFailure::other(
-                        "a podSelector needs the Kubernetes API (run in a cluster, without \
-                         --node-labels)",
+                        "observing only pods (a podSelector, or a ProbeSet's namespace) needs \
+                         the Kubernetes API: run in a cluster, without --node-labels",
                     ),
                     false,
                 ));
@@ -693,8 +738,7 @@ impl State {
             // Pods come and go while the probe runs: the filter is on from
             // the start, empty or not, and never widens to all processes.
             config.cgroup_filter = true;
-            config.cgroup_ids.extend(self.selected(p, &checked));
-            selector = Some(checked);
+            config.cgroup_ids.extend(self.selected(scope));
         }
         crate::probes::check_capabilities().map_err(|e| (LoadFailure::from_error(&e), false))?;
         if self.kernel.is_none() {
@@ -703,6 +747,13 @@ impl State {
             self.kernel = Some(kernel);
         }
         let kernel = self.kernel.as_ref().expect("opened above");
+        if binary.is_none() && resolves_in_containers(p) && p.spec.kind.uses_uprobes() {
+            // Never the host's binary for a ProbeSet.
+            return Err((
+                LoadFailure::other("waiting for the node's pods to find the binary in"),
+                true,
+            ));
+        }
         let probe = match binary {
             Some(opened) => Probe::load_opened(kernel, &config, opened),
             None => Probe::load(kernel, &config),
@@ -712,7 +763,7 @@ impl State {
         let labels = self.labels(p);
         if let Some(m) = &self.metrics {
             m.probe_loads.with_label_values(&labels.values()).inc();
-            if selector.is_some() {
+            if scope.is_some() {
                 let pods = probe.cgroup_filter().len() - fixed_cgroups.len();
                 m.pod_filter_cgroups
                     .with_label_values(&labels.values())
@@ -726,7 +777,7 @@ impl State {
             id,
             Loaded {
                 config: p.clone(),
-                selector,
+                scope,
                 fixed_cgroups,
                 labels,
                 probe,
@@ -734,6 +785,31 @@ impl State {
             },
         );
         Ok(())
+    }
+
+    /// Records that `p` has nothing to attach to on this node yet; a
+    /// failure before (say, the binary not in the pods' containers) is
+    /// cleared.
+    fn idle(&mut self, p: &AgentProbe, now: Instant) {
+        let id = p.id();
+        if let Some(f) = self.failed.get(&id)
+            && !f.waits_for_pods
+        {
+            let (labels, previous) = (self.labels(p), f.failure.clone());
+            self.clear_failing(&labels, &previous);
+        }
+        tracing::debug!(probe = %id, "no container of the ProbeSet's pods on this node");
+        self.failed.insert(
+            id,
+            Failed {
+                failure: LoadFailure::other(NO_CONTAINER),
+                config: p.clone(),
+                attempts: 0,
+                retry_at: now + RETRY_FIRST,
+                waits_for_pods: true,
+                idle: true,
+            },
+        );
     }
 
     /// Records a failed attempt and when to try again.
@@ -754,6 +830,7 @@ impl State {
                     attempts,
                     retry_at: now + RETRY_FIRST,
                     waits_for_pods,
+                    idle: false,
                 },
             );
             return;
@@ -781,6 +858,7 @@ impl State {
                 attempts,
                 retry_at: now + delay,
                 waits_for_pods,
+                idle: false,
             },
         );
     }
@@ -806,17 +884,30 @@ impl State {
         }
     }
 
-    /// cgroup ids of the pods `selector` picks for `p`, as now known.
-    fn selected(&self, p: &AgentProbe, selector: &kube::core::Selector) -> BTreeSet<u64> {
+    /// cgroup directories of the pods `p` observes, once the node's pods
+    /// are known.
+    fn pod_dirs(&self, p: &AgentProbe) -> Option<Vec<PathBuf>> {
+        let watch = self.pods.as_ref()?;
+        if !watch.health().synced {
+            return None;
+        }
+        let root = self.pod_cgroup_root.as_ref()?;
+        let scope = PodScope::of(p).ok()??;
+        let pods = watch.pods();
+        let index = pod_cgroup_index(root);
+        Some(
+            selected_pods(&pods, &scope, &index)
+                .map(Path::to_path_buf)
+                .collect(),
+        )
+    }
+
+    /// cgroup ids of the pods `scope` selects, as now known.
+    fn selected(&self, scope: &PodScope) -> BTreeSet<u64> {
         let (Some(watch), Some(root)) = (&self.pods, &self.pod_cgroup_root) else {
             return BTreeSet::new();
         };
-        selected_cgroups(
-            &watch.pods(),
-            &p.namespace,
-            selector,
-            &pod_cgroup_index(root),
-        )
+        selected_cgroups(&watch.pods(), scope, &pod_cgroup_index(root))
     }
 
     /// Writes each pod-selected probe's filter in place: the pods that
@@ -825,16 +916,16 @@ impl State {
         let (Some(watch), Some(root)) = (&self.pods, &self.pod_cgroup_root) else {
             return;
         };
-        if !self.loaded.values().any(|l| l.selector.is_some()) {
+        if !self.loaded.values().any(|l| l.scope.is_some()) {
             return;
         }
         let pods = watch.pods();
         let index = pod_cgroup_index(root);
         for l in self.loaded.values_mut() {
-            let Some(selector) = &l.selector else {
+            let Some(scope) = &l.scope else {
                 continue;
             };
-            let selected = selected_cgroups(&pods, &l.config.namespace, selector, &index);
+            let selected = selected_cgroups(&pods, scope, &index);
             let ids: BTreeSet<u64> = selected.union(&l.fixed_cgroups).copied().collect();
             if ids == *l.probe.cgroup_filter() {
                 continue;
@@ -880,9 +971,19 @@ impl State {
                         ),
                     });
                 }
-                self.failed
-                    .get(&id)
-                    .map(|f| probe_report(p, Err(&f.failure)))
+                self.failed.get(&id).map(|f| {
+                    if f.idle {
+                        // In force, with nothing in scope to observe.
+                        let nothing = crate::probes::Snapshot {
+                            kind: Some(p.spec.kind),
+                            ring_bytes: p.ring_bytes,
+                            predicted_drop: p.predicted_drop,
+                            ..Default::default()
+                        };
+                        return probe_report(p, Ok(&nothing));
+                    }
+                    probe_report(p, Err(&f.failure))
+                })
             })
             .collect();
         v1::Report {

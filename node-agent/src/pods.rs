@@ -6,7 +6,8 @@
 //! only changes, so a thousand agents cost a thousand idle watches instead
 //! of a list per probe per agent every few seconds. [`PodWatch::start`]
 //! touches the network; [`PodWatch::from_stream`] takes any watcher-event
-//! stream (tests feed their own); [`selected_cgroups`] and
+//! stream (tests feed their own); [`PodScope`] says which pods a probe
+//! observes (its namespaces and `podSelector`); [`selected_cgroups`] and
 //! [`pod_cgroup_index`] read cgroupfs only.
 //!
 //! A failed list or watch changes nothing in the store: the probes keep
@@ -249,20 +250,64 @@ fn is_uid(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_')
 }
 
-/// The cgroup ids of the pods of `namespace` that `selector` matches and
-/// whose cgroup exists now. A pod whose cgroup is not there yet (the
-/// kubelet has not started it) joins on a later pass.
+/// Which pods a probe observes: those of `namespaces` (all, when `None`)
+/// that `selector` matches (all, when `None`).
+#[derive(Clone, Debug)]
+pub struct PodScope {
+    pub namespaces: Option<BTreeSet<String>>,
+    pub selector: Option<Selector>,
+}
+
+impl PodScope {
+    /// The pods `p` observes, checked: `None` when it is not limited to
+    /// pods; a malformed `podSelector` is an error, never a wider scope.
+    pub fn of(p: &ringwarden_crds::AgentProbe) -> Result<Option<Self>, String> {
+        if !p.observes_pods_only() {
+            return Ok(None);
+        }
+        let selector = p.pod_selector.as_ref().map(selector).transpose()?;
+        Ok(Some(Self {
+            namespaces: p.pod_namespaces().map(|n| n.into_iter().collect()),
+            selector,
+        }))
+    }
+
+    fn matches(&self, pod: &PodMeta) -> bool {
+        let in_namespace = match (&self.namespaces, &pod.metadata.namespace) {
+            (None, _) => true,
+            (Some(all), Some(ns)) => all.contains(ns),
+            (Some(_), None) => false,
+        };
+        let empty = BTreeMap::new();
+        in_namespace
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches(pod.metadata.labels.as_ref().unwrap_or(&empty)))
+    }
+}
+
+/// The pods `scope` selects whose cgroup exists now.
+pub fn selected_pods<'a>(
+    pods: &'a [Arc<PodMeta>],
+    scope: &'a PodScope,
+    index: &'a HashMap<String, PathBuf>,
+) -> impl Iterator<Item = &'a Path> + 'a {
+    pods.iter()
+        .filter(|p| scope.matches(p))
+        .filter_map(|p| index.get(p.metadata.uid.as_deref()?))
+        .map(PathBuf::as_path)
+}
+
+/// The cgroup ids of the pods `scope` selects whose cgroup exists now. A
+/// pod whose cgroup is not there yet (the kubelet has not started it)
+/// joins on a later pass.
 pub fn selected_cgroups(
     pods: &[Arc<PodMeta>],
-    namespace: &str,
-    selector: &Selector,
+    scope: &PodScope,
     index: &HashMap<String, PathBuf>,
 ) -> BTreeSet<u64> {
-    let empty = BTreeMap::new();
-    pods.iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty)))
-        .filter_map(|p| index.get(p.metadata.uid.as_deref()?))
+    selected_pods(pods, scope, index)
         .filter_map(|dir| crate::probes::cgroup_id(dir.to_str()?).ok())
         .collect()
 }
@@ -420,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn only_matching_pods_of_the_probesets_namespace_are_selected() {
+    fn only_matching_pods_of_the_namespaces_in_scope_are_selected() {
         let root = std::env::temp_dir().join(format!("rw-sel-{}", std::process::id()));
         let uids = [
             "00000000-0000-0000-0000-00000000000a",
@@ -451,25 +496,45 @@ mod tests {
             pod("shop", "00000000-0000-0000-0000-0000000000ff", "web"),
         ];
         let index = pod_cgroup_index(&root);
-        let web = selector(&LabelSelector {
+        let scope = |namespaces: Option<&[&str]>, s: Option<LabelSelector>| PodScope {
+            namespaces: namespaces.map(|n| n.iter().map(|n| n.to_string()).collect()),
+            selector: s.map(|s| selector(&s).unwrap()),
+        };
+        let web = LabelSelector {
             match_labels: Some([("app".to_string(), "web".to_string())].into()),
             match_expressions: None,
-        })
-        .unwrap();
+        };
         let id = |u: &str| {
             crate::probes::cgroup_id(root.join(format!("kubepods/pod{u}")).to_str().unwrap())
                 .unwrap()
         };
         assert_eq!(
-            selected_cgroups(&pods, "shop", &web, &index),
+            selected_cgroups(&pods, &scope(Some(&["shop"]), Some(web.clone())), &index),
             BTreeSet::from([id(uids[0])])
         );
-        // An empty selector selects every pod of the namespace, no more.
-        let all = selector(&LabelSelector::default()).unwrap();
+        // An empty selector, or none, selects every pod of the namespace,
+        // no more.
+        let all = BTreeSet::from([id(uids[0]), id(uids[1])]);
+        let empty = Some(LabelSelector::default());
         assert_eq!(
-            selected_cgroups(&pods, "shop", &all, &index),
-            BTreeSet::from([id(uids[0]), id(uids[1])])
+            selected_cgroups(&pods, &scope(Some(&["shop"]), empty), &index),
+            all
         );
+        assert_eq!(
+            selected_cgroups(&pods, &scope(Some(&["shop"]), None), &index),
+            all
+        );
+        // A ClusterProbeSet's: the selector across namespaces, or every
+        // pod of the namespaces listed; an empty list selects none.
+        assert_eq!(
+            selected_cgroups(&pods, &scope(None, Some(web)), &index),
+            BTreeSet::from([id(uids[0]), id(uids[2])])
+        );
+        assert_eq!(
+            selected_cgroups(&pods, &scope(Some(&["shop", "other"]), None), &index),
+            BTreeSet::from([id(uids[0]), id(uids[1]), id(uids[2])])
+        );
+        assert!(selected_cgroups(&pods, &scope(Some(&[]), None), &index).is_empty());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

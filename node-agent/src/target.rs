@@ -167,6 +167,96 @@ impl UprobeTarget {
         }
     }
 
+    /// Resolves `binary` inside the containers whose roots are given (a
+    /// ProbeSet's pods', see [`crate::containers`]), in the first that
+    /// holds it, and finds `symbol` (ignored for `goRuntime`). Never on
+    /// the host: a binary no container holds is refused, with the fix.
+    /// `errors` says why roots that could not be opened were skipped.
+    pub fn open_in_containers(
+        kind: ringwarden_crds::ProbeKind,
+        roots: &[crate::containers::ContainerRoot],
+        errors: &[String],
+        binary: &str,
+        symbol: &str,
+    ) -> Result<Self, TargetError> {
+        let relative = check_path(binary)?;
+        let fix = "a ProbeSet's uprobe attaches only to binaries inside the containers of its \
+                   own pods, never to the host's or another namespace's: give the path as the \
+                   container sees it (e.g. /app/server), or trace a host binary with a \
+                   ClusterProbeSet";
+        let skipped = if errors.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; containers skipped: {} (reading a container's root needs \
+                 CAP_SYS_PTRACE, which the agent has when uprobes are enabled)",
+                errors.join("; ")
+            )
+        };
+        if roots.is_empty() {
+            return Err(TargetError(format!(
+                "no container of the ProbeSet's pods runs on this node to find it \
+                 in{skipped}; {fix}"
+            )));
+        }
+        let mut problems = Vec::new();
+        for c in roots {
+            match open_in_root(&c.root, &relative) {
+                Ok(file) => {
+                    let size = check_file(&file)?;
+                    let attach = match kind {
+                        ringwarden_crds::ProbeKind::GoRuntime => {
+                            Attach::GoRuntime(resolve_go_runtime(&file)?)
+                        }
+                        _ => resolve_symbol(&file, symbol)?,
+                    };
+                    return Ok(Self {
+                        file,
+                        binary: binary.into(),
+                        symbol: symbol.into(),
+                        attach,
+                        size,
+                    });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => problems.push(format!("in the container of process {}: {e}", c.pid)),
+            }
+        }
+        let others = if problems.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", problems.join("; "))
+        };
+        Err(TargetError(format!(
+            "not in any of the {} containers of the ProbeSet's pods on this node\
+             {others}{skipped}; {fix}",
+            roots.len()
+        )))
+    }
+
+    /// [`UprobeTarget::open_in_containers`] on a blocking thread, in the
+    /// containers of the pods whose cgroups are `pod_dirs`; `None` when no
+    /// process runs in them: nothing to attach to on this node yet.
+    pub async fn open_in_containers_async(
+        kind: ringwarden_crds::ProbeKind,
+        pod_dirs: Vec<PathBuf>,
+        binary: String,
+        symbol: String,
+    ) -> Result<Option<Self>, TargetError> {
+        tokio::task::spawn_blocking(move || {
+            let (roots, errors) = crate::containers::roots(
+                pod_dirs.iter().map(PathBuf::as_path),
+                &crate::containers::proc_root(),
+            );
+            if roots.is_empty() && errors.is_empty() {
+                return Ok(None);
+            }
+            Self::open_in_containers(kind, &roots, &errors, &binary, &symbol).map(Some)
+        })
+        .await
+        .map_err(|e| TargetError(format!("opening the binary did not finish: {e}")))?
+    }
+
     /// [`UprobeTarget::open`] on a blocking thread, so a slow filesystem
     /// never stalls the agent's loop.
     pub async fn open_async(

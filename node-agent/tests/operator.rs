@@ -15,9 +15,9 @@ use std::{
 mod common;
 
 use common::{free_port, get};
-use ringwarden_crds::{ProbeSet, ProbeSetSpec, Slo, SloSpec};
+use ringwarden_crds::{ClusterProbeSet, ClusterProbeSetSpec, Slo, SloSpec};
 use ringwarden_operator::{
-    loopback::{LoopbackOperator, fixed_stores},
+    loopback::{LoopbackOperator, fixed_stores_with_cluster},
     reports::ProbeRef,
     sim::SimAgent,
 };
@@ -28,8 +28,10 @@ const SLO: &str = "shop/fast";
 /// The comm of the thread that makes the ground-truth syscalls.
 const COMM: &str = "rw-uplink-load";
 
-fn probeset() -> ProbeSet {
-    let spec: ProbeSetSpec = serde_yaml_ng::from_str(&format!(
+/// An agent outside a cluster knows no pods, so what it runs for the
+/// operator observes the host: a ClusterProbeSet's probe, narrowed by comm.
+fn probeset() -> ClusterProbeSet {
+    let spec: ClusterProbeSetSpec = serde_yaml_ng::from_str(&format!(
         "
 nodeSelector: {{pool: web}}
 reportInterval: 500ms
@@ -38,8 +40,7 @@ probes:
 "
     ))
     .unwrap();
-    let mut ps = ProbeSet::new("web", spec);
-    ps.metadata.namespace = Some("shop".into());
+    let mut ps = ClusterProbeSet::new("web", spec);
     ps.metadata.generation = Some(1);
     ps.metadata.uid = Some("uid-web".into());
     ps
@@ -47,7 +48,7 @@ probes:
 
 fn slo() -> Slo {
     let spec: SloSpec = serde_yaml_ng::from_str(
-        "{probeSet: web, probe: sys, series: [nanosleep], indicator: {latency: {threshold: 5ms}}, target: 99}",
+        "{clusterProbeSet: web, probe: sys, series: [nanosleep], indicator: {latency: {threshold: 5ms}}, target: 99}",
     )
     .unwrap();
     let mut slo = Slo::new("fast", spec);
@@ -235,7 +236,8 @@ fn unix_ms() -> u64 {
 
 #[tokio::test]
 async fn a_real_agent_and_simulated_ones_are_counted_exactly_through_operator_and_agent_restarts() {
-    let stores = fixed_stores(
+    let stores = fixed_stores_with_cluster(
+        vec![],
         vec![probeset()],
         &[
             ("node-real", &[("pool", "web")]),
@@ -257,7 +259,7 @@ async fn a_real_agent_and_simulated_ones_are_counted_exactly_through_operator_an
     let addr = op.addr.to_string();
     let mut agent = AgentProcess::start(&url, &dir);
     let sys = ProbeRef {
-        namespace: "shop".into(),
+        namespace: String::new(),
         probeset: "web".into(),
         probe: "sys".into(),
     };
@@ -319,7 +321,8 @@ async fn a_real_agent_and_simulated_ones_are_counted_exactly_through_operator_an
 /// start unless the loud flag says otherwise.
 #[tokio::test]
 async fn an_agent_refuses_an_operator_it_cannot_verify() {
-    let stores = fixed_stores(
+    let stores = fixed_stores_with_cluster(
+        vec![],
         vec![probeset()],
         &[("node-real", &[("pool", "web")])],
         vec![slo()],

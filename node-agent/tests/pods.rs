@@ -283,6 +283,11 @@ fn getppid_in(cgroup: &Path, calls: u64) {
 
 // ---------------------------------------------------------------- the agent
 
+/// One podSelector probe: `app: web` in namespace `shop`.
+const WEB_PROBE: &str = "probes:\n  - {namespace: shop, probeset: web, spec: {name: sys, kind: \
+     syscalls, maxSeries: 512}, podSelector: {matchLabels: {app: web}}, nodeSelector: {pool: web}, \
+     ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n";
+
 struct Agent {
     child: Child,
     port: u16,
@@ -301,6 +306,16 @@ impl Agent {
     /// `ringwarden-agent node` on `node-t` with one podSelector probe
     /// (`app: web` in namespace `shop`), its API the mock on `api_port`.
     fn start(dir: &Path, api_port: u16, pod_root: &Path) -> Self {
+        Self::start_with(dir, api_port, pod_root, WEB_PROBE)
+    }
+
+    /// `ringwarden-agent node` on `node-t` running the agent configuration
+    /// `config`, its API the mock on `api_port`.
+    fn start_with(dir: &Path, api_port: u16, pod_root: &Path, config: &str) -> Self {
+        Self::spawn(dir, api_port, pod_root, config, Stdio::inherit())
+    }
+
+    fn spawn(dir: &Path, api_port: u16, pod_root: &Path, config: &str, stderr: Stdio) -> Self {
         std::fs::write(
             dir.join("kubeconfig"),
             format!(
@@ -311,13 +326,7 @@ impl Agent {
             ),
         )
         .unwrap();
-        std::fs::write(
-            dir.join("config.yaml"),
-            "probes:\n  - {namespace: shop, probeset: web, spec: {name: sys, kind: syscalls, \
-             maxSeries: 512}, podSelector: {matchLabels: {app: web}}, nodeSelector: {pool: web}, \
-             ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("config.yaml"), config).unwrap();
         let port = free_port();
         let child = Command::new(AGENT)
             .args(["node", "--node-name", NODE, "--interval", "100ms"])
@@ -333,7 +342,7 @@ impl Agent {
             .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
             .env("KUBECONFIG", dir.join("kubeconfig"))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("the agent binary starts");
         Self {
@@ -592,6 +601,302 @@ fn pod_selected_probes_wait_for_the_first_list_of_pods_and_load_once_it_succeeds
     );
     getppid_in(&ctr, 321);
     agent.until(&getppid_count(), 321);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `name{labels}` of the getppid count of `namespace/probeset/sys`.
+fn getppid_of(namespace: &str, probeset: &str) -> String {
+    format!(
+        "ringwarden_latency_seconds_count{{namespace=\"{namespace}\",probeset=\"{probeset}\",\
+         probe=\"sys\",node=\"node-t\",series=\"getppid\"}}"
+    )
+}
+
+#[test]
+fn a_probeset_counts_only_its_namespace_and_a_cluster_probeset_what_it_selects_exactly() {
+    if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
+        panic!("this live-kernel test cannot run: {e}; run `sudo make test`");
+    }
+    let dir = std::env::temp_dir().join(format!("rw-tenancy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cgroups = PodCgroups::new("tenancy");
+    let uid = |n: u8| format!("00000000-0000-4000-8000-0000000002{n:02x}");
+    let (a, b, c) = (uid(0xa), uid(0xb), uid(0xc));
+    let ctr_a = cgroups.pod(&a, false);
+    let ctr_b = cgroups.pod(&b, true);
+    let ctr_c = cgroups.pod(&c, false);
+    let api: Shared = Arc::default();
+    {
+        let mut api = api.lock().unwrap();
+        api.apply("shop", &a, "web");
+        api.apply("shop", &b, "db");
+        api.apply("other", &c, "web");
+    }
+    // As the operator renders them: the ProbeSet shop/web, without a
+    // podSelector, scoped to its namespace; a ClusterProbeSet whose
+    // namespaceSelector matched both namespaces; one without a
+    // namespaceSelector (the whole node); and a ProbeSet naming host
+    // cgroups, which must not load.
+    let probe = |namespace: &str, probeset: &str, extra: &str| {
+        format!(
+            "  - {{namespace: '{namespace}', probeset: {probeset}, spec: {{name: sys, kind: \
+             syscalls, maxSeries: 512{}}}, {extra}ringBytes: 4096, sampleEvery: 1, \
+             reportInterval: 1s}}\n",
+            if probeset == "host-cgroups" {
+                ", filter: {cgroups: [/sys/fs/cgroup]}"
+            } else {
+                ""
+            }
+        )
+    };
+    let config = format!(
+        "probes:\n{}{}{}{}",
+        probe("shop", "web", "namespaces: [shop], "),
+        probe("", "both", "namespaces: [other, shop], "),
+        probe("", "node", ""),
+        probe("shop", "host-cgroups", "namespaces: [shop], "),
+    );
+    let mut agent = Agent::start_with(&dir, serve(api.clone()), &cgroups.root, &config);
+    let filter = |ns: &str, ps: &str| {
+        format!(
+            "ringwarden_agent_pod_filter_cgroups{{namespace=\"{ns}\",node=\"node-t\",probe=\"sys\",probeset=\"{ps}\"}}"
+        )
+    };
+    agent.until(&filter("shop", "web"), 2);
+    agent.until(&filter("", "both"), 3);
+    agent.until(
+        "ringwarden_agent_probe_failing{namespace=\"shop\",node=\"node-t\",probe=\"sys\",probeset=\"host-cgroups\",reason=\"other\"}",
+        1,
+    );
+
+    getppid_in(&ctr_a, 1_000);
+    getppid_in(&ctr_b, 700);
+    getppid_in(&ctr_c, 900);
+    // And on the host, outside every pod.
+    let host = 500u64;
+    for _ in 0..host {
+        // SAFETY: a raw syscall without arguments.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    agent.until(&getppid_of("shop", "web"), 1_000 + 700);
+    agent.until(&getppid_of("", "both"), 1_000 + 700 + 900);
+    // Other processes of the node call getppid too: at least ours.
+    agent.until_is(&getppid_of("", "node"), "at least every call made", |n| {
+        n >= 1_000 + 700 + 900 + host
+    });
+
+    // A pod of `other` starting on the node stays out of shop's probe.
+    let d = uid(0xd);
+    let ctr_d = cgroups.pod(&d, false);
+    api.lock().unwrap().apply("other", &d, "web");
+    agent.until(&filter("", "both"), 4);
+    getppid_in(&ctr_d, 400);
+    getppid_in(&ctr_a, 100);
+    agent.until(&getppid_of("", "both"), 1_000 + 700 + 900 + 400 + 100);
+    std::thread::sleep(Duration::from_millis(300));
+    let text = agent.metrics();
+    assert_eq!(value(&text, &getppid_of("shop", "web")), Some(1_800));
+    assert_eq!(value(&text, &filter("shop", "web")), Some(2));
+    assert_eq!(
+        value(&text, &getppid_of("shop", "host-cgroups")),
+        None,
+        "a ProbeSet naming node-wide cgroups never runs"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A process in `cgroup` with `root` as its root directory, as a
+/// container's: it waits until dropped.
+struct Contained(libc::pid_t);
+
+impl Contained {
+    fn start(cgroup: &Path, root: &Path) -> Self {
+        let dir = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).unwrap();
+        let mut go = [0i32; 2];
+        // SAFETY: a valid array of two fds.
+        assert_eq!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: the child only makes raw syscalls (read, chroot, chdir,
+        // pause, _exit), which are async-signal-safe.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: raw syscalls on memory and fds this process owns.
+            unsafe {
+                let mut b = 0u8;
+                libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+                if libc::chroot(dir.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        // SAFETY: both fds were just created and are owned here.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(go[0]), OwnedFd::from_raw_fd(go[1])) };
+        drop(read_end);
+        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+        // SAFETY: writing one byte from a valid buffer to an open pipe.
+        assert_eq!(
+            unsafe { libc::write(write_end.as_raw_fd(), b"g".as_ptr().cast(), 1) },
+            1
+        );
+        // The child is in its root once /proc says so.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/root"))
+            .ok()
+            .as_deref()
+            != Some(root)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the contained process never chrooted"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self(pid)
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// The C library this process runs with, as the host has it.
+fn host_libc() -> PathBuf {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so"))
+        .map(PathBuf::from)
+        .expect("this test process maps a libc")
+}
+
+#[test]
+fn a_probesets_uprobe_resolves_only_in_its_own_pods_containers() {
+    if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
+        panic!("this live-kernel test cannot run: {e}; run `sudo make test`");
+    }
+    let dir = std::env::temp_dir().join(format!("rw-tenancy-up-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let libc = host_libc();
+    // Two container root filesystems: shop's holds /lib/tenant.so, the
+    // other namespace's /lib/other.so; neither holds the host's libc path.
+    let (shop_root, other_root) = (dir.join("shop-root"), dir.join("other-root"));
+    for (root, name) in [(&shop_root, "tenant.so"), (&other_root, "other.so")] {
+        std::fs::create_dir_all(root.join("lib")).unwrap();
+        std::fs::copy(&libc, root.join("lib").join(name)).unwrap();
+    }
+    let mut cgroups = PodCgroups::new("tenancy-uprobe");
+    let (a, c) = (
+        "00000000-0000-4000-8000-00000000030a",
+        "00000000-0000-4000-8000-00000000030c",
+    );
+    let ctr_a = cgroups.pod(a, true);
+    let ctr_c = cgroups.pod(c, false);
+    let _shop = Contained::start(&ctr_a, &shop_root);
+    let _other = Contained::start(&ctr_c, &other_root);
+    let api: Shared = Arc::default();
+    {
+        let mut api = api.lock().unwrap();
+        api.apply("shop", a, "web");
+        api.apply("other", c, "web");
+    }
+    let probe = |namespace: &str, probeset: &str, binary: &str| {
+        let scope = if namespace.is_empty() {
+            String::new()
+        } else {
+            format!("namespaces: [{namespace}], ")
+        };
+        format!(
+            "  - {{namespace: '{namespace}', probeset: {probeset}, spec: {{name: up, kind: \
+             uprobe, uprobe: {{binary: '{binary}', symbol: getppid}}}}, {scope}ringBytes: 4096, \
+             sampleEvery: 1, reportInterval: 1s}}\n"
+        )
+    };
+    let host = libc.to_str().unwrap();
+    let config = format!(
+        "probes:\n{}{}{}{}{}",
+        probe("shop", "mine", "/lib/tenant.so"),
+        probe("shop", "host", host),
+        probe("shop", "theirs", "/lib/other.so"),
+        probe("", "node", host),
+        // No pod of `late` runs on the node yet.
+        probe("late", "later", "/lib/tenant.so"),
+    );
+    let log_path = dir.join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut agent = Agent::spawn(&dir, serve(api.clone()), &cgroups.root, &config, log.into());
+    let series = |metric: &str, ns: &str, ps: &str, extra: &str| {
+        format!(
+            "{metric}{{namespace=\"{ns}\",node=\"node-t\",probe=\"up\",probeset=\"{ps}\"{extra}}}"
+        )
+    };
+    let loads = |ns: &str, ps: &str| series("ringwarden_agent_probe_loads_total", ns, ps, "");
+    let failing = |ps: &str| {
+        series(
+            "ringwarden_agent_probe_failing",
+            "shop",
+            ps,
+            ",reason=\"other\"",
+        )
+    };
+    agent.until(&loads("shop", "mine"), 1);
+    agent.until(&loads("", "node"), 1);
+    agent.until(&failing("host"), 1);
+    agent.until(&failing("theirs"), 1);
+    let text = agent.metrics();
+    assert_eq!(value(&text, &loads("shop", "host")), None);
+    assert_eq!(value(&text, &loads("shop", "theirs")), None);
+    // Nothing to attach to is not a failure; a pod of `late` starting
+    // attaches it, without waiting out a retry backoff.
+    let later_failing = series(
+        "ringwarden_agent_probe_failing",
+        "late",
+        "later",
+        ",reason=\"other\"",
+    );
+    assert_eq!(value(&text, &loads("late", "later")), None);
+    assert_eq!(value(&text, &later_failing), None, "{text}");
+    let d = "00000000-0000-4000-8000-00000000030d";
+    let ctr_d = cgroups.pod(d, false);
+    let _late = Contained::start(&ctr_d, &shop_root);
+    api.lock().unwrap().apply("late", d, "web");
+    let started = Instant::now();
+    agent.until(&loads("late", "later"), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "attached only after {:?}",
+        started.elapsed()
+    );
+
+    // Each refusal names the binary, the rule and the fix.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for binary in [host, "/lib/other.so"] {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains("probe not running")
+                    && l.contains(&format!("error=uprobe getppid in {binary}: not in any"))
+            })
+            .unwrap_or_else(|| panic!("no refusal of {binary} in the log:\n{log}"));
+        assert!(
+            line.contains("not in any of the 1 containers of the ProbeSet's pods on this node")
+                && line.contains("give the path as the container sees it")
+                && line.contains("ClusterProbeSet"),
+            "{line}"
+        );
+    }
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

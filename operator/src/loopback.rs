@@ -16,7 +16,7 @@ use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Object
 use kube::{
     api::{PartialObjectMeta, PartialObjectMetaExt},
     runtime::{
-        reflector::{self, store::Writer},
+        reflector::{self, Store, store::Writer},
         watcher,
     },
 };
@@ -106,17 +106,45 @@ pub fn fixed_stores(
     nodes: &[(&str, &[(&str, &str)])],
     slos: Vec<Slo>,
 ) -> Stores {
+    fixed_stores_with_cluster(probesets, vec![], nodes, slos)
+}
+
+/// [`fixed_stores`] with ClusterProbeSets too (and no namespaces).
+pub fn fixed_stores_with_cluster(
+    probesets: Vec<ProbeSet>,
+    cluster_probesets: Vec<ringwarden_crds::ClusterProbeSet>,
+    nodes: &[(&str, &[(&str, &str)])],
+    slos: Vec<Slo>,
+) -> Stores {
     let (probeset_store, mut w) = reflector::store();
     fill(&mut w, probesets);
     let (node_store, mut w) = reflector::store();
     fill(&mut w, nodes.iter().map(|(n, l)| node(n, l)).collect());
     let (slo_store, mut w) = reflector::store();
     fill(&mut w, slos);
+    let (cluster_store, mut w) = reflector::store();
+    fill(&mut w, cluster_probesets);
+    let (_, namespaces) = empty_cluster_scoped();
     Stores {
         probesets: probeset_store,
         nodes: node_store,
         slos: slo_store,
+        cluster_probesets: cluster_store,
+        namespaces,
     }
+}
+
+/// Filled caches of no ClusterProbeSet and no namespace, for tests and
+/// tools whose cluster has none.
+pub fn empty_cluster_scoped() -> (
+    Store<ringwarden_crds::ClusterProbeSet>,
+    Store<PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
+) {
+    let (cps, mut w) = reflector::store();
+    fill(&mut w, vec![]);
+    let (ns, mut w) = reflector::store();
+    fill(&mut w, vec![]);
+    (cps, ns)
 }
 
 /// Fills a cache as a watch's initial list does.
@@ -170,6 +198,8 @@ impl LoopbackOperator {
         let hub = Arc::new(Hub::new(stores.clone(), metrics.ingest));
         let world = World {
             probesets: stores.probesets.state(),
+            cluster_probesets: stores.cluster_probesets.state(),
+            namespaces: vec![],
             nodes: stores
                 .nodes
                 .state()

@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt, future};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::PartialObjectMeta,
@@ -22,7 +22,7 @@ use kube::{
     },
 };
 use prometheus::Registry;
-use ringwarden_crds::{ProbeSet, Slo};
+use ringwarden_crds::{ClusterProbeSet, ProbeSet, Slo};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -36,7 +36,9 @@ use crate::{
     auth::{Authenticator, TokenReviewer},
     cli::Args,
     config::{AgentTransport, ConfigError, OperatorConfig},
-    controller::{Context, Stores, error_policy, reconcile},
+    controller::{
+        Context, Stores, error_policy, error_policy_cluster, reconcile, reconcile_cluster,
+    },
     grpc::{self, AgentApi, QueryApi, StreamSettings, Transport},
     lease::{Elector, Leadership, LeaseSettings},
     metrics::{self, Metrics},
@@ -243,7 +245,13 @@ pub async fn serve(
     }
 
     let watches = Watches::new(
-        &["probesets", "nodes", "slos"],
+        &[
+            "probesets",
+            "clusterprobesets",
+            "namespaces",
+            "nodes",
+            "slos",
+        ],
         metrics.watch_errors.clone(),
     );
 
@@ -304,10 +312,14 @@ pub async fn serve(
     let (ps_store, ps_writer) = reflector::store::<ProbeSet>();
     let (node_store, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
     let (slo_store, slo_writer) = reflector::store::<Slo>();
+    let (cps_store, cps_writer) = reflector::store::<ClusterProbeSet>();
+    let (ns_store, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     let stores = Stores {
         probesets: ps_store.clone(),
         nodes: node_store,
         slos: slo_store,
+        cluster_probesets: cps_store.clone(),
+        namespaces: ns_store,
     };
     let service_account = config.agent.service_account_name.clone();
     let ctx = Arc::new(Context::new(
@@ -359,6 +371,43 @@ pub async fn serve(
         }
     })
     .applied_objects();
+    // Undecodable ClusterProbeSets are logged and counted; they leave the
+    // cache and run nowhere.
+    let cluster_probesets = stored::decoded(
+        watches.watch(
+            "clusterprobesets",
+            Api::<Stored<ClusterProbeSet>>::all(client.clone()),
+        ),
+        Undecodable::default(),
+        on_undecodable("clusterprobesets"),
+    )
+    .reflect(cps_writer)
+    .inspect({
+        let (poke, mut specs) = (poke.clone(), SpecChanges::default());
+        move |e| {
+            if specs.saw(e) {
+                changed(e, &poke);
+            }
+        }
+    })
+    .applied_objects();
+    // Namespace labels decide which namespaces a ClusterProbeSet's
+    // namespaceSelector picks.
+    let namespaces = label_changes(
+        watches
+            .watch(
+                "namespaces",
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            )
+            .reflect(ns_writer),
+    )
+    .for_each({
+        let poke = poke.clone();
+        move |_| {
+            poke();
+            future::ready(())
+        }
+    });
     let nodes = label_changes(
         // A metadata-only watch: labels are all that is needed.
         watches
@@ -476,9 +525,31 @@ pub async fn serve(
             }
             future::ready(())
         });
+    let cluster_controller = Controller::for_stream(cluster_probesets, cps_store)
+        .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
+        .reconcile_all_on(leadership.gained())
+        .graceful_shutdown_on(stopped())
+        .run(reconcile_cluster, error_policy_cluster, Arc::clone(&ctx))
+        .for_each(|result| {
+            if let Err(e) = result {
+                debug!(error = %e, "cluster controller");
+            }
+            future::ready(())
+        });
     info!(namespace = %args.namespace, agents = %args.agent_addr, "operator started");
+    let namespaces = {
+        let stop = stopped();
+        async move {
+            tokio::select! {
+                () = namespaces => {}
+                () = stop => {}
+            }
+        }
+    };
     tokio::join!(
         controller,
+        cluster_controller,
+        namespaces,
         agent::run(Arc::clone(&ctx), trigger, stopped()),
         publisher
     );
@@ -541,13 +612,16 @@ fn changed<K>(event: &Result<watcher::Event<K>, watcher::Error>, poke: &impl Fn(
     }
 }
 
-/// The nodes whose labels changed (added, relabelled or deleted); status
-/// updates, which touch nodes every few seconds, pass no further.
-fn label_changes<S>(
+/// The nodes (or namespaces) whose labels changed (added, relabelled or
+/// deleted); status updates, which touch nodes every few seconds, pass no
+/// further.
+fn label_changes<K, S>(
     events: S,
-) -> impl Stream<Item = Result<PartialObjectMeta<Node>, watcher::Error>> + Send
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send
 where
-    S: Stream<Item = Result<watcher::Event<PartialObjectMeta<Node>>, watcher::Error>> + Send,
+    K: Resource + Send + 'static,
+    PartialObjectMeta<K>: Resource + Send,
+    S: Stream<Item = Result<watcher::Event<PartialObjectMeta<K>>, watcher::Error>> + Send,
 {
     let mut known: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     events.filter_map(move |event| {

@@ -66,6 +66,8 @@ fn world() -> World {
         "{probeSet: web, probe: sys, series: [read, write], indicator: {latency: {threshold: 20ms}}, target: 99.9, maxDropRate: 0.001}",
     );
     World {
+        cluster_probesets: vec![],
+        namespaces: vec![],
         probesets: vec![
             Arc::new(probeset("shop", "web", 1, WEB)),
             Arc::new(probeset("team-b", "db", 1, DB)),
@@ -195,10 +197,11 @@ fn the_agent_is_never_privileged_and_adds_only_the_named_capabilities() {
     assert_locked_down(&reviewed);
 }
 
-/// The uprobe opt-in adds exactly SYS_ADMIN and the read-only host root,
-/// and nothing else changes in how the agent is locked down.
+/// The uprobe opt-in adds exactly SYS_ADMIN, SYS_PTRACE (container roots) and
+/// the read-only host root, and nothing else changes in how the agent is
+/// locked down.
 #[test]
-fn the_uprobe_opt_in_adds_only_sys_admin_and_the_read_only_host_root() {
+fn the_uprobe_opt_in_adds_only_sys_admin_sys_ptrace_and_the_read_only_host_root() {
     let mut enabled = settings();
     enabled.uprobes.enabled = true;
     let ds = render(&world(), &enabled).daemon_set;
@@ -216,7 +219,10 @@ fn the_uprobe_opt_in_adds_only_sys_admin_and_the_read_only_host_root() {
         .flatten()
         .map(String::as_str)
         .collect();
-    assert_eq!(added, BTreeSet::from(["BPF", "PERFMON", "SYS_ADMIN"]));
+    assert_eq!(
+        added,
+        BTreeSet::from(["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"])
+    );
     let host_paths: BTreeSet<(&str, &str)> = pod
         .volumes
         .iter()

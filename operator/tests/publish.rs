@@ -64,6 +64,8 @@ fn rendered(cluster: &Cluster) -> ringwarden_crds::AgentConfig {
         .filter_map(|s| ringwarden_operator::slo::SloTarget::from_slo(s))
         .collect();
     let world = ringwarden_operator::world::World {
+        cluster_probesets: vec![],
+        namespaces: vec![],
         probesets: cluster.stores.probesets.state(),
         nodes: vec![[("pool".to_string(), "web".to_string())].into()],
         slos,

@@ -238,6 +238,8 @@ async fn a_spec_update_replans_and_rewrites_only_what_changed() {
     let old = probeset("shop", "web", 1, WEB);
     let mut cluster = Cluster::new(vec![old.clone()], NODES, vec![]);
     let before = rendered(&World {
+        cluster_probesets: vec![],
+        namespaces: vec![],
         probesets: vec![Arc::new(old.clone())],
         nodes: vec![[("pool".to_string(), "web".to_string())].into()],
         slos: vec![],
@@ -326,6 +328,8 @@ async fn deleting_a_probeset_removes_its_probes_from_the_agents() {
     let db = probeset("team-b", "db", 1, DB);
     let mut cluster = Cluster::new(vec![web.clone(), db.clone()], NODES, vec![]);
     let before = rendered(&World {
+        cluster_probesets: vec![],
+        namespaces: vec![],
         probesets: vec![Arc::new(web), Arc::new(db.clone())],
         nodes: vec![],
         slos: vec![],
@@ -419,6 +423,8 @@ async fn after_a_restart_objects_already_right_are_only_read() {
     let web = probeset("shop", "web", 1, WEB);
     let cluster = Cluster::new(vec![web.clone()], NODES, vec![]);
     let objects = rendered(&World {
+        cluster_probesets: vec![],
+        namespaces: vec![],
         probesets: vec![Arc::new(web)],
         nodes: vec![[("pool".to_string(), "web".to_string())].into()],
         slos: vec![],
@@ -451,6 +457,8 @@ async fn a_configmap_edited_by_hand_is_put_back() {
     let web = probeset("shop", "web", 1, WEB);
     let cluster = Cluster::new(vec![web.clone()], NODES, vec![]);
     let objects = rendered(&World {
+        cluster_probesets: vec![],
+        namespaces: vec![],
         probesets: vec![Arc::new(web)],
         nodes: vec![[("pool".to_string(), "web".to_string())].into()],
         slos: vec![],

@@ -28,6 +28,8 @@ fn world(bad_selectors: &[(&str, &str)]) -> World {
         probesets.push(Arc::new(ps));
     }
     World {
+        cluster_probesets: vec![],
+        namespaces: vec![],
         probesets,
         nodes: vec![[("pool".to_string(), "web".to_string())].into()],
         slos: vec![],

@@ -116,6 +116,7 @@ fn the_longest_probeset_status_is_admitted_and_small() {
     let assessed = [ringwarden_operator::world::Assessed {
         namespace: ps.metadata.namespace.clone().unwrap(),
         name: ps.metadata.name.clone().unwrap(),
+        namespaces: ps.metadata.namespace.clone().map(|n| vec![n]),
         probeset: std::sync::Arc::new(ps.clone()),
         assessment: assessment.clone(),
     }];

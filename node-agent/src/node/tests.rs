@@ -1,4 +1,6 @@
-//! Node mode's pure steps: configurations, node selection, retries.
+//! Node mode without a kernel: which configuration is in force, node
+//! selectors, the report cadence, retries, where uprobe binaries resolve,
+//! what the node budget lets load.
 
 use super::*;
 
@@ -103,6 +105,27 @@ fn failed_probes_are_retried_with_exponential_backoff_up_to_a_cap() {
     let delays: Vec<u64> = (1..=12).map(|n| retry_delay(n).as_secs()).collect();
     assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
     assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+}
+
+#[test]
+fn only_a_probesets_uprobes_resolve_in_its_pods_containers() {
+    let probe = |ns: &str, scope: &str| -> AgentProbe {
+        serde_yaml_ng::from_str(&format!(
+            "{{namespace: '{ns}', probeset: p, spec: {{name: up, kind: uprobe, uprobe: \
+             {{binary: /usr/bin/app, symbol: f}}}}, {scope}ringBytes: 4096, sampleEvery: 1, \
+             reportInterval: 1s}}"
+        ))
+        .unwrap()
+    };
+    assert!(resolves_in_containers(&probe(
+        "shop",
+        "namespaces: [shop], "
+    )));
+    // A ClusterProbeSet's, with or without a namespaceSelector: the host.
+    assert!(!resolves_in_containers(&probe("", "namespaces: [shop], ")));
+    assert!(!resolves_in_containers(&probe("", "")));
+    // Rendered before namespaces were enforced: the host, as then.
+    assert!(!resolves_in_containers(&probe("shop", "")));
 }
 
 #[test]

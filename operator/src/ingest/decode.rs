@@ -166,6 +166,29 @@ impl Sparse {
         }
     }
 
+    /// The events of all `histograms` together; indexing a dense array is
+    /// cheaper than merging sparse lists pairwise.
+    pub fn sum<'a>(histograms: impl IntoIterator<Item = &'a Sparse>) -> Sparse {
+        let mut dense = vec![0u64; HIST_BUCKETS];
+        let mut out = Sparse::default();
+        for h in histograms {
+            for &(i, n) in &h.buckets {
+                let b = &mut dense[usize::from(i)];
+                *b = b.saturating_add(n);
+            }
+            out.sum_ns = out.sum_ns.saturating_add(h.sum_ns);
+            out.max_ns = out.max_ns.max(h.max_ns);
+            out.errors = out.errors.saturating_add(h.errors);
+        }
+        out.buckets = dense
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (i as u16, *n))
+            .collect();
+        out
+    }
+
     /// Adds `other`'s events.
     pub fn merge(&mut self, other: &Sparse) {
         let (a, b) = (&self.buckets, &other.buckets);
@@ -280,7 +303,8 @@ impl TryFrom<v1::ProbeReport> for ProbeSample {
     fn try_from(p: v1::ProbeReport) -> Result<Self, Self::Error> {
         let id = p.id.ok_or(ReportError::Missing { field: "probe.id" })?;
         let id = ProbeRef {
-            namespace: name("probe.id.namespace", id.namespace)?,
+            // Empty for a ClusterProbeSet's probe.
+            namespace: bounded("probe.id.namespace", id.namespace)?,
             probeset: name("probe.id.probeset", id.probeset)?,
             probe: name("probe.id.probe", id.probe)?,
         };

@@ -12,7 +12,6 @@ use std::{
 use ringwarden_proto::v1::{
     self, AgentMessage, OperatorMessage, StatusReply, StatusRequest,
     agent_message::Message as FromAgent,
-    agent_service_server::{AgentService, AgentServiceServer},
     operator_message::Message as ToAgent,
     query_service_server::{QueryService, QueryServiceServer},
 };
@@ -81,18 +80,30 @@ impl<R: Reviewer> AgentApi<R> {
     }
 }
 
-#[tonic::async_trait]
-impl<R: Reviewer> AgentService for AgentApi<R> {
-    type ConnectStream = ReceiverStream<Result<OperatorMessage, Status>>;
+/// Where an agent stream's messages come from: the agent port reads them
+/// with [`super::frames::Frames`]; tonic's `Streaming` reads them too.
+pub trait Inbound: Send + 'static {
+    fn message(&mut self) -> impl Future<Output = Result<Option<AgentMessage>, Status>> + Send;
+}
 
-    async fn connect(
+impl Inbound for Streaming<AgentMessage> {
+    async fn message(&mut self) -> Result<Option<AgentMessage>, Status> {
+        Streaming::message(self).await
+    }
+}
+
+impl<R: Reviewer> AgentApi<R> {
+    /// Opens an agent stream authenticated by `metadata`, reading
+    /// `inbound`.
+    pub async fn open(
         &self,
-        request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+        metadata: &tonic::metadata::MetadataMap,
+        inbound: impl Inbound,
+    ) -> Result<Response<ReceiverStream<Result<OperatorMessage, Status>>>, Status> {
         // Before anything is read: a refused stream changes nothing.
         let who = self
             .auth
-            .authenticate(request.metadata())
+            .authenticate(metadata)
             .await
             .map_err(|e| self.refuse(e.metric_label(), e.status()))?;
         if !self.hub.is_serving() {
@@ -102,7 +113,7 @@ impl<R: Reviewer> AgentService for AgentApi<R> {
         tokio::spawn(agent_stream(
             Arc::clone(&self.hub),
             who,
-            request.into_inner(),
+            inbound,
             tx,
             self.settings,
         ));
@@ -144,7 +155,7 @@ impl Drop for Bye {
 async fn agent_stream(
     hub: Arc<Hub>,
     who: Identity,
-    mut inbound: Streaming<AgentMessage>,
+    mut inbound: impl Inbound,
     tx: Outbound,
     settings: StreamSettings,
 ) {
@@ -504,7 +515,7 @@ pub fn status_reply(hub: &Hub, namespace: &str, now: SystemTime) -> StatusReply 
         let mut figures = v1::SloFigures {
             namespace: ns,
             name: slo.metadata.name.clone().unwrap_or_default(),
-            probeset: slo.spec.probe_set.clone(),
+            probeset: slo.spec.target(None).1.to_owned(),
             probe: slo.spec.probe.clone(),
             target: slo.spec.target,
             ..v1::SloFigures::default()
@@ -533,6 +544,9 @@ pub fn status_reply(hub: &Hub, namespace: &str, now: SystemTime) -> StatusReply 
     }
     reply
 }
+
+/// Bytes an agent connection may send ahead of the operator reading them.
+pub const RECEIVE_WINDOW: u32 = 64 << 10;
 
 /// Streams one agent connection may hold open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
@@ -563,7 +577,13 @@ pub async fn serve_agents<R: Reviewer>(
         // old one. Bounds what one connection can make the server hold.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
-        .add_service(AgentServiceServer::new(api));
+        // HTTP/2's own default windows (hyper's are 1 MiB): what a
+        // connection may send ahead of the operator reading it is what the
+        // operator holds for it, and a thousand agents reconnecting at once
+        // each send a report at once.
+        .initial_stream_window_size(Some(RECEIVE_WINDOW))
+        .initial_connection_window_size(Some(RECEIVE_WINDOW))
+        .add_service(super::frames::AgentServer::new(api));
     serve_on(router, listener, transport, shutdown).await
 }
 

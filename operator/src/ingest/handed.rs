@@ -42,6 +42,37 @@ pub mod refusal {
     /// The first report of a boot seen after its first (`seq` above 1):
     /// its counts are a baseline only.
     pub const NOT_FROM_START: &str = "not_from_start";
+    /// Histograms beyond a node's caps on series or buckets
+    /// ([`super::MAX_NODE_SERIES`], [`super::MAX_NODE_BUCKETS`]).
+    pub const SERIES_CAP: &str = "series_cap";
+}
+
+/// Most histogram series one node's report is counted with, all probes
+/// together: four probes at the largest `maxSeries`.
+pub const MAX_NODE_SERIES: usize = 16_384;
+/// Most histogram buckets one node's report is counted with (16 MiB as
+/// the operator holds them while counting).
+pub const MAX_NODE_BUCKETS: usize = 1 << 20;
+
+/// Keeps the histograms of `sample`'s probes, in report order, while the
+/// node's totals stay within [`MAX_NODE_SERIES`] and [`MAX_NODE_BUCKETS`];
+/// the probes beyond lose their histograms (their counters and thresholds
+/// still count, so loss accounting and SLIs stay exact). Returns
+/// [`refusal::SERIES_CAP`] if it took any away.
+pub fn cap(sample: &mut Sample) -> Option<&'static str> {
+    let (mut series, mut buckets, mut capped) = (0usize, 0usize, false);
+    for p in &mut sample.probes {
+        let more: usize = p.series.iter().map(|(_, h)| h.buckets.len()).sum();
+        if capped || series + p.series.len() > MAX_NODE_SERIES || buckets + more > MAX_NODE_BUCKETS
+        {
+            capped |= !p.series.is_empty();
+            p.series = Vec::new();
+            continue;
+        }
+        series += p.series.len();
+        buckets += more;
+    }
+    capped.then_some(refusal::SERIES_CAP)
 }
 
 /// The probes of `config` that a node with `labels` runs.
@@ -215,6 +246,7 @@ mod tests {
                 priority: 0,
             },
             pod_selector: None,
+            namespaces: None,
             node_selector: selector
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -338,5 +370,43 @@ mod tests {
             out.check(later, "n1", 2, || unreachable!(), &mut s),
             [refusal::THRESHOLD_NOT_PUSHED]
         );
+    }
+
+    #[test]
+    fn histograms_past_a_nodes_caps_are_dropped_and_counted_but_counts_stay() {
+        use crate::reports::Sparse;
+        let histogram = |buckets: u16| Sparse {
+            buckets: (0..buckets).map(|i| (i, 1)).collect(),
+            ..Sparse::default()
+        };
+        let with_series = |n: usize, buckets: u16| {
+            let mut s = sample(&[("a", 1), ("b", 1), ("c", 1)]);
+            for p in &mut s.probes {
+                p.series = (0..n)
+                    .map(|i| (format!("s{i}"), histogram(buckets)))
+                    .collect();
+            }
+            s
+        };
+        // Within both caps: nothing changes.
+        let mut s = with_series(MAX_NODE_SERIES / 3, 1);
+        assert_eq!(cap(&mut s), None);
+        assert!(
+            s.probes
+                .iter()
+                .all(|p| p.series.len() == MAX_NODE_SERIES / 3)
+        );
+        // The third probe would pass the series cap: it loses its
+        // histograms, keeps its thresholds.
+        let mut s = with_series(MAX_NODE_SERIES / 2, 1);
+        assert_eq!(cap(&mut s), Some(refusal::SERIES_CAP));
+        let kept: Vec<usize> = s.probes.iter().map(|p| p.series.len()).collect();
+        assert_eq!(kept, [MAX_NODE_SERIES / 2, MAX_NODE_SERIES / 2, 0]);
+        assert!(s.probes.iter().all(|p| p.thresholds.len() == 1));
+        // The bucket cap: 1 000 series of 1 000 buckets each fit once.
+        let mut s = with_series(1_000, 1_000);
+        assert_eq!(cap(&mut s), Some(refusal::SERIES_CAP));
+        let kept: Vec<usize> = s.probes.iter().map(|p| p.series.len()).collect();
+        assert_eq!(kept, [1_000, 0, 0]);
     }
 }

@@ -22,7 +22,7 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     controller::Stores,
-    handed::{Handed, HandedOut, refusal, selected},
+    handed::{self, Handed, HandedOut, refusal, selected},
     metrics::IngestMetrics,
     render::content_hash,
     reports::{AgentInfo, BootRetired, Figures, Outcome, ProbeSetQuery, Reports, Sample, SloDef},
@@ -280,13 +280,14 @@ impl Hub {
     pub fn ingest(&self, now: SystemTime, node: &str, mut sample: Sample) -> Outcome {
         let (outcome, mut refused) = if self.knows_node(node) {
             let generation = self.generation.load(Ordering::SeqCst);
-            let refused = lock(&self.handed).check(
+            let mut refused = lock(&self.handed).check(
                 now,
                 node,
                 generation,
                 || self.handed_to(node),
                 &mut sample,
             );
+            refused.extend(handed::cap(&mut sample));
             (self.reports().ingest(now, node, &sample), refused)
         } else {
             // Deleted while its agent still streams: nothing is kept for it.
@@ -327,16 +328,16 @@ impl Hub {
         let nodes = self.stores.nodes.state();
         let config = self.config.borrow().clone();
         let runs = |ps: &ProbeSet| match &config {
+            // A ClusterProbeSet's probes carry an empty namespace.
             Some(c) => c.probes.iter().any(|p| {
-                Some(&p.namespace) == ps.metadata.namespace.as_ref()
+                p.namespace == ps.metadata.namespace.as_deref().unwrap_or_default()
                     && Some(&p.probeset) == ps.metadata.name.as_ref()
             }),
             None => ps.spec.validate().is_empty(),
         };
         let mut probesets: Vec<Arc<ProbeSet>> = self
             .stores
-            .probesets
-            .state()
+            .all_probesets()
             .into_iter()
             .filter(|ps| ps.metadata.deletion_timestamp.is_none() && runs(ps))
             .collect();
@@ -389,7 +390,7 @@ impl Hub {
     /// The SLO definitions from the watch caches: the evaluable ones, and
     /// why the others are not evaluated.
     pub fn slo_defs(&self) -> (Vec<SloDef>, BTreeMap<String, Problem>) {
-        let probesets = self.stores.probesets.state();
+        let probesets = self.stores.all_probesets();
         let config = self.config.borrow().clone();
         let mut defs = Vec::new();
         let mut problems = BTreeMap::new();
@@ -452,7 +453,7 @@ fn awaited_probes(config: Option<&AgentConfig>, ps: &ProbeSet) -> Vec<String> {
             .probes
             .iter()
             .filter(|p| {
-                Some(&p.namespace) == ps.metadata.namespace.as_ref()
+                p.namespace == ps.metadata.namespace.as_deref().unwrap_or_default()
                     && Some(&p.probeset) == ps.metadata.name.as_ref()
             })
             .map(|p| p.spec.name.clone())
@@ -489,6 +490,7 @@ mod tests {
                 priority: 0,
             },
             pod_selector: None,
+            namespaces: None,
             node_selector: selector
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

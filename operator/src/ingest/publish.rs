@@ -412,7 +412,7 @@ impl Publisher {
     async fn write_slo_statuses(&mut self, now: SystemTime) {
         let hub = Arc::clone(&self.ctx.hub);
         let at = Instant::now();
-        let probesets = self.ctx.stores.probesets.state();
+        let probesets = self.ctx.stores.all_probesets();
         let mut exported = HashSet::new();
         for slo in self.ctx.stores.slos.state() {
             let id = slo_status::id(&slo);
@@ -447,8 +447,9 @@ impl Publisher {
             let interval = probesets
                 .iter()
                 .find(|ps| {
-                    ps.metadata.namespace.as_deref() == Some(ns.as_str())
-                        && ps.metadata.name.as_deref() == Some(slo.spec.probe_set.as_str())
+                    let (target_ns, target) = slo.spec.target(Some(ns.as_str()));
+                    ps.metadata.namespace.as_deref() == target_ns
+                        && ps.metadata.name.as_deref() == Some(target)
                 })
                 .map_or(Duration::ZERO, |ps| ps.spec.report_interval);
             let period = interval.max(self.settings.min_status_period);

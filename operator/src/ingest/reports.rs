@@ -37,6 +37,8 @@ use ringwarden_core::{
 };
 use ringwarden_ebpf_common::{HIST_BUCKETS, LatencyHist};
 use ringwarden_proto::{NO_THRESHOLD, v1};
+
+use super::packed::Packed;
 use serde::{Deserialize, Serialize};
 
 pub use super::decode::{
@@ -81,6 +83,16 @@ impl Dense {
         self.sum_ns = self.sum_ns.saturating_add(s.sum_ns);
         self.max_ns = self.max_ns.max(s.max_ns);
         self.errors = self.errors.saturating_add(s.errors);
+    }
+
+    pub fn add_packed(&mut self, p: &Packed) {
+        for (i, n) in p.buckets() {
+            let b = &mut self.buckets[usize::from(i)];
+            *b = b.saturating_add(n);
+        }
+        self.sum_ns = self.sum_ns.saturating_add(p.sum_ns);
+        self.max_ns = self.max_ns.max(p.max_ns);
+        self.errors = self.errors.saturating_add(p.errors);
     }
 
     pub fn merge(&mut self, other: &Dense) {
@@ -135,10 +147,14 @@ struct ProbeNow {
     interval: Option<Interval>,
     ring_bytes: u64,
     ring_high_water: u64,
-    /// Cumulative, per series: the baseline of the next increments.
-    series: Vec<(String, Sparse)>,
+    /// Cumulative, all series together: the baseline of the next
+    /// interval's increments. One histogram per probe, not one per series:
+    /// the operator's memory must not grow with the series agents report.
+    all: Packed,
+    /// Cumulative, for the series an SLO names (`spec.series`) only.
+    named: Vec<(String, Sparse)>,
     /// The last interval's events, all series together.
-    recent: Sparse,
+    recent: Packed,
     load_errors: Vec<LoadFailure>,
 }
 
@@ -513,8 +529,8 @@ impl Reports {
             state.from_start = sample.seq == 1;
         }
         let vouched = current && state.from_start;
-        // Per probe, this interval's series histograms, for SLO latency.
-        let mut increments: HashMap<&ProbeRef, Vec<(&str, Sparse)>> = HashMap::new();
+        // Per probe, this interval's increments, for SLO latency.
+        let mut increments: HashMap<&ProbeRef, Increments> = HashMap::new();
         if current {
             let first = state.seq == 0;
             let seconds = (!first && sample.unix_ms > state.unix_ms)
@@ -526,15 +542,24 @@ impl Reports {
                 } else {
                     state.probes.remove(&p.id)
                 };
-                let (interval, series) = increment(previous.as_ref(), p, sample.seq, seconds);
-                let mut recent = Sparse::default();
-                for (_, s) in &series {
-                    recent.merge(s);
-                }
-                // Kept until the next report, on every node: no slack.
-                recent.buckets.shrink_to_fit();
-                if !series.is_empty() {
-                    increments.insert(&p.id, series);
+                let filters: Vec<&[String]> = self
+                    .by_probe
+                    .get(&p.id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| self.slos.get(id))
+                    .map(|e| e.def.series.as_slice())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                let now = Cumulative::of(p, &filters);
+                let (interval, inc) = increment(previous.as_ref(), p, &now, sample.seq, seconds);
+                // Kept until the next report, on every node: packed.
+                let recent = inc
+                    .as_ref()
+                    .map(|i| Packed::new(&i.all))
+                    .unwrap_or_default();
+                if let Some(inc) = inc {
+                    increments.insert(&p.id, inc);
                 }
                 probes.insert(
                     p.id.clone(),
@@ -543,7 +568,8 @@ impl Reports {
                         interval,
                         ring_bytes: p.ring_bytes,
                         ring_high_water: p.ring_high_water,
-                        series: p.series.clone(),
+                        all: Packed::new(&now.all),
+                        named: now.named,
                         recent,
                         load_errors: p.load_errors.clone(),
                     },
@@ -593,15 +619,23 @@ impl Reports {
                     _ => {}
                 }
                 entry.version += 1;
-                for (series, h) in increments.get(&p.id).into_iter().flatten() {
-                    if entry.def.series.is_empty()
-                        || entry
+                let Some(inc) = increments.get(&p.id) else {
+                    continue;
+                };
+                if entry.def.series.is_empty() {
+                    if !inc.all.buckets.is_empty() {
+                        entry.latency.add(now_ms, &inc.all);
+                    }
+                } else {
+                    for (series, h) in &inc.named {
+                        if entry
                             .def
                             .series
                             .iter()
                             .any(|s| core_slo::series_covers(s, series))
-                    {
-                        entry.latency.add(now_ms, h);
+                        {
+                            entry.latency.add(now_ms, h);
+                        }
                     }
                 }
             }
@@ -696,7 +730,7 @@ impl Reports {
                 if let Some(interval) = &p.interval {
                     let (flow, dense) = &mut per_probe[i];
                     flow.add(interval);
-                    dense.add(&p.recent);
+                    dense.add_packed(&p.recent);
                     let mut mine = Flow::default();
                     mine.add(interval);
                     if node_problem.is_none()
@@ -893,22 +927,61 @@ impl Figures {
 
 /// This report's increments over `previous` (the probe's last report in
 /// this boot): counters and, per series, histograms.
-fn increment<'a>(
-    previous: Option<&ProbeNow>,
-    p: &'a ProbeSample,
-    seq: u64,
-    seconds: Option<f64>,
-) -> (Option<Interval>, Vec<(&'a str, Sparse)>) {
-    let Some(counters) = p.counters else {
-        return (None, Vec::new());
-    };
-    let whole = |seconds| {
-        let series = p
+/// A probe's histograms as the operator keeps them between reports.
+struct Cumulative {
+    all: Sparse,
+    named: Vec<(String, Sparse)>,
+}
+
+impl Cumulative {
+    /// All of `p`'s series summed, and apart the series `filters` (the
+    /// `spec.series` of the probe's SLOs) cover.
+    fn of(p: &ProbeSample, filters: &[&[String]]) -> Self {
+        let named = p
             .series
             .iter()
-            .map(|(s, h)| (s.as_str(), h.clone()))
+            .filter(|(name, _)| {
+                filters
+                    .iter()
+                    .any(|f| f.iter().any(|s| core_slo::series_covers(s, name)))
+            })
+            .cloned()
             .collect();
-        (Some(Interval { counters, seconds }), series)
+        Self {
+            all: Sparse::sum(p.series.iter().map(|(_, h)| h)),
+            named,
+        }
+    }
+}
+
+/// One interval's histogram increments of a probe.
+struct Increments {
+    /// All series together.
+    all: Sparse,
+    /// Of the series an SLO names.
+    named: Vec<(String, Sparse)>,
+}
+
+/// The interval's counters and histogram increments of probe `p`, whose
+/// histograms are `now`, since `previous`, its last report.
+fn increment(
+    previous: Option<&ProbeNow>,
+    p: &ProbeSample,
+    now: &Cumulative,
+    seq: u64,
+    seconds: Option<f64>,
+) -> (Option<Interval>, Option<Increments>) {
+    let Some(counters) = p.counters else {
+        return (None, None);
+    };
+    let whole = |seconds| {
+        (
+            Some(Interval { counters, seconds }),
+            Some(Increments {
+                all: now.all.clone(),
+                named: now.named.clone(),
+            }),
+        )
     };
     match previous.and_then(|prev| prev.counters.map(|c| (prev, c))) {
         // Counters that went down belong to a reloaded probe: all it
@@ -919,34 +992,32 @@ fn increment<'a>(
             whole(seconds)
         }
         Some((prev, before)) => {
-            // By key: a probe may report thousands of series.
-            let earlier: std::collections::HashMap<&str, &Sparse> =
-                prev.series.iter().map(|(t, e)| (t.as_str(), e)).collect();
-            let series = p
-                .series
+            // A series first named since the last report has no baseline
+            // yet; it counts from the next one.
+            let named = now
+                .named
                 .iter()
-                .map(|(s, h)| {
-                    let earlier = earlier.get(s.as_str()).copied();
-                    let d = match earlier {
-                        Some(e) => h.delta_since(e),
-                        None => h.clone(),
-                    };
-                    (s.as_str(), d)
+                .filter_map(|(s, h)| {
+                    let (_, e) = prev.named.iter().find(|(t, _)| t == s)?;
+                    let d = h.delta_since(e);
+                    (!d.buckets.is_empty()).then(|| (s.clone(), d))
                 })
-                .filter(|(_, d)| !d.buckets.is_empty())
                 .collect();
             (
                 Some(Interval {
                     counters: counters.delta_since(&before),
                     seconds,
                 }),
-                series,
+                Some(Increments {
+                    all: prev.all.increment_to(&now.all),
+                    named,
+                }),
             )
         }
         // A boot's first report counts from zero; any other first sight
         // is only a baseline.
         None if seq == 1 => whole(None),
-        None => (None, Vec::new()),
+        None => (None, None),
     }
 }
 

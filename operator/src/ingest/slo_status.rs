@@ -158,9 +158,10 @@ pub fn definition(
         message: "spec.indicator: needs exactly one of latency or errors".into(),
         invalid: true,
     })?;
+    let (target_ns, probeset) = slo.spec.target(Some(&namespace));
     let probe = ProbeRef {
-        namespace,
-        probeset: slo.spec.probe_set.clone(),
+        namespace: target_ns.unwrap_or_default().to_owned(),
+        probeset: probeset.to_owned(),
         probe: slo.spec.probe.clone(),
     };
     if let Some(config) = config {

@@ -82,6 +82,7 @@ pub fn config_bytes(ps: &ProbeSet, thresholds: &[Vec<Threshold>]) -> usize {
             probeset: ps.metadata.name.clone().unwrap_or_default(),
             spec: p.clone(),
             pod_selector: ps.spec.pod_selector.clone(),
+            namespaces: None,
             node_selector: ps.spec.node_selector.clone(),
             ring_bytes: u64::MAX,
             sample_every: u64::MAX,
@@ -97,9 +98,30 @@ pub fn config_bytes(ps: &ProbeSet, thresholds: &[Vec<Threshold>]) -> usize {
     serde_yaml_ng::to_string(&probes).map_or(usize::MAX, |y| y.len() + 2 * y.lines().count())
 }
 
+/// What a namespaced ProbeSet may not ask for: node-wide cgroup paths,
+/// which would reach host processes and other namespaces' pods.
+pub fn namespaced_problems(ps: &ProbeSet) -> Vec<String> {
+    ps.spec
+        .probes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.filter.as_ref().is_some_and(|f| !f.cgroups.is_empty()))
+        .map(|(i, _)| {
+            format!(
+                "spec.probes[{i}].filter.cgroups: a ProbeSet observes only the pods of its \
+                 namespace, and cgroup paths are node-wide; select pods with podSelector, or \
+                 move the probe to a ClusterProbeSet"
+            )
+        })
+        .collect()
+}
+
 pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
     let spec = &ps.spec;
-    let errors: Vec<String> = spec.validate().iter().map(ToString::to_string).collect();
+    let mut errors: Vec<String> = spec.validate().iter().map(ToString::to_string).collect();
+    if ps.metadata.namespace.is_some() {
+        errors.extend(namespaced_problems(ps));
+    }
     if !errors.is_empty() {
         return Assessment::Invalid(errors);
     }

@@ -12,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Node},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{PartialObjectMeta, Patch, PatchParams},
@@ -22,7 +26,7 @@ use kube::{
         reflector::{ObjectRef, Store},
     },
 };
-use ringwarden_crds::{API_VERSION, ProbeSet, Slo};
+use ringwarden_crds::{API_VERSION, ClusterProbeSet, ProbeSet, Slo};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, instrument, warn};
 
@@ -53,6 +57,10 @@ pub struct Stores {
     /// objects would cost megabytes at a thousand nodes.
     pub nodes: Store<PartialObjectMeta<Node>>,
     pub slos: Store<Slo>,
+    pub cluster_probesets: Store<ClusterProbeSet>,
+    /// Namespace metadata only: a ClusterProbeSet's `namespaceSelector`
+    /// is resolved against the labels, and the agents get the names.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
 }
 
 impl Stores {
@@ -63,8 +71,24 @@ impl Stores {
         let _ = futures::join!(
             self.probesets.wait_until_ready(),
             self.nodes.wait_until_ready(),
-            self.slos.wait_until_ready()
+            self.slos.wait_until_ready(),
+            self.cluster_probesets.wait_until_ready(),
+            self.namespaces.wait_until_ready()
         );
+    }
+
+    /// Every ProbeSet, and every ClusterProbeSet as a ProbeSet without a
+    /// namespace ([`ClusterProbeSet::as_probeset`]): what reports and SLOs
+    /// are matched against.
+    pub fn all_probesets(&self) -> Vec<Arc<ProbeSet>> {
+        let mut all = self.probesets.state();
+        all.extend(
+            self.cluster_probesets
+                .state()
+                .iter()
+                .map(|c| Arc::new(c.as_probeset())),
+        );
+        all
     }
 }
 
@@ -131,6 +155,19 @@ impl Context {
     pub fn world(&self) -> World {
         World {
             probesets: self.stores.probesets.state(),
+            cluster_probesets: self.stores.cluster_probesets.state(),
+            namespaces: self
+                .stores
+                .namespaces
+                .state()
+                .iter()
+                .map(|n| {
+                    (
+                        n.metadata.name.clone().unwrap_or_default(),
+                        n.metadata.labels.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
             nodes: self
                 .stores
                 .nodes
@@ -284,10 +321,85 @@ pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, E
     desired.cluster = ctx.hub.cluster().map(str::to_owned);
     if !status::up_to_date(ps.status.as_ref(), &desired) {
         write_status(&ps, &desired, &ctx).await?;
-        publish(&ps, status::notices(ps.status.as_ref(), &desired), &ctx).await;
+        let notices = status::notices(ps.status.as_ref(), &desired);
+        publish(&ps.object_ref(&()), notices, &ctx).await;
     }
     ctx.succeeded(&key(&ps));
     Ok(Action::requeue(RESYNC))
+}
+
+/// How often a ClusterProbeSet's status is recomputed: report figures
+/// change it, and (unlike a ProbeSet) nothing requeues it when they do.
+/// Recomputing is in memory; a write happens only when it changed.
+pub const CLUSTER_STATUS_PERIOD: Duration = Duration::from_secs(10);
+
+/// Brings one ClusterProbeSet's status up to date, as [`reconcile`] does
+/// a ProbeSet's.
+#[instrument(skip_all, fields(clusterprobeset = %cps.name_any()))]
+pub async fn reconcile_cluster(
+    cps: Arc<ClusterProbeSet>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(controller::PROBESET);
+    if !ctx.leadership.is_leading() || cps.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let world = ctx.world();
+    let assessed = crate::world::assess_cluster(&cps, &world.namespaces, &world.slos);
+    let ps = assessed.probeset;
+    let key = key(&ps);
+    let assessment = match ctx.crowded_out(&key) {
+        Some(why) => crate::assess::Assessment::Invalid(vec![why]),
+        None => assessed.assessment,
+    };
+    let share = match &assessment {
+        crate::assess::Assessment::Planned(_) => ctx.node_share(&key),
+        crate::assess::Assessment::Invalid(_) => None,
+    };
+    let mut desired = status::desired(
+        &ps,
+        &assessment,
+        ctx.any_node_matches(&ps.spec.node_selector),
+        ctx.hub.published(&key).as_ref(),
+        share.as_ref(),
+        &now(),
+    );
+    status::uprobes_not_enabled(&ps, ctx.agent.uprobes.enabled, &mut desired, &now());
+    desired.cluster = ctx.hub.cluster().map(str::to_owned);
+    if !status::up_to_date(cps.status.as_ref(), &desired) {
+        let api: Api<ClusterProbeSet> = Api::all(ctx.client.clone());
+        let patch = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": "ClusterProbeSet",
+            "status": desired,
+        });
+        api.patch_status(
+            &cps.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            name: key.clone(),
+            source,
+        })?;
+        ctx.metrics.wrote("ClusterProbeSetStatus");
+        info!(generation = ?desired.observed_generation, "status written");
+        let notices = status::notices(cps.status.as_ref(), &desired);
+        publish(&cps.object_ref(&()), notices, &ctx).await;
+    }
+    ctx.succeeded(&key);
+    Ok(Action::requeue(CLUSTER_STATUS_PERIOD))
+}
+
+/// Requeues a failed ClusterProbeSet with exponential backoff.
+pub fn error_policy_cluster(cps: Arc<ClusterProbeSet>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .error(controller::PROBESET, error.metric_label());
+    let key = format!("/{}", cps.name_any());
+    let delay = ctx.backoff(&key);
+    warn!(clusterprobeset = %cps.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// Server-side applies the whole status with the operator's field manager,
@@ -321,8 +433,11 @@ async fn write_status(
 
 /// Publishes Events, best effort: a lost Event must not fail the reconcile
 /// whose status is already written.
-async fn publish(ps: &ProbeSet, notices: Vec<status::Notice>, ctx: &Context) {
-    let reference = ps.object_ref(&());
+async fn publish(
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    notices: Vec<status::Notice>,
+    ctx: &Context,
+) {
     for n in notices {
         let event = Event {
             type_: if n.warning {
@@ -335,7 +450,7 @@ async fn publish(ps: &ProbeSet, notices: Vec<status::Notice>, ctx: &Context) {
             action: "Plan".into(),
             secondary: None,
         };
-        match ctx.recorder.publish(&event, &reference).await {
+        match ctx.recorder.publish(&event, reference).await {
             Ok(()) => ctx.metrics.wrote("Event"),
             Err(e) => warn!(error = %e, reason = n.reason, "cannot publish an Event"),
         }

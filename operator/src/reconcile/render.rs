@@ -56,9 +56,8 @@ pub const NO_PROBESETS_KEY: &str = "ringwarden.dev/no-probesets";
 ///   memory.
 ///
 /// Not needed: `SYS_ADMIN` (BPF and PERFMON split it since 5.8; uprobes
-/// are the exception, see [`UPROBE_CAPABILITIES`]); `SYS_PTRACE` (the
-/// agent reads only its own `/proc/self`; uprobe binaries are found
-/// through a host mount, not `/proc/1/root`, whose ptrace check needs it);
+/// are the exception, see [`UPROBE_CAPABILITIES`]); `SYS_PTRACE` (without
+/// uprobes the agent reads only its own `/proc/self`);
 /// `SYS_RESOURCE` (since 5.11 BPF memory is charged to the memory cgroup,
 /// not to RLIMIT_MEMLOCK); `DAC_READ_SEARCH` (BTF, tracefs and cgroupfs are
 /// world-readable; pods are resolved to cgroup ids by `stat`ing cgroupfs).
@@ -68,8 +67,11 @@ pub const AGENT_CAPABILITIES: [&str; 2] = ["BPF", "PERFMON"];
 /// (`agent.uprobes.enabled`): Linux 6.16 (and the stable kernels that took
 /// upstream commit ba677dbe77af, July 2025) attaches uprobes only for
 /// `SYS_ADMIN`, as a uprobe placed inside an instruction can corrupt the
-/// traced program; `PERFMON` no longer suffices.
-pub const UPROBE_CAPABILITIES: [&str; 1] = ["SYS_ADMIN"];
+/// traced program; `PERFMON` no longer suffices. And `SYS_PTRACE`: a
+/// ProbeSet's uprobe binary resolves inside its own pods' containers,
+/// through `/proc/<pid>/root`, which the kernel opens only after a ptrace
+/// access check (container processes hold capabilities the agent lacks).
+pub const UPROBE_CAPABILITIES: [&str; 2] = ["SYS_ADMIN", "SYS_PTRACE"];
 
 /// Where the agent sees the host's root directory, read-only, when uprobes
 /// are enabled: `uprobe.binary` paths resolve under it. A read-only mount,
@@ -177,6 +179,7 @@ pub fn agent_config(assessed: &[Assessed], node_budget_bytes: u64) -> AgentConfi
                 probeset: a.name.clone(),
                 spec: probe.clone(),
                 pod_selector: spec.pod_selector.clone(),
+                namespaces: a.namespaces.clone(),
                 node_selector: spec.node_selector.clone(),
                 // A probe without an event path still has a ring map, of
                 // the smallest size (as standalone mode plans it).
@@ -706,7 +709,10 @@ mod tests {
         let mut settings = AgentSettings::default();
         settings.uprobes.enabled = true;
         let ds = daemon_set(&[], &settings, "ringwarden").unwrap();
-        assert_eq!(added_capabilities(&ds), ["BPF", "PERFMON", "SYS_ADMIN"]);
+        assert_eq!(
+            added_capabilities(&ds),
+            ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
+        );
         let c = container(&ds);
         let mount = c
             .volume_mounts
@@ -782,6 +788,7 @@ mod tests {
         ps.metadata.namespace = Some("shop".into());
         let assessed = [Assessed {
             namespace: "shop".into(),
+            namespaces: Some(vec!["shop".into()]),
             name: "web".into(),
             assessment: crate::assess::assess(&ps, &[]),
             probeset: std::sync::Arc::new(ps),

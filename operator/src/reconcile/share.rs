@@ -117,6 +117,7 @@ mod tests {
         Assessed {
             namespace: ns.into(),
             name: name.into(),
+            namespaces: Some(vec![ns.into()]),
             assessment: assess(&ps, &[]),
             probeset: Arc::new(ps),
         }

@@ -7,10 +7,12 @@ use ringwarden_crds::{Slo, Threshold};
 /// One valid SLO, reduced to what planning and the agents need.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SloTarget {
+    /// The namespace of the ProbeSet it watches: the SLO's own, or empty
+    /// for a ClusterProbeSet.
     pub namespace: String,
     /// `namespace/name`, as thresholds name it.
     pub id: String,
-    /// The ProbeSet, in the SLO's namespace.
+    /// The ProbeSet (or ClusterProbeSet) it watches.
     pub probeset: String,
     /// The probe of that ProbeSet.
     pub probe: String,
@@ -33,11 +35,16 @@ impl SloTarget {
             "{namespace}/{}",
             slo.metadata.name.as_deref().unwrap_or_default()
         );
+        let (target_ns, probeset) = slo.spec.target(Some(&namespace));
+        let (target_ns, probeset) = (
+            target_ns.unwrap_or_default().to_owned(),
+            probeset.to_owned(),
+        );
         Some(Self {
             threshold: slo.spec.threshold(id.clone())?,
-            namespace,
+            namespace: target_ns,
             id,
-            probeset: slo.spec.probe_set.clone(),
+            probeset,
             probe: slo.spec.probe.clone(),
             max_drop_rate: slo.spec.max_drop_rate,
         })
@@ -62,6 +69,7 @@ mod tests {
             "checkout-fast",
             SloSpec {
                 probe_set: "web".into(),
+                cluster_probe_set: None,
                 probe: "sys".into(),
                 series: vec!["read".into()],
                 indicator,

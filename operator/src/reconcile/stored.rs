@@ -92,6 +92,17 @@ impl Placeholder for ProbeSet {
     }
 }
 
+impl Placeholder for ringwarden_crds::ClusterProbeSet {
+    fn placeholder(meta: ObjectMeta) -> Self {
+        Self {
+            metadata: meta,
+            spec: serde_json::from_value(json!({"probes": []}))
+                .expect("an empty probe list decodes"),
+            status: None,
+        }
+    }
+}
+
 impl Placeholder for Slo {
     fn placeholder(meta: ObjectMeta) -> Self {
         Self {

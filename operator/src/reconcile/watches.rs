@@ -149,7 +149,7 @@ fn explain(resource: &str, e: &watcher::Error) -> String {
         watcher::Error::WatchError(s) => Some((s.code, s.message.clone())),
         _ => None,
     };
-    let crd = matches!(resource, "probesets" | "slos");
+    let crd = matches!(resource, "probesets" | "clusterprobesets" | "slos");
     match api {
         Some((404, _)) if crd => format!(
             "the API server does not serve {resource}.ringwarden.dev: install the CRDs \

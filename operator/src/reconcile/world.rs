@@ -1,12 +1,20 @@
-//! The cluster as reconcile sees it: ProbeSets, node labels and SLOs, as
-//! plain data copied from the watch caches. Pure.
+//! The cluster as reconcile sees it: ProbeSets, ClusterProbeSets, node
+//! and namespace labels and SLOs, as plain data copied from the watch
+//! caches. Pure.
+//!
+//! Tenancy: a ProbeSet's probes observe the pods of its namespace only; a
+//! ClusterProbeSet's, the pods of the namespaces its `namespaceSelector`
+//! matches (resolved here to names, so agents need no access to
+//! Namespaces), or, without one, the whole node.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
 };
 
-use ringwarden_crds::ProbeSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
+use ringwarden_crds::{ClusterProbeSet, ProbeSet};
 
 use crate::{
     assess::{Assessment, assess, config_bytes},
@@ -25,6 +33,9 @@ pub type Labels = BTreeMap<String, String>;
 #[derive(Clone, Debug, Default)]
 pub struct World {
     pub probesets: Vec<Arc<ProbeSet>>,
+    pub cluster_probesets: Vec<Arc<ClusterProbeSet>>,
+    /// Every namespace: name and labels.
+    pub namespaces: Vec<(String, Labels)>,
     pub nodes: Vec<Labels>,
     pub slos: Vec<SloTarget>,
 }
@@ -32,15 +43,21 @@ pub struct World {
 /// A ProbeSet with its outcome.
 #[derive(Clone, Debug)]
 pub struct Assessed {
+    /// Empty for a ClusterProbeSet.
     pub namespace: String,
     pub name: String,
+    /// The namespaces whose pods alone its probes observe (see
+    /// [`ringwarden_crds::AgentProbe::namespaces`]): its own for a
+    /// ProbeSet; `None` for a ClusterProbeSet that observes the whole node.
+    pub namespaces: Option<Vec<String>>,
     pub probeset: Arc<ProbeSet>,
     pub assessment: Assessment,
 }
 
 impl World {
-    /// Every ProbeSet not being deleted, assessed, sorted by namespace and
-    /// name so that everything rendered from them is deterministic.
+    /// Every ProbeSet and ClusterProbeSet not being deleted, assessed,
+    /// sorted by namespace and name (ClusterProbeSets, without one, first)
+    /// so that everything rendered from them is deterministic.
     pub fn assess_all(&self) -> Vec<Assessed> {
         let mut all: Vec<Assessed> = self
             .probesets
@@ -48,15 +65,82 @@ impl World {
             .filter(|ps| ps.metadata.deletion_timestamp.is_none())
             .map(|ps| Assessed {
                 namespace: ps.metadata.namespace.clone().unwrap_or_default(),
+                namespaces: Some(vec![ps.metadata.namespace.clone().unwrap_or_default()]),
                 name: ps.metadata.name.clone().unwrap_or_default(),
                 probeset: Arc::clone(ps),
                 assessment: assess(ps, &self.slos),
             })
             .collect();
+        all.extend(
+            self.cluster_probesets
+                .iter()
+                .filter(|c| c.metadata.deletion_timestamp.is_none())
+                .map(|c| assess_cluster(c, &self.namespaces, &self.slos)),
+        );
         crowd_out(&mut all);
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         all
     }
+}
+
+/// A ClusterProbeSet, assessed as a ProbeSet without a namespace, its
+/// `namespaceSelector` resolved against `namespaces`.
+pub fn assess_cluster(
+    c: &ClusterProbeSet,
+    namespaces: &[(String, Labels)],
+    slos: &[SloTarget],
+) -> Assessed {
+    let ps = Arc::new(c.as_probeset());
+    let selector_errors: Vec<String> = c
+        .spec
+        .validate()
+        .into_iter()
+        .filter(|e| e.field.starts_with("spec.namespaceSelector"))
+        .map(|e| e.to_string())
+        .collect();
+    let (scope, assessment) = match scope_namespaces(c.spec.namespace_selector.as_ref(), namespaces)
+    {
+        Ok(scope) if selector_errors.is_empty() => (scope, assess(&ps, slos)),
+        Ok(_) => (None, Assessment::Invalid(selector_errors)),
+        Err(e) => (None, Assessment::Invalid(vec![e])),
+    };
+    Assessed {
+        namespace: String::new(),
+        name: c.metadata.name.clone().unwrap_or_default(),
+        namespaces: scope,
+        probeset: ps,
+        assessment,
+    }
+}
+
+/// The names of the namespaces `selector` matches, sorted; `None` (the
+/// whole node) without a selector. An empty list observes nothing, which is
+/// what a selector matching no namespace asks for.
+pub fn scope_namespaces(
+    selector: Option<&LabelSelector>,
+    namespaces: &[(String, Labels)],
+) -> Result<Option<Vec<String>>, String> {
+    let Some(selector) = selector else {
+        return Ok(None);
+    };
+    let checked = Selector::try_from(selector.clone())
+        .map_err(|e| format!("spec.namespaceSelector: {}", e.0))?;
+    let mut names: Vec<String> = namespaces
+        .iter()
+        .filter(|(name, labels)| {
+            // The API server labels every namespace with its name; a cache
+            // entry from before it did still matches by name.
+            let mut labels = labels.clone();
+            labels
+                .entry("kubernetes.io/metadata.name".into())
+                .or_insert_with(|| name.clone());
+            checked.matches(&labels)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(Some(names))
 }
 
 /// Why a ProbeSet was left out of a full agent configuration.
@@ -76,7 +160,10 @@ fn crowd_out(all: &mut [Assessed]) {
         let Some(planned) = a.assessment.planned() else {
             continue;
         };
-        let bytes = config_bytes(&a.probeset, &planned.thresholds);
+        // Each probe carries its scope's namespace names too.
+        let scope: usize = a.namespaces.iter().flatten().map(|n| n.len() + 4).sum();
+        let bytes =
+            config_bytes(&a.probeset, &planned.thresholds) + scope * a.probeset.spec.probes.len();
         if used + bytes > MAX_AGENT_CONFIG_BYTES {
             a.assessment = Assessment::Invalid(vec![format!(
                 "spec.probes: {CONFIG_FULL}: this ProbeSet's {bytes} bytes would take it past \
@@ -198,5 +285,145 @@ mod tests {
         let config = crate::render::agent_config(&all, 0);
         let yaml = serde_yaml_ng::to_string(&config).unwrap();
         assert!(yaml.len() <= MAX_AGENT_CONFIG_BYTES, "{} bytes", yaml.len());
+    }
+
+    fn namespaces() -> Vec<(String, Labels)> {
+        vec![
+            ("shop".into(), labels(&[("team", "retail")])),
+            (
+                "cart".into(),
+                labels(&[("team", "retail"), ("tier", "gold")]),
+            ),
+            ("kube-system".into(), labels(&[])),
+        ]
+    }
+
+    fn selector(yaml: &str) -> LabelSelector {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_namespace_selector_becomes_the_sorted_names_it_matches() {
+        let all = namespaces();
+        let scope = |s: &str| scope_namespaces(Some(&selector(s)), &all).unwrap();
+        assert_eq!(scope_namespaces(None, &all), Ok(None), "the whole node");
+        assert_eq!(
+            scope("{matchLabels: {team: retail}}"),
+            Some(vec!["cart".into(), "shop".into()])
+        );
+        assert_eq!(
+            scope("{matchExpressions: [{key: tier, operator: DoesNotExist}]}"),
+            Some(vec!["kube-system".into(), "shop".into()])
+        );
+        // By name, through the label the API server sets.
+        assert_eq!(
+            scope("{matchLabels: {kubernetes.io/metadata.name: kube-system}}"),
+            Some(vec!["kube-system".into()])
+        );
+        assert_eq!(
+            scope("{}"),
+            Some(vec!["cart".into(), "kube-system".into(), "shop".into()])
+        );
+        assert_eq!(
+            scope("{matchLabels: {team: none}}"),
+            Some(vec![]),
+            "observes nothing"
+        );
+    }
+
+    #[test]
+    fn probesets_render_to_their_namespace_and_cluster_probesets_to_their_selection() {
+        use ringwarden_crds::{ClusterProbeSet, ClusterProbeSetSpec, ProbeSetSpec};
+        let spec: ProbeSetSpec =
+            serde_yaml_ng::from_str("probes: [{name: sys, kind: syscalls}]").unwrap();
+        let mut ps = ProbeSet::new("web", spec.clone());
+        ps.metadata.namespace = Some("shop".into());
+        let cluster = |name: &str, selector: Option<&str>| {
+            Arc::new(ClusterProbeSet::new(
+                name,
+                ClusterProbeSetSpec {
+                    namespace_selector: selector.map(super::tests::selector),
+                    probe_set: spec.clone(),
+                },
+            ))
+        };
+        let world = World {
+            probesets: vec![Arc::new(ps)],
+            cluster_probesets: vec![
+                cluster("node", None),
+                cluster("retail", Some("{matchLabels: {team: retail}}")),
+                cluster(
+                    "bad",
+                    Some("{matchExpressions: [{key: team, operator: Like}]}"),
+                ),
+            ],
+            namespaces: namespaces(),
+            ..World::default()
+        };
+        let all = world.assess_all();
+        let names: Vec<(&str, &str)> = all
+            .iter()
+            .map(|a| (a.namespace.as_str(), a.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("", "bad"), ("", "node"), ("", "retail"), ("shop", "web")]
+        );
+        let Assessment::Invalid(why) = &all[0].assessment else {
+            panic!("a malformed namespaceSelector is Invalid")
+        };
+        assert!(why[0].starts_with("spec.namespaceSelector"), "{why:?}");
+
+        let config = crate::render::agent_config(&all, 0);
+        let scopes: Vec<(&str, &str, Option<Vec<String>>)> = config
+            .probes
+            .iter()
+            .map(|p| {
+                (
+                    p.namespace.as_str(),
+                    p.probeset.as_str(),
+                    p.namespaces.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            scopes,
+            [
+                ("", "node", None),
+                ("", "retail", Some(vec!["cart".into(), "shop".into()])),
+                ("shop", "web", Some(vec!["shop".into()])),
+            ]
+        );
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+    }
+
+    #[test]
+    fn a_probeset_naming_node_wide_cgroups_is_invalid_and_a_cluster_probeset_is_not() {
+        use ringwarden_crds::{ClusterProbeSet, ClusterProbeSetSpec, ProbeSetSpec};
+        let spec: ProbeSetSpec = serde_yaml_ng::from_str(
+            "probes: [{name: sys, kind: syscalls}, \
+             {name: svc, kind: syscalls, filter: {cgroups: [system.slice]}}]",
+        )
+        .unwrap();
+        let mut ps = ProbeSet::new("web", spec.clone());
+        ps.metadata.namespace = Some("shop".into());
+        let Assessment::Invalid(why) = crate::assess::assess(&ps, &[]) else {
+            panic!("a ProbeSet may not name cgroups")
+        };
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].starts_with("spec.probes[1].filter.cgroups: "),
+            "{why:?}"
+        );
+        assert!(why[0].contains("ClusterProbeSet"), "{why:?}");
+        let cps = ClusterProbeSet::new(
+            "node",
+            ClusterProbeSetSpec {
+                namespace_selector: None,
+                probe_set: spec,
+            },
+        );
+        let a = assess_cluster(&cps, &[], &[]);
+        assert!(a.assessment.planned().is_some(), "{:?}", a.assessment);
     }
 }

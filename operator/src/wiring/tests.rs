@@ -12,12 +12,17 @@ use tower_test::mock::{self, Handle};
 
 use super::*;
 
-/// An API server holding one ProbeSet, an SLO on it and one node:
-/// lists answer with them, watches never answer, the Lease is kept,
-/// other writes are echoed.
+/// What the fake API server was sent: (method and path, body).
+type Bodies = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// An API server holding one ProbeSet, an SLO on it, a ClusterProbeSet
+/// selecting the namespace `shop`, that namespace and one node: lists
+/// answer with them, watches never answer, the Lease is kept, other
+/// writes are echoed (and their bodies kept in `bodies`).
 async fn fake_api_server(
     mut handle: Handle<Request<Body>, Response<Body>>,
     log: Arc<Mutex<Vec<String>>>,
+    bodies: Bodies,
 ) {
     let probeset = json!({
         "apiVersion": "ringwarden.dev/v1alpha1", "kind": "ProbeSet",
@@ -28,6 +33,12 @@ async fn fake_api_server(
         "apiVersion": "ringwarden.dev/v1alpha1", "kind": "SLO",
         "metadata": {"name": "fast", "namespace": "shop", "generation": 1, "resourceVersion": "6", "uid": "u2"},
         "spec": {"probeSet": "web", "probe": "sys", "indicator": {"errors": {}}, "target": 99.0}
+    });
+    let cluster_probeset = json!({
+        "apiVersion": "ringwarden.dev/v1alpha1", "kind": "ClusterProbeSet",
+        "metadata": {"name": "retail", "generation": 1, "resourceVersion": "7", "uid": "u3"},
+        "spec": {"namespaceSelector": {"matchLabels": {"team": "retail"}},
+                 "nodeSelector": {"pool": "web"}, "probes": [{"name": "sys", "kind": "syscalls"}]}
     });
     let list = |kind: &str, items: Vec<Value>| json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "10"}, "items": items});
     let lease_path = "/apis/coordination.k8s.io/v1/namespaces/ringwarden-system/leases";
@@ -44,6 +55,12 @@ async fn fake_api_server(
             continue;
         }
         log.lock().unwrap().push(format!("{method} {path}"));
+        if method != "GET" {
+            bodies
+                .lock()
+                .unwrap()
+                .push((format!("{method} {path}"), body.clone()));
+        }
         let (status, reply) = match (method, path) {
             ("GET", "/apis/ringwarden.dev/v1alpha1/probesets") => {
                 (200, list("ProbeSetList", vec![probeset.clone()]))
@@ -51,6 +68,22 @@ async fn fake_api_server(
             ("GET", "/apis/ringwarden.dev/v1alpha1/slos") => {
                 (200, list("SLOList", vec![slo.clone()]))
             }
+            ("GET", "/apis/ringwarden.dev/v1alpha1/clusterprobesets") => (
+                200,
+                list("ClusterProbeSetList", vec![cluster_probeset.clone()]),
+            ),
+            ("GET", "/api/v1/namespaces") => (
+                200,
+                list(
+                    "PartialObjectMetadataList",
+                    vec![
+                        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                "metadata": {"name": "shop", "labels": {"team": "retail"}}}),
+                        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                "metadata": {"name": "kube-system"}}),
+                    ],
+                ),
+            ),
             ("GET", "/api/v1/nodes") => (
                 200,
                 list(
@@ -90,6 +123,8 @@ async fn fake_api_server(
             ("PATCH", p) if p.ends_with("/status") => {
                 let mut object = if p.contains("/slos/") {
                     slo.clone()
+                } else if p.contains("/clusterprobesets/") {
+                    cluster_probeset.clone()
                 } else {
                     probeset.clone()
                 };
@@ -115,7 +150,12 @@ async fn a_connection_flood_neither_delays_the_lease_nor_shuts_out_agents() {
     use crate::ingest::tls;
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let api = tokio::spawn(fake_api_server(handle, Arc::clone(&log)));
+    let bodies = Bodies::default();
+    let api = tokio::spawn(fake_api_server(
+        handle,
+        Arc::clone(&log),
+        Arc::clone(&bodies),
+    ));
     let args = Args::try_parse_from([
         "ringwarden-operator",
         "--identity",
@@ -293,7 +333,12 @@ async fn a_connection_flood_neither_delays_the_lease_nor_shuts_out_agents() {
 async fn the_wired_operator_leads_writes_once_and_releases_its_lease_last() {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let api = tokio::spawn(fake_api_server(handle, Arc::clone(&log)));
+    let bodies = Bodies::default();
+    let api = tokio::spawn(fake_api_server(
+        handle,
+        Arc::clone(&log),
+        Arc::clone(&bodies),
+    ));
     let args = Args::try_parse_from([
         "ringwarden-operator",
         "--identity",
@@ -322,7 +367,8 @@ async fn the_wired_operator_leads_writes_once_and_releases_its_lease_last() {
                 "PATCH /apis/apps/v1/namespaces/ringwarden-system/daemonsets/ringwarden-agent",
             ) && written(
                 "PATCH /apis/ringwarden.dev/v1alpha1/namespaces/shop/probesets/web/status",
-            ) && written(&snapshot))
+            ) && written(CLUSTER_STATUS)
+                && written(&snapshot))
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -373,6 +419,7 @@ async fn the_wired_operator_leads_writes_once_and_releases_its_lease_last() {
         "PATCH /apis/apps/v1/namespaces/ringwarden-system/daemonsets/ringwarden-agent",
         "PATCH /apis/ringwarden.dev/v1alpha1/namespaces/shop/probesets/web/status",
         "POST /apis/events.k8s.io/v1/namespaces/shop/events",
+        CLUSTER_STATUS,
     ] {
         assert_eq!(
             writes.iter().filter(|w| **w == once).count(),
@@ -380,6 +427,63 @@ async fn the_wired_operator_leads_writes_once_and_releases_its_lease_last() {
             "{once}: {log:#?}"
         );
     }
+    check_tenancy(&bodies);
+}
+
+/// Where the status of the fake API server's ClusterProbeSet is written.
+const CLUSTER_STATUS: &str = "PATCH /apis/ringwarden.dev/v1alpha1/clusterprobesets/retail/status";
+
+/// The ClusterProbeSet is rendered for the namespaces its selector matches,
+/// the ProbeSet for its own, and each gets its status.
+fn check_tenancy(bodies: &Bodies) {
+    let bodies = bodies.lock().unwrap();
+    let config = bodies
+        .iter()
+        .rev()
+        .find(|(w, _)| {
+            w == "PATCH /api/v1/namespaces/ringwarden-system/configmaps/ringwarden-agent-config"
+        })
+        .map(|(_, b)| {
+            b["data"][crate::render::CONFIG_KEY]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .expect("the agent configuration was written");
+    let config: ringwarden_crds::AgentConfig =
+        serde_yaml_ng::from_str(config.trim_start_matches(|c| c != '\n')).unwrap();
+    let scopes: Vec<(&str, &str, Option<Vec<String>>)> = config
+        .probes
+        .iter()
+        .map(|p| {
+            (
+                p.namespace.as_str(),
+                p.probeset.as_str(),
+                p.namespaces.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            ("", "retail", Some(vec!["shop".to_string()])),
+            ("shop", "web", Some(vec!["shop".to_string()])),
+        ]
+    );
+    let (_, status) = bodies
+        .iter()
+        .find(|(w, _)| w == CLUSTER_STATUS)
+        .expect("the ClusterProbeSet's status was written");
+    assert_eq!(status["kind"], "ClusterProbeSet");
+    assert_eq!(status["status"]["observedGeneration"], 1);
+    assert!(
+        status["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+        "{status:#}"
+    );
 }
 
 fn node(name: &str, pool: &str, version: &str) -> PartialObjectMeta<Node> {

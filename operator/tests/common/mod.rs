@@ -332,10 +332,16 @@ impl Cluster {
             probesets: ps_writer,
             nodes: node_writer,
             slos: slo_writer,
-            stores: Stores {
-                probesets: ps_store,
-                nodes: node_store,
-                slos: slo_store,
+            stores: {
+                let (cluster_probesets, namespaces) =
+                    ringwarden_operator::loopback::empty_cluster_scoped();
+                Stores {
+                    probesets: ps_store,
+                    nodes: node_store,
+                    slos: slo_store,
+                    cluster_probesets,
+                    namespaces,
+                }
             },
         }
     }

@@ -150,3 +150,79 @@ fn a_boot_id_the_node_replaced_cannot_say_hello_again() {
     assert_eq!(r.connected(), 3);
     assert!(r.knows("n1") && !r.knows("n2"));
 }
+
+fn slo_def(id: &str, series: &[&str]) -> SloDef {
+    SloDef {
+        id: id.into(),
+        probe: agent().probes[0].id.clone(),
+        series: series.iter().map(|s| (*s).to_owned()).collect(),
+        spec: core_slo::SloSpec {
+            target: 99.0,
+            window: Duration::from_secs(3_600),
+            max_drop_rate: 0.5,
+        },
+        threshold_id: 7,
+    }
+}
+
+/// Events in an SLO's latency slots at `at`, and how many of them were at
+/// most `ns`.
+fn slo_latency(r: &Reports, id: &str, at: SystemTime, ns: u64) -> (u64, u64) {
+    let h = r.slos[id].latency.merged(millis(at)).unwrap_or_default();
+    (h.count(), h.count_le(ns))
+}
+
+#[test]
+fn slo_latency_counts_each_interval_once_from_one_histogram_per_probe() {
+    let ms = 1_000_000;
+    let mut a = agent();
+    let mut r = Reports::default();
+    node(&mut r, &a);
+    let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+    r.sync_slos(
+        at(0),
+        vec![slo_def("shop/all", &[]), slo_def("shop/reads", &["read"])],
+    );
+    // 64 series, as a busy node reports them: the operator keeps one
+    // histogram of them all, and apart only the series an SLO names.
+    for s in 0..64 {
+        a.probes[0].observe(&format!("s{s}"), &[100 * ms; 3]);
+    }
+    a.probes[0].observe("read", &[ms; 10]);
+    r.ingest(at(10), "n1", &Sample::try_from(a.report(10_000)).unwrap());
+    assert_eq!(slo_latency(&r, "shop/all", at(10), 2 * ms), (202, 10));
+    assert_eq!(slo_latency(&r, "shop/reads", at(10), 2 * ms), (10, 10));
+    let kept = &r.nodes["n1"].probes[&a.probes[0].id];
+    assert_eq!(
+        kept.named.len(),
+        1,
+        "only the series an SLO names is kept apart"
+    );
+    assert_eq!(kept.all.unpack().count(), 202);
+
+    // The next interval: only what it added counts, once.
+    a.probes[0].observe("read", &[ms; 5]);
+    a.probes[0].observe("s7", &[100 * ms; 4]);
+    r.ingest(at(20), "n1", &Sample::try_from(a.report(20_000)).unwrap());
+    assert_eq!(slo_latency(&r, "shop/all", at(20), 2 * ms), (211, 15));
+    assert_eq!(slo_latency(&r, "shop/reads", at(20), 2 * ms), (15, 15));
+    assert_eq!(figures(&r, at(20)).flow.observed, 9);
+
+    // An SLO naming a series starts counting it from the report after the
+    // one that gave its baseline.
+    r.sync_slos(
+        at(20),
+        vec![
+            slo_def("shop/all", &[]),
+            slo_def("shop/reads", &["read"]),
+            slo_def("shop/s7", &["s7"]),
+        ],
+    );
+    a.probes[0].observe("s7", &[100 * ms; 2]);
+    r.ingest(at(30), "n1", &Sample::try_from(a.report(30_000)).unwrap());
+    assert_eq!(slo_latency(&r, "shop/s7", at(30), 2 * ms), (0, 0));
+    a.probes[0].observe("s7", &[100 * ms; 6]);
+    r.ingest(at(40), "n1", &Sample::try_from(a.report(40_000)).unwrap());
+    assert_eq!(slo_latency(&r, "shop/s7", at(40), 2 * ms), (6, 0));
+    assert_eq!(slo_latency(&r, "shop/all", at(40), 2 * ms), (219, 15));
+}

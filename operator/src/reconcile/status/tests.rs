@@ -116,6 +116,7 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
         .map(|p| crate::world::Assessed {
             namespace: p.metadata.namespace.clone().unwrap(),
             name: p.metadata.name.clone().unwrap(),
+            namespaces: p.metadata.namespace.clone().map(|n| vec![n]),
             probeset: std::sync::Arc::new((*p).clone()),
             assessment: assess(p, &[]),
         })
