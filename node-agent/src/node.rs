@@ -119,16 +119,22 @@ pub fn probes_for_node<'a>(
         .collect()
 }
 
+/// The node budget applied to this node's probes.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The probes to load, as planned.
+    pub load: Vec<AgentProbe>,
+    /// Those the budget cannot hold, with the reason.
+    pub refused: Vec<(AgentProbe, String)>,
+    /// Locked bytes of the maps and rings of `load`.
+    pub planned_bytes: u64,
+}
+
 /// Applies the node budget to the probes this node runs
 /// ([`ringwarden_crds::plan::plan_node`]) with the node's possible CPUs and
-/// page size: the probes to load as planned, and those the budget cannot
-/// hold, with the reason. Without the node's CPU count every probe is
-/// refused: loading unplanned maps could take the memory the plan gave
-/// others.
-pub fn share_node_budget(
-    wanted: Vec<AgentProbe>,
-    node_budget_bytes: u64,
-) -> (Vec<AgentProbe>, Vec<(AgentProbe, String)>) {
+/// page size. Without the node's CPU count every probe is refused: loading
+/// unplanned maps could take the memory the plan gave others.
+pub fn share_node_budget(wanted: Vec<AgentProbe>, node_budget_bytes: u64) -> Shared {
     let planned = crate::probes::possible_cpus()
         .map_err(|e| e.to_string())
         .and_then(|cpus| {
@@ -142,22 +148,24 @@ pub fn share_node_budget(
         });
     match planned {
         Ok(plan) => {
-            let mut load = Vec::new();
-            let mut refused = Vec::new();
+            let mut shared = Shared {
+                planned_bytes: plan.plan.used_bytes,
+                ..Shared::default()
+            };
             for (p, outcome) in wanted.into_iter().zip(plan.probes) {
                 match outcome {
-                    Ok(planned) => load.push(planned),
-                    Err(why) => refused.push((p, why)),
+                    Ok(planned) => shared.load.push(planned),
+                    Err(why) => shared.refused.push((p, why)),
                 }
             }
-            (load, refused)
+            shared
         }
         Err(e) => {
             let why = format!("not loaded: the node budget cannot be applied: {e}");
-            (
-                Vec::new(),
-                wanted.into_iter().map(|p| (p, why.clone())).collect(),
-            )
+            Shared {
+                refused: wanted.into_iter().map(|p| (p, why.clone())).collect(),
+                ..Shared::default()
+            }
         }
     }
 }
@@ -546,7 +554,17 @@ impl State {
         // The node budget decides, before any map is created, what each
         // probe gets on this node (its real CPUs and page size), and which
         // probes it cannot hold at all.
-        let (wanted, refused) = share_node_budget(wanted, source.config.node_budget_bytes);
+        let budget = source.config.node_budget_bytes;
+        let Shared {
+            load: wanted,
+            refused,
+            planned_bytes,
+        } = share_node_budget(wanted, budget);
+        if let Some(m) = &self.metrics {
+            m.node_budget.set(i64::try_from(budget).unwrap_or(i64::MAX));
+            m.node_budget_planned
+                .set(i64::try_from(planned_bytes).unwrap_or(i64::MAX));
+        }
         let by_id: HashMap<String, &AgentProbe> = wanted
             .iter()
             .chain(refused.iter().map(|(p, _)| p))

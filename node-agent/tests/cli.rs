@@ -397,6 +397,20 @@ fn node_mode_loads_only_what_the_node_budget_holds() {
         observed(m, "keep").is_some() && failing(m)
     });
     assert!(observed(&m, "cut").is_none(), "cut was loaded:\n{m}");
+    let gauge = |m: &str, name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(
+        gauge(&m, "ringwarden_agent_node_budget_bytes"),
+        Some(one + one / 2)
+    );
+    // The maps and one-page ring of "keep", as the node plan counts them.
+    assert_eq!(
+        gauge(&m, "ringwarden_agent_node_budget_planned_bytes"),
+        Some(one)
+    );
     write(2 * one);
     let m = wait_for(port, "cut loaded under the larger budget", |m| {
         observed(m, "cut").is_some()

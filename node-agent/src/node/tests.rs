@@ -137,13 +137,16 @@ fn the_node_budget_decides_what_loads_before_any_map_is_made() {
     );
     // No node budget (a configuration from before it): everything loads
     // as its ProbeSet planned it.
-    let (load, refused) = share_node_budget(c.probes.clone(), 0);
-    assert_eq!(load, c.probes);
-    assert!(refused.is_empty());
+    let all = share_node_budget(c.probes.clone(), 0);
+    assert_eq!(all.load, c.probes);
+    assert!(all.refused.is_empty());
+    assert!(all.planned_bytes > 2 * 4096, "maps and rings");
     // One byte: nothing fits, and each says why.
-    let (load, refused) = share_node_budget(c.probes.clone(), 1);
-    assert!(load.is_empty());
-    assert_eq!(refused.len(), 2);
+    let none = share_node_budget(c.probes.clone(), 1);
+    assert!(none.load.is_empty());
+    assert_eq!(none.planned_bytes, 0);
+    assert_eq!(none.refused.len(), 2);
+    let refused = none.refused;
     assert!(
         refused
             .iter()
