@@ -6,6 +6,7 @@
 pub mod accounting;
 pub mod duration;
 pub mod histogram;
+pub mod maps;
 pub mod native;
 pub mod planner;
 pub mod quantity;

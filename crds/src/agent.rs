@@ -20,7 +20,12 @@ pub struct AgentConfig {
     /// configuration is deterministic.
     #[serde(default)]
     pub probes: Vec<AgentProbe>,
-    /// Ring-buffer bytes all probes together may use on the node.
+    /// Locked kernel bytes all probes on a node may take together, maps
+    /// and ring buffers (the platform's node budget, `nodeBudget` in the
+    /// chart). Each agent shares it among its node's probes with
+    /// [`crate::plan::plan_node`], counting its real CPUs and page size,
+    /// before it creates any map. 0: no node budget (each ProbeSet keeps
+    /// only to its own `spec.ringBuffer.nodeBudget`).
     #[serde(default)]
     pub node_budget_bytes: u64,
 }
@@ -53,14 +58,24 @@ pub struct AgentProbe {
     /// matches. Empty matches every node.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
-    /// Ring-buffer bytes the planner gave the probe (a power of two, at
-    /// least one page).
+    /// Ring-buffer bytes the ProbeSet's own plan gives the probe (a power
+    /// of two, at least one page): what it asks of the node, whose budget
+    /// may cut it.
     pub ring_bytes: u64,
-    /// In-kernel sampling: keep one event in `sampleEvery` (1 keeps all).
+    /// In-kernel sampling of the ProbeSet's own plan: keep one event in
+    /// `sampleEvery` (1 keeps all). The node plan raises it for a cut ring.
     pub sample_every: u64,
-    /// The planner's predicted steady-state drop fraction of exported events.
+    /// The ProbeSet's own plan's predicted steady-state drop fraction of
+    /// exported events.
     #[serde(default)]
     pub predicted_drop: f64,
+    /// The ProbeSet's `ringBuffer.burstFactor`, for the node plan.
+    #[serde(default = "default_burst_factor")]
+    pub burst_factor: f64,
+    /// The drop fraction allowed for the probe (`spec.maxDropRate`,
+    /// tightened by its SLOs), for the node plan.
+    #[serde(default = "default_max_drop_rate")]
+    pub max_drop_rate: f64,
     /// The ProbeSet's `ringBuffer.drainInterval`: the agent drains the ring
     /// every half of it (`ringwarden_core::planner::drain_period`), the
     /// period the plan predicts `predictedDrop` for.
@@ -147,6 +162,18 @@ impl AgentConfig {
                         message: DRAIN_INTERVAL_RULE.into(),
                     });
                 }
+                if !(p.burst_factor.is_finite() && p.burst_factor >= 1.0) {
+                    errors.push(FieldError {
+                        field: field("burstFactor"),
+                        message: format!("{} is not a finite number of at least 1", p.burst_factor),
+                    });
+                }
+                if !(0.0..1.0).contains(&p.max_drop_rate) {
+                    errors.push(FieldError {
+                        field: field("maxDropRate"),
+                        message: format!("{} is not in [0, 1)", p.max_drop_rate),
+                    });
+                }
                 if p.sample_every == 0 {
                     errors.push(FieldError {
                         field: field("sampleEvery"),
@@ -168,6 +195,11 @@ impl AgentConfig {
         errors
     }
 }
+
+/// The node budget when the platform sets none: locked kernel memory for
+/// the maps and ring buffers of every probe on a node. The chart's
+/// `agent.nodeBudget` and standalone mode's `--node-budget` default to it.
+pub const DEFAULT_NODE_BUDGET: &str = "256Mi";
 
 /// Most namespaces one probe's `namespaces` may list.
 pub const MAX_SCOPE_NAMESPACES: usize = 4096;
@@ -199,6 +231,14 @@ fn scope_problem(p: &AgentProbe) -> Option<String> {
 /// BPF ring buffer is far above; this keeps a forged plan from pinning
 /// the node's memory).
 pub const MAX_RING_BYTES: u64 = 1 << 30;
+
+fn default_burst_factor() -> f64 {
+    ringwarden_core::planner::DEFAULT_BURST_FACTOR
+}
+
+fn default_max_drop_rate() -> f64 {
+    crate::probeset::DEFAULT_MAX_DROP_RATE
+}
 
 /// Configurations rendered before the field existed were planned for the
 /// default interval.

@@ -30,8 +30,9 @@ pub mod slo;
 pub use agent::{AgentConfig, AgentProbe, Threshold};
 pub use cluster::{ClusterProbeSet, ClusterProbeSetSpec};
 pub use probeset::{
-    ExportPolicy, ExportSpec, GoRuntimeTarget, PlanStatus, ProbeFilter, ProbeKind, ProbePlanStatus,
-    ProbeSet, ProbeSetSpec, ProbeSetStatus, ProbeSpec, RingBufferSpec, UprobeTarget,
+    ExportPolicy, ExportSpec, GoRuntimeTarget, NodeShareStatus, PlanStatus, ProbeFilter, ProbeKind,
+    ProbePlanStatus, ProbeSet, ProbeSetSpec, ProbeSetStatus, ProbeSpec, RingBufferSpec,
+    UprobeTarget,
 };
 pub use slo::{
     BurnRate, ErrorsIndicator, Indicator, IndicatorKind, LatencyIndicator, Slo, SloSpec, SloState,

@@ -2,13 +2,17 @@
 //! Pure; the operator and standalone mode both use it.
 
 use ringwarden_core::{
-    planner::{self, EVENT_BYTES, PlanInput, ProbeDemand},
+    maps::ProbeMaps,
+    planner::{
+        self, EVENT_BYTES, PlanError, PlanInput, ProbeDemand,
+        node::{self, NodeInput, NodePlan, NodeProbeDemand, ProbeSetDemand},
+    },
     quantity,
 };
 
 use crate::{
-    AgentProbe, ExportPolicy, PlanStatus, ProbePlanStatus, ProbeSet, ProbeSetSpec,
-    agent::MAX_THRESHOLDS, probeset::FieldError, slo::Slo,
+    AgentProbe, ExportPolicy, PlanStatus, ProbeKind, ProbePlanStatus, ProbeSet, ProbeSetSpec,
+    ProbeSpec, agent::MAX_THRESHOLDS, probeset::FieldError, slo::Slo,
 };
 
 /// Why a ProbeSet could not be planned: its spec problems, or a budget the
@@ -125,7 +129,8 @@ pub fn plan_probeset(
         .iter()
         .zip(&plan.probes)
         .zip(&watching)
-        .map(|((p, pp), w)| AgentProbe {
+        .enumerate()
+        .map(|(i, ((p, pp), w))| AgentProbe {
             namespace: namespace.clone(),
             probeset: name.clone(),
             spec: p.clone(),
@@ -136,6 +141,8 @@ pub fn plan_probeset(
             ring_bytes: pp.ring_bytes.max(page_size),
             sample_every: pp.sample_every,
             predicted_drop: pp.predicted_drop,
+            burst_factor: spec.ring_buffer.burst_factor,
+            max_drop_rate: input.probes[i].max_drop_rate,
             drain_interval: spec.ring_buffer.drain_interval,
             report_interval: spec.report_interval,
             thresholds: w
@@ -159,8 +166,131 @@ pub fn plan_probeset(
                 reasons: pp.reasons.clone(),
             })
             .collect(),
+        node_share: None,
     };
     Ok((probes, status))
+}
+
+/// The sizes of a probe's maps that scale with its spec and kind, as the
+/// agent creates them: `maxSeries` histograms, and a start map for
+/// [`ProbeMaps::START_ENTRIES`] in-flight events for kinds that pair by
+/// kernel object (tcpConnect, blockIO, runqueue) or by goroutine (uprobe,
+/// counted as a Go binary, whose map is the larger, since the binary is
+/// known only on the node; goRuntime).
+pub fn probe_maps(spec: &ProbeSpec) -> ProbeMaps {
+    let mut maps = ProbeMaps::new(spec.max_series);
+    match spec.kind {
+        ProbeKind::TcpConnect | ProbeKind::BlockIo | ProbeKind::Runqueue => {
+            maps.obj_start_entries = ProbeMaps::START_ENTRIES;
+        }
+        ProbeKind::Uprobe => maps.go_start_entries = ProbeMaps::START_ENTRIES,
+        ProbeKind::GoRuntime => maps.go_runtime_entries = ProbeMaps::START_ENTRIES,
+        ProbeKind::Syscalls | ProbeKind::TcpRetransmit => {}
+    }
+    maps
+}
+
+/// What the probe asks of the node plan: its event path as declared, its
+/// maps, and the ring its ProbeSet's own plan gave it.
+pub fn node_demand(p: &AgentProbe) -> NodeProbeDemand {
+    NodeProbeDemand {
+        demand: ProbeDemand {
+            requested_sampling: p.spec.sampling,
+            drain_interval: p.drain_interval,
+            burst_factor: p.burst_factor,
+            priority: p.spec.priority,
+            ..ProbeDemand::new(
+                p.spec.name.clone(),
+                EVENT_BYTES,
+                if p.spec.export.policy == ExportPolicy::None {
+                    0.0
+                } else {
+                    p.spec.peak_event_rate
+                },
+                p.max_drop_rate,
+            )
+        },
+        maps: probe_maps(&p.spec),
+        ring_request: p.ring_bytes,
+    }
+}
+
+/// A node's probes under its budget: the plan, and per probe (in the
+/// order given) the probe as the agent loads it, or why it is not loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeProbes {
+    pub plan: NodePlan,
+    pub probes: Vec<Result<AgentProbe, String>>,
+    /// Per probe, in the order given: the locked bytes of its maps, ring
+    /// included (0 when not loaded).
+    pub memory_bytes: Vec<u64>,
+}
+
+/// Shares `node_budget_bytes` (0: no node budget) among `probes`, the
+/// probes one node runs, on a node with `cpus` possible CPUs and
+/// `page_size`-byte pages ([`node::plan_node`]). A probe keeps its
+/// ProbeSet's own ring unless the node budget cuts it; one that the node
+/// cannot hold at all comes back as the reason it is not loaded.
+pub fn plan_node(
+    probes: &[AgentProbe],
+    node_budget_bytes: u64,
+    cpus: u32,
+    page_size: u64,
+) -> Result<NodeProbes, PlanError> {
+    // Grouped by ProbeSet, keeping where each probe came from.
+    let mut groups: Vec<(ProbeSetDemand, Vec<usize>)> = Vec::new();
+    for (i, p) in probes.iter().enumerate() {
+        let at = groups
+            .iter()
+            .position(|(g, _)| g.namespace == p.namespace && g.name == p.probeset);
+        let at = at.unwrap_or_else(|| {
+            groups.push((
+                ProbeSetDemand {
+                    namespace: p.namespace.clone(),
+                    name: p.probeset.clone(),
+                    probes: Vec::new(),
+                },
+                Vec::new(),
+            ));
+            groups.len() - 1
+        });
+        groups[at].0.probes.push(node_demand(p));
+        groups[at].1.push(i);
+    }
+    let plan = node::plan_node(&NodeInput {
+        page_size,
+        cpus,
+        node_budget_bytes: if node_budget_bytes == 0 {
+            u64::MAX
+        } else {
+            node_budget_bytes
+        },
+        max_bytes_per_probe: planner::DEFAULT_MAX_BYTES_PER_PROBE,
+        probesets: groups.iter().map(|(g, _)| g.clone()).collect(),
+    })?;
+    let mut out: Vec<Result<AgentProbe, String>> = vec![Err(String::new()); probes.len()];
+    let mut memory_bytes = vec![0; probes.len()];
+    for ((_, indices), share) in groups.iter().zip(&plan.probesets) {
+        for (&i, s) in indices.iter().zip(&share.probes) {
+            memory_bytes[i] = s.memory_bytes;
+            out[i] = if s.admitted {
+                Ok(AgentProbe {
+                    // Without an event path the ring still exists, at its minimum.
+                    ring_bytes: s.plan.ring_bytes.max(page_size),
+                    sample_every: s.plan.sample_every,
+                    predicted_drop: s.plan.predicted_drop,
+                    ..probes[i].clone()
+                })
+            } else {
+                Err(s.plan.reasons.last().cloned().unwrap_or_default())
+            };
+        }
+    }
+    Ok(NodeProbes {
+        plan,
+        probes: out,
+        memory_bytes,
+    })
 }
 
 /// Fraction of all exported events of `spec` that `plan` predicts the ring
@@ -336,6 +466,62 @@ mod tests {
         .unwrap();
         assert_eq!(status.probes[0].predicted_drop, 0.0);
         assert_eq!(predicted_drop(&quiet.spec, &plan), 0.0);
+    }
+
+    #[test]
+    fn without_a_node_budget_each_probe_keeps_its_probesets_own_plan() {
+        let ps = probeset(
+            "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {name: a, namespace: web}\n\
+             spec:\n  maxDropRate: 0.5\n  ringBuffer: {nodeBudget: 8Ki}\n  probes:\n\
+             \x20   - {name: sys, kind: syscalls, export: {policy: all}, peakEventRate: 100000}\n\
+             \x20   - {name: rq, kind: runqueue, maxSeries: 8}\n",
+        );
+        let (probes, _) = plan_probeset(&ps, &[], 4096).unwrap();
+        let node = plan_node(&probes, 0, 2, 4096).unwrap();
+        assert_eq!(
+            node.probes,
+            probes.iter().cloned().map(Ok).collect::<Vec<_>>()
+        );
+        let maps = &node.plan.probesets[0].probes;
+        assert_eq!(
+            maps[1].map_bytes,
+            ringwarden_core::maps::fixed_bytes(&probe_maps(&probes[1].spec), 2)
+        );
+        // The runqueue probe pairs by task in a start map of 16 384 entries.
+        assert!(maps[1].map_bytes > 16_384 * 96);
+    }
+
+    #[test]
+    fn a_node_budget_cuts_rings_and_leaves_out_what_it_cannot_hold() {
+        let ps = |ns: &str, priority: i32| {
+            probeset(&format!(
+                "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {{name: p, namespace: {ns}}}\n\
+                 spec:\n  probes:\n\
+                 \x20   - {{name: sys, kind: syscalls, export: {{policy: all}}, peakEventRate: 10000, priority: {priority}, maxSeries: 8}}\n"
+            ))
+        };
+        let mut probes = Vec::new();
+        for (ns, prio) in [("a", 1), ("b", 0)] {
+            probes.extend(plan_probeset(&ps(ns, prio), &[], 4096).unwrap().0);
+        }
+        let fixed = ringwarden_core::maps::fixed_bytes(&probe_maps(&probes[0].spec), 2);
+        let ring = |r| ringwarden_core::maps::ringbuf_bytes(r, 4096);
+        let node = plan_node(
+            &probes,
+            2 * fixed + ring(256 << 10) + ring(64 << 10),
+            2,
+            4096,
+        )
+        .unwrap();
+        assert_eq!(node.probes[0].as_ref().unwrap().ring_bytes, 256 << 10);
+        assert_eq!(node.probes[1].as_ref().unwrap().ring_bytes, 64 << 10);
+        let node = plan_node(&probes, fixed + ring(256 << 10), 2, 4096).unwrap();
+        let why = node.probes[1].as_ref().unwrap_err();
+        assert!(why.starts_with("not loaded: its maps take"), "{why}");
+        assert!(
+            why.contains("with 1 other ProbeSet in 1 other namespace"),
+            "{why}"
+        );
     }
 
     #[test]

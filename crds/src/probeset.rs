@@ -93,8 +93,11 @@ fn default_report_interval() -> Duration {
     Duration::from_secs(10)
 }
 
+/// `spec.maxDropRate` when unset.
+pub const DEFAULT_MAX_DROP_RATE: f64 = 0.01;
+
 fn default_max_drop_rate() -> f64 {
-    0.01
+    DEFAULT_MAX_DROP_RATE
 }
 
 /// Ring-buffer sizing inputs of the quota model: a probe's buffer holds
@@ -115,10 +118,12 @@ pub struct RingBufferSpec {
     #[serde(default = "default_burst_factor")]
     #[schemars(range(min = 1.0, max = 100.0))]
     pub burst_factor: f64,
-    /// Most ring-buffer memory these probes may use on one node, as whole
+    /// Most ring-buffer memory these probes ask for on one node, as whole
     /// bytes with an optional suffix Ki, Mi, Gi, Ti, k, M, G or T; default
     /// 64Mi. When the buffers would not fit, the planner shrinks them (lowest
-    /// `priority` first) and reports the predicted drops.
+    /// `priority` first) and reports the predicted drops. A request: the
+    /// platform's node budget, shared with every ProbeSet on the node, may
+    /// give less (`status.plan.nodeShare`), never more.
     #[serde(default = "default_node_budget")]
     #[schemars(length(max = MAX_QUANTITY_LEN))]
     #[schemars(extend("x-kubernetes-validations" = cel::node_budget()))]
@@ -497,8 +502,38 @@ pub struct PlanStatus {
     pub budget_bytes: u64,
     /// Ring-buffer bytes the plan uses on a node.
     pub used_bytes: u64,
-    /// The plan of each probe, in `spec.probes` order.
+    /// The plan of each probe, in `spec.probes` order: on the node where
+    /// the node budget gives this ProbeSet least (see `nodeShare`), once an
+    /// agent has reported its node's CPUs; until then, within
+    /// `spec.ringBuffer.nodeBudget` alone.
     pub probes: Vec<ProbePlanStatus>,
+    /// What this ProbeSet asks of the platform's node budget and what it
+    /// gets on its tightest node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_share: Option<NodeShareStatus>,
+}
+
+/// One ProbeSet's share of the node budget: the locked kernel memory
+/// (maps and ring buffers) of all probes on a node, which the platform sets
+/// and every ProbeSet selecting the node shares.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeShareStatus {
+    /// The node budget (the operator's `agent.nodeBudget`).
+    pub node_budget_bytes: u64,
+    /// Bytes this ProbeSet's probes take with the rings
+    /// `spec.ringBuffer.nodeBudget` gives them: their histogram and other
+    /// maps, and their rings.
+    pub requested_bytes: u64,
+    /// Bytes they get on the node where they get least.
+    pub granted_bytes: u64,
+    /// Possible CPUs planned for: the most any agent reported. Per-CPU
+    /// histogram maps take a copy for each.
+    pub cpus: u32,
+    /// Other ProbeSets sharing that node.
+    pub other_probe_sets: u32,
+    /// Namespaces besides this one those ProbeSets are in.
+    pub other_namespaces: u32,
 }
 
 /// The quota plan of one probe.

@@ -869,6 +869,20 @@ fn the_operator_accepts_the_flags_and_configuration_the_chart_gives_it() {
         let sa = named(&objects, "ServiceAccount", account);
         assert_eq!(sa["metadata"]["namespace"], args.namespace, "{context}");
         assert_eq!(ds["metadata"]["namespace"], NAMESPACE);
+        // BPF maps are charged to the agent's memory cgroup: its limit
+        // holds the whole node budget and the agent's own working set.
+        let limit =
+            ds["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+                .as_str()
+                .unwrap();
+        let budget = ringwarden_core::quantity::parse_bytes(&config.agent.node_budget).unwrap();
+        let working =
+            ringwarden_core::quantity::parse_bytes(&config.agent.working_set_memory).unwrap();
+        assert_eq!(
+            ringwarden_core::quantity::parse_bytes(limit).unwrap(),
+            budget + working,
+            "{context}"
+        );
         assert!(
             config.agent.image.starts_with("ringwarden/agent:v")
                 || config.agent.image.starts_with("registry.example/"),
@@ -908,8 +922,11 @@ fn agent_settings_reach_the_operator_configuration() {
     assert_eq!(agent.tolerations.len(), 1);
     assert_eq!(agent.tolerations[0].key.as_deref(), Some("dedicated"));
     assert_eq!(agent.name, "rw-agent");
-    let limits = agent.resources.limits.unwrap();
-    assert_eq!(limits["memory"].0, "1Gi");
+    // The node budget reaches the operator, which derives the agents'
+    // memory limit from it: budget + working set.
+    assert_eq!(agent.resources.limits, None);
+    assert_eq!(agent.node_budget, "768Mi");
+    assert_eq!(agent.memory_limit_bytes(), (768 + 256) << 20);
     let sa = named(&objects, "ServiceAccount", "rw-agent");
     assert_eq!(sa["imagePullSecrets"], json!([{"name": "regcred"}]));
 
@@ -1279,6 +1296,17 @@ fn the_values_schema_rejects_bad_values_and_names_the_field() {
             &["agent.resources.limits.memory=lots"],
             None,
             "agent.resources.limits.memory: Does not match pattern",
+        ),
+        (
+            &["agent.resources.limits.memory=1Gi"],
+            None,
+            "agent.resources.limits.memory is derived, not set: the operator makes it \
+             agent.nodeBudget + agent.workingSetMemory",
+        ),
+        (
+            &["agent.nodeBudget=lots"],
+            None,
+            "agent.nodeBudget: Does not match pattern",
         ),
         (
             &["agent.tolerations[0].operator=Maybe"],

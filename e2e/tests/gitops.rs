@@ -170,7 +170,14 @@ fn example_probeset() -> ProbeSet {
 
 /// `ps` with the status the operator computes for it, as JSON.
 fn with_status(mut ps: ProbeSet, node_matches: bool, reported: Option<&Reported>) -> Value {
-    let status = status::desired(&ps, &assess(&ps, &[]), node_matches, reported, &at(NOW));
+    let status = status::desired(
+        &ps,
+        &assess(&ps, &[]),
+        node_matches,
+        reported,
+        None,
+        &at(NOW),
+    );
     ps.status = Some(status);
     serde_json::to_value(&ps).unwrap()
 }

@@ -192,6 +192,22 @@ pub struct StandaloneArgs {
     /// mount when run in a container.
     #[arg(long, default_value = "/", env = "RINGWARDEN_HOST_ROOT")]
     pub host_root: PathBuf,
+
+    /// Locked kernel memory all probes of all the files may take together,
+    /// maps and ring buffers, like `64Mi` (the chart's `agent.nodeBudget`).
+    /// Shared by priority, then fairly across namespaces; a probe that does
+    /// not fit is not loaded and says why (see docs/quota.md).
+    #[arg(long, default_value = ringwarden_crds::agent::DEFAULT_NODE_BUDGET,
+        value_parser = parse_node_budget, env = "RINGWARDEN_NODE_BUDGET")]
+    pub node_budget: u64,
+}
+
+fn parse_node_budget(s: &str) -> Result<u64, String> {
+    match ringwarden_core::quantity::parse_bytes(s) {
+        Ok(0) => Err("the node budget must be above 0, e.g. 64Mi".into()),
+        Ok(b) => Ok(b),
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -375,6 +375,10 @@ pub struct NodeMetrics {
     pub pods: prometheus::IntGauge,
     /// Configurations refused before running any of them, by source.
     pub configs_refused: prometheus::IntCounterVec,
+    /// The node budget in force (0: none).
+    pub node_budget: prometheus::IntGauge,
+    /// Locked bytes the node plan gives the probes it lets load.
+    pub node_budget_planned: prometheus::IntGauge,
 }
 
 impl NodeMetrics {
@@ -429,6 +433,14 @@ impl NodeMetrics {
                 "ringwarden_agent_pods",
                 "Pods on this node as the pod watch last saw them",
             )?,
+            node_budget: IntGauge::new(
+                "ringwarden_agent_node_budget_bytes",
+                "Locked kernel memory all probes on this node may take, maps and rings (0: no node budget)",
+            )?,
+            node_budget_planned: IntGauge::new(
+                "ringwarden_agent_node_budget_planned_bytes",
+                "Locked kernel memory of the maps and rings the node plan gives the probes it lets load",
+            )?,
             configs_refused: IntCounterVec::new(
                 Opts::new(
                     "ringwarden_agent_configs_refused_total",
@@ -451,6 +463,8 @@ impl NodeMetrics {
         registry.register(Box::new(m.pod_watch_up.clone()))?;
         registry.register(Box::new(m.pod_watch_errors.clone()))?;
         registry.register(Box::new(m.pods.clone()))?;
+        registry.register(Box::new(m.node_budget.clone()))?;
+        registry.register(Box::new(m.node_budget_planned.clone()))?;
         Ok(m)
     }
 }

@@ -119,6 +119,57 @@ pub fn probes_for_node<'a>(
         .collect()
 }
 
+/// The node budget applied to this node's probes.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The probes to load, as planned.
+    pub load: Vec<AgentProbe>,
+    /// Those the budget cannot hold, with the reason.
+    pub refused: Vec<(AgentProbe, String)>,
+    /// Locked bytes of the maps and rings of `load`.
+    pub planned_bytes: u64,
+}
+
+/// Applies the node budget to the probes this node runs
+/// ([`ringwarden_crds::plan::plan_node`]) with the node's possible CPUs and
+/// page size. Without the node's CPU count every probe is refused: loading
+/// unplanned maps could take the memory the plan gave others.
+pub fn share_node_budget(wanted: Vec<AgentProbe>, node_budget_bytes: u64) -> Shared {
+    let planned = crate::probes::possible_cpus()
+        .map_err(|e| e.to_string())
+        .and_then(|cpus| {
+            ringwarden_crds::plan::plan_node(
+                &wanted,
+                node_budget_bytes,
+                cpus,
+                crate::probes::page_size().into(),
+            )
+            .map_err(|e| e.to_string())
+        });
+    match planned {
+        Ok(plan) => {
+            let mut shared = Shared {
+                planned_bytes: plan.plan.used_bytes,
+                ..Shared::default()
+            };
+            for (p, outcome) in wanted.into_iter().zip(plan.probes) {
+                match outcome {
+                    Ok(planned) => shared.load.push(planned),
+                    Err(why) => shared.refused.push((p, why)),
+                }
+            }
+            shared
+        }
+        Err(e) => {
+            let why = format!("not loaded: the node budget cannot be applied: {e}");
+            Shared {
+                refused: wanted.into_iter().map(|p| (p, why.clone())).collect(),
+                ..Shared::default()
+            }
+        }
+    }
+}
+
 /// Where node facts come from.
 enum Facts {
     /// Fixed labels, no pod resolution (outside a cluster).
@@ -500,10 +551,29 @@ impl State {
         };
         wanted.sort_by_key(AgentProbe::id);
         wanted.dedup_by_key(|p| p.id());
-        let by_id: HashMap<String, &AgentProbe> = wanted.iter().map(|p| (p.id(), p)).collect();
+        // The node budget decides, before any map is created, what each
+        // probe gets on this node (its real CPUs and page size), and which
+        // probes it cannot hold at all.
+        let budget = source.config.node_budget_bytes;
+        let Shared {
+            load: wanted,
+            refused,
+            planned_bytes,
+        } = share_node_budget(wanted, budget);
+        if let Some(m) = &self.metrics {
+            m.node_budget.set(i64::try_from(budget).unwrap_or(i64::MAX));
+            m.node_budget_planned
+                .set(i64::try_from(planned_bytes).unwrap_or(i64::MAX));
+        }
+        let by_id: HashMap<String, &AgentProbe> = wanted
+            .iter()
+            .chain(refused.iter().map(|(p, _)| p))
+            .map(|p| (p.id(), p))
+            .collect();
+        let refused_ids: BTreeSet<String> = refused.iter().map(|(p, _)| p.id()).collect();
         let mut gone = Vec::new();
         self.loaded.retain(|id, l| {
-            let keep = by_id.get(id).is_some_and(|p| **p == l.config);
+            let keep = !refused_ids.contains(id) && by_id.get(id).is_some_and(|p| **p == l.config);
             if !keep {
                 tracing::info!(probe = %id, "probe removed or changed; detaching");
                 gone.push(l.labels.clone());
@@ -544,6 +614,15 @@ impl State {
                 &self.node,
                 self.metrics.clone(),
             ));
+        }
+        for (p, why) in &refused {
+            let known = self
+                .failed
+                .get(&p.id())
+                .is_some_and(|f| f.config == *p && f.failure.message == *why);
+            if !known {
+                self.fail(p, LoadFailure::other(why), false, now);
+            }
         }
         let static_facts = matches!(facts, Facts::Static(_));
         self.desired = wanted;

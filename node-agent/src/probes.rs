@@ -78,6 +78,8 @@ pub enum ProbeError {
          (effective capabilities here: {0:#x})"
     )]
     Privileges(u64),
+    #[error("cannot read {0}")]
+    NodeFacts(String),
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -293,6 +295,15 @@ pub fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if n > 0 { n as u32 } else { 4096 }
+}
+
+/// The node's possible CPUs (`/sys/devices/system/cpu/possible`): the
+/// kernel allocates every per-CPU map for each of them, online or not, so
+/// the node budget counts them.
+pub fn possible_cpus() -> Result<u32, ProbeError> {
+    aya::util::nr_cpus()
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX).max(1))
+        .map_err(|(path, e)| ProbeError::NodeFacts(format!("{path}: {e}")))
 }
 
 /// The hooks of each kind: (program, tracepoint) for `tp_btf` programs.

@@ -16,13 +16,14 @@ use std::{collections::HashMap, io::Write as _, time::SystemTime};
 
 use ringwarden_core::{
     histogram::Histogram,
+    planner::node::NodePlan,
     slo::{Report as SloReport, SloEvaluator, SloSpec, SloStatus},
 };
 
 use ringwarden_crds::{
     AgentProbe, ExportPolicy, ProbeKind, ProbeSet, ProbeSpec, Threshold,
     manifest::{self, ManifestErrors},
-    plan::plan_probeset,
+    plan::{plan_node, plan_probeset},
     slo::Slo,
 };
 use ringwarden_ebpf_common::{
@@ -73,35 +74,88 @@ impl StandaloneError {
 pub struct PlannedProbe {
     pub labels: ProbeLabels,
     pub probe: AgentProbe,
+    /// Locked kernel bytes of its maps, ring included, as the node plan
+    /// counts them.
+    pub memory_bytes: u64,
+}
+
+/// Where this machine's memory stands: the budget, and the plan that
+/// shares it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub page_size: u64,
+    /// Possible CPUs, for which per-CPU maps are allocated.
+    pub cpus: u32,
+    pub node_budget_bytes: u64,
+}
+
+/// What standalone mode runs: the probes that fit, why the others do not,
+/// and the node plan that decided it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StandalonePlan {
+    pub probes: Vec<PlannedProbe>,
+    /// `<probe id> (<kind>): <why>`, or `ProbeSet <name>: <why>`.
+    pub failures: Vec<String>,
+    pub node: Option<NodePlan>,
 }
 
 /// Plans every ProbeSet with the quota planner (pure), with the SLOs on
-/// its probes. A ProbeSet that cannot be planned is reported and left out;
-/// the others run.
-pub fn plan(
-    probesets: &[ProbeSet],
-    slos: &[Slo],
-    node: &str,
-    page_size: u64,
-) -> (Vec<PlannedProbe>, Vec<String>) {
-    let mut planned = Vec::new();
+/// its probes, then shares the node budget among all of them
+/// ([`ringwarden_crds::plan::plan_node`]) as an agent in a cluster does. A
+/// ProbeSet that cannot be planned, or a probe the budget cannot hold, is
+/// reported and left out; the others run.
+pub fn plan(probesets: &[ProbeSet], slos: &[Slo], node: &Node) -> StandalonePlan {
+    let mut probes = Vec::new();
     let mut failures = Vec::new();
     for ps in probesets {
         let name = ps.metadata.name.clone().unwrap_or_default();
-        match plan_probeset(ps, slos, page_size) {
-            Ok((probes, _)) => planned.extend(probes.into_iter().map(|p| PlannedProbe {
+        match plan_probeset(ps, slos, node.page_size) {
+            Ok((p, _)) => probes.extend(p),
+            Err(e) => failures.push(format!("ProbeSet {name}: {e}")),
+        }
+    }
+    let shared = match plan_node(&probes, node.node_budget_bytes, node.cpus, node.page_size) {
+        Ok(shared) => shared,
+        Err(e) => {
+            failures.push(format!("node budget: {e}"));
+            return StandalonePlan {
+                probes: Vec::new(),
+                failures,
+                node: None,
+            };
+        }
+    };
+    let mut planned = Vec::new();
+    for ((original, outcome), memory_bytes) in
+        probes.iter().zip(shared.probes).zip(shared.memory_bytes)
+    {
+        match outcome {
+            Ok(p) => planned.push(PlannedProbe {
                 labels: ProbeLabels {
                     namespace: p.namespace.clone(),
                     probeset: p.probeset.clone(),
                     probe: p.spec.name.clone(),
-                    node: node.to_string(),
+                    node: node.name.clone(),
                 },
                 probe: p,
-            })),
-            Err(e) => failures.push(format!("ProbeSet {name}: {e}")),
+                memory_bytes,
+            }),
+            Err(why) => {
+                tracing::error!(probe = %original.id(), reason = %why, "probe not loaded: the node budget cannot hold it");
+                failures.push(format!(
+                    "{} ({}): {why}",
+                    original.id(),
+                    original.spec.kind.as_str()
+                ));
+            }
         }
     }
-    (planned, failures)
+    StandalonePlan {
+        probes: planned,
+        failures,
+        node: Some(shared.plan),
+    }
 }
 
 /// What the kernel side needs for one planned probe: filters resolved
@@ -273,6 +327,8 @@ pub fn read_manifests(
 
 struct Running {
     labels: ProbeLabels,
+    /// Locked bytes of its maps as the node plan counts them.
+    memory_bytes: u64,
     probe: Probe,
     previous: Option<(Instant, Snapshot)>,
     /// Series names by key, so writing events does not look them up again.
@@ -425,6 +481,7 @@ async fn load_all(
                     sample_every = p.probe.sample_every, "probe attached");
                 running.push(Running {
                     labels: p.labels,
+                    memory_bytes: p.memory_bytes,
                     probe,
                     previous: None,
                     names: HashMap::new(),
@@ -550,6 +607,11 @@ struct JsonProbe<'a> {
     /// What the plan predicts that fraction to be at the declared rate.
     predicted_drop: f64,
     ring_bytes: u64,
+    /// Locked kernel bytes of its maps, ring included, as the node plan
+    /// counts them.
+    memory_bytes: u64,
+    /// Kernel ids of its programs (`bpftool prog show id …`).
+    program_ids: &'a [u32],
     ring_high_water: u64,
     events_received: u64,
     events_corrupt: u64,
@@ -566,6 +628,8 @@ struct JsonReport<'a> {
     slos: Vec<JsonSlo<'a>>,
     /// Probes that could not be loaded, with the cause.
     failed: &'a [String],
+    /// How the node budget was shared: what each ProbeSet asked for and got.
+    node_plan: Option<&'a NodePlan>,
 }
 
 #[derive(Serialize)]
@@ -592,10 +656,12 @@ struct SloState {
 }
 
 /// Reads every probe, prints the figures and publishes them for `/metrics`.
+#[allow(clippy::too_many_arguments)]
 fn tick(
     running: &mut [Running],
     slos: &mut SloState,
     failures: &[String],
+    node_plan: Option<&NodePlan>,
     shared: &SharedSnapshots,
     args: &StandaloneArgs,
     started: Instant,
@@ -652,6 +718,8 @@ fn tick(
                 ringbuf_drop: snap.counters.ringbuf_drop(),
                 predicted_drop: snap.predicted_drop,
                 ring_bytes: snap.ring_bytes,
+                memory_bytes: r.memory_bytes,
+                program_ids: r.probe.program_ids(),
                 ring_high_water: snap.ring_high_water,
                 events_received: snap.events_received,
                 events_corrupt: snap.decode_errors,
@@ -663,6 +731,9 @@ fn tick(
     let report = match args.output {
         Output::Table => {
             text.push_str(&render_slos(&slos.watches));
+            if let Some(n) = node_plan {
+                text.push_str(&render_node_plan(n));
+            }
             for f in failures {
                 text.push_str(&format!("FAILED {f}\n"));
             }
@@ -694,6 +765,7 @@ fn tick(
                     })
                     .collect(),
                 failed: failures,
+                node_plan,
             };
             serde_json::to_string(&report).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot encode the JSON report");
@@ -725,11 +797,44 @@ fn node_name(args: &StandaloneArgs) -> String {
     })
 }
 
+/// The node budget's line in the table: used of the budget, and each
+/// ProbeSet cut by it.
+fn render_node_plan(n: &NodePlan) -> String {
+    let format_bytes = |n: u64| ringwarden_core::planner::bytes(n as f64);
+    let mut out = format!(
+        "node budget: {} of {} used ({} possible CPUs)\n",
+        format_bytes(n.used_bytes),
+        format_bytes(n.budget_bytes),
+        n.cpus
+    );
+    for s in n.probesets.iter().filter(|s| s.constrained()) {
+        out.push_str(&format!(
+            "  {}/{}: got {} of the {} it asked for, {}\n",
+            s.namespace,
+            s.name,
+            format_bytes(s.granted_bytes),
+            format_bytes(s.requested_bytes),
+            s.sharing()
+        ));
+    }
+    out
+}
+
 /// Runs standalone mode until a signal or `--duration`.
 pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     let (probesets, slos) = read_manifests(&args.files)?;
-    let node = node_name(&args);
-    let (planned, mut failures) = plan(&probesets, &slos, &node, page_size().into());
+    let node = Node {
+        name: node_name(&args),
+        page_size: page_size().into(),
+        cpus: crate::probes::possible_cpus()
+            .map_err(|e| StandaloneError::NoProbes(e.to_string()))?,
+        node_budget_bytes: args.node_budget,
+    };
+    let StandalonePlan {
+        probes: planned,
+        mut failures,
+        node: node_plan,
+    } = plan(&probesets, &slos, &node);
     crate::probes::check_privileges().map_err(|e| StandaloneError::NoProbes(e.to_string()))?;
     let kernel = Kernel::open().map_err(|e| StandaloneError::NoProbes(e.to_string()))?;
     let (mut running, load_failures) = load_all(&kernel, planned, &args.host_root).await;
@@ -781,7 +886,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
         tokio::select! {
             () = tokio::time::sleep_until(wake.into()) => drain_due(&mut running, &mut events_out),
             _ = ticker.tick() => {
-                tick(&mut running, &mut slo_state, &failures, &shared, &args, started, false)
+                tick(&mut running, &mut slo_state, &failures, node_plan.as_ref(), &shared, &args, started, false)
             }
             _ = &mut deadline => { tracing::info!("duration reached, stopping"); break }
             _ = sigint.recv() => { tracing::info!("SIGINT, stopping"); break }
@@ -794,6 +899,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
         &mut running,
         &mut slo_state,
         &failures,
+        node_plan.as_ref(),
         &shared,
         &args,
         started,
@@ -832,7 +938,17 @@ spec:
         )
         .unwrap();
         let (probesets, slos) = manifest::split(docs);
-        let (planned, failures) = plan(&probesets, &slos, "node-a", 4096);
+        let node = Node {
+            name: "node-a".into(),
+            page_size: 4096,
+            cpus: 2,
+            node_budget_bytes: 64 << 20,
+        };
+        let StandalonePlan {
+            probes: planned,
+            failures,
+            ..
+        } = plan(&probesets, &slos, &node);
         assert!(failures.is_empty(), "{failures:?}");
         assert_eq!(planned.len(), 2);
         assert_eq!(planned[0].labels.namespace, "shop");

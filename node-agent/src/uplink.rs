@@ -447,6 +447,7 @@ pub fn hello(node: &str, boot_id: &str, kernel_btf: &std::path::Path) -> v1::Hel
         btf: std::fs::File::open(kernel_btf).is_ok(),
         page_size: u32::try_from(page).unwrap_or(4096),
         config_version: String::new(),
+        possible_cpus: crate::probes::possible_cpus().unwrap_or(0),
     }
 }
 

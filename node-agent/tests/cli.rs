@@ -333,3 +333,105 @@ fn node_mode_follows_the_config_file_without_restarting() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("keeping the running probes"), "{stderr}");
 }
+
+/// Node mode shares the configuration's node budget before it creates any
+/// map: a probe that does not fit beside one of higher priority is not
+/// loaded and counts as failing, the other runs; a larger budget in the
+/// next configuration loads it too.
+#[test]
+fn node_mode_loads_only_what_the_node_budget_holds() {
+    use ringwarden_core::maps::{ProbeMaps, fixed_bytes, ringbuf_bytes};
+    let dir = std::env::temp_dir().join(format!("rw-node-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent-config.yaml");
+    let write = |budget: u64| {
+        let probe = |name: &str, priority: i32| {
+            format!(
+                "  - {{namespace: team-{name}, probeset: demo, spec: {{name: {name}, kind: syscalls, \
+                 maxSeries: 8, priority: {priority}}}, ringBytes: 4096, sampleEvery: 1, \
+                 reportInterval: 1s}}\n"
+            )
+        };
+        let tmp = dir.join("agent-config.yaml.tmp");
+        std::fs::write(
+            &tmp,
+            format!(
+                "nodeBudgetBytes: {budget}\nprobes:\n{}{}",
+                probe("keep", 1),
+                probe("cut", 0)
+            ),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    let cpus = u64::from(ringwarden_node_agent::probes::possible_cpus().unwrap());
+    let page = u64::from(ringwarden_node_agent::probes::page_size());
+    let one = fixed_bytes(&ProbeMaps::new(8), cpus) + ringbuf_bytes(page, page);
+    // Room for one probe and a half.
+    write(one + one / 2);
+    let port = free_port();
+    let mut agent = Command::new(AGENT)
+        .args([
+            "node",
+            "--node-name",
+            "test-node",
+            "--node-labels",
+            "zone=a",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--interval", "200ms", "--reload-interval", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let failing = |m: &str| {
+        m.lines().any(|l| {
+            l.starts_with("ringwarden_agent_probe_failing{")
+                && l.contains("probe=\"cut\"")
+                && l.ends_with(" 1")
+        })
+    };
+    let m = wait_for(port, "keep running and cut refused", |m| {
+        observed(m, "keep").is_some() && failing(m)
+    });
+    assert!(observed(&m, "cut").is_none(), "cut was loaded:\n{m}");
+    let gauge = |m: &str, name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(
+        gauge(&m, "ringwarden_agent_node_budget_bytes"),
+        Some(one + one / 2)
+    );
+    // The maps and one-page ring of "keep", as the node plan counts them.
+    assert_eq!(
+        gauge(&m, "ringwarden_agent_node_budget_planned_bytes"),
+        Some(one)
+    );
+    write(2 * one);
+    let m = wait_for(port, "cut loaded under the larger budget", |m| {
+        observed(m, "cut").is_some()
+    });
+    assert!(!failing(&m), "cut still failing:\n{m}");
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait().unwrap();
+    let mut stderr = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not loaded: its maps take")
+            && stderr.contains("with 1 other ProbeSet in 1 other namespace"),
+        "{stderr}"
+    );
+}

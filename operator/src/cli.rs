@@ -24,6 +24,13 @@ pub struct Args {
     #[arg(long, env = "RINGWARDEN_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Locked kernel memory all probes on one node may take together, maps
+    /// and ring buffers, like `256Mi`; overrides `agent.nodeBudget` of the
+    /// configuration file (default 256Mi). The agents' memory limit follows
+    /// it (docs/quota.md).
+    #[arg(long, env = "RINGWARDEN_NODE_BUDGET")]
+    pub node_budget: Option<String>,
+
     /// Namespace of the agent DaemonSet, its ConfigMap and the
     /// leader-election Lease (usually the operator's own).
     #[arg(

@@ -41,11 +41,25 @@ pub struct AgentSettings {
     /// ServiceAccount of the agent pods.
     #[serde(default = "default_name")]
     pub service_account_name: String,
-    /// CPU and memory of the agent container. Ring buffers are charged to
-    /// the agent's memory cgroup, so the limit must cover the largest
-    /// per-node ring-buffer total (`nodeBudgetBytes` in the agent config).
+    /// CPU and memory of the agent container. The memory limit is not
+    /// set here: the operator derives it from `nodeBudget` and
+    /// `workingSetMemory` ([`AgentSettings::memory_limit_bytes`]).
     #[serde(default = "default_resources")]
     pub resources: ResourceRequirements,
+    /// Locked kernel memory all probes on one node may take together, maps
+    /// and ring buffers of every ProbeSet that selects the node, like
+    /// `256Mi`. Agents share it by priority, then fairly across namespaces
+    /// (docs/quota.md). The `--node-budget` flag overrides it.
+    #[serde(default = "default_node_budget")]
+    pub node_budget: String,
+    /// Memory the agent needs besides the probes' maps: its heap, the
+    /// kernel BTF it parses while loading (tens of MiB), reports, pod
+    /// caches, and the task-local storage the kernel adds per traced task.
+    /// The agent's memory limit is `nodeBudget + workingSetMemory`, because
+    /// BPF maps are charged to the agent's memory cgroup: the kernel never
+    /// refuses a map the plan allowed.
+    #[serde(default = "default_working_set_memory")]
+    pub working_set_memory: String,
     /// Taints the agent tolerates. The default tolerates every taint, so
     /// probes can run on any node their ProbeSet selects.
     #[serde(default = "default_tolerations")]
@@ -120,6 +134,8 @@ impl Default for AgentSettings {
             image_pull_policy: default_pull_policy(),
             service_account_name: default_name(),
             resources: default_resources(),
+            node_budget: default_node_budget(),
+            working_set_memory: default_working_set_memory(),
             tolerations: default_tolerations(),
             priority_class_name: None,
             metrics_port: default_metrics_port(),
@@ -159,8 +175,57 @@ fn default_resources() -> ResourceRequirements {
             ("cpu".into(), q("50m")),
             ("memory".into(), q("128Mi")),
         ])),
-        limits: Some(BTreeMap::from([("memory".into(), q("512Mi"))])),
         ..Default::default()
+    }
+}
+
+fn default_node_budget() -> String {
+    ringwarden_crds::agent::DEFAULT_NODE_BUDGET.into()
+}
+
+fn default_working_set_memory() -> String {
+    "256Mi".into()
+}
+
+impl AgentSettings {
+    /// `nodeBudget` in bytes (validated when the configuration is read).
+    pub fn node_budget_bytes(&self) -> u64 {
+        ringwarden_core::quantity::parse_bytes(&self.node_budget).unwrap_or(0)
+    }
+
+    /// The agent container's memory limit: the node budget for the probes'
+    /// maps, which the kernel charges to the agent's memory cgroup, plus
+    /// the agent's own working set.
+    pub fn memory_limit_bytes(&self) -> u64 {
+        let working_set =
+            ringwarden_core::quantity::parse_bytes(&self.working_set_memory).unwrap_or(0);
+        self.node_budget_bytes().saturating_add(working_set)
+    }
+
+    /// Checks the memory settings, naming the field and the fix.
+    pub fn validate_memory(&self) -> Result<(), String> {
+        match ringwarden_core::quantity::parse_bytes(&self.node_budget) {
+            Ok(0) => return Err("agent.nodeBudget must be above 0, e.g. 256Mi".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("agent.nodeBudget: {e}")),
+        }
+        if let Err(e) = ringwarden_core::quantity::parse_bytes(&self.working_set_memory) {
+            return Err(format!("agent.workingSetMemory: {e}"));
+        }
+        if self
+            .resources
+            .limits
+            .as_ref()
+            .is_some_and(|l| l.contains_key("memory"))
+        {
+            return Err(
+                "agent.resources.limits.memory is derived, not set: the operator makes \
+                 it agent.nodeBudget + agent.workingSetMemory, because BPF maps are charged to \
+                 the agent's memory cgroup; remove it and set those two instead"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -238,6 +303,7 @@ impl OperatorConfig {
                 a.image_pull_policy
             ));
         }
+        a.validate_memory()?;
         if a.image.trim().is_empty() {
             return Err(
                 "agent.image is empty; give the agent image, e.g. ringwarden/agent:v0.1.0".into(),
@@ -287,7 +353,9 @@ mod tests {
   image: registry.example/agent:v2
   priorityClassName: system-node-critical
   tolerations: [{key: gpu, operator: Exists, effect: NoSchedule}]
-  resources: {limits: {memory: 1Gi}}
+  resources: {requests: {memory: 300Mi}}
+  nodeBudget: 768Mi
+  workingSetMemory: 200Mi
 ",
         )
         .unwrap();
@@ -297,8 +365,10 @@ mod tests {
             Some("system-node-critical")
         );
         assert_eq!(c.agent.tolerations[0].key.as_deref(), Some("gpu"));
-        assert_eq!(c.agent.resources.requests, None);
+        assert_eq!(c.agent.resources.limits, None);
         assert_eq!(c.agent.name, "ringwarden-agent");
+        assert_eq!(c.agent.node_budget_bytes(), 768 << 20);
+        assert_eq!(c.agent.memory_limit_bytes(), 968 << 20);
     }
 
     #[test]
@@ -315,6 +385,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is not a URL"), "{e}");
+    }
+
+    #[test]
+    fn the_memory_limit_is_derived_from_the_node_budget_and_never_set() {
+        let d = AgentSettings::default();
+        assert_eq!(d.node_budget_bytes(), 256 << 20);
+        assert_eq!(d.memory_limit_bytes(), 512 << 20);
+        for (yaml, says) in [
+            (
+                "agent: {resources: {limits: {memory: 1Gi}}}",
+                "agent.resources.limits.memory is derived",
+            ),
+            ("agent: {nodeBudget: 0}", "agent.nodeBudget must be above 0"),
+            (
+                "agent: {nodeBudget: lots}",
+                "agent.nodeBudget: \"lots\" is not a byte quantity",
+            ),
+            (
+                "agent: {workingSetMemory: 1.5Gi}",
+                "agent.workingSetMemory: ",
+            ),
+        ] {
+            let e = OperatorConfig::parse(yaml).unwrap_err().to_string();
+            assert!(e.contains(says), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub mod wiring;
 
 // Each step by its own name too, as the binaries and tests use them.
 pub use ingest::{auth, grpc, handed, hub, publish, reports, slo_status};
-pub use reconcile::{agent, assess, controller, render, slo, status, stored, watches, world};
+pub use reconcile::{
+    agent, assess, controller, render, share, slo, status, stored, watches, world,
+};
 
 use std::process::ExitCode;
 

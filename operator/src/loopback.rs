@@ -213,7 +213,7 @@ impl LoopbackOperator {
                 .filter_map(|s| SloTarget::from_slo(s))
                 .collect(),
         };
-        hub.set_config(&render::agent_config(&world.assess_all(), &world.nodes));
+        hub.set_config(&render::agent_config(&world.assess_all(), 0));
         let now = SystemTime::now();
         if let Some(p) = restore {
             let (defs, _) = hub.slo_defs();

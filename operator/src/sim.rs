@@ -189,6 +189,7 @@ impl SimAgent {
                 btf: true,
                 ringbuf: true,
                 page_size: 4096,
+                possible_cpus: 2,
                 config_version: self.config_version.clone(),
             })),
         }

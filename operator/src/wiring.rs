@@ -109,6 +109,13 @@ pub async fn operate(args: Args) -> Result<(), RunError> {
         Some(path) => OperatorConfig::load(path)?,
         None => OperatorConfig::default(),
     };
+    if let Some(budget) = &args.node_budget {
+        config.agent.node_budget = budget.clone();
+        config
+            .agent
+            .validate_memory()
+            .map_err(|e| RunError::Args(format!("--node-budget: {e}")))?;
+    }
     let client = Client::try_default().await.map_err(RunError::Client)?;
     if let Some(name) = &args.owner_deployment {
         config.agent.owner = Some(owner_reference(&client, &args.namespace, name).await?);

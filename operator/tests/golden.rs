@@ -87,13 +87,7 @@ fn world() -> World {
 }
 
 fn render(world: &World, settings: &AgentSettings) -> AgentObjects {
-    render::agent_objects(
-        &world.assess_all(),
-        &world.nodes,
-        settings,
-        "ringwarden-system",
-    )
-    .unwrap()
+    render::agent_objects(&world.assess_all(), settings, "ringwarden-system").unwrap()
 }
 
 fn yaml(value: &impl serde::Serialize) -> String {

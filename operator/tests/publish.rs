@@ -70,7 +70,7 @@ fn rendered(cluster: &Cluster) -> ringwarden_crds::AgentConfig {
         nodes: vec![[("pool".to_string(), "web".to_string())].into()],
         slos,
     };
-    ringwarden_operator::render::agent_config(&world.assess_all(), &world.nodes)
+    ringwarden_operator::render::agent_config(&world.assess_all(), 0)
 }
 
 /// Installs the SLO's threshold as a pushed configuration would.

@@ -67,13 +67,7 @@ fn affinity_terms(ds: &Value) -> Value {
 
 /// The objects the operator would have written for `world`.
 fn rendered(world: &World) -> render::AgentObjects {
-    render::agent_objects(
-        &world.assess_all(),
-        &world.nodes,
-        &Default::default(),
-        NAMESPACE,
-    )
-    .unwrap()
+    render::agent_objects(&world.assess_all(), &Default::default(), NAMESPACE).unwrap()
 }
 
 #[tokio::test]
@@ -166,8 +160,9 @@ async fn agent_objects_are_created_from_every_valid_probeset() {
             // probe has a one-page ring.
             assert_eq!(io.ring_bytes, 128 << 10);
             assert_eq!(config.probes[0].ring_bytes, 4096);
-            // web nodes map 32 KiB + 4 KiB, db nodes 128 KiB.
-            assert_eq!(config.node_budget_bytes, 128 << 10);
+            // The platform's node budget, which each agent shares among
+            // the probes of its node.
+            assert_eq!(config.node_budget_bytes, 256 << 20);
             let hash = s.body["metadata"]["annotations"]["ringwarden.dev/config-hash"]
                 .as_str()
                 .unwrap();

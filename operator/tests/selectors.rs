@@ -61,13 +61,8 @@ fn a_selector_the_daemonset_could_not_carry_is_invalid_and_left_out() {
             (name, _) => panic!("{name} with a bad selector was planned"),
         }
     }
-    let objects = render::agent_objects(
-        &all,
-        &w.nodes,
-        &AgentSettings::default(),
-        "ringwarden-system",
-    )
-    .expect("renders");
+    let objects = render::agent_objects(&all, &AgentSettings::default(), "ringwarden-system")
+        .expect("renders");
     let ds = serde_json::to_value(&objects.daemon_set).unwrap();
     let terms = &ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         ["nodeSelectorTerms"];

@@ -111,8 +111,27 @@ fn the_longest_probeset_status_is_admitted_and_small() {
         ..Figures::default()
     };
     let reported = Reported::from_figures(&figures);
-    let mut s: ProbeSetStatus =
-        status::desired(&ps, &assessment, true, Some(&reported), &at(1_000));
+    // On nodes of 256 CPUs, a 64Mi node budget holds not one probe: every
+    // probe is cut and says why.
+    let assessed = [ringwarden_operator::world::Assessed {
+        namespace: ps.metadata.namespace.clone().unwrap(),
+        name: ps.metadata.name.clone().unwrap(),
+        namespaces: ps.metadata.namespace.clone().map(|n| vec![n]),
+        probeset: std::sync::Arc::new(ps.clone()),
+        assessment: assessment.clone(),
+    }];
+    let shares =
+        ringwarden_operator::share::node_shares(&assessed, &[Default::default()], 64 << 20, 256);
+    let share = shares.values().next().expect("the one node runs it");
+    assert!(share.share.probes.iter().all(|p| !p.admitted));
+    let mut s: ProbeSetStatus = status::desired(
+        &ps,
+        &assessment,
+        true,
+        Some(&reported),
+        Some(share),
+        &at(1_000),
+    );
     s.cluster = Some("c".repeat(63));
     let bytes = check("ProbeSet", &serde_json::to_value(&s).unwrap());
     assert!(
@@ -136,7 +155,7 @@ fn an_invalid_probeset_status_with_every_error_is_admitted() {
         })
         .collect();
     let ps = common::probeset("shop", "bad", 2, &format!("probes:\n{probes}"));
-    let s = status::desired(&ps, &assess(&ps, &[]), true, None, &at(5));
+    let s = status::desired(&ps, &assess(&ps, &[]), true, None, None, &at(5));
     assert!(
         s.conditions
             .iter()

@@ -98,6 +98,8 @@ agent:
   imagePullPolicy: {{ .Values.agent.image.pullPolicy }}
   resources:
     {{- toYaml .Values.agent.resources | nindent 4 }}
+  nodeBudget: {{ .Values.agent.nodeBudget | quote }}
+  workingSetMemory: {{ .Values.agent.workingSetMemory | quote }}
   tolerations:
     {{- toYaml .Values.agent.tolerations | nindent 4 }}
   {{- with .Values.agent.priorityClassName }}
@@ -125,6 +127,11 @@ Checks across values, which the JSON schema cannot express clearly.
 {{- range $key := list "metricsPort" "agentPort" }}
 {{- if eq (int (get $.Values.service $key)) 9441 }}
 {{- fail (printf "service.%s is 9441, the port of the operator's loopback query service; choose another" $key) }}
+{{- end }}
+{{- end }}
+{{- with .Values.agent.resources.limits }}
+{{- if hasKey . "memory" }}
+{{- fail "agent.resources.limits.memory is derived, not set: the operator makes it agent.nodeBudget + agent.workingSetMemory, because BPF maps are charged to the agent's memory cgroup; remove it and set those two instead" }}
 {{- end }}
 {{- end }}
 {{- if not (has .Values.tls.source (list "operator" "certManager")) }}

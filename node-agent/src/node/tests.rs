@@ -1,5 +1,6 @@
 //! Node mode without a kernel: which configuration is in force, node
-//! selectors, the report cadence, retries, where uprobe binaries resolve.
+//! selectors, the report cadence, retries, where uprobe binaries resolve,
+//! what the node budget lets load.
 
 use super::*;
 
@@ -125,4 +126,31 @@ fn only_a_probesets_uprobes_resolve_in_its_pods_containers() {
     assert!(!resolves_in_containers(&probe("", "")));
     // Rendered before namespaces were enforced: the host, as then.
     assert!(!resolves_in_containers(&probe("shop", "")));
+}
+
+#[test]
+fn the_node_budget_decides_what_loads_before_any_map_is_made() {
+    let c = config(
+        "probes:\n\
+         - {namespace: a, probeset: p, spec: {name: sys, kind: syscalls, priority: 1}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n\
+         - {namespace: b, probeset: q, spec: {name: sys, kind: syscalls}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n",
+    );
+    // No node budget (a configuration from before it): everything loads
+    // as its ProbeSet planned it.
+    let all = share_node_budget(c.probes.clone(), 0);
+    assert_eq!(all.load, c.probes);
+    assert!(all.refused.is_empty());
+    assert!(all.planned_bytes > 2 * 4096, "maps and rings");
+    // One byte: nothing fits, and each says why.
+    let none = share_node_budget(c.probes.clone(), 1);
+    assert!(none.load.is_empty());
+    assert_eq!(none.planned_bytes, 0);
+    assert_eq!(none.refused.len(), 2);
+    let refused = none.refused;
+    assert!(
+        refused
+            .iter()
+            .all(|(_, why)| why.starts_with("not loaded: ")),
+        "{refused:?}"
+    );
 }

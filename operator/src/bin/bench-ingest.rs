@@ -280,7 +280,7 @@ async fn serve(
             .collect(),
     };
     ctx.hub
-        .set_config(&render::agent_config(&world.assess_all(), &world.nodes));
+        .set_config(&render::agent_config(&world.assess_all(), 0));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -775,11 +775,13 @@ fn run_point(
         let _ = reconnect_tx.send(Some(Instant::now()));
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
-            let s = seen.lock().unwrap_or_else(|e| e.into_inner());
-            if s.reconnected.len() as u64 + s.failures >= point.agents as u64 {
+            let done = {
+                let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+                s.reconnected.len() as u64 + s.failures >= point.agents as u64
+            };
+            if done {
                 break;
             }
-            drop(s);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for t in tasks {

@@ -64,6 +64,8 @@ pub struct AgentInfo {
     pub ringbuf: bool,
     pub page_size: u32,
     pub config_version: String,
+    /// The node's possible CPUs; 0 when the agent did not say.
+    pub possible_cpus: u32,
 }
 
 impl TryFrom<v1::Hello> for AgentInfo {
@@ -78,6 +80,7 @@ impl TryFrom<v1::Hello> for AgentInfo {
             btf: h.btf,
             ringbuf: h.ringbuf,
             page_size: h.page_size,
+            possible_cpus: h.possible_cpus,
             config_version: bounded("hello.config_version", h.config_version)?,
         })
     }

@@ -254,6 +254,8 @@ mod tests {
             ring_bytes: 4096,
             sample_every: 1,
             predicted_drop: 0.0,
+            burst_factor: 2.0,
+            max_drop_rate: 0.01,
             drain_interval: Duration::from_millis(100),
             report_interval: Duration::from_secs(10),
             thresholds: vec![Threshold {

@@ -431,6 +431,16 @@ pub struct Reports {
 }
 
 impl Reports {
+    /// The most possible CPUs any connected or reporting agent said its
+    /// node has, for planning the node budget of the busiest node.
+    pub fn largest_possible_cpus(&self) -> Option<u32> {
+        self.nodes
+            .values()
+            .map(|n| n.info.possible_cpus)
+            .filter(|&c| c > 0)
+            .max()
+    }
+
     /// An agent said hello. A boot id other than the node's last starts the
     /// node afresh; one the node already replaced is refused.
     pub fn hello(&mut self, now: SystemTime, info: AgentInfo) -> Result<(), BootRetired> {

@@ -74,7 +74,13 @@ pub async fn sync(ctx: &Context) -> Result<(), Error> {
             })
             .collect(),
     );
-    let objects = render::agent_objects(&assessed, &world.nodes, &ctx.agent, &ctx.namespace)?;
+    // The node budget's share of each ProbeSet, once an agent has said how
+    // many CPUs its node has (per-CPU maps are counted for each).
+    let cpus = ctx.hub.reports().largest_possible_cpus();
+    ctx.set_shares(cpus.map_or_else(Default::default, |cpus| {
+        crate::share::node_shares(&assessed, &world.nodes, ctx.agent.node_budget_bytes(), cpus)
+    }));
+    let objects = render::agent_objects(&assessed, &ctx.agent, &ctx.namespace)?;
     // Connected agents get it at once; the ConfigMap is the durable copy.
     ctx.hub.set_config(&objects.config);
     let cm_hash = annotation(&objects.config_map.metadata, CONFIG_HASH_ANNOTATION);

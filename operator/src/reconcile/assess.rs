@@ -40,6 +40,9 @@ pub struct Planned {
     /// Per probe, in `spec.probes` order: the SLO thresholds the kernel
     /// counts, sorted by SLO, at most [`MAX_THRESHOLDS`].
     pub thresholds: Vec<Vec<Threshold>>,
+    /// Per probe, in `spec.probes` order: the drop fraction allowed
+    /// (`spec.maxDropRate`, tightened by the SLOs on the probe).
+    pub max_drop_rates: Vec<f64>,
     /// Probes the budget or the per-probe cap made smaller or sparser than
     /// declared, one line each; empty when every probe got what it needs.
     pub constrained: Vec<String>,
@@ -84,6 +87,8 @@ pub fn config_bytes(ps: &ProbeSet, thresholds: &[Vec<Threshold>]) -> usize {
             ring_bytes: u64::MAX,
             sample_every: u64::MAX,
             predicted_drop: 0.123_456_789_012_345_67,
+            burst_factor: ps.spec.ring_buffer.burst_factor,
+            max_drop_rate: 0.123_456_789_012_345_67,
             drain_interval: ps.spec.ring_buffer.drain_interval,
             report_interval: ps.spec.report_interval,
             thresholds: thresholds.get(i).cloned().unwrap_or_default(),
@@ -209,6 +214,7 @@ pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
     Assessment::Planned(Planned {
         plan,
         thresholds,
+        max_drop_rates,
         constrained,
     })
 }

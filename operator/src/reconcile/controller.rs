@@ -112,6 +112,9 @@ pub struct Context {
     /// ProbeSets the agent writer left out of a full agent configuration
     /// (`namespace/name` → why): their status says so.
     crowded: Mutex<BTreeMap<String, String>>,
+    /// Each ProbeSet's share of the node budget on its tightest node
+    /// (`namespace/name`), as the agent writer last planned it.
+    shares: Mutex<BTreeMap<String, crate::share::NodeShare>>,
     /// Asks the controller to reconcile a ProbeSet again.
     requeue: Mutex<Option<UnboundedSender<ObjectRef<ProbeSet>>>>,
 }
@@ -142,6 +145,7 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             crowded: Mutex::new(BTreeMap::new()),
+            shares: Mutex::new(BTreeMap::new()),
             requeue: Mutex::new(None),
             synced: tokio::sync::Mutex::new(None),
         }
@@ -218,6 +222,34 @@ impl Context {
             &mut *self.crowded.lock().unwrap_or_else(PoisonError::into_inner),
             now.clone(),
         );
+        self.requeue_changed(&before, &now);
+    }
+
+    /// Keeps each ProbeSet's share of the node budget for its status, and
+    /// reconciles those whose share changed.
+    pub fn set_shares(&self, now: BTreeMap<String, crate::share::NodeShare>) {
+        let before = std::mem::replace(
+            &mut *self.shares.lock().unwrap_or_else(PoisonError::into_inner),
+            now.clone(),
+        );
+        self.requeue_changed(&before, &now);
+    }
+
+    /// The share of the node budget `key` gets on its tightest node.
+    pub fn node_share(&self, key: &str) -> Option<crate::share::NodeShare> {
+        self.shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// Reconciles every `namespace/name` whose entry differs.
+    fn requeue_changed<T: PartialEq>(
+        &self,
+        before: &BTreeMap<String, T>,
+        now: &BTreeMap<String, T>,
+    ) {
         let changed = before
             .keys()
             .filter(|k| now.get(*k) != before.get(*k))
@@ -273,11 +305,16 @@ pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, E
         Some(why) => crate::assess::Assessment::Invalid(vec![why]),
         None => assess(&ps, &ctx.slos()),
     };
+    let share = match &assessment {
+        crate::assess::Assessment::Planned(_) => ctx.node_share(&key(&ps)),
+        crate::assess::Assessment::Invalid(_) => None,
+    };
     let mut desired = status::desired(
         &ps,
         &assessment,
         ctx.any_node_matches(&ps.spec.node_selector),
         ctx.hub.published(&key(&ps)).as_ref(),
+        share.as_ref(),
         &now(),
     );
     status::uprobes_not_enabled(&ps, ctx.agent.uprobes.enabled, &mut desired, &now());
@@ -315,11 +352,16 @@ pub async fn reconcile_cluster(
         Some(why) => crate::assess::Assessment::Invalid(vec![why]),
         None => assessed.assessment,
     };
+    let share = match &assessment {
+        crate::assess::Assessment::Planned(_) => ctx.node_share(&key),
+        crate::assess::Assessment::Invalid(_) => None,
+    };
     let mut desired = status::desired(
         &ps,
         &assessment,
         ctx.any_node_matches(&ps.spec.node_selector),
         ctx.hub.published(&key).as_ref(),
+        share.as_ref(),
         &now(),
     );
     status::uprobes_not_enabled(&ps, ctx.agent.uprobes.enabled, &mut desired, &now());

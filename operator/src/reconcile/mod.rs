@@ -6,7 +6,8 @@
 //!    is copied from (no IO of their own);
 //! 2. **assess**: validate and plan each ProbeSet ([`assess`], with the
 //!    SLOs on its probes from [`slo`]), and keep the agents' configuration
-//!    within its size ([`world`]); pure;
+//!    within its size ([`world`]); share the platform's node budget among
+//!    the ProbeSets of each node class ([`share`]); pure;
 //! 3. **render**: the agent configuration, ConfigMap and DaemonSet
 //!    ([`render`]) and each ProbeSet's status ([`status`]); pure;
 //! 4. **apply**: [`agent`] writes the agent objects, [`controller`] each
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod assess;
 pub mod controller;
 pub mod render;
+pub mod share;
 pub mod slo;
 pub mod status;
 pub mod stored;

@@ -12,11 +12,13 @@ use k8s_openapi::{
             Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
             EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
             NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext,
-            PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
-            SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+            PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+            SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+            VolumeProjection,
         },
     },
     apimachinery::pkg::{
+        api::resource::Quantity,
         apis::meta::v1::{LabelSelector, ObjectMeta},
         util::intstr::IntOrString,
     },
@@ -26,7 +28,7 @@ use ringwarden_crds::{AgentConfig, AgentProbe};
 use crate::{
     assess::PLAN_PAGE_SIZE,
     config::{AgentSettings, AgentTransport},
-    world::{Assessed, Labels, node_classes},
+    world::{Assessed, Labels},
 };
 
 /// The one field manager of every object the operator writes.
@@ -129,14 +131,13 @@ pub struct AgentObjects {
 }
 
 /// Renders everything for the agents from the assessed ProbeSets (as
-/// [`crate::world::World::assess_all`] returns them) and the node labels.
+/// [`crate::world::World::assess_all`] returns them).
 pub fn agent_objects(
     assessed: &[Assessed],
-    nodes: &[Labels],
     settings: &AgentSettings,
     namespace: &str,
 ) -> Result<AgentObjects, RenderError> {
-    let mut config = agent_config(assessed, nodes);
+    let mut config = agent_config(assessed, settings.node_budget_bytes());
     if !settings.uprobes.enabled {
         // Their ProbeSets say why (`UprobesNotEnabled`); the agents could
         // not attach them.
@@ -155,9 +156,10 @@ pub fn agent_objects(
 }
 
 /// One configuration for all agents: every probe of every valid ProbeSet
-/// with its plan and node selector; each agent runs the probes its node
-/// matches. Invalid ProbeSets are left out.
-pub fn agent_config(assessed: &[Assessed], nodes: &[Labels]) -> AgentConfig {
+/// with its own plan and node selector, and the node budget
+/// (`node_budget_bytes`, 0 for none) each agent shares among the probes
+/// its node matches. Invalid ProbeSets are left out.
+pub fn agent_config(assessed: &[Assessed], node_budget_bytes: u64) -> AgentConfig {
     let planned: Vec<_> = assessed
         .iter()
         .filter_map(|a| a.assessment.planned().map(|p| (a, p)))
@@ -165,7 +167,12 @@ pub fn agent_config(assessed: &[Assessed], nodes: &[Labels]) -> AgentConfig {
     let mut probes = Vec::new();
     for (a, p) in &planned {
         let spec = &a.probeset.spec;
-        for ((probe, plan), thresholds) in spec.probes.iter().zip(&p.plan.probes).zip(&p.thresholds)
+        for (((probe, plan), thresholds), &max_drop_rate) in spec
+            .probes
+            .iter()
+            .zip(&p.plan.probes)
+            .zip(&p.thresholds)
+            .zip(&p.max_drop_rates)
         {
             probes.push(AgentProbe {
                 namespace: a.namespace.clone(),
@@ -179,6 +186,8 @@ pub fn agent_config(assessed: &[Assessed], nodes: &[Labels]) -> AgentConfig {
                 ring_bytes: plan.ring_bytes.max(PLAN_PAGE_SIZE),
                 sample_every: plan.sample_every,
                 predicted_drop: plan.predicted_drop,
+                burst_factor: spec.ring_buffer.burst_factor,
+                max_drop_rate,
                 drain_interval: spec.ring_buffer.drain_interval,
                 report_interval: spec.report_interval,
                 thresholds: thresholds.clone(),
@@ -188,31 +197,23 @@ pub fn agent_config(assessed: &[Assessed], nodes: &[Labels]) -> AgentConfig {
     probes.sort_by(|a, b| {
         (&a.namespace, &a.probeset, &a.spec.name).cmp(&(&b.namespace, &b.probeset, &b.spec.name))
     });
-    // Each ProbeSet keeps to its own budget; what one node maps in all is
-    // the sum over the ProbeSets it runs, largest over the node classes.
-    let selectors: Vec<&Labels> = planned
-        .iter()
-        .map(|(a, _)| &a.probeset.spec.node_selector)
-        .collect();
-    let mapped: Vec<u64> = planned
-        .iter()
-        .map(|(a, _)| {
-            probes
-                .iter()
-                .filter(|p| p.namespace == a.namespace && p.probeset == a.name)
-                .map(|p| p.ring_bytes)
-                .sum()
-        })
-        .collect();
-    let node_budget_bytes = node_classes(&selectors, nodes)
-        .iter()
-        .map(|class| class.iter().map(|&i| mapped[i]).sum())
-        .max()
-        .unwrap_or(0);
     AgentConfig {
         probes,
         node_budget_bytes,
     }
+}
+
+/// The agent container's resources: as configured, with the memory limit
+/// derived from the node budget ([`AgentSettings::memory_limit_bytes`]).
+fn resources(settings: &AgentSettings) -> ResourceRequirements {
+    let mut r = settings.resources.clone();
+    r.limits.get_or_insert_with(BTreeMap::new).insert(
+        "memory".into(),
+        Quantity(ringwarden_core::quantity::format_bytes(
+            settings.memory_limit_bytes(),
+        )),
+    );
+    r
 }
 
 /// The ConfigMap carrying `config`, annotated with its content hash.
@@ -400,7 +401,7 @@ pub fn daemon_set(
             }),
             ..Default::default()
         }),
-        resources: Some(settings.resources.clone()),
+        resources: Some(resources(settings)),
         security_context: Some(agent_security_context(settings)),
         volume_mounts: Some(volume_mounts),
         ..Default::default()
@@ -793,7 +794,7 @@ mod tests {
             probeset: std::sync::Arc::new(ps),
         }];
         let names = |settings: &AgentSettings| -> Vec<String> {
-            agent_objects(&assessed, &[], settings, "ringwarden")
+            agent_objects(&assessed, settings, "ringwarden")
                 .unwrap()
                 .config
                 .probes

@@ -7,9 +7,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use ringwarden_core::quantity::format_bytes;
-use ringwarden_crds::{PlanStatus, ProbePlanStatus, ProbeSet, ProbeSetStatus};
+use ringwarden_crds::{NodeShareStatus, PlanStatus, ProbePlanStatus, ProbeSet, ProbeSetStatus};
 
-use crate::{assess::Assessment, reports::Figures};
+use crate::{assess::Assessment, reports::Figures, share::NodeShare};
 
 /// Condition types.
 pub mod condition {
@@ -85,6 +85,9 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const VALID_SPEC: &str = "ValidSpec";
     pub const BUDGET_SHORT: &str = "BudgetShort";
+    /// The platform's node budget, shared with other ProbeSets on a node,
+    /// gives the ProbeSet less than its own plan asks for.
+    pub const NODE_BUDGET_SHORT: &str = "NodeBudgetShort";
     pub const WITHIN_BUDGET: &str = "WithinBudget";
     /// `Degraded` is False: every node selected runs every probe.
     pub const NODES_HEALTHY: &str = "NodesHealthy";
@@ -159,14 +162,16 @@ const MAX_NOTE_BYTES: usize = 1024;
 const MAX_DEGRADED_BYTES: usize = 4096;
 
 /// The status `ps` should have. `node_matches` tells whether any node
-/// carries the labels of its node selector. Fields that agent reports fill
-/// (`ready`, `eventsPerSecond`, `dropPercent`, the `Degraded` condition)
-/// come from `reported`, or are kept as they are without it.
+/// carries the labels of its node selector; `share` is what the node
+/// budget gives it on its tightest node, when known. Fields that agent
+/// reports fill (`ready`, `eventsPerSecond`, `dropPercent`, the `Degraded`
+/// condition) come from `reported`, or are kept as they are without it.
 pub fn desired(
     ps: &ProbeSet,
     assessment: &Assessment,
     node_matches: bool,
     reported: Option<&Reported>,
+    share: Option<&NodeShare>,
     now: &Time,
 ) -> ProbeSetStatus {
     let current = ps.status.as_ref();
@@ -194,7 +199,13 @@ pub fn desired(
             (None, None, None)
         }
         Assessment::Planned(planned) => {
-            let used = format_bytes(planned.plan.used_bytes);
+            // On the tightest node when its share is known: the agents
+            // there run exactly this.
+            let effective = match share {
+                Some(s) => on_node(&planned.plan, s),
+                None => planned.plan.clone(),
+            };
+            let used = format_bytes(effective.used_bytes);
             conditions.push(if node_matches {
                 let n = planned.plan.probes.len();
                 cond(
@@ -229,44 +240,62 @@ pub fn desired(
                 reason::VALID_SPEC,
                 "the spec is valid".into(),
             ));
-            conditions.push(if planned.constrained.is_empty() {
-                cond(
+            let own = (!planned.constrained.is_empty()).then(|| {
+                format!(
+                    "spec.ringBuffer.nodeBudget is too small for the declared rates: {}",
+                    planned.constrained.join("; ")
+                )
+            });
+            let shared = share
+                .filter(|s| s.share.constrained())
+                .map(node_budget_message);
+            conditions.push(match (shared, own) {
+                (None, None) => cond(
                     condition::QUOTA_CONSTRAINED,
                     false,
                     reason::WITHIN_BUDGET,
                     "every probe gets the ring buffer its declared rate needs".into(),
-                )
-            } else {
-                cond(
+                ),
+                (None, Some(own)) => cond(
                     condition::QUOTA_CONSTRAINED,
                     true,
                     reason::BUDGET_SHORT,
-                    format!(
-                        "spec.ringBuffer.nodeBudget is too small for the declared rates: {}",
-                        planned.constrained.join("; ")
-                    ),
-                )
+                    own,
+                ),
+                (Some(shared), own) => cond(
+                    condition::QUOTA_CONSTRAINED,
+                    true,
+                    reason::NODE_BUDGET_SHORT,
+                    match own {
+                        Some(own) => format!("{shared}. And {own}"),
+                        None => shared,
+                    },
+                ),
             });
+            let probe_status = |p: &ringwarden_core::planner::ProbePlan| ProbePlanStatus {
+                name: p.name.clone(),
+                ring_bytes: p.ring_bytes,
+                sample_every: p.sample_every,
+                predicted_drop: p.predicted_drop,
+                reasons: p.reasons.clone(),
+            };
             let plan = PlanStatus {
-                budget_bytes: planned.plan.budget_bytes,
-                used_bytes: planned.plan.used_bytes,
-                probes: planned
-                    .plan
-                    .probes
-                    .iter()
-                    .map(|p| ProbePlanStatus {
-                        name: p.name.clone(),
-                        ring_bytes: p.ring_bytes,
-                        sample_every: p.sample_every,
-                        predicted_drop: p.predicted_drop,
-                        reasons: p.reasons.clone(),
-                    })
-                    .collect(),
+                budget_bytes: effective.budget_bytes,
+                used_bytes: effective.used_bytes,
+                probes: effective.probes.iter().map(probe_status).collect(),
+                node_share: share.map(|s| NodeShareStatus {
+                    node_budget_bytes: s.node_budget_bytes,
+                    requested_bytes: s.share.requested_bytes,
+                    granted_bytes: s.share.granted_bytes,
+                    cpus: s.cpus,
+                    other_probe_sets: s.share.other_probesets,
+                    other_namespaces: s.share.other_namespaces,
+                }),
             };
             // Two significant digits, like the measured `dropPercent`
             // it stands next to.
             let predicted = round_significant(
-                ringwarden_crds::plan::predicted_drop(&ps.spec, &planned.plan) * 100.0,
+                ringwarden_crds::plan::predicted_drop(&ps.spec, &effective) * 100.0,
                 2,
             );
             (Some(plan), Some(used), Some(predicted))
@@ -316,6 +345,64 @@ pub fn desired(
         // The caller names the cluster (`Hub::cluster`).
         cluster: None,
     }
+}
+
+/// The ProbeSet's own plan as its tightest node runs it: each probe's ring,
+/// sampling and reasons from the node plan (a probe left out has no ring),
+/// the rings' total recomputed.
+fn on_node(own: &ringwarden_core::planner::Plan, s: &NodeShare) -> ringwarden_core::planner::Plan {
+    let probes: Vec<_> = own
+        .probes
+        .iter()
+        .map(|p| {
+            s.share
+                .probes
+                .iter()
+                .find(|n| n.plan.name == p.name)
+                .map_or_else(|| p.clone(), |n| n.plan.clone())
+        })
+        .collect();
+    ringwarden_core::planner::Plan {
+        used_bytes: probes.iter().map(|p| p.ring_bytes).sum(),
+        budget_bytes: own.budget_bytes,
+        probes,
+    }
+}
+
+/// `QuotaConstrained`'s message when the node budget cuts a ProbeSet: what
+/// it asks for and gets on its tightest node, how many others it shares
+/// with (never naming them: they may be another tenant's), and each probe
+/// it cuts.
+fn node_budget_message(s: &NodeShare) -> String {
+    let probes: Vec<String> = s
+        .share
+        .probes
+        .iter()
+        .filter_map(|p| {
+            if !p.admitted {
+                Some(format!("{}: not loaded", p.plan.name))
+            } else if p.plan.ring_bytes < p.ring_request {
+                Some(format!(
+                    "{}: ring {} of the {} it asks for",
+                    p.plan.name,
+                    format_bytes(p.plan.ring_bytes),
+                    format_bytes(p.ring_request)
+                ))
+            } else {
+                None
+            }
+        })
+        .collect();
+    format!(
+        "the node budget of {} (for {} possible CPUs) gives this ProbeSet {} of the {} it asks for \
+         on its tightest node, {}: {}",
+        format_bytes(s.node_budget_bytes),
+        s.cpus,
+        format_bytes(s.share.granted_bytes),
+        format_bytes(s.share.requested_bytes),
+        s.share.sharing(),
+        probes.join("; ")
+    )
 }
 
 /// Marks `status` when `ps` asks for uprobes that this cluster does not
@@ -451,10 +538,15 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
             notice(false, reason::NODES_HEALTHY, &message);
         }
     }
-    if let Some((status, _, message)) = find(Some(after), condition::QUOTA_CONSTRAINED) {
+    if let Some((status, why, message)) = find(Some(after), condition::QUOTA_CONSTRAINED) {
         let before = was(condition::QUOTA_CONSTRAINED).map(|(s, _)| s);
         if status == "True" && before.as_deref() != Some("True") {
-            notice(true, reason::BUDGET_SHORT, &message);
+            let reason = if why == reason::NODE_BUDGET_SHORT {
+                reason::NODE_BUDGET_SHORT
+            } else {
+                reason::BUDGET_SHORT
+            };
+            notice(true, reason, &message);
         }
         if status == "False" && before.as_deref() == Some("True") {
             notice(false, reason::WITHIN_BUDGET, &message);
@@ -466,372 +558,4 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
 use crate::reports::truncate;
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use k8s_openapi::jiff::Timestamp;
-    use ringwarden_crds::{ExportPolicy, ExportSpec, ProbeKind, ProbeSetSpec, ProbeSpec};
-
-    use super::*;
-    use crate::assess::assess;
-
-    fn at(seconds: i64) -> Time {
-        Time(Timestamp::from_second(seconds).unwrap())
-    }
-
-    fn probeset(rate: f64, budget: &str) -> ProbeSet {
-        let mut ps = ProbeSet::new(
-            "web",
-            ProbeSetSpec {
-                node_selector: [("gpu".to_string(), "true".to_string())].into(),
-                pod_selector: None,
-                probes: vec![ProbeSpec {
-                    name: "sys".into(),
-                    kind: ProbeKind::Syscalls,
-                    uprobe: None,
-                    go_runtime: None,
-                    filter: None,
-                    max_series: 64,
-                    export: ExportSpec {
-                        policy: ExportPolicy::All,
-                        slower_than: None,
-                    },
-                    peak_event_rate: rate,
-                    sampling: 1.0,
-                    priority: 0,
-                }],
-                ring_buffer: ringwarden_crds::RingBufferSpec {
-                    node_budget: budget.into(),
-                    ..Default::default()
-                },
-                max_drop_rate: 0.01,
-                report_interval: Duration::from_secs(10),
-            },
-        );
-        ps.metadata.namespace = Some("shop".into());
-        ps.metadata.generation = Some(3);
-        ps
-    }
-
-    fn types(s: &ProbeSetStatus) -> Vec<(&str, &str, &str)> {
-        s.conditions
-            .iter()
-            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
-            .collect()
-    }
-
-    #[test]
-    fn report_figures_are_rounded_and_the_node_list_is_bounded() {
-        use crate::reports::{Flow, NodeProblem, problem};
-        let f = Figures {
-            desired: 1000,
-            ready: 985,
-            flow: Flow {
-                events_per_second: 123_456.0,
-                exported: 3000,
-                ringbuf_dropped: 1,
-                ..Flow::default()
-            },
-            problems: (0..10)
-                .map(|i| NodeProblem {
-                    node: format!("node-{i}"),
-                    reason: problem::NOT_REPORTING,
-                    message: "no report within two report intervals".into(),
-                })
-                .collect(),
-            problem_nodes: 15,
-            worst: Some(problem::LOAD_FAILED),
-            ..Figures::default()
-        };
-        let r = Reported::from_figures(&f);
-        assert_eq!(r.ready, "985/1000");
-        assert_eq!(r.events_per_second, 120_000.0);
-        assert_eq!(r.drop_percent, 0.033);
-        let (reason, message) = r.degraded.clone().unwrap();
-        assert_eq!(reason, "LoadFailed");
-        assert!(
-            message.starts_with("15 of 1000 nodes: node-0: no report"),
-            "{message}"
-        );
-        assert!(message.ends_with("; and 5 more"), "{message}");
-        assert_eq!(round_significant(0.0, 2), 0.0);
-        assert_eq!(round_significant(f64::NAN, 2), 0.0);
-        let mut ps = probeset(1000.0, "64Mi");
-        let s = desired(&ps, &assess(&ps, &[]), true, Some(&r), &at(100));
-        assert_eq!(s.conditions[3].type_, "Degraded");
-        assert_eq!(s.conditions[3].reason, "LoadFailed");
-        ps.status = Some(s.clone());
-        // Without fresh figures the status keeps what was written.
-        assert_eq!(desired(&ps, &assess(&ps, &[]), true, None, &at(200)), s);
-    }
-
-    #[test]
-    fn a_planned_probeset_is_ready_with_its_plan() {
-        let ps = probeset(1000.0, "64Mi");
-        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
-        assert_eq!(
-            types(&s),
-            [
-                ("Ready", "True", "Planned"),
-                ("Invalid", "False", "ValidSpec"),
-                ("QuotaConstrained", "False", "WithinBudget")
-            ]
-        );
-        assert_eq!(s.observed_generation, Some(3));
-        assert!(
-            s.conditions
-                .iter()
-                .all(|c| c.observed_generation == Some(3))
-        );
-        assert_eq!(s.ring_buffer.as_deref(), Some("32Ki"));
-        assert_eq!(
-            s.conditions[0].message,
-            "1 probe planned with 32Ki of ring buffers per node"
-        );
-        let plan = s.plan.unwrap();
-        assert_eq!((plan.budget_bytes, plan.used_bytes), (64 << 20, 32 << 10));
-        assert_eq!(plan.probes[0].sample_every, 1);
-    }
-
-    #[test]
-    fn the_measured_drop_stands_next_to_the_plans_prediction() {
-        use crate::reports::Flow;
-        // 20000 ev/s into 64 KiB: a 50ms drain period brings 1000 records,
-        // the ring holds 682.
-        let mut ps = probeset(20_000.0, "64Ki");
-        ps.spec.max_drop_rate = 0.5;
-        let f = Figures {
-            desired: 1,
-            ready: 1,
-            flow: Flow {
-                exported: 200_000,
-                ringbuf_dropped: 63_000,
-                ..Flow::default()
-            },
-            ..Figures::default()
-        };
-        let r = Reported::from_figures(&f);
-        let s = desired(&ps, &assess(&ps, &[]), true, Some(&r), &at(100));
-        assert_eq!(s.predicted_drop_percent, Some(32.0));
-        assert_eq!(s.drop_percent, Some(32.0));
-        let plan = s.plan.unwrap();
-        assert!((plan.probes[0].predicted_drop - (1.0 - 682.0 / 1000.0)).abs() < 1e-12);
-        // Within the default 1 %, the planner samples instead.
-        let ps = probeset(20_000.0, "64Ki");
-        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
-        assert_eq!(s.predicted_drop_percent, Some(0.0));
-        assert_eq!(s.plan.unwrap().probes[0].sample_every, 2);
-    }
-
-    #[test]
-    fn recomputing_an_unchanged_status_keeps_it_identical() {
-        let mut ps = probeset(1000.0, "64Mi");
-        let first = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
-        ps.status = Some(first.clone());
-        let again = desired(&ps, &assess(&ps, &[]), true, None, &at(200));
-        assert_eq!(again, first);
-        assert!(notices(Some(&first), &again).is_empty());
-    }
-
-    #[test]
-    fn only_flipped_conditions_get_a_new_transition_time() {
-        let mut ps = probeset(1000.0, "64Mi");
-        ps.status = Some(desired(&ps, &assess(&ps, &[]), true, None, &at(100)));
-        ps.spec.ring_buffer.node_budget = "8Ki".into();
-        ps.spec.probes[0].peak_event_rate = 100_000.0;
-        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(200));
-        let time = |t: &str| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == t)
-                .unwrap()
-                .last_transition_time
-                .clone()
-        };
-        assert_eq!(time("Ready"), at(100));
-        assert_eq!(time("QuotaConstrained"), at(200));
-    }
-
-    #[test]
-    fn an_invalid_spec_says_why_and_has_no_plan() {
-        let mut ps = probeset(1000.0, "64 megs");
-        ps.status = Some(ProbeSetStatus {
-            ready: Some("2/3".into()),
-            conditions: vec![Condition {
-                type_: "Degraded".into(),
-                status: "True".into(),
-                reason: "LoadFailed".into(),
-                message: "node-1: verifier".into(),
-                observed_generation: Some(2),
-                last_transition_time: at(50),
-            }],
-            ..Default::default()
-        });
-        let s = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
-        assert_eq!(
-            types(&s),
-            [
-                ("Ready", "False", "InvalidSpec"),
-                ("Invalid", "True", "InvalidSpec"),
-                ("Degraded", "True", "LoadFailed")
-            ]
-        );
-        assert!(
-            s.conditions[1]
-                .message
-                .starts_with("spec.ringBuffer.nodeBudget: \"64 megs\" is not a byte quantity")
-        );
-        assert_eq!((s.plan, s.ring_buffer), (None, None));
-        assert_eq!(s.predicted_drop_percent, None);
-        assert_eq!(s.ready.as_deref(), Some("2/3"));
-    }
-
-    #[test]
-    fn events_mark_transitions_only() {
-        let mut ps = probeset(1000.0, "64Mi");
-        let created = desired(&ps, &assess(&ps, &[]), true, None, &at(1));
-        let n = notices(None, &created);
-        assert_eq!(n.len(), 1);
-        assert_eq!((n[0].warning, n[0].reason), (false, "Planned"));
-
-        ps.status = Some(created.clone());
-        ps.spec.probes[0].peak_event_rate = 1e6;
-        ps.spec.ring_buffer.node_budget = "8Ki".into();
-        let squeezed = desired(&ps, &assess(&ps, &[]), true, None, &at(2));
-        let n = notices(Some(&created), &squeezed);
-        assert_eq!(
-            n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
-            [(true, "BudgetShort")]
-        );
-
-        ps.status = Some(squeezed.clone());
-        ps.spec.ring_buffer.node_budget = "nope".into();
-        let broken = desired(&ps, &assess(&ps, &[]), true, None, &at(3));
-        let n = notices(Some(&squeezed), &broken);
-        assert_eq!(
-            n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
-            [(true, "InvalidSpec")]
-        );
-
-        ps.status = Some(broken.clone());
-        ps.spec.ring_buffer.node_budget = "64Mi".into();
-        ps.spec.probes[0].peak_event_rate = 1000.0;
-        let fixed = desired(&ps, &assess(&ps, &[]), false, None, &at(4));
-        let n = notices(Some(&broken), &fixed);
-        assert_eq!(
-            n.iter().map(|n| (n.warning, n.reason)).collect::<Vec<_>>(),
-            [(true, "NoMatchingNodes")]
-        );
-        assert!(n[0].note.contains("(gpu=true)"), "{}", n[0].note);
-    }
-
-    fn with_uprobe(mut ps: ProbeSet) -> ProbeSet {
-        let mut up = ps.spec.probes[0].clone();
-        up.name = "checkout".into();
-        up.kind = ProbeKind::Uprobe;
-        up.uprobe = Some(ringwarden_crds::UprobeTarget {
-            binary: "/usr/bin/app".into(),
-            symbol: "checkout".into(),
-        });
-        ps.spec.probes.push(up);
-        ps
-    }
-
-    fn degraded(s: &ProbeSetStatus) -> &Condition {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == condition::DEGRADED)
-            .expect("a Degraded condition")
-    }
-
-    #[test]
-    fn uprobes_in_a_cluster_without_them_degrade_the_probeset_naming_the_chart_value() {
-        let mut ps = with_uprobe(probeset(10.0, "64Mi"));
-        let a = assess(&ps, &[]);
-        let mut s = desired(&ps, &a, true, None, &at(1));
-        uprobes_not_enabled(&ps, false, &mut s, &at(1));
-        let d = degraded(&s);
-        assert_eq!(
-            (d.status.as_str(), d.reason.as_str()),
-            ("True", "UprobesNotEnabled")
-        );
-        assert!(
-            d.message
-                .starts_with("probe checkout (kind uprobe or goRuntime) not run")
-                && d.message.contains("CAP_SYS_ADMIN")
-                && d.message.contains("agent.uprobes.enabled=true"),
-            "{}",
-            d.message
-        );
-        assert_eq!(
-            notices(None, &s)
-                .iter()
-                .find(|n| n.reason == "UprobesNotEnabled")
-                .map(|n| n.warning),
-            Some(true)
-        );
-        // Written once, then recomputed without reports: identical.
-        ps.status = Some(s.clone());
-        let mut again = desired(&ps, &a, true, None, &at(9));
-        uprobes_not_enabled(&ps, false, &mut again, &at(9));
-        assert_eq!(again, s);
-        // Enabled: nothing to say.
-        let mut enabled = desired(&ps, &a, true, None, &at(9));
-        uprobes_not_enabled(&ps, true, &mut enabled, &at(9));
-        assert!(
-            enabled
-                .conditions
-                .iter()
-                .all(|c| c.reason != "UprobesNotEnabled"),
-            "{enabled:?}"
-        );
-    }
-
-    #[test]
-    fn a_probeset_without_uprobes_is_not_marked() {
-        let ps = probeset(10.0, "64Mi");
-        let a = assess(&ps, &[]);
-        let mut s = desired(&ps, &a, true, None, &at(1));
-        let before = s.clone();
-        uprobes_not_enabled(&ps, false, &mut s, &at(1));
-        assert_eq!(s, before);
-    }
-
-    #[test]
-    fn long_notes_are_cut_at_a_character_boundary() {
-        let s = "é".repeat(1000);
-        let t = truncate(&s, MAX_NOTE_BYTES);
-        assert!(t.len() <= MAX_NOTE_BYTES && t.ends_with('…'));
-    }
-
-    #[test]
-    fn another_controllers_condition_is_neither_applied_nor_a_reason_to_write() {
-        let mut ps = probeset(1000.0, "64Mi");
-        let ours = desired(&ps, &assess(&ps, &[]), true, None, &at(100));
-        let mut current = ours.clone();
-        current.conditions.push(Condition {
-            type_: "example.com/Audited".into(),
-            status: "True".into(),
-            reason: "Checked".into(),
-            message: "written by another controller".into(),
-            observed_generation: None,
-            last_transition_time: at(50),
-        });
-        ps.status = Some(current.clone());
-        let again = desired(&ps, &assess(&ps, &[]), true, None, &at(200));
-        assert!(
-            again
-                .conditions
-                .iter()
-                .all(|c| condition::OWNED.contains(&c.type_.as_str())),
-            "{:?}",
-            again.conditions
-        );
-        assert!(up_to_date(Some(&current), &again));
-        // A change of ours still counts.
-        let mut changed = current.clone();
-        changed.conditions[0].message = "something else".into();
-        assert!(!up_to_date(Some(&changed), &again));
-        assert!(!up_to_date(None, &again));
-    }
-}
+mod tests;

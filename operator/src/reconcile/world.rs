@@ -282,7 +282,7 @@ mod tests {
         };
         assert!(why[0].contains(CONFIG_FULL), "{why:?}");
         // And what is rendered stays under the limit.
-        let config = crate::render::agent_config(&all, &[]);
+        let config = crate::render::agent_config(&all, 0);
         let yaml = serde_yaml_ng::to_string(&config).unwrap();
         assert!(yaml.len() <= MAX_AGENT_CONFIG_BYTES, "{} bytes", yaml.len());
     }
@@ -374,7 +374,7 @@ mod tests {
         };
         assert!(why[0].starts_with("spec.namespaceSelector"), "{why:?}");
 
-        let config = crate::render::agent_config(&all, &[]);
+        let config = crate::render::agent_config(&all, 0);
         let scopes: Vec<(&str, &str, Option<Vec<String>>)> = config
             .probes
             .iter()

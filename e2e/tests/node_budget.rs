@@ -1,0 +1,290 @@
+//! One node budget, shared fairly, on the live kernel: three teams'
+//! ProbeSets compete for a small node budget in one standalone agent. The
+//! plan the agent prints (its JSON report's `node_plan`, and each probe's
+//! `ring_bytes` and `memory_bytes`) must be what the kernel really holds:
+//! the ring buffer and histogram sizes the kernel reports for the maps of
+//! each probe's programs, and locked bytes (`memlock` in the maps' fdinfo)
+//! that never exceed the plan. And the lowest priority gives way first:
+//! its ring is cut, then it is left out, while the others keep theirs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ringwarden_core::maps::{ProbeMaps, fixed_bytes, ringbuf_bytes};
+use ringwarden_e2e::{StandaloneAgent, failures, require_bpf_privileges};
+
+const KIB: u64 = 1024;
+
+/// (namespace, ProbeSet, priority, maxSeries): distinct series counts tell
+/// the probes' histogram maps apart in the kernel.
+const TEAMS: [(&str, &str, i32, u32); 3] = [
+    ("gold", "api", 10, 16),
+    ("silver", "jobs", 5, 24),
+    ("bronze", "batch", 0, 8),
+];
+
+/// 10 000 ev/s of 96-byte records for 100 ms, twice over: 256 KiB each.
+const RING: u64 = 256 * KIB;
+
+fn manifest(dir: &std::path::Path) -> std::path::PathBuf {
+    let docs: Vec<String> = TEAMS
+        .iter()
+        .map(|(ns, name, priority, series)| {
+            format!(
+                "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\n\
+                 metadata: {{name: {name}, namespace: {ns}}}\n\
+                 spec:\n  probes:\n    - {{name: sys, kind: syscalls, maxSeries: {series}, \
+                 priority: {priority}, export: {{policy: all}}, peakEventRate: 10000}}\n"
+            )
+        })
+        .collect();
+    let path = dir.join("teams.yaml");
+    std::fs::write(&path, docs.join("---\n")).unwrap();
+    path
+}
+
+/// What the kernel reports for one map (`/proc/self/fdinfo` of a new fd
+/// to it).
+#[derive(Clone, Debug)]
+struct KernelMap {
+    map_type: u32,
+    value_size: u64,
+    max_entries: u64,
+    memlock: u64,
+}
+
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+fn fdinfo(path: &str) -> BTreeMap<String, u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn kernel_map(id: u32) -> KernelMap {
+    use std::os::fd::{AsFd, AsRawFd};
+    let info = aya::maps::MapInfo::from_id(id).unwrap_or_else(|e| panic!("map {id}: {e}"));
+    let fd = info.fd().unwrap_or_else(|e| panic!("map {id}: {e}"));
+    let f = fdinfo(&format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()));
+    KernelMap {
+        map_type: f["map_type"] as u32,
+        value_size: f["value_size"],
+        max_entries: f["max_entries"],
+        memlock: f["memlock"],
+    }
+}
+
+/// Everything the agent holds in the kernel while it runs: each of its
+/// programs with the ids of the maps it uses, and every map (used by a
+/// program, or only held open by the agent).
+struct Held {
+    program_maps: BTreeMap<u32, Vec<u32>>,
+    maps: BTreeMap<u32, KernelMap>,
+}
+
+fn held_by(pid: u32) -> Held {
+    let mut programs = BTreeSet::new();
+    let mut map_ids = BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let f = fdinfo(entry.unwrap().path().to_str().unwrap());
+        if let Some(&id) = f.get("prog_id") {
+            programs.insert(id as u32);
+        }
+        if let Some(&id) = f.get("map_id") {
+            map_ids.insert(id as u32);
+        }
+    }
+    let mut program_maps = BTreeMap::new();
+    for p in aya::programs::loaded_programs() {
+        let Ok(p) = p else { continue };
+        if programs.contains(&p.id()) {
+            let ids = p.map_ids().unwrap().unwrap_or_default();
+            map_ids.extend(&ids);
+            program_maps.insert(p.id(), ids);
+        }
+    }
+    Held {
+        program_maps,
+        maps: map_ids.into_iter().map(|id| (id, kernel_map(id))).collect(),
+    }
+}
+
+/// Runs the agent on the teams with `budget`, reads what it holds in the
+/// kernel once every probe has loaded or failed, and returns the final
+/// report with that.
+fn run(budget: u64, expect_loaded: usize) -> (serde_json::Value, Held) {
+    let dir = tempdir();
+    let file = manifest(&dir);
+    let budget_arg = budget.to_string();
+    let mut agent = StandaloneAgent::start(&[], &file, "3s", &["--node-budget", &budget_arg]);
+    agent.wait_loaded(expect_loaded);
+    let held = held_by(agent.pid());
+    let (reports, _log) = agent.finish();
+    let report = reports.last().unwrap().clone();
+    (report, held)
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rw-node-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The report's probe of `namespace`.
+fn probe<'a>(report: &'a serde_json::Value, namespace: &str) -> Option<&'a serde_json::Value> {
+    report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == namespace)
+}
+
+/// The node plan's share of `namespace`'s ProbeSet.
+fn share<'a>(report: &'a serde_json::Value, namespace: &str) -> &'a serde_json::Value {
+    report["node_plan"]["probesets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["namespace"] == namespace)
+        .unwrap_or_else(|| panic!("no share for {namespace} in {report}"))
+}
+
+/// Checks every loaded probe against the kernel, and the whole agent's
+/// locked maps against the plan's total; returns the rings by namespace.
+fn check_against_kernel(report: &serde_json::Value, held: &Held) -> BTreeMap<String, u64> {
+    let mut rings = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    let mut planned_total = 0;
+    for (ns, _, _, series) in TEAMS {
+        let Some(p) = probe(report, ns) else { continue };
+        let planned = &share(report, ns)["probes"][0];
+        let ring = planned["plan"]["ringBytes"].as_u64().unwrap();
+        let memory = p["memory_bytes"].as_u64().unwrap();
+        assert_eq!(
+            p["ring_bytes"].as_u64().unwrap(),
+            ring,
+            "{ns}: report and plan"
+        );
+        assert_eq!(planned["memoryBytes"].as_u64().unwrap(), memory);
+        planned_total += memory;
+        let maps: BTreeSet<u32> = p["program_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|id| held.program_maps[&(id.as_u64().unwrap() as u32)].clone())
+            .collect();
+        assert!(!maps.is_empty(), "{ns}: its programs use no map");
+        let kernel: Vec<&KernelMap> = maps.iter().map(|id| &held.maps[id]).collect();
+        let rings_seen: Vec<u64> = kernel
+            .iter()
+            .filter(|m| m.map_type == BPF_MAP_TYPE_RINGBUF)
+            .map(|m| m.max_entries)
+            .collect();
+        assert_eq!(rings_seen, [ring], "{ns}: the kernel's ring buffer");
+        let hist: Vec<(u64, u64)> = kernel
+            .iter()
+            .filter(|m| m.map_type == BPF_MAP_TYPE_PERCPU_ARRAY && m.value_size > 8000)
+            .map(|m| (m.max_entries, m.value_size))
+            .collect();
+        assert_eq!(
+            hist,
+            [(u64::from(series) + 1, 8224)],
+            "{ns}: the kernel's histograms"
+        );
+        let locked: u64 = kernel.iter().map(|m| m.memlock).sum();
+        assert!(
+            locked <= memory,
+            "{ns}: the kernel charges {locked} B for the maps of its programs, the plan counted {memory}"
+        );
+        seen.extend(maps);
+        rings.insert(ns.to_owned(), ring);
+    }
+    // Every map the agent holds, a program's or its own, is some probe's:
+    // the kernel never charges more than the plan, and the plan counts
+    // little the kernel does not (the header allowances, maps a kind's
+    // programs do not use).
+    let locked: u64 = held.maps.values().map(|m| m.memlock).sum();
+    let loaded = rings.len() as u64;
+    assert!(
+        locked <= planned_total,
+        "the kernel charges {locked} B for all the agent's maps, the plan {planned_total} B"
+    );
+    assert!(
+        planned_total - locked <= loaded * 16 * KIB,
+        "the plan counts {planned_total} B, the kernel {locked} B: more than 16 KiB a probe apart"
+    );
+    assert!(
+        report["node_plan"]["usedBytes"].as_u64().unwrap() == planned_total,
+        "the node plan's total is the sum of the loaded probes'"
+    );
+    rings
+}
+
+#[test]
+fn three_teams_share_a_small_node_budget_as_planned_and_the_lowest_priority_gives_way_first() {
+    require_bpf_privileges();
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
+    let page = ringwarden_node_agent::probes::page_size() as u64;
+    assert_eq!(page, 4096, "the rings below are sized for 4 KiB pages");
+    let fixed = |series| fixed_bytes(&ProbeMaps::new(series), cpus);
+    let (gold, silver, bronze) = (fixed(16), fixed(24), fixed(8));
+
+    // Room for gold's and silver's rings, and 32 KiB for bronze: only
+    // bronze, the lowest priority, is cut (256 → 32 KiB, three halvings).
+    let budget = gold
+        + silver
+        + bronze
+        + 2 * ringbuf_bytes(RING, page)
+        + ringbuf_bytes(32 * KIB, page)
+        + KIB;
+    let (report, held) = run(budget, 3);
+    assert!(failures(&report).is_empty(), "{report}");
+    let rings = check_against_kernel(&report, &held);
+    assert_eq!(
+        rings,
+        BTreeMap::from([
+            ("bronze".to_owned(), 32 * KIB),
+            ("gold".to_owned(), RING),
+            ("silver".to_owned(), RING),
+        ])
+    );
+    let b = share(&report, "bronze");
+    assert!(b["grantedBytes"].as_u64() < b["requestedBytes"].as_u64());
+    assert_eq!(b["otherProbesets"], 2);
+    assert_eq!(b["otherNamespaces"], 2);
+    let why = b["probes"][0]["plan"]["reasons"][1].as_str().unwrap();
+    assert!(
+        why.starts_with("halved 3 times more to fit the node budget of")
+            && why.contains("with 2 other ProbeSets in 2 other namespaces"),
+        "{why}"
+    );
+    assert!(report["node_plan"]["usedBytes"].as_u64().unwrap() <= budget);
+
+    // Not even bronze's maps fit beside the others': bronze is left out and
+    // says why; gold and silver keep their full rings.
+    let budget = gold + silver + 2 * ringbuf_bytes(RING, page) + bronze / 2;
+    let (report, held) = run(budget, 2);
+    let failed = failures(&report);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].starts_with("bronze/batch/sys (syscalls): not loaded: its maps take ")
+            && failed[0].contains("with 2 other ProbeSets in 2 other namespaces"),
+        "{}",
+        failed[0]
+    );
+    let rings = check_against_kernel(&report, &held);
+    assert_eq!(
+        rings,
+        BTreeMap::from([("gold".to_owned(), RING), ("silver".to_owned(), RING)])
+    );
+    assert!(
+        !share(&report, "bronze")["probes"][0]["admitted"]
+            .as_bool()
+            .unwrap()
+    );
+}
