@@ -47,6 +47,8 @@ pub const SERVING_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 /// Longest a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection waits for a handshake slot before it is closed.
+pub const HANDSHAKE_QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// Handshakes finished but not yet taken by the server.
 const ACCEPTED_BACKLOG: usize = 64;
 
@@ -221,9 +223,13 @@ pub struct Limits {
     /// Open connections from one IP address (one agent needs one; a node
     /// restarting its agent briefly two).
     pub per_address: usize,
-    /// TLS handshakes in progress at once; beyond, new connections are
-    /// closed at once rather than queued.
+    /// TLS handshakes in progress at once.
     pub handshakes: usize,
+    /// Connections waiting for a handshake slot, each at most
+    /// [`HANDSHAKE_QUEUE_WAIT`]; beyond, new connections are closed at
+    /// once. A thousand agents reconnecting together wait their turn
+    /// instead of backing off for seconds.
+    pub queued: usize,
 }
 
 impl Default for Limits {
@@ -231,6 +237,7 @@ impl Default for Limits {
         Self {
             per_address: 16,
             handshakes: 256,
+            queued: 4096,
         }
     }
 }
@@ -252,8 +259,8 @@ impl Serving {
             Opts::new(
                 "ringwarden_operator_connections_refused_total",
                 "Connections to the agent and query ports closed before a stream, by reason: \
-                 per_address (too many open from one IP), handshakes (too many handshakes at \
-                 once), handshake_failed, handshake_timeout",
+                 per_address (too many open from one IP), handshakes (too many handshakes \
+                 waiting), handshake_failed, handshake_timeout",
             ),
             &["reason"],
         )
@@ -363,7 +370,8 @@ impl AsyncWrite for Conn {
 /// Accepts TCP connections on `listener` and yields those that complete
 /// a TLS handshake within [`HANDSHAKE_TIMEOUT`], within `serving.limits`:
 /// each handshake runs in a task of its own, so a silent client stalls
-/// nobody else, and connections over a bound are closed at once, counted.
+/// nobody else; a connection waits up to [`HANDSHAKE_QUEUE_WAIT`] for a
+/// handshake slot, and connections over a bound are closed, counted.
 pub fn incoming(
     listener: TcpListener,
     serving: Serving,
@@ -372,6 +380,7 @@ pub fn incoming(
     let acceptor = TlsAcceptor::from(Arc::clone(&serving.config));
     let table = Arc::new(PerAddress::default());
     let handshakes = Arc::new(tokio::sync::Semaphore::new(serving.limits.handshakes));
+    let queue = Arc::new(tokio::sync::Semaphore::new(serving.limits.queued));
     let refused = serving.refused.clone();
     tokio::spawn(async move {
         loop {
@@ -391,7 +400,7 @@ pub fn incoming(
                 refused.with_label_values(&["per_address"]).inc();
                 continue;
             };
-            let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            let Ok(queued) = Arc::clone(&queue).try_acquire_owned() else {
                 refused.with_label_values(&["handshakes"]).inc();
                 continue;
             };
@@ -403,7 +412,15 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let refused = refused.clone();
+            let handshakes = Arc::clone(&handshakes);
             tokio::spawn(async move {
+                let permit =
+                    tokio::time::timeout(HANDSHAKE_QUEUE_WAIT, handshakes.acquire_owned()).await;
+                drop(queued);
+                let Ok(Ok(permit)) = permit else {
+                    refused.with_label_values(&["handshakes"]).inc();
+                    return;
+                };
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop(permit);
                 match handshake {
