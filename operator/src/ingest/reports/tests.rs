@@ -1,5 +1,7 @@
 //! Aggregation of reports: histograms, baselines, figures and boots.
 
+use ringwarden_proto::v1;
+
 use super::*;
 
 fn sparse(buckets: &[(u16, u64)]) -> Sparse {
