@@ -47,8 +47,11 @@ pub const SERVING_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 /// Longest a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a connection waits for a handshake slot before it is closed.
-pub const HANDSHAKE_QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// Longest a connection waits for a handshake slot before it is closed:
+/// as long as a handshake may take, so that two thousand agents
+/// reconnecting at once (a handshake and a report each, one thread) are
+/// all served in turn rather than sent into backoff.
+pub const HANDSHAKE_QUEUE_WAIT: Duration = HANDSHAKE_TIMEOUT;
 /// Handshakes finished but not yet taken by the server.
 const ACCEPTED_BACKLOG: usize = 64;
 
