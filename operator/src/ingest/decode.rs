@@ -148,11 +148,26 @@ impl Sparse {
     /// Events recorded since `earlier`, an older histogram of the same
     /// source (saturating; the maximum is this one's).
     pub fn delta_since(&self, earlier: &Sparse) -> Sparse {
+        self.delta_since_parts(
+            earlier.buckets.iter().copied(),
+            earlier.sum_ns,
+            earlier.errors,
+        )
+    }
+
+    /// [`Sparse::delta_since`] an earlier histogram given by its buckets
+    /// (indices increasing), sum and errors, however it is stored.
+    pub fn delta_since_parts(
+        &self,
+        earlier: impl Iterator<Item = (u16, u64)>,
+        sum_ns: u64,
+        errors: u64,
+    ) -> Sparse {
         let mut buckets = Vec::with_capacity(self.buckets.len());
-        let mut rest = earlier.buckets.iter().peekable();
+        let mut rest = earlier.peekable();
         for &(i, n) in &self.buckets {
             while rest.next_if(|(j, _)| *j < i).is_some() {}
-            let before = rest.next_if(|(j, _)| *j == i).map_or(0, |(_, m)| *m);
+            let before = rest.next_if(|(j, _)| *j == i).map_or(0, |(_, m)| m);
             let d = n.saturating_sub(before);
             if d > 0 {
                 buckets.push((i, d));
@@ -160,9 +175,9 @@ impl Sparse {
         }
         Sparse {
             buckets,
-            sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns),
+            sum_ns: self.sum_ns.saturating_sub(sum_ns),
             max_ns: self.max_ns,
-            errors: self.errors.saturating_sub(earlier.errors),
+            errors: self.errors.saturating_sub(errors),
         }
     }
 

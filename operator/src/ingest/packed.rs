@@ -66,22 +66,7 @@ impl Packed {
     /// Events `now` recorded since `self`, an older histogram of the same
     /// source (saturating; the maximum is `now`'s).
     pub fn increment_to(&self, now: &Sparse) -> Sparse {
-        let mut buckets = Vec::with_capacity(now.buckets.len());
-        let mut rest = self.buckets().peekable();
-        for &(i, n) in &now.buckets {
-            while rest.next_if(|(j, _)| *j < i).is_some() {}
-            let before = rest.next_if(|(j, _)| *j == i).map_or(0, |(_, m)| m);
-            let d = n.saturating_sub(before);
-            if d > 0 {
-                buckets.push((i, d));
-            }
-        }
-        Sparse {
-            buckets,
-            sum_ns: now.sum_ns.saturating_sub(self.sum_ns),
-            max_ns: now.max_ns,
-            errors: now.errors.saturating_sub(self.errors),
-        }
+        now.delta_since_parts(self.buckets(), self.sum_ns, self.errors)
     }
 }
 
