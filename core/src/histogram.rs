@@ -80,6 +80,22 @@ impl Histogram {
         self.add(&other.buckets, other.sum_ns, other.max_ns, other.errors);
     }
 
+    /// Adds `n` events to bucket `b` (taken from the kernel; see
+    /// [`LatencyHist`]). Their sum and errors come through
+    /// [`Histogram::add_totals`].
+    pub fn add_to_bucket(&mut self, b: usize, n: u64) {
+        if let Some(bucket) = self.buckets.get_mut(b) {
+            *bucket = bucket.saturating_add(n);
+        }
+    }
+
+    /// Adds a sum of latencies and errors, and raises the maximum to `max_ns`.
+    pub fn add_totals(&mut self, sum_ns: u64, max_ns: u64, errors: u64) {
+        self.sum_ns = self.sum_ns.saturating_add(sum_ns);
+        self.max_ns = self.max_ns.max(max_ns);
+        self.errors = self.errors.saturating_add(errors);
+    }
+
     // Saturating throughout: a pinned-at-max counter is visibly wrong, a
     // wrapped one silently looks like a quiet period.
     fn add(&mut self, buckets: &[u64], sum_ns: u64, max_ns: u64, errors: u64) {

@@ -82,6 +82,13 @@ pub fn array_bytes(value: u64, entries: u64) -> u64 {
     ARRAY_HEADER_BYTES + entries * value.next_multiple_of(8)
 }
 
+/// Bytes of an array map the agent can map (`BPF_F_MMAPABLE`): its header
+/// and its values are each rounded up to whole pages.
+pub fn mmapable_array_bytes(value: u64, entries: u64, page: u64) -> u64 {
+    ARRAY_HEADER_BYTES.next_multiple_of(page)
+        + (entries * value.next_multiple_of(8)).next_multiple_of(page)
+}
+
 /// Bytes of a per-CPU array map: a pointer per entry and a copy of every
 /// value per possible CPU.
 pub fn percpu_array_bytes(value: u64, entries: u64, cpus: u64) -> u64 {
@@ -110,14 +117,14 @@ pub fn ringbuf_bytes(ring: u64, page: u64) -> u64 {
 }
 
 /// Bytes of every map of a probe except its ring buffer, on a node with
-/// `cpus` possible CPUs.
-pub fn fixed_bytes(m: &ProbeMaps, cpus: u64) -> u64 {
+/// `cpus` possible CPUs and pages of `page` bytes.
+pub fn fixed_bytes(m: &ProbeMaps, cpus: u64, page: u64) -> u64 {
     let size = |n: usize| n as u64;
     let series = u64::from(m.max_series.max(1)) + 1;
     [
-        // The histograms: `maxSeries + 1` of 1 024 buckets and sum, max,
-        // errors, per CPU; by far the largest map.
-        percpu_array_bytes(size(size_of::<LatencyHist>()), series, cpus),
+        // The histograms: `maxSeries + 1` of 1 024 buckets, their dirty
+        // bits and sum, max, errors, per CPU; by far the largest map.
+        mmapable_array_bytes(size(size_of::<LatencyHist>()), series * cpus, page),
         array_bytes(size(size_of::<SeriesKey>()), series),
         hash_bytes(size(size_of::<SeriesKey>()), 8, series, cpus),
         array_bytes(8, 1),
@@ -154,7 +161,7 @@ pub fn fixed_bytes(m: &ProbeMaps, cpus: u64) -> u64 {
 
 /// Bytes of all of a probe's maps, its ring of `ring` bytes included.
 pub fn probe_bytes(m: &ProbeMaps, ring: u64, cpus: u64, page: u64) -> u64 {
-    fixed_bytes(m, cpus) + ringbuf_bytes(ring, page)
+    fixed_bytes(m, cpus, page) + ringbuf_bytes(ring, page)
 }
 
 #[cfg(test)]
@@ -166,7 +173,7 @@ mod tests {
         // `memlock` of the maps of a loaded syscalls probe (maxSeries 64)
         // on Linux 6.18 x86_64 with 2 possible CPUs, read from fdinfo.
         let cases = [
-            (percpu_array_bytes(8224, 65, 2), 1_069_952),
+            (mmapable_array_bytes(8352, 130, 4096), 1_093_632),
             (array_bytes(24, 65), 1_872),
             (hash_bytes(24, 8, 65, 2), 8_320),
             (hash_bytes(8, 1, 1024, 2), 82_960),
@@ -184,12 +191,12 @@ mod tests {
 
     #[test]
     fn the_histograms_grow_with_series_and_cpus() {
-        let small = fixed_bytes(&ProbeMaps::new(16), 2);
-        let wide = fixed_bytes(&ProbeMaps::new(64), 2);
-        let many = fixed_bytes(&ProbeMaps::new(64), 64);
-        // 48 more histograms of 8 224 bytes on each of 2 CPUs, and their
-        // pointers, keys and hash elements.
-        assert!(wide - small > 48 * 8224 * 2);
-        assert!(many - wide > 65 * 8224 * 62);
+        let small = fixed_bytes(&ProbeMaps::new(16), 2, 4096);
+        let wide = fixed_bytes(&ProbeMaps::new(64), 2, 4096);
+        let many = fixed_bytes(&ProbeMaps::new(64), 64, 4096);
+        // 48 more histograms of 8 352 bytes on each of 2 CPUs, and their
+        // keys and hash elements.
+        assert!(wide - small > 48 * 8352 * 2);
+        assert!(many - wide > 65 * 8352 * 62);
     }
 }

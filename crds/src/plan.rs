@@ -485,7 +485,7 @@ mod tests {
         let maps = &node.plan.probesets[0].probes;
         assert_eq!(
             maps[1].map_bytes,
-            ringwarden_core::maps::fixed_bytes(&probe_maps(&probes[1].spec), 2)
+            ringwarden_core::maps::fixed_bytes(&probe_maps(&probes[1].spec), 2, 4096)
         );
         // The runqueue probe pairs by task in a start map of 16 384 entries.
         assert!(maps[1].map_bytes > 16_384 * 96);
@@ -504,7 +504,7 @@ mod tests {
         for (ns, prio) in [("a", 1), ("b", 0)] {
             probes.extend(plan_probeset(&ps(ns, prio), &[], 4096).unwrap().0);
         }
-        let fixed = ringwarden_core::maps::fixed_bytes(&probe_maps(&probes[0].spec), 2);
+        let fixed = ringwarden_core::maps::fixed_bytes(&probe_maps(&probes[0].spec), 2, 4096);
         let ring = |r| ringwarden_core::maps::ringbuf_bytes(r, 4096);
         let node = plan_node(
             &probes,

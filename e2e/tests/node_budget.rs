@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ringwarden_core::maps::{ProbeMaps, fixed_bytes, ringbuf_bytes};
 use ringwarden_e2e::{StandaloneAgent, failures, require_bpf_privileges};
+use ringwarden_ebpf_common::LatencyHist;
 
 const KIB: u64 = 1024;
 
@@ -52,7 +53,7 @@ struct KernelMap {
     memlock: u64,
 }
 
-const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 fn fdinfo(path: &str) -> BTreeMap<String, u64> {
@@ -160,6 +161,7 @@ fn check_against_kernel(report: &serde_json::Value, held: &Held) -> BTreeMap<Str
     let mut rings = BTreeMap::new();
     let mut seen = BTreeSet::new();
     let mut planned_total = 0;
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
     for (ns, _, _, series) in TEAMS {
         let Some(p) = probe(report, ns) else { continue };
         let planned = &share(report, ns)["probes"][0];
@@ -188,12 +190,16 @@ fn check_against_kernel(report: &serde_json::Value, held: &Held) -> BTreeMap<Str
         assert_eq!(rings_seen, [ring], "{ns}: the kernel's ring buffer");
         let hist: Vec<(u64, u64)> = kernel
             .iter()
-            .filter(|m| m.map_type == BPF_MAP_TYPE_PERCPU_ARRAY && m.value_size > 8000)
+            .filter(|m| m.map_type == BPF_MAP_TYPE_ARRAY && m.value_size > 8000)
             .map(|m| (m.max_entries, m.value_size))
             .collect();
+        // One per series slot and possible CPU.
         assert_eq!(
             hist,
-            [(u64::from(series) + 1, 8224)],
+            [(
+                (u64::from(series) + 1) * cpus,
+                size_of::<LatencyHist>() as u64
+            )],
             "{ns}: the kernel's histograms"
         );
         let locked: u64 = kernel.iter().map(|m| m.memlock).sum();
@@ -231,7 +237,7 @@ fn three_teams_share_a_small_node_budget_as_planned_and_the_lowest_priority_give
     let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
     let page = ringwarden_node_agent::probes::page_size() as u64;
     assert_eq!(page, 4096, "the rings below are sized for 4 KiB pages");
-    let fixed = |series| fixed_bytes(&ProbeMaps::new(series), cpus);
+    let fixed = |series| fixed_bytes(&ProbeMaps::new(series), cpus, page);
     let (gold, silver, bronze) = (fixed(16), fixed(24), fixed(8));
 
     // Room for gold's and silver's rings, and 32 KiB for bronze: only

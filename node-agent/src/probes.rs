@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
 };
 
 use aya::{
@@ -30,8 +31,11 @@ use ringwarden_ebpf_common::{
 use crate::target::{Attach, UprobeTarget};
 
 mod go;
+mod hist;
+
 use go::GoMaps;
 pub use go::{GO_RUNTIME_SERIES, go_runtime_series_id, process_alive};
+pub use hist::ReadCost;
 
 /// The compiled kernel programs, embedded so the agent is one file.
 static PROBES_OBJECT: &[u8] =
@@ -264,6 +268,10 @@ pub struct ProbeConfig {
     /// The node's root directory, under which uprobe binaries resolve:
     /// `/` on a host, the host mount in a pod (see [`crate::target`]).
     pub host_root: PathBuf,
+    /// CPUs the histogram map is laid out for; `None`: the possible CPUs.
+    /// More than the node has only costs memory (the benchmark uses it to
+    /// measure a read on the layout of a larger node).
+    pub hist_cpus: Option<u32>,
 }
 
 impl ProbeConfig {
@@ -286,6 +294,7 @@ impl ProbeConfig {
             thresholds: vec![],
             uprobe: None,
             host_root: crate::target::host_root(),
+            hist_cpus: None,
         }
     }
 }
@@ -336,9 +345,11 @@ pub struct Probe {
     kind: ProbeKind,
     // Owns the programs and their links; dropping it detaches them.
     _ebpf: Ebpf,
-    /// Histograms by slot; `slot_keys` names them, `next_slot` counts the
-    /// slots taken (see `ringwarden_ebpf_common::OVERFLOW_SLOT`).
-    hist: PerCpuArray<MapData, LatencyHist>,
+    /// Histograms by slot, taken from the kernel as they change; `slot_keys`
+    /// names them, `next_slot` counts the slots taken (see
+    /// `ringwarden_ebpf_common::OVERFLOW_SLOT`). Behind a lock so that a
+    /// snapshot, which takes, needs only `&self`.
+    hist: Mutex<hist::Inbox>,
     slot_keys: Array<MapData, SeriesKey>,
     next_slot: Array<MapData, u64>,
     max_series: u32,
@@ -525,6 +536,24 @@ impl Probe {
         let sample_every = config.sample_every.max(1);
         let max_series = config.max_series.max(1);
         let max_series_global = u64::from(max_series);
+        let hist_cpus = match config.hist_cpus {
+            Some(n) => n.max(1),
+            None => possible_cpus()?,
+        };
+        let hist_cpus_global = u64::from(hist_cpus);
+        // The kernel refuses an array whose values pass 4 GiB (ENOMEM);
+        // say which field to lower instead.
+        let hist_bytes =
+            u64::from(max_series + 1) * u64::from(hist_cpus) * size_of::<LatencyHist>() as u64;
+        if hist_bytes >= u64::from(u32::MAX) - u64::from(page) {
+            return Err(ProbeError::Map {
+                map: maps::HIST,
+                message: format!(
+                    "maxSeries {max_series} needs {hist_bytes} bytes of histograms on {hist_cpus} CPUs, \
+                     past the kernel's 4 GiB array limit; lower maxSeries"
+                ),
+            });
+        }
         let obj_entries = match config.kind {
             ProbeKind::TcpConnect | ProbeKind::BlockIo | ProbeKind::Runqueue => {
                 config.start_entries.max(1)
@@ -552,7 +581,8 @@ impl Probe {
             .override_global(globals::THRESHOLDS, &thresholds, true)
             .override_global(globals::OFFSETS, &kernel.offsets, true)
             .override_global(globals::MAX_SERIES, &max_series_global, true)
-            .map_max_entries(maps::HIST, max_series + 1)
+            .override_global(globals::HIST_CPUS, &hist_cpus_global, true)
+            .map_max_entries(maps::HIST, (max_series + 1) * hist_cpus)
             .map_max_entries(maps::SLOT_KEYS, max_series + 1)
             .map_max_entries(maps::SLOTS, max_series + 1)
             .map_max_entries(maps::EVENTS, ring_bytes)
@@ -581,7 +611,15 @@ impl Probe {
                 .insert(id, 1, 0)
                 .map_err(|e| map_error(maps::FILTER_CGROUPS, e))?;
         }
-        let hist = take_map(&mut ebpf, maps::HIST)?;
+        let hist = match ebpf.take_map(maps::HIST) {
+            Some(aya::maps::Map::Array(data)) => hist::Inbox::map(data, max_series + 1, hist_cpus)?,
+            _ => {
+                return Err(ProbeError::Map {
+                    map: maps::HIST,
+                    message: "missing from the eBPF object, or not an array".into(),
+                });
+            }
+        };
         let mut slot_keys: Array<_, SeriesKey> = take_map(&mut ebpf, maps::SLOT_KEYS)?;
         slot_keys
             .set(OVERFLOW_SLOT, OVERFLOW_SERIES, 0)
@@ -680,7 +718,7 @@ impl Probe {
         Ok(Self {
             kind: config.kind,
             _ebpf: ebpf,
-            hist,
+            hist: Mutex::new(hist),
             slot_keys,
             next_slot,
             max_series,
@@ -769,7 +807,16 @@ impl Probe {
         n
     }
 
-    /// Reads the counters and every histogram, summed over CPUs.
+    /// What reading the histograms has cost so far.
+    pub fn read_cost(&self) -> ReadCost {
+        self.hist
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cost()
+    }
+
+    /// Reads the counters, and the histograms' changes since the last read,
+    /// summed over CPUs.
     pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
         let per_cpu = self
             .counters
@@ -787,29 +834,22 @@ impl Probe {
             .map_err(|e| map_error(maps::NEXT_SLOT, e))?;
         let last = taken.min(u64::from(self.max_series)) as u32;
         let mut by_key: BTreeMap<SeriesKey, Histogram> = BTreeMap::new();
-        for slot in OVERFLOW_SLOT..=last {
-            let values = self
-                .hist
+        let mut inbox = self.hist.lock().unwrap_or_else(PoisonError::into_inner);
+        inbox.read(last);
+        let slot_keys = |slot: u32| {
+            self.slot_keys
                 .get(&slot, 0)
-                .map_err(|e| map_error(maps::HIST, e))?;
-            let h = Histogram::from_per_cpu(&values);
-            // Also skips a slot whose CPU lost the race to publish it.
-            if h.is_empty() {
-                continue;
-            }
-            // Read after the histogram: the kernel writes a slot's key before
-            // publishing the slot, so before its first event.
-            let key = self
-                .slot_keys
-                .get(&slot, 0)
-                .map_err(|e| map_error(maps::SLOT_KEYS, e))?;
+                .map_err(|e| map_error(maps::SLOT_KEYS, e))
+        };
+        for (key, h) in inbox.series(slot_keys)? {
             match by_key.get_mut(&key) {
-                Some(existing) => existing.merge(&h),
+                Some(existing) => existing.merge(h),
                 None => {
-                    by_key.insert(key, h);
+                    by_key.insert(key, h.clone());
                 }
             }
         }
+        drop(inbox);
         let mut series: BTreeMap<String, Histogram> = BTreeMap::new();
         for (key, h) in by_key {
             let name = series_name(self.kind, &key, self.uprobe_symbol.as_deref());

@@ -366,7 +366,7 @@ fn node_mode_loads_only_what_the_node_budget_holds() {
     };
     let cpus = u64::from(ringwarden_node_agent::probes::possible_cpus().unwrap());
     let page = u64::from(ringwarden_node_agent::probes::page_size());
-    let one = fixed_bytes(&ProbeMaps::new(8), cpus) + ringbuf_bytes(page, page);
+    let one = fixed_bytes(&ProbeMaps::new(8), cpus, page) + ringbuf_bytes(page, page);
     // Room for one probe and a half.
     write(one + one / 2);
     let port = free_port();

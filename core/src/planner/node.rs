@@ -215,7 +215,7 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
                 ps: psi,
                 probe: pi,
                 priority: p.demand.priority,
-                fixed: maps::fixed_bytes(&p.maps, cpus),
+                fixed: maps::fixed_bytes(&p.maps, cpus, page),
                 ring: request.max(page),
                 floor: if draft.ring == 0 { page } else { floor },
                 request,

@@ -88,6 +88,9 @@ pub mod globals {
     /// `u64`: `maxSeries`, the histogram slots handed out to series (see
     /// [`super::OVERFLOW_SLOT`]).
     pub const MAX_SERIES: &str = "RW_MAX_SERIES";
+    /// `u64`: CPUs the `HIST` map is laid out for (possible CPUs); a
+    /// series' histogram on a CPU is at `slot * HIST_CPUS + cpu`.
+    pub const HIST_CPUS: &str = "RW_HIST_CPUS";
 }
 
 /// Filter flag: only tgids in `FILTER_PIDS` are observed.
@@ -382,30 +385,53 @@ pub struct ProbeCounters {
 }
 const _: () = assert!(core::mem::size_of::<ProbeCounters>() == 128);
 
-/// A per-CPU latency histogram of one series.
+/// Words of a histogram's dirty bitmap: one bit per bucket.
+pub const HIST_DIRTY_WORDS: usize = HIST_BUCKETS / 64;
+
+/// One CPU's latency histogram of one series: an inbox the agent empties.
+///
+/// The `HIST` map holds one per series slot and possible CPU, at index
+/// `slot * cpus + cpu`, in memory the agent maps (`BPF_F_MMAPABLE`). The
+/// kernel adds to `buckets`, `sum_ns` and `errors`, then marks the bucket in
+/// `dirty` and its word in `words`. The agent takes (swaps to zero) only
+/// the marked words and buckets, so a read costs what changed since the
+/// last one, not the whole map; a CPU and series with no new events costs
+/// one load of `words`.
+///
+/// Exactness: every update is an atomic read-modify-write, and the marks
+/// use full-barrier (fetch) atomics after the counts. An agent that sees a
+/// mark therefore takes the counts behind it; counts added after it took a
+/// bucket set the mark again and are taken by the next read. Nothing is
+/// lost or taken twice.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LatencyHist {
-    /// Log-linear buckets, see [`hist`].
-    pub buckets: [u64; HIST_BUCKETS],
-    /// Sum of latencies, for the mean.
+    /// Bit `w`: `dirty[w]` has marks.
+    pub words: u64,
+    /// Sum of latencies not yet taken, for the mean.
     pub sum_ns: u64,
-    /// Largest latency seen on this CPU.
+    /// Largest latency seen on this CPU (never taken).
     pub max_ns: u64,
-    /// Events whose result was an error (negative return value).
+    /// Events whose result was an error (negative return value), not yet taken.
     pub errors: u64,
-    pub _reserved: u64,
+    /// Bit `b % 64` of word `b / 64`: bucket `b` has counts not yet taken.
+    pub dirty: [u64; HIST_DIRTY_WORDS],
+    /// Log-linear buckets, see [`hist`]: counts not yet taken.
+    pub buckets: [u64; HIST_BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<LatencyHist>() == HIST_BUCKETS * 8 + 32);
+const _: () = assert!(HIST_DIRTY_WORDS <= 64);
+const _: () =
+    assert!(core::mem::size_of::<LatencyHist>() == 32 + HIST_DIRTY_WORDS * 8 + HIST_BUCKETS * 8);
 
 impl Default for LatencyHist {
     fn default() -> Self {
         Self {
-            buckets: [0; HIST_BUCKETS],
+            words: 0,
             sum_ns: 0,
             max_ns: 0,
             errors: 0,
-            _reserved: 0,
+            dirty: [0; HIST_DIRTY_WORDS],
+            buckets: [0; HIST_BUCKETS],
         }
     }
 }

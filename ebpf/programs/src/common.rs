@@ -5,14 +5,15 @@
 //! One object holds every probe kind; the agent loads it once per probe and
 //! attaches only that kind's programs, so each probe has its own maps.
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     cty::c_void,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_probe_read_kernel, generated, generated::bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_probe_read_kernel, generated,
+        generated::bpf_get_current_task,
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -21,9 +22,9 @@ use ringwarden_ebpf_common::{
     COMM_LEN, DEFAULT_START_ENTRIES, EVENT_ERROR, EVENT_MAGIC, EXPORT_ALL, EXPORT_ERRORS,
     EXPORT_SLOWER_THAN, Event, FILTER_CGROUP, FILTER_CGROUPS_ENTRIES, FILTER_COMM,
     FILTER_COMMS_ENTRIES, FILTER_PID, FILTER_PIDS_ENTRIES, HIGH_WATER_EVERY, HIST_BUCKETS,
-    KernelOffsets, LatencyHist, MAX_CGROUP_DEPTH, MAX_THRESHOLD_SERIES, MAX_THRESHOLDS,
-    OVERFLOW_SLOT, ObjStart, ProbeCounters, SMALL_SERIES_IDS, SeriesKey, SloCounts, SyscallStart,
-    THRESHOLD_ERRORS, THRESHOLD_LATENCY, Thresholds, bucket_index,
+    HIST_DIRTY_WORDS, KernelOffsets, LatencyHist, MAX_CGROUP_DEPTH, MAX_THRESHOLD_SERIES,
+    MAX_THRESHOLDS, OVERFLOW_SLOT, ObjStart, ProbeCounters, SMALL_SERIES_IDS, SeriesKey, SloCounts,
+    SyscallStart, THRESHOLD_ERRORS, THRESHOLD_LATENCY, Thresholds, bucket_index,
 };
 
 use crate::task_storage::TaskStorage;
@@ -52,6 +53,9 @@ static RW_OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 /// Set by the loader: `maxSeries`, the histogram slots series may take.
 #[unsafe(no_mangle)]
 static RW_MAX_SERIES: u64 = 0;
+/// Set by the loader: the CPUs [`HIST`] is laid out for.
+#[unsafe(no_mangle)]
+static RW_HIST_CPUS: u64 = 0;
 
 /// Starts paired per task: syscalls, uprobes, run-queue waits.
 #[unsafe(link_section = ".maps")]
@@ -63,12 +67,14 @@ pub static TASK_START: TaskStorage<SyscallStart> = TaskStorage::new();
 #[map(name = "OBJ_START")]
 pub static OBJ_START: HashMap<u64, ObjStart> = HashMap::with_max_entries(DEFAULT_START_ENTRIES, 0);
 
-/// Histograms by slot ([`OVERFLOW_SLOT`], then one per series); the loader
-/// sizes it, [`SLOT_KEYS`] and [`SLOTS`] to `maxSeries + 1`. An array
-/// lookup is inlined by the verifier; a per-CPU hash lookup keyed by series
-/// cost about 65 ns per event.
+/// Histograms by slot ([`OVERFLOW_SLOT`], then one per series) and CPU, at
+/// `slot * RW_HIST_CPUS + cpu`; the loader sizes it to `(maxSeries + 1) *
+/// cpus`, and [`SLOT_KEYS`] and [`SLOTS`] to `maxSeries + 1`. A plain array
+/// rather than a per-CPU one so the agent can map it and take only what
+/// changed (see [`LatencyHist`]); the lookup is still inlined by the
+/// verifier. A per-CPU hash lookup keyed by series cost about 65 ns per event.
 #[map(name = "HIST")]
-static HIST: PerCpuArray<LatencyHist> = PerCpuArray::with_max_entries(65, 0);
+static HIST: Array<LatencyHist> = Array::with_max_entries(65, BPF_F_MMAPABLE);
 
 /// The series of each slot, written before the slot is published, so user
 /// space can name (and merge) slots.
@@ -129,6 +135,25 @@ pub fn add(p: *mut u64, v: u64) {
     // map values are 8-byte aligned. The result is unused, so this is a plain
     // `lock xadd` that every BPF CPU version supports.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+/// Marks bucket `b` of `h` as holding counts for the agent to take, after
+/// the counts were added. Fetch atomics are full barriers, so an agent that
+/// sees the mark sees the counts. The word's bit is set only when its word
+/// was clear: otherwise it is set already, or the agent has taken it and has
+/// yet to take this word, which then holds the new mark.
+#[inline(always)]
+fn mark(h: *mut LatencyHist, b: usize) {
+    // SAFETY: `h` is a non-null map value pointer and `b` is masked to the
+    // bucket count, so `b >> 6` indexes `dirty`; map values are 8-byte
+    // aligned.
+    unsafe {
+        let w = (b >> 6) & (HIST_DIRTY_WORDS - 1);
+        let bit: u64 = 1 << (b & 63);
+        if atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*h).dirty[w], bit) == 0 {
+            atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*h).words, 1 << w);
+        }
+    }
 }
 
 /// Reads a kernel value at `base + off`; zero when the read faults.
@@ -568,7 +593,8 @@ pub fn finish(
             }
         }
         add(&raw mut (*c).aggregated, 1);
-        if let Some(h) = HIST.get_ptr_mut(slot_of(c, key) as u32) {
+        let at = slot_of(c, key) * global(&RW_HIST_CPUS) + u64::from(bpf_get_smp_processor_id());
+        if let Some(h) = HIST.get_ptr_mut(at as u32) {
             let b = bucket_index(latency) & (HIST_BUCKETS - 1);
             add(&raw mut (*h).buckets[b], 1);
             add(&raw mut (*h).sum_ns, latency);
@@ -578,6 +604,7 @@ pub fn finish(
             if failed {
                 add(&raw mut (*h).errors, 1);
             }
+            mark(h, b);
         }
         let export = match global(&RW_EXPORT) {
             EXPORT_ALL => true,

@@ -35,7 +35,7 @@ use ringwarden_core::{
     histogram::Histogram,
     slo::{self as core_slo, MAX_RETIRED_PER_NODE, SloError, SloEvaluator, SloSnapshot},
 };
-use ringwarden_ebpf_common::{HIST_BUCKETS, LatencyHist};
+use ringwarden_ebpf_common::HIST_BUCKETS;
 use ringwarden_proto::NO_THRESHOLD;
 
 use super::packed::Packed;
@@ -114,18 +114,13 @@ impl Dense {
     }
 
     /// As the core's histogram, for its percentile math.
-    // core::histogram has no constructor from bucket counts; a one-CPU
-    // kernel histogram is the public way in.
     pub fn to_histogram(&self) -> Histogram {
-        let mut one = LatencyHist {
-            buckets: [0; HIST_BUCKETS],
-            sum_ns: self.sum_ns,
-            max_ns: self.max_ns,
-            errors: self.errors,
-            _reserved: 0,
-        };
-        one.buckets.copy_from_slice(&self.buckets);
-        Histogram::from_per_cpu(&[one])
+        let mut h = Histogram::new();
+        for (b, &n) in self.buckets.iter().enumerate().filter(|(_, n)| **n != 0) {
+            h.add_to_bucket(b, n);
+        }
+        h.add_totals(self.sum_ns, self.max_ns, self.errors);
+        h
     }
 
     pub fn from_histogram(h: &Histogram) -> Self {

@@ -171,7 +171,7 @@ mod tests {
             probeset("a", "all", None, 0),
             probeset("b", "db", Some("db"), 1),
         ];
-        let fixed = fixed_bytes(&probe_maps(&assessed[0].probeset.spec.probes[0]), 2);
+        let fixed = fixed_bytes(&probe_maps(&assessed[0].probeset.spec.probes[0]), 2, 4096);
         let budget = 2 * fixed + ringbuf_bytes(256 << 10, 4096) + ringbuf_bytes(16 << 10, 4096);
         let shares = node_shares(&assessed, &[labels("web"), labels("db")], budget, 2);
         let all = &shares["a/all"];

@@ -58,7 +58,7 @@ fn three_teams() -> Vec<ProbeSetDemand> {
 fn with_room_every_probeset_gets_what_its_own_plan_asks() {
     let plan = plan_node(&node(u64::MAX, 4, three_teams())).unwrap();
     assert_eq!(rings(&plan), [[256], [256], [256]]);
-    let fixed = fixed_bytes(&ProbeMaps::new(8), 4);
+    let fixed = fixed_bytes(&ProbeMaps::new(8), 4, PAGE);
     for s in &plan.probesets {
         assert_eq!(s.requested_bytes, fixed + ringbuf_bytes(256 * KIB, PAGE));
         assert_eq!(s.granted_bytes, s.requested_bytes);
@@ -88,7 +88,8 @@ fn a_short_node_squeezes_the_namespace_holding_the_most_first() {
         vec![probe("sys", 10_000.0, 0, 8, 256 * KIB)],
     ));
     let cpus = 2;
-    let per_probe = |ring: u64| fixed_bytes(&ProbeMaps::new(8), cpus) + ringbuf_bytes(ring, PAGE);
+    let per_probe =
+        |ring: u64| fixed_bytes(&ProbeMaps::new(8), cpus, PAGE) + ringbuf_bytes(ring, PAGE);
     // Room for a: 2 × 128 KiB, b and c: 256 KiB each.
     let budget = 2 * per_probe(128 * KIB) + 2 * per_probe(256 * KIB);
     let plan = plan_node(&node(budget, cpus as u32, sets)).unwrap();
@@ -112,7 +113,7 @@ fn lower_priorities_lose_first_even_across_namespaces() {
         probeset("b", "db", vec![probe("sys", 10_000.0, 0, 8, 256 * KIB)]),
     ];
     let cpus = 2;
-    let fixed = fixed_bytes(&ProbeMaps::new(8), cpus);
+    let fixed = fixed_bytes(&ProbeMaps::new(8), cpus, PAGE);
     // Room for one ring of 256 KiB and one page.
     let budget = 2 * fixed + ringbuf_bytes(256 * KIB, PAGE) + ringbuf_bytes(PAGE, PAGE);
     let plan = plan_node(&node(budget, cpus as u32, sets.clone())).unwrap();
@@ -143,7 +144,7 @@ fn lower_priorities_lose_first_even_across_namespaces() {
 fn the_histograms_count_for_every_possible_cpu() {
     // The same node budget holds all three ProbeSets on 2 CPUs, and
     // leaves one out on 64, where each probe's histograms take 64 copies.
-    let one = fixed_bytes(&ProbeMaps::new(8), 2) + ringbuf_bytes(256 * KIB, PAGE);
+    let one = fixed_bytes(&ProbeMaps::new(8), 2, PAGE) + ringbuf_bytes(256 * KIB, PAGE);
     let plan = plan_node(&node(3 * one, 2, three_teams())).unwrap();
     assert!(plan.probesets.iter().all(|s| s.probes[0].admitted));
     let plan = plan_node(&node(3 * one, 64, three_teams())).unwrap();
@@ -238,7 +239,7 @@ proptest! {
         for (d, s) in i.probesets.iter().zip(&plan.probesets) {
             prop_assert_eq!(s.granted_bytes, s.probes.iter().map(|p| p.memory_bytes).sum::<u64>());
             for (dp, p) in d.probes.iter().zip(&s.probes) {
-                prop_assert_eq!(p.map_bytes, fixed_bytes(&dp.maps, cpus));
+                prop_assert_eq!(p.map_bytes, fixed_bytes(&dp.maps, cpus, PAGE));
                 if p.admitted {
                     // What the agent maps: the ring, or one page without an event path.
                     let mapped = p.plan.ring_bytes.max(PAGE);

@@ -121,7 +121,11 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
             assessment: assess(p, &[]),
         })
         .collect();
-    let fixed = fixed_bytes(&ringwarden_crds::plan::probe_maps(&ps.spec.probes[0]), 4);
+    let fixed = fixed_bytes(
+        &ringwarden_crds::plan::probe_maps(&ps.spec.probes[0]),
+        4,
+        4096,
+    );
     let budget = 2 * fixed + ringbuf_bytes(256 << 10, 4096) + ringbuf_bytes(16 << 10, 4096);
     let gpu = [("gpu".to_owned(), "true".to_owned())].into();
     let shares = crate::share::node_shares(&assessed, &[gpu], budget, 4);
