@@ -42,11 +42,13 @@ lint: deps
 	RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/bpf-lint $(CARGO) clippy -p ringwarden-ebpf \
 		--bins --release --target bpfel-unknown-none -Z build-std=core -- -D warnings
 
-## bench: added CPU per probed syscall (both paths), consumer cost per record, agent CPU/RSS at 100k events/s, added ns per traced Go call, scrape cost (see BENCHMARKS.md)
+## bench: added CPU per probed syscall (both paths), consumer cost per record, agent CPU/RSS at 100k events/s, histogram read cost by series and CPUs, added ns per traced Go call, scrape cost (see BENCHMARKS.md)
 bench: deps
 	$(CARGO) build --release -p ringwarden-e2e -p ringwarden-node-agent --bins
 	target/release/bench-syscalls --calls $${CALLS:-3000000} --reps $${REPS:-5}
 	target/release/bench-agent --rate $${RATE:-100000} --seconds $${SECONDS_AT_RATE:-10}
+	@# One read of a probe's histograms against series and CPUs (also on 64- and 192-CPU layouts).
+	target/release/bench-hist-reads --reps $${HIST_REPS:-15}
 	@# A traced Go function (uprobes at entry and RET) against a C-ABI uprobe + uretprobe.
 	target/release/bench-go --calls $${GO_CALLS:-200000} --reps $${REPS:-5}
 	@# The agent's /metrics: text (classic) against protobuf (native histograms) per scrape.

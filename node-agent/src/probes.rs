@@ -807,6 +807,14 @@ impl Probe {
         n
     }
 
+    /// The kernel's id of the histogram map (`HIST`).
+    pub fn hist_map_id(&self) -> Option<u32> {
+        self.hist
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_id()
+    }
+
     /// What reading the histograms has cost so far.
     pub fn read_cost(&self) -> ReadCost {
         self.hist

@@ -39,7 +39,7 @@ pub struct ReadCost {
 /// The kernel's histograms, mapped, and the cumulative ones taken from them.
 pub struct Inbox {
     // Owns the map, so the mapping outlives no fd.
-    _map: MapData,
+    map: MapData,
     base: NonNull<LatencyHist>,
     len: usize,
     cpus: usize,
@@ -83,7 +83,7 @@ impl Inbox {
             });
         }
         Ok(Self {
-            _map: map,
+            map,
             base: NonNull::new(ptr.cast()).expect("mmap returned a mapping"),
             len,
             cpus,
@@ -175,6 +175,11 @@ impl Inbox {
 
     pub fn cost(&self) -> ReadCost {
         self.cost
+    }
+
+    /// The kernel's id of the map, for tools that inspect it.
+    pub fn map_id(&self) -> Option<u32> {
+        self.map.info().ok().map(|i| i.id())
     }
 }
 
