@@ -527,8 +527,9 @@ pub struct NodeShareStatus {
     pub requested_bytes: u64,
     /// Bytes they get on the node where they get least.
     pub granted_bytes: u64,
-    /// Possible CPUs planned for: the most any agent reported. Per-CPU
-    /// histogram maps take a copy for each.
+    /// Possible CPUs of that node, as its agent reported them (a node
+    /// whose agent has not reported yet counts as the most any agent
+    /// reported). Per-CPU histogram maps take a copy for each.
     pub cpus: u32,
     /// Other ProbeSets sharing that node.
     pub other_probe_sets: u32,

@@ -491,6 +491,9 @@ fn object(kind: &str, generation: i64, status: Option<Value>) -> Value {
     let mut o = json!({"apiVersion": ringwarden_crds::API_VERSION, "kind": kind,
                        "metadata": {"name": "x", "namespace": "y", "generation": generation},
                        "spec": {}});
+    if kind.starts_with("Cluster") {
+        o["metadata"].as_object_mut().unwrap().remove("namespace");
+    }
     if let Some(s) = status {
         o["status"] = s;
     }
@@ -512,81 +515,96 @@ fn the_flux_health_checks_read_the_operators_conditions() {
                 .find(|c| c["kind"] == kind && c["apiVersion"] == ringwarden_crds::API_VERSION)
                 .unwrap_or_else(|| panic!("{}: no health check for {kind}", file.display()))
         };
-        let ps = check_of("ProbeSet");
         let status = |conditions: Vec<Value>| {
             Some(json!({"observedGeneration": 2, "conditions": conditions}))
         };
         let ready = condition("Ready", "True", "Planned");
         let valid = condition("Invalid", "False", "ValidSpec");
-        for (what, obj, expected) in [
-            ("no status yet", object("ProbeSet", 2, None), "InProgress"),
-            (
-                "planned, no report yet",
-                object("ProbeSet", 2, status(vec![ready.clone(), valid.clone()])),
-                "Current",
-            ),
-            (
-                "every node healthy",
-                object(
-                    "ProbeSet",
-                    2,
-                    status(vec![
-                        ready.clone(),
-                        valid.clone(),
-                        condition("Degraded", "False", "NodesHealthy"),
-                    ]),
+        // A ClusterProbeSet has a ProbeSet's status, and the same check.
+        for kind in ["ProbeSet", "ClusterProbeSet"] {
+            let check = check_of(kind);
+            for (what, obj, expected) in [
+                ("no status yet", object(kind, 2, None), "InProgress"),
+                (
+                    "planned, no report yet",
+                    object(kind, 2, status(vec![ready.clone(), valid.clone()])),
+                    "Current",
                 ),
-                "Current",
-            ),
-            (
-                "a node failed to load a probe",
-                object(
-                    "ProbeSet",
-                    2,
-                    status(vec![
-                        ready.clone(),
-                        valid.clone(),
-                        condition("Degraded", "True", "LoadFailed"),
-                    ]),
+                (
+                    "every node healthy",
+                    object(
+                        kind,
+                        2,
+                        status(vec![
+                            ready.clone(),
+                            valid.clone(),
+                            condition("Degraded", "False", "NodesHealthy"),
+                        ]),
+                    ),
+                    "Current",
                 ),
-                "Failed",
-            ),
-            (
-                "invalid",
-                object(
-                    "ProbeSet",
-                    2,
-                    status(vec![
-                        condition("Ready", "False", "InvalidSpec"),
-                        condition("Invalid", "True", "InvalidSpec"),
-                    ]),
+                (
+                    "a node failed to load a probe",
+                    object(
+                        kind,
+                        2,
+                        status(vec![
+                            ready.clone(),
+                            valid.clone(),
+                            condition("Degraded", "True", "LoadFailed"),
+                        ]),
+                    ),
+                    "Failed",
                 ),
-                "Failed",
-            ),
-            (
-                "no matching nodes",
-                object(
-                    "ProbeSet",
-                    2,
-                    status(vec![
-                        condition("Ready", "False", "NoMatchingNodes"),
-                        valid.clone(),
-                    ]),
+                (
+                    "invalid",
+                    object(
+                        kind,
+                        2,
+                        status(vec![
+                            condition("Ready", "False", "InvalidSpec"),
+                            condition("Invalid", "True", "InvalidSpec"),
+                        ]),
+                    ),
+                    "Failed",
                 ),
-                "Current",
-            ),
-            (
-                "an older generation",
-                object("ProbeSet", 3, status(vec![ready.clone(), valid.clone()])),
-                "InProgress",
-            ),
-        ] {
-            assert_eq!(
-                flux_health(ps, &obj),
-                expected,
-                "{}: ProbeSet, {what}",
-                file.display()
-            );
+                (
+                    "stored, but the operator cannot decode it",
+                    object(
+                        kind,
+                        2,
+                        status(vec![
+                            condition("Ready", "False", "Undecodable"),
+                            condition("Invalid", "True", "Undecodable"),
+                        ]),
+                    ),
+                    "Failed",
+                ),
+                (
+                    "no matching nodes",
+                    object(
+                        kind,
+                        2,
+                        status(vec![
+                            condition("Ready", "False", "NoMatchingNodes"),
+                            valid.clone(),
+                        ]),
+                    ),
+                    "Current",
+                ),
+                (
+                    "an older generation",
+                    object(kind, 3, status(vec![ready.clone(), valid.clone()])),
+                    "InProgress",
+                ),
+            ] {
+                assert_eq!(
+                    flux_health(check, &obj),
+                    expected,
+                    "{}: {kind}, {what}",
+                    file.display()
+                );
+            }
         }
         let slo = check_of("SLO");
         let evaluated = condition("Ready", "True", "Evaluated");

@@ -1,8 +1,10 @@
--- Argo CD health check for ringwarden.dev/v1alpha1 ProbeSet.
+-- Argo CD health check for ringwarden.dev/v1alpha1 ProbeSet and ClusterProbeSet,
+-- whose statuses are the same: register it for both kinds.
 -- Reads what the ringwarden operator writes to the status: observedGeneration,
 -- the conditions Ready, Invalid, QuotaConstrained and Degraded, and `ready`
 -- (nodes running every probe / nodes selected). See docs/gitops.md.
 local hs = {}
+local resource = obj.kind or "ProbeSet"
 
 local function condition(conditions, kind)
   for _, c in ipairs(conditions) do
@@ -24,7 +26,7 @@ end
 local status = obj.status
 if status == nil or status.conditions == nil then
   hs.status = "Progressing"
-  hs.message = "Waiting for the operator to plan the ProbeSet"
+  hs.message = "Waiting for the operator to plan the " .. resource
   return hs
 end
 local generation = obj.metadata.generation
@@ -49,7 +51,7 @@ end
 local ready = condition(status.conditions, "Ready")
 if ready == nil then
   hs.status = "Progressing"
-  hs.message = "Waiting for the operator to plan the ProbeSet"
+  hs.message = "Waiting for the operator to plan the " .. resource
   return hs
 end
 if ready.status ~= "True" then

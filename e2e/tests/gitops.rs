@@ -2,7 +2,8 @@
 //!
 //! - the Argo CD health checks (`docs/argocd/*.lua`) run in `lua5.4`
 //!   against the statuses the operator's own code computes, for every
-//!   verdict; `docs/gitops.md` and the example argocd-cm embed them verbatim;
+//!   verdict, the ProbeSet one for ClusterProbeSets too; `docs/gitops.md`
+//!   and the example argocd-cm embed them verbatim, under every kind;
 //! - the QuotaConstrained message shown in `docs/quota.md` is the operator's;
 //! - `docs/metrics.md` lists every metric the agent and the operator export;
 //! - `make e2e-cluster` exists, its script parses, and the docs point at it;
@@ -26,14 +27,16 @@ use ringwarden_core::{
     slo::{Report, SloEvaluator, SloSpec as CoreSloSpec},
 };
 use ringwarden_crds::{
-    AgentConfig, ProbeSet, Slo,
+    AgentConfig, ClusterProbeSet, ClusterProbeSetSpec, ProbeSet, Slo,
     manifest::{self, Manifest},
 };
 use ringwarden_operator::{
     assess::assess,
+    controller::undecodable_status,
     reports::{Figures, Flow, NodeProblem, problem},
     slo_status::{self, Problem, Verdict},
     status::{self, Reported},
+    stored, world,
 };
 use serde_json::{Value, json};
 
@@ -319,6 +322,172 @@ fn probeset_health_follows_the_operators_status() {
     );
 }
 
+// ------------------------------------------------ ClusterProbeSet health
+
+/// `examples/probeset.yaml` as a ClusterProbeSet with `namespace_selector`,
+/// as the API server would hand it out.
+fn example_cluster_probeset(namespace_selector: Option<&str>) -> ClusterProbeSet {
+    let ps = example_probeset();
+    let mut cps = ClusterProbeSet::new(
+        ps.metadata.name.as_deref().unwrap(),
+        ClusterProbeSetSpec {
+            namespace_selector: namespace_selector.map(|s| serde_yaml_ng::from_str(s).unwrap()),
+            probe_set: ps.spec,
+        },
+    );
+    cps.metadata.generation = Some(1);
+    cps
+}
+
+/// `cps` with the status the operator computes for it, as JSON: assessed
+/// as the ClusterProbeSet controller does, against two namespaces.
+fn cluster_with_status(
+    mut cps: ClusterProbeSet,
+    node_matches: bool,
+    reported: Option<&Reported>,
+) -> Value {
+    let namespaces = [
+        (
+            "shop".to_owned(),
+            [("team".to_owned(), "retail".to_owned())].into(),
+        ),
+        ("kube-system".to_owned(), Default::default()),
+    ];
+    let assessed = world::assess_cluster(&cps, &namespaces, &[]);
+    let status = status::desired(
+        &assessed.probeset,
+        &assessed.assessment,
+        node_matches,
+        reported,
+        None,
+        &at(NOW),
+    );
+    cps.status = Some(status);
+    serde_json::to_value(&cps).unwrap()
+}
+
+#[test]
+fn cluster_probeset_health_follows_the_operators_status_with_the_probeset_script() {
+    let check = |what: &str, object: &Value, status: &str, message: &str| {
+        assert_eq!(object["kind"], "ClusterProbeSet");
+        assert_health(PROBESET_LUA, what, object, status, message)
+    };
+    let cps = example_cluster_probeset(None);
+
+    check(
+        "not seen by the operator yet",
+        &serde_json::to_value(&cps).unwrap(),
+        "Progressing",
+        "Waiting for the operator to plan the ClusterProbeSet",
+    );
+    check(
+        "planned, no agent has reported",
+        &cluster_with_status(cps.clone(), true, None),
+        "Progressing",
+        "Planned; waiting for the agents' first reports",
+    );
+    check(
+        "every node runs every probe",
+        &cluster_with_status(cps.clone(), true, Some(&reported(3, 3, &[]))),
+        "Healthy",
+        "3/3 nodes run every probe",
+    );
+    check(
+        "a namespace selector scoped to one team, every node running",
+        &cluster_with_status(
+            example_cluster_probeset(Some("{matchLabels: {team: retail}}")),
+            true,
+            Some(&reported(3, 3, &[])),
+        ),
+        "Healthy",
+        "3/3 nodes run every probe",
+    );
+    check(
+        "agents still starting",
+        &cluster_with_status(cps.clone(), true, Some(&reported(3, 2, &[]))),
+        "Progressing",
+        "2/3 nodes run every probe",
+    );
+    check(
+        "a node lacks BTF",
+        &cluster_with_status(
+            cps.clone(),
+            true,
+            Some(&reported(
+                3,
+                2,
+                &[(
+                    "node-a",
+                    problem::MISSING_BTF,
+                    "the kernel has no BTF (/sys/kernel/btf/vmlinux)",
+                )],
+            )),
+        ),
+        "Degraded",
+        "MissingBTF: 1 of 3 nodes: node-a: the kernel has no BTF (/sys/kernel/btf/vmlinux)",
+    );
+
+    let bad_selector = cluster_with_status(
+        example_cluster_probeset(Some("{matchExpressions: [{key: team, operator: Like}]}")),
+        true,
+        None,
+    );
+    let invalid = bad_selector["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Invalid")
+        .unwrap()
+        .clone();
+    assert_eq!(invalid["status"], "True");
+    let message = invalid["message"].as_str().unwrap();
+    assert!(message.starts_with("spec.namespaceSelector"), "{message}");
+    check(
+        "a namespace selector that cannot be applied",
+        &bad_selector,
+        "Degraded",
+        &format!("InvalidSpec: {message}"),
+    );
+
+    // As the operator marks a stored ClusterProbeSet it cannot decode.
+    let mut undecodable = serde_json::to_value(&cps).unwrap();
+    undecodable["status"] = undecodable_status(
+        &stored::Problem {
+            meta: cps.metadata.clone(),
+            error: "spec.probes[0].priority: invalid value: integer `3000000000`, expected i32"
+                .into(),
+        },
+        &at(NOW),
+    );
+    check(
+        "stored, but the operator cannot decode it",
+        &undecodable,
+        "Degraded",
+        "Undecodable: the stored object cannot be read: spec.probes[0].priority: invalid \
+         value: integer `3000000000`, expected i32; it runs nowhere until fixed: re-apply it \
+         with a valid spec (kubectl apply), or delete it",
+    );
+
+    let mut gpu = cps.clone();
+    gpu.spec.probe_set.node_selector = [("gpu".to_string(), "true".to_string())].into();
+    check(
+        "no node has the selected labels",
+        &cluster_with_status(gpu, false, None),
+        "Suspended",
+        "NoMatchingNodes: no node has the labels of spec.nodeSelector (gpu=true); the probes \
+         start when one does",
+    );
+
+    let mut newer = cluster_with_status(cps.clone(), true, Some(&reported(3, 3, &[])));
+    newer["metadata"]["generation"] = json!(2);
+    check(
+        "the spec changed since the status was written",
+        &newer,
+        "Progressing",
+        "Waiting for the operator to plan the latest spec",
+    );
+}
+
 /// The ProbeSet of the worked example in docs/quota.md.
 fn quota_example() -> ProbeSet {
     let doc = read("docs/quota.md");
@@ -520,10 +689,16 @@ fn the_docs_and_the_argocd_cm_example_embed_the_health_checks_verbatim() {
     let gitops = read("docs/gitops.md");
     let cm: Value =
         serde_yaml_ng::from_str(&read("examples/gitops/argocd/argocd-cm.yaml")).unwrap();
+    // One script serves ProbeSets and ClusterProbeSets, whose statuses are
+    // the same.
     for (script, key) in [
         (
             PROBESET_LUA,
             "resource.customizations.health.ringwarden.dev_ProbeSet",
+        ),
+        (
+            PROBESET_LUA,
+            "resource.customizations.health.ringwarden.dev_ClusterProbeSet",
         ),
         (SLO_LUA, "resource.customizations.health.ringwarden.dev_SLO"),
     ] {

@@ -204,7 +204,12 @@ impl LoopbackOperator {
                 .nodes
                 .state()
                 .iter()
-                .map(|n| n.metadata.labels.clone().unwrap_or_default())
+                .map(|n| {
+                    (
+                        n.metadata.name.clone().unwrap_or_default(),
+                        n.metadata.labels.clone().unwrap_or_default(),
+                    )
+                })
                 .collect(),
             slos: stores
                 .slos

@@ -43,7 +43,7 @@ use crate::{
     lease::{Elector, Leadership, LeaseSettings},
     metrics::{self, Metrics},
     publish::{self, Publisher},
-    stored::{self, Stored, Undecodable},
+    stored::{self, Placeholder, Stored, Undecodable, UndecodableKinds},
     watches::Watches,
 };
 
@@ -354,43 +354,24 @@ pub async fn serve(
             changed.notify_one();
         }
     };
-    let (bad_probesets, bad_slos) = (Undecodable::default(), Undecodable::default());
-    let probesets = stored::decoded(
+    let bad = UndecodableKinds::default();
+    let probesets = probe_set_watch(
         watches.watch("probesets", Api::<Stored<ProbeSet>>::all(client.clone())),
-        bad_probesets.clone(),
+        bad.probesets.clone(),
         on_undecodable("probesets"),
-    )
-    .reflect(ps_writer)
-    .inspect({
-        // The operator's own status writes change no spec: no re-render.
-        let (poke, mut specs) = (poke.clone(), SpecChanges::default());
-        move |e| {
-            if specs.saw(e) {
-                changed(e, &poke);
-            }
-        }
-    })
-    .applied_objects();
-    // Undecodable ClusterProbeSets are logged and counted; they leave the
-    // cache and run nowhere.
-    let cluster_probesets = stored::decoded(
+        ps_writer,
+        poke.clone(),
+    );
+    let cluster_probesets = probe_set_watch(
         watches.watch(
             "clusterprobesets",
             Api::<Stored<ClusterProbeSet>>::all(client.clone()),
         ),
-        Undecodable::default(),
+        bad.cluster_probesets.clone(),
         on_undecodable("clusterprobesets"),
-    )
-    .reflect(cps_writer)
-    .inspect({
-        let (poke, mut specs) = (poke.clone(), SpecChanges::default());
-        move |e| {
-            if specs.saw(e) {
-                changed(e, &poke);
-            }
-        }
-    })
-    .applied_objects();
+        cps_writer,
+        poke.clone(),
+    );
     // Namespace labels decide which namespaces a ClusterProbeSet's
     // namespaceSelector picks.
     let namespaces = label_changes(
@@ -425,7 +406,7 @@ pub async fn serve(
         let mut specs = SpecChanges::default();
         stored::decoded(
             watches.watch("slos", Api::<Stored<Slo>>::all(client.clone())),
-            bad_slos.clone(),
+            bad.slos.clone(),
             on_undecodable("slos"),
         )
         .reflect(slo_writer)
@@ -436,8 +417,7 @@ pub async fn serve(
     };
     let undecodable = tokio::spawn(crate::controller::mark_undecodable(
         Arc::clone(&ctx),
-        bad_probesets,
-        bad_slos,
+        bad,
         undecodable_changed,
         stopped(),
     ));
@@ -570,6 +550,32 @@ pub async fn serve(
     {
         warn!("servers did not stop within 10s; exiting anyway");
     }
+}
+
+/// The watch of ProbeSets or ClusterProbeSets as their controller takes
+/// it: decoded one object at a time (one that does not decode leaves the
+/// cache and joins `undecodable`), cached by `writer`, and poking the agent
+/// writer on spec changes only: the operator's own status writes change no
+/// spec, so they cause no re-render.
+fn probe_set_watch<K>(
+    events: impl Stream<Item = Result<watcher::Event<Stored<K>>, watcher::Error>> + Send,
+    undecodable: Undecodable,
+    on_undecodable: impl Fn(&Undecodable) + Send + 'static,
+    writer: reflector::store::Writer<K>,
+    poke: impl Fn() + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Placeholder + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut specs = SpecChanges::default();
+    stored::decoded(events, undecodable, on_undecodable)
+        .reflect(writer)
+        .inspect(move |e| {
+            if specs.saw(e) {
+                changed(e, &poke);
+            }
+        })
+        .applied_objects()
 }
 
 /// Tells events that change an object's spec (a new generation, a new

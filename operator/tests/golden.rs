@@ -74,13 +74,22 @@ fn world() -> World {
             Arc::new(probeset("shop", "broken", 1, BROKEN)),
         ],
         nodes: vec![
-            labels(&[("pool", "web"), ("kubernetes.io/hostname", "n1")]),
-            labels(&[
-                ("pool", "db"),
-                ("disk", "nvme"),
-                ("kubernetes.io/hostname", "n2"),
-            ]),
-            labels(&[("pool", "batch"), ("kubernetes.io/hostname", "n3")]),
+            (
+                "n1".into(),
+                labels(&[("pool", "web"), ("kubernetes.io/hostname", "n1")]),
+            ),
+            (
+                "n2".into(),
+                labels(&[
+                    ("pool", "db"),
+                    ("disk", "nvme"),
+                    ("kubernetes.io/hostname", "n2"),
+                ]),
+            ),
+            (
+                "n3".into(),
+                labels(&[("pool", "batch"), ("kubernetes.io/hostname", "n3")]),
+            ),
         ],
         slos: vec![SloTarget::from_slo(&fast).unwrap()],
     }

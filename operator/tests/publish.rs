@@ -67,7 +67,10 @@ fn rendered(cluster: &Cluster) -> ringwarden_crds::AgentConfig {
         cluster_probesets: vec![],
         namespaces: vec![],
         probesets: cluster.stores.probesets.state(),
-        nodes: vec![[("pool".to_string(), "web".to_string())].into()],
+        nodes: vec![(
+            "n1".to_string(),
+            [("pool".to_string(), "web".to_string())].into(),
+        )],
         slos,
     };
     ringwarden_operator::render::agent_config(&world.assess_all(), 0)

@@ -190,6 +190,61 @@ async fn agent_objects_are_created_from_every_valid_probeset() {
 }
 
 #[tokio::test]
+async fn each_node_budget_share_is_planned_with_the_cpus_its_own_agent_reported() {
+    use ringwarden_operator::reports::AgentInfo;
+    // node-0 runs web, node-1 db, node-2 web again.
+    let nodes: &[&[(&str, &str)]] = &[&[("pool", "web")], &[("pool", "db")], &[("pool", "web")]];
+    let cluster = Cluster::new(
+        vec![
+            probeset("shop", "web", 1, WEB),
+            probeset("team-b", "db", 1, DB),
+        ],
+        nodes,
+        vec![],
+    );
+    let (client, server) = api_server(vec![
+        get(CONFIG_MAP).not_found(),
+        patch(CONFIG_MAP),
+        get(DAEMON_SET).not_found(),
+        patch(DAEMON_SET),
+    ]);
+    let (ctx, _) = context(client, &cluster, Leadership::always());
+    let hello = |node: &str, boot: &str, possible_cpus| {
+        ctx.hub
+            .reports()
+            .hello(
+                std::time::SystemTime::now(),
+                AgentInfo {
+                    node: node.into(),
+                    boot_id: boot.into(),
+                    possible_cpus,
+                    ..AgentInfo::default()
+                },
+            )
+            .unwrap();
+    };
+    // Before any agent has said how many CPUs its node has, no share.
+    agent::sync(&ctx).await.unwrap();
+    assert_eq!(ctx.node_share("shop/web"), None);
+
+    hello("node-0", "b0", 2);
+    hello("node-1", "b1", 64);
+    hello("node-2", "b2", 2);
+    agent::sync(&ctx).await.unwrap();
+    let cpus = |key: &str| ctx.node_share(key).map(|s| s.cpus);
+    assert_eq!(cpus("shop/web"), Some(2), "web runs on 2-CPU nodes only");
+    assert_eq!(cpus("team-b/db"), Some(64));
+
+    // node-2's agent restarts as one too old to say: the node is planned
+    // as the largest that did.
+    hello("node-2", "b3", 0);
+    agent::sync(&ctx).await.unwrap();
+    assert_eq!(cpus("shop/web"), Some(64));
+    drop(ctx);
+    server.finish().await;
+}
+
+#[tokio::test]
 async fn an_invalid_probeset_is_marked_invalid_and_the_others_keep_working() {
     let cluster = Cluster::new(
         vec![
@@ -241,7 +296,10 @@ async fn a_spec_update_replans_and_rewrites_only_what_changed() {
         cluster_probesets: vec![],
         namespaces: vec![],
         probesets: vec![Arc::new(old.clone())],
-        nodes: vec![[("pool".to_string(), "web".to_string())].into()],
+        nodes: vec![(
+            "n1".to_string(),
+            [("pool".to_string(), "web".to_string())].into(),
+        )],
         slos: vec![],
     });
     // The status the first generation got.
@@ -426,7 +484,10 @@ async fn after_a_restart_objects_already_right_are_only_read() {
         cluster_probesets: vec![],
         namespaces: vec![],
         probesets: vec![Arc::new(web)],
-        nodes: vec![[("pool".to_string(), "web".to_string())].into()],
+        nodes: vec![(
+            "n1".to_string(),
+            [("pool".to_string(), "web".to_string())].into(),
+        )],
         slos: vec![],
     });
     // What the API server returns holds more than was applied: defaults,
@@ -460,7 +521,10 @@ async fn a_configmap_edited_by_hand_is_put_back() {
         cluster_probesets: vec![],
         namespaces: vec![],
         probesets: vec![Arc::new(web)],
-        nodes: vec![[("pool".to_string(), "web".to_string())].into()],
+        nodes: vec![(
+            "n1".to_string(),
+            [("pool".to_string(), "web".to_string())].into(),
+        )],
         slos: vec![],
     });
     let mut edited: ConfigMap = objects.config_map.clone();

@@ -31,7 +31,10 @@ fn world(bad_selectors: &[(&str, &str)]) -> World {
         cluster_probesets: vec![],
         namespaces: vec![],
         probesets,
-        nodes: vec![[("pool".to_string(), "web".to_string())].into()],
+        nodes: vec![(
+            "n1".to_string(),
+            [("pool".to_string(), "web".to_string())].into(),
+        )],
         slos: vec![],
     }
 }

@@ -120,8 +120,9 @@ fn the_longest_probeset_status_is_admitted_and_small() {
         probeset: std::sync::Arc::new(ps.clone()),
         assessment: assessment.clone(),
     }];
+    let node = Default::default();
     let shares =
-        ringwarden_operator::share::node_shares(&assessed, &[Default::default()], 64 << 20, 256);
+        ringwarden_operator::share::node_shares(&assessed, &[(&node, Some(256))], 64 << 20);
     let share = shares.values().next().expect("the one node runs it");
     assert!(share.share.probes.iter().all(|p| !p.admitted));
     let mut s: ProbeSetStatus = status::desired(

@@ -15,34 +15,72 @@ use kube::{
     client::Body,
     runtime::{WatchStreamExt, reflector, watcher},
 };
-use ringwarden_crds::ProbeSet;
+use ringwarden_crds::{ClusterProbeSet, ProbeSet};
 use ringwarden_operator::{
     controller,
     lease::Leadership,
-    stored::{self, Stored, Undecodable},
+    stored::{self, Stored, Undecodable, UndecodableKinds},
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use tower_test::mock;
 
+/// A kind of stored object the scenarios serve.
+#[derive(Clone, Copy)]
+struct Kind {
+    kind: &'static str,
+    plural: &'static str,
+    /// `None` for a cluster-scoped kind.
+    namespace: Option<&'static str>,
+}
+
+const PROBESET: Kind = Kind {
+    kind: "ProbeSet",
+    plural: "probesets",
+    namespace: Some("shop"),
+};
+const CLUSTER_PROBESET: Kind = Kind {
+    kind: "ClusterProbeSet",
+    plural: "clusterprobesets",
+    namespace: None,
+};
+
+impl Kind {
+    fn object(self, name: &str, priority: i64, rv: u32) -> Value {
+        let mut o = json!({
+            "apiVersion": "ringwarden.dev/v1alpha1",
+            "kind": self.kind,
+            "metadata": {
+                "name": name, "uid": format!("uid-{name}"),
+                "generation": 1, "resourceVersion": rv.to_string()
+            },
+            "spec": {"probes": [{"name": "sys", "kind": "syscalls", "priority": priority}]}
+        });
+        if let Some(ns) = self.namespace {
+            o["metadata"]["namespace"] = json!(ns);
+        }
+        o
+    }
+}
+
 fn probeset(name: &str, priority: i64, rv: u32) -> Value {
-    json!({
-        "apiVersion": "ringwarden.dev/v1alpha1",
-        "kind": "ProbeSet",
-        "metadata": {
-            "name": name, "namespace": "shop", "uid": format!("uid-{name}"),
-            "generation": 1, "resourceVersion": rv.to_string()
-        },
-        "spec": {"probes": [{"name": "sys", "kind": "syscalls", "priority": priority}]}
-    })
+    PROBESET.object(name, priority, rv)
 }
 
 const OUT_OF_RANGE: i64 = 3_000_000_000;
 
-/// Serves one LIST (`good` and `bad`), then one WATCH carrying `events`,
-/// then holds further watches open. Status patches are sent to `patches`
-/// and echoed.
+/// Serves one LIST of ProbeSets (`good` and `bad`), then one WATCH
+/// carrying `events`, then holds further watches open. Status patches are
+/// sent to `patches` and echoed.
 fn api_server(events: Vec<Value>) -> (Client, mpsc::UnboundedReceiver<(String, Value)>) {
+    api_server_of(PROBESET, events)
+}
+
+/// As [`api_server`], for objects of `kind`.
+fn api_server_of(
+    kind: Kind,
+    events: Vec<Value>,
+) -> (Client, mpsc::UnboundedReceiver<(String, Value)>) {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let (patches_tx, patches) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -62,7 +100,7 @@ fn api_server(events: Vec<Value>) -> (Client, mpsc::UnboundedReceiver<(String, V
             if parts.method == Method::PATCH {
                 let body: Value =
                     serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap();
-                let mut echoed = probeset("bad", OUT_OF_RANGE, 9);
+                let mut echoed = kind.object("bad", OUT_OF_RANGE, 9);
                 echoed["status"] = body["status"].clone();
                 send.send_response(reply(&echoed));
                 let _ = patches_tx.send((path, body));
@@ -88,12 +126,16 @@ fn api_server(events: Vec<Value>) -> (Client, mpsc::UnboundedReceiver<(String, V
                     held.push(send);
                 }
             } else {
-                assert_eq!(path, "/apis/ringwarden.dev/v1alpha1/probesets", "{query}");
+                assert_eq!(
+                    path,
+                    format!("/apis/ringwarden.dev/v1alpha1/{}", kind.plural),
+                    "{query}"
+                );
                 send.send_response(reply(&json!({
                     "apiVersion": "ringwarden.dev/v1alpha1",
-                    "kind": "ProbeSetList",
+                    "kind": format!("{}List", kind.kind),
                     "metadata": {"resourceVersion": "2"},
-                    "items": [probeset("good", 1, 1), probeset("bad", OUT_OF_RANGE, 2)]
+                    "items": [kind.object("good", 1, 1), kind.object("bad", OUT_OF_RANGE, 2)]
                 })));
             }
         }
@@ -183,8 +225,10 @@ async fn one_undecodable_object_is_left_out_marked_invalid_and_the_watch_goes_on
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(controller::mark_undecodable(
         ctx,
-        undecodable.clone(),
-        Undecodable::default(),
+        UndecodableKinds {
+            probesets: undecodable.clone(),
+            ..UndecodableKinds::default()
+        },
         Arc::clone(&changed),
         async move {
             let _ = stop_rx.await;
@@ -223,6 +267,110 @@ async fn one_undecodable_object_is_left_out_marked_invalid_and_the_watch_goes_on
         .unwrap();
     assert!(
         text.contains("ringwarden_operator_writes_total{kind=\"ProbeSetStatus\"} 2"),
+        "{text}"
+    );
+    let _ = stop_tx.send(());
+    writer.await.unwrap();
+    driven.abort();
+}
+
+#[tokio::test]
+async fn an_undecodable_cluster_probeset_is_left_out_and_marked_invalid_cluster_wide() {
+    let (client, mut patches) = api_server_of(CLUSTER_PROBESET, vec![]);
+    let (store, writer) = reflector::store::<ClusterProbeSet>();
+    let undecodable = Undecodable::default();
+    let changed = Arc::new(Notify::new());
+    let events = stored::decoded(
+        watcher(
+            Api::<Stored<ClusterProbeSet>>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        undecodable.clone(),
+        {
+            let changed = Arc::clone(&changed);
+            move |_| changed.notify_one()
+        },
+    )
+    .reflect(writer);
+    let driven = tokio::spawn(events.for_each(|e| {
+        assert!(e.is_ok(), "the watch failed: {e:?}");
+        futures::future::ready(())
+    }));
+    let names = || {
+        let mut n: Vec<String> = store
+            .state()
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while names() != ["good"] || undecodable.len() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "cache {:?}, undecodable {:?}",
+            names(),
+            undecodable.snapshot()
+        )
+    });
+
+    let cluster = common::Cluster::new(vec![], &[], vec![]);
+    let (ctx, registry) = common::context(client, &cluster, Leadership::always());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(controller::mark_undecodable(
+        ctx,
+        UndecodableKinds {
+            cluster_probesets: undecodable.clone(),
+            ..UndecodableKinds::default()
+        },
+        Arc::clone(&changed),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let (path, body) = tokio::time::timeout(Duration::from_secs(10), patches.recv())
+        .await
+        .expect("a status patch for the undecodable ClusterProbeSet")
+        .unwrap();
+    // Cluster-scoped: no namespace in the path.
+    assert_eq!(
+        path,
+        "/apis/ringwarden.dev/v1alpha1/clusterprobesets/bad/status"
+    );
+    assert_eq!(body["apiVersion"], "ringwarden.dev/v1alpha1");
+    assert_eq!(body["kind"], "ClusterProbeSet");
+    assert_eq!(body["status"]["observedGeneration"], 1);
+    let conditions = body["status"]["conditions"].as_array().unwrap();
+    let of = |type_: &str| conditions.iter().find(|c| c["type"] == type_).unwrap();
+    assert_eq!(
+        (&of("Ready")["status"], &of("Ready")["reason"]),
+        (&json!("False"), &json!("Undecodable"))
+    );
+    let invalid = of("Invalid");
+    assert_eq!(invalid["status"], "True");
+    assert_eq!(invalid["reason"], "Undecodable");
+    let message = invalid["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.probes[0].priority") && message.contains("3000000000"),
+        "{message}"
+    );
+    assert!(message.contains("re-apply it"), "{message}");
+    common::assert_status_valid("ClusterProbeSet", &body["status"]);
+
+    // Written once.
+    changed.notify_one();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(patches.try_recv().is_err());
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(
+        text.contains("ringwarden_operator_writes_total{kind=\"ClusterProbeSetStatus\"} 1"),
         "{text}"
     );
     let _ = stop_tx.send(());

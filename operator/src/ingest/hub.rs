@@ -18,7 +18,10 @@ use std::{
 
 use kube::runtime::reflector::ObjectRef;
 use ringwarden_crds::{AgentConfig, ProbeSet};
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 
 use crate::{
     controller::Stores,
@@ -126,6 +129,9 @@ pub struct Hub {
     problems: Mutex<BTreeMap<String, Problem>>,
     /// This cluster's name (`--cluster-name`), written into every status.
     cluster: std::sync::OnceLock<String>,
+    /// Fires when a Hello changes what its node's possible CPUs are known
+    /// to be: the node budget shares are planned with them.
+    cpus_changed: Notify,
     pub metrics: IngestMetrics,
 }
 
@@ -147,6 +153,7 @@ impl Hub {
             published: Mutex::new(HashMap::new()),
             problems: Mutex::new(BTreeMap::new()),
             cluster: std::sync::OnceLock::new(),
+            cpus_changed: Notify::new(),
             metrics,
         }
     }
@@ -269,9 +276,20 @@ impl Hub {
     /// id the node already replaced.
     pub fn hello(&self, now: SystemTime, info: AgentInfo) -> Result<(), BootRetired> {
         let mut r = self.reports();
+        let node = info.node.clone();
+        let before = r.possible_cpus(&node);
         r.hello(now, info)?;
         self.metrics.agents_connected.set(r.connected() as i64);
+        if r.possible_cpus(&node) != before {
+            self.cpus_changed.notify_one();
+        }
         Ok(())
+    }
+
+    /// Completes once a Hello told a node's possible CPUs for the first
+    /// time, or a different count, since the last call.
+    pub async fn cpus_changed(&self) {
+        self.cpus_changed.notified().await;
     }
 
     pub fn bye(&self, node: &str) {
@@ -548,6 +566,36 @@ mod tests {
         );
         assert_ne!(gpu.version, plain.version);
         assert_eq!(node_config(&config, &Labels::new()), plain);
+    }
+
+    #[tokio::test]
+    async fn a_hello_telling_new_possible_cpus_asks_for_a_new_plan() {
+        let registry = prometheus::Registry::new();
+        let metrics = crate::metrics::Metrics::new(&registry).unwrap();
+        let hub = Hub::new(
+            crate::loopback::fixed_stores(vec![], &[("n1", &[])], vec![]),
+            metrics.ingest,
+        );
+        let info = |boot: &str, possible_cpus| AgentInfo {
+            node: "n1".into(),
+            boot_id: boot.into(),
+            possible_cpus,
+            ..AgentInfo::default()
+        };
+        let fired = || async {
+            tokio::time::timeout(Duration::from_millis(50), hub.cpus_changed())
+                .await
+                .is_ok()
+        };
+        let now = SystemTime::UNIX_EPOCH;
+        hub.hello(now, info("b1", 8)).unwrap();
+        assert!(fired().await, "the first count of a node");
+        hub.hello(now, info("b1", 8)).unwrap();
+        assert!(!fired().await, "a reconnect telling the same count");
+        hub.hello(now, info("b2", 16)).unwrap();
+        assert!(fired().await, "a different count");
+        hub.hello(now, info("b3", 0)).unwrap();
+        assert!(fired().await, "an agent that no longer says");
     }
 
     #[test]

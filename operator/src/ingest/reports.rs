@@ -305,14 +305,14 @@ pub struct Reports {
 }
 
 impl Reports {
-    /// The most possible CPUs any connected or reporting agent said its
-    /// node has, for planning the node budget of the busiest node.
-    pub fn largest_possible_cpus(&self) -> Option<u32> {
+    /// The possible CPUs `node`'s agent said its node has, for planning
+    /// that node's budget; `None` before its Hello, or from an agent too
+    /// old to say (it sends 0).
+    pub fn possible_cpus(&self, node: &str) -> Option<u32> {
         self.nodes
-            .values()
+            .get(node)
             .map(|n| n.info.possible_cpus)
             .filter(|&c| c > 0)
-            .max()
     }
 
     /// An agent said hello. A boot id other than the node's last starts the

@@ -74,12 +74,21 @@ pub async fn sync(ctx: &Context) -> Result<(), Error> {
             })
             .collect(),
     );
-    // The node budget's share of each ProbeSet, once an agent has said how
-    // many CPUs its node has (per-CPU maps are counted for each).
-    let cpus = ctx.hub.reports().largest_possible_cpus();
-    ctx.set_shares(cpus.map_or_else(Default::default, |cpus| {
-        crate::share::node_shares(&assessed, &world.nodes, ctx.agent.node_budget_bytes(), cpus)
-    }));
+    // The node budget's share of each ProbeSet, each node planned with the
+    // CPUs its agent said it has (per-CPU maps are counted for each).
+    let nodes: Vec<_> = {
+        let reports = ctx.hub.reports();
+        world
+            .nodes
+            .iter()
+            .map(|(name, labels)| (labels, reports.possible_cpus(name)))
+            .collect()
+    };
+    ctx.set_shares(crate::share::node_shares(
+        &assessed,
+        &nodes,
+        ctx.agent.node_budget_bytes(),
+    ));
     let objects = render::agent_objects(&assessed, &ctx.agent, &ctx.namespace)?;
     // Connected agents get it at once; the ConfigMap is the durable copy.
     ctx.hub.set_config(&objects.config);
@@ -206,9 +215,10 @@ fn annotation(meta: &ObjectMeta, key: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Runs [`sync`] whenever `trigger` fires (debounced), every
-/// [`VERIFY_EVERY`], and after failures with exponential backoff, until
-/// `shutdown` completes. Waits for the watch caches first.
+/// Runs [`sync`] whenever `trigger` fires or an agent tells new possible
+/// CPUs (debounced), every [`VERIFY_EVERY`], and after failures with
+/// exponential backoff, until `shutdown` completes. Waits for the watch
+/// caches first.
 pub async fn run(ctx: Arc<Context>, trigger: Arc<Notify>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     tokio::select! {
@@ -222,6 +232,8 @@ pub async fn run(ctx: Arc<Context>, trigger: Arc<Notify>, shutdown: impl Future<
             () = &mut shutdown => return,
             // While backing off, changes wait for the retry.
             () = trigger.notified(), if failures == 0 => sleep(DEBOUNCE).await,
+            // Agents telling their nodes' CPUs change the node budget shares.
+            () = ctx.hub.cpus_changed(), if failures == 0 => sleep(DEBOUNCE).await,
             () = sleep_until(next) => {}
         }
         match sync(&ctx).await {

@@ -173,7 +173,12 @@ impl Context {
                 .nodes
                 .state()
                 .iter()
-                .map(|n| n.metadata.labels.clone().unwrap_or_default())
+                .map(|n| {
+                    (
+                        n.metadata.name.clone().unwrap_or_default(),
+                        n.metadata.labels.clone().unwrap_or_default(),
+                    )
+                })
                 .collect(),
             slos: self.slos(),
         }
@@ -500,12 +505,12 @@ pub fn undecodable_status(problem: &stored::Problem, now: &Time) -> serde_json::
     })
 }
 
-/// Keeps an `Invalid` condition on every stored ProbeSet and SLO the
-/// operator cannot decode, while this replica leads. Runs until `stopped`.
+/// Keeps an `Invalid` condition on every stored ProbeSet, ClusterProbeSet
+/// and SLO the operator cannot decode, while this replica leads. Runs until
+/// `stopped`.
 pub async fn mark_undecodable(
     ctx: Arc<Context>,
-    probesets: stored::Undecodable,
-    slos: stored::Undecodable,
+    undecodable: stored::UndecodableKinds,
     changed: Arc<tokio::sync::Notify>,
     stopped: impl Future<Output = ()>,
 ) {
@@ -518,45 +523,29 @@ pub async fn mark_undecodable(
     let mut stopped = std::pin::pin!(stopped);
     loop {
         if ctx.leadership.is_leading() {
-            let all = [("ProbeSet", &probesets), ("SLO", &slos)];
+            let all = [
+                (StoredKind::ProbeSet, &undecodable.probesets),
+                (StoredKind::ClusterProbeSet, &undecodable.cluster_probesets),
+                (StoredKind::Slo, &undecodable.slos),
+            ];
             let mut live = std::collections::HashSet::new();
             for (kind, set) in all {
                 for p in set.snapshot() {
                     let name = p.meta.name.clone().unwrap_or_default();
                     let ns = p.meta.namespace.clone().unwrap_or_default();
-                    let id = (kind, format!("{ns}/{name}"));
+                    let id = (kind.name(), format!("{ns}/{name}"));
                     live.insert(id.clone());
                     let what = (p.meta.uid.clone(), p.meta.generation, p.error.clone());
                     if written.get(&id) == Some(&what) {
                         continue;
                     }
-                    let patch = serde_json::json!({
-                        "apiVersion": API_VERSION,
-                        "kind": kind,
-                        "status": undecodable_status(&p, &now()),
-                    });
-                    let params = PatchParams::apply(FIELD_MANAGER).force();
-                    let result = if kind == "ProbeSet" {
-                        Api::<stored::Stored<ProbeSet>>::namespaced(ctx.client.clone(), &ns)
-                            .patch_status(&name, &params, &Patch::Apply(&patch))
-                            .await
-                            .map(drop)
-                    } else {
-                        Api::<stored::Stored<Slo>>::namespaced(ctx.client.clone(), &ns)
-                            .patch_status(&name, &params, &Patch::Apply(&patch))
-                            .await
-                            .map(drop)
-                    };
-                    match result {
+                    let status = undecodable_status(&p, &now());
+                    match kind.patch_status(&ctx.client, &ns, &name, status).await {
                         Ok(()) => {
-                            ctx.metrics.wrote(if kind == "ProbeSet" {
-                                "ProbeSetStatus"
-                            } else {
-                                "SLOStatus"
-                            });
+                            ctx.metrics.wrote(kind.status_written());
                             written.insert(id, what);
                         }
-                        Err(e) => warn!(kind, object = %id.1, error = %e,
+                        Err(e) => warn!(kind = kind.name(), object = %id.1, error = %e,
                             "cannot mark an undecodable object Invalid; retrying"),
                     }
                 }
@@ -568,6 +557,67 @@ pub async fn mark_undecodable(
             Some(()) = gained.next() => written.clear(),
             () = tokio::time::sleep(Duration::from_secs(60)) => {}
             () = &mut stopped => return,
+        }
+    }
+}
+
+/// The kinds whose stored objects [`mark_undecodable`] marks.
+#[derive(Clone, Copy, Debug)]
+enum StoredKind {
+    ProbeSet,
+    ClusterProbeSet,
+    Slo,
+}
+
+impl StoredKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::ProbeSet => "ProbeSet",
+            Self::ClusterProbeSet => "ClusterProbeSet",
+            Self::Slo => "SLO",
+        }
+    }
+
+    /// The `kind` label of `ringwarden_operator_writes_total`.
+    fn status_written(self) -> &'static str {
+        match self {
+            Self::ProbeSet => "ProbeSetStatus",
+            Self::ClusterProbeSet => "ClusterProbeSetStatus",
+            Self::Slo => "SLOStatus",
+        }
+    }
+
+    /// Server-side applies `status` to the object, read back as
+    /// [`stored::Stored`] since it still does not decode. A ClusterProbeSet
+    /// has no namespace: its API is cluster-wide.
+    async fn patch_status(
+        self,
+        client: &Client,
+        namespace: &str,
+        name: &str,
+        status: serde_json::Value,
+    ) -> Result<(), kube::Error> {
+        let patch = Patch::Apply(serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": self.name(),
+            "status": status,
+        }));
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match self {
+            Self::ProbeSet => {
+                Api::<stored::Stored<ProbeSet>>::namespaced(client.clone(), namespace)
+                    .patch_status(name, &params, &patch)
+                    .await
+                    .map(drop)
+            }
+            Self::ClusterProbeSet => Api::<stored::Stored<ClusterProbeSet>>::all(client.clone())
+                .patch_status(name, &params, &patch)
+                .await
+                .map(drop),
+            Self::Slo => Api::<stored::Stored<Slo>>::namespaced(client.clone(), namespace)
+                .patch_status(name, &params, &patch)
+                .await
+                .map(drop),
         }
     }
 }

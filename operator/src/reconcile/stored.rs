@@ -32,22 +32,53 @@ pub struct Stored<K> {
     pub decoded: Result<K, String>,
 }
 
-impl<'de, K: DeserializeOwned> Deserialize<'de> for Stored<K> {
+impl<'de, K: DeserializeOwned + Locate> Deserialize<'de> for Stored<K> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(d)?;
         let meta = value
             .get("metadata")
             .and_then(|m| ObjectMeta::deserialize(m).ok())
             .unwrap_or_default();
-        let decoded = serde_path_to_error::deserialize::<_, K>(&value).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                e.into_inner().to_string()
-            } else {
-                format!("{path}: {}", e.into_inner())
-            }
-        });
+        let decoded = serde_path_to_error::deserialize::<_, K>(&value)
+            .map_err(|e| K::locate(&value).unwrap_or_else(|| with_path("", e)));
         Ok(Self { meta, decoded })
+    }
+}
+
+/// A decoding error as `path: what`, its path taken from `within`.
+fn with_path(within: &str, e: serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let what = e.into_inner();
+    match (within, path.as_str()) {
+        ("", ".") => what.to_string(),
+        ("", path) => format!("{path}: {what}"),
+        (within, ".") => format!("{within}: {what}"),
+        (within, path) => format!("{within}.{path}: {what}"),
+    }
+}
+
+/// Names the field a stored object fails to decode at, where serde's path
+/// cannot.
+pub trait Locate {
+    /// The field and the error, if `value`'s kind knows better than the
+    /// path serde tracked.
+    fn locate(_value: &Value) -> Option<String> {
+        None
+    }
+}
+
+impl Locate for ProbeSet {}
+
+impl Locate for Slo {}
+
+impl Locate for ringwarden_crds::ClusterProbeSet {
+    fn locate(value: &Value) -> Option<String> {
+        // Its spec flattens a ProbeSet's, and serde's path stops at a
+        // flattened struct ("spec"): decode that part alone to name the
+        // field.
+        let spec = value.get("spec")?;
+        let e = serde_path_to_error::deserialize::<_, ringwarden_crds::ProbeSetSpec>(spec).err()?;
+        Some(with_path("spec", e))
     }
 }
 
@@ -140,6 +171,15 @@ impl Undecodable {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Problem>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The objects of each kind the controllers read that failed to decode:
+/// what [`crate::controller::mark_undecodable`] marks `Invalid`.
+#[derive(Clone, Default)]
+pub struct UndecodableKinds {
+    pub probesets: Undecodable,
+    pub cluster_probesets: Undecodable,
+    pub slos: Undecodable,
 }
 
 fn key(meta: &ObjectMeta) -> String {
@@ -263,6 +303,29 @@ mod tests {
         assert!(e.contains("3000000000"), "{e}");
         assert_eq!(s.meta.name.as_deref(), Some("web"));
         assert_eq!(s.meta.generation, Some(2));
+    }
+
+    #[test]
+    fn a_field_of_a_cluster_probesets_flattened_spec_is_named_with_its_path() {
+        use ringwarden_crds::ClusterProbeSet;
+        let mut v = probeset("node", 3_000_000_000);
+        v["kind"] = json!("ClusterProbeSet");
+        v["metadata"].as_object_mut().unwrap().remove("namespace");
+        v["spec"]["namespaceSelector"] = json!({"matchLabels": {"team": "a"}});
+        let s: Stored<ClusterProbeSet> = serde_json::from_value(v.clone()).unwrap();
+        let e = s.decoded.unwrap_err();
+        assert!(e.starts_with("spec.probes[0].priority: "), "{e}");
+        assert!(e.contains("3000000000"), "{e}");
+        // An error in its own field keeps the path serde gives.
+        v["spec"]["probes"][0]["priority"] = json!(1);
+        v["spec"]["namespaceSelector"] = json!("everything");
+        let s: Stored<ClusterProbeSet> = serde_json::from_value(v.clone()).unwrap();
+        let e = s.decoded.unwrap_err();
+        assert!(e.starts_with("spec"), "{e}");
+        assert!(e.contains("everything"), "{e}");
+        v["spec"]["namespaceSelector"] = json!({});
+        let s: Stored<ClusterProbeSet> = serde_json::from_value(v).unwrap();
+        assert_eq!(s.decoded.unwrap().spec.probe_set.probes[0].priority, 1);
     }
 
     #[test]

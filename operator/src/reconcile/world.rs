@@ -36,7 +36,8 @@ pub struct World {
     pub cluster_probesets: Vec<Arc<ClusterProbeSet>>,
     /// Every namespace: name and labels.
     pub namespaces: Vec<(String, Labels)>,
-    pub nodes: Vec<Labels>,
+    /// Every node: name and labels.
+    pub nodes: Vec<(String, Labels)>,
     pub slos: Vec<SloTarget>,
 }
 
@@ -186,9 +187,12 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
 /// The node classes: for every distinct set of ProbeSets that some node
 /// runs, the indexes into `selectors` of that set. Nodes matching no
 /// selector form no class.
-pub fn node_classes(selectors: &[&Labels], nodes: &[Labels]) -> BTreeSet<Vec<usize>> {
+pub fn node_classes<'a>(
+    selectors: &[&Labels],
+    nodes: impl IntoIterator<Item = &'a Labels>,
+) -> BTreeSet<Vec<usize>> {
     nodes
-        .iter()
+        .into_iter()
         .map(|n| {
             selectors
                 .iter()

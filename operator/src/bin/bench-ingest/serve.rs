@@ -106,7 +106,10 @@ pub(crate) async fn serve(
         probesets: stores.probesets.state(),
         cluster_probesets: vec![],
         namespaces: vec![],
-        nodes: vec![[("pool".to_string(), "bench".to_string())].into()],
+        nodes: vec![(
+            "bench".to_string(),
+            [("pool".to_string(), "bench".to_string())].into(),
+        )],
         slos: stores
             .slos
             .state()

@@ -153,6 +153,30 @@ fn a_boot_id_the_node_replaced_cannot_say_hello_again() {
     assert!(r.knows("n1") && !r.knows("n2"));
 }
 
+#[test]
+fn each_node_has_the_possible_cpus_its_own_agent_reported() {
+    let hello = |node: &str, possible_cpus: u32| {
+        let Some(v1::agent_message::Message::Hello(mut h)) =
+            crate::sim::SimAgent::new(node, "b1", vec![])
+                .hello()
+                .message
+        else {
+            unreachable!()
+        };
+        h.possible_cpus = possible_cpus;
+        AgentInfo::try_from(h).unwrap()
+    };
+    let mut r = Reports::default();
+    r.hello(UNIX_EPOCH, hello("small", 4)).unwrap();
+    r.hello(UNIX_EPOCH, hello("big", 64)).unwrap();
+    // An agent too old to say sends 0.
+    r.hello(UNIX_EPOCH, hello("old", 0)).unwrap();
+    assert_eq!(r.possible_cpus("small"), Some(4));
+    assert_eq!(r.possible_cpus("big"), Some(64));
+    assert_eq!(r.possible_cpus("old"), None);
+    assert_eq!(r.possible_cpus("silent"), None);
+}
+
 fn slo_def(id: &str, series: &[&str]) -> SloDef {
     SloDef {
         id: id.into(),

@@ -127,8 +127,8 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
         4096,
     );
     let budget = 2 * fixed + ringbuf_bytes(256 << 10, 4096) + ringbuf_bytes(16 << 10, 4096);
-    let gpu = [("gpu".to_owned(), "true".to_owned())].into();
-    let shares = crate::share::node_shares(&assessed, &[gpu], budget, 4);
+    let gpu: crate::world::Labels = [("gpu".to_owned(), "true".to_owned())].into();
+    let shares = crate::share::node_shares(&assessed, &[(&gpu, Some(4))], budget);
     let share = &shares["shop/web"];
     let s = desired(&ps, &assess(&ps, &[]), true, None, Some(share), &at(100));
     let q = s
