@@ -232,8 +232,8 @@ mod tests {
         let assessed = vec![probeset("a", "all", None, 0)];
         let maps = probe_maps(&assessed[0].probeset.spec.probes[0]);
         let ring = |bytes| ringbuf_bytes(bytes, 4096);
-        let budget = fixed_bytes(&maps, 16) + ring(16 << 10);
-        assert!(fixed_bytes(&maps, 2) + ring(256 << 10) <= budget);
+        let budget = fixed_bytes(&maps, 16, 4096) + ring(16 << 10);
+        assert!(fixed_bytes(&maps, 2, 4096) + ring(256 << 10) <= budget);
         let (web, db) = (labels("web"), labels("db"));
 
         let small = node_shares(&assessed, &[(&web, Some(2))], budget)["a/all"].clone();
@@ -242,7 +242,7 @@ mod tests {
         assert_eq!(small.share.probes[0].plan.ring_bytes, 256 << 10);
         assert_eq!(
             small.share.requested_bytes,
-            fixed_bytes(&maps, 2) + ring(256 << 10)
+            fixed_bytes(&maps, 2, 4096) + ring(256 << 10)
         );
 
         // With both nodes, the 16-CPU one is the tightest, whatever the
@@ -259,7 +259,7 @@ mod tests {
             assert_eq!(big.share.granted_bytes, budget);
             assert_eq!(
                 big.share.requested_bytes,
-                fixed_bytes(&maps, 16) + ring(256 << 10)
+                fixed_bytes(&maps, 16, 4096) + ring(256 << 10)
             );
         }
 
@@ -276,7 +276,7 @@ mod tests {
     fn a_node_not_reported_yet_is_planned_as_the_largest_reported() {
         let assessed = vec![probeset("a", "web", Some("web"), 0)];
         let maps = probe_maps(&assessed[0].probeset.spec.probes[0]);
-        let budget = fixed_bytes(&maps, 16) + ringbuf_bytes(16 << 10, 4096);
+        let budget = fixed_bytes(&maps, 16, 4096) + ringbuf_bytes(16 << 10, 4096);
         let (web, db) = (labels("web"), labels("db"));
         // No agent has reported: nothing to plan with.
         assert!(node_shares(&assessed, &[(&web, None), (&db, None)], budget).is_empty());
