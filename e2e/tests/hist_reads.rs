@@ -129,3 +129,45 @@ fn a_histogram_map_past_the_kernels_array_limit_is_refused_with_the_field_to_low
         .to_string();
     assert!(err.contains("lower maxSeries"), "{err}");
 }
+
+#[test]
+fn reads_racing_the_kernel_on_every_cpu_lose_nothing_and_take_nothing_twice() {
+    require_bpf_privileges();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let calls = 200_000u64;
+    let children: Vec<Child> = (0..cpus)
+        .map(|cpu| spawn(&["--getppid", &calls.to_string(), "--cpu", &cpu.to_string()]))
+        .collect();
+    let probe = probe_for(children.iter().map(Child::pid).collect(), None);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (reports, seen) = std::thread::scope(|s| {
+        // Reads as fast as they go while every CPU adds to the histograms.
+        let reader = s.spawn(|| {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.push(count(&probe.snapshot().unwrap(), "getppid"));
+            }
+            seen
+        });
+        let reports: Vec<_> = children
+            .into_iter()
+            .map(|c| s.spawn(move || c.go_report()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (reports, reader.join().unwrap())
+    });
+    let issued: u64 = reports.iter().map(|r| r.getppid_calls).sum();
+    assert_eq!(issued, calls * cpus as u64);
+    let (snap, _) = read(&probe);
+    assert_eq!(count(&snap, "getppid"), issued, "every call, once");
+    let aggregated: u64 = snap.series.values().map(|h| h.count()).sum();
+    assert_eq!(aggregated, snap.counters.aggregated);
+    assert_eq!(snap.counters.check_identities(), Ok(()));
+    // The reads in between saw a count that only grew and never passed the truth.
+    assert!(seen.len() > 10, "only {} reads raced the calls", seen.len());
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(seen.iter().all(|&n| n <= issued));
+}
