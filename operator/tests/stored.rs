@@ -143,6 +143,127 @@ fn api_server_of(
     (Client::new(service, "default"), patches)
 }
 
+/// The operator's decoding watch of `K` into a cache, the objects it could
+/// not decode, and what wakes the writer that marks them.
+struct Watched<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    store: reflector::Store<K>,
+    undecodable: Undecodable,
+    changed: Arc<Notify>,
+    driven: tokio::task::JoinHandle<()>,
+}
+
+impl<K> Watched<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + stored::Placeholder
+        + stored::Locate
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    fn start(client: &Client) -> Self {
+        let (store, writer) = reflector::store::<K>();
+        let undecodable = Undecodable::default();
+        let changed = Arc::new(Notify::new());
+        let events = stored::decoded(
+            watcher(
+                Api::<Stored<K>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+            undecodable.clone(),
+            {
+                let changed = Arc::clone(&changed);
+                move |_| changed.notify_one()
+            },
+        )
+        .reflect(writer);
+        let driven = tokio::spawn(events.for_each(|e| {
+            assert!(e.is_ok(), "the watch failed: {e:?}");
+            futures::future::ready(())
+        }));
+        Self {
+            store,
+            undecodable,
+            changed,
+            driven,
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self
+            .store
+            .state()
+            .iter()
+            .map(|p| p.meta().name.clone().unwrap())
+            .collect();
+        n.sort();
+        n
+    }
+
+    /// Waits until the cache holds `names` and `undecodable` objects are
+    /// left out.
+    async fn settles_on(&self, names: &[&str], undecodable: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.names() != names || self.undecodable.len() != undecodable {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "cache {:?}, undecodable {:?}",
+                self.names(),
+                self.undecodable.snapshot()
+            )
+        });
+    }
+}
+
+/// Runs the writer that marks `kinds`' undecodable objects until the
+/// returned sender is dropped or fired.
+fn mark_undecodable(
+    client: Client,
+    kinds: UndecodableKinds,
+    changed: &Arc<Notify>,
+) -> (
+    prometheus::Registry,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let cluster = common::Cluster::new(vec![], &[], vec![]);
+    let (ctx, registry) = common::context(client, &cluster, Leadership::always());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(controller::mark_undecodable(
+        ctx,
+        kinds,
+        Arc::clone(changed),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    (registry, stop_tx, writer)
+}
+
+/// A second pass over the same problems writes nothing, and the writes
+/// were counted as `metric`.
+async fn written_once(
+    changed: &Notify,
+    patches: &mut mpsc::UnboundedReceiver<(String, Value)>,
+    registry: &prometheus::Registry,
+    metric: &str,
+) {
+    changed.notify_one();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(patches.try_recv().is_err());
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(text.contains(metric), "{text}");
+}
+
 #[tokio::test]
 async fn a_typed_watch_would_fail_as_a_whole_on_one_bad_object() {
     let (client, _) = api_server(vec![]);
@@ -166,51 +287,11 @@ async fn one_undecodable_object_is_left_out_marked_invalid_and_the_watch_goes_on
         json!({"type": "ADDED", "object": probeset("later", 2, 3)}),
         json!({"type": "MODIFIED", "object": probeset("good", OUT_OF_RANGE, 4)}),
     ]);
-    let (store, writer) = reflector::store::<ProbeSet>();
-    let undecodable = Undecodable::default();
-    let changed = Arc::new(Notify::new());
-    let events = stored::decoded(
-        watcher(
-            Api::<Stored<ProbeSet>>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-        undecodable.clone(),
-        {
-            let changed = Arc::clone(&changed);
-            move |_| changed.notify_one()
-        },
-    )
-    .reflect(writer);
-    let driven = tokio::spawn(events.for_each(|e| {
-        assert!(e.is_ok(), "the watch failed: {e:?}");
-        futures::future::ready(())
-    }));
-
+    let watched = Watched::<ProbeSet>::start(&client);
     // The good one is cached, then the one added by the watch; the one
     // that broke leaves the cache.
-    let names = || {
-        let mut n: Vec<String> = store
-            .state()
-            .iter()
-            .map(|p| p.metadata.name.clone().unwrap())
-            .collect();
-        n.sort();
-        n
-    };
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while names() != ["later"] || undecodable.len() != 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "cache {:?}, undecodable {:?}",
-            names(),
-            undecodable.snapshot()
-        )
-    });
-    let problems = undecodable.snapshot();
+    watched.settles_on(&["later"], 2).await;
+    let problems = watched.undecodable.snapshot();
     for p in &problems {
         assert!(
             p.error.starts_with("spec.probes[0].priority: ") && p.error.contains("3000000000"),
@@ -220,20 +301,14 @@ async fn one_undecodable_object_is_left_out_marked_invalid_and_the_watch_goes_on
     }
 
     // The writer marks both Invalid, naming the field.
-    let cluster = common::Cluster::new(vec![], &[], vec![]);
-    let (ctx, registry) = common::context(client, &cluster, Leadership::always());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let writer = tokio::spawn(controller::mark_undecodable(
-        ctx,
+    let (registry, stop_tx, writer) = mark_undecodable(
+        client,
         UndecodableKinds {
-            probesets: undecodable.clone(),
+            probesets: watched.undecodable.clone(),
             ..UndecodableKinds::default()
         },
-        Arc::clone(&changed),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+        &watched.changed,
+    );
     let mut marked = Vec::new();
     for _ in 0..2 {
         let (path, body) = tokio::time::timeout(Duration::from_secs(10), patches.recv())
@@ -258,81 +333,32 @@ async fn one_undecodable_object_is_left_out_marked_invalid_and_the_watch_goes_on
             "/apis/ringwarden.dev/v1alpha1/namespaces/shop/probesets/good/status"
         ]
     );
-    // Written once: a second pass over the same problems writes nothing.
-    changed.notify_one();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(patches.try_recv().is_err());
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .unwrap();
-    assert!(
-        text.contains("ringwarden_operator_writes_total{kind=\"ProbeSetStatus\"} 2"),
-        "{text}"
-    );
+    written_once(
+        &watched.changed,
+        &mut patches,
+        &registry,
+        "ringwarden_operator_writes_total{kind=\"ProbeSetStatus\"} 2",
+    )
+    .await;
     let _ = stop_tx.send(());
     writer.await.unwrap();
-    driven.abort();
+    watched.driven.abort();
 }
 
 #[tokio::test]
 async fn an_undecodable_cluster_probeset_is_left_out_and_marked_invalid_cluster_wide() {
     let (client, mut patches) = api_server_of(CLUSTER_PROBESET, vec![]);
-    let (store, writer) = reflector::store::<ClusterProbeSet>();
-    let undecodable = Undecodable::default();
-    let changed = Arc::new(Notify::new());
-    let events = stored::decoded(
-        watcher(
-            Api::<Stored<ClusterProbeSet>>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-        undecodable.clone(),
-        {
-            let changed = Arc::clone(&changed);
-            move |_| changed.notify_one()
-        },
-    )
-    .reflect(writer);
-    let driven = tokio::spawn(events.for_each(|e| {
-        assert!(e.is_ok(), "the watch failed: {e:?}");
-        futures::future::ready(())
-    }));
-    let names = || {
-        let mut n: Vec<String> = store
-            .state()
-            .iter()
-            .map(|p| p.metadata.name.clone().unwrap())
-            .collect();
-        n.sort();
-        n
-    };
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while names() != ["good"] || undecodable.len() != 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "cache {:?}, undecodable {:?}",
-            names(),
-            undecodable.snapshot()
-        )
-    });
+    let watched = Watched::<ClusterProbeSet>::start(&client);
+    watched.settles_on(&["good"], 1).await;
 
-    let cluster = common::Cluster::new(vec![], &[], vec![]);
-    let (ctx, registry) = common::context(client, &cluster, Leadership::always());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let writer = tokio::spawn(controller::mark_undecodable(
-        ctx,
+    let (registry, stop_tx, writer) = mark_undecodable(
+        client,
         UndecodableKinds {
-            cluster_probesets: undecodable.clone(),
+            cluster_probesets: watched.undecodable.clone(),
             ..UndecodableKinds::default()
         },
-        Arc::clone(&changed),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+        &watched.changed,
+    );
     let (path, body) = tokio::time::timeout(Duration::from_secs(10), patches.recv())
         .await
         .expect("a status patch for the undecodable ClusterProbeSet")
@@ -362,18 +388,14 @@ async fn an_undecodable_cluster_probeset_is_left_out_and_marked_invalid_cluster_
     assert!(message.contains("re-apply it"), "{message}");
     common::assert_status_valid("ClusterProbeSet", &body["status"]);
 
-    // Written once.
-    changed.notify_one();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(patches.try_recv().is_err());
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .unwrap();
-    assert!(
-        text.contains("ringwarden_operator_writes_total{kind=\"ClusterProbeSetStatus\"} 1"),
-        "{text}"
-    );
+    written_once(
+        &watched.changed,
+        &mut patches,
+        &registry,
+        "ringwarden_operator_writes_total{kind=\"ClusterProbeSetStatus\"} 1",
+    )
+    .await;
     let _ = stop_tx.send(());
     writer.await.unwrap();
-    driven.abort();
+    watched.driven.abort();
 }
