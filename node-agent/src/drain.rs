@@ -47,15 +47,21 @@ impl DrainClock {
     /// Whether a drain is due at `now`; if so, moves the deadline to the
     /// first grid point after `now`.
     pub fn due(&mut self, now: Instant) -> bool {
+        self.late_by(now).is_some()
+    }
+
+    /// If a drain is due at `now`, how late it is (zero: on time), and
+    /// the deadline moves to the first grid point after `now`.
+    pub fn late_by(&mut self, now: Instant) -> Option<Duration> {
         if now < self.next {
-            return false;
+            return None;
         }
         let late = now - self.next;
         let missed = late.as_nanos() / self.period.as_nanos();
         // At most u32::MAX periods: further than that is centuries.
         let steps = u32::try_from(missed + 1).unwrap_or(u32::MAX);
         self.next += self.period * steps;
-        true
+        Some(late)
     }
 }
 
@@ -92,6 +98,17 @@ mod tests {
             assert_eq!(c.due(t0 + at * MS), due, "at {at} ms");
             assert_eq!(c.next(), t0 + next * MS, "after {at} ms");
         }
+    }
+
+    #[test]
+    fn a_late_drain_says_by_how_much() {
+        let t0 = Instant::now();
+        let mut c = DrainClock::new(100 * MS, t0);
+        assert_eq!(c.late_by(t0 + 10 * MS), None);
+        assert_eq!(c.late_by(t0 + 57 * MS), Some(7 * MS));
+        // Counted from the first deadline it missed (100 ms).
+        assert_eq!(c.late_by(t0 + 230 * MS), Some(130 * MS));
+        assert_eq!(c.late_by(t0 + 250 * MS), Some(Duration::ZERO));
     }
 
     #[test]

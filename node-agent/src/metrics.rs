@@ -379,6 +379,8 @@ pub struct NodeMetrics {
     pub node_budget: prometheus::IntGauge,
     /// Locked bytes the node plan gives the probes it lets load.
     pub node_budget_planned: prometheus::IntGauge,
+    /// How late each ring drain ran against its clock.
+    pub drain_lateness: prometheus::Histogram,
 }
 
 impl NodeMetrics {
@@ -441,6 +443,16 @@ impl NodeMetrics {
                 "ringwarden_agent_node_budget_planned_bytes",
                 "Locked kernel memory of the maps and rings the node plan gives the probes it lets load",
             )?,
+            drain_lateness: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "ringwarden_agent_drain_lateness_seconds",
+                    "How late each ring-buffer drain ran against its drain period; a ring late \
+                     by more than its drainInterval's slack drops more than its plan predicts",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )?,
             configs_refused: IntCounterVec::new(
                 Opts::new(
                     "ringwarden_agent_configs_refused_total",
@@ -465,6 +477,7 @@ impl NodeMetrics {
         registry.register(Box::new(m.pods.clone()))?;
         registry.register(Box::new(m.node_budget.clone()))?;
         registry.register(Box::new(m.node_budget_planned.clone()))?;
+        registry.register(Box::new(m.drain_lateness.clone()))?;
         Ok(m)
     }
 }

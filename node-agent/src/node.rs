@@ -296,14 +296,7 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
             // Records are written without wakeups: each ring is read on
             // its own drain clock (`drain.rs`), the cadence the plan
             // predicts drops for.
-            () = next_drain(&state.loaded) => {
-                let now = Instant::now().into_std();
-                for l in state.loaded.values_mut() {
-                    if l.drain.due(now) {
-                        l.probe.drain(|_| {});
-                    }
-                }
-            }
+            () = next_drain(&state.loaded) => state.drain_due(),
             _ = publish_tick.tick() => publish(&state.loaded, &shared, args.metrics_without_addresses),
             () = tokio::time::sleep_until(next_report) => {
                 if let Some(u) = &uplink {
@@ -319,6 +312,35 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
     state.loaded.clear(); // detaches every program
     tracing::info!("all probes detached");
     Ok(())
+}
+
+/// Drains every ring whose drain is due, and says how late each was.
+fn drain_due(loaded: &mut HashMap<String, Loaded>, metrics: Option<&NodeMetrics>) {
+    let now = Instant::now().into_std();
+    for l in loaded.values_mut() {
+        if let Some(late) = l.drain.late_by(now) {
+            l.probe.drain(|_| {});
+            if let Some(m) = metrics {
+                m.drain_lateness.observe(late.as_secs_f64());
+            }
+        }
+    }
+}
+
+/// Awaits `f` (the API, a filesystem) while draining rings as they come
+/// due: other tenants' configuration changes must not delay a drain.
+async fn draining<T>(
+    loaded: &mut HashMap<String, Loaded>,
+    metrics: Option<&NodeMetrics>,
+    f: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(f);
+    loop {
+        tokio::select! {
+            out = &mut f => return out,
+            () = next_drain(loaded) => drain_due(loaded, metrics),
+        }
+    }
 }
 
 /// When the first ring's drain is due; never, without a probe.
@@ -348,6 +370,10 @@ async fn next_pod_change(pods: &mut Option<PodWatch>) {
 }
 
 impl State {
+    fn drain_due(&mut self) {
+        drain_due(&mut self.loaded, self.metrics.as_ref());
+    }
+
     /// Makes the file the configuration if it changed since last read. An
     /// unreadable or invalid file keeps what runs.
     fn read_file(&mut self, path: &Path) {
@@ -445,7 +471,13 @@ impl State {
         let mut wanted: Vec<AgentProbe> = if source.pushed {
             source.config.probes.clone()
         } else {
-            match facts.labels(&self.node).await {
+            let labels = draining(
+                &mut self.loaded,
+                self.metrics.as_ref(),
+                facts.labels(&self.node),
+            )
+            .await;
+            match labels {
                 Ok(labels) => probes_for_node(&source.config, &labels)
                     .into_iter()
                     .cloned()
@@ -583,16 +615,19 @@ impl State {
                         // The pods are not known yet: try_load waits.
                         continue;
                     };
-                    UprobeTarget::open_in_containers_async(p.spec.kind, dirs, binary, symbol).await
+                    let open =
+                        UprobeTarget::open_in_containers_async(p.spec.kind, dirs, binary, symbol);
+                    draining(&mut self.loaded, self.metrics.as_ref(), open).await
                 } else {
-                    UprobeTarget::open_async(
+                    let open = UprobeTarget::open_async(
                         p.spec.kind,
                         crate::target::host_root(),
                         binary,
                         symbol,
-                    )
-                    .await
-                    .map(Some)
+                    );
+                    draining(&mut self.loaded, self.metrics.as_ref(), open)
+                        .await
+                        .map(Some)
                 };
                 binaries.insert(p.id(), opened);
             }
@@ -607,6 +642,10 @@ impl State {
                 Some(Err(e)) => Some(Err(e)),
                 None => None,
             };
+            // A load takes tens of milliseconds (verifier, attach): the
+            // rings already running are drained between loads, not after
+            // the last.
+            self.drain_due();
             if let Err((failure, waits_for_pods)) = self.try_load(p, static_facts, binary) {
                 self.fail(p, failure, waits_for_pods, now);
             }
@@ -670,6 +709,8 @@ impl State {
             let kernel = Kernel::open_at(&self.kernel_btf)
                 .map_err(|e| (LoadFailure::from_error(&e), false))?;
             self.kernel = Some(kernel);
+            // Parsing the kernel's BTF took as long as a load.
+            drain_due(&mut self.loaded, self.metrics.as_ref());
         }
         let kernel = self.kernel.as_ref().expect("opened above");
         if binary.is_none() && resolves_in_containers(p) && p.spec.kind.uses_uprobes() {

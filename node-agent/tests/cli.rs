@@ -435,3 +435,88 @@ fn node_mode_loads_only_what_the_node_budget_holds() {
         "{stderr}"
     );
 }
+
+/// A probe takes tens of milliseconds to load (the verifier, attaching).
+/// Node mode drains the rings already running between loads, so another
+/// ProbeSet arriving on the node never holds up a running ring's drains
+/// (which would make it drop more than its plan predicts).
+#[test]
+fn node_mode_drains_running_rings_while_it_loads_new_probes() {
+    const ADDED: usize = 16;
+    let dir = std::env::temp_dir().join(format!("rw-node-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent-config.yaml");
+    let write = |n: usize| {
+        let probes: String = (0..n)
+            .map(|i| {
+                format!(
+                    "  - {{namespace: team-{i}, probeset: demo, spec: {{name: p{i}, kind: syscalls, \
+                     maxSeries: 8}}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}}\n"
+                )
+            })
+            .collect();
+        let tmp = dir.join("agent-config.yaml.tmp");
+        std::fs::write(&tmp, format!("probes:\n{probes}")).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    write(1);
+    let port = free_port();
+    let mut agent = Command::new(AGENT)
+        .args([
+            "node",
+            "--node-name",
+            "test-node",
+            "--node-labels",
+            "zone=a",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--interval", "200ms", "--reload-interval", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(port, "the first probe running", |m| {
+        observed(m, "p0").is_some()
+    });
+    let started = Instant::now();
+    write(ADDED + 1);
+    let m = wait_for(port, "every added probe running", |m| {
+        (0..=ADDED).all(|i| observed(m, &format!("p{i}")).is_some())
+    });
+    let took = started.elapsed();
+    let value = |name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    let drains = value("ringwarden_agent_drain_lateness_seconds_count");
+    let on_time = value("ringwarden_agent_drain_lateness_seconds_bucket{le=\"0.25\"}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait().unwrap();
+    let mut stderr = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success(), "{stderr}");
+    // The loads together took far longer than the 250 ms bound below, so
+    // draining only after the last would break it.
+    assert!(
+        took > Duration::from_millis(600),
+        "{ADDED} loads took only {took:?}: too fast to show a held-up drain"
+    );
+    assert!(drains > 0, "no drain measured");
+    assert_eq!(
+        on_time,
+        drains,
+        "{} of {drains} drains ran more than 250 ms late while {ADDED} probes loaded",
+        drains - on_time
+    );
+}
