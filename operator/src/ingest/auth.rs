@@ -43,6 +43,11 @@ pub const REFUSAL_TTL: Duration = Duration::from_secs(10);
 /// flood of fresh tokens makes the operator hammer the API server.
 pub const REVIEWS_PER_SECOND: u32 = 200;
 const REVIEW_BURST: f64 = 400.0;
+/// How long a review past the burst may wait for its turn rather than be
+/// refused: a fleet reconnecting after the cache expired is served in
+/// order at the rate, not sent into backoff (which costs each agent its
+/// jitter on top). At most `REVIEWS_PER_SECOND × REVIEW_WAIT` wait.
+pub const REVIEW_WAIT: Duration = Duration::from_secs(5);
 /// Most pods whose node is cached; one per agent pod is the steady state.
 const POD_CACHE_MAX: usize = 16_384;
 /// The user-info key under which the API server names the node a bound
@@ -287,18 +292,21 @@ impl<R: Reviewer> Authenticator<R> {
         }
     }
 
-    /// Takes one review from the budget, if there is one left.
-    fn may_review(&self, now: Instant) -> bool {
+    /// Takes one review from the budget: how long to wait for it (zero
+    /// within the burst), or `None` when the reviews already waiting fill
+    /// [`REVIEW_WAIT`]. The budget goes below zero by the reviews waiting.
+    fn reserve_review(&self, now: Instant) -> Option<Duration> {
+        let rate = f64::from(REVIEWS_PER_SECOND);
         let mut b = lock(&self.budget);
-        let refill = now.duration_since(b.1).as_secs_f64() * f64::from(REVIEWS_PER_SECOND);
+        let refill = now.duration_since(b.1).as_secs_f64() * rate;
         b.0 = (b.0 + refill).min(REVIEW_BURST);
         b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
-            true
-        } else {
-            false
+        let left = b.0 - 1.0;
+        if left < -rate * REVIEW_WAIT.as_secs_f64() {
+            return None;
         }
+        b.0 = left;
+        Some(Duration::from_secs_f64((-left).max(0.0) / rate))
     }
 
     /// Who sent `metadata`'s bearer token, and for which node.
@@ -318,8 +326,10 @@ impl<R: Reviewer> Authenticator<R> {
         {
             return Err(why.clone());
         }
-        if !self.may_review(now) {
-            return Err(AuthError::Throttled(REVIEWS_PER_SECOND));
+        match self.reserve_review(now) {
+            None => return Err(AuthError::Throttled(REVIEWS_PER_SECOND)),
+            Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+            Some(_) => {}
         }
         let result = self.review(token).await;
         if let Err(why) = &result
@@ -630,26 +640,53 @@ mod tests {
     async fn a_flood_of_fresh_tokens_is_reviewed_at_a_bounded_rate() {
         let fake = Fake::default();
         let a = auth(&fake);
-        let mut throttled = 0;
-        for i in 0..2_000 {
-            if let Err(AuthError::Throttled(_)) =
-                a.authenticate(&with(&format!("Bearer t{i}"))).await
-            {
-                throttled += 1;
+        let started = tokio::time::Instant::now();
+        // Each review's outcome and when it came, all asked at once.
+        let outcomes = futures::future::join_all((0..2_000).map(|i| {
+            let a = &a;
+            async move {
+                let r = a.authenticate(&with(&format!("Bearer t{i}"))).await;
+                (r, started.elapsed())
+            }
+        }))
+        .await;
+        let throttled = outcomes
+            .iter()
+            .filter(|(r, _)| matches!(r, Err(AuthError::Throttled(_))))
+            .count();
+        let rate = f64::from(REVIEWS_PER_SECOND);
+        let waiting = rate * REVIEW_WAIT.as_secs_f64();
+        let reviewed = fake.reviews.load(Ordering::SeqCst);
+        // The burst at once, then as many as may wait, in order at the
+        // rate; the rest refused at once.
+        assert_eq!(reviewed as f64, REVIEW_BURST + waiting);
+        assert_eq!(throttled, 2_000 - reviewed);
+        // (Fresh tokens the fake does not know: reviewed, then rejected.)
+        let at_once = outcomes
+            .iter()
+            .filter(|(r, t)| matches!(r, Err(AuthError::Rejected(_))) && t.is_zero())
+            .count();
+        assert_eq!(at_once as f64, REVIEW_BURST);
+        let last = outcomes.iter().map(|(_, t)| *t).max().unwrap();
+        assert!(last <= REVIEW_WAIT, "{last:?}");
+        for (r, t) in &outcomes {
+            if matches!(r, Err(AuthError::Throttled(_))) {
+                assert!(t.is_zero(), "refused only at once, not after waiting");
             }
         }
-        let reviewed = fake.reviews.load(Ordering::SeqCst);
-        assert_eq!(reviewed as f64, REVIEW_BURST, "at once, at most the burst");
-        assert_eq!(throttled, 2_000 - reviewed);
         // Refilled over time, at the sustained rate.
         tokio::time::advance(Duration::from_secs(1)).await;
-        for i in 0..1_000 {
-            let _ = a.authenticate(&with(&format!("Bearer u{i}"))).await;
+        let before = fake.reviews.load(Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        for i in 0..REVIEWS_PER_SECOND {
+            let r = a.authenticate(&with(&format!("Bearer u{i}"))).await;
+            assert!(matches!(r, Err(AuthError::Rejected(_))), "{r:?}");
         }
         assert_eq!(
-            fake.reviews.load(Ordering::SeqCst) - reviewed,
+            fake.reviews.load(Ordering::SeqCst) - before,
             REVIEWS_PER_SECOND as usize
         );
+        assert!(started.elapsed().is_zero(), "a second's worth at once");
     }
 
     #[tokio::test]
