@@ -38,7 +38,7 @@ pub struct ReadCost {
 
 /// The kernel's histograms, mapped, and the cumulative ones taken from them.
 pub struct Inbox {
-    // Owns the map, so the mapping outlives no fd.
+    // Held open as long as the mapping of its values.
     map: MapData,
     base: NonNull<LatencyHist>,
     len: usize,
