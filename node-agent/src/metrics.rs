@@ -103,7 +103,7 @@ const ERRORS: &str = "ringwarden_event_errors_total";
 /// Per-probe figures outside [`Counters`]: (name, help, type, value).
 type ProbeFamily = (&'static str, &'static str, MetricType, fn(&Snapshot) -> f64);
 
-const PROBE_FAMILIES: [ProbeFamily; 6] = [
+const PROBE_FAMILIES: [ProbeFamily; 8] = [
     (
         "ringwarden_ringbuf_bytes",
         "Size of the probe's ring buffer, from the quota plan.",
@@ -140,6 +140,19 @@ const PROBE_FAMILIES: [ProbeFamily; 6] = [
         "Aggregated events that fell into the overflow series (maxSeries reached).",
         MetricType::COUNTER,
         |s| s.counters.series_folded as f64,
+    ),
+    (
+        "ringwarden_histogram_scans_total",
+        "Series-and-CPU histograms the agent looked at when reading the probe's histograms, one load each \
+         ((series in use + 1) x possible CPUs per read).",
+        MetricType::COUNTER,
+        |s| s.read_cost.scanned as f64,
+    ),
+    (
+        "ringwarden_histogram_buckets_taken_total",
+        "Histogram buckets the agent took from the kernel because they changed since its last read.",
+        MetricType::COUNTER,
+        |s| s.read_cost.buckets as f64,
     ),
 ];
 const SLO_GOOD: &str = "ringwarden_slo_good_events_total";

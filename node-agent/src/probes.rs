@@ -292,6 +292,8 @@ pub struct Snapshot {
     pub events_received: u64,
     /// Records that failed to decode (corrupt or truncated).
     pub decode_errors: u64,
+    /// What reading the histograms has cost since the probe was loaded.
+    pub read_cost: ReadCost,
 }
 
 /// Process-wide kernel facts, read once.
@@ -736,6 +738,7 @@ impl Probe {
         let mut by_key: BTreeMap<SeriesKey, Histogram> = BTreeMap::new();
         let mut inbox = self.hist.lock().unwrap_or_else(PoisonError::into_inner);
         inbox.read(last);
+        let read_cost = inbox.cost();
         let slot_keys = |slot: u32| {
             self.slot_keys
                 .get(&slot, 0)
@@ -787,6 +790,7 @@ impl Probe {
             ring_high_water: high_water,
             events_received: self.drained,
             decode_errors: self.decode_errors,
+            read_cost,
         })
     }
 }

@@ -492,6 +492,21 @@ fn node_mode_drains_running_rings_while_it_loads_new_probes() {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
     };
+    // What reading p0's histograms cost: one load per slot in use and
+    // CPU each read, and the buckets that changed.
+    let of_p0 = |name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("probe=\"p0\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} of p0 missing:\n{m}"))
+    };
+    let cpus = u64::from(ringwarden_node_agent::probes::possible_cpus().unwrap());
+    let scans = of_p0("ringwarden_histogram_scans_total");
+    assert!(
+        scans > 0 && scans % cpus == 0,
+        "{scans} scans on {cpus} CPUs"
+    );
+    assert!(of_p0("ringwarden_histogram_buckets_taken_total") > 0);
     let drains = value("ringwarden_agent_drain_lateness_seconds_count");
     let on_time = value("ringwarden_agent_drain_lateness_seconds_bucket{le=\"0.25\"}");
     // SAFETY: signalling our own child.
