@@ -248,6 +248,40 @@ fn wait_for(port: u16, what: &str, mut ok: impl FnMut(&str) -> bool) -> String {
     }
 }
 
+/// `ringwarden-agent node` on `config`, with fixed node labels (no API),
+/// serving `/metrics` on the returned port.
+fn node_agent(config: &std::path::Path, labels: &str) -> (std::process::Child, u16) {
+    let port = free_port();
+    let agent = Command::new(AGENT)
+        .args(["node", "--node-name", "test-node", "--node-labels", labels])
+        .arg("--config")
+        .arg(config)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--interval", "200ms", "--reload-interval", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (agent, port)
+}
+
+/// Stops `agent` with SIGTERM; asserts it exited cleanly and returns its
+/// log.
+fn stop(mut agent: std::process::Child) -> String {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait().unwrap();
+    let mut stderr = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    stderr
+}
+
 /// Node mode follows its configuration file without a restart: a probe for
 /// this node's labels appears, one whose selector stops matching goes, and
 /// an unchanged probe keeps running (its counters keep growing).
@@ -271,23 +305,7 @@ fn node_mode_follows_the_config_file_without_restarting() {
         )
     };
     write(format!("probes:\n{}", probe("base", "")));
-    let port = free_port();
-    let mut agent = Command::new(AGENT)
-        .args([
-            "node",
-            "--node-name",
-            "test-node",
-            "--node-labels",
-            "zone=a,disk=ssd",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .args(["--interval", "200ms", "--reload-interval", "200ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (agent, port) = node_agent(&config, "zone=a,disk=ssd");
 
     let m = wait_for(port, "the base probe", |m| {
         observed(m, "base").is_some_and(|n| n > 0)
@@ -319,18 +337,8 @@ fn node_mode_follows_the_config_file_without_restarting() {
     std::thread::sleep(Duration::from_millis(600));
     assert!(observed(&get(port, "/metrics").unwrap(), "again").is_some());
 
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let status = agent.wait().unwrap();
-    let mut stderr = String::new();
-    agent
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stop(agent);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(status.success(), "{stderr}");
     assert!(stderr.contains("keeping the running probes"), "{stderr}");
 }
 
@@ -369,23 +377,7 @@ fn node_mode_loads_only_what_the_node_budget_holds() {
     let one = fixed_bytes(&ProbeMaps::new(8), cpus, page) + ringbuf_bytes(page, page);
     // Room for one probe and a half.
     write(one + one / 2);
-    let port = free_port();
-    let mut agent = Command::new(AGENT)
-        .args([
-            "node",
-            "--node-name",
-            "test-node",
-            "--node-labels",
-            "zone=a",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .args(["--interval", "200ms", "--reload-interval", "200ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (agent, port) = node_agent(&config, "zone=a");
     let failing = |m: &str| {
         m.lines().any(|l| {
             l.starts_with("ringwarden_agent_probe_failing{")
@@ -417,18 +409,8 @@ fn node_mode_loads_only_what_the_node_budget_holds() {
     });
     assert!(!failing(&m), "cut still failing:\n{m}");
 
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let status = agent.wait().unwrap();
-    let mut stderr = String::new();
-    agent
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stop(agent);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains("not loaded: its maps take")
             && stderr.contains("with 1 other ProbeSet in 1 other namespace"),
@@ -460,23 +442,7 @@ fn node_mode_drains_running_rings_while_it_loads_new_probes() {
         std::fs::rename(&tmp, &config).unwrap();
     };
     write(1);
-    let port = free_port();
-    let mut agent = Command::new(AGENT)
-        .args([
-            "node",
-            "--node-name",
-            "test-node",
-            "--node-labels",
-            "zone=a",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .args(["--interval", "200ms", "--reload-interval", "200ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (agent, port) = node_agent(&config, "zone=a");
     wait_for(port, "the first probe running", |m| {
         observed(m, "p0").is_some()
     });
@@ -509,18 +475,8 @@ fn node_mode_drains_running_rings_while_it_loads_new_probes() {
     assert!(of_p0("ringwarden_histogram_buckets_taken_total") > 0);
     let drains = value("ringwarden_agent_drain_lateness_seconds_count");
     let on_time = value("ringwarden_agent_drain_lateness_seconds_bucket{le=\"0.25\"}");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let status = agent.wait().unwrap();
-    let mut stderr = String::new();
-    agent
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    stop(agent);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(status.success(), "{stderr}");
     // The loads together took far longer than the 250 ms bound below, so
     // draining only after the last would break it.
     assert!(
