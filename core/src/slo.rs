@@ -528,6 +528,15 @@ pub struct SloSnapshot {
     retired: BTreeMap<String, Vec<Retired>>,
 }
 
+impl SloSnapshot {
+    /// Whether it holds counted events and the baselines of streams, so
+    /// that restoring it late lands the gap's counts at once. A snapshot of
+    /// an SLO that never had data restores without such a gap.
+    pub fn has_counts(&self) -> bool {
+        !self.streams.is_empty() && self.window.iter().any(|w| w.2 > 0)
+    }
+}
+
 /// One SLO's rolling state: per-stream baselines and the slotted counts.
 /// See the module docs for the semantics.
 #[derive(Clone, Debug, PartialEq)]

@@ -26,6 +26,7 @@ use crate::probeset::{FieldError, ProbeSet, ProbeSetSpec, ProbeSetStatus};
     doc = "Declares eBPF latency probes for whole nodes (host processes and every namespace), or for the pods of the namespaces a namespaceSelector matches.",
     category = "ringwarden",
     printcolumn = r#"{"name":"Ready","type":"string","description":"Nodes running the probes / nodes selected","jsonPath":".status.ready"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","description":"Ready, Reconciling, NoMatchingNodes, Degraded: <reason> or Invalid: <field>","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Events/s","type":"number","description":"Events per second across nodes","jsonPath":".status.eventsPerSecond"}"#,
     printcolumn = r#"{"name":"Drop %","type":"number","description":"Exported events dropped by ring buffers","jsonPath":".status.dropPercent"}"#,
     printcolumn = r#"{"name":"Plan Drop %","type":"number","description":"Exported events the quota plan predicts the ring buffers drop at the declared peak rates","jsonPath":".status.predictedDropPercent"}"#,

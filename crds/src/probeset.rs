@@ -24,6 +24,7 @@ use crate::cel::{self, MAX_DURATION_LEN};
     doc = "Declares eBPF latency probes: which kernel events to time, on which nodes, for which processes.",
     category = "ringwarden",
     printcolumn = r#"{"name":"Ready","type":"string","description":"Nodes running the probes / nodes selected","jsonPath":".status.ready"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","description":"Ready, Reconciling, NoMatchingNodes, Degraded: <reason> or Invalid: <field>","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Events/s","type":"number","description":"Events per second across nodes","jsonPath":".status.eventsPerSecond"}"#,
     printcolumn = r#"{"name":"Drop %","type":"number","description":"Exported events dropped by ring buffers","jsonPath":".status.dropPercent"}"#,
     printcolumn = r#"{"name":"Plan Drop %","type":"number","description":"Exported events the quota plan predicts the ring buffers drop at the declared peak rates","jsonPath":".status.predictedDropPercent"}"#,
@@ -462,13 +463,21 @@ pub struct ProbeSetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Invalid`, `QuotaConstrained` and `Degraded`, following the
-    /// Kubernetes API conventions.
+    /// Kubernetes API conventions, and `Reconciling` and `Stalled` as
+    /// kstatus (Flux, kpt) reads them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// Nodes running the probes over nodes selected, like `3/4`.
+    /// Nodes whose agent reported every probe running within the last two
+    /// report intervals, over nodes selected, like `3/4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<String>,
+    /// The conditions in one phrase, for `kubectl get`: `Ready`,
+    /// `Reconciling` (waiting for the agents' first reports on this
+    /// generation), `NoMatchingNodes`, `Degraded: <reason>` or
+    /// `Invalid: <field>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// Events per second observed across nodes, all probes together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_per_second: Option<f64>,

@@ -37,7 +37,7 @@ use crate::{
     printcolumn = r#"{"name":"SLI","type":"number","description":"Percent of good events over the window","jsonPath":".status.sli"}"#,
     printcolumn = r#"{"name":"Budget","type":"number","description":"Percent of the error budget left","jsonPath":".status.budgetRemaining"}"#,
     printcolumn = r#"{"name":"Burn","type":"number","description":"Error-budget burn rate over the fast window (1 spends it exactly by the window's end)","jsonPath":".status.burnRate.fast"}"#,
-    printcolumn = r#"{"name":"State","type":"string","description":"Met, AtRisk, Breached, Unreliable or NoData","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"State","type":"string","description":"Met, AtRisk, Breached, Unreliable, NoData, Stale, or why it is not evaluated","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -244,7 +244,9 @@ pub struct BurnRate {
 
 /// The SLO's verdict: `Met`, `AtRisk` (met, but burning the budget fast
 /// enough to miss it), `Breached`, `Unreliable` (more events lost than
-/// `maxDropRate` allows, so the SLI cannot be trusted) or `NoData`.
+/// `maxDropRate` allows, so the SLI cannot be trusted), `NoData`, `Stale`
+/// (a selected node sent no fresh count), or why it is not evaluated:
+/// `ProbeNotRunning`, `ProbeNotFound`, `NoThresholdSlot`, `Invalid`.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SloState {
     /// The SLI meets the target and the budget is not burning too fast.
@@ -259,6 +261,23 @@ pub enum SloState {
     Unreliable,
     /// No events were counted yet.
     NoData,
+    /// Some node the ProbeSet selects sent no fresh count of the probe for
+    /// a few report intervals (its agent is silent, or the probe is not
+    /// running there), so the SLI misses its events. The window's counts
+    /// are kept and resume exactly when the node reports again; the `Ready`
+    /// condition names the nodes.
+    Stale,
+    /// The ProbeSet runs nowhere (invalid, or left out of the agents'
+    /// configuration), so nothing is counted.
+    ProbeNotRunning,
+    /// No such ProbeSet, ClusterProbeSet or probe, or a ClusterProbeSet
+    /// the SLO's namespace may not use.
+    ProbeNotFound,
+    /// The probe has more SLOs than the kernel's threshold slots; this one
+    /// is not counted.
+    NoThresholdSlot,
+    /// The SLO's own spec is wrong; the `Invalid` condition says how.
+    Invalid,
 }
 
 impl SloSpec {

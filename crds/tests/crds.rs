@@ -456,6 +456,7 @@ fn kubectl_get_probesets_shows_the_measured_drop_next_to_the_plans_prediction() 
         names,
         [
             "READY",
+            "STATUS",
             "EVENTS/S",
             "DROP %",
             "PLAN DROP %",
@@ -463,8 +464,9 @@ fn kubectl_get_probesets_shows_the_measured_drop_next_to_the_plans_prediction() 
             "AGE"
         ]
     );
-    assert_eq!(columns[2].1, ".status.dropPercent");
-    assert_eq!(columns[3].1, ".status.predictedDropPercent");
+    assert_eq!(columns[1].1, ".status.state");
+    assert_eq!(columns[3].1, ".status.dropPercent");
+    assert_eq!(columns[4].1, ".status.predictedDropPercent");
 }
 
 #[test]

@@ -105,6 +105,24 @@ fn check(what: &str, doc: &Value) -> Manifest {
     parsed.remove(0)
 }
 
+/// [`check`] for a ClusterProbeSet document.
+fn check_cluster(what: &str, doc: &Value) -> Manifest {
+    let errors = common::schema_errors("ClusterProbeSet", doc);
+    assert!(errors.is_empty(), "{what}: {errors:?}");
+    for outcome in common::evaluate("ClusterProbeSet", doc) {
+        assert!(
+            outcome.admits(),
+            "{what}: {} refused by {:?}",
+            outcome.at,
+            outcome.message
+        );
+    }
+    let text = serde_yaml_ng::to_string(doc).unwrap();
+    let mut parsed = manifest::parse_str(what, &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.len(), 1, "{what}");
+    parsed.remove(0)
+}
+
 /// Every SLO measures a probe of one of `probesets`.
 fn check_slo_targets(what: &str, probesets: &[ProbeSet], slos: &[Slo]) {
     for slo in slos {
@@ -670,4 +688,65 @@ fn docs_gitops_shows_the_flux_health_checks_of_the_example() {
             path.display()
         );
     }
+}
+
+/// The README's quick start: a ClusterProbeSet with an SLO on it, and a
+/// namespace with a workload of its own that its ProbeSet selects, so both
+/// show live numbers on a fresh cluster.
+#[test]
+fn the_quick_start_gives_live_data_on_a_fresh_cluster() {
+    let dir = examples_dir().join("quickstart");
+    let mut probesets = Vec::new();
+    let mut slos = Vec::new();
+    let mut workloads = Vec::new();
+    for path in yaml_files(&dir) {
+        for doc in documents(&path) {
+            let what = path.display().to_string();
+            if !is_ours(&doc) {
+                workloads.push(doc);
+                continue;
+            }
+            // A ClusterProbeSet reads as a ProbeSet without a namespace.
+            let parsed = if doc["kind"] == "ClusterProbeSet" {
+                check_cluster(&what, &doc)
+            } else {
+                check(&what, &doc)
+            };
+            match parsed {
+                Manifest::ProbeSet(p) => probesets.push(*p),
+                Manifest::Slo(s) => slos.push(*s),
+            }
+        }
+    }
+    check_slo_targets("examples/quickstart", &probesets, &slos);
+    // The node-wide one selects every node and every process.
+    let wide = probesets
+        .iter()
+        .find(|p| p.metadata.namespace.is_none())
+        .expect("a ClusterProbeSet");
+    assert!(wide.spec.node_selector.is_empty() && wide.spec.pod_selector.is_none());
+    // The namespaced one selects the pods of a Deployment in its namespace.
+    let ns = probesets
+        .iter()
+        .find(|p| p.metadata.namespace.is_some())
+        .expect("a ProbeSet");
+    let deployment = workloads
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a workload");
+    assert_eq!(
+        deployment["metadata"]["namespace"].as_str(),
+        ns.metadata.namespace.as_deref()
+    );
+    assert!(
+        workloads.iter().any(|d| d["kind"] == "Namespace"
+            && d["metadata"]["name"].as_str() == ns.metadata.namespace.as_deref()),
+        "the quick start creates its namespace"
+    );
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selector = ns.spec.pod_selector.as_ref().expect("a pod selector");
+    for (k, v) in selector.match_labels.iter().flatten() {
+        assert_eq!(labels[k].as_str(), Some(v.as_str()), "{k}");
+    }
+    assert!(slos.len() >= 2, "an SLO on each");
 }

@@ -220,6 +220,105 @@ fn assert_health(script: &str, what: &str, object: &Value, status: &str, message
         (status, message),
         "{script}: {what}"
     );
+    // Flux's default health assessment (kstatus) agrees with the script,
+    // but for an SLO's verdict on the objective (Breached, Unreliable):
+    // kstatus judges whether the operator can evaluate it, alerts judge
+    // the verdict.
+    let verdict = ["Breached", "Unreliable"]
+        .contains(&object["status"]["state"].as_str().unwrap_or_default());
+    let expected = match status {
+        "Degraded" if verdict => "Current",
+        "Healthy" | "Suspended" => "Current",
+        "Progressing" => "InProgress",
+        "Degraded" => "Failed",
+        other => panic!("no kstatus counterpart for {other}"),
+    };
+    // Only objects the operator has written a status for: kstatus reads
+    // a custom resource without conditions as Current.
+    if object["status"]["conditions"].is_array() {
+        assert_eq!(kstatus(object).0, expected, "kstatus: {what}");
+    }
+}
+
+/// kstatus' verdict on a custom resource (`sigs.k8s.io/cli-utils`,
+/// `pkg/kstatus/status`: `checkGenericProperties` and `checkGeneration`;
+/// a kind without rules of its own is Current past them): Terminating
+/// while deleted, InProgress while `status.observedGeneration` differs
+/// from `metadata.generation`, then InProgress for `Reconciling=True`,
+/// Failed for `Stalled=True`, in the order the conditions are listed.
+fn kstatus(object: &Value) -> (&'static str, String) {
+    if object["metadata"]["deletionTimestamp"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty())
+    {
+        return ("Terminating", "Resource scheduled for deletion".into());
+    }
+    if let (Some(generation), Some(observed)) = (
+        object["metadata"]["generation"].as_i64(),
+        object["status"]["observedGeneration"].as_i64(),
+    ) && generation != observed
+    {
+        return ("InProgress", "LatestGenerationNotObserved".into());
+    }
+    for c in object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        match (c["type"].as_str(), c["status"].as_str()) {
+            (Some("Reconciling"), Some("True")) => {
+                return (
+                    "InProgress",
+                    c["message"].as_str().unwrap_or_default().into(),
+                );
+            }
+            (Some("Stalled"), Some("True")) => {
+                return ("Failed", c["message"].as_str().unwrap_or_default().into());
+            }
+            _ => {}
+        }
+    }
+    ("Current", String::new())
+}
+
+#[test]
+fn the_kstatus_port_agrees_with_upstreams_cases() {
+    // Cases of cli-utils' generic_test.go / status_test.go for custom
+    // resources.
+    let object = |generation: i64, observed: i64, conditions: Value| {
+        json!({"metadata": {"generation": generation},
+               "status": {"observedGeneration": observed, "conditions": conditions}})
+    };
+    assert_eq!(kstatus(&object(2, 1, json!([]))).0, "InProgress");
+    assert_eq!(kstatus(&object(1, 1, json!([]))).0, "Current");
+    assert_eq!(
+        kstatus(&object(
+            1,
+            1,
+            json!([{"type": "Reconciling", "status": "True", "message": "m"}])
+        )),
+        ("InProgress", "m".into())
+    );
+    assert_eq!(
+        kstatus(&object(
+            1,
+            1,
+            json!([{"type": "Stalled", "status": "True", "message": "s"}])
+        )),
+        ("Failed", "s".into())
+    );
+    assert_eq!(
+        kstatus(&object(
+            1,
+            1,
+            json!([{"type": "Stalled", "status": "False"}])
+        ))
+        .0,
+        "Current"
+    );
+    let mut deleted = object(1, 1, json!([]));
+    deleted["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    assert_eq!(kstatus(&deleted).0, "Terminating");
 }
 
 #[test]
@@ -239,7 +338,8 @@ fn probeset_health_follows_the_operators_status() {
         "planned, no agent has reported",
         &with_status(ps.clone(), true, None),
         "Progressing",
-        "Planned; waiting for the agents' first reports",
+        "AwaitingReports: 2 probes planned with 64Ki of ring buffers per node; waiting for the \
+         agents' first reports",
     );
     check(
         "every node runs every probe",
@@ -251,7 +351,8 @@ fn probeset_health_follows_the_operators_status() {
         "agents still starting",
         &with_status(ps.clone(), true, Some(&reported(3, 2, &[]))),
         "Progressing",
-        "2/3 nodes run every probe",
+        "AwaitingReports: 2 probes planned with 64Ki of ring buffers per node; 2/3 nodes run \
+         every probe so far",
     );
     check(
         "a probe failed to load on one node",
@@ -384,7 +485,8 @@ fn cluster_probeset_health_follows_the_operators_status_with_the_probeset_script
         "planned, no agent has reported",
         &cluster_with_status(cps.clone(), true, None),
         "Progressing",
-        "Planned; waiting for the agents' first reports",
+        "AwaitingReports: 2 probes planned with 64Ki of ring buffers per node; waiting for the \
+         agents' first reports",
     );
     check(
         "every node runs every probe",
@@ -406,7 +508,8 @@ fn cluster_probeset_health_follows_the_operators_status_with_the_probeset_script
         "agents still starting",
         &cluster_with_status(cps.clone(), true, Some(&reported(3, 2, &[]))),
         "Progressing",
-        "2/3 nodes run every probe",
+        "AwaitingReports: 2 probes planned with 64Ki of ring buffers per node; 2/3 nodes run \
+         every probe so far",
     );
     check(
         "a node lacks BTF",
@@ -457,6 +560,7 @@ fn cluster_probeset_health_follows_the_operators_status_with_the_probeset_script
             error: "spec.probes[0].priority: invalid value: integer `3000000000`, expected i32"
                 .into(),
         },
+        "Invalid: spec",
         &at(NOW),
     );
     check(
@@ -550,6 +654,12 @@ fn slo_with(mut slo: Slo, verdict: Verdict<'_>) -> Value {
 /// What the operator's evaluator makes of reports `(seconds before now,
 /// good, total, observed, pairing_dropped)`, all from one agent boot.
 fn evaluated(slo: &Slo, reports: &[(u64, u64, u64, u64, u64)]) -> Value {
+    let status = evaluation(slo, reports);
+    slo_with(slo.clone(), Verdict::Evaluated(&status, None))
+}
+
+/// The evaluator's figures behind [`evaluated`].
+fn evaluation(slo: &Slo, reports: &[(u64, u64, u64, u64, u64)]) -> ringwarden_core::slo::SloStatus {
     const THRESHOLD: u64 = 7;
     let mut evaluator = SloEvaluator::new(
         CoreSloSpec {
@@ -579,8 +689,7 @@ fn evaluated(slo: &Slo, reports: &[(u64, u64, u64, u64, u64)]) -> Value {
             },
         );
     }
-    let status = evaluator.evaluate(clock(), None);
-    slo_with(slo.clone(), Verdict::Evaluated(&status))
+    evaluator.evaluate(clock(), None)
 }
 
 #[test]
@@ -659,7 +768,7 @@ fn slo_health_follows_the_operators_status() {
             ],
         ),
         "Healthy",
-        "AtRisk: SLI 99.7% (target 99%), budget left 70%, burn rate 20x",
+        "AtRisk: SLI 99.702% (target 99%), budget left 70%, burn rate 20x",
     );
     check(
         "breached",
@@ -681,6 +790,34 @@ fn slo_health_follows_the_operators_status() {
         &newer,
         "Progressing",
         "Waiting for the operator to evaluate the latest spec",
+    );
+
+    // A node the ProbeSet selects went silent: met no more, stale.
+    let mut stale: Slo =
+        serde_json::from_value(evaluated(&slo, &[(0, 99_950, 100_000, 100_000, 0)])).unwrap();
+    let core = evaluation(&slo, &[(0, 99_950, 100_000, 100_000, 0)]);
+    let lacking = ringwarden_operator::reports::Lacking {
+        nodes: 1,
+        silent: true,
+        listed: vec![(
+            "node-b".into(),
+            "no report within two report intervals".into(),
+        )],
+    };
+    stale.status = Some(slo_status::desired(
+        &stale,
+        Verdict::Evaluated(&core, Some(&lacking)),
+        &at(NOW),
+    ));
+    let stale = serde_json::to_value(&stale).unwrap();
+    assert_eq!(stale["status"]["state"], "Stale");
+    check(
+        "a selected node is silent",
+        &stale,
+        "Degraded",
+        "NodesSilent: no fresh count of probe sys from 1 node: node-b (no report within two \
+         report intervals). The SLI misses their events; the window's counts are kept and \
+         resume exactly when they report",
     );
 }
 

@@ -180,6 +180,8 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
         snapshot_write(),
         slo_write(&fast, &written_tx),
         snapshot_write(),
+        // t0+46: the node is silent, so the SLO's data is stale.
+        slo_write(&fast, &written_tx),
     ]);
     let (ctx, _registry) = context(client, &cluster, Leadership::always());
     let (reconcile_tx, mut reconciled) = mpsc::unbounded_channel::<ObjectRef<ProbeSet>>();
@@ -282,6 +284,21 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
     let (reason, message) = published.degraded.unwrap();
     assert_eq!(reason, "NotReporting");
     assert!(message.starts_with("1 of 1 node: node-0: "), "{message}");
+    // The SLO says its data is stale, naming the node, and keeps its
+    // counts.
+    let s = observe_write(&mut cluster);
+    assert_eq!(s.state, Some(SloState::Stale));
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NodesSilent")
+    );
+    assert!(
+        ready
+            .message
+            .contains("node-0 (no report within two report intervals)")
+    );
+    assert!(s.sli.is_some());
     // Nothing else changes: nothing is written however long it runs.
     for s in 47..80 {
         advance(Duration::from_secs(1)).await;
@@ -293,7 +310,7 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
     let seen = server.finish().await;
     assert_eq!(
         seen.iter().filter(|s| s.path == slo_status_path()).count(),
-        4
+        5
     );
 }
 

@@ -85,13 +85,18 @@ async fn a_new_probeset_gets_its_plan_in_status_and_one_event() {
                 json!({
                     "observedGeneration": 1,
                     "conditions": [
-                        {"type": "Ready", "status": "True", "reason": "Planned", "observedGeneration": 1,
-                         "message": "2 probes planned with 32Ki of ring buffers per node"},
+                        {"type": "Ready", "status": "False", "reason": "AwaitingReports", "observedGeneration": 1,
+                         "message": "2 probes planned with 32Ki of ring buffers per node; waiting for the agents' first reports"},
                         {"type": "Invalid", "status": "False", "reason": "ValidSpec", "observedGeneration": 1,
                          "message": "the spec is valid"},
                         {"type": "QuotaConstrained", "status": "False", "reason": "WithinBudget", "observedGeneration": 1,
-                         "message": "every probe gets the ring buffer its declared rate needs"}
+                         "message": "every probe gets the ring buffer its declared rate needs"},
+                        {"type": "Stalled", "status": "False", "reason": "NotStalled", "observedGeneration": 1,
+                         "message": "nothing stops the probes from running"},
+                        {"type": "Reconciling", "status": "True", "reason": "AwaitingReports", "observedGeneration": 1,
+                         "message": "2 probes planned with 32Ki of ring buffers per node; waiting for the agents' first reports"}
                     ],
+                    "state": "Reconciling",
                     "ringBuffer": "32Ki",
                     "predictedDropPercent": 0.0,
                     "plan": {
@@ -264,9 +269,14 @@ async fn an_invalid_probeset_is_marked_invalid_and_the_others_keep_working() {
                     {"type": "Ready", "status": "False", "reason": "InvalidSpec", "observedGeneration": 4,
                      "message": "the spec is invalid; see the Invalid condition"},
                     {"type": "Invalid", "status": "True", "reason": "InvalidSpec", "observedGeneration": 4,
-                     "message": "spec.probes[0].name: \"Sys\" is not a DNS label; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. \"sys\""}
+                     "message": "spec.probes[0].name: \"Sys\" is not a DNS label; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. \"sys\""},
+                    {"type": "Stalled", "status": "True", "reason": "InvalidSpec", "observedGeneration": 4,
+                     "message": "spec.probes[0].name: \"Sys\" is not a DNS label; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. \"sys\""},
+                    {"type": "Reconciling", "status": "False", "reason": "Reconciled", "observedGeneration": 4,
+                     "message": "the status shows the agents' latest reports on this generation"}
                 ])
             );
+            assert_eq!(status["state"], "Invalid: spec.probes[0].name");
             assert!(status.get("plan").is_none() && status.get("ringBuffer").is_none());
         }),
         post(&events_path("shop")).check(|s| {
@@ -337,7 +347,10 @@ async fn a_spec_update_replans_and_rewrites_only_what_changed() {
                     .clone()
             };
             let ready = cond("Ready");
-            assert_eq!(ready.status, "True");
+            assert_eq!(
+                (ready.status.as_str(), ready.reason.as_str()),
+                ("False", "AwaitingReports")
+            );
             assert_eq!(ready.observed_generation, Some(2));
             assert_eq!(
                 ready.last_transition_time, first.conditions[0].last_transition_time,

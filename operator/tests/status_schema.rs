@@ -226,7 +226,7 @@ fn every_slo_status_is_admitted() {
     statuses.extend(
         extremes
             .iter()
-            .map(|e| slo_status::desired(&slo, Verdict::Evaluated(e), &at(7))),
+            .map(|e| slo_status::desired(&slo, Verdict::Evaluated(e, None), &at(7))),
     );
     let saved = [
         Saved::Current,

@@ -323,6 +323,13 @@ async fn one_undecodable_object_is_left_out_marked_invalid_and_the_watch_goes_on
         let message = invalid["message"].as_str().unwrap();
         assert!(message.contains("spec.probes[0].priority"), "{message}");
         assert!(message.contains("re-apply it"), "{message}");
+        // Its row says so, and kstatus reads it as Failed.
+        assert_eq!(body["status"]["state"], "Invalid: spec");
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Stalled" && c["status"] == "True")
+        );
         common::assert_status_valid("ProbeSet", &body["status"]);
     }
     marked.sort();

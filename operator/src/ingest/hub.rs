@@ -351,12 +351,18 @@ impl Hub {
     pub fn probeset_figures(&self, now: SystemTime) -> Vec<ProbeSetFigures> {
         let nodes = self.stores.nodes.state();
         let config = self.config.borrow().clone();
+        // Every ProbeSet the agents were handed, and those whose probes
+        // were all left out of the configuration only because they need
+        // uprobes: their status must say nothing runs, not keep what it said.
         let runs = |ps: &ProbeSet| match &config {
             // A ClusterProbeSet's probes carry an empty namespace.
-            Some(c) => c.probes.iter().any(|p| {
-                p.namespace == ps.metadata.namespace.as_deref().unwrap_or_default()
-                    && Some(&p.probeset) == ps.metadata.name.as_ref()
-            }),
+            Some(c) => {
+                c.probes.iter().any(|p| {
+                    p.namespace == ps.metadata.namespace.as_deref().unwrap_or_default()
+                        && Some(&p.probeset) == ps.metadata.name.as_ref()
+                }) || (ps.spec.probes.iter().all(|p| p.kind.uses_uprobes())
+                    && ps.spec.validate().is_empty())
+            }
             None => ps.spec.validate().is_empty(),
         };
         let mut probesets: Vec<Arc<ProbeSet>> = self
@@ -384,7 +390,8 @@ impl Hub {
                     .filter_map(|n| n.metadata.name.clone())
                     .collect();
                 desired.sort();
-                let probes = awaited_probes(config.as_deref(), ps);
+                let probes: Vec<String> = ps.spec.probes.iter().map(|p| p.name.clone()).collect();
+                let handed = config.as_deref().map(|c| handed_probes(c, ps));
                 let namespace = ps.metadata.namespace.clone().unwrap_or_default();
                 let name = ps.metadata.name.clone().unwrap_or_default();
                 let interval = ps.spec.report_interval;
@@ -392,6 +399,7 @@ impl Hub {
                     namespace: &namespace,
                     name: &name,
                     probes: &probes,
+                    handed: handed.as_deref(),
                     desired: &desired,
                     interval,
                     max_drop_rate: ps.spec.max_drop_rate,
@@ -469,23 +477,19 @@ impl Hub {
     }
 }
 
-/// The probes of `ps` a node must run to count as ready: those the agents
-/// were handed. A probe left out of the configuration (a uprobe where
-/// uprobes are not enabled, see `status::uprobes_not_enabled`) is not
-/// waited for; without a configuration yet, every probe of the spec.
-fn awaited_probes(config: Option<&AgentConfig>, ps: &ProbeSet) -> Vec<String> {
-    match config {
-        Some(c) => c
-            .probes
-            .iter()
-            .filter(|p| {
-                p.namespace == ps.metadata.namespace.as_deref().unwrap_or_default()
-                    && Some(&p.probeset) == ps.metadata.name.as_ref()
-            })
-            .map(|p| p.spec.name.clone())
-            .collect(),
-        None => ps.spec.probes.iter().map(|p| p.name.clone()).collect(),
-    }
+/// The probes of `ps` the agents' configuration holds. A probe left out
+/// (a uprobe where uprobes are not enabled, see
+/// `status::uprobes_not_enabled`) runs nowhere.
+fn handed_probes(config: &AgentConfig, ps: &ProbeSet) -> Vec<String> {
+    config
+        .probes
+        .iter()
+        .filter(|p| {
+            p.namespace == ps.metadata.namespace.as_deref().unwrap_or_default()
+                && Some(&p.probeset) == ps.metadata.name.as_ref()
+        })
+        .map(|p| p.spec.name.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -599,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn nodes_are_ready_once_they_run_the_probes_they_were_handed() {
+    fn a_probe_left_out_of_the_configuration_is_not_handed() {
         let mut sys = probe("sys", &[], None).spec;
         let mut fun = sys.clone();
         fun.name = "fn".into();
@@ -622,7 +626,6 @@ mod tests {
             probes: vec![probe("sys", &[], None)],
             node_budget_bytes: 4096,
         };
-        assert_eq!(awaited_probes(Some(&config), &ps), ["sys"]);
-        assert_eq!(awaited_probes(None, &ps), ["sys", "fn"]);
+        assert_eq!(handed_probes(&config, &ps), ["sys"]);
     }
 }

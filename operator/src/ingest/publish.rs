@@ -37,9 +37,9 @@ use tracing::{debug, info, warn};
 use crate::{
     controller::{self, Context},
     error::is_conflict,
-    hub::ProbeSetFigures,
+    hub::{Hub, ProbeSetFigures},
     render::{FIELD_MANAGER, content_hash},
-    reports::{Persisted, millis},
+    reports::{Lacking, Persisted, millis},
     slo_status::{self, Saved, Verdict},
     status::Reported,
 };
@@ -138,6 +138,55 @@ pub fn snapshot_of(cm: &ConfigMap) -> Result<Persisted, String> {
     serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
+/// Per probe (`namespace/probeset/probe`; a ClusterProbeSet's namespace
+/// is empty), the selected nodes that sent no fresh count of it.
+pub fn lacking_of(figures: &[ProbeSetFigures]) -> HashMap<String, Lacking> {
+    figures
+        .iter()
+        .flat_map(|p| {
+            p.figures.probes.iter().map(|probe| {
+                (
+                    format!("{}/{}/{}", p.namespace, p.name, probe.name),
+                    probe.lacking.clone(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The status `slo` should have at `now` (before its `Persisted`
+/// condition and cluster name), with the evaluator's figures behind it:
+/// its evaluation, stale while a selected node sent no fresh count of the
+/// probe (`lacking`, from [`lacking_of`]), or why it is not evaluated.
+/// `None` for an SLO created since the last sync.
+pub fn slo_desired(
+    hub: &Hub,
+    slo: &Slo,
+    lacking: &HashMap<String, Lacking>,
+    now: SystemTime,
+    at: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Option<(
+    ringwarden_crds::SloStatus,
+    Option<ringwarden_core::slo::SloStatus>,
+)> {
+    let id = slo_status::id(slo);
+    let figures = hub.reports().evaluate(&id, now);
+    let problem = hub.slo_problem(&id);
+    let ns = slo.metadata.namespace.as_deref().unwrap_or_default();
+    let (target_ns, target) = slo.spec.target(Some(ns));
+    let lacking = lacking.get(&format!(
+        "{}/{target}/{}",
+        target_ns.unwrap_or_default(),
+        slo.spec.probe
+    ));
+    let verdict = match (&figures, &problem) {
+        (Some(f), _) => Verdict::Evaluated(f, lacking),
+        (None, Some(p)) => Verdict::Problem(p),
+        (None, None) => return None,
+    };
+    Some((slo_status::desired(slo, verdict, at), figures))
+}
+
 /// Most bytes a snapshot may inflate to: a bound on what a ConfigMap edited
 /// by hand can make the operator allocate.
 const MAX_SNAPSHOT_JSON: u64 = 64 << 20;
@@ -157,6 +206,10 @@ pub struct Publisher {
     /// The evaluator version last persisted, per SLO.
     persisted: HashMap<String, u64>,
     last_persist: Option<Instant>,
+    /// Per probe (`namespace/probeset/probe`), the selected nodes that
+    /// sent no fresh count of it, from this tick's figures: SLOs on it are
+    /// stale while any is listed.
+    lacking: HashMap<String, Lacking>,
     /// Label sets exported last tick, to remove those of deleted objects.
     exported_probesets: HashSet<(String, String)>,
     exported_slos: HashSet<(String, String)>,
@@ -178,6 +231,7 @@ impl Publisher {
             unsaved: HashMap::new(),
             persisted: HashMap::new(),
             last_persist: None,
+            lacking: HashMap::new(),
             exported_probesets: HashSet::new(),
             exported_slos: HashSet::new(),
         }
@@ -264,7 +318,10 @@ impl Publisher {
                         let age = p.saved_ms.map(|t| {
                             Duration::from_millis(millis(SystemTime::now()).saturating_sub(t))
                         });
-                        if let Some(age) = age.filter(|a| *a > self.stale_after()) {
+                        // Without counts the gap lands nothing: no warning.
+                        if let Some(age) =
+                            age.filter(|a| *a > self.stale_after() && p.evaluator.has_counts())
+                        {
                             warn!(
                                 slo = id,
                                 age_s = age.as_secs(),
@@ -357,6 +414,7 @@ impl Publisher {
         let figures = hub.probeset_figures(now);
         let at = Instant::now();
         let mut exported = HashSet::new();
+        self.lacking = lacking_of(&figures);
         for p in &figures {
             self.export_probeset(p);
             exported.insert((p.namespace.clone(), p.name.clone()));
@@ -418,20 +476,17 @@ impl Publisher {
             let id = slo_status::id(&slo);
             let ns = slo.metadata.namespace.clone().unwrap_or_default();
             let name = slo.metadata.name.clone().unwrap_or_default();
-            let figures = hub.reports().evaluate(&id, now);
-            let problem = hub.slo_problem(&id);
-            let verdict = match (&figures, &problem) {
-                (Some(f), _) => Verdict::Evaluated(f),
-                (None, Some(p)) => Verdict::Problem(p),
+            let now_time = controller::now();
+            let Some((mut desired, figures)) =
+                slo_desired(&hub, &slo, &self.lacking, now, &now_time)
+            else {
                 // Created since the last sync: next tick.
-                (None, None) => continue,
+                continue;
             };
             if let Some(f) = &figures {
                 self.export_slo(&ns, &name, f);
                 exported.insert((ns.clone(), name.clone()));
             }
-            let now_time = controller::now();
-            let mut desired = slo_status::desired(&slo, verdict, &now_time);
             if !desired
                 .conditions
                 .iter()

@@ -46,7 +46,7 @@ pub use super::decode::{
     truncate,
 };
 pub use figures::{
-    Figures, FiguresBuilder, Flow, NodeProblem, ProbeFigures, ProbeSetQuery, problem,
+    Figures, FiguresBuilder, Flow, Lacking, NodeProblem, ProbeFigures, ProbeSetQuery, problem,
 };
 
 mod figures;

@@ -10,14 +10,21 @@ use ringwarden_core::slo as core_slo;
 use ringwarden_crds::{AgentConfig, BurnRate, ProbeSet, Slo, SloState, SloStatus};
 
 use crate::{
-    reports::{ProbeRef, SloDef, truncate},
+    reports::{Lacking, ProbeRef, SloDef, truncate},
     status::{condition_at, round_significant},
 };
 
 /// Condition types.
 pub mod condition {
-    /// The SLO is evaluated from the agents' exact counts.
+    /// The SLO is evaluated from the agents' exact counts, fresh from
+    /// every node its ProbeSet selects.
     pub const READY: &str = "Ready";
+    /// kstatus' abnormal-true condition: the SLO cannot be judged without a
+    /// change (its spec, its probe, or a silent node brought back).
+    pub const STALLED: &str = "Stalled";
+    /// kstatus' abnormal-true condition: evaluated, but nothing counted
+    /// in the window yet.
+    pub const RECONCILING: &str = "Reconciling";
     /// The spec, or the ProbeSet or probe it names, is wrong.
     pub const INVALID: &str = "Invalid";
     /// The SLO's state is saved (its snapshot ConfigMap is current), so a
@@ -25,7 +32,7 @@ pub mod condition {
     pub const PERSISTED: &str = "Persisted";
 
     /// Every type the operator writes.
-    pub const OWNED: [&str; 3] = [READY, INVALID, PERSISTED];
+    pub const OWNED: [&str; 5] = [READY, INVALID, PERSISTED, STALLED, RECONCILING];
 }
 
 /// Whether `current` already says what `desired` does, looking only at the
@@ -37,6 +44,17 @@ pub fn up_to_date(current: Option<&SloStatus>, desired: &SloStatus) -> bool {
 /// Condition reasons.
 pub mod reason {
     pub const EVALUATED: &str = "Evaluated";
+    /// Some node the ProbeSet selects sent no fresh count of the probe:
+    /// its agent is silent.
+    pub const NODES_SILENT: &str = "NodesSilent";
+    /// Some node the ProbeSet selects reports, but not the probe running.
+    pub const PROBE_NOT_RUNNING_ON_NODES: &str = "ProbeNotRunningOnNodes";
+    /// `Stalled` is False.
+    pub const NOT_STALLED: &str = "NotStalled";
+    /// `Reconciling` is True: nothing counted in the window yet.
+    pub const NO_DATA: &str = "NoData";
+    /// `Reconciling` is False.
+    pub const RECONCILED: &str = "Reconciled";
     pub const VALID_SPEC: &str = "ValidSpec";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const PROBE_NOT_FOUND: &str = "ProbeNotFound";
@@ -218,7 +236,9 @@ pub fn definition(
 #[derive(Clone, Copy, Debug)]
 pub enum Verdict<'a> {
     Problem(&'a Problem),
-    Evaluated(&'a core_slo::SloStatus),
+    /// The evaluator's figures, and the selected nodes that sent no fresh
+    /// count of the probe (none listed: the data is fresh).
+    Evaluated(&'a core_slo::SloStatus, Option<&'a Lacking>),
 }
 
 /// The status `slo` should have. Conditions keep their
@@ -240,6 +260,32 @@ pub fn desired(slo: &Slo, verdict: Verdict<'_>, now: &Time) -> SloStatus {
             "the spec is valid".into(),
         )
     };
+    let stalled = |why: Option<(&str, &str)>| match why {
+        Some((reason, message)) => cond(condition::STALLED, true, reason, message.to_owned()),
+        None => cond(
+            condition::STALLED,
+            false,
+            reason::NOT_STALLED,
+            "the SLO is judged from fresh counts".into(),
+        ),
+    };
+    let reconciling = |waiting: bool| {
+        if waiting {
+            cond(
+                condition::RECONCILING,
+                true,
+                reason::NO_DATA,
+                "no event counted in the window yet".into(),
+            )
+        } else {
+            cond(
+                condition::RECONCILING,
+                false,
+                reason::RECONCILED,
+                "the status shows the latest evaluation".into(),
+            )
+        }
+    };
     match verdict {
         Verdict::Problem(p) => SloStatus {
             observed_generation: generation,
@@ -250,10 +296,13 @@ pub fn desired(slo: &Slo, verdict: Verdict<'_>, now: &Time) -> SloStatus {
                 } else {
                     valid()
                 },
+                stalled(Some((p.reason, &p.message))),
+                reconciling(false),
             ],
+            state: Some(problem_state(p.reason)),
             ..SloStatus::default()
         },
-        Verdict::Evaluated(s) => {
+        Verdict::Evaluated(s, lacking) => {
             let burn = |b: &core_slo::Burn| b.long_rate.map(|r| round_significant(r, 2));
             let burn_rate = match (burn(&s.fast_burn), burn(&s.slow_burn)) {
                 (None, None) => None,
@@ -262,26 +311,54 @@ pub fn desired(slo: &Slo, verdict: Verdict<'_>, now: &Time) -> SloStatus {
                     slow: slow.unwrap_or(0.0),
                 }),
             };
-            SloStatus {
-                observed_generation: generation,
-                conditions: vec![
+            let stale = lacking.filter(|l| l.nodes > 0).map(|l| {
+                let why = if l.silent {
+                    reason::NODES_SILENT
+                } else {
+                    reason::PROBE_NOT_RUNNING_ON_NODES
+                };
+                let message = format!(
+                    "no fresh count of probe {} from {} node{}: {}. The SLI misses their \
+                     events; the window's counts are kept and resume exactly when they report",
+                    slo.spec.probe,
+                    l.nodes,
+                    if l.nodes == 1 { "" } else { "s" },
+                    l.describe()
+                );
+                (why, message)
+            });
+            let (ready, state) = match &stale {
+                Some((why, message)) => (
+                    cond(condition::READY, false, why, message.clone()),
+                    SloState::Stale,
+                ),
+                None => (
                     cond(
                         condition::READY,
                         true,
                         reason::EVALUATED,
-                        "evaluated from the exact counts the agents' kernels keep".into(),
+                        "evaluated from the exact counts the agents' kernels keep, fresh from \
+                         every node selected"
+                            .into(),
                     ),
+                    state(s.state),
+                ),
+            };
+            SloStatus {
+                observed_generation: generation,
+                conditions: vec![
+                    ready,
                     valid(),
+                    stalled(stale.as_ref().map(|(w, m)| (*w, m.as_str()))),
+                    reconciling(stale.is_none() && state == SloState::NoData),
                 ],
-                sli: s
-                    .sli
-                    .map(|x| round_decimals(x * 100.0, sli_decimals(slo.spec.target))),
+                sli: s.sli.map(|x| sli_percent(x, slo.spec.target)),
                 observed_latency: s.observed_latency_ns.map(Duration::from_nanos),
                 budget_remaining: s
                     .error_budget_remaining
-                    .map(|b| round_decimals(b * 100.0, 0)),
+                    .map(|b| truncate_decimals(b * 100.0, 0)),
                 burn_rate,
-                state: Some(state(s.state)),
+                state: Some(state),
                 counting_since: s.counting_since.map(|t| {
                     let secs = t
                         .duration_since(std::time::UNIX_EPOCH)
@@ -300,6 +377,16 @@ pub fn desired(slo: &Slo, verdict: Verdict<'_>, now: &Time) -> SloStatus {
     }
 }
 
+/// The state an SLO that is not evaluated shows, by the problem's reason.
+fn problem_state(reason: &str) -> SloState {
+    match reason {
+        reason::PROBE_NOT_FOUND => SloState::ProbeNotFound,
+        reason::PROBE_NOT_RUNNING => SloState::ProbeNotRunning,
+        reason::NO_THRESHOLD_SLOT => SloState::NoThresholdSlot,
+        _ => SloState::Invalid,
+    }
+}
+
 fn state(s: core_slo::SloState) -> SloState {
     match s {
         core_slo::SloState::Met => SloState::Met,
@@ -310,19 +397,38 @@ fn state(s: core_slo::SloState) -> SloState {
     }
 }
 
-/// Decimal places of the SLI (in percent) that show a change of 1 % of
-/// the error budget: 2 for a 99 target, 3 for 99.9. Finer changes are
-/// noise to a reader and would only cause writes.
+/// Decimal places of the SLI (in percent) that show a change of 0.1 % of
+/// the error budget: 3 for a 99 target (99.997), 4 for 99.9. Finer changes
+/// are noise to a reader and would only cause writes.
 fn sli_decimals(target: f64) -> i32 {
     let budget = (100.0 - target).max(1e-9);
-    // The epsilon keeps 99.9 (a budget of 0.0999…) at 3.
-    (2.0 - budget.log10() - 1e-9).ceil().clamp(0.0, 9.0) as i32
+    // The epsilon keeps 99.9 (a budget of 0.0999…) at 4.
+    (3.0 - budget.log10() - 1e-9).ceil().clamp(0.0, 9.0) as i32
 }
 
-/// `x` to `places` decimal places.
-fn round_decimals(x: f64, places: i32) -> f64 {
+/// `x` cut to `places` decimal places, toward minus infinity.
+fn truncate_decimals(x: f64, places: i32) -> f64 {
     let scale = 10f64.powi(places);
-    (x * scale).round() / scale
+    // The product of a decimal and a power of ten can land a few ulps
+    // below an integer (99.99 × 100 = 9998.999…); a nudge far below the
+    // places shown keeps such a value whole.
+    ((x * scale) + 1e-9).floor() / scale
+}
+
+/// The SLI `sli` (a fraction) in percent, cut to the places of
+/// [`sli_decimals`]: never rounded up, so an SLI below 100 % never shows
+/// as 100 and one below the target never as the target.
+fn sli_percent(sli: f64, target: f64) -> f64 {
+    let places = sli_decimals(target);
+    let step = 10f64.powi(-places);
+    let mut shown = truncate_decimals(sli * 100.0, places);
+    if sli < 1.0 && shown >= 100.0 {
+        shown = 100.0 - step;
+    }
+    if sli * 100.0 < target && shown >= target {
+        shown = truncate_decimals(target - step, places);
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -384,16 +490,32 @@ mod tests {
         let s = desired(&slo(SPEC), Verdict::Problem(&p), &at(10));
         assert_eq!(s.conditions[0].status, "False");
         assert_eq!(s.conditions[1].reason, reason::VALID_SPEC);
-        assert_eq!((s.sli, s.state), (None, None));
+        assert_eq!((s.sli, s.state), (None, Some(SloState::ProbeNotRunning)));
+        assert_eq!(s.conditions[2].type_, condition::STALLED);
+        assert_eq!(s.conditions[2].status, "True");
     }
 
     #[test]
-    fn the_sli_shows_changes_of_one_percent_of_the_budget() {
-        assert_eq!(sli_decimals(99.0), 2);
-        assert_eq!(sli_decimals(99.9), 3);
-        assert_eq!(sli_decimals(99.99), 4);
-        assert_eq!(sli_decimals(95.0), 2);
-        assert_eq!(sli_decimals(50.0), 1);
+    fn the_sli_shows_changes_of_a_tenth_of_a_percent_of_the_budget() {
+        assert_eq!(sli_decimals(99.0), 3);
+        assert_eq!(sli_decimals(99.9), 4);
+        assert_eq!(sli_decimals(99.99), 5);
+        assert_eq!(sli_decimals(95.0), 3);
+        assert_eq!(sli_decimals(50.0), 2);
+    }
+
+    #[test]
+    fn an_sli_is_cut_never_rounded_up_to_100_or_to_the_target() {
+        // 99.997 % of a 99 % SLO: shown with its digits, not as 100.
+        assert_eq!(sli_percent(0.99997, 99.0), 99.997);
+        assert_eq!(sli_percent(0.999_999_9, 99.0), 99.999);
+        assert_eq!(sli_percent(1.0 - 1e-15, 99.9), 99.9999);
+        assert_eq!(sli_percent(1.0, 99.0), 100.0);
+        // Just below the target shows below it.
+        assert_eq!(sli_percent(0.989_999_9, 99.0), 98.999);
+        assert_eq!(sli_percent(0.99, 99.0), 99.0);
+        assert_eq!(sli_percent(0.9999, 99.99), 99.99);
+        assert_eq!(sli_percent(0.999_899_999, 99.99), 99.989_99);
     }
 
     #[test]
@@ -422,14 +544,17 @@ mod tests {
         );
         let figures = e.evaluate(now, None);
         let mut slo = slo(SPEC);
-        let first = desired(&slo, Verdict::Evaluated(&figures), &at(10));
+        let first = desired(&slo, Verdict::Evaluated(&figures, None), &at(10));
         assert_eq!(first.sli, Some(99.99));
         assert_eq!(first.budget_remaining, Some(99.0));
         assert_eq!(first.state, Some(SloState::Met));
         assert_eq!(first.counting_since, Some(at(1_000_000)));
         slo.status = Some(first.clone());
         let later = e.evaluate(now + Duration::from_secs(5), None);
-        assert_eq!(desired(&slo, Verdict::Evaluated(&later), &at(20)), first);
+        assert_eq!(
+            desired(&slo, Verdict::Evaluated(&later, None), &at(20)),
+            first
+        );
     }
 
     #[test]

@@ -479,7 +479,7 @@ pub const UNDECODABLE: &str = "Undecodable";
 /// False and `Invalid` True, saying which field is wrong. Everything else
 /// the operator wrote before (plan, figures) goes, as the object runs
 /// nowhere.
-pub fn undecodable_status(problem: &stored::Problem, now: &Time) -> serde_json::Value {
+pub fn undecodable_status(problem: &stored::Problem, state: &str, now: &Time) -> serde_json::Value {
     let message = crate::reports::truncate(
         &format!(
             "the stored object cannot be read: {}; it runs nowhere until fixed: re-apply it \
@@ -501,7 +501,12 @@ pub fn undecodable_status(problem: &stored::Problem, now: &Time) -> serde_json::
     };
     serde_json::json!({
         "observedGeneration": generation,
-        "conditions": [cond(status::condition::READY, "False"), cond(status::condition::INVALID, "True")],
+        "conditions": [
+            cond(status::condition::READY, "False"),
+            cond(status::condition::INVALID, "True"),
+            cond(status::condition::STALLED, "True"),
+        ],
+        "state": state,
     })
 }
 
@@ -539,7 +544,7 @@ pub async fn mark_undecodable(
                     if written.get(&id) == Some(&what) {
                         continue;
                     }
-                    let status = undecodable_status(&p, &now());
+                    let status = undecodable_status(&p, kind.undecodable_state(), &now());
                     match kind.patch_status(&ctx.client, &ns, &name, status).await {
                         Ok(()) => {
                             ctx.metrics.wrote(kind.status_written());
@@ -575,6 +580,14 @@ impl StoredKind {
             Self::ProbeSet => "ProbeSet",
             Self::ClusterProbeSet => "ClusterProbeSet",
             Self::Slo => "SLO",
+        }
+    }
+
+    /// The `state` an undecodable object of the kind shows in its row.
+    fn undecodable_state(self) -> &'static str {
+        match self {
+            Self::ProbeSet | Self::ClusterProbeSet => "Invalid: spec",
+            Self::Slo => "Invalid",
         }
     }
 

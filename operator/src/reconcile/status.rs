@@ -24,9 +24,24 @@ pub mod condition {
     /// Written from agent reports; passed through unchanged here.
     pub const DEGRADED: &str = "Degraded";
 
+    /// kstatus' abnormal-true condition: the probes cannot run as they
+    /// should without a change (the spec, the node budget, the cluster's
+    /// settings, or a silent agent brought back).
+    pub const STALLED: &str = "Stalled";
+    /// kstatus' abnormal-true condition: the operator waits for the
+    /// agents' first reports.
+    pub const RECONCILING: &str = "Reconciling";
+
     /// Every type the operator writes; status comparisons and writes see
     /// only these.
-    pub const OWNED: [&str; 4] = [READY, INVALID, QUOTA_CONSTRAINED, DEGRADED];
+    pub const OWNED: [&str; 6] = [
+        READY,
+        INVALID,
+        QUOTA_CONSTRAINED,
+        DEGRADED,
+        STALLED,
+        RECONCILING,
+    ];
 }
 
 /// Whether `current` already says what `desired` does, looking only at the
@@ -80,7 +95,16 @@ pub fn same_owned<S: Clone + PartialEq>(
 
 /// Condition and Event reasons.
 pub mod reason {
+    /// `Ready` before reports: what the plan says (kept for Events).
     pub const PLANNED: &str = "Planned";
+    /// `Ready` is True: every node selected reported every probe running.
+    pub const RUNNING: &str = "Running";
+    /// `Ready` is False and `Reconciling` True: no report yet.
+    pub const AWAITING_REPORTS: &str = "AwaitingReports";
+    /// `Stalled` is False.
+    pub const NOT_STALLED: &str = "NotStalled";
+    /// `Reconciling` is False.
+    pub const RECONCILED: &str = "Reconciled";
     pub const NO_MATCHING_NODES: &str = "NoMatchingNodes";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const VALID_SPEC: &str = "ValidSpec";
@@ -301,7 +325,11 @@ pub fn desired(
             (Some(plan), Some(used), Some(predicted))
         }
     };
-    if let Some(r) = reported {
+    let invalid = matches!(assessment, Assessment::Invalid(_));
+    if invalid {
+        // Nothing runs: no figure or report-made condition of an earlier
+        // generation stays.
+    } else if let Some(r) = reported {
         conditions.push(match &r.degraded {
             Some((reason, message)) => cond(condition::DEGRADED, true, reason, message.clone()),
             None => cond(
@@ -316,12 +344,14 @@ pub fn desired(
         .flat_map(|s| &s.conditions)
         .find(|c| c.type_ == condition::DEGRADED)
     {
-        // Kept until reports say otherwise. Conditions of other types
-        // belong to other field managers: never applied (and so never
-        // taken over) by the operator.
+        // Kept until reports say otherwise (a new leader waits a few report
+        // intervals for them). Conditions of other types belong to other
+        // field managers: never applied (and so never taken over) by the
+        // operator.
         conditions.push(c.clone());
     }
     let (ready, events_per_second, drop_percent) = match reported {
+        _ if invalid => (None, None, None),
         Some(r) => (
             Some(r.ready.clone()),
             Some(r.events_per_second),
@@ -333,10 +363,11 @@ pub fn desired(
             current.and_then(|s| s.drop_percent),
         ),
     };
-    ProbeSetStatus {
+    let mut status = ProbeSetStatus {
         observed_generation: generation,
         conditions,
         ready,
+        state: None,
         events_per_second,
         drop_percent,
         predicted_drop_percent,
@@ -344,7 +375,152 @@ pub fn desired(
         plan,
         // The caller names the cluster (`Hub::cluster`).
         cluster: None,
+    };
+    settle(ps, &mut status, now);
+    status
+}
+
+/// Derives what the other conditions and the reports say into `Ready`,
+/// `Stalled`, `Reconciling` and the one-phrase `state`, so that each
+/// claims only what the agents' latest reports show:
+///
+/// - `Invalid`: not ready, stalled until the spec changes;
+/// - no node selected: not ready, not stalled (the probes start when a
+///   node joins);
+/// - `Degraded` (a selected node does not run a probe, is silent, or drops
+///   more than allowed): not ready and stalled, with its reason;
+/// - no report yet: not ready, reconciling;
+/// - otherwise ready: every node selected runs every probe.
+///
+/// kstatus (Flux's default health check, kpt) reads `Stalled` as Failed
+/// and `Reconciling` as InProgress; so it agrees with the conditions.
+fn settle(ps: &ProbeSet, status: &mut ProbeSetStatus, now: &Time) {
+    let find = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status == "True", c.reason.clone(), c.message.clone()))
+    };
+    let invalid = find(condition::INVALID).filter(|(t, _, _)| *t);
+    let no_nodes = find(condition::READY).is_some_and(|(_, r, _)| r == reason::NO_MATCHING_NODES);
+    let degraded = find(condition::DEGRADED);
+    // What the plan says, in `Ready`'s message whatever the reports say.
+    let plan_message = status.plan.as_ref().map_or_else(String::new, |p| {
+        let n = p.probes.len();
+        format!(
+            "{n} probe{} planned with {} of ring buffers per node",
+            if n == 1 { "" } else { "s" },
+            status.ring_buffer.as_deref().unwrap_or("0")
+        )
+    });
+    let (ready, stalled, reconciling, state) = if let Some((_, _, message)) = invalid {
+        // The first error's field, when it names one.
+        let field = message
+            .split_once(": ")
+            .map(|(f, _)| f)
+            .filter(|f| f.starts_with("spec") && !f.contains(' '))
+            .unwrap_or("spec")
+            .to_owned();
+        (
+            None,
+            Some((reason::INVALID_SPEC, message)),
+            None,
+            format!("Invalid: {field}"),
+        )
+    } else if no_nodes || status.plan.is_none() {
+        // No node has the labels of the node selector: Ready says so.
+        (None, None, None, reason::NO_MATCHING_NODES.to_owned())
+    } else if let Some((true, why, message)) = &degraded {
+        let why = static_reason(why);
+        (
+            Some((false, why, message.clone())),
+            Some((why, message.clone())),
+            None,
+            format!("Degraded: {why}"),
+        )
+    } else if degraded.is_none() || !all_ready(status.ready.as_deref()) {
+        // No report yet, or nodes that report nothing wrong but not every
+        // probe yet (agents starting): never ready before they all run.
+        let message = match status.ready.as_deref() {
+            Some(ready) if degraded.is_some() => {
+                format!("{plan_message}; {ready} nodes run every probe so far")
+            }
+            _ => format!("{plan_message}; waiting for the agents' first reports"),
+        };
+        (
+            Some((false, reason::AWAITING_REPORTS, message.clone())),
+            None,
+            Some((reason::AWAITING_REPORTS, message)),
+            "Reconciling".to_owned(),
+        )
+    } else {
+        let message = format!(
+            "{} nodes run every probe; {plan_message}",
+            status.ready.as_deref().unwrap_or_default(),
+        );
+        (
+            Some((true, reason::RUNNING, message)),
+            None,
+            None,
+            "Ready".to_owned(),
+        )
+    };
+    let before: Vec<Condition> = ps
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let generation = ps.metadata.generation;
+    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
+        condition_at(&before, type_, ok, reason, message, generation, now)
+    };
+    if let Some((ok, why, message)) = ready
+        && let Some(c) = status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition::READY)
+    {
+        *c = cond(condition::READY, ok, why, message);
     }
+    status
+        .conditions
+        .retain(|c| c.type_ != condition::STALLED && c.type_ != condition::RECONCILING);
+    status.conditions.push(match stalled {
+        Some((why, message)) => cond(condition::STALLED, true, why, message),
+        None => cond(
+            condition::STALLED,
+            false,
+            reason::NOT_STALLED,
+            "nothing stops the probes from running".into(),
+        ),
+    });
+    status.conditions.push(match reconciling {
+        Some((why, message)) => cond(condition::RECONCILING, true, why, message),
+        None => cond(
+            condition::RECONCILING,
+            false,
+            reason::RECONCILED,
+            "the status shows the agents' latest reports on this generation".into(),
+        ),
+    });
+    status.state = Some(state);
+}
+
+/// Whether `ready` (`3/3`) counts every node selected, and some.
+fn all_ready(ready: Option<&str>) -> bool {
+    ready
+        .and_then(|r| r.split_once('/'))
+        .is_some_and(|(a, b)| a == b && b != "0")
+}
+
+/// `why` as one of the constant reasons a `Degraded` condition carries.
+fn static_reason(why: &str) -> &'static str {
+    crate::reports::problem::ORDER
+        .into_iter()
+        .chain([reason::UPROBES_NOT_ENABLED])
+        .find(|r| *r == why)
+        .unwrap_or(crate::reports::problem::LOAD_FAILED)
 }
 
 /// The ProbeSet's own plan as its tightest node runs it: each probe's ring,
@@ -429,6 +605,7 @@ pub fn uprobes_not_enabled(
         status.conditions.retain(|c| {
             !(c.type_ == condition::DEGRADED && c.reason == reason::UPROBES_NOT_ENABLED)
         });
+        settle(ps, status, now);
         return;
     }
     let base = format!(
@@ -472,6 +649,7 @@ pub fn uprobes_not_enabled(
         Some(i) => status.conditions[i] = degraded,
         None => status.conditions.push(degraded),
     }
+    settle(ps, status, now);
 }
 
 fn list_errors(errors: &[String]) -> String {
@@ -513,9 +691,19 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
         notice(true, reason::INVALID_SPEC, &message);
     }
     if let Some((status, why, message)) = find(Some(after), condition::READY) {
-        let before = was(condition::READY);
+        let before_ready = was(condition::READY);
+        if after.plan.is_some()
+            && why != reason::NO_MATCHING_NODES
+            && before.is_none_or(|b| b.plan.is_none())
+        {
+            let plan = message
+                .split_once("; ")
+                .map_or(message.as_str(), |(plan, _)| plan);
+            notice(false, reason::PLANNED, plan);
+        }
+        let before = before_ready;
         if status == "True" && before.as_ref().is_none_or(|(s, _)| s != "True") {
-            notice(false, reason::PLANNED, &message);
+            notice(false, reason::RUNNING, &message);
         }
         if why == reason::NO_MATCHING_NODES
             && before.is_none_or(|(_, r)| r != reason::NO_MATCHING_NODES)
@@ -526,13 +714,7 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
     if let Some((status, why, message)) = find(Some(after), condition::DEGRADED) {
         let before = was(condition::DEGRADED).map(|(s, _)| s);
         if status == "True" && before.as_deref() != Some("True") {
-            // Reasons are constants of `crate::reports::problem`.
-            let reason = crate::reports::problem::ORDER
-                .into_iter()
-                .chain([reason::UPROBES_NOT_ENABLED])
-                .find(|r| *r == why)
-                .unwrap_or(crate::reports::problem::LOAD_FAILED);
-            notice(true, reason, &message);
+            notice(true, static_reason(&why), &message);
         }
         if status == "False" && before.as_deref() == Some("True") {
             notice(false, reason::NODES_HEALTHY, &message);

@@ -481,8 +481,10 @@ fn check_tenancy(bodies: &Bodies) {
             .as_array()
             .unwrap()
             .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True"),
-        "{status:#}"
+            .any(|c| c["type"] == "Reconciling"
+                && c["status"] == "True"
+                && c["reason"] == "AwaitingReports"),
+        "planned, and not ready before agents report: {status:#}"
     );
 }
 

@@ -15,6 +15,10 @@ pub struct ProbeSetQuery<'a> {
     pub name: &'a str,
     /// The probes of the spec.
     pub probes: &'a [String],
+    /// Those of `probes` the agents' configuration holds (a uprobe where
+    /// uprobes are not enabled is left out); `None` before there is a
+    /// configuration. A probe not handed never counts as running.
+    pub handed: Option<&'a [String]>,
     /// The nodes its selector matches, sorted.
     pub desired: &'a [String],
     pub interval: Duration,
@@ -40,10 +44,19 @@ pub mod problem {
     pub const MISSING_BTF: &str = "MissingBTF";
     /// A probe lost more events than `maxDropRate` allows.
     pub const DROPPING: &str = "Dropping";
+    /// The node reports, but not this probe running: the agent was not
+    /// handed it, or has not loaded it yet.
+    pub const NOT_RUNNING: &str = "ProbeNotRunning";
     /// No report within two report intervals.
     pub const NOT_REPORTING: &str = "NotReporting";
     /// Gravest first.
-    pub const ORDER: [&str; 4] = [LOAD_FAILED, MISSING_BTF, DROPPING, NOT_REPORTING];
+    pub const ORDER: [&str; 5] = [
+        LOAD_FAILED,
+        MISSING_BTF,
+        NOT_RUNNING,
+        DROPPING,
+        NOT_REPORTING,
+    ];
 }
 
 /// Events and losses of some probes over the last interval.
@@ -110,6 +123,43 @@ pub struct ProbeFigures {
     pub flow: Flow,
     pub p50_ns: Option<u64>,
     pub p99_ns: Option<u64>,
+    /// Selected nodes with no fresh count of this probe: silent, or not
+    /// running it. An SLO on the probe is stale while any is listed.
+    pub lacking: Lacking,
+}
+
+/// Nodes without fresh figures of a probe: how many, and the first
+/// [`MAX_LISTED_NODES`] by name with why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lacking {
+    pub nodes: usize,
+    /// Whether any of them is silent (rather than reporting without the
+    /// probe running).
+    pub silent: bool,
+    pub listed: Vec<(String, String)>,
+}
+
+impl Lacking {
+    fn add(&mut self, node: &str, silent: bool, why: &str) {
+        self.nodes += 1;
+        self.silent |= silent;
+        if self.listed.len() < MAX_LISTED_NODES {
+            self.listed.push((node.to_owned(), why.to_owned()));
+        }
+    }
+
+    /// `n1 (why); n2 (why); and 3 more`, for a condition message.
+    pub fn describe(&self) -> String {
+        let mut out: Vec<String> = self
+            .listed
+            .iter()
+            .map(|(n, why)| format!("{n} ({why})"))
+            .collect();
+        if self.nodes > self.listed.len() {
+            out.push(format!("and {} more", self.nodes - self.listed.len()));
+        }
+        out.join("; ")
+    }
 }
 
 /// A ProbeSet across nodes.
@@ -168,6 +218,9 @@ impl Reports {
                         "no agent has reported from this node"
                     };
                     b.f.problem(node, problem::NOT_REPORTING, message.into());
+                    for (_, _, lacking) in &mut b.per_probe {
+                        lacking.add(node, true, message);
+                    }
                 }
                 continue;
             };
@@ -175,8 +228,19 @@ impl Reports {
             let mut ready = true;
             let mut node_problem: Option<(&'static str, String)> = None;
             for (i, r) in b.refs.iter().enumerate() {
-                let Some(p) = state.probes.get(r) else {
+                let not_running =
+                    |why: &str| (problem::NOT_RUNNING, format!("probe {}: {why}", r.probe));
+                let Some(p) = state.probes.get(r).filter(|_| b.handed[i]) else {
+                    // Not in the node's report, or not handed to any agent
+                    // (a report of it is an older configuration's).
                     ready = false;
+                    let why = if b.handed[i] {
+                        "not in the agent's report: not loaded yet, or not handed to this node"
+                    } else {
+                        "not in the agents' configuration"
+                    };
+                    b.per_probe[i].2.add(node, false, why);
+                    node_problem = Some(graver(node_problem, not_running(why)));
                     continue;
                 };
                 if let Some(e) = p.load_errors.first() {
@@ -186,18 +250,24 @@ impl Reports {
                     } else {
                         problem::LOAD_FAILED
                     };
-                    if node_problem.is_none() {
-                        node_problem = Some((reason, format!("probe {}: {}", r.probe, e.message)));
-                    }
+                    b.per_probe[i].2.add(node, false, "failed to load");
+                    node_problem = Some(graver(
+                        node_problem,
+                        (reason, format!("probe {}: {}", r.probe, e.message)),
+                    ));
                     continue;
                 }
                 if p.counters.is_none() {
                     ready = false;
+                    let why = "reported without counters: not running";
+                    b.per_probe[i].2.add(node, false, why);
+                    node_problem = Some(graver(node_problem, not_running(why)));
+                    continue;
                 }
                 b.f.ring_bytes = b.f.ring_bytes.saturating_add(p.ring_bytes);
                 b.f.ring_in_use = b.f.ring_in_use.saturating_add(p.ring_high_water);
                 if let Some(interval) = &p.interval {
-                    let (flow, dense) = &mut b.per_probe[i];
+                    let (flow, dense, _) = &mut b.per_probe[i];
                     flow.add(interval);
                     dense.add_packed(&p.recent);
                     let mut mine = Flow::default();
@@ -224,6 +294,9 @@ impl Reports {
             if ready {
                 b.f.ready += 1;
             }
+            // Every node not ready has a problem, so `Degraded` can never
+            // be False while `ready` is short of `desired`.
+            debug_assert!(ready || node_problem.is_some());
             if let Some((reason, message)) = node_problem {
                 b.f.problem(node, reason, message);
             }
@@ -234,7 +307,9 @@ impl Reports {
 /// A ProbeSet's figures being summed over its nodes.
 pub struct FiguresBuilder {
     refs: Vec<ProbeRef>,
-    per_probe: Vec<(Flow, Dense)>,
+    /// Whether each probe of `refs` is in the agents' configuration.
+    handed: Vec<bool>,
+    per_probe: Vec<(Flow, Dense, Lacking)>,
     f: Figures,
     stale_after: Duration,
     expect_reports: bool,
@@ -252,8 +327,14 @@ impl FiguresBuilder {
                 probe: p.clone(),
             })
             .collect();
+        let handed = q
+            .probes
+            .iter()
+            .map(|p| q.handed.is_none_or(|h| h.contains(p)))
+            .collect();
         Self {
-            per_probe: vec![(Flow::default(), Dense::default()); refs.len()],
+            per_probe: vec![(Flow::default(), Dense::default(), Lacking::default()); refs.len()],
+            handed,
             refs,
             f: Figures {
                 desired: q.desired.len(),
@@ -268,19 +349,33 @@ impl FiguresBuilder {
 
     pub fn finish(mut self) -> Figures {
         let mut all = Dense::default();
-        for (r, (flow, dense)) in self.refs.iter().zip(&self.per_probe) {
-            self.f.flow.merge(flow);
-            all.merge(dense);
-            let (p50_ns, p99_ns) = percentiles(dense);
+        for (r, (flow, dense, lacking)) in self.refs.iter().zip(self.per_probe) {
+            self.f.flow.merge(&flow);
+            all.merge(&dense);
+            let (p50_ns, p99_ns) = percentiles(&dense);
             self.f.probes.push(ProbeFigures {
                 name: r.probe.clone(),
-                flow: *flow,
+                flow,
                 p50_ns,
                 p99_ns,
+                lacking,
             });
         }
         (self.f.p50_ns, self.f.p99_ns) = percentiles(&all);
         self.f
+    }
+}
+
+/// The graver of two node problems (see [`problem::ORDER`]); the first
+/// on a tie.
+fn graver(
+    current: Option<(&'static str, String)>,
+    new: (&'static str, String),
+) -> (&'static str, String) {
+    let rank = |r: &str| problem::ORDER.iter().position(|o| *o == r);
+    match current {
+        Some(c) if rank(c.0) <= rank(new.0) => c,
+        _ => new,
     }
 }
 

@@ -69,6 +69,7 @@ fn figures(reports: &Reports, at: SystemTime) -> Figures {
             namespace: "shop",
             name: "web",
             probes: &["sys".to_string()],
+            handed: None,
             desired: &["n1".to_string()],
             interval: Duration::from_secs(10),
             max_drop_rate: 0.01,

@@ -93,6 +93,19 @@ fn report_figures_are_rounded_and_the_node_list_is_bounded() {
     let s = desired(&ps, &assess(&ps, &[]), true, Some(&r), None, &at(100));
     assert_eq!(s.conditions[3].type_, "Degraded");
     assert_eq!(s.conditions[3].reason, "LoadFailed");
+    // Not ready while a node does not run its probes, and stalled.
+    assert_eq!(
+        types(&s),
+        [
+            ("Ready", "False", "LoadFailed"),
+            ("Invalid", "False", "ValidSpec"),
+            ("QuotaConstrained", "False", "WithinBudget"),
+            ("Degraded", "True", "LoadFailed"),
+            ("Stalled", "True", "LoadFailed"),
+            ("Reconciling", "False", "Reconciled"),
+        ]
+    );
+    assert_eq!(s.state.as_deref(), Some("Degraded: LoadFailed"));
     ps.status = Some(s.clone());
     // Without fresh figures the status keeps what was written.
     assert_eq!(
@@ -186,17 +199,56 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
 }
 
 #[test]
-fn a_planned_probeset_is_ready_with_its_plan() {
-    let ps = probeset(1000.0, "64Mi");
+fn a_planned_probeset_is_ready_only_once_every_node_reports_every_probe_running() {
+    let mut ps = probeset(1000.0, "64Mi");
     let s = desired(&ps, &assess(&ps, &[]), true, None, None, &at(100));
     assert_eq!(
         types(&s),
         [
-            ("Ready", "True", "Planned"),
+            ("Ready", "False", "AwaitingReports"),
             ("Invalid", "False", "ValidSpec"),
-            ("QuotaConstrained", "False", "WithinBudget")
+            ("QuotaConstrained", "False", "WithinBudget"),
+            ("Stalled", "False", "NotStalled"),
+            ("Reconciling", "True", "AwaitingReports"),
         ]
     );
+    assert_eq!(s.state.as_deref(), Some("Reconciling"));
+    assert_eq!(
+        s.conditions[0].message,
+        "1 probe planned with 32Ki of ring buffers per node; waiting for the agents' first reports"
+    );
+    ps.status = Some(s.clone());
+    let all = Reported::from_figures(&Figures {
+        desired: 3,
+        ready: 3,
+        reporting: 3,
+        ..Figures::default()
+    });
+    let running = desired(&ps, &assess(&ps, &[]), true, Some(&all), None, &at(110));
+    assert_eq!(
+        types(&running),
+        [
+            ("Ready", "True", "Running"),
+            ("Invalid", "False", "ValidSpec"),
+            ("QuotaConstrained", "False", "WithinBudget"),
+            ("Degraded", "False", "NodesHealthy"),
+            ("Stalled", "False", "NotStalled"),
+            ("Reconciling", "False", "Reconciled"),
+        ]
+    );
+    assert_eq!(
+        running.conditions[0].message,
+        "3/3 nodes run every probe; 1 probe planned with 32Ki of ring buffers per node"
+    );
+    assert_eq!(running.state.as_deref(), Some("Ready"));
+    assert_eq!(
+        notices(Some(&s), &running)
+            .iter()
+            .map(|n| (n.warning, n.reason))
+            .collect::<Vec<_>>(),
+        [(false, "Running")]
+    );
+    let s = desired(&ps, &assess(&ps, &[]), true, None, None, &at(100));
     assert_eq!(s.observed_generation, Some(3));
     assert!(
         s.conditions
@@ -204,10 +256,6 @@ fn a_planned_probeset_is_ready_with_its_plan() {
             .all(|c| c.observed_generation == Some(3))
     );
     assert_eq!(s.ring_buffer.as_deref(), Some("32Ki"));
-    assert_eq!(
-        s.conditions[0].message,
-        "1 probe planned with 32Ki of ring buffers per node"
-    );
     let plan = s.plan.unwrap();
     assert_eq!((plan.budget_bytes, plan.used_bytes), (64 << 20, 32 << 10));
     assert_eq!(plan.probes[0].sample_every, 1);
@@ -288,13 +336,19 @@ fn an_invalid_spec_says_why_and_has_no_plan() {
         ..Default::default()
     });
     let s = desired(&ps, &assess(&ps, &[]), true, None, None, &at(100));
+    // Nothing runs: no report-made condition or figure stays.
     assert_eq!(
         types(&s),
         [
             ("Ready", "False", "InvalidSpec"),
             ("Invalid", "True", "InvalidSpec"),
-            ("Degraded", "True", "LoadFailed")
+            ("Stalled", "True", "InvalidSpec"),
+            ("Reconciling", "False", "Reconciled"),
         ]
+    );
+    assert_eq!(
+        s.state.as_deref(),
+        Some("Invalid: spec.ringBuffer.nodeBudget")
     );
     assert!(
         s.conditions[1]
@@ -303,7 +357,7 @@ fn an_invalid_spec_says_why_and_has_no_plan() {
     );
     assert_eq!((s.plan, s.ring_buffer), (None, None));
     assert_eq!(s.predicted_drop_percent, None);
-    assert_eq!(s.ready.as_deref(), Some("2/3"));
+    assert_eq!(s.ready, None);
 }
 
 #[test]
@@ -343,6 +397,7 @@ fn events_mark_transitions_only() {
         [(true, "NoMatchingNodes")]
     );
     assert!(n[0].note.contains("(gpu=true)"), "{}", n[0].note);
+    assert_eq!(fixed.state.as_deref(), Some("NoMatchingNodes"));
 }
 
 fn with_uprobe(mut ps: ProbeSet) -> ProbeSet {
@@ -374,6 +429,12 @@ fn uprobes_in_a_cluster_without_them_degrade_the_probeset_naming_the_chart_value
     assert_eq!(
         (d.status.as_str(), d.reason.as_str()),
         ("True", "UprobesNotEnabled")
+    );
+    assert_eq!(s.state.as_deref(), Some("Degraded: UprobesNotEnabled"));
+    assert_eq!(
+        types(&s)[0],
+        ("Ready", "False", "UprobesNotEnabled"),
+        "never ready while a probe cannot run"
     );
     assert!(
         d.message
