@@ -73,7 +73,7 @@ pub(crate) fn sites(
     let mut decoded = 0usize;
     while decoder.can_decode() {
         decoded += 1;
-        if decoded % CHECK_EVERY == 0 && cancelled() {
+        if decoded.is_multiple_of(CHECK_EVERY) && cancelled() {
             return Err(Stop::Cancelled);
         }
         decoder.decode_out(&mut instruction);

@@ -251,6 +251,9 @@ fn not_elf() -> GoError {
 
 impl<'s, S: Source + ?Sized> Elf<'s, S> {
     pub(crate) fn parse(src: &'s S) -> Result<Self, GoError> {
+        if src.cancelled() {
+            return Err(cancelled());
+        }
         let file_len = src.len();
         let mut header = [0u8; 64];
         let header_len = file_len.min(64) as usize;

@@ -47,7 +47,7 @@ pub use elf::{
     CHUNK_BYTES, Cancel, Cancellable, MAX_NAME_MATCHES, MAX_RELOCATIONS, MAX_SECTION_NAMES_BYTES,
     MAX_SECTIONS, MAX_SEGMENTS, MAX_STRING_TABLE_BYTES, MAX_SYMBOLS, Source,
 };
-pub use pclntab::{GoSymbol, MAX_FUNCTIONS, MAX_NAME_LEN};
+pub use pclntab::{GoSymbol, MAX_FUNCTIONS, MAX_NAME_BYTES_READ, MAX_NAME_LEN};
 
 use elf::{EM_AARCH64, EM_X86_64, Elf, SHT_DYNSYM, SHT_SYMTAB, cancelled, corrupt, over_limit};
 use pclntab::{Pclntab, TableError};
@@ -56,6 +56,11 @@ use pclntab::{Pclntab, TableError};
 /// largest functions (generated tables, huge switches) are a few hundred
 /// kilobytes.
 pub const MAX_FUNCTION_BYTES: u64 = 4 << 20;
+/// How long a caller lets one binary's opening and parsing run before it
+/// gives up and cancels it: 5 s. Within the limits above a real binary
+/// takes tens of milliseconds; the deadline bounds what they do not (a
+/// slow filesystem, a crafted file at every limit at once).
+pub const PARSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most places in data sections tried as a function table, when a binary
 /// has no section named for it (an externally linked PIE).
 pub const MAX_TABLE_CANDIDATES: usize = 64;
@@ -492,6 +497,10 @@ fn with_pclntab<S: Source + ?Sized, T>(
     ))
 }
 
+fn table_cancelled<S: Source + ?Sized>(table: &Pclntab<'_, '_, S>) -> bool {
+    table.cancelled()
+}
+
 fn data_cancelled<S: Source + ?Sized>(elf: &Elf<'_, S>) -> bool {
     elf.src.cancelled()
 }
@@ -519,7 +528,7 @@ fn not_found<S: Source + ?Sized>(
     let wanted_last = last(&wanted);
     let mut same_last = Vec::new();
     let mut substring = Vec::new();
-    table.each_function(|candidate, _, _| {
+    let walked = table.each_function(|candidate, _, _| {
         if same_last.len() >= MAX_SUGGESTIONS {
             return false;
         }
@@ -533,7 +542,11 @@ fn not_found<S: Source + ?Sized>(
             substring.push(candidate.into_owned());
         }
         true
-    })?;
+    });
+    // Past the names' limit, suggest what was found so far.
+    if walked.is_err() && table_cancelled(table) {
+        return Err(cancelled());
+    }
     let similar: Vec<String> = same_last
         .into_iter()
         .chain(substring)

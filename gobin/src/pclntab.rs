@@ -38,18 +38,22 @@ const MAGIC_12: u32 = 0xffff_fffb;
 const FUNC_FLAG_ASM: u8 = 1 << 2;
 /// Longest function name read (for listings and suggestions); Go's
 /// longest, generic instantiations, stay under a few hundred bytes.
-pub const MAX_NAME_LEN: usize = 4 << 10;
+pub const MAX_NAME_LEN: usize = 1 << 10;
 /// Most functions a function table may declare: 524 288. A large Go
 /// program (kubelet, about 110 MB) has about 100 000, and the largest
 /// known a few hundred thousand. Each costs a few reads of cached blocks.
 pub const MAX_FUNCTIONS: u64 = 1 << 19;
+/// Most name bytes read by one walk over all functions (a listing, or
+/// the suggestions for a name not found): a large Go program's names
+/// take about 10 MB.
+pub const MAX_NAME_BYTES_READ: u64 = 64 << 20;
 /// Bytes of the table cached per block.
 const BLOCK_BYTES: u64 = 64 << 10;
 /// Blocks cached: the function table, the `_func` records and the names
 /// are read in step, each from its own place.
 const BLOCKS: usize = 4;
 /// Functions looked at between checks of the cancellation flag.
-const CHECK_EVERY: usize = 4096;
+const CHECK_EVERY: u64 = 4096;
 
 /// Which layout a pclntab has; also a lower bound of the Go release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +204,10 @@ impl<'e, 's, S: Source + ?Sized> Pclntab<'e, 's, S> {
         })
     }
 
+    pub(crate) fn cancelled(&self) -> bool {
+        self.elf.src.cancelled()
+    }
+
     pub(crate) fn format(&self) -> Format {
         self.format
     }
@@ -335,16 +343,28 @@ impl<'e, 's, S: Source + ?Sized> Pclntab<'e, 's, S> {
     }
 
     /// Every readable function, in table (address) order, each passed to
-    /// `f` until it returns false. Errors when cancelled.
+    /// `f` until it returns false. Errors when cancelled, and past
+    /// [`MAX_NAME_BYTES_READ`].
     pub(crate) fn each_function(
         &self,
         mut f: impl FnMut(&[u8], u64, u64) -> bool,
     ) -> Result<(), GoError> {
+        let mut read = 0u64;
         for i in 0..self.nfunc {
-            if i as usize % CHECK_EVERY == 0 && self.elf.src.cancelled() {
+            if i.is_multiple_of(CHECK_EVERY) && self.elf.src.cancelled() {
                 return Err(cancelled());
             }
-            let Some(((address, size), name)) = self.bounds(i).zip(self.name(i)) else {
+            let name = self.name(i);
+            read += name.as_ref().map_or(MAX_NAME_LEN, |n| n.len() + 1) as u64;
+            if read > MAX_NAME_BYTES_READ {
+                return Err(over_limit(
+                    "the bytes of function names read",
+                    read,
+                    "MAX_NAME_BYTES_READ",
+                    MAX_NAME_BYTES_READ,
+                ));
+            }
+            let Some(((address, size), name)) = self.bounds(i).zip(name) else {
                 continue;
             };
             if !f(&name, address, size) {
@@ -389,7 +409,7 @@ impl<'e, 's, S: Source + ?Sized> Pclntab<'e, 's, S> {
             if candidates.len() >= 2 {
                 break;
             }
-            if i as usize % CHECK_EVERY == 0 && self.elf.src.cancelled() {
+            if i.is_multiple_of(CHECK_EVERY) && self.elf.src.cancelled() {
                 return Err(cancelled());
             }
             let named = self
