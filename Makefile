@@ -27,7 +27,7 @@ test: deps
 	$(MAKE) --no-print-directory fuzz
 
 FUZZ_SECONDS ?= 20
-FUZZ_TARGETS := ring_record agent_message go_binary
+FUZZ_TARGETS := ring_record agent_message go_binary crafted_elf
 ## fuzz: each cargo-fuzz target (fuzz/) for FUZZ_SECONDS; a crash fails and leaves its input in fuzz/artifacts
 fuzz: deps
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

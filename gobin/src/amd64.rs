@@ -13,6 +13,24 @@ const PROLOGUE_WINDOW: usize = 8;
 /// called from C compare with) in the runtime's `g` on 64-bit targets.
 const STACKGUARD_OFFSETS: [u64; 2] = [0x10, 0x18];
 
+/// Most `RET` instructions one function may have: each is a uprobe of its
+/// own, and the kernel takes tens of milliseconds to attach one. Go emits
+/// one per `return` statement the compiler does not merge; real functions
+/// have a handful, rarely dozens.
+pub const MAX_RETURNS_PER_FUNCTION: usize = 64;
+/// Most direct `CALL`s recorded in one function.
+pub const MAX_CALLS_PER_FUNCTION: usize = 1 << 14;
+/// Instructions decoded between checks of the cancellation flag.
+const CHECK_EVERY: usize = 1 << 16;
+
+/// Why decoding stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stop {
+    TooManyReturns,
+    TooManyCalls,
+    Cancelled,
+}
+
 /// Instruction addresses found in one function's code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sites {
@@ -39,30 +57,50 @@ pub(crate) struct Sites {
 /// entry site (LEAQ/MOVQ/SUBQ into R12, CMPQ, the conditional jumps, the TLS
 /// load of g) writes SP, so at the entry site SP still points at the return
 /// address the CALL pushed, exactly as at the function's first byte.
-pub(crate) fn sites(code: &[u8], address: u64) -> Sites {
+///
+/// Stops at the first `RET` over [`MAX_RETURNS_PER_FUNCTION`] or `CALL`
+/// over [`MAX_CALLS_PER_FUNCTION`], and when `cancelled` says so.
+pub(crate) fn sites(
+    code: &[u8],
+    address: u64,
+    cancelled: impl Fn() -> bool,
+) -> Result<Sites, Stop> {
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut window = Vec::with_capacity(PROLOGUE_WINDOW);
     let mut returns = Vec::new();
     let mut calls = Vec::new();
     let mut instruction = Instruction::default();
+    let mut decoded = 0usize;
     while decoder.can_decode() {
+        decoded += 1;
+        if decoded.is_multiple_of(CHECK_EVERY) && cancelled() {
+            return Err(Stop::Cancelled);
+        }
         decoder.decode_out(&mut instruction);
         if window.len() < PROLOGUE_WINDOW {
             window.push(instruction);
         }
         match instruction.mnemonic() {
-            Mnemonic::Ret => returns.push(instruction.ip()),
+            Mnemonic::Ret => {
+                if returns.len() >= MAX_RETURNS_PER_FUNCTION {
+                    return Err(Stop::TooManyReturns);
+                }
+                returns.push(instruction.ip());
+            }
             Mnemonic::Call if instruction.op0_kind() == OpKind::NearBranch64 => {
+                if calls.len() >= MAX_CALLS_PER_FUNCTION {
+                    return Err(Stop::TooManyCalls);
+                }
                 calls.push((instruction.near_branch_target(), instruction.next_ip()));
             }
             _ => {}
         }
     }
-    Sites {
+    Ok(Sites {
         entry: entry_after_stack_check(&window).unwrap_or(address),
         returns,
         calls,
-    }
+    })
 }
 
 fn entry_after_stack_check(window: &[Instruction]) -> Option<u64> {
@@ -104,13 +142,34 @@ mod tests {
 
     const BASE: u64 = 0x40_1000;
 
+    fn never() -> bool {
+        false
+    }
+
+    #[test]
+    fn returns_past_the_cap_stop_the_decoding() {
+        let code = vec![0xc3; MAX_RETURNS_PER_FUNCTION];
+        assert_eq!(
+            sites(&code, BASE, never).unwrap().returns.len(),
+            MAX_RETURNS_PER_FUNCTION
+        );
+        let code = vec![0xc3; MAX_RETURNS_PER_FUNCTION + 1];
+        assert_eq!(sites(&code, BASE, never), Err(Stop::TooManyReturns));
+    }
+
+    #[test]
+    fn a_cancelled_decoding_stops() {
+        let code = vec![0x90; 2 * CHECK_EVERY];
+        assert_eq!(sites(&code, BASE, || true), Err(Stop::Cancelled));
+    }
+
     #[test]
     fn small_frame_entry_is_after_the_jbe() {
         // cmp rsp,[r14+0x10]; jbe +0x10; push rbp; mov rbp,rsp; pop rbp; ret
         let code = [
             0x49, 0x3b, 0x66, 0x10, 0x76, 0x10, 0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3,
         ];
-        let s = sites(&code, BASE);
+        let s = sites(&code, BASE, never).unwrap();
         assert_eq!(s.entry, BASE + 6);
         assert_eq!(s.returns, vec![BASE + 11]);
     }
@@ -122,7 +181,7 @@ mod tests {
             0x4c, 0x8d, 0xa4, 0x24, 0x00, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86,
             0x10, 0x00, 0x00, 0x00, 0xc3,
         ];
-        let s = sites(&code, BASE);
+        let s = sites(&code, BASE, never).unwrap();
         assert_eq!(s.entry, BASE + 18);
         assert_eq!(s.returns, vec![BASE + 18]);
     }
@@ -131,7 +190,7 @@ mod tests {
     fn functions_without_a_stack_check_are_entered_at_their_start() {
         // lea rax,[rax+1]; ret; int3 padding
         let code = [0x48, 0x8d, 0x40, 0x01, 0xc3, 0xcc, 0xcc, 0xcc];
-        let s = sites(&code, BASE);
+        let s = sites(&code, BASE, never).unwrap();
         assert_eq!(s.entry, BASE);
         assert_eq!(s.returns, vec![BASE + 4]);
     }
@@ -140,7 +199,7 @@ mod tests {
     fn direct_calls_are_found_with_the_instruction_after_them() {
         // call +0x10; call [rax] (indirect, left out); ret
         let code = [0xe8, 0x10, 0x00, 0x00, 0x00, 0xff, 0x10, 0xc3];
-        let s = sites(&code, BASE);
+        let s = sites(&code, BASE, never).unwrap();
         assert_eq!(s.calls, vec![(BASE + 5 + 0x10, BASE + 5)]);
         assert_eq!(s.returns, vec![BASE + 7]);
     }
@@ -149,14 +208,14 @@ mod tests {
     fn a_compare_not_followed_by_a_jump_is_no_prologue() {
         // cmp rsp,[r14+0x10]; nop; jbe; ret
         let code = [0x49, 0x3b, 0x66, 0x10, 0x90, 0x76, 0x00, 0xc3];
-        assert_eq!(sites(&code, BASE).entry, BASE);
+        assert_eq!(sites(&code, BASE, never).unwrap().entry, BASE);
     }
 
     #[test]
     fn garbage_decodes_without_panicking() {
         let code: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
-        let _ = sites(&code, BASE);
-        let _ = sites(&[], BASE);
-        let _ = sites(&[0x0f], BASE);
+        let _ = sites(&code, BASE, never);
+        let _ = sites(&[], BASE, never);
+        let _ = sites(&[0x0f], BASE, never);
     }
 }

@@ -8,22 +8,20 @@
 //! two pointers at byte 16, each to a Go string header (data pointer,
 //! length) for the version and the module information.
 
-use object::ReadRef;
-
-use crate::elf::{Elf, read_uint};
+use crate::elf::{Elf, Source, read_uint};
 
 const MAGIC: &[u8; 14] = b"\xff Go buildinf:";
 const HEADER_LEN: usize = 32;
 /// Longest version string believed; real ones are under 100 bytes.
 const MAX_VERSION_LEN: u64 = 1024;
+/// Bytes of `.go.buildinfo` read: the header and the version are in its
+/// first few hundred (the module list that follows is not needed).
+pub(crate) const MAX_BUILDINFO_BYTES: u64 = 64 << 10;
 
 /// The version string in a `.go.buildinfo` section (`section`), reading
 /// pointed-to strings (pre-1.18 layout) through `elf`. `None` when the
 /// section holds no readable version.
-pub(crate) fn version<'data, R: ReadRef<'data>>(
-    elf: &Elf<'data, R>,
-    section: &[u8],
-) -> Option<String> {
+pub(crate) fn version<S: Source + ?Sized>(elf: &Elf<'_, S>, section: &[u8]) -> Option<String> {
     // The header is 16-byte aligned; it is at the start of the section in
     // every Go release, but look further in case a linker padded it.
     let start = (0..section.len())
@@ -44,12 +42,12 @@ pub(crate) fn version<'data, R: ReadRef<'data>>(
     let little_endian = flags & 1 == 0;
     let string_header_address = read_uint(header.get(16..)?, ptr_size, little_endian)?;
     let string_header = elf.read_virtual(string_header_address, 2 * ptr_size as u64)?;
-    let data_address = read_uint(string_header, ptr_size, little_endian)?;
+    let data_address = read_uint(&string_header, ptr_size, little_endian)?;
     let len = read_uint(string_header.get(ptr_size..)?, ptr_size, little_endian)?;
     if len > MAX_VERSION_LEN {
         return None;
     }
-    non_empty(elf.read_virtual(data_address, len)?)
+    non_empty(&elf.read_virtual(data_address, len)?)
 }
 
 fn non_empty(bytes: &[u8]) -> Option<String> {

@@ -18,10 +18,19 @@
 //!
 //! Only amd64 binaries built by Go ≥ 1.17 (the register ABI) are accepted.
 //!
-//! No IO of its own: everything is read through the [`object::ReadRef`] the
-//! caller passes (an `object::ReadCache<&File>` reads only the header, the
-//! section table and the sections needed). Malformed input gives a
-//! [`GoError`], never a panic, and allocation is bounded by the file's size.
+//! No IO of its own: everything is read through the [`Source`] the caller
+//! passes (an open `File`, read at offsets, or bytes in memory). A binary
+//! is hostile input — a tenant can write one in its own container and name
+//! it — so nothing is read whole: every length, count and size the file
+//! states is checked against a named limit before memory is reserved for
+//! it (sections against the file's length, [`MAX_SECTIONS`],
+//! [`MAX_SYMBOLS`], [`MAX_FUNCTIONS`], [`MAX_FUNCTION_BYTES`],
+//! [`MAX_RETURNS_PER_FUNCTION`], …), symbol and string tables are scanned
+//! in chunks, and `.gopclntab` is read in place through a few cached
+//! blocks. Peak memory stays within a few megabytes whatever the file
+//! claims, and work within the limits; a [`Cancellable`] source stops a
+//! parse whose caller gave up waiting. Malformed input gives a
+//! [`GoError`], never a panic.
 
 #![forbid(unsafe_code)]
 
@@ -32,13 +41,29 @@ mod pclntab;
 
 use std::fmt;
 
-use object::{Object, ObjectSection, ObjectSymbol, ReadRef, SectionFlags, SymbolKind};
-
+pub use amd64::{MAX_CALLS_PER_FUNCTION, MAX_RETURNS_PER_FUNCTION};
 pub use buildinfo::parse_version;
-pub use pclntab::GoSymbol;
+pub use elf::{
+    CHUNK_BYTES, Cancel, Cancellable, MAX_NAME_MATCHES, MAX_RELOCATIONS, MAX_SECTION_NAMES_BYTES,
+    MAX_SECTIONS, MAX_SEGMENTS, MAX_STRING_TABLE_BYTES, MAX_SYMBOLS, Source,
+};
+pub use pclntab::{GoSymbol, MAX_FUNCTIONS, MAX_NAME_BYTES_READ, MAX_NAME_LEN};
 
-use elf::{EM_AARCH64, EM_X86_64, Elf, corrupt};
-use pclntab::Pclntab;
+use elf::{EM_AARCH64, EM_X86_64, Elf, SHT_DYNSYM, SHT_SYMTAB, cancelled, corrupt, over_limit};
+use pclntab::{Pclntab, TableError};
+
+/// Most bytes of code read and decoded for one function: 4 MiB. Go's
+/// largest functions (generated tables, huge switches) are a few hundred
+/// kilobytes.
+pub const MAX_FUNCTION_BYTES: u64 = 4 << 20;
+/// How long a caller lets one binary's opening and parsing run before it
+/// gives up and cancels it: 5 s. Within the limits above a real binary
+/// takes tens of milliseconds; the deadline bounds what they do not (a
+/// slow filesystem, a crafted file at every limit at once).
+pub const PARSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most places in data sections tried as a function table, when a binary
+/// has no section named for it (an externally linked PIE).
+pub const MAX_TABLE_CANDIDATES: usize = 64;
 
 /// The oldest Go minor release (1.x) accepted: the first with the register
 /// ABI on amd64, which keeps the current goroutine in R14.
@@ -167,14 +192,14 @@ impl std::error::Error for GoError {}
 /// What a Go binary is, or `None` for an ELF file Go did not build.
 ///
 /// Describes without judging: an arm64 or Go 1.16 binary gives `Some`; see
-/// [`GoInfo::check_supported`]. Errors for data that is not ELF, and for a
-/// Go binary whose Go version cannot be told.
-pub fn inspect<'data, R: ReadRef<'data>>(data: R) -> Result<Option<GoInfo>, GoError> {
+/// [`GoInfo::check_supported`]. Errors for data that is not ELF, for a
+/// Go binary whose Go version cannot be told, and for one over a limit.
+pub fn inspect<S: Source + ?Sized>(data: &S) -> Result<Option<GoInfo>, GoError> {
     let elf = Elf::parse(data)?;
     inspect_elf(&elf)
 }
 
-fn inspect_elf<'data, R: ReadRef<'data>>(elf: &Elf<'data, R>) -> Result<Option<GoInfo>, GoError> {
+fn inspect_elf<S: Source + ?Sized>(elf: &Elf<'_, S>) -> Result<Option<GoInfo>, GoError> {
     let is_go = [".go.buildinfo", ".gopclntab", ".note.go.buildid"]
         .iter()
         .any(|name| elf.has_section(name));
@@ -186,14 +211,14 @@ fn inspect_elf<'data, R: ReadRef<'data>>(elf: &Elf<'data, R>) -> Result<Option<G
         EM_AARCH64 => Arch::Arm64,
         other => Arch::Other(other),
     };
-    let Some(section) = elf.section_data(".go.buildinfo")? else {
+    let Some(section) = elf.section_prefix(".go.buildinfo", buildinfo::MAX_BUILDINFO_BYTES)? else {
         return Err(GoError(
             "this Go binary has no .go.buildinfo section, so the Go version that built it \
              cannot be told (Go older than 1.13 writes none); rebuild it with Go 1.17 or newer"
                 .into(),
         ));
     };
-    let version = buildinfo::version(elf, section).ok_or_else(|| {
+    let version = buildinfo::version(elf, &section).ok_or_else(|| {
         GoError(
             "this Go binary's .go.buildinfo section holds no readable Go version, so the Go \
              that built it cannot be told; rebuild it with an official Go 1.17 or newer"
@@ -205,8 +230,8 @@ fn inspect_elf<'data, R: ReadRef<'data>>(elf: &Elf<'data, R>) -> Result<Option<G
         None => {
             // A development build naming no release: its pclntab layout
             // tells the oldest release it can be.
-            match pclntab(elf) {
-                Ok(table) => (1, table.format().min_minor()),
+            match with_pclntab(elf, |table| Ok(table.format().min_minor())) {
+                Ok(minor) => (1, minor),
                 Err(_) => {
                     return Err(GoError(format!(
                         "this Go binary's version {version:?} names no Go release, so whether \
@@ -229,8 +254,9 @@ fn inspect_elf<'data, R: ReadRef<'data>>(elf: &Elf<'data, R>) -> Result<Option<G
 /// Finds a function by its full Go name (`main.work`,
 /// `main.(*Server).handle`, `runtime.stopTheWorldWithSema`) and where to
 /// probe it. Refuses binaries that are not Go, not amd64 or older than Go
-/// 1.17, and functions with no RET.
-pub fn function<'data, R: ReadRef<'data>>(data: R, name: &str) -> Result<GoFunction, GoError> {
+/// 1.17, functions with no RET, and functions over
+/// [`MAX_FUNCTION_BYTES`] or [`MAX_RETURNS_PER_FUNCTION`].
+pub fn function<S: Source + ?Sized>(data: &S, name: &str) -> Result<GoFunction, GoError> {
     let elf = Elf::parse(data)?;
     let Some(info) = inspect_elf(&elf)? else {
         return Err(GoError(
@@ -246,12 +272,36 @@ pub fn function<'data, R: ReadRef<'data>>(data: R, name: &str) -> Result<GoFunct
         source: symbols,
         ..
     } = lookup_elf(&elf, name)?;
+    if size > MAX_FUNCTION_BYTES {
+        return Err(over_limit(
+            &format!("the size in bytes of function {name}"),
+            size,
+            "MAX_FUNCTION_BYTES",
+            MAX_FUNCTION_BYTES,
+        ));
+    }
     let code = elf.read_virtual(address, size).ok_or_else(|| {
+        if data.cancelled() {
+            return cancelled();
+        }
         corrupt(&format!(
             "the code of {name} at {address:#x} (+{size:#x} bytes) is not in the file"
         ))
     })?;
-    let sites = amd64::sites(code, address);
+    let sites = amd64::sites(&code, address, || data.cancelled()).map_err(|stop| match stop {
+        amd64::Stop::TooManyReturns => GoError(format!(
+            "function {name} has more than MAX_RETURNS_PER_FUNCTION \
+             ({MAX_RETURNS_PER_FUNCTION}) RET instructions; each is a uprobe of its own, so \
+             ringwarden does not attach to it: probe a smaller function it calls, or the \
+             function that calls it"
+        )),
+        amd64::Stop::TooManyCalls => GoError(format!(
+            "function {name} has more than MAX_CALLS_PER_FUNCTION ({MAX_CALLS_PER_FUNCTION}) \
+             direct calls, more than any real function; check that the path names the \
+             program's own binary, or probe a smaller function"
+        )),
+        amd64::Stop::Cancelled => cancelled(),
+    })?;
     if sites.returns.is_empty() {
         return Err(GoError(format!(
             "function {name} has no RET instruction (it never returns, or ends in a tail \
@@ -290,24 +340,41 @@ pub fn function<'data, R: ReadRef<'data>>(data: R, name: &str) -> Result<GoFunct
 /// the binary has it and names the function, else from `.gopclntab`. Names
 /// as `go tool nm` prints them: an assembly function's ABI0 body or a Go
 /// function's ABI0 wrapper is `name.abi0`.
-pub fn lookup<'data, R: ReadRef<'data>>(data: R, name: &str) -> Result<GoSymbol, GoError> {
+pub fn lookup<S: Source + ?Sized>(data: &S, name: &str) -> Result<GoSymbol, GoError> {
     lookup_elf(&Elf::parse(data)?, name)
 }
 
-fn lookup_elf<'data, R: ReadRef<'data>>(
-    elf: &Elf<'data, R>,
-    name: &str,
-) -> Result<GoSymbol, GoError> {
+/// The file offset of the symbol `name` defined in a native (C, C++,
+/// Rust) ELF binary or library: from `.dynsym`, else `.symtab`; `None`
+/// when neither defines it. Both tables are scanned in chunks, within
+/// [`MAX_SYMBOLS`] and [`MAX_STRING_TABLE_BYTES`].
+pub fn symbol_offset<S: Source + ?Sized>(data: &S, name: &str) -> Result<Option<u64>, GoError> {
+    let elf = Elf::parse(data)?;
+    for table in [SHT_DYNSYM, SHT_SYMTAB] {
+        if let Some(symbol) = elf.find_symbol(table, name, |s| s.is_definition())? {
+            return elf.symbol_file_offset(&symbol).map(Some).ok_or_else(|| {
+                corrupt(&format!(
+                    "symbol {name:?} is not in a section with bytes in the file"
+                ))
+            });
+        }
+    }
+    Ok(None)
+}
+
+fn lookup_elf<S: Source + ?Sized>(elf: &Elf<'_, S>, name: &str) -> Result<GoSymbol, GoError> {
     // Go gives every function symbol its size; without one, let the
     // pclntab say.
-    let (address, size, source) = match find_in_symtab(elf, name).filter(|&(_, size)| size != 0) {
+    let found = find_in_symtab(elf, name)?.filter(|&(_, size)| size != 0);
+    let (address, size, source) = match found {
         Some((address, size)) => (address, size, SymbolSource::Symtab),
         None => {
-            let table = pclntab(elf)?;
-            match table.find(name) {
-                Some((address, size)) => (address, size, SymbolSource::Pclntab),
-                None => return Err(not_found(name, &table)),
-            }
+            let found = with_pclntab(elf, |table| match table.find(name)? {
+                Some(bounds) => Ok(Ok(bounds)),
+                None => Ok(Err(not_found(name, table)?)),
+            })?;
+            let (address, size) = found?;
+            (address, size, SymbolSource::Pclntab)
         }
     };
     Ok(GoSymbol {
@@ -321,66 +388,106 @@ fn lookup_elf<'data, R: ReadRef<'data>>(
 /// Every function in the binary's `.gopclntab`, in address order: what a
 /// stripped binary still tells about its functions. Sizes run to the next
 /// function's entry.
-pub fn functions<'data, R: ReadRef<'data>>(data: R) -> Result<Vec<GoSymbol>, GoError> {
+pub fn functions<S: Source + ?Sized>(data: &S) -> Result<Vec<GoSymbol>, GoError> {
     let elf = Elf::parse(data)?;
-    let table = pclntab(&elf)?;
-    Ok(table
-        .functions()
-        .map(|(name, address, size)| GoSymbol {
-            name: String::from_utf8_lossy(name).into_owned(),
-            address,
-            size,
-            source: SymbolSource::Pclntab,
-        })
-        .collect())
+    with_pclntab(&elf, |table| {
+        let mut all = Vec::new();
+        table.each_function(|name, address, size| {
+            all.push(GoSymbol {
+                name: String::from_utf8_lossy(name).into_owned(),
+                address,
+                size,
+                source: SymbolSource::Pclntab,
+            });
+            true
+        })?;
+        Ok(all)
+    })
 }
 
-fn pclntab<'data, R: ReadRef<'data>>(elf: &Elf<'data, R>) -> Result<Pclntab<'data>, GoError> {
+/// Runs `f` on the binary's function table.
+fn with_pclntab<S: Source + ?Sized, T>(
+    elf: &Elf<'_, S>,
+    f: impl FnOnce(&Pclntab<'_, '_, S>) -> Result<T, GoError>,
+) -> Result<T, GoError> {
     // A PIE binary may leave the header's text start (at byte 8 + 2 × 8 of
     // the table at `table_address`) to a dynamic relocation: take its
     // addend, else the runtime's own marker, else the start of .text.
     let text_start = |table_address: u64| {
         move || {
-            relocated_value(elf, table_address.checked_add(8 + 2 * 8)?)
-                .or_else(|| find_in_symtab(elf, "runtime.text").map(|(address, _)| address))
+            let word = table_address.checked_add(8 + 2 * 8)?;
+            elf.relocated_value(word)
+                .ok()
+                .flatten()
+                .or_else(|| {
+                    find_in_symtab(elf, "runtime.text")
+                        .ok()
+                        .flatten()
+                        .map(|(address, _)| address)
+                })
                 .or_else(|| elf.section_address(".text"))
         }
     };
-    let unreadable = |why: String| {
-        GoError(format!(
+    let unreadable = |error: TableError| match error {
+        TableError::Limit(e) => e,
+        TableError::Unreadable(why) => GoError(format!(
             "this Go binary's function table (.gopclntab) cannot be read: {why}; ringwarden \
              reads the tables of Go 1.16 and newer (up to the 1.20 layout), rebuild the program \
              with a supported Go"
-        ))
+        )),
     };
     for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
-        if let Some(section) = elf.section_data(name)? {
-            let address = elf.section_address(name).unwrap_or(0);
-            return Pclntab::parse(section, elf.little_endian, text_start(address))
-                .map_err(unreadable);
+        if let Some(section) = elf.section(name) {
+            let table = Pclntab::parse(
+                elf,
+                section.offset,
+                section.size,
+                text_start(section.address),
+            )
+            .map_err(unreadable)?;
+            return f(&table);
         }
     }
     // An externally linked PIE merges the table into .data.rel.ro: look
-    // for its header in the data sections.
-    for section in elf.file.sections() {
-        let SectionFlags::Elf { sh_flags } = section.flags() else {
-            continue;
-        };
-        let allocated_data = sh_flags & u64::from(object::elf::SHF_ALLOC) != 0
-            && sh_flags & u64::from(object::elf::SHF_EXECINSTR) == 0;
-        let Some(data) = allocated_data.then(|| section.data().ok()).flatten() else {
-            continue;
-        };
-        let found = (0..data.len().saturating_sub(8))
-            .step_by(4)
-            .filter(|&at| pclntab::format_of(&data[at..], elf.little_endian).is_some())
-            .filter_map(|at| {
-                let address = section.address().checked_add(at as u64)?;
-                Pclntab::parse(&data[at..], elf.little_endian, text_start(address)).ok()
-            })
-            .find(Pclntab::plausible);
-        if let Some(table) = found {
-            return Ok(table);
+    // for its header in the data sections, a chunk at a time.
+    let mut tried = 0;
+    for section in elf.sections.iter().filter(|s| s.is_allocated_data()) {
+        let mut at = 0u64;
+        while at + 8 <= section.size {
+            let len = (CHUNK_BYTES as u64).min(section.size - at);
+            let chunk = elf.read(section.offset + at, len, "a data section")?;
+            for i in (0..chunk.len().saturating_sub(8)).step_by(4) {
+                if pclntab::format_of(&chunk[i..], elf.little_endian).is_none() {
+                    continue;
+                }
+                tried += 1;
+                if tried > MAX_TABLE_CANDIDATES {
+                    return Err(over_limit(
+                        "the number of places that look like a function table",
+                        tried as u64,
+                        "MAX_TABLE_CANDIDATES",
+                        MAX_TABLE_CANDIDATES as u64,
+                    ));
+                }
+                let offset = at + i as u64;
+                let Some(address) = section.address.checked_add(offset) else {
+                    continue;
+                };
+                let parsed = Pclntab::parse(
+                    elf,
+                    section.offset + offset,
+                    section.size - offset,
+                    text_start(address),
+                );
+                match parsed {
+                    Ok(table) if table.plausible() => return f(&table),
+                    Err(TableError::Limit(e)) if data_cancelled(elf) => return Err(e),
+                    _ => {}
+                }
+            }
+            // Chunks overlap by 8 bytes, so no header is split; `at`
+            // stays 4-aligned.
+            at += (len - 8).max(4) & !3;
         }
     }
     Err(GoError(
@@ -390,37 +497,40 @@ fn pclntab<'data, R: ReadRef<'data>>(elf: &Elf<'data, R>) -> Result<Pclntab<'dat
     ))
 }
 
-/// The addend of the dynamic relocation that fills the word at `address`.
-fn relocated_value<'data, R: ReadRef<'data>>(elf: &Elf<'data, R>, address: u64) -> Option<u64> {
-    elf.file
-        .dynamic_relocations()?
-        .find(|(offset, _)| *offset == address)
-        .and_then(|(_, relocation)| u64::try_from(relocation.addend()).ok())
+fn table_cancelled<S: Source + ?Sized>(table: &Pclntab<'_, '_, S>) -> bool {
+    table.cancelled()
+}
+
+fn data_cancelled<S: Source + ?Sized>(elf: &Elf<'_, S>) -> bool {
+    elf.src.cancelled()
 }
 
 /// A function symbol's address and size from `.symtab`; the size is zero
 /// for markers such as `runtime.text`.
-fn find_in_symtab<'data, R: ReadRef<'data>>(elf: &Elf<'data, R>, name: &str) -> Option<(u64, u64)> {
-    elf.file.symbols().find_map(|symbol| {
-        let found = symbol.kind() == SymbolKind::Text
-            && symbol.address() != 0
-            && symbol.name_bytes().ok()? == name.as_bytes();
-        found.then(|| (symbol.address(), symbol.size()))
-    })
+fn find_in_symtab<S: Source + ?Sized>(
+    elf: &Elf<'_, S>,
+    name: &str,
+) -> Result<Option<(u64, u64)>, GoError> {
+    Ok(elf
+        .find_symbol(SHT_SYMTAB, name, |s| s.is_function() && s.address != 0)?
+        .map(|s| (s.address, s.size)))
 }
 
 /// Most names suggested when a function is not found.
 const MAX_SUGGESTIONS: usize = 5;
 
-fn not_found(name: &str, table: &Pclntab<'_>) -> GoError {
+fn not_found<S: Source + ?Sized>(
+    name: &str,
+    table: &Pclntab<'_, '_, S>,
+) -> Result<GoError, GoError> {
     let wanted = name.to_lowercase();
     let last = |s: &str| s.rsplit('.').next().unwrap_or(s).to_string();
     let wanted_last = last(&wanted);
     let mut same_last = Vec::new();
     let mut substring = Vec::new();
-    for (candidate, _, _) in table.functions() {
+    let walked = table.each_function(|candidate, _, _| {
         if same_last.len() >= MAX_SUGGESTIONS {
-            break;
+            return false;
         }
         let candidate = String::from_utf8_lossy(candidate);
         let lower = candidate.to_lowercase();
@@ -431,6 +541,11 @@ fn not_found(name: &str, table: &Pclntab<'_>) -> GoError {
         {
             substring.push(candidate.into_owned());
         }
+        true
+    });
+    // Past the names' limit, suggest what was found so far.
+    if walked.is_err() && table_cancelled(table) {
+        return Err(cancelled());
     }
     let similar: Vec<String> = same_last
         .into_iter()
@@ -442,10 +557,10 @@ fn not_found(name: &str, table: &Pclntab<'_>) -> GoError {
     } else {
         format!("similar functions: {}", similar.join(", "))
     };
-    GoError(format!(
+    Ok(GoError(format!(
         "function {name} is not in this Go binary ({similar}); list its functions with \
          `go tool nm <binary>` (on an unstripped build) and give the full name, such as \
          main.(*Server).handle; a function the compiler inlined everywhere has no address of \
          its own: mark it //go:noinline or probe its caller"
-    ))
+    )))
 }

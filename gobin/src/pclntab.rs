@@ -12,8 +12,19 @@
 //! 1.16 and 1.17 write entries as full pointers; Go ≥ 1.18 as 32-bit offsets
 //! from `textStart`. A `_func` begins with the entry (same width) and then
 //! `nameOff`, a 32-bit offset into the name table of a NUL-terminated name.
+//!
+//! The table is read in place, through a few cached blocks of
+//! [`BLOCK_BYTES`], never whole: a lookup reads each function's entry, its
+//! `_func` and as many bytes of its name as the wanted name has, so its
+//! cost grows with [`MAX_FUNCTIONS`] and not with the table's size, and it
+//! builds no table of all functions.
 
-use crate::elf::read_uint;
+use std::cell::RefCell;
+
+use crate::{
+    GoError,
+    elf::{Elf, Source, cancelled, over_limit, read_uint},
+};
 
 /// Go 1.20 and later.
 const MAGIC_120: u32 = 0xffff_fff1;
@@ -25,8 +36,24 @@ const MAGIC_116: u32 = 0xffff_fffa;
 const MAGIC_12: u32 = 0xffff_fffb;
 /// `_func.flag` bit of functions written in assembly (Go ≥ 1.19).
 const FUNC_FLAG_ASM: u8 = 1 << 2;
-/// Longest function name believed.
-const MAX_NAME_LEN: usize = 64 << 10;
+/// Longest function name read (for listings and suggestions); Go's
+/// longest, generic instantiations, stay under a few hundred bytes.
+pub const MAX_NAME_LEN: usize = 1 << 10;
+/// Most functions a function table may declare: 524 288. A large Go
+/// program (kubelet, about 110 MB) has about 100 000, and the largest
+/// known a few hundred thousand. Each costs a few reads of cached blocks.
+pub const MAX_FUNCTIONS: u64 = 1 << 19;
+/// Most name bytes read by one walk over all functions (a listing, or
+/// the suggestions for a name not found): a large Go program's names
+/// take about 10 MB.
+pub const MAX_NAME_BYTES_READ: u64 = 64 << 20;
+/// Bytes of the table cached per block.
+const BLOCK_BYTES: u64 = 64 << 10;
+/// Blocks cached: the function table, the `_func` records and the names
+/// are read in step, each from its own place.
+const BLOCKS: usize = 4;
+/// Functions looked at between checks of the cancellation flag.
+const CHECK_EVERY: u64 = 4096;
 
 /// Which layout a pclntab has; also a lower bound of the Go release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,84 +98,114 @@ pub struct GoSymbol {
     pub source: crate::SymbolSource,
 }
 
-/// A validated view of a pclntab.
-pub(crate) struct Pclntab<'a> {
+/// A validated view of a pclntab, read in place from the file.
+pub(crate) struct Pclntab<'e, 's, S: Source + ?Sized> {
+    elf: &'e Elf<'s, S>,
+    /// File offset and length of the table (to the end of its section).
+    start: u64,
+    len: u64,
     format: Format,
     little_endian: bool,
     /// Width of a function-table field and of `_func`'s first field.
-    field: usize,
-    nfunc: usize,
+    field: u64,
+    nfunc: u64,
     text_start: u64,
-    names: &'a [u8],
-    /// The function table: `2 * nfunc + 1` fields.
-    functab: &'a [u8],
-    /// Where `_func` offsets count from (the function table's start).
-    funcdata: &'a [u8],
+    /// Offsets from `start` of the name table and of the function table
+    /// (where `_func` offsets count from).
+    names: u64,
+    functab: u64,
+    /// Cached blocks: (offset from `start`, bytes), most recent last.
+    blocks: RefCell<Vec<(u64, Vec<u8>)>>,
 }
 
-impl<'a> Pclntab<'a> {
-    /// Checks the header and that the function table fits the section.
-    /// `text_start` is used when the header's own is zero (in PIE binaries
-    /// the linker leaves it to a dynamic relocation).
+impl<'e, 's, S: Source + ?Sized> Pclntab<'e, 's, S> {
+    /// Checks the header and that the function table fits the table's
+    /// `len` bytes at file offset `start`. `text_start` is used when the
+    /// header's own is zero (in PIE binaries the linker leaves it to a
+    /// dynamic relocation).
     pub(crate) fn parse(
-        section: &'a [u8],
-        little_endian: bool,
+        elf: &'e Elf<'s, S>,
+        start: u64,
+        len: u64,
         text_start: impl FnOnce() -> Option<u64>,
-    ) -> Result<Self, String> {
-        let magic = read_uint(section, 4, little_endian).ok_or("section too short")? as u32;
+    ) -> Result<Self, TableError> {
+        let little_endian = elf.little_endian;
+        let header_len = len.min(8 + 8 * 8);
+        let section = elf
+            .read(start, header_len, "the function table's header")
+            .map_err(TableError::Limit)?;
+        let bad = |why: String| TableError::Unreadable(why);
+        let magic =
+            read_uint(&section, 4, little_endian).ok_or(bad("section too short".into()))? as u32;
         let format = match magic {
             MAGIC_120 => Format::Go120,
             MAGIC_118 => Format::Go118,
             MAGIC_116 => Format::Go116,
-            MAGIC_12 => return Err("it was written by Go 1.15 or older".into()),
-            _ => return Err(format!("unknown magic {magic:#x} (a newer Go?)")),
+            MAGIC_12 => return Err(bad("it was written by Go 1.15 or older".into())),
+            _ => return Err(bad(format!("unknown magic {magic:#x} (a newer Go?)"))),
         };
-        let ptr_size = usize::from(*section.get(7).ok_or("section too short")?);
+        let ptr_size = usize::from(*section.get(7).ok_or(bad("section too short".into()))?);
         if ptr_size != 4 && ptr_size != 8 {
-            return Err(format!("pointer size {ptr_size}"));
+            return Err(bad(format!("pointer size {ptr_size}")));
         }
-        let word = |i: usize| -> Result<u64, String> {
+        let word = |i: usize| -> Result<u64, TableError> {
             section
                 .get(8 + i * ptr_size..)
                 .and_then(|b| read_uint(b, ptr_size, little_endian))
-                .ok_or_else(|| "header truncated".to_string())
+                .ok_or_else(|| bad("header truncated".into()))
         };
-        let tail = |offset: u64| -> Result<&'a [u8], String> {
-            usize::try_from(offset)
-                .ok()
-                .and_then(|o| section.get(o..))
-                .ok_or_else(|| format!("table offset {offset:#x} past the section's end"))
+        let within = |offset: u64| -> Result<u64, TableError> {
+            (offset <= len)
+                .then_some(offset)
+                .ok_or_else(|| bad(format!("table offset {offset:#x} past the section's end")))
         };
         let nfunc = word(0)?;
+        if nfunc > MAX_FUNCTIONS {
+            return Err(TableError::Limit(over_limit(
+                "the number of functions in the function table (.gopclntab)",
+                nfunc,
+                "MAX_FUNCTIONS",
+                MAX_FUNCTIONS,
+            )));
+        }
         let (field, text_start, names, functab) = match format {
             Format::Go118 | Format::Go120 => {
                 let header_text = word(2)?;
                 let text = if header_text != 0 {
                     header_text
                 } else {
-                    text_start().ok_or("the text start is not recorded")?
+                    text_start().ok_or(bad("the text start is not recorded".into()))?
                 };
-                (4, text, tail(word(3)?)?, tail(word(7)?)?)
+                (4, text, within(word(3)?)?, within(word(7)?)?)
             }
-            Format::Go116 => (ptr_size, 0, tail(word(2)?)?, tail(word(6)?)?),
+            Format::Go116 => (ptr_size as u64, 0, within(word(2)?)?, within(word(6)?)?),
         };
-        // The table must fit in the section: this bounds nfunc by the
-        // section's size, so a corrupt count cannot make us loop for long.
-        let fields = usize::try_from(nfunc)
-            .ok()
-            .and_then(|n| n.checked_mul(2)?.checked_add(1)?.checked_mul(field))
-            .filter(|&len| len <= functab.len())
-            .ok_or_else(|| format!("{nfunc} functions do not fit the section"))?;
+        // The table must fit in the section: with MAX_FUNCTIONS this
+        // bounds the work of a lookup.
+        let fits = (2 * nfunc + 1)
+            .checked_mul(field)
+            .and_then(|bytes| functab.checked_add(bytes))
+            .is_some_and(|end| end <= len);
+        if !fits {
+            return Err(bad(format!("{nfunc} functions do not fit the section")));
+        }
         Ok(Self {
+            elf,
+            start,
+            len,
             format,
             little_endian,
             field,
-            nfunc: nfunc as usize,
+            nfunc,
             text_start,
             names,
-            functab: &functab[..fields],
-            funcdata: functab,
+            functab,
+            blocks: RefCell::new(Vec::new()),
         })
+    }
+
+    pub(crate) fn cancelled(&self) -> bool {
+        self.elf.src.cancelled()
     }
 
     pub(crate) fn format(&self) -> Format {
@@ -165,55 +222,170 @@ impl<'a> Pclntab<'a> {
             && self.name(0).is_some_and(|name| !name.is_empty())
     }
 
-    fn field_at(&self, bytes: &[u8], index: usize) -> Option<u64> {
-        read_uint(
-            bytes.get(index.checked_mul(self.field)?..)?,
-            self.field,
-            self.little_endian,
-        )
+    /// Calls `f` with the bytes at `offset` (from the table's start), at
+    /// most `max` of them and at least one, from a cached block.
+    fn with_bytes<T>(&self, offset: u64, max: u64, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        if offset >= self.len {
+            return None;
+        }
+        let block = offset - offset % BLOCK_BYTES;
+        let mut blocks = self.blocks.borrow_mut();
+        let index = match blocks.iter().position(|(at, _)| *at == block) {
+            Some(i) => i,
+            None => {
+                let len = BLOCK_BYTES.min(self.len - block);
+                let bytes = self
+                    .elf
+                    .read(self.start + block, len, "the function table")
+                    .ok()?;
+                if blocks.len() >= BLOCKS {
+                    blocks.remove(0);
+                }
+                blocks.push((block, bytes));
+                blocks.len() - 1
+            }
+        };
+        let bytes = &blocks[index].1;
+        let from = (offset - block) as usize;
+        let to = bytes.len().min(from.saturating_add(max as usize));
+        Some(f(&bytes[from..to]))
+    }
+
+    /// An unsigned integer of `size` bytes at `offset`.
+    fn uint(&self, offset: u64, size: u64) -> Option<u64> {
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        while got < size as usize {
+            let n = self.with_bytes(offset + got as u64, size - got as u64, |b| {
+                buf[got..got + b.len()].copy_from_slice(b);
+                b.len()
+            })?;
+            got += n;
+        }
+        read_uint(&buf, size as usize, self.little_endian)
+    }
+
+    /// Whether the NUL-terminated string at `offset` is `wanted`.
+    fn is_string(&self, offset: u64, wanted: &[u8]) -> bool {
+        let mut matched = 0;
+        loop {
+            let at = offset + matched as u64;
+            let rest = wanted.len() - matched + 1;
+            let step = self.with_bytes(at, rest as u64, |b| {
+                let n = b.len().min(wanted.len() - matched);
+                if b[..n] != wanted[matched..matched + n] {
+                    return None;
+                }
+                Some((n, b.get(n).copied()))
+            });
+            match step.flatten() {
+                Some((n, next)) => {
+                    matched += n;
+                    if matched == wanted.len() {
+                        return match next {
+                            Some(b) => b == 0,
+                            None => self.with_bytes(at + n as u64, 1, |b| b[0] == 0) == Some(true),
+                        };
+                    }
+                }
+                None => return false,
+            }
+        }
     }
 
     /// Entry address of function-table slot `i` (`i == nfunc`: end of text).
-    fn entry(&self, i: usize) -> Option<u64> {
-        let raw = self.field_at(self.functab, 2 * i)?;
+    fn entry(&self, i: u64) -> Option<u64> {
+        let raw = self.uint(self.functab + 2 * i * self.field, self.field)?;
         match self.format {
             Format::Go116 => Some(raw),
             Format::Go118 | Format::Go120 => self.text_start.checked_add(raw),
         }
     }
 
-    /// Name bytes of function `i`.
-    fn name(&self, i: usize) -> Option<&'a [u8]> {
-        let func_offset = usize::try_from(self.field_at(self.functab, 2 * i + 1)?).ok()?;
-        let func = self.funcdata.get(func_offset..)?;
-        // _func: entry (field width), then nameOff (int32).
-        let name_offset = read_uint(func.get(self.field..)?, 4, self.little_endian)? as u32;
-        let name = self.names.get(usize::try_from(name_offset).ok()?..)?;
-        let len = name.iter().take(MAX_NAME_LEN).position(|&b| b == 0)?;
-        Some(&name[..len])
+    /// Offset (from the table's start) of function `i`'s `_func`.
+    fn func(&self, i: u64) -> Option<u64> {
+        let offset = self.uint(self.functab + (2 * i + 1) * self.field, self.field)?;
+        self.functab.checked_add(offset)
     }
 
-    /// Function `i`, `None` when its entry is damaged.
-    fn symbol(&self, i: usize) -> Option<(&'a [u8], u64, u64)> {
+    /// Offset (from the table's start) of function `i`'s name.
+    fn name_offset(&self, i: u64) -> Option<u64> {
+        // _func: entry (field width), then nameOff (int32).
+        let name = self.uint(self.func(i)?.checked_add(self.field)?, 4)?;
+        self.names.checked_add(name)
+    }
+
+    /// Name bytes of function `i`, at most [`MAX_NAME_LEN`].
+    fn name(&self, i: u64) -> Option<Vec<u8>> {
+        let mut offset = self.name_offset(i)?;
+        let mut name = Vec::new();
+        loop {
+            let done = self.with_bytes(offset, (MAX_NAME_LEN - name.len()) as u64, |b| {
+                let end = b.iter().position(|&c| c == 0);
+                name.extend_from_slice(&b[..end.unwrap_or(b.len())]);
+                offset += b.len() as u64;
+                end.is_some()
+            })?;
+            if done {
+                return Some(name);
+            }
+            if name.len() >= MAX_NAME_LEN {
+                return None;
+            }
+        }
+    }
+
+    /// Address and size of function `i`, `None` when its entry is damaged.
+    fn bounds(&self, i: u64) -> Option<(u64, u64)> {
         let address = self.entry(i)?;
         let end = self.entry(i + 1)?;
-        let size = end.checked_sub(address)?;
-        Some((self.name(i)?, address, size))
+        Some((address, end.checked_sub(address)?))
     }
 
-    /// Every readable function, in table (address) order.
-    pub(crate) fn functions(&self) -> impl Iterator<Item = (&'a [u8], u64, u64)> + '_ {
-        (0..self.nfunc).filter_map(|i| self.symbol(i))
+    /// Every readable function, in table (address) order, each passed to
+    /// `f` until it returns false. Errors when cancelled, and past
+    /// [`MAX_NAME_BYTES_READ`].
+    pub(crate) fn each_function(
+        &self,
+        mut f: impl FnMut(&[u8], u64, u64) -> bool,
+    ) -> Result<(), GoError> {
+        let mut read = 0u64;
+        for i in 0..self.nfunc {
+            if i.is_multiple_of(CHECK_EVERY) && self.elf.src.cancelled() {
+                return Err(cancelled());
+            }
+            let name = self.name(i);
+            read += name.as_ref().map_or(MAX_NAME_LEN, |n| n.len() + 1) as u64;
+            if read > MAX_NAME_BYTES_READ {
+                return Err(over_limit(
+                    "the bytes of function names read",
+                    read,
+                    "MAX_NAME_BYTES_READ",
+                    MAX_NAME_BYTES_READ,
+                ));
+            }
+            let Some(((address, size), name)) = self.bounds(i).zip(name) else {
+                continue;
+            };
+            if !f(&name, address, size) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// `_func.funcID` and `_func.flag` of function `i`.
-    fn attributes(&self, i: usize) -> Option<(u8, u8)> {
-        let func_offset = usize::try_from(self.field_at(self.functab, 2 * i + 1)?).ok()?;
+    fn attributes(&self, i: u64) -> Option<(u8, u8)> {
         // entry, then eight 32-bit fields (nameOff … cuOffset), then Go
         // 1.20's startLine, then funcID and flag.
         let at = self.field + 8 * 4 + if self.format == Format::Go120 { 4 } else { 0 };
-        let bytes = self.funcdata.get(func_offset.checked_add(at)?..)?;
-        Some((*bytes.first()?, *bytes.get(1)?))
+        let both = self.uint(self.func(i)?.checked_add(at)?, 2)?;
+        let bytes = (both as u16).to_le_bytes();
+        Some(if self.little_endian {
+            (bytes[0], bytes[1])
+        } else {
+            (bytes[1], bytes[0])
+        })
     }
 
     /// The function named `name`: its address and size.
@@ -224,7 +396,10 @@ impl<'a> Pclntab<'a> {
     /// The ELF symbol table names the ABI0 one `name.abi0`; so does this
     /// lookup: `name` gives the ABIInternal one and `name.abi0` the ABI0
     /// one, as `go tool nm` lists them.
-    pub(crate) fn find(&self, name: &str) -> Option<(u64, u64)> {
+    ///
+    /// Compares each function's name with `name` in place, reading no more
+    /// of it than `name` is long; errors when cancelled.
+    pub(crate) fn find(&self, name: &str) -> Result<Option<(u64, u64)>, GoError> {
         let (base, abi0) = match name.strip_suffix(".abi0") {
             Some(base) => (base, true),
             None => (name, false),
@@ -234,10 +409,16 @@ impl<'a> Pclntab<'a> {
             if candidates.len() >= 2 {
                 break;
             }
-            let Some((n, address, size)) = self.symbol(i) else {
+            if i.is_multiple_of(CHECK_EVERY) && self.elf.src.cancelled() {
+                return Err(cancelled());
+            }
+            let named = self
+                .name_offset(i)
+                .is_some_and(|at| self.is_string(at, base.as_bytes()));
+            if !named {
                 continue;
-            };
-            if n == base.as_bytes() {
+            }
+            if let Some((address, size)) = self.bounds(i) {
                 let (func_id, flag) = self.attributes(i).unwrap_or((0, 0));
                 candidates.push((address, size, flag & FUNC_FLAG_ASM != 0, func_id != 0));
             }
@@ -252,6 +433,14 @@ impl<'a> Pclntab<'a> {
                 Some(if a_is_abi0 == abi0 { a } else { b })
             }
         };
-        pick.map(|&(address, size, _, _)| (address, size))
+        Ok(pick.map(|&(address, size, _, _)| (address, size)))
     }
+}
+
+/// Why a function table was not read.
+pub(crate) enum TableError {
+    /// Over a limit, cancelled, or outside the file: said as is.
+    Limit(GoError),
+    /// Not a table ringwarden can read, and why.
+    Unreadable(String),
 }

@@ -193,6 +193,15 @@ struct State {
     pods: Option<PodWatch>,
     /// Where pod cgroups are looked for (`--pod-cgroup-root`).
     pod_cgroup_root: Option<PathBuf>,
+    /// Uprobe probes whose binaries are being opened off the loop, as
+    /// they were when the open started, by id.
+    opening: HashMap<String, AgentProbe>,
+    /// Where those opens send their results, and where the loop takes
+    /// them; made at the first open.
+    opened_tx: Option<mpsc::UnboundedSender<Opened>>,
+    opened_rx: Option<mpsc::UnboundedReceiver<Opened>>,
+    /// Whether node facts are static (`--node-labels`), as last applied.
+    static_facts: bool,
     node: String,
     metrics: Option<NodeMetrics>,
 }
@@ -285,6 +294,7 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
                 state.apply(&facts).await;
             }
             () = next_pod_change(&mut state.pods) => state.pods_changed().await,
+            Some(opened) = next_opened(&mut state.opened_rx) => state.opened(opened),
             Some(config) = next_config(&mut pushed) => {
                 if state.take_pushed(config) {
                     state.apply(&facts).await;
@@ -340,6 +350,22 @@ async fn draining<T>(
             out = &mut f => return out,
             () = next_drain(loaded) => drain_due(loaded, metrics),
         }
+    }
+}
+
+/// A uprobe probe and what opening its binary gave.
+type Opened = (AgentProbe, Result<Option<UprobeTarget>, TargetError>);
+
+/// An open of a uprobe binary, running off the loop.
+type Opening = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<UprobeTarget>, TargetError>> + Send>,
+>;
+
+/// The next uprobe binary opened off the loop; never, before the first.
+async fn next_opened(rx: &mut Option<mpsc::UnboundedReceiver<Opened>>) -> Option<Opened> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -564,6 +590,7 @@ impl State {
             }
         }
         let static_facts = matches!(facts, Facts::Static(_));
+        self.static_facts = static_facts;
         self.desired = wanted;
         self.load_due(static_facts).await;
         self.sync_pods();
@@ -588,8 +615,11 @@ impl State {
     }
 
     /// Loads every desired probe that is neither running nor waiting for
-    /// its next retry. Uprobe binaries are opened first, on blocking
-    /// threads, so a slow filesystem never stalls the loop.
+    /// its next retry. A uprobe's binary is opened off the loop, on a
+    /// blocking thread under `PARSE_DEADLINE`, and its probe loads when
+    /// the result comes back ([`State::opened`]): neither a slow
+    /// filesystem nor a crafted binary stalls drains, reports,
+    /// configuration or signals.
     async fn load_due(&mut self, static_facts: bool) {
         let now = Instant::now();
         let due: Vec<AgentProbe> = self
@@ -602,57 +632,100 @@ impl State {
             })
             .cloned()
             .collect();
-        let mut binaries = HashMap::new();
         for p in &due {
             let target = match (p.spec.kind, &p.spec.uprobe, &p.spec.go_runtime) {
                 (ProbeKind::Uprobe, Some(u), _) => Some((u.binary.clone(), u.symbol.clone())),
                 (ProbeKind::GoRuntime, _, Some(g)) => Some((g.binary.clone(), String::new())),
                 _ => None,
             };
-            if let Some((binary, symbol)) = target {
-                let opened = if resolves_in_containers(p) {
-                    let Some(dirs) = self.pod_dirs(p) else {
-                        // The pods are not known yet: try_load waits.
-                        continue;
-                    };
-                    let open =
-                        UprobeTarget::open_in_containers_async(p.spec.kind, dirs, binary, symbol);
-                    draining(&mut self.loaded, self.metrics.as_ref(), open).await
-                } else {
-                    let open = UprobeTarget::open_async(
-                        p.spec.kind,
-                        crate::target::host_root(),
-                        binary,
-                        symbol,
-                    );
-                    draining(&mut self.loaded, self.metrics.as_ref(), open)
-                        .await
-                        .map(Some)
-                };
-                binaries.insert(p.id(), opened);
+            let Some((binary, symbol)) = target else {
+                continue;
+            };
+            if self.opening.contains_key(&p.id()) {
+                continue;
             }
+            // The binary is opened and parsed off the loop, under its
+            // deadline; the loop keeps draining, reporting, taking
+            // configuration and signals, and loads the probe when the
+            // result comes back (`opened`).
+            let open: Opening = if resolves_in_containers(p) {
+                let Some(dirs) = self.pod_dirs(p) else {
+                    // The pods are not known yet: try_load waits.
+                    continue;
+                };
+                Box::pin(UprobeTarget::open_in_containers_async(
+                    p.spec.kind,
+                    dirs,
+                    binary,
+                    symbol,
+                ))
+            } else {
+                let open = UprobeTarget::open_async(
+                    p.spec.kind,
+                    crate::target::host_root(),
+                    binary,
+                    symbol,
+                );
+                Box::pin(async move { open.await.map(Some) })
+            };
+            let tx = self.opened_sender();
+            let probe = p.clone();
+            tokio::spawn(async move {
+                let _ = tx.send((probe, open.await));
+            });
+            self.opening.insert(p.id(), p.clone());
         }
         for p in &due {
-            let binary = match binaries.remove(&p.id()) {
-                Some(Ok(None)) => {
-                    self.idle(p, now);
-                    continue;
-                }
-                Some(Ok(Some(target))) => Some(Ok(target)),
-                Some(Err(e)) => Some(Err(e)),
-                None => None,
-            };
+            if self.opening.contains_key(&p.id()) {
+                continue;
+            }
             // A load takes tens of milliseconds (verifier, attach): the
             // rings already running are drained between loads, not after
             // the last.
             self.drain_due();
-            if let Err((failure, waits_for_pods)) = self.try_load(p, static_facts, binary) {
+            if let Err((failure, waits_for_pods)) = self.try_load(p, static_facts, None) {
                 self.fail(p, failure, waits_for_pods, now);
             }
         }
         if self.failed.is_empty() && self.kernel.take().is_some() {
             // SAFETY: malloc_trim only releases free heap memory.
             unsafe { libc::malloc_trim(0) };
+        }
+    }
+
+    /// Where opens started by `load_due` send their results.
+    fn opened_sender(&mut self) -> mpsc::UnboundedSender<Opened> {
+        if self.opened_tx.is_none() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.opened_tx = Some(tx);
+            self.opened_rx = Some(rx);
+        }
+        self.opened_tx.clone().expect("set above")
+    }
+
+    /// A uprobe binary opened off the loop: loads its probe if it is still
+    /// wanted as it was, else drops it (detaching nothing: it never ran).
+    fn opened(&mut self, (p, opened): Opened) {
+        let id = p.id();
+        if self.opening.get(&id) != Some(&p) {
+            return;
+        }
+        self.opening.remove(&id);
+        if !self.desired.contains(&p) || self.loaded.contains_key(&id) {
+            return;
+        }
+        let now = Instant::now();
+        let binary = match opened {
+            Ok(None) => {
+                self.idle(&p, now);
+                return;
+            }
+            Ok(Some(target)) => Ok(target),
+            Err(e) => Err(e),
+        };
+        self.drain_due();
+        if let Err((failure, waits_for_pods)) = self.try_load(&p, self.static_facts, Some(binary)) {
+            self.fail(&p, failure, waits_for_pods, now);
         }
     }
 

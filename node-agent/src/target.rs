@@ -12,11 +12,16 @@
 //!
 //! The file is opened non-blocking (a FIFO or a device cannot stall the
 //! agent), accepted only if it is a regular file of at most
-//! [`MAX_BINARY_BYTES`] on a real filesystem, and read through a cache of
-//! the ranges the ELF parser asks for, never whole. The kernel is then
-//! handed `/proc/self/fd/<n>` of that same open file, so what it attaches
-//! to is exactly what was checked, whatever the path points at by then.
+//! [`MAX_BINARY_BYTES`] on a real filesystem, and read at offsets by
+//! `ringwarden_gobin`, section by section within its named limits, never
+//! whole: the file is hostile input (a tenant can write one in its own
+//! container, sparse, and name it). The async openers run the parse on a
+//! blocking thread under [`ringwarden_gobin::PARSE_DEADLINE`] and cancel it
+//! when the deadline passes. The kernel is then handed `/proc/self/fd/<n>`
+//! of that same open file, so what it attaches to is exactly what was
+//! checked, whatever the path points at by then.
 
+use ringwarden_gobin::{Cancel, Cancellable};
 use std::{
     ffi::CString,
     fs::File,
@@ -29,6 +34,12 @@ use std::{
 /// binary with full debug info a few hundred); anything larger is more
 /// likely a disk image or a sparse file than a program.
 pub const MAX_BINARY_BYTES: u64 = 1 << 30;
+
+/// Most uprobes one probe attaches: a Go function's entry and at most
+/// [`ringwarden_gobin::MAX_RETURNS_PER_FUNCTION`] returns, or the
+/// `goRuntime` probe's four entries and the returns of one function. The
+/// kernel takes tens of milliseconds per uprobe.
+pub const MAX_UPROBES_PER_PROBE: usize = ringwarden_gobin::MAX_RETURNS_PER_FUNCTION + 4;
 
 /// Top-level directories no uprobe binary lives in: devices and kernel
 /// interfaces, whose files can block, never end or have side effects when
@@ -118,6 +129,28 @@ pub struct GoRuntimeSites {
     pub gc_done: u64,
 }
 
+impl Attach {
+    /// How many uprobes these sites take.
+    pub fn uprobes(&self) -> usize {
+        match self {
+            Attach::Native { .. } => 2,
+            Attach::Go { returns, .. } => 1 + returns.len(),
+            Attach::GoRuntime(sites) => 4 + sites.stw_end.len(),
+        }
+    }
+
+    /// Refuses sites over [`MAX_UPROBES_PER_PROBE`].
+    fn check(self) -> Result<Self, TargetError> {
+        let n = self.uprobes();
+        if n > MAX_UPROBES_PER_PROBE {
+            return Err(TargetError(format!(
+                "it would take {n} uprobes, more than MAX_UPROBES_PER_PROBE                  ({MAX_UPROBES_PER_PROBE}) one probe may attach; probe a smaller function"
+            )));
+        }
+        Ok(self)
+    }
+}
+
 /// Why a uprobe target was refused; the message names the cause and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -128,8 +161,17 @@ impl UprobeTarget {
     /// in the ELF symbol tables, or for a Go binary with `ringwarden_gobin`
     /// (its symbol table or, stripped, its `.gopclntab`).
     pub fn open(host_root: &Path, binary: &str, symbol: &str) -> Result<Self, TargetError> {
+        Self::open_cancellable(host_root, binary, symbol, &Cancel::new())
+    }
+
+    fn open_cancellable(
+        host_root: &Path,
+        binary: &str,
+        symbol: &str,
+        cancel: &Cancel,
+    ) -> Result<Self, TargetError> {
         let (file, size) = open_binary(host_root, binary)?;
-        let attach = resolve_symbol(&file, symbol)?;
+        let attach = resolve_symbol(&file, symbol, cancel)?;
         Ok(Self {
             file,
             binary: binary.into(),
@@ -142,8 +184,16 @@ impl UprobeTarget {
     /// Resolves and opens a Go binary for a `goRuntime` probe and finds the
     /// runtime functions it attaches to.
     pub fn open_go_runtime(host_root: &Path, binary: &str) -> Result<Self, TargetError> {
+        Self::open_go_runtime_cancellable(host_root, binary, &Cancel::new())
+    }
+
+    fn open_go_runtime_cancellable(
+        host_root: &Path,
+        binary: &str,
+        cancel: &Cancel,
+    ) -> Result<Self, TargetError> {
         let (file, size) = open_binary(host_root, binary)?;
-        let attach = Attach::GoRuntime(resolve_go_runtime(&file)?);
+        let attach = Attach::GoRuntime(resolve_go_runtime(&file, cancel)?).check()?;
         Ok(Self {
             file,
             binary: binary.into(),
@@ -161,9 +211,21 @@ impl UprobeTarget {
         binary: &str,
         symbol: &str,
     ) -> Result<Self, TargetError> {
+        Self::open_for_cancellable(kind, host_root, binary, symbol, &Cancel::new())
+    }
+
+    fn open_for_cancellable(
+        kind: ringwarden_crds::ProbeKind,
+        host_root: &Path,
+        binary: &str,
+        symbol: &str,
+        cancel: &Cancel,
+    ) -> Result<Self, TargetError> {
         match kind {
-            ringwarden_crds::ProbeKind::GoRuntime => Self::open_go_runtime(host_root, binary),
-            _ => Self::open(host_root, binary, symbol),
+            ringwarden_crds::ProbeKind::GoRuntime => {
+                Self::open_go_runtime_cancellable(host_root, binary, cancel)
+            }
+            _ => Self::open_cancellable(host_root, binary, symbol, cancel),
         }
     }
 
@@ -178,6 +240,17 @@ impl UprobeTarget {
         errors: &[String],
         binary: &str,
         symbol: &str,
+    ) -> Result<Self, TargetError> {
+        Self::open_in_containers_cancellable(kind, roots, errors, binary, symbol, &Cancel::new())
+    }
+
+    fn open_in_containers_cancellable(
+        kind: ringwarden_crds::ProbeKind,
+        roots: &[crate::containers::ContainerRoot],
+        errors: &[String],
+        binary: &str,
+        symbol: &str,
+        cancel: &Cancel,
     ) -> Result<Self, TargetError> {
         let relative = check_path(binary)?;
         let fix = "a ProbeSet's uprobe attaches only to binaries inside the containers of its \
@@ -206,9 +279,9 @@ impl UprobeTarget {
                     let size = check_file(&file)?;
                     let attach = match kind {
                         ringwarden_crds::ProbeKind::GoRuntime => {
-                            Attach::GoRuntime(resolve_go_runtime(&file)?)
+                            Attach::GoRuntime(resolve_go_runtime(&file, cancel)?).check()?
                         }
-                        _ => resolve_symbol(&file, symbol)?,
+                        _ => resolve_symbol(&file, symbol, cancel)?,
                     };
                     return Ok(Self {
                         file,
@@ -234,16 +307,17 @@ impl UprobeTarget {
         )))
     }
 
-    /// [`UprobeTarget::open_in_containers`] on a blocking thread, in the
-    /// containers of the pods whose cgroups are `pod_dirs`; `None` when no
-    /// process runs in them: nothing to attach to on this node yet.
+    /// [`UprobeTarget::open_in_containers`] on a blocking thread, under
+    /// [`ringwarden_gobin::PARSE_DEADLINE`], in the containers of the pods
+    /// whose cgroups are `pod_dirs`; `None` when no process runs in them:
+    /// nothing to attach to on this node yet.
     pub async fn open_in_containers_async(
         kind: ringwarden_crds::ProbeKind,
         pod_dirs: Vec<PathBuf>,
         binary: String,
         symbol: String,
     ) -> Result<Option<Self>, TargetError> {
-        tokio::task::spawn_blocking(move || {
+        within_deadline(ringwarden_gobin::PARSE_DEADLINE, move |cancel| {
             let (roots, errors) = crate::containers::roots(
                 pod_dirs.iter().map(PathBuf::as_path),
                 &crate::containers::proc_root(),
@@ -251,28 +325,71 @@ impl UprobeTarget {
             if roots.is_empty() && errors.is_empty() {
                 return Ok(None);
             }
-            Self::open_in_containers(kind, &roots, &errors, &binary, &symbol).map(Some)
+            Self::open_in_containers_cancellable(kind, &roots, &errors, &binary, &symbol, cancel)
+                .map(Some)
         })
         .await
-        .map_err(|e| TargetError(format!("opening the binary did not finish: {e}")))?
     }
 
-    /// [`UprobeTarget::open`] on a blocking thread, so a slow filesystem
-    /// never stalls the agent's loop.
+    /// [`UprobeTarget::open`] on a blocking thread, under
+    /// [`ringwarden_gobin::PARSE_DEADLINE`], so neither a slow filesystem
+    /// nor a crafted binary stalls the agent's loop.
     pub async fn open_async(
         kind: ringwarden_crds::ProbeKind,
         host_root: PathBuf,
         binary: String,
         symbol: String,
     ) -> Result<Self, TargetError> {
-        tokio::task::spawn_blocking(move || Self::open_for(kind, &host_root, &binary, &symbol))
-            .await
-            .map_err(|e| TargetError(format!("opening the binary did not finish: {e}")))?
+        Self::open_async_within(
+            ringwarden_gobin::PARSE_DEADLINE,
+            kind,
+            host_root,
+            binary,
+            symbol,
+        )
+        .await
+    }
+
+    /// [`UprobeTarget::open_async`] with its deadline given.
+    pub async fn open_async_within(
+        deadline: std::time::Duration,
+        kind: ringwarden_crds::ProbeKind,
+        host_root: PathBuf,
+        binary: String,
+        symbol: String,
+    ) -> Result<Self, TargetError> {
+        within_deadline(deadline, move |cancel| {
+            Self::open_for_cancellable(kind, &host_root, &binary, &symbol, cancel)
+        })
+        .await
     }
 
     /// The path under which the kernel finds exactly this open file.
     pub fn attach_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// Runs `open` on a blocking thread and waits at most `deadline` for it.
+/// Past the deadline the open is cancelled (its parse stops at its next
+/// check and its result is dropped) and the error names the deadline.
+async fn within_deadline<T: Send + 'static>(
+    deadline: std::time::Duration,
+    open: impl FnOnce(&Cancel) -> Result<T, TargetError> + Send + 'static,
+) -> Result<T, TargetError> {
+    let cancel = Cancel::new();
+    let flag = cancel.clone();
+    let task = tokio::task::spawn_blocking(move || open(&flag));
+    match tokio::time::timeout(deadline, task).await {
+        Ok(done) => {
+            done.map_err(|e| TargetError(format!("opening the binary did not finish: {e}")))?
+        }
+        Err(_) => {
+            cancel.cancel();
+            Err(TargetError(format!(
+                "opening and reading it took longer than PARSE_DEADLINE ({deadline:?}) and was                  abandoned: a real program is read in milliseconds, so check that the path                  names the program's own binary on a local filesystem"
+            )))
+        }
     }
 }
 
@@ -456,57 +573,37 @@ fn check_file(file: &File) -> Result<u64, TargetError> {
 
 /// Where to probe `symbol`: a Go function through `ringwarden_gobin`,
 /// anything else through the dynamic symbols or the symbol table. Reads
-/// only the headers, the section table and the tables it needs.
-fn resolve_symbol(file: &File, symbol: &str) -> Result<Attach, TargetError> {
-    use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
-    let cache = object::ReadCache::new(file);
-    let obj = object::File::parse(&cache)
-        .map_err(|e| TargetError(format!("it is not an ELF binary or library ({e})")))?;
-    if let Some(go) = ringwarden_gobin::inspect(&cache).map_err(|e| TargetError(e.0))? {
-        let f = ringwarden_gobin::function(&cache, symbol).map_err(|e| TargetError(e.0))?;
-        return Ok(Attach::Go {
+/// the headers, the section table and, a chunk at a time, the tables it
+/// needs, within `ringwarden_gobin`'s limits; stops once `cancel` is set.
+fn resolve_symbol(file: &File, symbol: &str, cancel: &Cancel) -> Result<Attach, TargetError> {
+    let source = Cancellable {
+        source: file,
+        cancel,
+    };
+    if let Some(go) = ringwarden_gobin::inspect(&source).map_err(|e| TargetError(e.0))? {
+        let f = ringwarden_gobin::function(&source, symbol).map_err(|e| TargetError(e.0))?;
+        return Attach::Go {
             version: go.version,
             entry: f.entry_offset,
             returns: f.return_offsets,
-        });
+        }
+        .check();
     }
-    let Some(sym) = obj
-        .dynamic_symbols()
-        .chain(obj.symbols())
-        .find(|s| s.is_definition() && s.name() == Ok(symbol))
-    else {
-        return Err(TargetError(format!(
+    match ringwarden_gobin::symbol_offset(&source, symbol).map_err(|e| TargetError(e.0))? {
+        Some(offset) => Ok(Attach::Native { offset }),
+        None => Err(TargetError(format!(
             "no symbol {symbol:?} in its symbol tables (.dynsym, .symtab); list them with \
              `nm -D` or `nm` on the node, and note that stripped binaries keep only .dynsym"
-        )));
-    };
-    let offset = match obj.kind() {
-        // Executables and shared objects: the kernel wants a file offset,
-        // the symbol holds a virtual address.
-        ObjectKind::Executable | ObjectKind::Dynamic => {
-            let index = sym.section_index().ok_or_else(|| {
-                TargetError(format!("symbol {symbol:?} is not in a section of the file"))
-            })?;
-            let section = obj
-                .section_by_index(index)
-                .map_err(|e| TargetError(format!("symbol {symbol:?}: {e}")))?;
-            let (file_offset, _) = section.file_range().ok_or_else(|| {
-                TargetError(format!(
-                    "symbol {symbol:?} is in a section with no file data"
-                ))
-            })?;
-            (sym.address() - section.address())
-                .checked_add(file_offset)
-                .ok_or_else(|| TargetError(format!("symbol {symbol:?}: offset overflows")))?
-        }
-        _ => sym.address(),
-    };
-    Ok(Attach::Native { offset })
+        ))),
+    }
 }
 
 /// The runtime functions of a Go binary that `goRuntime` attaches to.
-fn resolve_go_runtime(file: &File) -> Result<GoRuntimeSites, TargetError> {
-    let cache = object::ReadCache::new(file);
+fn resolve_go_runtime(file: &File, cancel: &Cancel) -> Result<GoRuntimeSites, TargetError> {
+    let cache = Cancellable {
+        source: file,
+        cancel,
+    };
     let Some(go) = ringwarden_gobin::inspect(&cache).map_err(|e| TargetError(e.0))? else {
         return Err(TargetError(
             "it was not built by Go (no .go.buildinfo, .gopclntab or .note.go.buildid \
@@ -632,6 +729,88 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_parse_past_its_deadline_is_abandoned_and_cancelled() {
+        let deadline = std::time::Duration::from_millis(50);
+        let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = stopped.clone();
+        let started = std::time::Instant::now();
+        // Work that never ends unless cancelled, as a parse's loops.
+        let e = within_deadline(deadline, move |cancel| -> Result<(), TargetError> {
+            while !cancel.is_cancelled() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            Err(TargetError("cancelled".into()))
+        })
+        .await
+        .unwrap_err()
+        .0;
+        assert!(started.elapsed() < deadline * 20, "{:?}", started.elapsed());
+        assert!(e.contains("PARSE_DEADLINE") && e.contains("50ms"), "{e}");
+        // The abandoned work saw the flag and stopped.
+        for _ in 0..100 {
+            if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(stopped.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_probe_over_its_uprobe_limit_is_refused_not_attached() {
+        let returns = vec![0x1000; MAX_UPROBES_PER_PROBE];
+        let e = Attach::Go {
+            version: "go1.19.8".into(),
+            entry: 0x1000,
+            returns,
+        }
+        .check()
+        .unwrap_err()
+        .0;
+        assert!(e.contains("MAX_UPROBES_PER_PROBE"), "{e}");
+        let within = Attach::Go {
+            version: "go1.19.8".into(),
+            entry: 0x1000,
+            returns: vec![0x1000; ringwarden_gobin::MAX_RETURNS_PER_FUNCTION],
+        };
+        assert_eq!(within.clone().check(), Ok(within));
+    }
+
+    #[test]
+    fn a_sparse_binary_is_refused_by_the_agent_within_its_limits() {
+        // An ELF whose symbol table claims 600 MiB of a sparse file.
+        let root = Root::new("sparse");
+        let path = root.0.join("usr/bin/app");
+        let mut bytes = elf(b".rodata.other", b"handler");
+        let symtab = symtab_header_offset(&bytes);
+        let len = bytes.len() as u64;
+        // sh_offset at 24, sh_size at 32 of the section header.
+        bytes[symtab + 24..symtab + 32].copy_from_slice(&len.to_le_bytes());
+        bytes[symtab + 32..symtab + 40].copy_from_slice(&(600u64 << 20).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len + (600 << 20))
+            .unwrap();
+        let e = root.open("/usr/bin/app", "handler").unwrap_err().0;
+        assert!(e.contains("MAX_SYMBOLS"), "{e}");
+    }
+
+    /// Where the `.symtab` section header of an ELF64 file is.
+    fn symtab_header_offset(bytes: &[u8]) -> usize {
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        let u16_at = |at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap());
+        let shoff = u64_at(40) as usize;
+        (0..usize::from(u16_at(60)))
+            .map(|i| shoff + 64 * i)
+            .find(|&h| u32::from_le_bytes(bytes[h + 4..h + 8].try_into().unwrap()) == 2)
+            .unwrap()
     }
 
     #[test]
