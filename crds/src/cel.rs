@@ -11,6 +11,7 @@
 //! [`ProbeSetSpec::validate`]: crate::ProbeSetSpec::validate
 //! [`SloSpec::validate`]: crate::SloSpec::validate
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ringwarden_core::duration::{format_duration, format_duration_days};
 use serde::Serialize;
 
@@ -266,6 +267,71 @@ pub fn uprobe_binary() -> Vec<Rule> {
             UPROBE_BINARY_NOT_KERNEL,
         ),
     ]
+}
+
+/// Texts of the shared ProbeSet spec that say what holds for a
+/// ClusterProbeSet (and standalone mode), and what the namespaced
+/// ProbeSet's CRD says instead: its uprobe binaries are paths inside its
+/// pods' containers, and it may not filter by cgroups. The spec is one
+/// Rust type embedded in both kinds, so the ProbeSet's CRD is rewritten
+/// ([`for_namespaced_probe_set`]).
+pub const NAMESPACED_WORDING: [(&str, &str); 6] = [
+    (
+        "Absolute path of the binary or shared library on the node, e.g.",
+        "Absolute path of the binary or shared library inside the ProbeSet's pods' containers, \
+         not on the node (host binaries are for ClusterProbeSets), e.g.",
+    ),
+    (
+        "Absolute path of the Go binary on the node (",
+        "Absolute path of the Go binary inside the ProbeSet's pods' containers, not on the \
+         node (",
+    ),
+    (
+        "binary must be an absolute path on the node, e.g.",
+        "binary must be an absolute path inside the ProbeSet's pods' containers, e.g.",
+    ),
+    (
+        "give the path of the program's binary on the node, e.g.",
+        "give the path of the program's binary inside the pods' containers, e.g.",
+    ),
+    (
+        "pids and comms filters cannot apply; filter by cgroups instead",
+        "pids and comms filters cannot apply; select the pods with podSelector instead \
+         (cgroups filters are for ClusterProbeSets)",
+    ),
+    (
+        "`tcpRetransmit` accepts only cgroups.",
+        "`tcpRetransmit` accepts no pids or comms: narrow it with `podSelector`.",
+    ),
+];
+
+/// Rewrites every `description` and rule `message` under `v` from the
+/// ClusterProbeSet's terms to the ProbeSet's ([`NAMESPACED_WORDING`]).
+pub fn reword_namespaced(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    serde_json::Value::String(text) if key == "description" || key == "message" => {
+                        for (cluster, namespaced) in NAMESPACED_WORDING {
+                            *text = text.replace(cluster, namespaced);
+                        }
+                    }
+                    other => reword_namespaced(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(reword_namespaced),
+        _ => {}
+    }
+}
+
+/// The ProbeSet's CRD with its descriptions and rule messages in the
+/// namespaced kind's terms ([`NAMESPACED_WORDING`]).
+pub fn for_namespaced_probe_set(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(&crd).expect("a CRD is JSON");
+    reword_namespaced(&mut value);
+    serde_json::from_value(value).expect("rewording keeps a CRD a CRD")
 }
 
 /// Why a uprobe binary path with `.`, `..` or `//` is refused.

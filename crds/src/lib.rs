@@ -63,5 +63,9 @@ pub fn crd_yaml() -> String {
 /// Every CustomResourceDefinition of the API.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![ProbeSet::crd(), ClusterProbeSet::crd(), Slo::crd()]
+    vec![
+        cel::for_namespaced_probe_set(ProbeSet::crd()),
+        ClusterProbeSet::crd(),
+        Slo::crd(),
+    ]
 }

@@ -834,7 +834,8 @@ impl ProbeSetSpec {
                 err(
                     format!("{at}.filter"),
                     "tcpRetransmit runs in softirq context where no process is current, so \
-                     pid and comm filters cannot apply; filter by cgroups (the socket's) instead"
+                     pid and comm filters cannot apply; select the pods with podSelector instead \
+                     (or, in a ClusterProbeSet, filter by cgroups)"
                         .into(),
                 );
             }

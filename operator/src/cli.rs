@@ -175,7 +175,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "RINGWARDEN_LOG_FORMAT")]
     pub log_format: LogFormat,
 
-    /// Log filter, e.g. `info` or `ringwarden_operator=debug`.
+    /// Log filter, e.g. `info` or `ringwarden_operator=debug`. kube's
+    /// HTTP client, which logs every failed request at ERROR, stays quiet
+    /// unless the filter names `kube_client`: the operator logs each
+    /// failure once, with its cause.
     #[arg(long, default_value = "info", env = "RINGWARDEN_LOG")]
     pub log: String,
 }
@@ -216,7 +219,21 @@ impl Args {
         }
         Ok(())
     }
+
+    /// The `tracing` filter: `--log`, with kube's per-request error lines
+    /// off unless `--log` names `kube_client` itself.
+    pub fn log_filter(&self) -> String {
+        if self.log.contains("kube_client") {
+            self.log.clone()
+        } else {
+            format!("{},{QUIET_KUBE_CLIENT}", self.log)
+        }
+    }
 }
+
+/// kube's client logs every failed request at ERROR (`failed with error
+/// client error (Connect)`), unthrottled and without a cause.
+const QUIET_KUBE_CLIENT: &str = "kube_client::client::builder=off";
 
 #[cfg(test)]
 mod tests {
@@ -235,6 +252,15 @@ mod tests {
         assert_eq!(a.namespace, "ringwarden-system");
         assert!(a.leader_elect);
         assert_eq!(a.validate(), Ok(()));
+    }
+
+    #[test]
+    fn kubes_per_request_errors_are_off_unless_asked_for() {
+        let a = Args::try_parse_from(["ringwarden-operator", "--log", "debug"]).unwrap();
+        assert_eq!(a.log_filter(), "debug,kube_client::client::builder=off");
+        let b = Args::try_parse_from(["ringwarden-operator", "--log", "info,kube_client=error"])
+            .unwrap();
+        assert_eq!(b.log_filter(), "info,kube_client=error");
     }
 
     #[test]

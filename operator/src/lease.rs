@@ -26,12 +26,17 @@ use std::{
 use futures::Stream;
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
-    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference},
     jiff::Timestamp,
 };
 use kube::{Api, api::PostParams};
 use prometheus::IntGauge;
 use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    cause::{api_cause, explain},
+    throttle::Throttle,
+};
 
 /// How the election runs.
 #[derive(Clone, Debug)]
@@ -42,6 +47,9 @@ pub struct LeaseSettings {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// The operator's Deployment, made the Lease's owner so that
+    /// uninstalling the operator removes the Lease too.
+    pub owner: Option<OwnerReference>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -162,6 +170,7 @@ impl Elector {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
+                    owner_references: self.settings.owner.clone().map(|o| vec![o]),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {
@@ -203,6 +212,8 @@ impl Elector {
             return Ok(false);
         }
         let mut next = current;
+        // A Lease made before the operator had an owner is adopted.
+        crate::owner::adopt(&mut next.metadata, self.settings.owner.as_ref());
         next.spec = Some(LeaseSpec {
             holder_identity: Some(self.settings.identity.clone()),
             lease_duration_seconds: Some(seconds(self.settings.lease_duration)),
@@ -273,15 +284,40 @@ impl Elector {
     }
 
     /// Takes or renews the Lease every retry period until `shutdown`
-    /// completes, then releases it.
+    /// completes, then releases it. Failures are logged through a
+    /// [`Throttle`]: the first of each cause, then one line a minute with
+    /// the count left out.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let throttle = Throttle::default();
         loop {
             // A hanging request must not outlive the deadline unnoticed.
-            match tokio::time::timeout(self.settings.renew_deadline, self.step()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read or renew the leader Lease"),
-                Err(_) => tracing::warn!("reading or renewing the leader Lease timed out"),
+            let result = tokio::time::timeout(self.settings.renew_deadline, self.step()).await;
+            let now = Instant::now().into_std();
+            let (kind, why) = match result {
+                Ok(Ok(_)) => {
+                    let left_out = throttle.clear(SITE);
+                    if left_out > 0 {
+                        tracing::info!(
+                            suppressed = left_out,
+                            "the leader Lease can be read and renewed again"
+                        );
+                    }
+                    (None, String::new())
+                }
+                Ok(Err(e)) => (Some(api_cause(&e).label()), renewal_failure(&e)),
+                Err(_) => (
+                    Some("timeout"),
+                    format!(
+                        "reading or renewing the leader Lease timed out after {:?}",
+                        self.settings.renew_deadline
+                    ),
+                ),
+            };
+            if let Some(kind) = kind
+                && let Some(suppressed) = throttle.check(SITE, kind, now).suppressed()
+            {
+                tracing::warn!(suppressed, "{why}");
             }
             if !self.leadership.is_leading() && self.gauge.get() == 1 {
                 tracing::warn!("leadership lapsed: the Lease was not renewed in time; writes stop");
@@ -293,9 +329,25 @@ impl Elector {
             }
         }
         if let Err(e) = self.release().await {
-            tracing::warn!(error = %e, "cannot release the leader Lease; a standby takes over when it expires");
+            tracing::warn!(
+                error = %explain(&e, "get and update", "leases"),
+                "cannot release the leader Lease; a standby takes over when it expires"
+            );
         }
     }
+}
+
+/// The throttle site of the Lease loop.
+const SITE: &str = "lease";
+
+/// What the log says when a round of the election fails with `e`: a
+/// refused connection says the API server cannot be reached, a 403 which
+/// permission is missing, anything else the status.
+pub fn renewal_failure(e: &kube::Error) -> String {
+    format!(
+        "cannot read or renew the leader Lease: {}",
+        explain(e, "get, create or update", "leases")
+    )
 }
 
 fn seconds(d: Duration) -> i32 {

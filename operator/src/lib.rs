@@ -17,6 +17,7 @@
 //! serves them without a cluster.
 #![forbid(unsafe_code)]
 
+pub mod cause;
 pub mod cli;
 pub mod config;
 pub mod ctl;
@@ -26,9 +27,11 @@ pub mod lease;
 #[cfg(any(test, feature = "test-support"))]
 pub mod loopback;
 pub mod metrics;
+pub mod owner;
 pub mod reconcile;
 #[cfg(any(test, feature = "test-support"))]
 pub mod sim;
+pub mod throttle;
 pub mod wiring;
 
 // Each step by its own name too, as the binaries and tests use them.
@@ -44,7 +47,7 @@ use ringwarden_logging::init_tracing;
 
 /// Entry point of the `ringwarden-operator` binary.
 pub fn run(args: Args) -> ExitCode {
-    init_tracing(args.log_format, &args.log);
+    init_tracing(args.log_format, &args.log_filter());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -161,7 +161,8 @@ async fn transport(
             names: pki::service_names(&args.service_name, &args.namespace),
         },
     };
-    let first = pki::load(client, &args.namespace, &source).await?;
+    let owner = config.agent.owner.clone();
+    let first = pki::load(client, &args.namespace, &source, owner.as_ref()).await?;
     let store = tls::CertStore::new(&first.serving)?;
     let server = tls::server_config(Arc::clone(&store))?;
     config.agent.transport = AgentTransport::Tls {
@@ -169,9 +170,12 @@ async fn transport(
     };
     tokio::spawn(pki::keep(
         client.clone(),
-        args.namespace.clone(),
+        pki::Place {
+            namespace: args.namespace.clone(),
+            ca_configmap: args.ca_configmap.clone(),
+            owner,
+        },
         source,
-        args.ca_configmap.clone(),
         store,
         first,
         std::future::pending(),
@@ -293,6 +297,7 @@ pub async fn serve(
             lease_duration: args.lease_duration,
             renew_deadline: args.renew_deadline,
             retry_period: args.retry_period,
+            owner: config.agent.owner.clone(),
         };
         let api = Api::namespaced(client.clone(), &args.namespace);
         let (elector, leadership) = Elector::new(api, settings, metrics.leader.clone());

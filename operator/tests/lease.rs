@@ -39,6 +39,7 @@ fn elector(client: kube::Client) -> (Elector, Leadership, IntGauge) {
         lease_duration: Duration::from_secs(15),
         renew_deadline: Duration::from_secs(10),
         retry_period: Duration::from_secs(2),
+        owner: Some(owner()),
     };
     let (e, l) = Elector::new(Api::namespaced(client, NAMESPACE), settings, gauge.clone());
     (e, l, gauge)
@@ -56,6 +57,8 @@ async fn the_first_replica_creates_the_lease_and_leads_until_its_deadline() {
                 assert_eq!(spec["leaseDurationSeconds"], 15);
                 assert_eq!(spec["leaseTransitions"], 0);
                 assert!(spec["acquireTime"].is_string() && spec["renewTime"].is_string());
+                // Uninstalling the operator garbage-collects it.
+                assert_owned(&s.body);
             })
             .reply(201, lease(Some("operator-0"), "1", 0)),
     ]);
@@ -90,6 +93,8 @@ async fn a_lease_held_by_another_is_taken_only_once_it_went_unrenewed_for_its_du
                 assert_eq!(s.body["spec"]["holderIdentity"], "operator-0");
                 assert_eq!(s.body["spec"]["leaseTransitions"], 3);
                 assert_ne!(s.body["spec"]["acquireTime"], "2026-01-01T00:00:00.000000Z");
+                // A Lease made before the operator had an owner is adopted.
+                assert_owned(&s.body);
             })
             .reply(200, lease(Some("operator-0"), "8", 3)),
     ]);
@@ -196,4 +201,52 @@ async fn releasing_hands_the_lease_over_at_once() {
 fn without_election_the_only_replica_always_leads() {
     assert!(Leadership::always().is_leading());
     assert!(!Leadership::follower().is_leading());
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_logged_as_the_api_server_unreachable_not_as_rbac() {
+    // A loopback port nothing listens on: the connection is refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (mut e, leadership, _) = elector(client);
+    let error = e.step().await.unwrap_err();
+    assert!(!leadership.is_leading());
+    let logged = ringwarden_operator::lease::renewal_failure(&error);
+    assert!(
+        logged.starts_with("cannot read or renew the leader Lease: cannot reach the API server ("),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("Connection refused"),
+        "names the error: {logged}"
+    );
+    for blame in ["RBAC", "permission", "forbidden", "needs get", "Role"] {
+        assert!(!logged.contains(blame), "blames {blame}: {logged}");
+    }
+}
+
+#[tokio::test]
+async fn a_forbidden_lease_names_the_missing_permission() {
+    let (client, server) = api_server(vec![get(LEASE).reply(
+        403,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "Forbidden", "code": 403,
+            "message": "leases.coordination.k8s.io \"ringwarden-operator\" is forbidden: User \"system:serviceaccount:ringwarden-system:ringwarden-operator\" cannot get resource \"leases\""
+        }),
+    )]);
+    let (mut e, _, _) = elector(client);
+    let error = e.step().await.unwrap_err();
+    let logged = ringwarden_operator::lease::renewal_failure(&error);
+    assert!(
+        logged.contains("forbidden: the operator's RBAC lacks get, create or update on leases"),
+        "{logged}"
+    );
+    assert!(logged.contains("cannot get resource"), "{logged}");
+    drop(e);
+    server.finish().await;
 }

@@ -164,6 +164,8 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
                 s.body["metadata"]["labels"]["ringwarden.dev/slo-snapshot"],
                 "true"
             );
+            // Uninstalling the operator garbage-collects it.
+            assert_owned(&s.body);
         })
     };
     let (client, server) = api_server(vec![
@@ -183,7 +185,11 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
         // t0+46: the node is silent, so the SLO's data is stale.
         slo_write(&fast, &written_tx),
     ]);
-    let (ctx, _registry) = context(client, &cluster, Leadership::always());
+    let settings = ringwarden_operator::config::AgentSettings {
+        owner: Some(owner()),
+        ..Default::default()
+    };
+    let (ctx, _registry) = context_with(client, &cluster, Leadership::always(), settings);
     let (reconcile_tx, mut reconciled) = mpsc::unbounded_channel::<ObjectRef<ProbeSet>>();
     let mut publisher = Publisher::new(ctx.clone(), reconcile_tx, Settings::default());
     let hub = ctx.hub.clone();
@@ -396,7 +402,7 @@ fn snapshot_after(nodes: usize, reports: u64) -> Persisted {
 fn a_snapshot_stays_far_below_a_configmaps_limit_at_5000_nodes() {
     for (nodes, limit) in [(1_000, 128 * 1024), (5_000, 384 * 1024)] {
         let p = snapshot_after(nodes, 3);
-        let cm = snapshot_config_map(NAMESPACE, &p).unwrap();
+        let cm = snapshot_config_map(NAMESPACE, &p, None).unwrap();
         // What etcd stores, near enough: the object as JSON.
         let stored = serde_json::to_vec(&cm).unwrap().len();
         let plain = serde_json::to_vec(&p).unwrap().len();

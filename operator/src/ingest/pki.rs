@@ -21,6 +21,7 @@ use std::{
 use k8s_openapi::{
     ByteString,
     api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{
     Api, Client,
@@ -28,6 +29,7 @@ use kube::{
 };
 
 use super::tls::{self, CertStore, Pem, TlsError};
+use crate::cause::explain;
 
 /// Keys of the managed Secret.
 pub const CA_CERT: &str = "ca.crt";
@@ -142,8 +144,15 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
 }
 
 /// Reads the certificate from its source, writing the managed Secret when
-/// it must be created or renewed.
-pub async fn load(client: &Client, namespace: &str, source: &Source) -> Result<Pki, TlsError> {
+/// it must be created or renewed. The Secret is owned by `owner` (the
+/// operator's Deployment), so uninstalling the operator removes it; one
+/// written without an owner is adopted.
+pub async fn load(
+    client: &Client,
+    namespace: &str,
+    source: &Source,
+    owner: Option<&OwnerReference>,
+) -> Result<Pki, TlsError> {
     match source {
         Source::Files { cert, key, ca } => {
             let read = |p: &PathBuf| {
@@ -162,8 +171,8 @@ pub async fn load(client: &Client, namespace: &str, source: &Source) -> Result<P
             let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
             let existing = api.get_opt(secret).await.map_err(|e| {
                 TlsError(format!(
-                    "reading Secret {namespace}/{secret}: {e}; the operator needs get, create \
-                     and update on it (the chart's Role grants them)"
+                    "reading Secret {namespace}/{secret}: {}",
+                    explain(&e, "get", "secrets")
                 ))
             })?;
             let decision = decide(
@@ -172,7 +181,21 @@ pub async fn load(client: &Client, namespace: &str, source: &Source) -> Result<P
                 SystemTime::now(),
             )?;
             let (data, pki) = match decision {
-                Decision::Keep(pki) => return Ok(pki),
+                Decision::Keep(pki) => {
+                    if let Some(mut s) = existing
+                        && crate::owner::adopt(&mut s.metadata, owner)
+                    {
+                        // Adopting is worth a try, not a failure to start.
+                        if let Err(e) = api.replace(secret, &PostParams::default(), &s).await {
+                            tracing::warn!(
+                                secret = %secret,
+                                error = %explain(&e, "update", "secrets"),
+                                "cannot make the operator's Deployment the owner of its TLS Secret"
+                            );
+                        }
+                    }
+                    return Ok(pki);
+                }
                 Decision::Write(data, pki) => (data, pki),
             };
             let data: BTreeMap<String, ByteString> = data
@@ -181,6 +204,7 @@ pub async fn load(client: &Client, namespace: &str, source: &Source) -> Result<P
                 .collect();
             let written = match existing {
                 Some(mut s) => {
+                    crate::owner::adopt(&mut s.metadata, owner);
                     s.data = Some(data);
                     s.string_data = None;
                     let name = secret.clone();
@@ -195,6 +219,7 @@ pub async fn load(client: &Client, namespace: &str, source: &Source) -> Result<P
                                 "app.kubernetes.io/managed-by".to_string(),
                                 "ringwarden-operator".to_string(),
                             )])),
+                            owner_references: crate::owner::references(owner),
                             ..Default::default()
                         },
                         type_: Some("kubernetes.io/tls".into()),
@@ -211,10 +236,12 @@ pub async fn load(client: &Client, namespace: &str, source: &Source) -> Result<P
                 }
                 // Another replica wrote first: serve what it wrote.
                 Err(kube::Error::Api(e)) if e.code == 409 => {
-                    let s = api
-                        .get(secret)
-                        .await
-                        .map_err(|e| TlsError(format!("re-reading Secret {secret}: {e}")))?;
+                    let s = api.get(secret).await.map_err(|e| {
+                        TlsError(format!(
+                            "re-reading Secret {secret}: {}",
+                            explain(&e, "get", "secrets")
+                        ))
+                    })?;
                     match decide(s.data.as_ref(), names, SystemTime::now())? {
                         Decision::Keep(pki) => Ok(pki),
                         Decision::Write(..) => Err(TlsError(format!(
@@ -223,26 +250,29 @@ pub async fn load(client: &Client, namespace: &str, source: &Source) -> Result<P
                     }
                 }
                 Err(e) => Err(TlsError(format!(
-                    "writing Secret {namespace}/{secret}: {e}; the operator needs create and \
-                     update on it"
+                    "writing Secret {namespace}/{secret}: {}",
+                    explain(&e, "create and update", "secrets")
                 ))),
             }
         }
     }
 }
 
-/// Publishes the CA agents pin, as ConfigMap `name` (key `ca.crt`).
+/// Publishes the CA agents pin, as ConfigMap `name` (key `ca.crt`),
+/// owned by `owner` (the operator's Deployment).
 pub async fn publish_ca(
     client: &Client,
     namespace: &str,
     name: &str,
     ca_cert: &str,
+    owner: Option<&OwnerReference>,
 ) -> Result<(), TlsError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
+            owner_references: crate::owner::references(owner),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(CA_CERT.to_string(), ca_cert.to_string())])),
@@ -257,27 +287,43 @@ pub async fn publish_ca(
     .map(|_| ())
     .map_err(|e| {
         TlsError(format!(
-            "publishing the CA in ConfigMap {namespace}/{name}: {e}"
+            "publishing the CA in ConfigMap {namespace}/{name}: {}",
+            explain(&e, "patch", "configmaps")
         ))
     })
+}
+
+/// Where the certificate's objects live, and who owns them.
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub namespace: String,
+    /// The ConfigMap the CA is published in.
+    pub ca_configmap: String,
+    /// The operator's Deployment, owner of the Secret and the ConfigMap.
+    pub owner: Option<OwnerReference>,
 }
 
 /// Keeps `store` serving the current certificate and the CA ConfigMap up
 /// to date, checking every [`CHECK_EVERY`] until `stopped` completes.
 pub async fn keep(
     client: Client,
-    namespace: String,
+    place: Place,
     source: Source,
-    ca_configmap: String,
     store: Arc<CertStore>,
     mut last: Pki,
     stopped: impl Future<Output = ()>,
 ) {
+    let Place {
+        namespace,
+        ca_configmap,
+        owner,
+    } = place;
+    let owner = owner.as_ref();
     let mut published = false;
     tokio::pin!(stopped);
     loop {
         if !published {
-            match publish_ca(&client, &namespace, &ca_configmap, &last.ca_cert).await {
+            match publish_ca(&client, &namespace, &ca_configmap, &last.ca_cert, owner).await {
                 Ok(()) => published = true,
                 Err(e) => tracing::warn!(error = %e, "the agents' CA could not be published"),
             }
@@ -286,7 +332,7 @@ pub async fn keep(
             () = &mut stopped => return,
             () = tokio::time::sleep(CHECK_EVERY) => {}
         }
-        match load(&client, &namespace, &source).await {
+        match load(&client, &namespace, &source, owner).await {
             Ok(pki) if pki != last => {
                 if let Err(e) = store.set(&pki.serving) {
                     tracing::warn!(error = %e, "the new serving certificate is unusable; keeping the old");

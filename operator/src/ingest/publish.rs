@@ -24,7 +24,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    api::core::v1::ConfigMap,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams},
@@ -35,6 +38,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, info, warn};
 
 use crate::{
+    cause::api_cause,
     controller::{self, Context},
     error::is_conflict,
     hub::{Hub, ProbeSetFigures},
@@ -93,7 +97,13 @@ pub fn snapshot_name(id: &str) -> String {
 /// [`SNAPSHOT_KEY_GZ`] in `binaryData`. Uncompressed, a snapshot grows by
 /// about 200 bytes per node and would pass a ConfigMap's 1 MiB near 4 500
 /// nodes; compressed it stays under a third of it at 5 000 (tested).
-pub fn snapshot_config_map(namespace: &str, p: &Persisted) -> Result<ConfigMap, std::io::Error> {
+/// `owner` (the operator's Deployment) owns it, so uninstalling the
+/// operator removes it.
+pub fn snapshot_config_map(
+    namespace: &str,
+    p: &Persisted,
+    owner: Option<&OwnerReference>,
+) -> Result<ConfigMap, std::io::Error> {
     use std::io::Write;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     serde_json::to_writer(&mut gz, p)?;
@@ -112,6 +122,7 @@ pub fn snapshot_config_map(namespace: &str, p: &Persisted) -> Result<ConfigMap, 
                 SNAPSHOT_SLO_ANNOTATION.into(),
                 p.slo.clone(),
             )])),
+            owner_references: crate::owner::references(owner),
             ..Default::default()
         },
         binary_data: Some(BTreeMap::from([(
@@ -261,6 +272,17 @@ impl Publisher {
         self.ctx.hub.stop_serving();
     }
 
+    /// Whether an error of `kind` at `site` is logged now, and how many
+    /// like it were left out before (the context's [`Throttle`]).
+    ///
+    /// [`Throttle`]: crate::throttle::Throttle
+    fn logs(&self, site: &'static str, kind: &'static str) -> Option<u64> {
+        self.ctx
+            .throttle
+            .check(site, kind, std::time::Instant::now())
+            .suppressed()
+    }
+
     /// One tick at `now`.
     pub async fn step(&mut self, now: SystemTime) {
         let hub = Arc::clone(&self.ctx.hub);
@@ -286,7 +308,11 @@ impl Publisher {
                     hub.start_serving(now);
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot read SLO snapshots; agents wait until they can be");
+                    let cause = api_cause(&e);
+                    if let Some(suppressed) = self.logs("snapshot_read", cause.label()) {
+                        warn!(error = %cause.explain("get and list", "configmaps"), suppressed,
+                            "cannot read SLO snapshots; agents wait until they can be");
+                    }
                     return;
                 }
             }
@@ -372,7 +398,13 @@ impl Publisher {
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "cannot list SLO snapshots to remove stale ones"),
+            Err(e) => {
+                let cause = api_cause(&e);
+                if let Some(suppressed) = self.logs("snapshot_list", cause.label()) {
+                    warn!(error = %cause.explain("list", "configmaps"), suppressed,
+                        "cannot list SLO snapshots to remove stale ones");
+                }
+            }
         }
         Ok(restored)
     }
@@ -381,7 +413,13 @@ impl Publisher {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => self.ctx.metrics.wrote("SLOSnapshotDeleted"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => warn!(name, error = %e, "cannot delete a stale SLO snapshot"),
+            Err(e) => {
+                let cause = api_cause(&e);
+                if let Some(suppressed) = self.logs("snapshot_delete", cause.label()) {
+                    warn!(name, error = %cause.explain("delete", "configmaps"), suppressed,
+                        "cannot delete a stale SLO snapshot");
+                }
+            }
         }
     }
 
@@ -547,7 +585,11 @@ impl Publisher {
                     self.ctx
                         .metrics
                         .error(crate::metrics::controller::SLO, label);
-                    warn!(slo = id, error = %e, "cannot write SLO status");
+                    let cause = api_cause(&e);
+                    if let Some(suppressed) = self.logs("slo_status", cause.label()) {
+                        warn!(slo = id, error = %cause.explain("patch", "slos/status"), suppressed,
+                            "cannot write SLO status");
+                    }
                 }
             }
         }
@@ -628,13 +670,14 @@ impl Publisher {
             if !self.ctx.leadership.is_leading() {
                 return;
             }
-            let cm = match snapshot_config_map(&self.ctx.namespace, &p) {
-                Ok(cm) => cm,
-                Err(e) => {
-                    warn!(slo = id, error = %e, "cannot serialize an SLO snapshot");
-                    continue;
-                }
-            };
+            let cm =
+                match snapshot_config_map(&self.ctx.namespace, &p, self.ctx.agent.owner.as_ref()) {
+                    Ok(cm) => cm,
+                    Err(e) => {
+                        warn!(slo = id, error = %e, "cannot serialize an SLO snapshot");
+                        continue;
+                    }
+                };
             match api
                 .patch(
                     &snapshot_name(&id),
@@ -654,7 +697,11 @@ impl Publisher {
                     self.ctx
                         .metrics
                         .error(crate::metrics::controller::SLO, "snapshot");
-                    warn!(slo = id, error = %e, "cannot persist an SLO snapshot");
+                    let cause = api_cause(&e);
+                    if let Some(suppressed) = self.logs("snapshot", cause.label()) {
+                        warn!(slo = id, error = %cause.explain("create and patch", "configmaps"),
+                            suppressed, "cannot persist an SLO snapshot");
+                    }
                     let since = match self.unsaved.get(&id) {
                         Some((Saved::Failed { since, .. }, _)) => since.clone(),
                         _ => controller::now().0.to_string(),

@@ -239,13 +239,16 @@ pub async fn run(ctx: Arc<Context>, trigger: Arc<Notify>, shutdown: impl Future<
         match sync(&ctx).await {
             Ok(()) => {
                 failures = 0;
+                ctx.throttle.clear("agent");
                 next = Instant::now() + VERIFY_EVERY;
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let delay = Duration::from_secs(1u64 << (failures - 1).min(16)).min(MAX_BACKOFF);
                 ctx.metrics.error(controller::AGENT, e.metric_label());
-                warn!(error = %e, retry_in = ?delay, "agent objects not up to date");
+                if let Some(suppressed) = ctx.throttled("agent", &e) {
+                    warn!(error = %e, retry_in = ?delay, suppressed, "agent objects not up to date");
+                }
                 next = Instant::now() + delay;
             }
         }

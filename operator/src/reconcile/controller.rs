@@ -117,6 +117,8 @@ pub struct Context {
     shares: Mutex<BTreeMap<String, crate::share::NodeShare>>,
     /// Asks the controller to reconcile a ProbeSet again.
     requeue: Mutex<Option<UnboundedSender<ObjectRef<ProbeSet>>>>,
+    /// Keeps repeated API errors from flooding the log.
+    pub throttle: crate::throttle::Throttle,
 }
 
 impl Context {
@@ -148,6 +150,20 @@ impl Context {
             shares: Mutex::new(BTreeMap::new()),
             requeue: Mutex::new(None),
             synced: tokio::sync::Mutex::new(None),
+            throttle: crate::throttle::Throttle::default(),
+        }
+    }
+
+    /// Whether `error` at `site` is logged now (`Some(left out before)`):
+    /// API errors of one cause at most once a minute after the first;
+    /// render errors, which are each object's own, always.
+    pub fn throttled(&self, site: &'static str, error: &Error) -> Option<u64> {
+        match error.cause_label() {
+            "render" => Some(0),
+            kind => self
+                .throttle
+                .check(site, kind, std::time::Instant::now())
+                .suppressed(),
         }
     }
 
@@ -403,7 +419,10 @@ pub fn error_policy_cluster(cps: Arc<ClusterProbeSet>, error: &Error, ctx: Arc<C
         .error(controller::PROBESET, error.metric_label());
     let key = format!("/{}", cps.name_any());
     let delay = ctx.backoff(&key);
-    warn!(clusterprobeset = %cps.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    if let Some(suppressed) = ctx.throttled("reconcile", error) {
+        warn!(clusterprobeset = %cps.name_any(), error = %error, retry_in = ?delay, suppressed,
+            "reconcile failed");
+    }
     Action::requeue(delay)
 }
 
@@ -457,7 +476,17 @@ async fn publish(
         };
         match ctx.recorder.publish(&event, reference).await {
             Ok(()) => ctx.metrics.wrote("Event"),
-            Err(e) => warn!(error = %e, reason = n.reason, "cannot publish an Event"),
+            Err(e) => {
+                let cause = crate::cause::api_cause(&e);
+                if let Some(suppressed) = ctx
+                    .throttle
+                    .check("event", cause.label(), std::time::Instant::now())
+                    .suppressed()
+                {
+                    warn!(error = %cause.explain("create", "events"), reason = n.reason, suppressed,
+                        "cannot publish an Event");
+                }
+            }
         }
     }
 }
@@ -468,7 +497,10 @@ pub fn error_policy(ps: Arc<ProbeSet>, error: &Error, ctx: Arc<Context>) -> Acti
     ctx.metrics
         .error(controller::PROBESET, error.metric_label());
     let delay = ctx.backoff(&key(&ps));
-    warn!(probeset = %key(&ps), error = %error, retry_in = ?delay, "reconcile failed");
+    if let Some(suppressed) = ctx.throttled("reconcile", error) {
+        warn!(probeset = %key(&ps), error = %error, retry_in = ?delay, suppressed,
+            "reconcile failed");
+    }
     Action::requeue(delay)
 }
 
@@ -550,8 +582,18 @@ pub async fn mark_undecodable(
                             ctx.metrics.wrote(kind.status_written());
                             written.insert(id, what);
                         }
-                        Err(e) => warn!(kind = kind.name(), object = %id.1, error = %e,
-                            "cannot mark an undecodable object Invalid; retrying"),
+                        Err(e) => {
+                            let cause = crate::cause::api_cause(&e);
+                            if let Some(suppressed) = ctx
+                                .throttle
+                                .check("undecodable", cause.label(), std::time::Instant::now())
+                                .suppressed()
+                            {
+                                warn!(kind = kind.name(), object = %id.1, suppressed,
+                                    error = %cause.explain("patch", "status"),
+                                    "cannot mark an undecodable object Invalid; retrying");
+                            }
+                        }
                     }
                 }
             }

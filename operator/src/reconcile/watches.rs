@@ -160,7 +160,14 @@ fn explain(resource: &str, e: &watcher::Error) -> String {
              {resource}; reinstall the chart or check its RBAC"
         ),
         Some((code, m)) => format!("the API server answered {code}: {m}"),
-        None => format!("{e}"),
+        None => match e {
+            watcher::Error::InitialListFailed(k)
+            | watcher::Error::WatchStartFailed(k)
+            | watcher::Error::WatchFailed(k) => {
+                crate::cause::explain(k, "list and watch", resource)
+            }
+            _ => format!("{e}"),
+        },
     }
 }
 

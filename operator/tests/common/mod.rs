@@ -381,12 +381,43 @@ pub fn context(
     cluster: &Cluster,
     leadership: Leadership,
 ) -> (Arc<Context>, Registry) {
+    context_with(client, cluster, leadership, AgentSettings::default())
+}
+
+/// The operator's Deployment as `--owner-deployment` resolves it.
+pub fn owner() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: "ringwarden-operator".into(),
+        uid: "d5f0c2a4-0000-4000-8000-000000000001".into(),
+        controller: Some(false),
+        block_owner_deletion: Some(false),
+    }
+}
+
+/// Asserts `body` (an object) is owned by [`owner`] alone.
+pub fn assert_owned(body: &Value) {
+    assert_eq!(
+        body["metadata"]["ownerReferences"],
+        serde_json::json!([serde_json::to_value(owner()).unwrap()]),
+        "owned by the operator's Deployment: {body}"
+    );
+}
+
+/// [`context`] with agent settings `agent`.
+pub fn context_with(
+    client: Client,
+    cluster: &Cluster,
+    leadership: Leadership,
+    agent: AgentSettings,
+) -> (Arc<Context>, Registry) {
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
     let ctx = Context::new(
         client,
         NAMESPACE.into(),
-        AgentSettings::default(),
+        agent,
         cluster.stores.clone(),
         leadership,
         metrics,
