@@ -205,13 +205,14 @@ impl IngestMetrics {
             reports: counter(
                 "ringwarden_operator_reports_total",
                 "Agent reports received, by outcome (ingested, stale, other_boot, replayed, \
-                 baseline, unknown_node, invalid).",
+                 baseline, implausible, unknown_node, invalid).",
                 &["outcome"],
             )?,
             reports_refused: counter(
                 "ringwarden_operator_reports_refused_total",
                 "Agent reports refused whole or in part, by reason (probe_not_pushed, \
-                 threshold_not_pushed, unknown_node, boot_replayed, not_from_start); the \
+                 threshold_not_pushed, unknown_node, boot_replayed, not_from_start, \
+                 implausible_counts, series_cap); the \
                  refused part counts toward no figure and no SLO.",
                 &["reason"],
             )?,

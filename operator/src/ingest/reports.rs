@@ -58,6 +58,25 @@ pub const MAX_LISTED_NODES: usize = 10;
 pub const LATENCY_SLOTS: u64 = 24;
 /// A node silent this long, with no stream open, is forgotten.
 pub const NODE_TTL: Duration = Duration::from_secs(3_600);
+/// Most events one CPU can put through one probe a second: the kernel
+/// side costs at least 183 ns an event (an empty `tp_btf` program on a
+/// `getppid`, BENCHMARKS.md), 5.5 million a second; twice that, for
+/// faster CPUs.
+pub const MAX_EVENTS_PER_CPU_SECOND: u64 = 10_000_000;
+/// How long a node stays flagged [`problem::IMPLAUSIBLE_COUNTS`] after its
+/// last refused report.
+pub const IMPLAUSIBLE_FLAG: Duration = Duration::from_secs(3_600);
+
+/// Most events a second one probe of a node with `possible_cpus` can
+/// count, all its CPUs at [`MAX_EVENTS_PER_CPU_SECOND`]; a node whose
+/// agent did not say is taken at the most CPUs a Hello may name.
+pub fn ceiling(possible_cpus: u32) -> u64 {
+    let cpus = match possible_cpus {
+        0 => super::decode::MAX_POSSIBLE_CPUS,
+        n => n,
+    };
+    MAX_EVENTS_PER_CPU_SECOND * u64::from(cpus)
+}
 
 /// A histogram being summed: all buckets, so adding is indexing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,6 +196,84 @@ struct NodeState {
     /// Streams open.
     streams: u32,
     probes: HashMap<ProbeRef, ProbeNow>,
+    /// When a report of the node was last refused as implausible, and why.
+    implausible: Option<(SystemTime, String)>,
+}
+
+impl NodeState {
+    /// Why the node is flagged [`problem::IMPLAUSIBLE_COUNTS`] at `now`.
+    fn implausible_at(&self, now: SystemTime) -> Option<&str> {
+        self.implausible
+            .as_ref()
+            .filter(|(at, _)| now.duration_since(*at).unwrap_or_default() <= IMPLAUSIBLE_FLAG)
+            .map(|(_, why)| why.as_str())
+    }
+}
+
+/// Why `sample` holds counts its node could not have made, checked before
+/// anything of it is counted: a threshold with more good events than
+/// total beyond a second of events in flight, or a probe of the node's
+/// current boot whose events since its previous report (or since it
+/// started, in its first) exceed `ceiling` a second over the operator's
+/// time since then, plus [`core_slo::PLAUSIBLE_BURST`]. (Each SLO paces its own counts against
+/// the same ceiling over time; see [`core_slo::PLAUSIBLE_BURST`].)
+fn implausible(
+    now: SystemTime,
+    state: &NodeState,
+    current: bool,
+    sample: &Sample,
+    ceiling: u64,
+) -> Option<String> {
+    let elapsed = if current && state.seq > 0 {
+        now.duration_since(state.seen).unwrap_or_default()
+    } else {
+        Duration::ZERO
+    };
+    let most = u128::from(ceiling) * (elapsed + core_slo::PLAUSIBLE_BURST).as_millis() / 1_000;
+    for p in &sample.probes {
+        for t in &p.thresholds {
+            if t.good > t.total.saturating_add(ceiling) {
+                return Some(format!(
+                    "probe {}: SLO {} counted {} good of {} events",
+                    p.id.probe, t.slo, t.good, t.total
+                ));
+            }
+        }
+        let before = current
+            .then(|| state.probes.get(&p.id))
+            .flatten()
+            .and_then(|b| b.counters);
+        let increment = |now: u64, then: Option<u64>| match then {
+            Some(then) if now >= then => now - then,
+            // Gone down: the probe reloaded, all of it is new.
+            _ => now,
+        };
+        let added = match (before, p.counters) {
+            (Some(b), Some(c)) if current && state.seq > 0 => {
+                increment(c.observed, Some(b.observed)).max(increment(c.exported, Some(b.exported)))
+            }
+            // A boot's first report counts in full: all of it happened
+            // since the agent started, moments before.
+            _ if current && sample.seq == 1 => p
+                .thresholds
+                .iter()
+                .map(|t| t.total)
+                .chain(p.counters.map(|c| c.observed.max(c.exported)))
+                .fold(0, u64::max),
+            // Otherwise counters seen for the first time are a baseline
+            // here, and the SLOs pace what they count of them.
+            _ => 0,
+        };
+        if u128::from(added) > most {
+            return Some(format!(
+                "probe {}: {added} events in {} s, more than {ceiling} a second (its CPUs at \
+                 {MAX_EVENTS_PER_CPU_SECOND} each) allows",
+                p.id.probe,
+                elapsed.as_secs()
+            ));
+        }
+    }
+    None
 }
 
 /// What an SLO watches and promises, as the evaluator needs it.
@@ -267,6 +364,10 @@ pub enum Outcome {
     /// some SLO that did not know the boot took its counters as a baseline
     /// and counted none of them.
     Baseline,
+    /// Counts no node could have made (see [`ceiling`]): refused whole
+    /// before anything was counted, or by an SLO whose stream it would
+    /// have taken past its ceiling; the node is flagged.
+    Implausible,
 }
 
 impl Outcome {
@@ -279,6 +380,7 @@ impl Outcome {
             Self::UnknownNode => "unknown_node",
             Self::Replayed => "replayed",
             Self::Baseline => "baseline",
+            Self::Implausible => "implausible",
         }
     }
 }
@@ -331,16 +433,16 @@ impl Reports {
                 });
             }
             found => {
-                let (streams, retired_boots) = match found {
+                let (streams, retired_boots, implausible) = match found {
                     Some(n) => {
                         let mut retired = std::mem::take(&mut n.retired_boots);
                         if retired.len() >= MAX_RETIRED_PER_NODE {
                             retired.remove(0);
                         }
                         retired.push(n.info.boot_id.clone());
-                        (n.streams + 1, retired)
+                        (n.streams + 1, retired, n.implausible.take())
                     }
-                    None => (1, Vec::new()),
+                    None => (1, Vec::new(), None),
                 };
                 self.nodes.insert(
                     info.node.clone(),
@@ -354,6 +456,7 @@ impl Reports {
                         reported: false,
                         streams,
                         probes: HashMap::new(),
+                        implausible,
                     },
                 );
             }
@@ -398,6 +501,11 @@ impl Reports {
             .any(|e| e.evaluator.is_replay(node, &sample.boot_id, sample.seq))
         {
             return Outcome::Replayed;
+        }
+        let ceiling = ceiling(state.info.possible_cpus);
+        if let Some(why) = implausible(now, state, current, sample, ceiling) {
+            state.implausible = Some((now, why));
+            return Outcome::Implausible;
         }
         if current && state.seq == 0 {
             state.from_start = sample.seq == 1;
@@ -459,6 +567,7 @@ impl Reports {
 
         let now_ms = millis(now);
         let mut baseline = false;
+        let mut refused = None;
         for p in &sample.probes {
             let Some(ids) = self.by_probe.get(&p.id) else {
                 continue;
@@ -476,6 +585,7 @@ impl Reports {
                     good: exact.map_or(0, |t| t.good),
                     total: exact.map_or(0, |t| t.total),
                     loss: p.counters.unwrap_or_default(),
+                    ceiling: Some(ceiling),
                 };
                 let ingested = if vouched {
                     entry.evaluator.ingest_from_start(now, &report)
@@ -484,6 +594,17 @@ impl Reports {
                 };
                 match ingested {
                     core_slo::Ingest::Stale | core_slo::Ingest::Replayed => continue,
+                    core_slo::Ingest::Implausible => {
+                        refused = Some(format!(
+                            "probe {}: SLO {id} refused counts beyond {ceiling} events a second \
+                             (its {} possible CPUs at {MAX_EVENTS_PER_CPU_SECOND} each) and {} s \
+                             of burst",
+                            p.id.probe,
+                            self.nodes.get(node).map_or(0, |n| n.info.possible_cpus),
+                            core_slo::PLAUSIBLE_BURST.as_secs(),
+                        ));
+                        continue;
+                    }
                     // A new baseline to persist, but no increments.
                     core_slo::Ingest::Baseline => {
                         baseline = true;
@@ -514,7 +635,12 @@ impl Reports {
                 }
             }
         }
-        if baseline {
+        if let Some(why) = refused {
+            if let Some(n) = self.nodes.get_mut(node) {
+                n.implausible = Some((now, why));
+            }
+            Outcome::Implausible
+        } else if baseline {
             Outcome::Baseline
         } else if current {
             Outcome::Ingested

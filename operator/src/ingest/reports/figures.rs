@@ -42,8 +42,18 @@ pub mod problem {
     pub const DROPPING: &str = "Dropping";
     /// No report within two report intervals.
     pub const NOT_REPORTING: &str = "NotReporting";
+    /// A report counted more events than the node could have (its CPUs at
+    /// the most one CPU can count), or more good than total: refused, and
+    /// the node flagged for an hour.
+    pub const IMPLAUSIBLE_COUNTS: &str = "ImplausibleCounts";
     /// Gravest first.
-    pub const ORDER: [&str; 4] = [LOAD_FAILED, MISSING_BTF, DROPPING, NOT_REPORTING];
+    pub const ORDER: [&str; 5] = [
+        IMPLAUSIBLE_COUNTS,
+        LOAD_FAILED,
+        MISSING_BTF,
+        DROPPING,
+        NOT_REPORTING,
+    ];
 }
 
 /// Events and losses of some probes over the last interval.
@@ -173,7 +183,9 @@ impl Reports {
             };
             b.f.reporting += 1;
             let mut ready = true;
-            let mut node_problem: Option<(&'static str, String)> = None;
+            let mut node_problem: Option<(&'static str, String)> = state
+                .implausible_at(now)
+                .map(|why| (problem::IMPLAUSIBLE_COUNTS, why.to_owned()));
             for (i, r) in b.refs.iter().enumerate() {
                 let Some(p) = state.probes.get(r) else {
                     ready = false;
