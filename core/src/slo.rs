@@ -304,10 +304,12 @@ pub struct Report {
 ///
 /// With a [`Report::ceiling`] of `r` events per second, a stream adds at
 /// most `r · (t + PLAUSIBLE_BURST)` events to `total` (and to `observed`)
-/// over any `t`; a report past that, or whose `good` exceeds its `total`
-/// by more than `r` (a second of events in flight while the counters were
-/// read), is refused whole ([`Ingest::Implausible`]) and changes nothing:
-/// the stream's next plausible report counts from the same baseline.
+/// in the `t` since its first report (the time since its last report
+/// counts even if this evaluator was not running then); a report past
+/// that, or whose `good` exceeds its `total` by more than `r` (a second
+/// of events in flight while the counters were read), is refused whole
+/// ([`Ingest::Implausible`]) and changes nothing: the stream's next
+/// plausible report counts from the same baseline.
 pub const PLAUSIBLE_BURST: Duration = Duration::from_secs(15 * 60);
 
 /// Event counts: a report's increments, a slot, or the whole window.
@@ -523,13 +525,24 @@ struct Stream {
 
 /// `paced_ms` after counting `events` at `now_ms` at most `ceiling` a
 /// second, or `None` if that would run more than [`PLAUSIBLE_BURST`]
-/// ahead of `now_ms`: a generic cell rate check, one number a stream.
-fn paced(ceiling: Option<u64>, paced_ms: u64, now_ms: u64, events: u64) -> Option<u64> {
+/// ahead of `now_ms`: a generic cell rate check, one number for whatever
+/// is paced (a stream here, a node in the operator). `paced_ms` is the
+/// Unix ms at which what was counted before would have been counted at
+/// the ceiling rate; the time from `since_ms` on is credited (`now_ms`
+/// credits none: over any time `t`, at most `ceiling · (t +
+/// PLAUSIBLE_BURST)` events count).
+pub fn pace(
+    ceiling: Option<u64>,
+    paced_ms: u64,
+    since_ms: u64,
+    now_ms: u64,
+    events: u64,
+) -> Option<u64> {
     let Some(rate) = ceiling else {
         return Some(paced_ms);
     };
     let cost_ms = (wide(events) * 1_000).div_ceil(wide(rate.max(1)));
-    let at = wide(paced_ms.max(now_ms)) + cost_ms;
+    let at = wide(paced_ms.max(since_ms)) + cost_ms;
     let limit = wide(now_ms) + PLAUSIBLE_BURST.as_millis();
     (at <= limit).then(|| u64::try_from(at).unwrap_or(u64::MAX))
 }
@@ -718,7 +731,13 @@ impl SloEvaluator {
                 let good = report.good.min(report.total);
                 let observed = report.loss.observed;
                 let paced_ms = if counts_in_full {
-                    match paced(report.ceiling, now_ms, now_ms, report.total.max(observed)) {
+                    match pace(
+                        report.ceiling,
+                        now_ms,
+                        now_ms,
+                        now_ms,
+                        report.total.max(observed),
+                    ) {
                         Some(p) => p,
                         None => return Ingest::Implausible,
                     }
@@ -788,9 +807,13 @@ impl SloEvaluator {
         let paced_ms = if new {
             Some(stream.paced_ms)
         } else {
-            paced(
+            // Time since its last report counts, even if this evaluator
+            // was not running then (an operator restart): the counts of
+            // that time come with this report.
+            pace(
                 report.ceiling,
                 stream.paced_ms,
+                stream.last_seen_ms,
                 now_ms,
                 d_total.max(d_observed),
             )

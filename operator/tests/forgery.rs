@@ -421,6 +421,38 @@ async fn a_node_reporting_u64_max_good_and_total_cannot_pin_the_slo_of_ten_hones
     op.stop().await;
 }
 
+#[tokio::test]
+async fn a_node_rotating_boot_ids_counts_no_more_than_its_ceiling_allows() {
+    let cluster = cluster();
+    let op = Operator::start(&cluster.stores, None).await;
+    let (_agents, _streams) = honest(&op).await;
+    let before = op.counted("shop/fast");
+    // node-1 says it has 2 possible CPUs: 2 × 10^7 events a second, and
+    // 15 minutes of them at once. Each new boot's first report counts in
+    // full, so an attacker starts a new boot for every report, each
+    // claiming two thirds of that.
+    let burst: u64 = 2 * 10_000_000 * 900;
+    let claim = burst / 3 * 2;
+    for boot in 0..5 {
+        let mut a = SimAgent::new("node-1", &format!("rot-{boot}"), vec![probe("web")]);
+        let mut c = op.connect(&mut a).await;
+        let mut r = a.report(unix_ms());
+        for t in &mut r.probes[0].thresholds {
+            t.good = claim;
+            t.total = claim;
+        }
+        let counters = r.probes[0].counters.get_or_insert_default();
+        counters.observed = claim;
+        counters.aggregated = claim;
+        c.report(&mut a, r).await.unwrap();
+    }
+    // The node's pace spans its boots: only the first claim fitted.
+    let after = op.counted("shop/fast");
+    assert_eq!(after, (before.0 + claim, before.1 + claim));
+    assert_eq!(op.metric(REPORTS_REFUSED, "implausible_counts"), 4.0);
+    op.stop().await;
+}
+
 // ------------------------------------------------ the real TokenReview client
 
 fn bearer(token: &str) -> MetadataMap {

@@ -198,6 +198,9 @@ struct NodeState {
     probes: HashMap<ProbeRef, ProbeNow>,
     /// When a report of the node was last refused as implausible, and why.
     implausible: Option<(SystemTime, String)>,
+    /// The node's pace against its ceiling ([`core_slo::pace`]), across
+    /// its boots.
+    paced_ms: u64,
 }
 
 impl NodeState {
@@ -210,30 +213,30 @@ impl NodeState {
     }
 }
 
-/// Why `sample` holds counts its node could not have made, checked before
-/// anything of it is counted: a threshold with more good events than
-/// total beyond a second of events in flight, or a probe of the node's
-/// current boot whose events since its previous report (or since it
-/// started, in its first) exceed `ceiling` a second over the operator's
-/// time since then, plus [`core_slo::PLAUSIBLE_BURST`]. (Each SLO paces its own counts against
-/// the same ceiling over time; see [`core_slo::PLAUSIBLE_BURST`].)
-fn implausible(
+/// Paces `sample` against its node's `ceiling` before anything of it is
+/// counted; the node's new pace, or why the report holds counts the node
+/// could not have made: a threshold with more good events than total
+/// beyond a second of events in flight, or more events, all probes
+/// together, than the node's CPUs count at the ceiling over the time
+/// since its earlier reports plus [`core_slo::PLAUSIBLE_BURST`]
+/// ([`core_slo::pace`], one number a node, across its boots). A report's
+/// events are what its probes' counters added since the boot's previous
+/// report; all of them for a boot's first report, and for a report of an
+/// older boot (rare, and counted by the SLOs only); none for a first
+/// sight of a boot (a baseline here; each SLO paces what it counts of it
+/// too, see [`core_slo::PLAUSIBLE_BURST`]).
+fn paced(
     now: SystemTime,
     state: &NodeState,
     current: bool,
     sample: &Sample,
     ceiling: u64,
-) -> Option<String> {
-    let elapsed = if current && state.seq > 0 {
-        now.duration_since(state.seen).unwrap_or_default()
-    } else {
-        Duration::ZERO
-    };
-    let most = u128::from(ceiling) * (elapsed + core_slo::PLAUSIBLE_BURST).as_millis() / 1_000;
+) -> Result<u64, String> {
+    let mut events = 0u64;
     for p in &sample.probes {
         for t in &p.thresholds {
             if t.good > t.total.saturating_add(ceiling) {
-                return Some(format!(
+                return Err(format!(
                     "probe {}: SLO {} counted {} good of {} events",
                     p.id.probe, t.slo, t.good, t.total
                 ));
@@ -243,37 +246,35 @@ fn implausible(
             .then(|| state.probes.get(&p.id))
             .flatten()
             .and_then(|b| b.counters);
-        let increment = |now: u64, then: Option<u64>| match then {
-            Some(then) if now >= then => now - then,
+        let increment = |now: u64, then: u64| {
             // Gone down: the probe reloaded, all of it is new.
-            _ => now,
+            if now >= then { now - then } else { now }
         };
-        let added = match (before, p.counters) {
-            (Some(b), Some(c)) if current && state.seq > 0 => {
-                increment(c.observed, Some(b.observed)).max(increment(c.exported, Some(b.exported)))
-            }
-            // A boot's first report counts in full: all of it happened
-            // since the agent started, moments before.
-            _ if current && sample.seq == 1 => p
-                .thresholds
+        let whole = || {
+            p.thresholds
                 .iter()
                 .map(|t| t.total)
                 .chain(p.counters.map(|c| c.observed.max(c.exported)))
-                .fold(0, u64::max),
-            // Otherwise counters seen for the first time are a baseline
-            // here, and the SLOs pace what they count of them.
+                .fold(0, u64::max)
+        };
+        let added = match (before, p.counters) {
+            (Some(b), Some(c)) if state.seq > 0 => {
+                increment(c.observed, b.observed).max(increment(c.exported, b.exported))
+            }
+            _ if !current || sample.seq == 1 => whole(),
             _ => 0,
         };
-        if u128::from(added) > most {
-            return Some(format!(
-                "probe {}: {added} events in {} s, more than {ceiling} a second (its CPUs at \
-                 {MAX_EVENTS_PER_CPU_SECOND} each) allows",
-                p.id.probe,
-                elapsed.as_secs()
-            ));
-        }
+        events = events.saturating_add(added);
     }
-    None
+    let now_ms = millis(now);
+    core_slo::pace(Some(ceiling), state.paced_ms, now_ms, now_ms, events).ok_or_else(|| {
+        format!(
+            "{events} events in one report, more than {ceiling} a second (its {} possible CPUs \
+             at {MAX_EVENTS_PER_CPU_SECOND} each) allows with {} s of burst",
+            state.info.possible_cpus,
+            core_slo::PLAUSIBLE_BURST.as_secs()
+        )
+    })
 }
 
 /// What an SLO watches and promises, as the evaluator needs it.
@@ -433,16 +434,16 @@ impl Reports {
                 });
             }
             found => {
-                let (streams, retired_boots, implausible) = match found {
+                let (streams, retired_boots, implausible, paced_ms) = match found {
                     Some(n) => {
                         let mut retired = std::mem::take(&mut n.retired_boots);
                         if retired.len() >= MAX_RETIRED_PER_NODE {
                             retired.remove(0);
                         }
                         retired.push(n.info.boot_id.clone());
-                        (n.streams + 1, retired, n.implausible.take())
+                        (n.streams + 1, retired, n.implausible.take(), n.paced_ms)
                     }
-                    None => (1, Vec::new(), None),
+                    None => (1, Vec::new(), None, 0),
                 };
                 self.nodes.insert(
                     info.node.clone(),
@@ -457,6 +458,7 @@ impl Reports {
                         streams,
                         probes: HashMap::new(),
                         implausible,
+                        paced_ms,
                     },
                 );
             }
@@ -503,9 +505,12 @@ impl Reports {
             return Outcome::Replayed;
         }
         let ceiling = ceiling(state.info.possible_cpus);
-        if let Some(why) = implausible(now, state, current, sample, ceiling) {
-            state.implausible = Some((now, why));
-            return Outcome::Implausible;
+        match paced(now, state, current, sample, ceiling) {
+            Ok(paced_ms) => state.paced_ms = paced_ms,
+            Err(why) => {
+                state.implausible = Some((now, why));
+                return Outcome::Implausible;
+            }
         }
         if current && state.seq == 0 {
             state.from_start = sample.seq == 1;
