@@ -47,6 +47,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// One measurement at a time: the tests of this binary run on threads of
+/// one process, and the allocator counts them all.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Bytes allocated beyond what was held when `f` started, at most.
 fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let before = HELD.load(Ordering::Relaxed);
@@ -121,6 +125,9 @@ fn read_all(wire: &Bytes) -> Result<Vec<AgentMessage>, tonic::Status> {
 
 #[test]
 fn a_tiny_report_repeated_four_million_times_is_refused_before_it_is_decoded() {
+    let _one = MEASURING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let attack = amplifier();
     // What prost would make of it, taken from a sixty-fourth of it: the
     // decoded message is a hundred times the size of its bytes.
@@ -172,4 +179,69 @@ fn a_tiny_report_repeated_four_million_times_is_refused_before_it_is_decoded() {
         "refusing {} bytes took {cost} bytes",
         attack.len()
     );
+}
+
+#[test]
+fn the_most_a_message_within_the_bounds_decodes_into_stays_far_below_the_operators_limit() {
+    let _one = MEASURING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // As many buckets as the pre-scan lets through, every histogram full
+    // and valid, in as few bytes as they take: the most memory per byte.
+    let histograms = ringwarden_operator::ingest::decode::MAX_MESSAGE_BUCKETS / 1024;
+    let probe = |p: usize| v1::ProbeReport {
+        id: Some(v1::ProbeId {
+            namespace: "shop".into(),
+            probeset: "web".into(),
+            probe: format!("p{p}"),
+        }),
+        histograms: (0..histograms / 2)
+            .map(|s| v1::SeriesHistogram {
+                series: format!("{s}"),
+                histogram: Some(v1::Histogram {
+                    bucket_index: (0..1024).collect(),
+                    bucket_count: vec![1; 1024],
+                    ..Default::default()
+                }),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let report = AgentMessage {
+        message: Some(FromAgent::Report(v1::Report {
+            boot_id: "b".into(),
+            seq: 1,
+            probes: vec![probe(0), probe(1)],
+            ..Default::default()
+        })),
+    };
+    let hello = AgentMessage {
+        message: Some(FromAgent::Hello(v1::Hello {
+            node_name: "node-a".into(),
+            boot_id: "b".into(),
+            ..Default::default()
+        })),
+    };
+    let wire = framed(&[hello.encode_to_vec(), report.encode_to_vec()]);
+    drop(report);
+    // Read, decoded and checked as the agent port does it.
+    let (sample, cost) = peak_during(|| {
+        let mut messages = read_all(&wire).unwrap();
+        let Some(FromAgent::Report(r)) = messages.pop().unwrap().message else {
+            panic!("a report")
+        };
+        ringwarden_operator::reports::Sample::try_from(r).unwrap()
+    });
+    let buckets: usize = sample.probes[0]
+        .series
+        .iter()
+        .chain(&sample.probes[1].series)
+        .map(|(_, h)| h.buckets.len())
+        .sum();
+    assert_eq!(buckets, 2 << 20);
+    // 6 MB on the wire; at most 64 MiB (32 MiB measured) while it is read
+    // and decoded, one message at a time on the ingest thread, of the
+    // operator's 256.
+    assert!(wire.len() < 8 << 20, "{}", wire.len());
+    assert!(cost < 64 << 20, "{} MiB", cost >> 20);
 }
