@@ -290,7 +290,27 @@ pub struct Report {
     pub total: u64,
     /// The probe's loss-accounting counters, since load.
     pub loss: Counters,
+    /// Most events per second the stream's node can count (see
+    /// [`PLAUSIBLE_BURST`]); `None` checks nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<u64>,
 }
+
+/// How far ahead of its ceiling a stream may count: a report may carry up
+/// to this long's worth of events at the ceiling rate beyond what the time
+/// since its stream's previous reports allows (an agent holds at most 60
+/// reports, ten minutes at the usual interval, while it cannot reach the
+/// operator, and sends them at once when it can).
+///
+/// With a [`Report::ceiling`] of `r` events per second, a stream adds at
+/// most `r · (t + PLAUSIBLE_BURST)` events to `total` (and to `observed`)
+/// in the `t` since its first report (the time since its last report
+/// counts even if this evaluator was not running then); a report past
+/// that, or whose `good` exceeds its `total` by more than `r` (a second
+/// of events in flight while the counters were read), is refused whole
+/// ([`Ingest::Implausible`]) and changes nothing: the stream's next
+/// plausible report counts from the same baseline.
+pub const PLAUSIBLE_BURST: Duration = Duration::from_secs(15 * 60);
 
 /// Event counts: a report's increments, a slot, or the whole window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,6 +348,10 @@ pub enum Ingest {
     /// (an old report replayed, or its boot id used again): refused, nothing
     /// counted and nothing changed.
     Replayed,
+    /// More events than the stream's node could have counted (see
+    /// [`PLAUSIBLE_BURST`]), or than a window slot holds: refused, nothing
+    /// counted and nothing changed.
+    Implausible,
 }
 
 impl Ingest {
@@ -335,7 +359,7 @@ impl Ingest {
     pub fn added(&self) -> Counts {
         match *self {
             Self::Counted(c) | Self::NewStream(c) | Self::Reset(c) => c,
-            Self::Stale | Self::Baseline | Self::Replayed => Counts::default(),
+            Self::Stale | Self::Baseline | Self::Replayed | Self::Implausible => Counts::default(),
         }
     }
 }
@@ -492,6 +516,35 @@ struct Stream {
     total: u64,
     observed: u64,
     lost: u64,
+    /// Where the stream's counting stands against its ceiling: the time
+    /// (Unix ms) at which the events it counted would have been counted at
+    /// the ceiling rate. It may run [`PLAUSIBLE_BURST`] ahead of now.
+    #[serde(default)]
+    paced_ms: u64,
+}
+
+/// `paced_ms` after counting `events` at `now_ms` at most `ceiling` a
+/// second, or `None` if that would run more than [`PLAUSIBLE_BURST`]
+/// ahead of `now_ms`: a generic cell rate check, one number for whatever
+/// is paced (a stream here, a node in the operator). `paced_ms` is the
+/// Unix ms at which what was counted before would have been counted at
+/// the ceiling rate; the time from `since_ms` on is credited (`now_ms`
+/// credits none: over any time `t`, at most `ceiling · (t +
+/// PLAUSIBLE_BURST)` events count).
+pub fn pace(
+    ceiling: Option<u64>,
+    paced_ms: u64,
+    since_ms: u64,
+    now_ms: u64,
+    events: u64,
+) -> Option<u64> {
+    let Some(rate) = ceiling else {
+        return Some(paced_ms);
+    };
+    let cost_ms = (wide(events) * 1_000).div_ceil(wide(rate.max(1)));
+    let at = wide(paced_ms.max(since_ms)) + cost_ms;
+    let limit = wide(now_ms) + PLAUSIBLE_BURST.as_millis();
+    (at <= limit).then(|| u64::try_from(at).unwrap_or(u64::MAX))
 }
 
 /// A stream no longer kept: where its numbering stood, so that none of its
@@ -649,6 +702,12 @@ impl SloEvaluator {
         if self.is_replay(&report.node, &report.boot_id, report.seq) {
             return Ingest::Replayed;
         }
+        if let Some(rate) = report.ceiling
+            && report.good > report.total.saturating_add(rate)
+        {
+            return Ingest::Implausible;
+        }
+        let unit = self.unit(now_ms);
         let kept = self
             .streams
             .get(&report.node)
@@ -680,6 +739,20 @@ impl SloEvaluator {
                 let counts_in_full = !revived && (report.seq == 1 || from_start);
                 let good = report.good.min(report.total);
                 let observed = report.loss.observed;
+                let paced_ms = if counts_in_full {
+                    match pace(
+                        report.ceiling,
+                        now_ms,
+                        now_ms,
+                        now_ms,
+                        report.total.max(observed),
+                    ) {
+                        Some(p) => p,
+                        None => return Ingest::Implausible,
+                    }
+                } else {
+                    now_ms
+                };
                 // Not counted in full: the report's own counters are the
                 // baseline, so only what later reports add counts.
                 let baseline = Stream {
@@ -695,6 +768,7 @@ impl SloEvaluator {
                     } else {
                         report.loss.pairing_dropped.min(observed)
                     },
+                    paced_ms,
                 };
                 streams.push(baseline);
                 if let Some(s) = evicted {
@@ -734,6 +808,33 @@ impl SloEvaluator {
             observed: d_observed,
             lost: d_lost.min(d_observed),
         };
+        let exact = Exact {
+            good: added.good,
+            total: added.total,
+        };
+        // A new stream was paced when it was added.
+        let paced_ms = if new {
+            Some(stream.paced_ms)
+        } else {
+            // Time since its last report counts, even if this evaluator
+            // was not running then (an operator restart): the counts of
+            // that time come with this report.
+            pace(
+                report.ceiling,
+                stream.paced_ms,
+                stream.last_seen_ms,
+                now_ms,
+                d_total.max(d_observed),
+            )
+        };
+        let slots = (
+            self.window.get(unit / UNITS_PER_SLOT).checked_add(added),
+            self.burn.get(unit).checked_add(exact),
+        );
+        let (Some(paced_ms), (Some(window), Some(burn))) = (paced_ms, slots) else {
+            // A new stream stays, at zero: its next report counts in full.
+            return Ingest::Implausible;
+        };
         *stream = Stream {
             boot_id: report.boot_id.clone(),
             seq: report.seq,
@@ -743,14 +844,10 @@ impl SloEvaluator {
             total: report.total,
             observed,
             lost,
+            paced_ms,
         };
-
-        let unit = self.unit(now_ms);
-        self.window.slot(unit / UNITS_PER_SLOT).add(added);
-        self.burn.slot(unit).add(Exact {
-            good: added.good,
-            total: added.total,
-        });
+        *self.window.slot(unit / UNITS_PER_SLOT) = window;
+        *self.burn.slot(unit) = burn;
         self.counting_since_ms.get_or_insert(now_ms);
         if new {
             Ingest::NewStream(added)

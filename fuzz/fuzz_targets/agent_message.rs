@@ -17,9 +17,20 @@ use ringwarden_proto::v1;
 mod decode;
 
 fuzz_target!(|bytes: &[u8]| {
+    // As the agent port reads them: the pre-scan first, prost only after.
+    let scanned = decode::prescan(bytes);
     let Ok(message) = v1::AgentMessage::decode(bytes) else {
         return;
     };
+    if scanned.is_err() {
+        return;
+    }
+    if let Some(v1::agent_message::Message::Report(r)) = &message.message {
+        // What passed the pre-scan decoded within its bounds.
+        let series: usize = r.probes.iter().map(|p| p.histograms.len()).sum();
+        assert!(r.probes.len() <= 2_048);
+        assert!(series <= decode::MAX_MESSAGE_SERIES);
+    }
     match message.message {
         Some(v1::agent_message::Message::Report(report)) => {
             if let Ok(sample) = decode::Sample::try_from(report) {

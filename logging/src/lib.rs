@@ -2,7 +2,12 @@
 //! stderr, as text or JSON lines, filtered by a `tracing` directive.
 //! Colour only when stderr is a terminal (and `NO_COLOR` is unset), so
 //! log collectors never receive escape codes.
+//!
+//! [`http`] is the one HTTP server of both binaries' `/metrics` and health
+//! endpoints, with its timeouts and connection caps.
 #![forbid(unsafe_code)]
+
+pub mod http;
 
 use std::io::IsTerminal;
 

@@ -565,12 +565,29 @@ pub fn encode(exposition: &Exposition) -> String {
 }
 
 /// Binds `addr` and serves `/metrics` and `/healthz` until the task is
-/// dropped. `/metrics` answers in protobuf, with native histograms, when
-/// the scrape's `Accept` header prefers it (Prometheus with
+/// dropped, within the shared server's bounds
+/// ([`ringwarden_logging::http::Limits::default`]: a 5 s header-read
+/// timeout, 60 s idle, 256 connections, 16 per IP address). `/metrics`
+/// answers in protobuf, with native histograms, when the scrape's `Accept`
+/// header prefers it (Prometheus with
 /// `--enable-feature=native-histograms`), and in text otherwise.
 pub async fn serve(
     addr: SocketAddr,
     exposition: Exposition,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_within(
+        addr,
+        exposition,
+        ringwarden_logging::http::Limits::default(),
+    )
+    .await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_within(
+    addr: SocketAddr,
+    exposition: Exposition,
+    limits: ringwarden_logging::http::Limits,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use axum::{Router, http::HeaderMap, routing::get};
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -591,11 +608,13 @@ pub async fn serve(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
+    let task = tokio::spawn(ringwarden_logging::http::serve(
+        listener,
+        app,
+        limits,
+        Arc::new(|reason| tracing::debug!(reason, "metrics connection refused")),
+        std::future::pending(),
+    ));
     Ok((local, task))
 }
 
@@ -733,6 +752,69 @@ mod tests {
         let (kind, body) = exposition.negotiate(None);
         assert_eq!(kind, TEXT_CONTENT_TYPE);
         assert_eq!(String::from_utf8(body).unwrap(), exposition.text());
+    }
+
+    async fn connect_from(from: &str, to: SocketAddr) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(to).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn slow_header_connections_cannot_stop_the_agents_healthz_and_are_closed_after_the_timeout()
+     {
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limits = ringwarden_logging::http::Limits::default();
+        let (addr, _server) = serve("127.0.0.1:0".parse().unwrap(), one_probe())
+            .await
+            .unwrap();
+        // An attacker (127.0.0.2) opens 1 100 connections that send part
+        // of a request line and stall.
+        let mut attack = Vec::new();
+        for _ in 0..1_100 {
+            let mut s = connect_from("127.0.0.2", addr).await;
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ").await;
+            attack.push(s);
+        }
+        // The kubelet and Prometheus (127.0.0.1) get their answers at once.
+        for path in ["/healthz", "/metrics"] {
+            let started = std::time::Instant::now();
+            let mut s = connect_from("127.0.0.1", addr).await;
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).await.unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200 OK"), "{path}: {answer:?}");
+            assert!(started.elapsed() < Duration::from_millis(500), "{path}");
+        }
+        // All are closed: past the per-address cap at once, the rest (the
+        // first to connect) by the header-read timeout.
+        let started = std::time::Instant::now();
+        let mut closed_at_once = 0;
+        for s in attack.iter_mut().rev() {
+            let mut buf = [0u8; 256];
+            loop {
+                let read = tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf)).await;
+                match read.expect("a slow connection was left open") {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            if started.elapsed() < Duration::from_secs(1) {
+                closed_at_once += 1;
+            }
+        }
+        assert_eq!(closed_at_once, 1_100 - limits.max_connections_per_address);
+        let took = started.elapsed();
+        assert!(
+            took >= limits.header_read_timeout - Duration::from_secs(1)
+                && took < limits.header_read_timeout + Duration::from_secs(2),
+            "{took:?}"
+        );
     }
 
     #[test]

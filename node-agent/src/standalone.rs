@@ -413,6 +413,8 @@ fn evaluate_slos(
                 good: t.good,
                 total: t.total,
                 loss: snap.counters,
+                // The agent's own node: nothing to doubt.
+                ceiling: None,
             },
         );
         let mut h = Histogram::new();

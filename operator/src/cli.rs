@@ -103,8 +103,9 @@ pub struct Args {
     pub service_name: String,
 
     /// Open connections one IP address may hold on the agent and query
-    /// ports (an agent needs one). Raise it when a proxy or service-mesh
-    /// sidecar makes every agent arrive from one address.
+    /// ports (an agent needs one), and on the metrics and health port.
+    /// Raise it when a proxy or service-mesh sidecar makes every agent (or
+    /// scraper) arrive from one address.
     #[arg(
         long,
         default_value_t = 16,

@@ -51,6 +51,9 @@ pub struct IngestMetrics {
     /// Reports refused whole or in part, by reason (`handed::refusal`),
     /// each reason once per report.
     pub reports_refused: IntCounterVec,
+    /// Connections to `/metrics`, `/healthz` and `/readyz` closed unserved,
+    /// by the cap they were over (`connections`, `per_address`).
+    pub http_connections_refused: IntCounterVec,
     /// Time from a report's arrival to its acknowledgement being queued.
     pub ingest_duration: prometheus::Histogram,
     /// Agent streams open now.
@@ -205,14 +208,21 @@ impl IngestMetrics {
             reports: counter(
                 "ringwarden_operator_reports_total",
                 "Agent reports received, by outcome (ingested, stale, other_boot, replayed, \
-                 baseline, unknown_node, invalid).",
+                 baseline, implausible, unknown_node, invalid).",
                 &["outcome"],
             )?,
             reports_refused: counter(
                 "ringwarden_operator_reports_refused_total",
                 "Agent reports refused whole or in part, by reason (probe_not_pushed, \
-                 threshold_not_pushed, unknown_node, boot_replayed, not_from_start); the \
+                 threshold_not_pushed, unknown_node, boot_replayed, not_from_start, \
+                 implausible_counts, series_cap); the \
                  refused part counts toward no figure and no SLO.",
+                &["reason"],
+            )?,
+            http_connections_refused: counter(
+                "ringwarden_operator_http_connections_refused_total",
+                "Connections to the metrics and health port closed unserved, by the cap they \
+                 were over: connections (all open), per_address (open from one IP address).",
                 &["reason"],
             )?,
             ingest_duration,

@@ -23,6 +23,7 @@ use kube::{
 };
 use prometheus::Registry;
 use ringwarden_crds::{ClusterProbeSet, ProbeSet, Slo};
+use ringwarden_logging::http as http_server;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -180,10 +181,24 @@ async fn transport(
         first,
         std::future::pending(),
     ));
-    Ok(Transport::Tls(tls::Serving::new(
-        server,
-        tls::Limits::default(),
-    )))
+    Ok(Transport::Tls(tls::Serving::new(server, tls_limits(args))))
+}
+
+/// The agent and query ports' bounds, with `--max-connections-per-address`.
+pub fn tls_limits(args: &Args) -> crate::ingest::tls::Limits {
+    crate::ingest::tls::Limits {
+        per_address: args.max_connections_per_address as usize,
+        ..Default::default()
+    }
+}
+
+/// The metrics and health port's bounds (`ringwarden_logging::http`),
+/// with `--max-connections-per-address`.
+pub fn http_limits(args: &Args) -> http_server::Limits {
+    http_server::Limits {
+        max_connections_per_address: args.max_connections_per_address as usize,
+        ..http_server::Limits::default()
+    }
 }
 
 /// Serves `listener` with `serve` on a thread and runtime of its own: a
@@ -276,17 +291,14 @@ pub async fn serve(
         let watches = watches.clone();
         Arc::new(move || watches.ready())
     });
-    let server = tokio::spawn({
-        let stopped = stopped.clone();
-        async move {
-            if let Err(e) = axum::serve(listeners.metrics, app)
-                .with_graceful_shutdown(stopped())
-                .await
-            {
-                warn!(error = %e, "the metrics server stopped");
-            }
-        }
-    });
+    let refused = metrics.ingest.http_connections_refused.clone();
+    let server = tokio::spawn(http_server::serve(
+        listeners.metrics,
+        app,
+        http_limits(args),
+        Arc::new(move |reason| refused.with_label_values(&[reason]).inc()),
+        stopped(),
+    ));
 
     let (release_tx, release_rx) = watch::channel(false);
     let identity = args.identity.clone().unwrap_or_else(host_name);

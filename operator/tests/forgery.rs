@@ -323,6 +323,136 @@ async fn a_new_boot_counts_only_from_its_first_report() {
     op.stop().await;
 }
 
+#[tokio::test]
+async fn a_node_reporting_u64_max_good_and_total_cannot_pin_the_slo_of_ten_honest_nodes() {
+    const WEB_NODE: &[(&str, &str)] = &[("pool", "web")];
+    let cluster = Cluster::new(
+        vec![probeset("shop", "web", 1, WEB)],
+        &[WEB_NODE; 11],
+        vec![slo("shop", "fast", FAST)],
+    );
+    let op = Operator::start(&cluster.stores, None).await;
+    let slo_state = |op: &Operator| {
+        op.hub
+            .reports()
+            .evaluate("shop/fast", SystemTime::now())
+            .expect("the SLO is known")
+    };
+    // Ten honest nodes, 90 % of their events fast: the 99 % target is
+    // breached.
+    let mut honest = Vec::new();
+    for n in 0..10 {
+        let mut a = SimAgent::new(&format!("node-{n}"), "boot", vec![probe("web")]);
+        let c = op.connect(&mut a).await;
+        honest.push((a, c));
+    }
+    for _ in 0..3 {
+        for (a, c) in &mut honest {
+            a.probes[0].observe("read", &[[MS; 90].as_slice(), &[100 * MS; 10]].concat());
+            let r = a.report(unix_ms());
+            c.report(a, r).await.unwrap();
+        }
+    }
+    assert_eq!(op.counted("shop/fast"), (2_700, 3_000));
+
+    // node-10 is compromised. Its boot's first report says u64::MAX good
+    // of u64::MAX; so do later ones, after an honest first report, and
+    // the first of each new boot.
+    let pin = |r: &mut v1::Report| {
+        for t in &mut r.probes[0].thresholds {
+            t.good = u64::MAX;
+            t.total = u64::MAX;
+        }
+    };
+    let mut hostile = SimAgent::new("node-10", "evil-1", vec![probe("web")]);
+    let mut c = op.connect(&mut hostile).await;
+    hostile.probes[0].observe("read", &[MS; 10]);
+    let mut r = hostile.report(unix_ms());
+    pin(&mut r);
+    c.report(&mut hostile, r).await.unwrap();
+    assert_eq!(op.metric(REPORTS_REFUSED, "implausible_counts"), 1.0);
+
+    let mut next = hostile.restarted("evil-2");
+    let mut c = op.connect(&mut next).await;
+    next.probes[0].observe("read", &[MS; 10]);
+    let r = next.report(unix_ms());
+    c.report(&mut next, r).await.unwrap();
+    assert_eq!(op.counted("shop/fast"), (2_710, 3_010));
+    for _ in 0..3 {
+        let mut r = next.report(unix_ms());
+        pin(&mut r);
+        c.report(&mut next, r).await.unwrap();
+    }
+    assert_eq!(op.metric(REPORTS_REFUSED, "implausible_counts"), 4.0);
+    assert_eq!(
+        op.metric("ringwarden_operator_reports_total", "implausible"),
+        4.0
+    );
+    // Nothing of it counted: still 90 %, still breached, and an hour later
+    // too (what the honest nodes counted stays in the day's window).
+    assert_eq!(op.counted("shop/fast"), (2_710, 3_010));
+    let status = slo_state(&op);
+    assert_eq!(status.state.as_str(), "Breached");
+    let later = op
+        .hub
+        .reports()
+        .evaluate(
+            "shop/fast",
+            SystemTime::now() + std::time::Duration::from_secs(3_600),
+        )
+        .unwrap();
+    assert_eq!(later.state.as_str(), "Breached");
+    assert!(
+        later
+            .sli
+            .is_some_and(|s| (s - 2_710.0 / 3_010.0).abs() < 1e-9)
+    );
+
+    // The node is flagged on its ProbeSet.
+    let figures = op.hub.probeset_figures(SystemTime::now());
+    let problems = &figures[0].figures.problems;
+    let flagged = problems
+        .iter()
+        .find(|p| p.node == "node-10")
+        .expect("node-10 is flagged");
+    assert_eq!(flagged.reason, "ImplausibleCounts");
+    assert!(flagged.message.contains("probe sys"), "{}", flagged.message);
+    assert!(problems.iter().all(|p| p.node == "node-10"), "{problems:?}");
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_rotating_boot_ids_counts_no_more_than_its_ceiling_allows() {
+    let cluster = cluster();
+    let op = Operator::start(&cluster.stores, None).await;
+    let (_agents, _streams) = honest(&op).await;
+    let before = op.counted("shop/fast");
+    // node-1 says it has 2 possible CPUs: 2 × 10^7 events a second, and
+    // 15 minutes of them at once. Each new boot's first report counts in
+    // full, so an attacker starts a new boot for every report, each
+    // claiming two thirds of that.
+    let burst: u64 = 2 * 10_000_000 * 900;
+    let claim = burst / 3 * 2;
+    for boot in 0..5 {
+        let mut a = SimAgent::new("node-1", &format!("rot-{boot}"), vec![probe("web")]);
+        let mut c = op.connect(&mut a).await;
+        let mut r = a.report(unix_ms());
+        for t in &mut r.probes[0].thresholds {
+            t.good = claim;
+            t.total = claim;
+        }
+        let counters = r.probes[0].counters.get_or_insert_default();
+        counters.observed = claim;
+        counters.aggregated = claim;
+        c.report(&mut a, r).await.unwrap();
+    }
+    // The node's pace spans its boots: only the first claim fitted.
+    let after = op.counted("shop/fast");
+    assert_eq!(after, (before.0 + claim, before.1 + claim));
+    assert_eq!(op.metric(REPORTS_REFUSED, "implausible_counts"), 4.0);
+    op.stop().await;
+}
+
 // ------------------------------------------------ the real TokenReview client
 
 fn bearer(token: &str) -> MetadataMap {

@@ -5,16 +5,52 @@ use super::{Counts, SnapshotError};
 
 /// A slot's counts.
 pub(super) trait Tally: Copy + Default + PartialEq {
-    fn add(&mut self, other: Self);
+    /// The sum, or `None` when a field would overflow: the caller refuses
+    /// the increment rather than pin a slot at `u64::MAX` (a pinned pair
+    /// of good and total reads as an SLI of 1).
+    fn checked_add(self, other: Self) -> Option<Self>;
+    /// Adds the fields into `wide` (no sum of slots overflows it).
+    fn widen(self, wide: &mut [u128; 4]);
+    /// Summed fields back as counts: exact when they fit, otherwise all
+    /// divided by one factor, so every ratio between them (the SLI, the
+    /// drop rate) is kept.
+    fn narrow(wide: [u128; 4]) -> Self;
+}
+
+/// `wide` divided by the smallest factor that makes every field fit.
+fn narrowed(wide: [u128; 4]) -> [u64; 4] {
+    let most = wide.iter().copied().max().unwrap_or(0);
+    let factor = most.div_ceil(u128::from(u64::MAX)).max(1);
+    wide.map(|n| u64::try_from(n / factor).unwrap_or(u64::MAX))
 }
 
 impl Tally for Counts {
-    // Saturating: a pinned counter is visibly wrong, a wrapped one is not.
-    fn add(&mut self, other: Self) {
-        self.good = self.good.saturating_add(other.good);
-        self.total = self.total.saturating_add(other.total);
-        self.observed = self.observed.saturating_add(other.observed);
-        self.lost = self.lost.saturating_add(other.lost);
+    fn checked_add(self, other: Self) -> Option<Self> {
+        Some(Self {
+            good: self.good.checked_add(other.good)?,
+            total: self.total.checked_add(other.total)?,
+            observed: self.observed.checked_add(other.observed)?,
+            lost: self.lost.checked_add(other.lost)?,
+        })
+    }
+
+    fn widen(self, wide: &mut [u128; 4]) {
+        for (w, n) in wide
+            .iter_mut()
+            .zip([self.good, self.total, self.observed, self.lost])
+        {
+            *w += u128::from(n);
+        }
+    }
+
+    fn narrow(wide: [u128; 4]) -> Self {
+        let [good, total, observed, lost] = narrowed(wide);
+        Self {
+            good,
+            total,
+            observed,
+            lost,
+        }
     }
 }
 
@@ -26,9 +62,21 @@ pub(super) struct Exact {
 }
 
 impl Tally for Exact {
-    fn add(&mut self, other: Self) {
-        self.good = self.good.saturating_add(other.good);
-        self.total = self.total.saturating_add(other.total);
+    fn checked_add(self, other: Self) -> Option<Self> {
+        Some(Self {
+            good: self.good.checked_add(other.good)?,
+            total: self.total.checked_add(other.total)?,
+        })
+    }
+
+    fn widen(self, wide: &mut [u128; 4]) {
+        wide[0] += u128::from(self.good);
+        wide[1] += u128::from(self.total);
+    }
+
+    fn narrow(wide: [u128; 4]) -> Self {
+        let [good, total, ..] = narrowed(wide);
+        Self { good, total }
     }
 }
 
@@ -49,6 +97,10 @@ impl<T: Tally> Ring<T> {
 
     pub(super) fn len(&self) -> u64 {
         self.slots.len() as u64
+    }
+
+    pub(super) fn get(&self, i: u64) -> T {
+        self.slots[(i % self.len()) as usize]
     }
 
     pub(super) fn slot(&mut self, i: u64) -> &mut T {
@@ -73,11 +125,11 @@ impl<T: Tally> Ring<T> {
             .saturating_add(1)
             .saturating_sub(k)
             .max(head.saturating_add(1).saturating_sub(self.len()));
-        let mut total = T::default();
+        let mut wide = [0u128; 4];
         for i in oldest..=head {
-            total.add(self.slots[(i % self.len()) as usize]);
+            self.slots[(i % self.len()) as usize].widen(&mut wide);
         }
-        total
+        T::narrow(wide)
     }
 
     pub(super) fn clear(&mut self) {

@@ -56,6 +56,7 @@ impl Agent {
             good: 0,
             total: 0,
             loss: Counters::default(),
+            ceiling: None,
         })
     }
 
@@ -1172,3 +1173,100 @@ fn an_slo_series_covers_the_same_series_kept_per_process() {
 }
 
 mod properties;
+
+/// What one CPU of the tests' nodes can count a second, times two CPUs.
+const CEILING: u64 = 2 * 10_000_000;
+
+fn paced(node: &str) -> Agent {
+    let mut a = Agent::new(node);
+    a.0.ceiling = Some(CEILING);
+    a
+}
+
+#[test]
+fn a_node_reporting_u64_max_good_and_total_cannot_pin_the_sli_of_ten_honest_nodes() {
+    let mut slo = evaluator(99.0, DAY);
+    let mut honest: Vec<Agent> = (0..10).map(|n| paced(&format!("honest-{n}"))).collect();
+    let mut hostile = paced("hostile");
+    for minute in 0..60 {
+        let now = at(minute * 60);
+        for a in &mut honest {
+            // 90 % good: well below the 99 % target.
+            let r = a.events(9_000, 1_000);
+            assert!(matches!(
+                slo.ingest(now, &r),
+                Ingest::NewStream(_) | Ingest::Counted(_)
+            ));
+        }
+        // A new boot each minute, so each report would count in full.
+        hostile.restart(&format!("boot-{minute}"));
+        hostile.0.good = u64::MAX;
+        hostile.0.total = u64::MAX;
+        hostile.0.loss.observed = u64::MAX;
+        let r = hostile.next();
+        assert_eq!(slo.ingest(now, &r), Ingest::Implausible, "minute {minute}");
+        // Or the same boot going on: at most a baseline, nothing counted.
+        let r = hostile.next();
+        assert_eq!(slo.ingest(now, &r).added(), Counts::default());
+    }
+    for later in [at(3_600), at(3_600 + 3_600)] {
+        let status = slo.evaluate(later, None);
+        assert_eq!(status.state, SloState::Breached);
+        assert_eq!(status.counts.total, 10 * 60 * 10_000);
+        assert!(close(status.sli, 0.9), "{:?}", status.sli);
+    }
+}
+
+#[test]
+fn a_stream_counts_at_most_its_ceiling_over_time_plus_the_burst() {
+    let mut slo = evaluator(99.0, DAY);
+    let mut a = paced("a");
+    let burst = CEILING * PLAUSIBLE_BURST.as_secs();
+    // Its first report may carry the whole burst.
+    assert!(matches!(
+        slo.ingest(at(0), &a.events(burst, 0)),
+        Ingest::NewStream(_)
+    ));
+    // Nothing more at once: an event past the ceiling is refused, and
+    // changes nothing.
+    let over = a.events(1, 0);
+    assert_eq!(slo.ingest(at(0), &over), Ingest::Implausible);
+    assert_eq!(slo.evaluate(at(0), None).counts.total, burst);
+    // Ten seconds later, ten seconds' worth counts, from the same baseline
+    // (the refused event with them).
+    let later = a.events(CEILING * 10 - 1, 0);
+    assert!(matches!(slo.ingest(at(10), &later), Ingest::Counted(c) if c.total == CEILING * 10));
+    assert_eq!(slo.ingest(at(10), &a.events(1, 0)), Ingest::Implausible);
+    // A counter reset is counted from zero, within the same bound.
+    a.install_threshold(1);
+    // (Its probe's `observed` also holds the event refused above.)
+    let reset = a.events(CEILING * 5 - 1, 0);
+    assert!(matches!(slo.ingest(at(15), &reset), Ingest::Reset(c) if c.total == CEILING * 5 - 1));
+    // More good than total, beyond a second of events in flight.
+    a.0.good = a.0.total + CEILING + 1;
+    let r = a.next();
+    assert_eq!(slo.ingest(at(20), &r), Ingest::Implausible);
+}
+
+#[test]
+fn window_sums_past_u64_keep_the_sli_instead_of_pinning_it_at_one() {
+    // No ceiling (a standalone agent's own node), counts near u64::MAX a
+    // slot: the window's sum is over u64, its ratio still 90 %.
+    let mut slo = evaluator(99.0, DAY);
+    let tenth = u64::MAX / 40;
+    for node in 0..4 {
+        let mut a = Agent::new(&format!("n{node}"));
+        let r = a.events(9 * tenth, tenth);
+        // A slot each (30 units of a day are an hour).
+        let got = slo.ingest(at(node * 3_600), &r);
+        assert!(matches!(got, Ingest::NewStream(_)), "{got:?}");
+    }
+    let status = slo.evaluate(at(4 * 3_600), None);
+    assert_eq!(status.state, SloState::Breached);
+    assert!(close(status.sli, 0.9), "{:?}", status.sli);
+    // Into one slot: what would overflow it is refused, not saturated.
+    let mut b = Agent::new("b");
+    let r = b.events(9 * tenth * 4, tenth * 4);
+    assert_eq!(slo.ingest(at(3 * 3_600 + 1), &r), Ingest::Implausible);
+    assert!(close(slo.evaluate(at(4 * 3_600), None).sli, 0.9));
+}

@@ -39,11 +39,24 @@ use tonic::{
 
 use super::{
     auth::Reviewer,
+    decode::{self, MAX_HELLO_MESSAGE, MAX_REPORT_MESSAGE},
     grpc::{AgentApi, Inbound},
 };
 
-/// Largest message an agent may send (tonic's default limit).
-pub const MAX_MESSAGE: usize = 4 << 20;
+/// How large each message of a stream may be: its first (a Hello) and
+/// every later one (Reports).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub first: usize,
+    pub rest: usize,
+}
+
+/// The agent port's limits ([`decode::MAX_HELLO_MESSAGE`],
+/// [`decode::MAX_REPORT_MESSAGE`]).
+pub const LIMITS: Limits = Limits {
+    first: MAX_HELLO_MESSAGE,
+    rest: MAX_REPORT_MESSAGE,
+};
 /// Bytes of messages being assembled at once, all streams together.
 pub const ASSEMBLY_BUDGET: usize = 16 << 20;
 /// Unit of the budget's semaphore.
@@ -51,6 +64,12 @@ const UNIT: usize = 4 << 10;
 /// Longest a stream may take to send the rest of a message once it may:
 /// a client that announces a report and stalls does not hold the budget.
 pub const ASSEMBLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a stream waits for its share of the budget: with the budget
+/// full of stalling streams, each gives its share back within
+/// [`ASSEMBLY_TIMEOUT`], so a stream that waits longer than this is
+/// behind a queue that does not move, and is ended (`UNAVAILABLE`; the
+/// agent reconnects with backoff) rather than held.
+pub const ASSEMBLY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The gRPC message prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
 const CONNECT: &str = "/ringwarden.v1.AgentService/Connect";
@@ -67,7 +86,9 @@ pub struct Frames<B> {
     prefix_len: usize,
     /// A message that spans frames, being assembled.
     assembly: Option<Assembly>,
-    max: usize,
+    limits: Limits,
+    /// Messages read so far.
+    read: u64,
     /// [`ASSEMBLY_BUDGET`] in [`UNIT`]s, shared by the server's streams.
     budget: Arc<Semaphore>,
 }
@@ -110,22 +131,33 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// `max` must not exceed the budget, or a message that large waits
-    /// forever.
-    pub fn new(body: B, max: usize, budget: Arc<Semaphore>) -> Self {
+    /// `limits` must not exceed the budget, or a message that large waits
+    /// its turn in vain.
+    pub fn new(body: B, limits: Limits, budget: Arc<Semaphore>) -> Self {
         Self {
             body: Box::pin(body),
             pending: Bytes::new(),
             prefix: [0; PREFIX],
             prefix_len: 0,
             assembly: None,
-            max,
+            limits,
+            read: 0,
             budget,
         }
     }
 
-    /// The next message; `None` when the body ended between messages.
-    pub async fn message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
+    /// The next message; `None` when the body ended between messages. Its
+    /// length is checked against [`Limits`] before any of it is read, and
+    /// its repeated fields by [`decode::prescan`] before it is decoded.
+    pub async fn message(&mut self) -> Result<Option<AgentMessage>, Status> {
+        let message = self.next().await?;
+        if message.is_some() {
+            self.read += 1;
+        }
+        Ok(message)
+    }
+
+    async fn next(&mut self) -> Result<Option<AgentMessage>, Status> {
         while self.prefix_len < PREFIX {
             if self.pending.is_empty() && !fill(&mut self.body, &mut self.pending).await? {
                 return if self.prefix_len == 0 {
@@ -146,22 +178,36 @@ where
             ));
         }
         let len = u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize;
-        if len > self.max {
+        let (max, which) = if self.read == 0 {
+            (self.limits.first, "a stream's first message (its Hello)")
+        } else {
+            (self.limits.rest, "a report")
+        };
+        if len > max {
             return Err(Status::out_of_range(format!(
-                "a message of {len} bytes is over the limit of {} bytes",
-                self.max
+                "a message of {len} bytes is over the limit of {max} bytes for {which}"
             )));
         }
         if self.assembly.is_none() {
             if self.pending.len() >= len {
                 self.prefix_len = 0;
-                return decode(self.pending.split_to(len));
+                return decode(&self.pending.split_to(len));
             }
             let units = u32::try_from(len.div_ceil(UNIT)).unwrap_or(u32::MAX);
-            let permit = Arc::clone(&self.budget)
-                .acquire_many_owned(units)
-                .await
-                .map_err(|_| Status::unavailable("the server is shutting down"))?;
+            let permit = match timeout_at(
+                Instant::now() + ASSEMBLY_WAIT,
+                Arc::clone(&self.budget).acquire_many_owned(units),
+            )
+            .await
+            {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(Status::unavailable("the server is shutting down")),
+                Err(_) => {
+                    return Err(Status::unavailable(format!(
+                        "a message of {len} bytes waited {ASSEMBLY_WAIT:?} for room to be                          assembled; reconnect with backoff"
+                    )));
+                }
+            };
             self.assembly = Some(Assembly {
                 buf: Vec::with_capacity(len),
                 _permit: permit,
@@ -197,8 +243,14 @@ where
     }
 }
 
-fn decode<M: Message + Default>(buf: impl Buf) -> Result<Option<M>, Status> {
-    M::decode(buf)
+/// Decodes `bytes` once [`decode::prescan`] has bounded what they decode
+/// into.
+fn decode(bytes: &[u8]) -> Result<Option<AgentMessage>, Status> {
+    decode::prescan(bytes).map_err(|e| match e {
+        decode::ReportError::Malformed => Status::internal("the message does not decode"),
+        e => Status::invalid_argument(format!("refused before decoding: {e}")),
+    })?;
+    AgentMessage::decode(bytes)
         .map(Some)
         .map_err(|e| Status::internal(format!("the message does not decode: {e}")))
 }
@@ -257,7 +309,7 @@ impl<R: Reviewer> tower::Service<http::Request<Body>> for AgentServer<R> {
         let (parts, body) = request.into_parts();
         let method = Connect {
             api: Arc::clone(&self.api),
-            frames: Some(Frames::new(body, MAX_MESSAGE, Arc::clone(&self.budget))),
+            frames: Some(Frames::new(body, LIMITS, Arc::clone(&self.budget))),
         };
         // tonic answers; the body it would read is already taken.
         let request = http::Request::from_parts(parts, Body::empty());
@@ -359,8 +411,14 @@ mod tests {
             .windows(2)
             .map(|w| Bytes::copy_from_slice(&wire[w[0]..w[1]]))
             .collect();
-        Frames::new(Chunks(chunks), MAX_MESSAGE, budget(MAX_MESSAGE))
+        Frames::new(Chunks(chunks), REPORTS_ONLY, budget(LIMITS.rest))
     }
+
+    /// Limits that let reports come first, as these tests send them.
+    const REPORTS_ONLY: Limits = Limits {
+        first: LIMITS.rest,
+        rest: LIMITS.rest,
+    };
 
     fn read_all(mut f: Frames<Chunks>) -> Result<Vec<AgentMessage>, Status> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -369,10 +427,10 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let mut out = Vec::new();
-            while let Some(m) = f.message::<AgentMessage>().await? {
+            while let Some(m) = f.message().await? {
                 out.push(m);
                 assert!(
-                    f.pending.len() < f.max,
+                    f.pending.len() < f.limits.rest,
                     "only the unread rest of one frame is held"
                 );
             }
@@ -410,7 +468,7 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::Unimplemented);
 
         let mut huge = vec![0u8];
-        huge.extend_from_slice(&u32::try_from(MAX_MESSAGE + 1).unwrap().to_be_bytes());
+        huge.extend_from_slice(&u32::try_from(LIMITS.rest + 1).unwrap().to_be_bytes());
         let e = read_all(frames(&huge, &[])).unwrap_err();
         assert_eq!(e.code(), tonic::Code::OutOfRange);
         assert!(e.message().contains("over the limit"), "{}", e.message());
@@ -425,6 +483,63 @@ mod tests {
         let e = read_all(frames(&garbage, &[])).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Internal);
         assert!(e.message().contains("does not decode"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_first_message_larger_than_a_hello_is_refused_before_it_is_read() {
+        let hello = AgentMessage {
+            message: Some(FromAgent::Hello(v1::Hello {
+                node_name: "n".into(),
+                boot_id: "b".into(),
+                ..Default::default()
+            })),
+        };
+        let strict = |wire: &[u8]| {
+            let f = Frames::new(
+                Chunks(VecDeque::from([Bytes::copy_from_slice(wire)])),
+                LIMITS,
+                budget(LIMITS.rest),
+            );
+            read_all(f)
+        };
+        // A Hello, then a report far larger than any Hello: both pass.
+        let wire = framed(&[hello.clone(), report(64)]);
+        assert_eq!(strict(&wire).unwrap(), vec![hello, report(64)]);
+        // The same report first is refused by its length alone.
+        let e = strict(&framed(&[report(64)])).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange);
+        assert!(
+            e.message().ends_with(&format!(
+                "over the limit of {MAX_HELLO_MESSAGE} bytes for a stream's first message (its \
+                 Hello)"
+            )),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_waiting_for_assembly_room_behind_a_queue_that_does_not_move_is_ended() {
+        let wire = framed(&[report(64)]);
+        let shared = budget(wire.len());
+        // Someone holds the whole budget and never gives it back.
+        let _held = Arc::clone(&shared)
+            .acquire_many_owned(u32::try_from(shared.available_permits()).unwrap())
+            .await
+            .unwrap();
+        let mut waiting = Frames::new(
+            Chunks(VecDeque::from([
+                Bytes::copy_from_slice(&wire[..100]),
+                Bytes::copy_from_slice(&wire[100..]),
+            ])),
+            REPORTS_ONLY,
+            Arc::clone(&shared),
+        );
+        let started = Instant::now();
+        let e = waiting.message().await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(e.message().contains("waited"), "{}", e.message());
+        assert_eq!(started.elapsed(), ASSEMBLY_WAIT);
     }
 
     /// A body whose first frame comes at once and the rest only when told.
@@ -456,7 +571,7 @@ mod tests {
         let (tx_a, rx_a) = tokio::sync::mpsc::unbounded_channel();
         let mut a = Frames::new(
             Gated(Some(Bytes::copy_from_slice(&wire[..100])), rx_a),
-            MAX_MESSAGE,
+            REPORTS_ONLY,
             Arc::clone(&shared),
         );
         let mut b = Frames::new(
@@ -464,18 +579,18 @@ mod tests {
                 Bytes::copy_from_slice(&wire[..100]),
                 Bytes::copy_from_slice(&wire[100..]),
             ])),
-            MAX_MESSAGE,
+            REPORTS_ONLY,
             Arc::clone(&shared),
         );
         // a holds the budget while its message arrives; b waits for it.
-        let a_reads = tokio::spawn(async move { a.message::<AgentMessage>().await });
+        let a_reads = tokio::spawn(async move { a.message().await });
         tokio::task::yield_now().await;
-        let b_read = tokio::time::timeout(ASSEMBLY_TIMEOUT / 2, b.message::<AgentMessage>()).await;
+        let b_read = tokio::time::timeout(ASSEMBLY_TIMEOUT / 2, b.message()).await;
         assert!(b_read.is_err(), "b waited for the budget");
         // a stalls: after ASSEMBLY_TIMEOUT its stream is refused and b runs.
         let e = a_reads.await.unwrap().unwrap_err();
         assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
-        let m = b.message::<AgentMessage>().await.unwrap();
+        let m = b.message().await.unwrap();
         assert_eq!(m, Some(report(64)));
         assert_eq!(shared.available_permits(), len.div_ceil(UNIT));
         drop(tx_a);

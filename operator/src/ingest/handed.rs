@@ -42,6 +42,9 @@ pub mod refusal {
     /// The first report of a boot seen after its first (`seq` above 1):
     /// its counts are a baseline only.
     pub const NOT_FROM_START: &str = "not_from_start";
+    /// Counts the node could not have made (`reports::ceiling`): refused
+    /// whole, or by the SLOs they would have taken past it.
+    pub const IMPLAUSIBLE_COUNTS: &str = "implausible_counts";
     /// Histograms beyond a node's caps on series or buckets
     /// ([`super::MAX_NODE_SERIES`], [`super::MAX_NODE_BUCKETS`]).
     pub const SERIES_CAP: &str = "series_cap";

@@ -320,6 +320,7 @@ impl Hub {
         match outcome {
             Outcome::Replayed => refused.push(refusal::BOOT_REPLAYED),
             Outcome::Baseline => refused.push(refusal::NOT_FROM_START),
+            Outcome::Implausible => refused.push(refusal::IMPLAUSIBLE_COUNTS),
             _ => {}
         }
         for reason in refused {

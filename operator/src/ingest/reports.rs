@@ -58,6 +58,25 @@ pub const MAX_LISTED_NODES: usize = 10;
 pub const LATENCY_SLOTS: u64 = 24;
 /// A node silent this long, with no stream open, is forgotten.
 pub const NODE_TTL: Duration = Duration::from_secs(3_600);
+/// Most events one CPU can put through one probe a second: the kernel
+/// side costs at least 183 ns an event (an empty `tp_btf` program on a
+/// `getppid`, BENCHMARKS.md), 5.5 million a second; twice that, for
+/// faster CPUs.
+pub const MAX_EVENTS_PER_CPU_SECOND: u64 = 10_000_000;
+/// How long a node stays flagged [`problem::IMPLAUSIBLE_COUNTS`] after its
+/// last refused report.
+pub const IMPLAUSIBLE_FLAG: Duration = Duration::from_secs(3_600);
+
+/// Most events a second one probe of a node with `possible_cpus` can
+/// count, all its CPUs at [`MAX_EVENTS_PER_CPU_SECOND`]; a node whose
+/// agent did not say is taken at the most CPUs a Hello may name.
+pub fn ceiling(possible_cpus: u32) -> u64 {
+    let cpus = match possible_cpus {
+        0 => super::decode::MAX_POSSIBLE_CPUS,
+        n => n,
+    };
+    MAX_EVENTS_PER_CPU_SECOND * u64::from(cpus)
+}
 
 /// A histogram being summed: all buckets, so adding is indexing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,6 +196,85 @@ struct NodeState {
     /// Streams open.
     streams: u32,
     probes: HashMap<ProbeRef, ProbeNow>,
+    /// When a report of the node was last refused as implausible, and why.
+    implausible: Option<(SystemTime, String)>,
+    /// The node's pace against its ceiling ([`core_slo::pace`]), across
+    /// its boots.
+    paced_ms: u64,
+}
+
+impl NodeState {
+    /// Why the node is flagged [`problem::IMPLAUSIBLE_COUNTS`] at `now`.
+    fn implausible_at(&self, now: SystemTime) -> Option<&str> {
+        self.implausible
+            .as_ref()
+            .filter(|(at, _)| now.duration_since(*at).unwrap_or_default() <= IMPLAUSIBLE_FLAG)
+            .map(|(_, why)| why.as_str())
+    }
+}
+
+/// Paces `sample` against its node's `ceiling` before anything of it is
+/// counted; the node's new pace, or why the report holds counts the node
+/// could not have made: a threshold with more good events than total
+/// beyond a second of events in flight, or more events, all probes
+/// together, than the node's CPUs count at the ceiling over the time
+/// since its earlier reports plus [`core_slo::PLAUSIBLE_BURST`]
+/// ([`core_slo::pace`], one number a node, across its boots). A report's
+/// events are what its probes' counters added since the boot's previous
+/// report; all of them for a boot's first report, and for a report of an
+/// older boot (rare, and counted by the SLOs only); none for a first
+/// sight of a boot (a baseline here; each SLO paces what it counts of it
+/// too, see [`core_slo::PLAUSIBLE_BURST`]).
+fn paced(
+    now: SystemTime,
+    state: &NodeState,
+    current: bool,
+    sample: &Sample,
+    ceiling: u64,
+) -> Result<u64, String> {
+    let mut events = 0u64;
+    for p in &sample.probes {
+        for t in &p.thresholds {
+            if t.good > t.total.saturating_add(ceiling) {
+                return Err(format!(
+                    "probe {}: SLO {} counted {} good of {} events",
+                    p.id.probe, t.slo, t.good, t.total
+                ));
+            }
+        }
+        let before = current
+            .then(|| state.probes.get(&p.id))
+            .flatten()
+            .and_then(|b| b.counters);
+        let increment = |now: u64, then: u64| {
+            // Gone down: the probe reloaded, all of it is new.
+            if now >= then { now - then } else { now }
+        };
+        let whole = || {
+            p.thresholds
+                .iter()
+                .map(|t| t.total)
+                .chain(p.counters.map(|c| c.observed.max(c.exported)))
+                .fold(0, u64::max)
+        };
+        let added = match (before, p.counters) {
+            (Some(b), Some(c)) if state.seq > 0 => {
+                increment(c.observed, b.observed).max(increment(c.exported, b.exported))
+            }
+            _ if !current || sample.seq == 1 => whole(),
+            _ => 0,
+        };
+        events = events.saturating_add(added);
+    }
+    let now_ms = millis(now);
+    core_slo::pace(Some(ceiling), state.paced_ms, now_ms, now_ms, events).ok_or_else(|| {
+        format!(
+            "{events} events in one report, more than {ceiling} a second (its {} possible CPUs \
+             at {MAX_EVENTS_PER_CPU_SECOND} each) allows with {} s of burst",
+            state.info.possible_cpus,
+            core_slo::PLAUSIBLE_BURST.as_secs()
+        )
+    })
 }
 
 /// What an SLO watches and promises, as the evaluator needs it.
@@ -267,6 +365,10 @@ pub enum Outcome {
     /// some SLO that did not know the boot took its counters as a baseline
     /// and counted none of them.
     Baseline,
+    /// Counts no node could have made (see [`ceiling`]): refused whole
+    /// before anything was counted, or by an SLO whose stream it would
+    /// have taken past its ceiling; the node is flagged.
+    Implausible,
 }
 
 impl Outcome {
@@ -279,6 +381,7 @@ impl Outcome {
             Self::UnknownNode => "unknown_node",
             Self::Replayed => "replayed",
             Self::Baseline => "baseline",
+            Self::Implausible => "implausible",
         }
     }
 }
@@ -331,16 +434,16 @@ impl Reports {
                 });
             }
             found => {
-                let (streams, retired_boots) = match found {
+                let (streams, retired_boots, implausible, paced_ms) = match found {
                     Some(n) => {
                         let mut retired = std::mem::take(&mut n.retired_boots);
                         if retired.len() >= MAX_RETIRED_PER_NODE {
                             retired.remove(0);
                         }
                         retired.push(n.info.boot_id.clone());
-                        (n.streams + 1, retired)
+                        (n.streams + 1, retired, n.implausible.take(), n.paced_ms)
                     }
-                    None => (1, Vec::new()),
+                    None => (1, Vec::new(), None, 0),
                 };
                 self.nodes.insert(
                     info.node.clone(),
@@ -354,6 +457,8 @@ impl Reports {
                         reported: false,
                         streams,
                         probes: HashMap::new(),
+                        implausible,
+                        paced_ms,
                     },
                 );
             }
@@ -398,6 +503,14 @@ impl Reports {
             .any(|e| e.evaluator.is_replay(node, &sample.boot_id, sample.seq))
         {
             return Outcome::Replayed;
+        }
+        let ceiling = ceiling(state.info.possible_cpus);
+        match paced(now, state, current, sample, ceiling) {
+            Ok(paced_ms) => state.paced_ms = paced_ms,
+            Err(why) => {
+                state.implausible = Some((now, why));
+                return Outcome::Implausible;
+            }
         }
         if current && state.seq == 0 {
             state.from_start = sample.seq == 1;
@@ -459,6 +572,7 @@ impl Reports {
 
         let now_ms = millis(now);
         let mut baseline = false;
+        let mut refused = None;
         for p in &sample.probes {
             let Some(ids) = self.by_probe.get(&p.id) else {
                 continue;
@@ -476,6 +590,7 @@ impl Reports {
                     good: exact.map_or(0, |t| t.good),
                     total: exact.map_or(0, |t| t.total),
                     loss: p.counters.unwrap_or_default(),
+                    ceiling: Some(ceiling),
                 };
                 let ingested = if vouched {
                     entry.evaluator.ingest_from_start(now, &report)
@@ -484,6 +599,17 @@ impl Reports {
                 };
                 match ingested {
                     core_slo::Ingest::Stale | core_slo::Ingest::Replayed => continue,
+                    core_slo::Ingest::Implausible => {
+                        refused = Some(format!(
+                            "probe {}: SLO {id} refused counts beyond {ceiling} events a second \
+                             (its {} possible CPUs at {MAX_EVENTS_PER_CPU_SECOND} each) and {} s \
+                             of burst",
+                            p.id.probe,
+                            self.nodes.get(node).map_or(0, |n| n.info.possible_cpus),
+                            core_slo::PLAUSIBLE_BURST.as_secs(),
+                        ));
+                        continue;
+                    }
                     // A new baseline to persist, but no increments.
                     core_slo::Ingest::Baseline => {
                         baseline = true;
@@ -514,7 +640,12 @@ impl Reports {
                 }
             }
         }
-        if baseline {
+        if let Some(why) = refused {
+            if let Some(n) = self.nodes.get_mut(node) {
+                n.implausible = Some((now, why));
+            }
+            Outcome::Implausible
+        } else if baseline {
             Outcome::Baseline
         } else if current {
             Outcome::Ingested

@@ -540,6 +540,7 @@ mod tests {
                 good: 29_997,
                 total: 30_000,
                 loss: Default::default(),
+                ceiling: None,
             },
         );
         let figures = e.evaluate(now, None);

@@ -517,3 +517,89 @@ async fn only_nodes_whose_labels_changed_trigger_reconciles() {
         .await;
     assert_eq!(passed, ["1", "3", "4", "5"]);
 }
+
+/// The operator's metrics and health server, bounded as `args` say.
+async fn metrics_server(args: &Args) -> (std::net::SocketAddr, prometheus::IntCounterVec) {
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).unwrap();
+    let app = metrics::router(registry, Arc::new(|| Ok(())));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = metrics.ingest.http_connections_refused.clone();
+    let counted = refused.clone();
+    tokio::spawn(http_server::serve(
+        listener,
+        app,
+        http_limits(args),
+        Arc::new(move |reason| counted.with_label_values(&[reason]).inc()),
+        std::future::pending(),
+    ));
+    (addr, refused)
+}
+
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test]
+async fn slow_header_connections_cannot_stop_the_operators_healthz_and_are_closed_after_the_timeout()
+ {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let args = Args::try_parse_from(["ringwarden-operator", "--max-connections-per-address", "3"])
+        .unwrap();
+    // The flag bounds the agent and query ports too.
+    assert_eq!(tls_limits(&args).per_address, 3);
+    let limits = http_limits(&args);
+    assert_eq!(limits.max_connections_per_address, 3);
+    let (addr, refused) = metrics_server(&args).await;
+
+    // An attacker (127.0.0.2) opens 200 connections that send part of a
+    // request line and stall.
+    let mut attack = Vec::new();
+    for _ in 0..200 {
+        let mut s = connect_from("127.0.0.2", addr).await;
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ").await;
+        attack.push(s);
+    }
+    // The kubelet (127.0.0.1) still gets its answers at once.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let started = std::time::Instant::now();
+        let mut s = connect_from("127.0.0.1", addr).await;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{path}: {answer:?}");
+        assert!(started.elapsed() < Duration::from_millis(500), "{path}");
+    }
+    // The attacker holds three; the rest were closed at once, and counted.
+    assert_eq!(refused.with_label_values(&["per_address"]).get(), 197);
+    // The three are closed by the header-read timeout.
+    let started = std::time::Instant::now();
+    let mut still_open = 0;
+    for s in &mut attack {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    still_open += 1;
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(still_open, 0);
+    let took = started.elapsed();
+    assert!(
+        took >= limits.header_read_timeout - Duration::from_millis(500)
+            && took < limits.header_read_timeout + Duration::from_secs(2),
+        "{took:?}"
+    );
+}

@@ -96,6 +96,7 @@ fn arbitrary_report() -> impl Strategy<Value = Report> {
                     pairing_dropped: lost,
                     ..Counters::default()
                 },
+                ceiling: None,
             },
         )
 }
@@ -164,9 +165,8 @@ proptest! {
             }
             slo.evaluate(at(0), None)
         };
-        let expected = increments.iter().fold(Counts::default(), |mut c, &(_, good, bad, lost)| {
-            c.add(counts(good, good + bad, good + bad + lost, lost));
-            c
+        let expected = increments.iter().fold(Counts::default(), |c, &(_, good, bad, lost)| {
+            c.checked_add(counts(good, good + bad, good + bad + lost, lost)).unwrap()
         });
         let a = run(&split_a);
         prop_assert_eq!(a.counts, expected);
@@ -184,9 +184,9 @@ proptest! {
         for (_, r) in &reports {
             last_of_boot.insert(r.boot_id.clone(), r.clone());
         }
-        let expected = last_of_boot.values().fold(Counts::default(), |mut c, r| {
-            c.add(counts(r.good, r.total, r.loss.observed, r.loss.pairing_dropped));
-            c
+        let expected = last_of_boot.values().fold(Counts::default(), |c, r| {
+            c.checked_add(counts(r.good, r.total, r.loss.observed, r.loss.pairing_dropped))
+                .unwrap()
         });
         // The operator has seen each boot from its start; the evaluator
         // sees the reports in any order.

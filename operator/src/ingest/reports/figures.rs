@@ -49,8 +49,13 @@ pub mod problem {
     pub const NOT_RUNNING: &str = "ProbeNotRunning";
     /// No report within two report intervals.
     pub const NOT_REPORTING: &str = "NotReporting";
+    /// A report counted more events than the node could have (its CPUs at
+    /// the most one CPU can count), or more good than total: refused, and
+    /// the node flagged for an hour.
+    pub const IMPLAUSIBLE_COUNTS: &str = "ImplausibleCounts";
     /// Gravest first.
-    pub const ORDER: [&str; 5] = [
+    pub const ORDER: [&str; 6] = [
+        IMPLAUSIBLE_COUNTS,
         LOAD_FAILED,
         MISSING_BTF,
         NOT_RUNNING,
@@ -226,7 +231,15 @@ impl Reports {
             };
             b.f.reporting += 1;
             let mut ready = true;
-            let mut node_problem: Option<(&'static str, String)> = None;
+            let mut node_problem: Option<(&'static str, String)> = state
+                .implausible_at(now)
+                .map(|why| (problem::IMPLAUSIBLE_COUNTS, why.to_owned()));
+            if node_problem.is_some() {
+                // Its reports are refused: an SLO misses what it counts.
+                for (_, _, lacking) in &mut b.per_probe {
+                    lacking.add(node, false, "its counts are refused as implausible");
+                }
+            }
             for (i, r) in b.refs.iter().enumerate() {
                 let not_running =
                     |why: &str| (problem::NOT_RUNNING, format!("probe {}: {why}", r.probe));
