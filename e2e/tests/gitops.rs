@@ -686,6 +686,7 @@ fn evaluation(slo: &Slo, reports: &[(u64, u64, u64, u64, u64)]) -> ringwarden_co
                     pairing_dropped,
                     ..Counters::default()
                 },
+                ceiling: None,
             },
         );
     }

@@ -530,3 +530,177 @@ fn every_printer_column_reads_a_field_of_the_object() {
         }
     }
 }
+
+mod property {
+    //! No sequence of agent reports and silences leaves a ProbeSet
+    //! `Degraded=False` (or `Ready=True`) while a selected node does not run
+    //! one of its probes, or an SLO `Met` while its data is stale. The
+    //! ground truth is kept by the test: when each node last reported, and
+    //! which probes it reported running then.
+
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use proptest::prelude::*;
+    use ringwarden_core::slo::{self as core_slo, SloEvaluator};
+    use ringwarden_operator::{
+        ingest::{
+            decode::{AgentInfo, Sample},
+            reports::{ProbeSetQuery, Reports},
+            slo_status::{self, Verdict},
+        },
+        reconcile::{assess::assess, status},
+        sim::SimAgent,
+    };
+    use ringwarden_proto::v1::{agent_message::Message, load_error::Kind};
+
+    use super::{WEB, probe, time};
+
+    const NODES: [&str; 3] = ["node-0", "node-1", "node-2"];
+    const PROBES: [&str; 2] = ["sys", "rq"];
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// What happens next: a node reports (which of its probes run, which
+    /// failed to load, which it leaves out), or time passes.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Report {
+            node: usize,
+            /// Per probe: 0 runs, 1 failed to load, 2 left out.
+            probes: [u8; 2],
+        },
+        Wait(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0..NODES.len(), [0u8..3, 0u8..3])
+                .prop_map(|(node, probes)| Step::Report { node, probes }),
+            1 => (1u64..40).prop_map(Step::Wait),
+        ]
+    }
+
+    /// An SLO evaluation that says Met, to see whether staleness overrides
+    /// it.
+    fn met() -> core_slo::SloStatus {
+        let mut e = SloEvaluator::new(
+            core_slo::SloSpec {
+                target: 99.0,
+                window: Duration::from_secs(86_400),
+                max_drop_rate: 0.01,
+            },
+            7,
+        )
+        .unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        e.ingest(
+            now,
+            &core_slo::Report {
+                node: "n".into(),
+                boot_id: "b".into(),
+                seq: 1,
+                threshold_id: 7,
+                good: 1000,
+                total: 1000,
+                loss: Default::default(),
+                ceiling: None,
+            },
+        );
+        let s = e.evaluate(now, None);
+        assert_eq!(s.state, core_slo::SloState::Met);
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn no_sequence_of_reports_and_silences_leaves_an_object_healthy_that_is_not(
+            steps in proptest::collection::vec(step(), 1..40)
+        ) {
+            let ps = super::probeset("shop", "web", 1, WEB.replace("1s", "10s").as_str());
+            let slo = super::slo(
+                "shop",
+                "fast",
+                "{probeSet: web, probe: sys, indicator: {latency: {threshold: 5ms}}, target: 99}",
+            );
+            let mut reports = Reports::default();
+            let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+            let mut now = t0;
+            let mut agents: Vec<SimAgent> = NODES
+                .iter()
+                .map(|n| SimAgent::new(n, "boot-1", vec![probe("web", "sys"), probe("web", "rq")]))
+                .collect();
+            for a in &agents {
+                let Some(Message::Hello(h)) = a.hello().message else { unreachable!() };
+                reports.hello(t0, AgentInfo::try_from(h).unwrap()).unwrap();
+            }
+            // Per node: when it last reported, and which probes ran then.
+            let mut truth: Vec<Option<(SystemTime, [bool; 2])>> = vec![None; NODES.len()];
+            let probes: Vec<String> = PROBES.iter().map(|p| p.to_string()).collect();
+            let desired: Vec<String> = NODES.iter().map(|n| n.to_string()).collect();
+            for step in steps {
+                match step {
+                    Step::Wait(s) => now += Duration::from_secs(s),
+                    Step::Report { node, probes: how } => {
+                        let a = &mut agents[node];
+                        let mut kept = Vec::new();
+                        let mut running = [false; 2];
+                        for (i, p) in a.probes.iter_mut().enumerate() {
+                            p.load_error = (how[i] == 1).then(|| (Kind::Verifier, "rejected".into()));
+                            p.observe("read", &[1000; 3]);
+                            running[i] = how[i] == 0;
+                            if how[i] != 2 {
+                                kept.push(p.clone());
+                            }
+                        }
+                        let all = std::mem::replace(&mut a.probes, kept);
+                        let report = a.report(ringwarden_operator::ingest::reports::millis(now));
+                        a.probes = all;
+                        let sample = Sample::try_from(report).unwrap();
+                        reports.ingest(now, NODES[node], &sample);
+                        truth[node] = Some((now, running));
+                    }
+                }
+                let query = ProbeSetQuery {
+                    namespace: "shop",
+                    name: "web",
+                    probes: &probes,
+                    handed: None,
+                    desired: &desired,
+                    interval: INTERVAL,
+                    max_drop_rate: 0.01,
+                    expect_reports: true,
+                };
+                let figures = reports.figures(now, &query);
+                let fresh = |t: SystemTime| now.duration_since(t).unwrap_or_default() <= INTERVAL * 2 + Duration::from_secs(1);
+                let all_run = truth.iter().all(|t| t.is_some_and(|(at, r)| fresh(at) && r.iter().all(|x| *x)));
+                let sys_everywhere = truth.iter().all(|t| t.is_some_and(|(at, r)| fresh(at) && r[0]));
+
+                let reported = status::Reported::from_figures(&figures);
+                let s = status::desired(&ps, &assess(&ps, &[]), true, Some(&reported), None, &time(now));
+                let cond = |t: &str| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == t)
+                        .map_or_else(String::new, |c| c.status.clone())
+                };
+                if !all_run {
+                    prop_assert_eq!(cond("Degraded"), "True", "{:?}", truth);
+                    prop_assert_eq!(cond("Ready"), "False");
+                    prop_assert_eq!(cond("Stalled"), "True");
+                    prop_assert!(s.state.as_deref().unwrap().starts_with("Degraded: "));
+                } else {
+                    prop_assert_eq!(cond("Ready"), "True", "{:?}", s.conditions);
+                    prop_assert_eq!(s.ready.as_deref(), Some("3/3"));
+                }
+                let lacking = &figures.probes[0].lacking;
+                let slo_status = slo_status::desired(&slo, Verdict::Evaluated(&met(), Some(lacking)), &time(now));
+                if sys_everywhere {
+                    prop_assert_eq!(slo_status.state, Some(ringwarden_crds::SloState::Met));
+                } else {
+                    prop_assert_eq!(slo_status.state, Some(ringwarden_crds::SloState::Stale));
+                }
+            }
+        }
+    }
+}

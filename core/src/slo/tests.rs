@@ -1270,3 +1270,18 @@ fn window_sums_past_u64_keep_the_sli_instead_of_pinning_it_at_one() {
     assert_eq!(slo.ingest(at(3 * 3_600 + 1), &r), Ingest::Implausible);
     assert!(close(slo.evaluate(at(4 * 3_600), None).sli, 0.9));
 }
+
+#[test]
+fn only_a_snapshot_with_counts_restores_with_a_gap_to_land() {
+    let mut slo = evaluator(99.0, DAY);
+    assert!(!slo.snapshot().has_counts(), "never reported");
+    let mut a = Agent::new("n1");
+    // A baseline of nothing counted: nothing can land at once.
+    slo.ingest(at(10), &a.events(0, 0));
+    assert!(
+        !slo.snapshot().has_counts(),
+        "a stream, but no event counted"
+    );
+    slo.ingest(at(20), &a.events(5, 1));
+    assert!(slo.snapshot().has_counts());
+}
