@@ -798,6 +798,7 @@ fn slo_health_follows_the_operators_status() {
         serde_json::from_value(evaluated(&slo, &[(0, 99_950, 100_000, 100_000, 0)])).unwrap();
     let core = evaluation(&slo, &[(0, 99_950, 100_000, 100_000, 0)]);
     let lacking = ringwarden_operator::reports::Lacking {
+        none_selected: false,
         nodes: 1,
         silent: true,
         listed: vec![(

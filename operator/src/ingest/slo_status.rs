@@ -47,6 +47,8 @@ pub mod reason {
     /// Some node the ProbeSet selects sent no fresh count of the probe:
     /// its agent is silent.
     pub const NODES_SILENT: &str = "NodesSilent";
+    /// The ProbeSet selects no node.
+    pub const NO_NODE_SELECTED: &str = "NoNodeSelected";
     /// Some node the ProbeSet selects reports, but not the probe running.
     pub const PROBE_NOT_RUNNING_ON_NODES: &str = "ProbeNotRunningOnNodes";
     /// `Stalled` is False.
@@ -311,7 +313,15 @@ pub fn desired(slo: &Slo, verdict: Verdict<'_>, now: &Time) -> SloStatus {
                     slow: slow.unwrap_or(0.0),
                 }),
             };
-            let stale = lacking.filter(|l| l.nodes > 0).map(|l| {
+            let stale = lacking.filter(|l| l.nodes > 0 || l.none_selected).map(|l| {
+                if l.none_selected {
+                    return (
+                        reason::NO_NODE_SELECTED,
+                        "the ProbeSet selects no node, so nothing is counted; the window's \
+                         counts are kept and resume when a node is selected"
+                            .to_owned(),
+                    );
+                }
                 let why = if l.silent {
                     reason::NODES_SILENT
                 } else {
@@ -556,6 +566,47 @@ mod tests {
             desired(&slo, Verdict::Evaluated(&later, None), &at(20)),
             first
         );
+    }
+
+    #[test]
+    fn an_slo_whose_probeset_selects_no_node_is_stale_not_met() {
+        let mut e = SloEvaluator::new(
+            core_slo::SloSpec {
+                target: 99.0,
+                window: Duration::from_secs(86_400),
+                max_drop_rate: 0.01,
+            },
+            7,
+        )
+        .unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        e.ingest(
+            now,
+            &Report {
+                node: "n1".into(),
+                boot_id: "b".into(),
+                seq: 1,
+                threshold_id: 7,
+                good: 100,
+                total: 100,
+                loss: Default::default(),
+                ceiling: None,
+            },
+        );
+        let figures = e.evaluate(now, None);
+        assert_eq!(figures.state, core_slo::SloState::Met);
+        let none = Lacking {
+            none_selected: true,
+            ..Lacking::default()
+        };
+        let s = desired(
+            &slo(SPEC),
+            Verdict::Evaluated(&figures, Some(&none)),
+            &at(10),
+        );
+        assert_eq!(s.state, Some(SloState::Stale));
+        assert_eq!(s.conditions[0].reason, reason::NO_NODE_SELECTED);
+        assert_eq!(s.sli, Some(100.0), "the window's counts are kept");
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub struct ProbeFigures {
 /// [`MAX_LISTED_NODES`] by name with why.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lacking {
+    /// The ProbeSet selects no node at all: nothing is counted anywhere.
+    pub none_selected: bool,
     pub nodes: usize,
     /// Whether any of them is silent (rather than reporting without the
     /// probe running).
@@ -345,8 +347,12 @@ impl FiguresBuilder {
             .iter()
             .map(|p| q.handed.is_none_or(|h| h.contains(p)))
             .collect();
+        let lacking = Lacking {
+            none_selected: q.desired.is_empty() && q.expect_reports,
+            ..Lacking::default()
+        };
         Self {
-            per_probe: vec![(Flow::default(), Dense::default(), Lacking::default()); refs.len()],
+            per_probe: vec![(Flow::default(), Dense::default(), lacking); refs.len()],
             handed,
             refs,
             f: Figures {

@@ -253,3 +253,23 @@ fn slo_latency_counts_each_interval_once_from_one_histogram_per_probe() {
     assert_eq!(slo_latency(&r, "shop/s7", at(40), 2 * ms), (6, 0));
     assert_eq!(slo_latency(&r, "shop/all", at(40), 2 * ms), (219, 15));
 }
+
+#[test]
+fn a_probeset_selecting_no_node_leaves_its_slos_nothing_fresh() {
+    let r = Reports::default();
+    let query = |expect_reports| ProbeSetQuery {
+        namespace: "shop",
+        name: "web",
+        probes: &["sys".to_string()],
+        handed: None,
+        desired: &[],
+        interval: Duration::from_secs(10),
+        max_drop_rate: 0.01,
+        expect_reports,
+    };
+    let f = r.figures(UNIX_EPOCH, &query(true));
+    assert!(f.probes[0].lacking.none_selected);
+    // Not before agents had time to report.
+    let f = r.figures(UNIX_EPOCH, &query(false));
+    assert!(!f.probes[0].lacking.none_selected);
+}
