@@ -38,11 +38,11 @@ mod processes;
 use go::GoMaps;
 pub use go::{GO_RUNTIME_SERIES, go_runtime_series_id, process_alive};
 pub use hist::ReadCost;
-pub use processes::{MAX_PROCESSES_PER_UPROBE, Process, ProcessAttach, Synced};
 pub use privileges::{check_capabilities, check_privileges};
 use privileges::{
     effective_capabilities, is_permission_error, permission_hint, uprobe_permission_message,
 };
+pub use processes::{MAX_PROCESSES_PER_UPROBE, Process, ProcessAttach, Synced};
 
 /// The compiled kernel programs, embedded so the agent is one file.
 static PROBES_OBJECT: &[u8] =
@@ -639,10 +639,7 @@ impl Probe {
         }
         Ok(Self {
             kind: config.kind,
-            programs: Arc::new(Mutex::new(processes::Programs {
-                ebpf,
-                per_process,
-            })),
+            programs: Arc::new(Mutex::new(processes::Programs { ebpf, per_process })),
             hist: Mutex::new(hist),
             slot_keys,
             next_slot,

@@ -1062,7 +1062,11 @@ fn a_namespaced_uprobe_on_a_shared_library_traps_no_process_outside_its_pods() {
     let count = r#"ringwarden_latency_seconds_count{namespace="shop",probeset="web",probe="up",node="node-t",series="getppid"}"#;
     agent.until(&attached, 1);
     let counted = |agent: &mut Agent| value(&agent.metrics(), count).unwrap_or(0);
-    assert_eq!(counted(&mut agent), 0, "nothing called getppid in the pod yet");
+    assert_eq!(
+        counted(&mut agent),
+        0,
+        "nothing called getppid in the pod yet"
+    );
 
     // The pod's process is counted exactly, and traps: the measurement
     // sees a trap when there is one.
