@@ -17,6 +17,11 @@
 //! running probe's filter map is rewritten in place: no reload, no counter
 //! reset, no event lost.
 //!
+//! A ProbeSet's uprobe is attached to each process of its pods on its own
+//! ([`crate::probes::ProcessAttach`]), never to every process that maps
+//! the file: the processes are followed at each pod change and every
+//! [`PROCESS_SYNC_INTERVAL`], off the loop.
+//!
 //! A probe that fails to load (no BTF, a missing hook or symbol, a
 //! rejected program) is reported with its cause and retried with
 //! exponential backoff ([`retry_delay`]); the agent and its other probes

@@ -224,3 +224,21 @@ fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_known_by_its_pid_and_start_time_and_a_gone_one_not_at_all() {
+        let proc = Path::new("/proc");
+        let me = Process::of(proc, std::process::id()).expect("this process runs");
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.start > 0, "{me:?}");
+        assert_eq!(Process::of(proc, std::process::id()), Some(me));
+        let init = Process::of(proc, 1).expect("pid 1 runs");
+        assert!(init.start <= me.start, "{init:?} started after {me:?}");
+        // Past the kernel's largest pid.
+        assert_eq!(Process::of(proc, 1 << 23), None);
+    }
+}
