@@ -908,6 +908,7 @@ fn agent_exposition() -> Vec<(String, String)> {
         .inc();
     node.probe_failing.with_label_values(&with_reason).set(1);
     node.pod_filter_cgroups.with_label_values(&values).set(1);
+    node.uprobe_processes.with_label_values(&values).set(1);
     node.pod_filter_updates.with_label_values(&values).inc();
     let text = encode(&registry);
     text.lines()

@@ -75,6 +75,44 @@ pub fn roots<'a>(
     (out, errors)
 }
 
+/// The processes in `pod_dirs` (pod cgroup directories) and in the
+/// cgroups below them, as deep as containers' roots are looked for;
+/// at most `cap` (a pod past it is cut short: the caller says so).
+/// Processes that exit meanwhile are left out.
+pub fn processes<'a>(
+    pod_dirs: impl IntoIterator<Item = &'a Path>,
+    proc: &Path,
+    cap: usize,
+) -> BTreeSet<crate::probes::Process> {
+    let mut out = BTreeSet::new();
+    for pod in pod_dirs {
+        let mut stack = vec![(pod.to_path_buf(), 0u8)];
+        while let Some((dir, depth)) = stack.pop() {
+            for pid in pids(&dir) {
+                if out.len() >= cap {
+                    return out;
+                }
+                if let Some(p) = u32::try_from(pid)
+                    .ok()
+                    .and_then(|pid| crate::probes::Process::of(proc, pid))
+                {
+                    out.insert(p);
+                }
+            }
+            if depth < MAX_DEPTH
+                && let Ok(entries) = std::fs::read_dir(&dir)
+            {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push((e.path(), depth + 1));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The processes directly in the cgroup `dir`.
 fn pids(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))

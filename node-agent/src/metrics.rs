@@ -383,6 +383,8 @@ pub struct NodeMetrics {
     pub pod_filter_cgroups: prometheus::IntGaugeVec,
     /// cgroup ids added to or removed from filters in place.
     pub pod_filter_updates: prometheus::IntCounterVec,
+    /// Processes a namespaced uprobe is attached to, one by one.
+    pub uprobe_processes: prometheus::IntGaugeVec,
     pub pod_watch_up: prometheus::IntGauge,
     pub pod_watch_errors: prometheus::IntCounter,
     pub pods: prometheus::IntGauge,
@@ -436,6 +438,14 @@ impl NodeMetrics {
                 ),
                 &BASE_LABELS,
             )?,
+            uprobe_processes: IntGaugeVec::new(
+                Opts::new(
+                    "ringwarden_agent_uprobe_processes",
+                    "Processes of its pods a ProbeSet's uprobe is attached to, each on its own \
+                     (no other process on the node traps)",
+                ),
+                &BASE_LABELS,
+            )?,
             pod_watch_up: IntGauge::new(
                 "ringwarden_agent_pod_watch_up",
                 "1 while the last list or watch of this node's pods succeeded",
@@ -485,6 +495,7 @@ impl NodeMetrics {
         registry.register(Box::new(m.probe_failing.clone()))?;
         registry.register(Box::new(m.pod_filter_cgroups.clone()))?;
         registry.register(Box::new(m.pod_filter_updates.clone()))?;
+        registry.register(Box::new(m.uprobe_processes.clone()))?;
         registry.register(Box::new(m.pod_watch_up.clone()))?;
         registry.register(Box::new(m.pod_watch_errors.clone()))?;
         registry.register(Box::new(m.pods.clone()))?;

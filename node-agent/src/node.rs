@@ -17,6 +17,11 @@
 //! running probe's filter map is rewritten in place: no reload, no counter
 //! reset, no event lost.
 //!
+//! A ProbeSet's uprobe is attached to each process of its pods on its own
+//! ([`crate::probes::ProcessAttach`]), never to every process that maps
+//! the file: the processes are followed at each pod change and every
+//! [`PROCESS_SYNC_INTERVAL`], off the loop.
+//!
 //! A probe that fails to load (no BTF, a missing hook or symbol, a
 //! rejected program) is reported with its cause and retried with
 //! exponential backoff ([`retry_delay`]); the agent and its other probes
@@ -28,7 +33,7 @@
 //! agent that cannot reach the operator keeps running what it has.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -47,7 +52,9 @@ use crate::{
     drain::{self, DrainClock},
     metrics::{self, NodeMetrics, ProbeLabels, SharedSnapshots},
     pods::{PodScope, PodWatch, pod_cgroup_index, selected_cgroups, selected_pods},
-    probes::{Kernel, Probe, ProbeError, cgroup2_mount},
+    probes::{
+        Kernel, MAX_PROCESSES_PER_UPROBE, Probe, ProbeError, ProcessAttach, Synced, cgroup2_mount,
+    },
     report::{LoadFailure, probe_report},
     standalone::probe_config,
     target::{TargetError, UprobeTarget},
@@ -110,6 +117,12 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to load a failing probe.
 pub const RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// How often a ProbeSet's uprobe is brought in line with the processes
+/// of its pods (new ones attached, exited ones detached), besides every
+/// change of the node's pods: a process that starts in a running pod is
+/// attached, and counted, within this.
+pub const PROCESS_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The wait after the `attempts`-th failed attempt in a row.
 pub fn retry_delay(attempts: u32) -> Duration {
     let doublings = attempts.saturating_sub(1).min(16);
@@ -138,6 +151,9 @@ struct Loaded {
     fixed_cgroups: BTreeSet<u64>,
     labels: ProbeLabels,
     probe: Probe,
+    /// A ProbeSet's uprobe, attached process by process: what attaches it
+    /// to its pods' processes as they start and exit.
+    processes: Option<ProcessAttach>,
     /// When its ring is drained next.
     drain: DrainClock,
 }
@@ -200,6 +216,11 @@ struct State {
     /// them; made at the first open.
     opened_tx: Option<mpsc::UnboundedSender<Opened>>,
     opened_rx: Option<mpsc::UnboundedReceiver<Opened>>,
+    /// Per-process uprobes being brought in line with their pods'
+    /// processes off the loop, by id; at most one sync each at a time.
+    syncing: HashSet<String>,
+    synced_tx: Option<mpsc::UnboundedSender<ProcessesSynced>>,
+    synced_rx: Option<mpsc::UnboundedReceiver<ProcessesSynced>>,
     /// Whether node facts are static (`--node-labels`), as last applied.
     static_facts: bool,
     node: String,
@@ -282,6 +303,7 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
     };
     let mut reload = tokio::time::interval(args.reload_interval);
     let mut publish_tick = tokio::time::interval(args.interval);
+    let mut process_tick = tokio::time::interval(PROCESS_SYNC_INTERVAL);
     let mut seq: u64 = 0;
     let mut next_report = Instant::now() + state.report_interval(args.interval);
     loop {
@@ -295,6 +317,8 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
             }
             () = next_pod_change(&mut state.pods) => state.pods_changed().await,
             Some(opened) = next_opened(&mut state.opened_rx) => state.opened(opened),
+            _ = process_tick.tick() => state.sync_processes(),
+            Some(synced) = next_synced(&mut state.synced_rx) => state.processes_synced(synced),
             Some(config) = next_config(&mut pushed) => {
                 if state.take_pushed(config) {
                     state.apply(&facts).await;
@@ -363,6 +387,20 @@ type Opening = std::pin::Pin<
 
 /// The next uprobe binary opened off the loop; never, before the first.
 async fn next_opened(rx: &mut Option<mpsc::UnboundedReceiver<Opened>>) -> Option<Opened> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A per-process uprobe's sync with its pods' processes, by probe id.
+type ProcessesSynced = (String, Result<Synced, ProbeError>);
+
+/// The next per-process uprobe sync done off the loop; never, before the
+/// first.
+async fn next_synced(
+    rx: &mut Option<mpsc::UnboundedReceiver<ProcessesSynced>>,
+) -> Option<ProcessesSynced> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -612,6 +650,77 @@ impl State {
             }
         }
         self.sync_pods();
+        self.sync_processes();
+    }
+
+    /// Brings every per-process uprobe in line with the processes of its
+    /// pods, off the loop: reading cgroupfs and /proc and opening perf
+    /// events run on a blocking thread, one sync per probe at a time, and
+    /// the result comes back to [`State::processes_synced`].
+    fn sync_processes(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let due: Vec<(String, ProcessAttach, AgentProbe)> = self
+            .loaded
+            .iter()
+            .filter(|(id, _)| !self.syncing.contains(*id))
+            .filter_map(|(id, l)| Some((id.clone(), l.processes.clone()?, l.config.clone())))
+            .collect();
+        for (id, attach, p) in due {
+            let Some(dirs) = self.pod_dirs(&p) else {
+                continue;
+            };
+            if self.synced_tx.is_none() {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.synced_tx = Some(tx);
+                self.synced_rx = Some(rx);
+            }
+            let tx = self.synced_tx.clone().expect("set above");
+            self.syncing.insert(id.clone());
+            tokio::task::spawn_blocking(move || {
+                // One past the cap, so a pod past it is seen to be.
+                let wanted = crate::containers::processes(
+                    dirs.iter().map(PathBuf::as_path),
+                    &crate::containers::proc_root(),
+                    MAX_PROCESSES_PER_UPROBE + 1,
+                );
+                let _ = tx.send((id, attach.sync(&wanted)));
+            });
+        }
+    }
+
+    /// A per-process uprobe's sync came back: its metric and log.
+    fn processes_synced(&mut self, (id, synced): ProcessesSynced) {
+        self.syncing.remove(&id);
+        let Some(l) = self.loaded.get(&id) else {
+            return;
+        };
+        let attached = l.processes.as_ref().map_or(0, |a| a.attached().len());
+        if let Some(m) = &self.metrics {
+            m.uprobe_processes
+                .with_label_values(&l.labels.values())
+                .set(attached as i64);
+        }
+        match synced {
+            Ok(s) => {
+                if s.added + s.removed > 0 {
+                    tracing::info!(probe = %id, added = s.added, removed = s.removed,
+                        attached = s.attached, "uprobe follows its pods' processes");
+                }
+                if s.left_out > 0 {
+                    tracing::error!(probe = %id, attached = s.attached,
+                        "the ProbeSet's pods run more than MAX_PROCESSES_PER_UPROBE \
+                         ({MAX_PROCESSES_PER_UPROBE}) processes on this node; the uprobe is \
+                         attached to the {MAX_PROCESSES_PER_UPROBE} longest running and \
+                         observes none of the others");
+                }
+            }
+            Err(e) => {
+                tracing::error!(probe = %id, error = %e, attached,
+                    "the uprobe could not attach to every process of its pods; retrying");
+            }
+        }
     }
 
     /// Loads every desired probe that is neither running nor waiting for
@@ -793,6 +902,9 @@ impl State {
                 true,
             ));
         }
+        // A ProbeSet's uprobe breaks only into its pods' processes, never
+        // into every process that maps the file (a shared layer's libc).
+        config.per_process_uprobes = resolves_in_containers(p) && p.spec.kind.uses_uprobes();
         let probe = match binary {
             Some(opened) => Probe::load_opened(kernel, &config, opened),
             None => Probe::load(kernel, &config),
@@ -812,6 +924,7 @@ impl State {
         if let Some(f) = self.failed.remove(&id) {
             self.clear_failing(&labels, &f.failure);
         }
+        self.syncing.remove(&id);
         self.loaded.insert(
             id,
             Loaded {
@@ -819,10 +932,13 @@ impl State {
                 scope,
                 fixed_cgroups,
                 labels,
+                processes: probe.process_attach(),
                 probe,
                 drain: DrainClock::new(p.drain_interval, Instant::now().into_std()),
             },
         );
+        // Attached to no process yet: its pods' processes join at once.
+        self.sync_processes();
         Ok(())
     }
 
@@ -915,6 +1031,7 @@ impl State {
         if let Some(m) = &self.metrics {
             let values = labels.values();
             let _ = m.pod_filter_cgroups.remove_label_values(&values);
+            let _ = m.uprobe_processes.remove_label_values(&values);
             for r in ["missing_btf", "verifier", "missing_tracepoint", "other"] {
                 let mut v = values.to_vec();
                 v.push(r);

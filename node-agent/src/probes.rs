@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use aya::{
@@ -33,6 +33,7 @@ use crate::target::{Attach, UprobeTarget};
 mod go;
 mod hist;
 mod privileges;
+mod processes;
 
 use go::GoMaps;
 pub use go::{GO_RUNTIME_SERIES, go_runtime_series_id, process_alive};
@@ -41,6 +42,7 @@ pub use privileges::{check_capabilities, check_privileges};
 use privileges::{
     effective_capabilities, is_permission_error, permission_hint, uprobe_permission_message,
 };
+pub use processes::{MAX_PROCESSES_PER_UPROBE, Process, ProcessAttach, Synced};
 
 /// The compiled kernel programs, embedded so the agent is one file.
 static PROBES_OBJECT: &[u8] =
@@ -157,6 +159,11 @@ pub struct ProbeConfig {
     pub thresholds: Vec<(String, ringwarden_ebpf_common::ThresholdSlot)>,
     /// For uprobes: binary and symbol.
     pub uprobe: Option<(String, String)>,
+    /// Attach the uprobe to single processes, none at load, each added
+    /// with [`Probe::process_attach`]: a ProbeSet's uprobe, so that no
+    /// process outside its pods traps. `false`: for every process that
+    /// maps the binary (a ClusterProbeSet's).
+    pub per_process_uprobes: bool,
     /// The node's root directory, under which uprobe binaries resolve:
     /// `/` on a host, the host mount in a pod (see [`crate::target`]).
     pub host_root: PathBuf,
@@ -185,6 +192,7 @@ impl ProbeConfig {
             start_entries: DEFAULT_START_ENTRIES,
             thresholds: vec![],
             uprobe: None,
+            per_process_uprobes: false,
             host_root: crate::target::host_root(),
             hist_cpus: None,
         }
@@ -235,8 +243,10 @@ fn tracepoints(kind: ProbeKind) -> &'static [(&'static str, &'static str)] {
 /// frees the maps.
 pub struct Probe {
     kind: ProbeKind,
-    // Owns the programs and their links; dropping it detaches them.
-    _ebpf: Ebpf,
+    /// Owns the programs and their links; dropping it detaches them.
+    /// Shared with [`ProcessAttach`] handles, which attach a per-process
+    /// uprobe off the agent's loop.
+    programs: Arc<Mutex<processes::Programs>>,
     /// Histograms by slot, taken from the kernel as they change; `slot_keys`
     /// names them, `next_slot` counts the slots taken (see
     /// `ringwarden_ebpf_common::OVERFLOW_SLOT`). Behind a lock so that a
@@ -542,6 +552,7 @@ impl Probe {
             })?;
         }
         let mut uprobe_symbol = None;
+        let mut per_process = None;
         let mut go_maps = GoMaps::default();
         if let Some(target) = target.filter(|_| config.kind.uses_uprobes()) {
             let (binary, symbol) = (&target.binary, &target.symbol);
@@ -569,6 +580,7 @@ impl Probe {
                     .collect(),
             };
             let mut loaded: Vec<&str> = Vec::new();
+            let sites_kept = sites.clone();
             for (program, offset) in sites {
                 let prog: &mut UProbe = ebpf
                     .program_mut(program)
@@ -581,6 +593,10 @@ impl Probe {
                         program_ids.push(info.id());
                     }
                     loaded.push(program);
+                }
+                if config.per_process_uprobes {
+                    // Attached process by process (`ProcessAttach::sync`).
+                    continue;
                 }
                 // The kernel opens the checked file itself, by its fd.
                 prog.attach(
@@ -608,10 +624,22 @@ impl Probe {
                 Attach::Native { .. } => {}
             }
             uprobe_symbol = Some(symbol.clone());
+            if config.per_process_uprobes {
+                let file = target.try_clone_file().map_err(|e| {
+                    uprobe_error(binary, symbol, format!("keeping the binary open: {e}"))
+                })?;
+                per_process = Some(processes::Sites {
+                    sites: sites_kept,
+                    file,
+                    binary: binary.clone(),
+                    symbol: symbol.clone(),
+                    attached: BTreeMap::new(),
+                });
+            }
         }
         Ok(Self {
             kind: config.kind,
-            _ebpf: ebpf,
+            programs: Arc::new(Mutex::new(processes::Programs { ebpf, per_process })),
             hist: Mutex::new(hist),
             slot_keys,
             next_slot,
@@ -634,6 +662,16 @@ impl Probe {
 
     pub fn kind(&self) -> ProbeKind {
         self.kind
+    }
+
+    /// The handle that attaches a per-process uprobe to processes
+    /// ([`ProbeConfig::per_process_uprobes`]); `None` for other probes.
+    pub fn process_attach(&self) -> Option<ProcessAttach> {
+        let programs = self.programs.lock().unwrap_or_else(PoisonError::into_inner);
+        programs
+            .per_process
+            .as_ref()
+            .map(|_| ProcessAttach(self.programs.clone()))
     }
 
     /// Kernel ids of the loaded programs (as `bpftool prog` lists them).

@@ -364,6 +364,12 @@ impl UprobeTarget {
         .await
     }
 
+    /// The open file again (a new descriptor of it), for attaching more
+    /// uprobes to exactly what was checked after this target is dropped.
+    pub fn try_clone_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// The path under which the kernel finds exactly this open file.
     pub fn attach_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))

@@ -782,8 +782,15 @@ fn host_libc() -> PathBuf {
         .expect("this test process maps a libc")
 }
 
+/// Held by the tests that attach uprobes to the host's libc: one's
+/// node-wide probe would make every process trap in another's timing.
+static HOST_LIBC_UPROBES: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_probesets_uprobe_resolves_only_in_its_own_pods_containers() {
+    let _alone = HOST_LIBC_UPROBES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
         panic!("this live-kernel test cannot run: {e}; run `sudo make test`");
     }
@@ -897,6 +904,205 @@ fn a_probesets_uprobe_resolves_only_in_its_own_pods_containers() {
             "{line}"
         );
     }
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------- per-process uprobes
+
+/// A process of the test's own, mapping the host's libc like every
+/// process on the node, that calls libc's `getppid` in timed batches on
+/// command and answers each batch with its median call time.
+struct Caller {
+    pid: libc::pid_t,
+    commands: OwnedFd,
+    results: OwnedFd,
+}
+
+/// Calls per batch: the median of this many is stable to tens of ns.
+const BATCH: usize = 20_000;
+
+impl Caller {
+    /// Starts a caller, in `cgroup` if given (a pod's container), else
+    /// where the test runs (outside every pod).
+    fn start(cgroup: Option<&Path>) -> Self {
+        let (mut cmd, mut res) = ([0i32; 2], [0i32; 2]);
+        // SAFETY: valid arrays of two fds.
+        unsafe {
+            assert_eq!(libc::pipe2(cmd.as_mut_ptr(), libc::O_CLOEXEC), 0);
+            assert_eq!(libc::pipe2(res.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        }
+        // Allocated before the fork: the child must not allocate.
+        let mut times = vec![0u64; BATCH];
+        // SAFETY: the child only makes raw syscalls (read, write, getppid,
+        // clock_gettime, _exit) and sorts memory it owns, which are
+        // async-signal-safe.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: raw syscalls on memory and fds this process owns.
+            unsafe {
+                let now = || {
+                    let mut t: libc::timespec = std::mem::zeroed();
+                    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t);
+                    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+                };
+                let mut b = 0u8;
+                while libc::read(cmd[0], (&mut b as *mut u8).cast(), 1) == 1 {
+                    for t in times.iter_mut() {
+                        let start = now();
+                        // The libc function, through the shared library:
+                        // what the probe hooks.
+                        libc::getppid();
+                        *t = now() - start;
+                    }
+                    times.sort_unstable();
+                    let median = times[BATCH / 2].to_ne_bytes();
+                    libc::write(res[1], median.as_ptr().cast(), 8);
+                }
+                libc::_exit(0);
+            }
+        }
+        drop(times);
+        // SAFETY: the fds were just created and are owned here.
+        let (commands, results) = unsafe {
+            drop(OwnedFd::from_raw_fd(cmd[0]));
+            drop(OwnedFd::from_raw_fd(res[1]));
+            (OwnedFd::from_raw_fd(cmd[1]), OwnedFd::from_raw_fd(res[0]))
+        };
+        if let Some(cgroup) = cgroup {
+            std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())
+                .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", cgroup.display()));
+        }
+        Self {
+            pid,
+            commands,
+            results,
+        }
+    }
+
+    /// Makes one batch of [`BATCH`] calls; their median time in ns.
+    fn batch(&self) -> u64 {
+        // SAFETY: writing one byte to, and reading 8 from, open pipes.
+        unsafe {
+            assert_eq!(
+                libc::write(self.commands.as_raw_fd(), b"r".as_ptr().cast(), 1),
+                1
+            );
+            let mut median = [0u8; 8];
+            assert_eq!(
+                libc::read(self.results.as_raw_fd(), median.as_mut_ptr().cast(), 8),
+                8,
+                "the caller died"
+            );
+            u64::from_ne_bytes(median)
+        }
+    }
+
+    /// The fastest of a few batches' medians: what a call costs when
+    /// nothing else on the machine gets in the way.
+    fn call_ns(&self) -> u64 {
+        (0..3).map(|_| self.batch()).min().unwrap()
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+#[test]
+fn a_namespaced_uprobe_on_a_shared_library_traps_no_process_outside_its_pods() {
+    let _alone = HOST_LIBC_UPROBES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Err(e) = ringwarden_node_agent::probes::check_privileges() {
+        panic!("this live-kernel test cannot run: {e}; run `sudo make test`");
+    }
+    let dir = std::env::temp_dir().join(format!("rw-shared-lib-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The pod's container has the host's root: its libc is the very inode
+    // every process on the node maps, as a shared image layer's is.
+    let libc = host_libc();
+    let mut cgroups = PodCgroups::new("shared-lib");
+    let uid = "00000000-0000-4000-8000-00000000040a";
+    let ctr = cgroups.pod(uid, false);
+    let inside = Caller::start(Some(&ctr));
+    let outside = Caller::start(None);
+    for c in [&inside, &outside] {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", c.pid)).unwrap();
+        assert!(maps.contains(libc.to_str().unwrap()), "{maps}");
+    }
+    let inside_before = inside.call_ns();
+    let outside_before = outside.call_ns();
+
+    let api: Shared = Arc::default();
+    api.lock().unwrap().apply("shop", uid, "web");
+    let config = format!(
+        "probes:\n  - {{namespace: shop, probeset: web, spec: {{name: up, kind: uprobe, \
+         uprobe: {{binary: '{}', symbol: getppid}}}}, namespaces: [shop], ringBytes: 4096, \
+         sampleEvery: 1, reportInterval: 1s}}\n",
+        libc.display()
+    );
+    let mut agent = Agent::spawn(
+        &dir,
+        serve(api.clone()),
+        &cgroups.root,
+        &config,
+        Stdio::inherit(),
+    );
+    let labels = r#"namespace="shop",node="node-t",probe="up",probeset="web""#;
+    let attached = format!("ringwarden_agent_uprobe_processes{{{labels}}}");
+    let count = r#"ringwarden_latency_seconds_count{namespace="shop",probeset="web",probe="up",node="node-t",series="getppid"}"#;
+    agent.until(&attached, 1);
+    let counted = |agent: &mut Agent| value(&agent.metrics(), count).unwrap_or(0);
+    assert_eq!(
+        counted(&mut agent),
+        0,
+        "nothing called getppid in the pod yet"
+    );
+
+    // The pod's process is counted exactly, and traps: the measurement
+    // sees a trap when there is one.
+    let inside_after = inside.call_ns();
+    agent.until(count, 3 * BATCH as u64);
+    // The process outside the pod maps the same inode: it neither counts
+    // nor traps.
+    let outside_after = outside.call_ns();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(counted(&mut agent), 3 * BATCH as u64);
+    eprintln!(
+        "median getppid: in the pod {inside_before} ns -> {inside_after} ns, \
+         outside {outside_before} ns -> {outside_after} ns"
+    );
+    // A uprobe and a uretprobe trap: two traps of 3.5-5 µs here.
+    assert!(
+        inside_after > inside_before + 3_000,
+        "the pod's process does not show the trap ({inside_before} ns -> {inside_after} ns): \
+         the measurement cannot tell"
+    );
+    assert!(
+        outside_after < outside_before + 1_000,
+        "a process outside the ProbeSet's pods traps: its getppid went from \
+         {outside_before} ns to {outside_after} ns"
+    );
+
+    // A process started in the pod after the probe attached is attached
+    // and counted; one that exits is detached.
+    let late = Caller::start(Some(&ctr));
+    agent.until(&attached, 2);
+    late.batch();
+    agent.until(count, 4 * BATCH as u64);
+    drop(late);
+    agent.until(&attached, 1);
+    outside.batch();
+    assert_eq!(counted(&mut agent), 4 * BATCH as u64);
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
