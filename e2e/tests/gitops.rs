@@ -433,6 +433,7 @@ fn example_cluster_probeset(namespace_selector: Option<&str>) -> ClusterProbeSet
         ps.metadata.name.as_deref().unwrap(),
         ClusterProbeSetSpec {
             namespace_selector: namespace_selector.map(|s| serde_yaml_ng::from_str(s).unwrap()),
+            slo_namespaces: vec![],
             probe_set: ps.spec,
         },
     );
