@@ -796,10 +796,10 @@ struct Cumulative {
     named: HashMap<String, Sparse>,
 }
 
-/// Work done matching series names, for tests that bound it: one a key
-/// looked up or a name compared.
 #[cfg(test)]
 thread_local! {
+    /// Work done matching series names, for tests that bound it: one a
+    /// key looked up or a name compared.
     static SERIES_LOOKUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
