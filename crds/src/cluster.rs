@@ -71,32 +71,7 @@ impl ClusterProbeSetSpec {
     /// The ProbeSet checks, the namespace selector's and `sloNamespaces`'.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = self.probe_set.validate();
-        if self.slo_namespaces.len() > MAX_SLO_NAMESPACES {
-            errors.push(FieldError {
-                field: "spec.sloNamespaces".into(),
-                message: format!(
-                    "{} namespaces is too many; list at most {MAX_SLO_NAMESPACES}",
-                    self.slo_namespaces.len()
-                ),
-            });
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, n) in self.slo_namespaces.iter().enumerate() {
-            if !is_dns_label(n) {
-                errors.push(FieldError {
-                    field: format!("spec.sloNamespaces[{i}]"),
-                    message: format!(
-                        "{n:?} is not a namespace name; use the metadata.name of a Namespace, \
-                         e.g. platform-slos"
-                    ),
-                });
-            } else if !seen.insert(n.as_str()) {
-                errors.push(FieldError {
-                    field: format!("spec.sloNamespaces[{i}]"),
-                    message: format!("{n:?} is listed twice; remove the repeat"),
-                });
-            }
-        }
+        errors.extend(slo_namespace_problems(&self.slo_namespaces));
         if let Some(s) = &self.namespace_selector {
             for (field, message) in crate::selector::label_selector_problems(s) {
                 errors.push(FieldError {
@@ -107,6 +82,38 @@ impl ClusterProbeSetSpec {
         }
         errors
     }
+}
+
+/// What is wrong with a `spec.sloNamespaces` list.
+pub fn slo_namespace_problems(slo_namespaces: &[String]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if slo_namespaces.len() > MAX_SLO_NAMESPACES {
+        errors.push(FieldError {
+            field: "spec.sloNamespaces".into(),
+            message: format!(
+                "{} namespaces is too many; list at most {MAX_SLO_NAMESPACES}",
+                slo_namespaces.len()
+            ),
+        });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, n) in slo_namespaces.iter().enumerate() {
+        if !is_dns_label(n) {
+            errors.push(FieldError {
+                field: format!("spec.sloNamespaces[{i}]"),
+                message: format!(
+                    "{n:?} is not a namespace name; use the metadata.name of a Namespace, \
+                     e.g. platform-slos"
+                ),
+            });
+        } else if !seen.insert(n.as_str()) {
+            errors.push(FieldError {
+                field: format!("spec.sloNamespaces[{i}]"),
+                message: format!("{n:?} is listed twice; remove the repeat"),
+            });
+        }
+    }
+    errors
 }
 
 impl ClusterProbeSet {

@@ -402,8 +402,7 @@ probes:
 ";
 
 #[tokio::test]
-async fn slos_from_a_namespace_a_cluster_probeset_does_not_list_take_no_slot_and_change_no_plan()
-{
+async fn slos_from_a_namespace_a_cluster_probeset_does_not_list_take_no_slot_and_change_no_plan() {
     use ringwarden_crds::{ClusterProbeSet, agent::MAX_THRESHOLDS};
     use ringwarden_operator::{render, slo::SloTarget, world::World};
 
@@ -442,8 +441,14 @@ async fn slos_from_a_namespace_a_cluster_probeset_does_not_list_take_no_slot_and
     };
     let config = render::agent_config(&world.assess_all(), 0);
     let probe = &config.probes[0];
-    assert_eq!((probe.probeset.as_str(), probe.spec.name.as_str()), ("node-wide", "sys"));
-    assert_eq!(probe.max_drop_rate, 0.01, "the ClusterProbeSet's own maxDropRate");
+    assert_eq!(
+        (probe.probeset.as_str(), probe.spec.name.as_str()),
+        ("node-wide", "sys")
+    );
+    assert_eq!(
+        probe.max_drop_rate, 0.01,
+        "the ClusterProbeSet's own maxDropRate"
+    );
     let slots: Vec<&str> = probe.thresholds.iter().map(|t| t.slo.as_str()).collect();
     assert_eq!(slots, ["platform/node-read"]);
 

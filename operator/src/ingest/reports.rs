@@ -876,7 +876,8 @@ impl Increments {
             .flat_map(|n| {
                 looked_up(2);
                 let own = self.named.contains_key(n).then_some(n);
-                own.into_iter().chain(self.families.get(n).into_iter().flatten())
+                own.into_iter()
+                    .chain(self.families.get(n).into_iter().flatten())
             })
             .filter(move |series| seen.insert(series.as_str()))
             .filter_map(|series| self.named.get(series))

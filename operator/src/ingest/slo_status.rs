@@ -538,7 +538,13 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(p.reason, reason::INVALID_SPEC);
-        let p = definition(&slo(SPEC), &[probeset()], &[], Some(&AgentConfig::default())).unwrap_err();
+        let p = definition(
+            &slo(SPEC),
+            &[probeset()],
+            &[],
+            Some(&AgentConfig::default()),
+        )
+        .unwrap_err();
         assert_eq!((p.reason, p.invalid), (reason::PROBE_NOT_RUNNING, false));
 
         let s = desired(&slo(SPEC), Verdict::Problem(&p), &at(10));

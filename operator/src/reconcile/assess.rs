@@ -529,7 +529,10 @@ mod tests {
         let (alone, with) = (alone.planned().unwrap(), with.planned().unwrap());
         assert_eq!(with.plan, alone.plan);
         assert_eq!(with.max_drop_rates, [0.5]);
-        assert_eq!(slots(&Assessment::Planned(with.clone())), ["platform/strict"]);
+        assert_eq!(
+            slots(&Assessment::Planned(with.clone())),
+            ["platform/strict"]
+        );
         // On a ProbeSet, its namespace's strictest SLO tightens it.
         let mut on_probeset = ps.clone();
         on_probeset.metadata.namespace = Some("shop".into());
