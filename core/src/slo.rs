@@ -449,12 +449,19 @@ pub struct SloStatus {
 /// `name` an agent reports: the same name, or that name kept per process
 /// (`gc-pause` covers `gc-pause (pid 4242)`, see the `goRuntime` probe).
 pub fn series_covers(named: &str, name: &str) -> bool {
-    name == named
-        || name
-            .strip_prefix(named)
-            .and_then(|rest| rest.strip_prefix(" (pid "))
-            .and_then(|rest| rest.strip_suffix(')'))
-            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    name == named || series_family(name) == Some(named)
+}
+
+/// The other name an SLO may give to cover the series `name`: `gc-pause`
+/// for `gc-pause (pid 4242)`; `None` for a series not kept per process.
+/// An SLO naming `n` covers `name` exactly when `n` is `name` or this
+/// ([`series_covers`]), so whoever matches many series against many
+/// names looks both up by key instead of comparing each with each.
+pub fn series_family(name: &str) -> Option<&str> {
+    let (family, rest) = name.rsplit_once(" (pid ")?;
+    rest.strip_suffix(')')
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(family)
 }
 
 pub fn latency_at_target(histogram: &Histogram, target: f64) -> Option<u64> {

@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::probeset::{FieldError, ProbeSet, ProbeSetSpec, ProbeSetStatus};
+use crate::probeset::{FieldError, ProbeSet, ProbeSetSpec, ProbeSetStatus, is_dns_label};
 
 /// Declares eBPF latency probes for whole nodes: a ProbeSet's spec plus a
 /// `namespaceSelector`. Without one it observes every process of the
@@ -45,15 +45,33 @@ pub struct ClusterProbeSetSpec {
     #[schemars(schema_with = "crate::selector::namespace_selector_schema")]
     pub namespace_selector: Option<LabelSelector>,
 
+    /// Namespaces whose SLOs may measure this ClusterProbeSet's probes, by
+    /// name (at most 64), e.g. `[platform-slos]`. Absent or empty: none
+    /// may, since an SLO's status shows what the ClusterProbeSet observes
+    /// to whoever may read the SLO, and its threshold takes one of the
+    /// kernel's few slots on the probe. An SLO from any other namespace is
+    /// refused (`ProbeNotFound`) and changes nothing. The kernel's
+    /// threshold slots go to the SLOs of the namespaces listed first, then
+    /// by SLO name. SLOs never change a ClusterProbeSet's plan: its own
+    /// `maxDropRate` does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_SLO_NAMESPACES), inner(length(min = 1, max = 63)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub slo_namespaces: Vec<String>,
+
     /// Everything a ProbeSet's spec holds.
     #[serde(flatten)]
     pub probe_set: ProbeSetSpec,
 }
 
+/// Most namespaces `sloNamespaces` may list.
+pub const MAX_SLO_NAMESPACES: usize = 64;
+
 impl ClusterProbeSetSpec {
-    /// The ProbeSet checks, and the namespace selector's.
+    /// The ProbeSet checks, the namespace selector's and `sloNamespaces`'.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = self.probe_set.validate();
+        errors.extend(slo_namespace_problems(&self.slo_namespaces));
         if let Some(s) = &self.namespace_selector {
             for (field, message) in crate::selector::label_selector_problems(s) {
                 errors.push(FieldError {
@@ -66,7 +84,52 @@ impl ClusterProbeSetSpec {
     }
 }
 
+/// What is wrong with a `spec.sloNamespaces` list.
+pub fn slo_namespace_problems(slo_namespaces: &[String]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if slo_namespaces.len() > MAX_SLO_NAMESPACES {
+        errors.push(FieldError {
+            field: "spec.sloNamespaces".into(),
+            message: format!(
+                "{} namespaces is too many; list at most {MAX_SLO_NAMESPACES}",
+                slo_namespaces.len()
+            ),
+        });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, n) in slo_namespaces.iter().enumerate() {
+        if !is_dns_label(n) {
+            errors.push(FieldError {
+                field: format!("spec.sloNamespaces[{i}]"),
+                message: format!(
+                    "{n:?} is not a namespace name; use the metadata.name of a Namespace, \
+                     e.g. platform-slos"
+                ),
+            });
+        } else if !seen.insert(n.as_str()) {
+            errors.push(FieldError {
+                field: format!("spec.sloNamespaces[{i}]"),
+                message: format!("{n:?} is listed twice; remove the repeat"),
+            });
+        }
+    }
+    errors
+}
+
 impl ClusterProbeSet {
+    /// Whether SLOs in `namespace` may measure this ClusterProbeSet: its
+    /// `spec.sloNamespaces` lists it.
+    pub fn admits_slos_from(&self, namespace: &str) -> bool {
+        self.slo_rank(namespace).is_some()
+    }
+
+    /// Where `namespace` stands in `spec.sloNamespaces` (0 first): the
+    /// kernel's threshold slots go to the SLOs of lower ranks first.
+    /// `None` when its SLOs may not measure this ClusterProbeSet.
+    pub fn slo_rank(&self, namespace: &str) -> Option<usize> {
+        self.spec.slo_namespaces.iter().position(|n| n == namespace)
+    }
+
     /// The same probes as a ProbeSet without a namespace, which planning
     /// and rendering take like any other.
     pub fn as_probeset(&self) -> ProbeSet {

@@ -130,7 +130,8 @@ pub fn parse_str(file: &str, text: &str) -> Result<Vec<Manifest>, ManifestErrors
                 }
             }
             // Standalone mode has no namespaces: a ClusterProbeSet runs as a
-            // ProbeSet without one, its namespaceSelector checked and unused.
+            // ProbeSet without one, its namespaceSelector and sloNamespaces
+            // checked and unused.
             // It is read as a ProbeSet so that unknown fields are found
             // (serde's `flatten` in its spec type would swallow them).
             (API_VERSION, "ClusterProbeSet") => {
@@ -143,6 +144,22 @@ pub fn parse_str(file: &str, text: &str) -> Result<Vec<Manifest>, ManifestErrors
                     namespace_selector_problems(s)
                         .into_iter()
                         .for_each(|(f, m)| error(Some(f), m));
+                }
+                // Who may write SLOs on it: checked, and unused here.
+                let slo_namespaces = value
+                    .get_mut("spec")
+                    .and_then(Value::as_mapping_mut)
+                    .and_then(|m| m.remove("sloNamespaces"));
+                if let Some(list) = slo_namespaces {
+                    match serde_yaml_ng::from_value::<Vec<String>>(list) {
+                        Ok(list) => crate::cluster::slo_namespace_problems(&list)
+                            .into_iter()
+                            .for_each(|e| error(Some(e.field), e.message)),
+                        Err(_) => error(
+                            Some("spec.sloNamespaces".into()),
+                            "must be a list of namespace names, e.g. [platform-slos]".into(),
+                        ),
+                    }
                 }
                 match parse_object(value, |ps: &ProbeSet| ps.spec.validate()) {
                     Ok(mut ps) => {
@@ -507,6 +524,19 @@ spec:
         assert!(
             e.iter()
                 .any(|e| e.contains("spec.namespaceSelector.matchLabels")),
+            "{e:?}"
+        );
+        let listed = cluster.replacen("\nspec:\n", "\nspec:\n  sloNamespaces: [platform]\n", 1);
+        assert_eq!(parse_str("c.yaml", &listed).unwrap().len(), 1);
+        let e = errors(&listed.replace("[platform]", "[Platform]"));
+        assert!(
+            e.iter().any(|e| e.contains("spec.sloNamespaces[0]")),
+            "{e:?}"
+        );
+        let e = errors(&listed.replace("[platform]", "platform"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("spec.sloNamespaces: must be a list")),
             "{e:?}"
         );
         let e = errors(&GOOD.replacen("kind: ProbeSet", "kind: clusterprobeset", 1));

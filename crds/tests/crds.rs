@@ -542,9 +542,10 @@ fn the_crds_pass_the_official_kubernetes_schemas() {
 }
 
 /// A ClusterProbeSet's schema is a ProbeSet's plus `namespaceSelector`,
-/// whose rules are `podSelector`'s: the admission fixtures of ProbeSets
-/// (tests/admission.rs) therefore cover every rule of both, and the same
-/// Rust checks run on both.
+/// whose rules are `podSelector`'s, and `sloNamespaces`, which has no CEL
+/// rule: the admission fixtures of ProbeSets (tests/admission.rs)
+/// therefore cover every rule of both, and the same Rust checks run on
+/// both.
 #[test]
 fn a_cluster_probeset_is_a_probeset_plus_a_namespace_selector_with_the_pod_selectors_rules() {
     let probeset = common::schema("ProbeSet");
@@ -559,6 +560,19 @@ fn a_cluster_probeset_is_a_probeset_plus_a_namespace_selector_with_the_pod_selec
         .unwrap()
         .remove("namespaceSelector")
         .expect("spec.namespaceSelector");
+    let slo_namespaces = spec["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sloNamespaces")
+        .expect("spec.sloNamespaces");
+    assert!(
+        !slo_namespaces
+            .to_string()
+            .contains("x-kubernetes-validations"),
+        "{slo_namespaces}"
+    );
+    assert_eq!(slo_namespaces["maxItems"], 64);
+    assert_eq!(slo_namespaces["items"]["maxLength"], 63);
     // Only the words for each kind differ (tests/wording.rs).
     ringwarden_crds::cel::reword_namespaced(&mut spec);
     let ps_spec = &probeset["properties"]["spec"];

@@ -433,6 +433,7 @@ fn example_cluster_probeset(namespace_selector: Option<&str>) -> ClusterProbeSet
         ps.metadata.name.as_deref().unwrap(),
         ClusterProbeSetSpec {
             namespace_selector: namespace_selector.map(|s| serde_yaml_ng::from_str(s).unwrap()),
+            slo_namespaces: vec![],
             probe_set: ps.spec,
         },
     );
@@ -708,7 +709,7 @@ fn slo_health_follows_the_operators_status() {
         "Waiting for the operator to evaluate the SLO",
     );
 
-    let not_found = slo_status::definition(&slo, &[], None).unwrap_err();
+    let not_found = slo_status::definition(&slo, &[], &[], None).unwrap_err();
     check(
         "its ProbeSet does not exist",
         &slo_with(slo.clone(), Verdict::Problem(&not_found)),
@@ -720,6 +721,7 @@ fn slo_health_follows_the_operators_status() {
     let not_running = slo_status::definition(
         &slo,
         std::slice::from_ref(&ps),
+        &[],
         Some(&AgentConfig::default()),
     )
     .unwrap_err();
@@ -738,7 +740,7 @@ fn slo_health_follows_the_operators_status() {
         ..AgentConfig::default()
     };
     let no_slot: Problem =
-        slo_status::definition(&slo, std::slice::from_ref(&ps), Some(&config)).unwrap_err();
+        slo_status::definition(&slo, std::slice::from_ref(&ps), &[], Some(&config)).unwrap_err();
     assert_eq!(no_slot.reason, slo_status::reason::NO_THRESHOLD_SLOT);
     check(
         "no kernel threshold slot left",

@@ -34,6 +34,7 @@ fn probeset() -> ClusterProbeSet {
     let spec: ClusterProbeSetSpec = serde_yaml_ng::from_str(&format!(
         "
 nodeSelector: {{pool: web}}
+sloNamespaces: [shop]
 reportInterval: 500ms
 probes:
   - {{name: sys, kind: syscalls, filter: {{comms: [{COMM}]}}}}

@@ -391,3 +391,91 @@ async fn the_query_service_and_the_cli_show_what_agents_reported() {
         .unwrap()
         .unwrap();
 }
+
+/// The platform's ClusterProbeSet, whose SLOs only namespace `platform`
+/// may write.
+const NODE_WIDE: &str = "
+sloNamespaces: [platform]
+maxDropRate: 0.01
+probes:
+  - {name: sys, kind: syscalls, export: {policy: all}, peakEventRate: 100000}
+";
+
+#[tokio::test]
+async fn slos_from_a_namespace_a_cluster_probeset_does_not_list_take_no_slot_and_change_no_plan() {
+    use ringwarden_crds::{ClusterProbeSet, agent::MAX_THRESHOLDS};
+    use ringwarden_operator::{render, slo::SloTarget, world::World};
+
+    let cps = ClusterProbeSet::new("node-wide", serde_yaml_ng::from_str(NODE_WIDE).unwrap());
+    // As many SLOs as the kernel has slots, from a namespace the platform
+    // did not list, named to sort before the platform's and asking for
+    // no drops at all.
+    let hostile = |i: usize| {
+        slo(
+            "hostile",
+            &format!("a-{i}"),
+            "{clusterProbeSet: node-wide, probe: sys, indicator: {errors: {}}, target: 99, \
+             maxDropRate: 0}",
+        )
+    };
+    let mut slos: Vec<_> = (0..MAX_THRESHOLDS).map(hostile).collect();
+    slos.push(slo(
+        "platform",
+        "node-read",
+        "{clusterProbeSet: node-wide, probe: sys, series: [read], \
+         indicator: {latency: {threshold: 5ms}}, target: 99, maxDropRate: 0.01}",
+    ));
+    let stores = ringwarden_operator::loopback::fixed_stores_with_cluster(
+        vec![],
+        vec![cps],
+        &[("node-0", &[])],
+        slos.clone(),
+    );
+
+    // The plan and the thresholds the agents get.
+    let world = World {
+        cluster_probesets: stores.cluster_probesets.state(),
+        nodes: vec![("node-0".into(), Default::default())],
+        slos: slos.iter().filter_map(SloTarget::from_slo).collect(),
+        ..World::default()
+    };
+    let config = render::agent_config(&world.assess_all(), 0);
+    let probe = &config.probes[0];
+    assert_eq!(
+        (probe.probeset.as_str(), probe.spec.name.as_str()),
+        ("node-wide", "sys")
+    );
+    assert_eq!(
+        probe.max_drop_rate, 0.01,
+        "the ClusterProbeSet's own maxDropRate"
+    );
+    let slots: Vec<&str> = probe.thresholds.iter().map(|t| t.slo.as_str()).collect();
+    assert_eq!(slots, ["platform/node-read"]);
+
+    // Over the agent service: the platform's SLO is counted, the others
+    // are refused, naming the field that would admit them.
+    let op = Operator::start(&stores, None).await;
+    let node_wide = ProbeRef {
+        namespace: String::new(),
+        probeset: "node-wide".into(),
+        probe: "sys".into(),
+    };
+    let mut agent = SimAgent::new("node-0", "boot-0", vec![node_wide]);
+    let mut stream = op.connect(&mut agent).await;
+    assert_eq!(
+        agent.probes[0].exact.keys().collect::<Vec<_>>(),
+        ["platform/node-read"]
+    );
+    agent.probes[0].observe("read", &[MS, MS, MS, 10 * MS]);
+    let r = agent.report(unix_ms());
+    stream.report(&mut agent, r).await.unwrap();
+    assert_eq!(op.counted("platform/node-read"), (3, 4));
+    for i in 0..MAX_THRESHOLDS {
+        let id = format!("hostile/a-{i}");
+        let p = op.hub.slo_problem(&id).expect("refused");
+        assert_eq!(p.reason, "ProbeNotFound", "{id}");
+        assert!(p.message.contains("spec.sloNamespaces"), "{}", p.message);
+        assert!(op.hub.reports().evaluate(&id, SystemTime::now()).is_none());
+    }
+    assert!(op.hub.slo_problem("platform/node-read").is_none());
+}

@@ -136,7 +136,7 @@ async fn slo_state_is_restored_and_status_is_written_at_most_once_per_interval()
     let earlier = t0 - Duration::from_secs(60);
     agent.probes[0].observe("read", &[[MS; 90].as_slice(), &[10 * MS; 10]].concat());
     let mut before = Reports::default();
-    let def = slo_status::definition(&fast, &cluster.stores.probesets.state(), None).unwrap();
+    let def = slo_status::definition(&fast, &cluster.stores.probesets.state(), &[], None).unwrap();
     before.sync_slos(earlier, vec![def]);
     before.hello(earlier, hello(&agent)).unwrap();
     before.ingest(earlier, "node-0", &report(&mut agent, earlier));
@@ -362,6 +362,7 @@ fn snapshot_after(nodes: usize, reports: u64) -> Persisted {
     let def = slo_status::definition(
         &slo("shop", "fast", FAST),
         &cluster.stores.probesets.state(),
+        &[],
         None,
     )
     .unwrap();

@@ -1170,6 +1170,33 @@ fn an_slo_series_covers_the_same_series_kept_per_process() {
     assert!(!series_covers("gc-pause", "gc-pause (pid 12x)"));
     assert!(!series_covers("gc", "gc-pause (pid 1)"));
     assert!(!series_covers("read", "readv"));
+    assert_eq!(series_family("gc-pause (pid 4242)"), Some("gc-pause"));
+    assert_eq!(series_family("a (pid 1) (pid 2)"), Some("a (pid 1)"));
+    assert_eq!(series_family("gc-pause (pid )"), None);
+    assert_eq!(series_family("read"), None);
+}
+
+proptest! {
+    /// Looking a series up by its name and its family finds exactly the
+    /// SLO names that cover it.
+    #[test]
+    fn a_series_is_covered_by_its_name_or_its_family_alone(
+        named in "[a-c]{1,3}( \\(pid [0-9]{0,2}\\))?",
+        name in "[a-c]{1,3}( \\(pid [0-9x]{0,2}\\)){0,2}",
+    ) {
+        // The rule spelled out: the same name, or it followed by a pid.
+        let by_prefix = name == named
+            || name
+                .strip_prefix(named.as_str())
+                .and_then(|rest| rest.strip_prefix(" (pid "))
+                .and_then(|rest| rest.strip_suffix(')'))
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        prop_assert_eq!(series_covers(&named, &name), by_prefix);
+        prop_assert_eq!(
+            by_prefix,
+            name == named || series_family(&name) == Some(named.as_str())
+        );
+    }
 }
 
 mod properties;

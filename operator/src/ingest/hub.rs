@@ -426,12 +426,13 @@ impl Hub {
     /// why the others are not evaluated.
     pub fn slo_defs(&self) -> (Vec<SloDef>, BTreeMap<String, Problem>) {
         let probesets = self.stores.all_probesets();
+        let cluster_probesets = self.stores.cluster_probesets.state();
         let config = self.config.borrow().clone();
         let mut defs = Vec::new();
         let mut problems = BTreeMap::new();
         for slo in self.stores.slos.state() {
             let id = slo_status::id(&slo);
-            match slo_status::definition(&slo, &probesets, config.as_deref()) {
+            match slo_status::definition(&slo, &probesets, &cluster_probesets, config.as_deref()) {
                 Ok(def) => defs.push(def),
                 Err(p) => {
                     problems.insert(id, p);

@@ -26,7 +26,7 @@
 //! baseline ([`Outcome::Baseline`]).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -170,8 +170,9 @@ struct ProbeNow {
     /// interval's increments. One histogram per probe, not one per series:
     /// the operator's memory must not grow with the series agents report.
     all: Packed,
-    /// Cumulative, for the series an SLO names (`spec.series`) only.
-    named: Vec<(String, Sparse)>,
+    /// Cumulative, for the series an SLO names (`spec.series`) only, by
+    /// series name: the next report finds each by key.
+    named: HashMap<String, Sparse>,
     /// The last interval's events, all series together.
     recent: Packed,
     load_errors: Vec<LoadFailure>,
@@ -529,16 +530,17 @@ impl Reports {
                 } else {
                     state.probes.remove(&p.id)
                 };
-                let filters: Vec<&[String]> = self
+                // What the probe's SLOs name (at most 8 series each),
+                // looked up by key for each series reported.
+                let wanted: HashSet<&str> = self
                     .by_probe
                     .get(&p.id)
                     .into_iter()
                     .flatten()
                     .filter_map(|id| self.slos.get(id))
-                    .map(|e| e.def.series.as_slice())
-                    .filter(|s| !s.is_empty())
+                    .flat_map(|e| e.def.series.iter().map(String::as_str))
                     .collect();
-                let now = Cumulative::of(p, &filters);
+                let now = Cumulative::of(p, &wanted);
                 let (interval, inc) = increment(previous.as_ref(), p, &now, sample.seq, seconds);
                 // Kept until the next report, on every node: packed.
                 let recent = inc
@@ -627,15 +629,8 @@ impl Reports {
                         entry.latency.add(now_ms, &inc.all);
                     }
                 } else {
-                    for (series, h) in &inc.named {
-                        if entry
-                            .def
-                            .series
-                            .iter()
-                            .any(|s| core_slo::series_covers(s, series))
-                        {
-                            entry.latency.add(now_ms, h);
-                        }
+                    for h in inc.covered_by(&entry.def.series) {
+                        entry.latency.add(now_ms, h);
                     }
                 }
             }
@@ -798,23 +793,43 @@ impl Reports {
 /// A probe's histograms as the operator keeps them between reports.
 struct Cumulative {
     all: Sparse,
-    named: Vec<(String, Sparse)>,
+    named: HashMap<String, Sparse>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Work done matching series names, for tests that bound it: one a
+    /// key looked up or a name compared.
+    static SERIES_LOOKUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts `n` series lookups (tests only).
+#[inline]
+fn looked_up(n: u64) {
+    #[cfg(test)]
+    SERIES_LOOKUPS.with(|c| c.set(c.get() + n));
+    #[cfg(not(test))]
+    let _ = n;
 }
 
 impl Cumulative {
-    /// All of `p`'s series summed, and apart the series `filters` (the
-    /// `spec.series` of the probe's SLOs) cover.
-    fn of(p: &ProbeSample, filters: &[&[String]]) -> Self {
-        let named = p
-            .series
-            .iter()
-            .filter(|(name, _)| {
-                filters
-                    .iter()
-                    .any(|f| f.iter().any(|s| core_slo::series_covers(s, name)))
-            })
-            .cloned()
-            .collect();
+    /// All of `p`'s series summed, and apart the series `wanted` (the
+    /// `spec.series` of the probe's SLOs) covers: each series is looked up
+    /// by its name and its family ([`core_slo::series_family`]), so this
+    /// costs O(series), however many names the SLOs give. A series
+    /// reported twice is kept apart once, as first reported.
+    fn of(p: &ProbeSample, wanted: &HashSet<&str>) -> Self {
+        let mut named = HashMap::new();
+        if !wanted.is_empty() {
+            for (name, h) in &p.series {
+                looked_up(2);
+                let covered = wanted.contains(name.as_str())
+                    || core_slo::series_family(name).is_some_and(|f| wanted.contains(f));
+                if covered && !named.contains_key(name) {
+                    named.insert(name.clone(), h.clone());
+                }
+            }
+        }
         Self {
             all: Sparse::sum(p.series.iter().map(|(_, h)| h)),
             named,
@@ -826,8 +841,47 @@ impl Cumulative {
 struct Increments {
     /// All series together.
     all: Sparse,
-    /// Of the series an SLO names.
-    named: Vec<(String, Sparse)>,
+    /// Of the series an SLO names, by series name.
+    named: HashMap<String, Sparse>,
+    /// The series of `named` kept per process, by their family
+    /// ([`core_slo::series_family`]): what an SLO naming the family covers.
+    families: HashMap<String, Vec<String>>,
+}
+
+impl Increments {
+    fn new(all: Sparse, named: HashMap<String, Sparse>) -> Self {
+        let mut families: HashMap<String, Vec<String>> = HashMap::new();
+        for series in named.keys() {
+            looked_up(1);
+            if let Some(family) = core_slo::series_family(series) {
+                families
+                    .entry(family.to_owned())
+                    .or_default()
+                    .push(series.clone());
+            }
+        }
+        Self {
+            all,
+            named,
+            families,
+        }
+    }
+
+    /// The increments of the series `names` (an SLO's `spec.series`)
+    /// cover, each once, found by key: O(names + series found).
+    fn covered_by<'a>(&'a self, names: &'a [String]) -> impl Iterator<Item = &'a Sparse> {
+        let mut seen = HashSet::new();
+        names
+            .iter()
+            .flat_map(|n| {
+                looked_up(2);
+                let own = self.named.contains_key(n).then_some(n);
+                own.into_iter()
+                    .chain(self.families.get(n).into_iter().flatten())
+            })
+            .filter(move |series| seen.insert(series.as_str()))
+            .filter_map(|series| self.named.get(series))
+    }
 }
 
 /// The interval's counters and histogram increments of probe `p`, whose
@@ -845,10 +899,7 @@ fn increment(
     let whole = |seconds| {
         (
             Some(Interval { counters, seconds }),
-            Some(Increments {
-                all: now.all.clone(),
-                named: now.named.clone(),
-            }),
+            Some(Increments::new(now.all.clone(), now.named.clone())),
         )
     };
     match previous.and_then(|prev| prev.counters.map(|c| (prev, c))) {
@@ -866,8 +917,8 @@ fn increment(
                 .named
                 .iter()
                 .filter_map(|(s, h)| {
-                    let (_, e) = prev.named.iter().find(|(t, _)| t == s)?;
-                    let d = h.delta_since(e);
+                    looked_up(1);
+                    let d = h.delta_since(prev.named.get(s)?);
                     (!d.buckets.is_empty()).then(|| (s.clone(), d))
                 })
                 .collect();
@@ -876,10 +927,7 @@ fn increment(
                     counters: counters.delta_since(&before),
                     seconds,
                 }),
-                Some(Increments {
-                    all: prev.all.increment_to(&now.all),
-                    named,
-                }),
+                Some(Increments::new(prev.all.increment_to(&now.all), named)),
             )
         }
         // A boot's first report counts from zero; any other first sight

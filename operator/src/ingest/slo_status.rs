@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use ringwarden_core::slo as core_slo;
-use ringwarden_crds::{AgentConfig, BurnRate, ProbeSet, Slo, SloState, SloStatus};
+use ringwarden_crds::{AgentConfig, BurnRate, ClusterProbeSet, ProbeSet, Slo, SloState, SloStatus};
 
 use crate::{
     reports::{Lacking, ProbeRef, SloDef, truncate},
@@ -148,11 +148,15 @@ pub fn id(slo: &Slo) -> String {
 }
 
 /// What the evaluator needs of `slo`, or why it cannot be evaluated.
-/// `config` (the rendered agent configuration, once there is one) tells
-/// whether the kernel counts its threshold.
+/// `probesets` are every ProbeSet and ClusterProbeSet as
+/// [`crate::controller::Stores::all_probesets`] gives them;
+/// `cluster_probesets` say which namespaces' SLOs each ClusterProbeSet
+/// admits. `config` (the rendered agent configuration, once there is one)
+/// tells whether the kernel counts its threshold.
 pub fn definition(
     slo: &Slo,
     probesets: &[Arc<ProbeSet>],
+    cluster_probesets: &[Arc<ClusterProbeSet>],
     config: Option<&AgentConfig>,
 ) -> Result<SloDef, Problem> {
     let errors = slo.spec.validate();
@@ -165,6 +169,24 @@ pub fn definition(
         });
     }
     let namespace = slo.metadata.namespace.clone().unwrap_or_default();
+    if let Some(name) = &slo.spec.cluster_probe_set
+        && let Some(cps) = cluster_probesets
+            .iter()
+            .find(|c| c.metadata.name.as_ref() == Some(name))
+        && !cps.admits_slos_from(&namespace)
+    {
+        return Err(Problem {
+            reason: reason::PROBE_NOT_FOUND,
+            message: format!(
+                "spec.clusterProbeSet: ClusterProbeSet {name:?} does not admit SLOs from \
+                 namespace {namespace:?}: its spec.sloNamespaces does not list it, so this SLO \
+                 is not counted and changes nothing. Ask the ClusterProbeSet's owner to add \
+                 {namespace:?} to spec.sloNamespaces, or measure a ProbeSet of this namespace \
+                 with spec.probeSet"
+            ),
+            invalid: true,
+        });
+    }
     slo.spec
         .find_probe(Some(&namespace), probesets.iter().map(|p| &**p))
         .map_err(|e| Problem {
@@ -206,7 +228,8 @@ pub fn definition(
                     reason: reason::NO_THRESHOLD_SLOT,
                     message: format!(
                         "probe {} has more SLOs than the kernel's {} threshold slots, which go to \
-                         the SLOs first by name; this one is not counted",
+                         the SLOs first by name (on a ClusterProbeSet, to those of the namespaces \
+                         its spec.sloNamespaces lists first); this one is not counted",
                         probe.probe,
                         ringwarden_crds::agent::MAX_THRESHOLDS
                     ),
@@ -474,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_valid_slo_on_a_running_probe_is_evaluated_with_its_threshold_id() {
-        let def = definition(&slo(SPEC), &[probeset()], None).unwrap();
+        let def = definition(&slo(SPEC), &[probeset()], &[], None).unwrap();
         assert_eq!(def.id, "shop/fast");
         assert_eq!(
             def.threshold_id,
@@ -484,17 +507,54 @@ mod tests {
     }
 
     #[test]
+    fn an_slo_from_a_namespace_a_cluster_probeset_does_not_list_is_refused_naming_the_field() {
+        let cps = |slo_namespaces: &str| {
+            Arc::new(ringwarden_crds::ClusterProbeSet::new(
+                "node-wide",
+                serde_yaml_ng::from_str(&format!(
+                    "{{sloNamespaces: {slo_namespaces}, probes: [{{name: sys, kind: syscalls}}]}}"
+                ))
+                .unwrap(),
+            ))
+        };
+        let on_cluster =
+            slo("{clusterProbeSet: node-wide, probe: sys, indicator: {errors: {}}, target: 99}");
+        for listed in ["[]", "[platform]"] {
+            let c = cps(listed);
+            let p = definition(&on_cluster, &[Arc::new(c.as_probeset())], &[c], None).unwrap_err();
+            assert_eq!((p.reason, p.invalid), (reason::PROBE_NOT_FOUND, true));
+            assert!(p.message.contains("spec.sloNamespaces"), "{}", p.message);
+            assert!(p.message.contains("\"shop\""), "{}", p.message);
+            // The allowed namespaces are not a tenant's to learn.
+            assert!(!p.message.contains("platform"), "{}", p.message);
+            let s = desired(&on_cluster, Verdict::Problem(&p), &at(10));
+            assert_eq!(s.state, Some(SloState::ProbeNotFound));
+        }
+        let c = cps("[platform, shop]");
+        let def = definition(&on_cluster, &[Arc::new(c.as_probeset())], &[c], None).unwrap();
+        assert_eq!(def.probe.namespace, "");
+        assert_eq!(def.probe.probeset, "node-wide");
+    }
+
+    #[test]
     fn slos_that_cannot_be_evaluated_say_why() {
-        let p = definition(&slo(SPEC), &[], None).unwrap_err();
+        let p = definition(&slo(SPEC), &[], &[], None).unwrap_err();
         assert_eq!((p.reason, p.invalid), (reason::PROBE_NOT_FOUND, true));
         let p = definition(
             &slo("{probeSet: web, probe: sys, indicator: {}, target: 99}"),
             &[probeset()],
+            &[],
             None,
         )
         .unwrap_err();
         assert_eq!(p.reason, reason::INVALID_SPEC);
-        let p = definition(&slo(SPEC), &[probeset()], Some(&AgentConfig::default())).unwrap_err();
+        let p = definition(
+            &slo(SPEC),
+            &[probeset()],
+            &[],
+            Some(&AgentConfig::default()),
+        )
+        .unwrap_err();
         assert_eq!((p.reason, p.invalid), (reason::PROBE_NOT_RUNNING, false));
 
         let s = desired(&slo(SPEC), Verdict::Problem(&p), &at(10));

@@ -12,7 +12,7 @@ use ringwarden_core::{
     planner::{self, Plan, PlanError, PlanInput},
     quantity::{format_bytes, parse_bytes},
 };
-use ringwarden_crds::{ProbeSet, Threshold, agent::MAX_THRESHOLDS};
+use ringwarden_crds::{ClusterProbeSet, ProbeSet, Threshold, agent::MAX_THRESHOLDS};
 
 use crate::slo::SloTarget;
 
@@ -117,6 +117,35 @@ pub fn namespaced_problems(ps: &ProbeSet) -> Vec<String> {
 }
 
 pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
+    assess_with(ps, slos, None)
+}
+
+/// Validates and plans a ClusterProbeSet, `ps` being its
+/// [`ClusterProbeSet::as_probeset`]. Only the SLOs of the namespaces its
+/// `spec.sloNamespaces` lists count: they take the kernel's threshold
+/// slots, those of the namespaces listed first before the others (then by
+/// SLO name), so SLOs from elsewhere can neither take a slot nor push one
+/// out. No SLO changes its plan: it is planned for its own `maxDropRate`,
+/// as the platform set it.
+pub fn assess_cluster_probes(
+    ps: &ProbeSet,
+    cps: &ClusterProbeSet,
+    slos: &[SloTarget],
+) -> Assessment {
+    let errors: Vec<String> = cps
+        .spec
+        .validate()
+        .into_iter()
+        .filter(|e| e.field.starts_with("spec.sloNamespaces"))
+        .map(|e| e.to_string())
+        .collect();
+    if !errors.is_empty() {
+        return Assessment::Invalid(errors);
+    }
+    assess_with(ps, slos, Some(cps))
+}
+
+fn assess_with(ps: &ProbeSet, slos: &[SloTarget], cluster: Option<&ClusterProbeSet>) -> Assessment {
     let spec = &ps.spec;
     let mut errors: Vec<String> = spec.validate().iter().map(ToString::to_string).collect();
     if ps.metadata.namespace.is_some() {
@@ -135,22 +164,29 @@ pub fn assess(ps: &ProbeSet, slos: &[SloTarget]) -> Assessment {
     let mut thresholds = Vec::with_capacity(spec.probes.len());
     let mut max_drop_rates = Vec::with_capacity(spec.probes.len());
     for p in &spec.probes {
-        let mut watching: Vec<&SloTarget> = slos
+        // Each SLO with its rank: 0 for all on a ProbeSet, the place of
+        // its namespace in `sloNamespaces` on a ClusterProbeSet.
+        let mut watching: Vec<(usize, &SloTarget)> = slos
             .iter()
             .filter(|s| s.watches(namespace, name, &p.name))
+            .filter_map(|s| match cluster {
+                None => Some((0, s)),
+                Some(c) => c.slo_rank(&s.slo_namespace).map(|rank| (rank, s)),
+            })
             .collect();
-        watching.sort_by(|a, b| a.id.cmp(&b.id));
-        max_drop_rates.push(
-            watching
+        watching.sort_by(|(ra, a), (rb, b)| (ra, &a.id).cmp(&(rb, &b.id)));
+        max_drop_rates.push(match cluster {
+            None => watching
                 .iter()
-                .map(|s| s.max_drop_rate)
+                .map(|(_, s)| s.max_drop_rate)
                 .fold(spec.max_drop_rate, f64::min),
-        );
+            Some(_) => spec.max_drop_rate,
+        });
         thresholds.push(
             watching
                 .iter()
                 .take(MAX_THRESHOLDS)
-                .map(|s| s.threshold.clone())
+                .map(|(_, s)| s.threshold.clone())
                 .collect(),
         );
     }
@@ -304,6 +340,7 @@ mod tests {
         let id = format!("shop/{name}");
         SloTarget {
             namespace: "shop".into(),
+            slo_namespace: "shop".into(),
             threshold: Threshold {
                 slo: id.clone(),
                 latency_ns: Some(1_000_000),
@@ -404,6 +441,116 @@ mod tests {
         let names: Vec<_> = p.thresholds[0].iter().map(|t| t.slo.as_str()).collect();
         assert_eq!(names, ["shop/a-lax", "shop/b-strict"]);
         assert!(p.thresholds[1].is_empty());
+    }
+
+    /// A ClusterProbeSet whose SLOs `slo_namespaces` may write, and an
+    /// SLO on its probe `sys` from `namespace`.
+    fn cluster(slo_namespaces: &[&str]) -> (ProbeSet, ClusterProbeSet) {
+        let mut ps = probeset("256Ki", vec![probe("sys", 100_000.0)]);
+        ps.metadata.namespace = None;
+        ps.metadata.name = Some("node-wide".into());
+        ps.spec.max_drop_rate = 0.5;
+        let mut cps = ClusterProbeSet::new(
+            "node-wide",
+            ringwarden_crds::ClusterProbeSetSpec {
+                namespace_selector: None,
+                slo_namespaces: slo_namespaces.iter().map(|n| (*n).to_owned()).collect(),
+                probe_set: ps.spec.clone(),
+            },
+        );
+        cps.metadata = ps.metadata.clone();
+        (ps, cps)
+    }
+
+    fn cluster_slo(namespace: &str, name: &str, max_drop_rate: f64) -> SloTarget {
+        SloTarget {
+            namespace: String::new(),
+            slo_namespace: namespace.into(),
+            probeset: "node-wide".into(),
+            ..slo(name, "sys", max_drop_rate)
+        }
+        .with_id(format!("{namespace}/{name}"))
+    }
+
+    impl SloTarget {
+        fn with_id(mut self, id: String) -> Self {
+            self.threshold.slo.clone_from(&id);
+            self.id = id;
+            self
+        }
+    }
+
+    fn slots(a: &Assessment) -> Vec<&str> {
+        a.planned().unwrap().thresholds[0]
+            .iter()
+            .map(|t| t.slo.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_cluster_probeset_gives_threshold_slots_to_the_namespaces_it_lists_first() {
+        let (ps, cps) = cluster(&["platform", "team"]);
+        let mut slos: Vec<SloTarget> = (0..MAX_THRESHOLDS)
+            .flat_map(|i| {
+                [
+                    cluster_slo("team", &format!("a-{i}"), 0.01),
+                    cluster_slo("hostile", &format!("a-{i}"), 0.01),
+                ]
+            })
+            .collect();
+        slos.push(cluster_slo("platform", "z-node-read", 0.01));
+        let a = assess_cluster_probes(&ps, &cps, &slos);
+        assert_eq!(
+            slots(&a),
+            ["platform/z-node-read", "team/a-0", "team/a-1", "team/a-2"]
+        );
+        // Unlisted, none: not even a free slot.
+        let (ps, cps) = cluster(&[]);
+        assert!(slots(&assess_cluster_probes(&ps, &cps, &slos)).is_empty());
+        // The same SLOs on a ProbeSet: by name, as always.
+        let mut named = slos.clone();
+        for s in &mut named {
+            s.namespace = "shop".into();
+        }
+        let mut on_probeset = ps.clone();
+        on_probeset.metadata.namespace = Some("shop".into());
+        assert_eq!(slots(&assess(&on_probeset, &named)).len(), MAX_THRESHOLDS);
+    }
+
+    #[test]
+    fn slos_never_change_a_cluster_probeset_s_plan() {
+        let (ps, cps) = cluster(&["platform"]);
+        let alone = assess_cluster_probes(&ps, &cps, &[]);
+        let strict = [
+            cluster_slo("platform", "strict", 0.0),
+            cluster_slo("hostile", "stricter", 0.0),
+        ];
+        let with = assess_cluster_probes(&ps, &cps, &strict);
+        let (alone, with) = (alone.planned().unwrap(), with.planned().unwrap());
+        assert_eq!(with.plan, alone.plan);
+        assert_eq!(with.max_drop_rates, [0.5]);
+        assert_eq!(
+            slots(&Assessment::Planned(with.clone())),
+            ["platform/strict"]
+        );
+        // On a ProbeSet, its namespace's strictest SLO tightens it.
+        let mut on_probeset = ps.clone();
+        on_probeset.metadata.namespace = Some("shop".into());
+        let mut strict = strict[0].clone();
+        strict.namespace = "shop".into();
+        let tightened = assess(&on_probeset, &[strict]);
+        assert_eq!(tightened.planned().unwrap().max_drop_rates, [0.0]);
+    }
+
+    #[test]
+    fn a_malformed_slo_namespace_makes_a_cluster_probeset_invalid_naming_it() {
+        let (ps, cps) = cluster(&["platform", "Not_A_Namespace", "platform"]);
+        let Assessment::Invalid(why) = assess_cluster_probes(&ps, &cps, &[]) else {
+            panic!("a malformed sloNamespaces is Invalid")
+        };
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(why[0].starts_with("spec.sloNamespaces[1]: "), "{why:?}");
+        assert!(why[1].starts_with("spec.sloNamespaces[2]: "), "{why:?}");
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub struct SloTarget {
     pub namespace: String,
     /// `namespace/name`, as thresholds name it.
     pub id: String,
+    /// The SLO's own namespace, which a ClusterProbeSet's
+    /// `spec.sloNamespaces` must list.
+    pub slo_namespace: String,
     /// The ProbeSet (or ClusterProbeSet) it watches.
     pub probeset: String,
     /// The probe of that ProbeSet.
@@ -35,14 +38,14 @@ impl SloTarget {
             "{namespace}/{}",
             slo.metadata.name.as_deref().unwrap_or_default()
         );
-        let (target_ns, probeset) = slo.spec.target(Some(&namespace));
-        let (target_ns, probeset) = (
-            target_ns.unwrap_or_default().to_owned(),
-            probeset.to_owned(),
-        );
+        let (target_ns, probeset) = {
+            let (ns, name) = slo.spec.target(Some(&namespace));
+            (ns.unwrap_or_default().to_owned(), name.to_owned())
+        };
         Some(Self {
             threshold: slo.spec.threshold(id.clone())?,
             namespace: target_ns,
+            slo_namespace: namespace,
             id,
             probeset,
             probe: slo.spec.probe.clone(),
@@ -104,6 +107,7 @@ mod tests {
             }
         );
         assert_eq!(t.max_drop_rate, 0.001);
+        assert_eq!(t.slo_namespace, "shop");
         assert!(t.watches("shop", "web", "sys"));
         assert!(!t.watches("other", "web", "sys"));
 

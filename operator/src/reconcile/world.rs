@@ -101,7 +101,9 @@ pub fn assess_cluster(
         .collect();
     let (scope, assessment) = match scope_namespaces(c.spec.namespace_selector.as_ref(), namespaces)
     {
-        Ok(scope) if selector_errors.is_empty() => (scope, assess(&ps, slos)),
+        Ok(scope) if selector_errors.is_empty() => {
+            (scope, crate::assess::assess_cluster_probes(&ps, c, slos))
+        }
         Ok(_) => (None, Assessment::Invalid(selector_errors)),
         Err(e) => (None, Assessment::Invalid(vec![e])),
     };
@@ -347,6 +349,7 @@ mod tests {
                 name,
                 ClusterProbeSetSpec {
                     namespace_selector: selector.map(super::tests::selector),
+                    slo_namespaces: vec![],
                     probe_set: spec.clone(),
                 },
             ))
@@ -424,6 +427,7 @@ mod tests {
             "node",
             ClusterProbeSetSpec {
                 namespace_selector: None,
+                slo_namespaces: vec![],
                 probe_set: spec,
             },
         );

@@ -273,3 +273,73 @@ fn a_probeset_selecting_no_node_leaves_its_slos_nothing_fresh() {
     let f = r.figures(UNIX_EPOCH, &query(false));
     assert!(!f.probes[0].lacking.none_selected);
 }
+
+/// Series lookups made ingesting a baseline and one more report of four
+/// probes with `series` per-process series each, every one named by an
+/// SLO (`gc-pause` covers `gc-pause (pid N)`); checks what the SLOs got.
+fn lookups_for(series: usize) -> u64 {
+    let ms = 1_000_000;
+    let probes: Vec<ProbeRef> = (0..4)
+        .map(|i| ProbeRef {
+            namespace: "shop".into(),
+            probeset: "web".into(),
+            probe: format!("gc{i}"),
+        })
+        .collect();
+    let mut a = crate::sim::SimAgent::new("n1", "b1", probes.clone());
+    let mut r = Reports::default();
+    node(&mut r, &a);
+    let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+    let defs = probes
+        .iter()
+        .map(|p| SloDef {
+            id: format!("shop/{}", p.probe),
+            probe: p.clone(),
+            ..slo_def("", &["gc-pause", "gc-pause (pid 0)"])
+        })
+        .collect();
+    r.sync_slos(at(0), defs);
+    for p in &mut a.probes {
+        for pid in 0..series {
+            p.observe(&format!("gc-pause (pid {pid})"), &[ms]);
+        }
+    }
+    let first = Sample::try_from(a.report(10_000)).unwrap();
+    for p in &mut a.probes {
+        for pid in 0..series {
+            p.observe(&format!("gc-pause (pid {pid})"), &[2 * ms]);
+        }
+    }
+    let second = Sample::try_from(a.report(20_000)).unwrap();
+    SERIES_LOOKUPS.with(|c| c.set(0));
+    assert_eq!(r.ingest(at(10), "n1", &first), Outcome::Ingested);
+    assert_eq!(r.ingest(at(20), "n1", &second), Outcome::Ingested);
+    let lookups = SERIES_LOOKUPS.with(|c| c.get());
+    let n = series as u64;
+    for p in &probes {
+        // Both reports count in full (the boot's first, then its
+        // increment), each series once although the SLO names one twice.
+        let id = format!("shop/{}", p.probe);
+        assert_eq!(slo_latency(&r, &id, at(20), 3 * ms / 2), (2 * n, n), "{id}");
+    }
+    lookups
+}
+
+#[test]
+fn a_report_of_many_named_series_costs_lookups_linear_in_its_series() {
+    // A report of 4 × 4 096 series, all named by SLOs, costs a few
+    // lookups by key per series: never a search through the others
+    // (4 096² comparisons a probe, 150 ms a report, that once let one
+    // node saturate the ingest thread).
+    let small = lookups_for(64);
+    let large = lookups_for(4_096);
+    let series = 2 * 4 * 4_096;
+    assert!(
+        large <= 8 * series,
+        "{large} lookups for {series} series reported"
+    );
+    assert!(
+        large * 64 <= small * 4_096,
+        "{large} lookups for 64 times the series of {small}"
+    );
+}
