@@ -15,7 +15,9 @@ use std::{
 };
 
 use clap::Parser;
-use ringwarden_operator::{cli::Args, config::OperatorConfig, render, world::Labels};
+use ringwarden_operator::{
+    cli::Args, config::OperatorConfig, node_labels::NodeSelectorLabels, render, world::Labels,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -919,6 +921,8 @@ fn agent_settings_reach_the_operator_configuration() {
         Some("system-node-critical")
     );
     assert_eq!(agent.metrics_port, 9465);
+    assert!(agent.metrics_address_labels);
+    assert_eq!(agent.node_selector_labels, NodeSelectorLabels::Any);
     assert_eq!(agent.tolerations.len(), 1);
     assert_eq!(agent.tolerations[0].key.as_deref(), Some("dedicated"));
     assert_eq!(agent.name, "rw-agent");
@@ -956,6 +960,47 @@ fn agent_settings_reach_the_operator_configuration() {
     assert_eq!(defaults.image, "ringwarden/agent:v0.1.0");
     assert_eq!(defaults.priority_class_name, None);
     assert_eq!(defaults.tolerations.len(), 1, "every taint is tolerated");
+}
+
+/// Least exposure by default: probes are handed by labels a node cannot set
+/// itself, the agents' `/metrics` name no peer address, and only the
+/// monitoring namespace may scrape the operator and the agents.
+#[test]
+fn the_default_install_hands_probes_by_restricted_labels_and_exposes_no_peers() {
+    let objects = render_objects(&None, &[]);
+    let agent = operator_config(&objects).agent;
+    assert_eq!(agent.node_selector_labels, NodeSelectorLabels::Restricted);
+    assert!(!agent.metrics_address_labels);
+    let ds = ringwarden_operator::render::daemon_set(&[], &agent, NAMESPACE).unwrap();
+    let env = ds.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        env.iter().any(|e| e.name == "RINGWARDEN_METRICS_WITHOUT_ADDRESSES"
+            && e.value.as_deref() == Some("true")),
+        "{env:?}"
+    );
+    let monitoring = json!([{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]);
+    for policy in of_kind(&objects, "NetworkPolicy") {
+        let metrics = policy["spec"]["ingress"].as_array().unwrap().last().unwrap();
+        assert_eq!(metrics["from"], monitoring, "{policy}");
+    }
+    // The namespace is a knob; a value outside the two policies is refused.
+    let objects = render_objects(
+        &None,
+        &["networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=prometheus"],
+    );
+    for policy in of_kind(&objects, "NetworkPolicy") {
+        let metrics = policy["spec"]["ingress"].as_array().unwrap().last().unwrap();
+        assert_eq!(
+            metrics["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "prometheus"
+        );
+    }
+    let refused = template(&None, &["agent.nodeSelectorLabels=anything"]).unwrap_err();
+    assert!(refused.contains("nodeSelectorLabels"), "{refused}");
 }
 
 #[test]

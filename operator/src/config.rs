@@ -92,6 +92,11 @@ pub struct AgentSettings {
     /// Whether `kind: uprobe` probes run (the chart's `agent.uprobes`).
     #[serde(default)]
     pub uprobes: UprobeSettings,
+    /// Which node labels a `nodeSelector` may name: `any`, or
+    /// `restricted` to labels a node cannot set itself (docs/security.md,
+    /// "Who gets which probes"). The chart sets `restricted`.
+    #[serde(default)]
+    pub node_selector_labels: crate::node_labels::NodeSelectorLabels,
 }
 
 /// How agents reach the operator's agent service.
@@ -143,6 +148,7 @@ impl Default for AgentSettings {
             operator_address: None,
             transport: AgentTransport::default(),
             uprobes: UprobeSettings::default(),
+            node_selector_labels: Default::default(),
             owner: None,
         }
     }
