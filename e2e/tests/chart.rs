@@ -977,23 +977,34 @@ fn the_default_install_hands_probes_by_restricted_labels_and_exposes_no_peers() 
         .clone()
         .unwrap_or_default();
     assert!(
-        env.iter().any(|e| e.name == "RINGWARDEN_METRICS_WITHOUT_ADDRESSES"
-            && e.value.as_deref() == Some("true")),
+        env.iter()
+            .any(|e| e.name == "RINGWARDEN_METRICS_WITHOUT_ADDRESSES"
+                && e.value.as_deref() == Some("true")),
         "{env:?}"
     );
     let monitoring = json!([{"namespaceSelector": {"matchLabels": {
         "kubernetes.io/metadata.name": "monitoring"}}}]);
     for policy in of_kind(&objects, "NetworkPolicy") {
-        let metrics = policy["spec"]["ingress"].as_array().unwrap().last().unwrap();
+        let metrics = policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap();
         assert_eq!(metrics["from"], monitoring, "{policy}");
     }
     // The namespace is a knob; a value outside the two policies is refused.
     let objects = render_objects(
         &None,
-        &["networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=prometheus"],
+        &[
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=prometheus",
+        ],
     );
     for policy in of_kind(&objects, "NetworkPolicy") {
-        let metrics = policy["spec"]["ingress"].as_array().unwrap().last().unwrap();
+        let metrics = policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap();
         assert_eq!(
             metrics["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
             "prometheus"
