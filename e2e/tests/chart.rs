@@ -1613,6 +1613,70 @@ fn cert_manager_and_plaintext_are_explicit_choices() {
     );
 }
 
+/// With cert-manager, the serving certificate comes from a CA of the
+/// release's own, and agents pin that CA only: with a shared ClusterIssuer,
+/// a certificate a tenant obtains from it for the operator's Service name
+/// is not signed by the CA agents trust.
+#[test]
+fn with_cert_manager_agents_pin_only_the_releases_own_ca() {
+    for sets in [
+        vec!["tls.source=certManager"],
+        vec![
+            "tls.source=certManager",
+            "tls.certManager.issuerRef.name=shared",
+            "tls.certManager.issuerRef.kind=ClusterIssuer",
+        ],
+    ] {
+        let objects = render_objects(&None, &sets);
+        let args = operator_args(&objects);
+        let op = &args.service_name;
+        let serving = named(&objects, "Certificate", op);
+        assert_eq!(
+            serving["spec"]["issuerRef"],
+            json!({"name": format!("{op}-ca"), "kind": "Issuer"}),
+            "{sets:?}: the serving certificate comes from the release's CA"
+        );
+        let issuer = named(&objects, "Issuer", &format!("{op}-ca"));
+        let ca = named(&objects, "Certificate", &format!("{op}-ca"));
+        assert_eq!(ca["spec"]["isCA"], true);
+        assert_eq!(issuer["spec"]["ca"]["secretName"], ca["spec"]["secretName"]);
+        let expected_parent = if sets.len() > 1 {
+            json!({"name": "shared", "kind": "ClusterIssuer"})
+        } else {
+            json!({"name": format!("{op}-selfsigned"), "kind": "Issuer"})
+        };
+        assert_eq!(ca["spec"]["issuerRef"], expected_parent, "{sets:?}");
+        // A year, renewed with the same key so certificates it signed
+        // verify against the renewed one.
+        assert_eq!(ca["spec"]["duration"], "8760h");
+        assert_eq!(ca["spec"]["privateKey"]["rotationPolicy"], "Never");
+        // What the operator publishes to agents is that CA's certificate,
+        // from its Secret, key left out; not the issuer's ca.crt.
+        let ca_file = args.tls_ca_file.clone().unwrap();
+        let pod = &operator_deployment(&objects)["spec"]["template"]["spec"];
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| {
+                ca_file.starts_with(m["mountPath"].as_str().unwrap()) && m["name"] != "config"
+            })
+            .unwrap_or_else(|| panic!("{ca_file:?} is mounted"));
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(volume["secret"]["secretName"], ca["spec"]["secretName"]);
+        assert_eq!(
+            volume["secret"]["items"],
+            json!([{"key": "tls.crt", "path": "ca.crt"}])
+        );
+        assert!(ca_file.ends_with("ca.crt"));
+    }
+}
+
 /// Tenancy: namespace editors manage ProbeSets and SLOs (aggregated into
 /// `admin` and `edit`), viewers read them (`view`); none of these roles
 /// reaches ClusterProbeSets, which observe other namespaces and the host.
