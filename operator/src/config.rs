@@ -71,8 +71,9 @@ pub struct AgentSettings {
     #[serde(default = "default_metrics_port")]
     pub metrics_port: u16,
     /// Whether the agent's `/metrics` may name peer addresses (the
-    /// `tcpRetransmit` series); off, they are merged per port.
-    #[serde(default = "default_true")]
+    /// `tcpRetransmit` series); off (the default), they are merged per
+    /// port, so whoever may scrape an agent learns no tenant's peers.
+    #[serde(default)]
     pub metrics_address_labels: bool,
     /// Set at start from `--owner-deployment`, not read from the file: the
     /// operator's own Deployment, made the owner of the agent DaemonSet and
@@ -144,7 +145,7 @@ impl Default for AgentSettings {
             tolerations: default_tolerations(),
             priority_class_name: None,
             metrics_port: default_metrics_port(),
-            metrics_address_labels: true,
+            metrics_address_labels: false,
             operator_address: None,
             transport: AgentTransport::default(),
             uprobes: UprobeSettings::default(),
@@ -152,10 +153,6 @@ impl Default for AgentSettings {
             owner: None,
         }
     }
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_name() -> String {
