@@ -184,7 +184,9 @@ pub fn decide(
         let (pem, not_after) = fresh_ca(now)?;
         next = Some((pem, not_after, now));
     }
-    previous.take_if(|(_, until)| now >= *until);
+    if previous.as_ref().is_some_and(|(_, until)| now >= *until) {
+        previous = None;
+    }
 
     let current = match (
         stored(TLS_CERT),
