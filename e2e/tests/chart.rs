@@ -1493,6 +1493,12 @@ fn the_agent_accepts_the_daemonset_the_operator_renders() {
                 .find(|a| a.get_env() == Some(std::ffi::OsStr::new(&env.name)))
                 .unwrap_or_else(|| panic!("the agent reads no variable {}", env.name));
             argv.push(format!("--{}", flag.get_long().unwrap()));
+            // A switch set from the environment ("true") takes no value
+            // as a flag.
+            if !flag.get_action().takes_values() {
+                assert_eq!(env.value.as_deref(), Some("true"), "{}", env.name);
+                continue;
+            }
             // Downward-API values are the node's name.
             argv.push(env.value.clone().unwrap_or_else(|| "node-a".into()));
         }
