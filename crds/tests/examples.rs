@@ -378,7 +378,7 @@ fn the_overlays_change_what_they_say_they_change() {
     let prod = rendered("prod-eu-1", "ProbeSet", "node-baseline");
     assert_eq!(
         prod["spec"]["nodeSelector"],
-        json!({"kubernetes.io/os": "linux", "pool.example.com/name": "general"})
+        json!({"kubernetes.io/os": "linux", "node-restriction.kubernetes.io/pool": "general"})
     );
     assert_eq!(prod["spec"]["probes"][0]["peakEventRate"], json!(5000));
     assert_eq!(prod["spec"]["ringBuffer"]["nodeBudget"], "16Mi");

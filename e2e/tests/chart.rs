@@ -15,7 +15,9 @@ use std::{
 };
 
 use clap::Parser;
-use ringwarden_operator::{cli::Args, config::OperatorConfig, render, world::Labels};
+use ringwarden_operator::{
+    cli::Args, config::OperatorConfig, node_labels::NodeSelectorLabels, render, world::Labels,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -919,6 +921,8 @@ fn agent_settings_reach_the_operator_configuration() {
         Some("system-node-critical")
     );
     assert_eq!(agent.metrics_port, 9465);
+    assert!(agent.metrics_address_labels);
+    assert_eq!(agent.node_selector_labels, NodeSelectorLabels::Any);
     assert_eq!(agent.tolerations.len(), 1);
     assert_eq!(agent.tolerations[0].key.as_deref(), Some("dedicated"));
     assert_eq!(agent.name, "rw-agent");
@@ -956,6 +960,58 @@ fn agent_settings_reach_the_operator_configuration() {
     assert_eq!(defaults.image, "ringwarden/agent:v0.1.0");
     assert_eq!(defaults.priority_class_name, None);
     assert_eq!(defaults.tolerations.len(), 1, "every taint is tolerated");
+}
+
+/// Least exposure by default: probes are handed by labels a node cannot set
+/// itself, the agents' `/metrics` name no peer address, and only the
+/// monitoring namespace may scrape the operator and the agents.
+#[test]
+fn the_default_install_hands_probes_by_restricted_labels_and_exposes_no_peers() {
+    let objects = render_objects(&None, &[]);
+    let agent = operator_config(&objects).agent;
+    assert_eq!(agent.node_selector_labels, NodeSelectorLabels::Restricted);
+    assert!(!agent.metrics_address_labels);
+    let ds = ringwarden_operator::render::daemon_set(&[], &agent, NAMESPACE).unwrap();
+    let env = ds.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "RINGWARDEN_METRICS_WITHOUT_ADDRESSES"
+                && e.value.as_deref() == Some("true")),
+        "{env:?}"
+    );
+    let monitoring = json!([{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]);
+    for policy in of_kind(&objects, "NetworkPolicy") {
+        let metrics = policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap();
+        assert_eq!(metrics["from"], monitoring, "{policy}");
+    }
+    // The namespace is a knob; a value outside the two policies is refused.
+    let objects = render_objects(
+        &None,
+        &[
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=prometheus",
+        ],
+    );
+    for policy in of_kind(&objects, "NetworkPolicy") {
+        let metrics = policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap();
+        assert_eq!(
+            metrics["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "prometheus"
+        );
+    }
+    let refused = template(&None, &["agent.nodeSelectorLabels=anything"]).unwrap_err();
+    assert!(refused.contains("nodeSelectorLabels"), "{refused}");
 }
 
 #[test]
@@ -1437,6 +1493,12 @@ fn the_agent_accepts_the_daemonset_the_operator_renders() {
                 .find(|a| a.get_env() == Some(std::ffi::OsStr::new(&env.name)))
                 .unwrap_or_else(|| panic!("the agent reads no variable {}", env.name));
             argv.push(format!("--{}", flag.get_long().unwrap()));
+            // A switch set from the environment ("true") takes no value
+            // as a flag.
+            if !flag.get_action().takes_values() {
+                assert_eq!(env.value.as_deref(), Some("true"), "{}", env.name);
+                continue;
+            }
             // Downward-API values are the node's name.
             argv.push(env.value.clone().unwrap_or_else(|| "node-a".into()));
         }
@@ -1555,6 +1617,70 @@ fn cert_manager_and_plaintext_are_explicit_choices() {
         ringwarden_operator::render::operator_address(&config.agent, NAMESPACE)
             .starts_with("http://")
     );
+}
+
+/// With cert-manager, the serving certificate comes from a CA of the
+/// release's own, and agents pin that CA only: with a shared ClusterIssuer,
+/// a certificate a tenant obtains from it for the operator's Service name
+/// is not signed by the CA agents trust.
+#[test]
+fn with_cert_manager_agents_pin_only_the_releases_own_ca() {
+    for sets in [
+        vec!["tls.source=certManager"],
+        vec![
+            "tls.source=certManager",
+            "tls.certManager.issuerRef.name=shared",
+            "tls.certManager.issuerRef.kind=ClusterIssuer",
+        ],
+    ] {
+        let objects = render_objects(&None, &sets);
+        let args = operator_args(&objects);
+        let op = &args.service_name;
+        let serving = named(&objects, "Certificate", op);
+        assert_eq!(
+            serving["spec"]["issuerRef"],
+            json!({"name": format!("{op}-ca"), "kind": "Issuer"}),
+            "{sets:?}: the serving certificate comes from the release's CA"
+        );
+        let issuer = named(&objects, "Issuer", &format!("{op}-ca"));
+        let ca = named(&objects, "Certificate", &format!("{op}-ca"));
+        assert_eq!(ca["spec"]["isCA"], true);
+        assert_eq!(issuer["spec"]["ca"]["secretName"], ca["spec"]["secretName"]);
+        let expected_parent = if sets.len() > 1 {
+            json!({"name": "shared", "kind": "ClusterIssuer"})
+        } else {
+            json!({"name": format!("{op}-selfsigned"), "kind": "Issuer"})
+        };
+        assert_eq!(ca["spec"]["issuerRef"], expected_parent, "{sets:?}");
+        // A year, renewed with the same key so certificates it signed
+        // verify against the renewed one.
+        assert_eq!(ca["spec"]["duration"], "8760h");
+        assert_eq!(ca["spec"]["privateKey"]["rotationPolicy"], "Never");
+        // What the operator publishes to agents is that CA's certificate,
+        // from its Secret, key left out; not the issuer's ca.crt.
+        let ca_file = args.tls_ca_file.clone().unwrap();
+        let pod = &operator_deployment(&objects)["spec"]["template"]["spec"];
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| {
+                ca_file.starts_with(m["mountPath"].as_str().unwrap()) && m["name"] != "config"
+            })
+            .unwrap_or_else(|| panic!("{ca_file:?} is mounted"));
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(volume["secret"]["secretName"], ca["spec"]["secretName"]);
+        assert_eq!(
+            volume["secret"]["items"],
+            json!([{"key": "tls.crt", "path": "ca.crt"}])
+        );
+        assert!(ca_file.ends_with("ca.crt"));
+    }
 }
 
 /// Tenancy: namespace editors manage ProbeSets and SLOs (aggregated into

@@ -71,8 +71,9 @@ pub struct AgentSettings {
     #[serde(default = "default_metrics_port")]
     pub metrics_port: u16,
     /// Whether the agent's `/metrics` may name peer addresses (the
-    /// `tcpRetransmit` series); off, they are merged per port.
-    #[serde(default = "default_true")]
+    /// `tcpRetransmit` series); off (the default), they are merged per
+    /// port, so whoever may scrape an agent learns no tenant's peers.
+    #[serde(default)]
     pub metrics_address_labels: bool,
     /// Set at start from `--owner-deployment`, not read from the file: the
     /// operator's own Deployment, made the owner of the agent DaemonSet and
@@ -92,6 +93,11 @@ pub struct AgentSettings {
     /// Whether `kind: uprobe` probes run (the chart's `agent.uprobes`).
     #[serde(default)]
     pub uprobes: UprobeSettings,
+    /// Which node labels a `nodeSelector` may name: `any`, or
+    /// `restricted` to labels a node cannot set itself (docs/security.md,
+    /// "Who gets which probes"). The chart sets `restricted`.
+    #[serde(default)]
+    pub node_selector_labels: crate::node_labels::NodeSelectorLabels,
 }
 
 /// How agents reach the operator's agent service.
@@ -139,17 +145,14 @@ impl Default for AgentSettings {
             tolerations: default_tolerations(),
             priority_class_name: None,
             metrics_port: default_metrics_port(),
-            metrics_address_labels: true,
+            metrics_address_labels: false,
             operator_address: None,
             transport: AgentTransport::default(),
             uprobes: UprobeSettings::default(),
+            node_selector_labels: Default::default(),
             owner: None,
         }
     }
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_name() -> String {

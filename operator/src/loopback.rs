@@ -217,6 +217,7 @@ impl LoopbackOperator {
                 .iter()
                 .filter_map(|s| SloTarget::from_slo(s))
                 .collect(),
+            node_selector_labels: Default::default(),
         };
         hub.set_config(&render::agent_config(&world.assess_all(), 0));
         let now = SystemTime::now();

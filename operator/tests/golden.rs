@@ -92,6 +92,7 @@ fn world() -> World {
             ),
         ],
         slos: vec![SloTarget::from_slo(&fast).unwrap()],
+        node_selector_labels: Default::default(),
     }
 }
 

@@ -72,6 +72,7 @@ fn rendered(cluster: &Cluster) -> ringwarden_crds::AgentConfig {
             [("pool".to_string(), "web".to_string())].into(),
         )],
         slos,
+        node_selector_labels: Default::default(),
     };
     ringwarden_operator::render::agent_config(&world.assess_all(), 0)
 }

@@ -311,6 +311,7 @@ async fn a_spec_update_replans_and_rewrites_only_what_changed() {
             [("pool".to_string(), "web".to_string())].into(),
         )],
         slos: vec![],
+        node_selector_labels: Default::default(),
     });
     // The status the first generation got.
     let (client, server) = api_server(vec![
@@ -404,6 +405,7 @@ async fn deleting_a_probeset_removes_its_probes_from_the_agents() {
         probesets: vec![Arc::new(web), Arc::new(db.clone())],
         nodes: vec![],
         slos: vec![],
+        node_selector_labels: Default::default(),
     });
     cluster.delete(db);
     let (client, server) = api_server(vec![
@@ -502,6 +504,7 @@ async fn after_a_restart_objects_already_right_are_only_read() {
             [("pool".to_string(), "web".to_string())].into(),
         )],
         slos: vec![],
+        node_selector_labels: Default::default(),
     });
     // What the API server returns holds more than was applied: defaults,
     // server-set metadata, status.
@@ -539,6 +542,7 @@ async fn a_configmap_edited_by_hand_is_put_back() {
             [("pool".to_string(), "web".to_string())].into(),
         )],
         slos: vec![],
+        node_selector_labels: Default::default(),
     });
     let mut edited: ConfigMap = objects.config_map.clone();
     edited

@@ -36,6 +36,7 @@ fn world(bad_selectors: &[(&str, &str)]) -> World {
             [("pool".to_string(), "web".to_string())].into(),
         )],
         slos: vec![],
+        node_selector_labels: Default::default(),
     }
 }
 

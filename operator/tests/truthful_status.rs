@@ -344,6 +344,7 @@ async fn every_failure_mode_leaves_no_object_healthy_and_every_row_says_why() {
                 .iter()
                 .filter_map(|s| SloTarget::from_slo(s))
                 .collect(),
+            node_selector_labels: Default::default(),
         }
         .assess_all(),
         0,

@@ -107,6 +107,7 @@ agent:
   {{- end }}
   metricsPort: {{ .Values.agent.metricsPort }}
   metricsAddressLabels: {{ .Values.agent.metricsAddressLabels }}
+  nodeSelectorLabels: {{ .Values.agent.nodeSelectorLabels }}
   uprobes:
     enabled: {{ .Values.agent.uprobes.enabled }}
   # The operator's Service, whatever the release is called.

@@ -383,7 +383,8 @@ impl QueryApi {
     async fn authorize(&self, request: &Request<StatusRequest>) -> Result<(), Status> {
         match &self.access {
             Some(a) => {
-                a.authorize(request.metadata(), &request.get_ref().namespace)
+                let peer = request.remote_addr().map(|a| a.ip());
+                a.authorize(request.metadata(), &request.get_ref().namespace, peer)
                     .await
             }
             None => Ok(()),

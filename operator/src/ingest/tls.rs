@@ -39,8 +39,10 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// The CA's name (its subject): issuing from a stored CA rebuilds it.
 pub const CA_NAME: &str = "ringwarden operator CA";
-/// How long the operator's own CA is valid.
-pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// How long the operator's own CA is valid. It is replaced at two thirds
+/// of its life ([`super::pki`]), so a stolen CA key is good for at most
+/// this long, and the rotation runs often enough to be known to work.
+pub const CA_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 /// How long a serving certificate is valid.
 pub const SERVING_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 /// A serving certificate is reissued when it has less than this left.

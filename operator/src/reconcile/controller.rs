@@ -197,6 +197,7 @@ impl Context {
                 })
                 .collect(),
             slos: self.slos(),
+            node_selector_labels: self.agent.node_selector_labels,
         }
     }
 
@@ -324,7 +325,11 @@ pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, E
     // (world::crowd_out, decided by the agent writer over all ProbeSets).
     let assessment = match ctx.crowded_out(&key(&ps)) {
         Some(why) => crate::assess::Assessment::Invalid(vec![why]),
-        None => assess(&ps, &ctx.slos()),
+        None => crate::node_labels::restrict(
+            assess(&ps, &ctx.slos()),
+            &ps.spec.node_selector,
+            ctx.agent.node_selector_labels,
+        ),
     };
     let share = match &assessment {
         crate::assess::Assessment::Planned(_) => ctx.node_share(&key(&ps)),
@@ -371,7 +376,11 @@ pub async fn reconcile_cluster(
     let key = key(&ps);
     let assessment = match ctx.crowded_out(&key) {
         Some(why) => crate::assess::Assessment::Invalid(vec![why]),
-        None => assessed.assessment,
+        None => crate::node_labels::restrict(
+            assessed.assessment,
+            &ps.spec.node_selector,
+            ctx.agent.node_selector_labels,
+        ),
     };
     let share = match &assessment {
         crate::assess::Assessment::Planned(_) => ctx.node_share(&key),

@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod assess;
 pub mod controller;
+pub mod node_labels;
 pub mod render;
 pub mod share;
 pub mod slo;

@@ -18,6 +18,7 @@ use ringwarden_crds::{ClusterProbeSet, ProbeSet};
 
 use crate::{
     assess::{Assessment, assess, config_bytes},
+    node_labels::{NodeSelectorLabels, restrict},
     slo::SloTarget,
 };
 
@@ -39,6 +40,8 @@ pub struct World {
     /// Every node: name and labels.
     pub nodes: Vec<(String, Labels)>,
     pub slos: Vec<SloTarget>,
+    /// Which node labels a `nodeSelector` may name.
+    pub node_selector_labels: NodeSelectorLabels,
 }
 
 /// A ProbeSet with its outcome.
@@ -69,14 +72,26 @@ impl World {
                 namespaces: Some(vec![ps.metadata.namespace.clone().unwrap_or_default()]),
                 name: ps.metadata.name.clone().unwrap_or_default(),
                 probeset: Arc::clone(ps),
-                assessment: assess(ps, &self.slos),
+                assessment: restrict(
+                    assess(ps, &self.slos),
+                    &ps.spec.node_selector,
+                    self.node_selector_labels,
+                ),
             })
             .collect();
         all.extend(
             self.cluster_probesets
                 .iter()
                 .filter(|c| c.metadata.deletion_timestamp.is_none())
-                .map(|c| assess_cluster(c, &self.namespaces, &self.slos)),
+                .map(|c| {
+                    let mut a = assess_cluster(c, &self.namespaces, &self.slos);
+                    a.assessment = restrict(
+                        a.assessment,
+                        &c.spec.probe_set.node_selector,
+                        self.node_selector_labels,
+                    );
+                    a
+                }),
         );
         crowd_out(&mut all);
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -216,6 +231,62 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_node_that_labels_itself_into_a_pool_is_handed_none_of_its_probes() {
+        use ringwarden_crds::ProbeSetSpec;
+        let probeset = |name: &str, selector: &str| {
+            let spec: ProbeSetSpec = serde_yaml_ng::from_str(&format!(
+                "nodeSelector: {selector}\nprobes: [{{name: sys, kind: syscalls}}]"
+            ))
+            .unwrap();
+            let mut ps = ProbeSet::new(name, spec);
+            ps.metadata.namespace = Some("shop".into());
+            Arc::new(ps)
+        };
+        let world = |policy| World {
+            probesets: vec![
+                probeset("self-labelled", "{pool: web}"),
+                probeset("restricted", "{node-restriction.kubernetes.io/pool: web}"),
+            ],
+            node_selector_labels: policy,
+            ..World::default()
+        };
+        // A compromised node gives itself every label a kubelet may set.
+        let liar = labels(&[("pool", "web"), ("kubernetes.io/hostname", "web-1")]);
+        let honest = labels(&[
+            ("pool", "web"),
+            ("node-restriction.kubernetes.io/pool", "web"),
+        ]);
+        let handed = |policy, node: &Labels| {
+            let config = crate::render::agent_config(&world(policy).assess_all(), 0);
+            let mut names: Vec<String> = crate::handed::selected(&config, node)
+                .map(|p| p.probeset.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(handed(NodeSelectorLabels::Any, &liar), ["self-labelled"]);
+        assert!(handed(NodeSelectorLabels::Restricted, &liar).is_empty());
+        assert_eq!(
+            handed(NodeSelectorLabels::Restricted, &honest),
+            ["restricted"]
+        );
+        // The ProbeSet refused says why and how to fix it.
+        let all = world(NodeSelectorLabels::Restricted).assess_all();
+        let Assessment::Invalid(why) = &all
+            .iter()
+            .find(|a| a.name == "self-labelled")
+            .unwrap()
+            .assessment
+        else {
+            panic!("a selector on labels a node sets itself runs nowhere");
+        };
+        assert!(
+            why[0].contains("pool can be set by a node itself"),
+            "{why:?}"
+        );
     }
 
     #[test]

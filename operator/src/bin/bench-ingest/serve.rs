@@ -116,6 +116,7 @@ pub(crate) async fn serve(
             .iter()
             .filter_map(|s| SloTarget::from_slo(s))
             .collect(),
+        node_selector_labels: Default::default(),
     };
     ctx.hub
         .set_config(&render::agent_config(&world.assess_all(), 0));
