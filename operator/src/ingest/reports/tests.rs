@@ -257,10 +257,11 @@ fn slo_latency_counts_each_interval_once_from_one_histogram_per_probe() {
 #[test]
 fn a_probeset_selecting_no_node_leaves_its_slos_nothing_fresh() {
     let r = Reports::default();
+    let probes = ["sys".to_string()];
     let query = |expect_reports| ProbeSetQuery {
         namespace: "shop",
         name: "web",
-        probes: &["sys".to_string()],
+        probes: &probes,
         handed: None,
         desired: &[],
         interval: Duration::from_secs(10),
