@@ -214,7 +214,10 @@ fn numbers_in_reasons_are_short_whatever_a_tenant_declares() {
     // rate) plans, and says so in a few words.
     let p = only(&input(u64::MAX, vec![probe("p", 1e308, 0)]));
     for r in &p.reasons {
-        assert!(r.len() < 300 && !r.contains("inf ") && !r.contains("00000000"), "{r}");
+        assert!(
+            r.len() < 300 && !r.contains("inf ") && !r.contains("00000000"),
+            "{r}"
+        );
     }
 }
 
