@@ -77,9 +77,13 @@ pub fn node_shares(
                 })
                 .cloned()
                 .collect();
-            let Ok(plan) =
-                ringwarden_crds::plan::plan_node(&probes, node_budget_bytes, cpus, PLAN_PAGE_SIZE)
-            else {
+            let Ok(plan) = ringwarden_crds::plan::plan_node_limited(
+                &probes,
+                &config.namespace_limits,
+                node_budget_bytes,
+                cpus,
+                PLAN_PAGE_SIZE,
+            ) else {
                 continue;
             };
             // The class by its members, to break ties whatever the input order.

@@ -112,6 +112,12 @@ pub mod reason {
     /// The platform's node budget, shared with other ProbeSets on a node,
     /// gives the ProbeSet less than its own plan asks for.
     pub const NODE_BUDGET_SHORT: &str = "NodeBudgetShort";
+    /// QuotaConstrained: a limit the cluster administrator set on the
+    /// ProbeSet's namespace (a `ringwarden.dev/*` annotation on the
+    /// Namespace) leaves out probes, lowers a priority, or caps the bytes
+    /// its namespace gets on a node; the message names the limit and the
+    /// annotation.
+    pub const NAMESPACE_LIMIT: &str = "NamespaceLimit";
     pub const WITHIN_BUDGET: &str = "WithinBudget";
     /// `Degraded` is False: every node selected runs every probe.
     pub const NODES_HEALTHY: &str = "NodesHealthy";
@@ -273,7 +279,34 @@ pub fn desired(
             let shared = share
                 .filter(|s| s.share.constrained())
                 .map(node_budget_message);
+            let mut limited = planned.limited.clone();
+            if let Some(s) = share.filter(|s| s.share.constrained())
+                && let Some(limit) = s.share.namespace_limit_bytes
+            {
+                limited.push(format!(
+                    "namespace {} may take {} per node (the Namespace's annotation {})",
+                    s.share.namespace,
+                    format_bytes(limit),
+                    ringwarden_crds::agent::NODE_BYTES_ANNOTATION
+                ));
+            }
+            let by_limit = (!limited.is_empty()).then(|| {
+                let mut message = format!("namespace limits: {}", limited.join("; "));
+                if let Some(shared) = &shared {
+                    message = format!("{message}. And {shared}");
+                }
+                if let Some(own) = &own {
+                    message = format!("{message}. And {own}");
+                }
+                message
+            });
             conditions.push(match (shared, own) {
+                _ if by_limit.is_some() => cond(
+                    condition::QUOTA_CONSTRAINED,
+                    true,
+                    reason::NAMESPACE_LIMIT,
+                    by_limit.expect("checked"),
+                ),
                 (None, None) => cond(
                     condition::QUOTA_CONSTRAINED,
                     false,

@@ -14,7 +14,13 @@ use std::{
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
-use ringwarden_crds::{ClusterProbeSet, ProbeSet};
+use ringwarden_core::planner::node::water_fill;
+use ringwarden_crds::{
+    ClusterProbeSet, ProbeSet,
+    agent::{
+        MAX_PRIORITY_ANNOTATION, MAX_PROBES_ANNOTATION, NamespaceLimits, UPROBES_ANNOTATION,
+    },
+};
 
 use crate::{
     assess::{Assessment, assess, config_bytes},
@@ -39,6 +45,10 @@ pub struct World {
     /// Every node: name and labels.
     pub nodes: Vec<(String, Labels)>,
     pub slos: Vec<SloTarget>,
+    /// What the cluster administrator allows each namespace that has any
+    /// `ringwarden.dev/*` limit annotation ([`NamespaceLimits`]); the
+    /// others have [`NamespaceLimits::default`].
+    pub namespace_limits: BTreeMap<String, NamespaceLimits>,
 }
 
 /// A ProbeSet with its outcome.
@@ -78,7 +88,8 @@ impl World {
                 .filter(|c| c.metadata.deletion_timestamp.is_none())
                 .map(|c| assess_cluster(c, &self.namespaces, &self.slos)),
         );
-        crowd_out(&mut all);
+        apply_limits(&mut all, &self.namespace_limits);
+        crowd_out(&mut all, &self.nodes);
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         all
     }
@@ -144,36 +155,160 @@ pub fn scope_namespaces(
     Ok(Some(names))
 }
 
+/// Applies each namespace's limits ([`NamespaceLimits`]) to its planned
+/// ProbeSets: probes using uprobes where uprobes are not allowed, and
+/// probes past `maxProbes` (counted over the namespace's ProbeSets, by
+/// priority, capped at `maxPriority`, then ProbeSet and probe name) are
+/// left out of the agents' configuration, and a priority above
+/// `maxPriority` counts as it (the agents apply the same limits). Each
+/// binding limit is a line of the ProbeSet's `limited`, naming the
+/// annotation. ClusterProbeSets have no limits.
+fn apply_limits(all: &mut [Assessed], limits: &BTreeMap<String, NamespaceLimits>) {
+    let default = NamespaceLimits::default();
+    let mut by_namespace: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    for (ai, a) in all.iter_mut().enumerate() {
+        if a.namespace.is_empty() {
+            continue;
+        }
+        let set = limits.get(&a.namespace);
+        let limit = set.unwrap_or(&default);
+        let Assessment::Planned(planned) = &mut a.assessment else {
+            continue;
+        };
+        planned.namespace_limits = set.cloned();
+        for (i, probe) in a.probeset.spec.probes.iter().enumerate() {
+            if probe.kind.uses_uprobes() && !limit.uprobes {
+                planned.excluded[i] = true;
+                planned.limited.push(format!(
+                    "{}: not run, namespace {} does not allow uprobes (the Namespace's \
+                     annotation {UPROBES_ANNOTATION} is not \"true\")",
+                    probe.name, a.namespace
+                ));
+                continue;
+            }
+            if probe.priority > limit.max_priority {
+                planned.limited.push(format!(
+                    "{}: priority {} counts as {}, the highest namespace {} may use (the \
+                     Namespace's annotation {MAX_PRIORITY_ANNOTATION})",
+                    probe.name, probe.priority, limit.max_priority, a.namespace
+                ));
+            }
+            by_namespace
+                .entry(a.namespace.clone())
+                .or_default()
+                .push((ai, i));
+        }
+    }
+    for (namespace, mut members) in by_namespace {
+        let limit = limits.get(&namespace).unwrap_or(&default);
+        let max = limit.max_probes as usize;
+        if members.len() <= max {
+            continue;
+        }
+        members.sort_by_key(|&(ai, i)| {
+            let p = &all[ai].probeset.spec.probes[i];
+            (
+                std::cmp::Reverse(p.priority.min(limit.max_priority)),
+                all[ai].name.clone(),
+                p.name.clone(),
+            )
+        });
+        for &(ai, i) in &members[max..] {
+            let name = all[ai].probeset.spec.probes[i].name.clone();
+            if let Assessment::Planned(planned) = &mut all[ai].assessment {
+                planned.excluded[i] = true;
+                planned.limited.push(format!(
+                    "{name}: not run, namespace {namespace} may run {max} probes (the \
+                     Namespace's annotation {MAX_PROBES_ANNOTATION}); higher priorities, then \
+                     ProbeSets and probes by name, run first"
+                ));
+            }
+        }
+    }
+}
+
 /// Why a ProbeSet was left out of a full agent configuration.
 pub const CONFIG_FULL: &str = "the agents' configuration is full";
 
-/// Leaves out, as Invalid, the ProbeSets that would take the agents'
-/// configuration past [`MAX_AGENT_CONFIG_BYTES`]: the oldest keep running
-/// (by creation time, then namespace and name), so a new ProbeSet never
-/// stops one that works.
-fn crowd_out(all: &mut [Assessed]) {
+/// Shares the agents' configuration ([`MAX_AGENT_CONFIG_BYTES`]) as the
+/// node plan shares a node: ClusterProbeSets (the platform's) first, then
+/// the namespaces max-min fairly (`water_fill` over what each namespace's
+/// ProbeSets take). Within each, the oldest keep running (by creation
+/// time, then name), so a new ProbeSet never stops one that works, and a
+/// namespace over its share sees only its own newest ProbeSets left out,
+/// as Invalid.
+///
+/// Only ProbeSets that select at least one node count, and only they are
+/// rendered: one that selects none runs nowhere, takes no room, and is
+/// rendered (and counted) once a node it selects joins. Without any node
+/// known (the node cache not yet filled) every ProbeSet counts.
+fn crowd_out(all: &mut [Assessed], nodes: &[(String, Labels)]) {
     all.sort_by(|a, b| {
         let created = |x: &Assessed| x.probeset.metadata.creation_timestamp.clone();
         (created(a), &a.namespace, &a.name).cmp(&(created(b), &b.namespace, &b.name))
     });
-    let mut used = 0usize;
-    for a in all.iter_mut() {
-        let Some(planned) = a.assessment.planned() else {
+    let mut sizes: Vec<Option<usize>> = vec![None; all.len()];
+    for (i, a) in all.iter_mut().enumerate() {
+        let selects = nodes.is_empty()
+            || nodes
+                .iter()
+                .any(|(_, labels)| selector_matches(&a.probeset.spec.node_selector, labels));
+        let Assessment::Planned(planned) = &mut a.assessment else {
             continue;
         };
+        if !selects {
+            planned.excluded.iter_mut().for_each(|e| *e = true);
+            continue;
+        }
         // Each probe carries its scope's namespace names too.
         let scope: usize = a.namespaces.iter().flatten().map(|n| n.len() + 4).sum();
-        let bytes =
-            config_bytes(&a.probeset, &planned.thresholds) + scope * a.probeset.spec.probes.len();
-        if used + bytes > MAX_AGENT_CONFIG_BYTES {
+        sizes[i] = Some(
+            config_bytes(&a.probeset, &planned.thresholds) + scope * a.probeset.spec.probes.len(),
+        );
+    }
+    let mut shares: BTreeMap<&str, u128> = BTreeMap::new();
+    let max = MAX_AGENT_CONFIG_BYTES as u128;
+    let mut platform = 0u128;
+    let mut wants: BTreeMap<&str, u128> = BTreeMap::new();
+    for (a, size) in all.iter().zip(&sizes) {
+        if let Some(bytes) = size {
+            if a.namespace.is_empty() {
+                if platform + *bytes as u128 <= max {
+                    platform += *bytes as u128;
+                }
+            } else {
+                *wants.entry(a.namespace.as_str()).or_default() += *bytes as u128;
+            }
+        }
+    }
+    shares.insert("", max);
+    shares.extend(water_fill(max - platform, &wants));
+    let shares: BTreeMap<String, u128> =
+        shares.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let mut used: BTreeMap<String, u128> = BTreeMap::new();
+    for (a, size) in all.iter_mut().zip(sizes) {
+        let Some(bytes) = size else { continue };
+        let share = shares[&a.namespace];
+        let held = used.entry(a.namespace.clone()).or_default();
+        if *held + bytes as u128 > share {
+            let whose = if a.namespace.is_empty() {
+                "the ClusterProbeSets' share (all of it, before any namespace)".to_owned()
+            } else {
+                format!(
+                    "namespace {}'s fair share ({share} bytes; namespaces share what \
+                     ClusterProbeSets leave equally, and one asking less leaves the rest to others)",
+                    a.namespace
+                )
+            };
             a.assessment = Assessment::Invalid(vec![format!(
-                "spec.probes: {CONFIG_FULL}: this ProbeSet's {bytes} bytes would take it past \
-                 {MAX_AGENT_CONFIG_BYTES} (a ConfigMap holds 1 MiB), so it runs nowhere while \
-                 the ProbeSets created before it run. Shrink or remove ProbeSets (their filters \
-                 and selectors), or merge small ones"
+                "spec.probes: {CONFIG_FULL}: this ProbeSet's {bytes} bytes would take {whose} \
+                 of the {MAX_AGENT_CONFIG_BYTES} all ProbeSets may use (a ConfigMap holds 1 MiB) \
+                 past what it holds, so it runs nowhere while the ProbeSets created before it \
+                 run. Shrink or remove ProbeSets of this namespace (their filters and \
+                 selectors), or merge small ones"
             )]);
         } else {
-            used += bytes;
+            *held += bytes as u128;
         }
     }
 }
