@@ -734,7 +734,6 @@ fn slo_health_follows_the_operators_status() {
     // The probe runs, but its threshold slots went to other SLOs.
     let (probes, _) = ringwarden_crds::plan::plan_probeset(&ps, &[], 4096).unwrap();
     let config = AgentConfig {
-        namespace_limits: Default::default(),
         probes,
         ..AgentConfig::default()
     };

@@ -181,6 +181,14 @@ fn the_agent_enforces_the_namespace_limits_its_configuration_carries() {
         .map(|(p, why)| (p.spec.name.as_str(), why.as_str()))
         .collect();
     assert_eq!(refused.len(), 2, "{refused:?}");
-    assert!(refused.iter().any(|(n, why)| *n == "fn" && why.contains("does not allow uprobes")));
-    assert!(refused.iter().any(|(n, why)| *n == "sys" && why.contains("may run 1 probes")));
+    assert!(
+        refused
+            .iter()
+            .any(|(n, why)| *n == "fn" && why.contains("does not allow uprobes"))
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|(n, why)| *n == "sys" && why.contains("may run 1 probes"))
+    );
 }

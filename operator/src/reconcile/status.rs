@@ -300,26 +300,26 @@ pub fn desired(
                 }
                 message
             });
-            conditions.push(match (shared, own) {
-                _ if by_limit.is_some() => cond(
+            conditions.push(match (by_limit, shared, own) {
+                (Some(by_limit), _, _) => cond(
                     condition::QUOTA_CONSTRAINED,
                     true,
                     reason::NAMESPACE_LIMIT,
-                    by_limit.expect("checked"),
+                    by_limit,
                 ),
-                (None, None) => cond(
+                (None, None, None) => cond(
                     condition::QUOTA_CONSTRAINED,
                     false,
                     reason::WITHIN_BUDGET,
                     "every probe gets the ring buffer its declared rate needs".into(),
                 ),
-                (None, Some(own)) => cond(
+                (None, None, Some(own)) => cond(
                     condition::QUOTA_CONSTRAINED,
                     true,
                     reason::BUDGET_SHORT,
                     own,
                 ),
-                (Some(shared), own) => cond(
+                (None, Some(shared), own) => cond(
                     condition::QUOTA_CONSTRAINED,
                     true,
                     reason::NODE_BUDGET_SHORT,
@@ -756,10 +756,10 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
     if let Some((status, why, message)) = find(Some(after), condition::QUOTA_CONSTRAINED) {
         let before = was(condition::QUOTA_CONSTRAINED).map(|(s, _)| s);
         if status == "True" && before.as_deref() != Some("True") {
-            let reason = if why == reason::NODE_BUDGET_SHORT {
-                reason::NODE_BUDGET_SHORT
-            } else {
-                reason::BUDGET_SHORT
+            let reason = match why.as_str() {
+                reason::NODE_BUDGET_SHORT => reason::NODE_BUDGET_SHORT,
+                reason::NAMESPACE_LIMIT => reason::NAMESPACE_LIMIT,
+                _ => reason::BUDGET_SHORT,
             };
             notice(true, reason, &message);
         }
