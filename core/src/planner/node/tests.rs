@@ -236,8 +236,9 @@ fn a_namespace_limit_caps_its_share_and_says_so() {
 
 #[test]
 fn water_filling_gives_the_modest_all_they_ask_and_splits_the_rest_equally() {
+    type Amounts<'a> = &'a [(&'a str, u128)];
     // (room, wants, shares)
-    let cases: [(u128, &[(&str, u128)], &[(&str, u128)]); 5] = [
+    let cases: [(u128, Amounts, Amounts); 5] = [
         (
             100,
             &[("a", 10), ("b", 80), ("c", 80)],
