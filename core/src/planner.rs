@@ -343,7 +343,7 @@ fn size(p: &ProbeDemand, input: &PlanInput) -> Draft {
     reasons.push(format!(
         "needs {} for {} ev/s{sampled} × {} B × {} × burst {}; {outcome}",
         bytes(needed),
-        decimal(p.peak_rate, 2),
+        count(p.peak_rate),
         record,
         format_duration(p.drain_interval),
         decimal(p.burst_factor, 2),
@@ -413,8 +413,8 @@ fn finish(p: &ProbeDemand, s: Draft, cuts: Vec<String>) -> ProbePlan {
         let arithmetic = format!(
             "a drain every {} (half the drainInterval) finds {} records at {} ev/s{sampled} and the ring holds {records}",
             format_duration(period),
-            decimal(per_period / n as f64, 1),
-            decimal(p.peak_rate, 2),
+            count(per_period / n as f64),
+            count(p.peak_rate),
         );
         reasons.push(if drop_at(n) > allowed {
             format!("{arithmetic}; {} would be dropped", percent(drop_at(n)))
@@ -538,15 +538,43 @@ fn sample_every_for(fraction: f64) -> u64 {
     }
 }
 
-/// `1536.0` → "1.5 KiB": binary units, one decimal.
+/// `1536.0` → "1.5 KiB": binary units, one decimal; anything a `u64`
+/// cannot count (infinity included) is "over 16 EiB", so a reason never
+/// prints `inf` or hundreds of digits.
 pub fn bytes(n: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n.is_nan() || n >= 18_446_744_073_709_551_616.0 {
+        return "over 16 EiB".to_owned();
+    }
     let (mut value, mut unit) = (n, 0);
     while value >= 1024.0 && unit < UNITS.len() - 1 {
         value /= 1024.0;
         unit += 1;
     }
     format!("{} {}", decimal(value, 1), UNITS[unit])
+}
+
+/// A rate or count for people: `12.5` → "12.5", `2500000` → "2.5M",
+/// `1e308` → "1e308"; at most two decimals below a million, SI prefixes up
+/// to tera, then scientific notation, never hundreds of digits or `inf`.
+pub fn count(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".to_owned();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "infinite" } else { "-infinite" }.to_owned();
+    }
+    let a = v.abs();
+    if a < 1e6 {
+        return decimal(v, 2);
+    }
+    for (scale, suffix) in [(1e6, "M"), (1e9, "G"), (1e12, "T")] {
+        if a < scale * 1e3 {
+            return format!("{}{suffix}", decimal(v / scale, 1));
+        }
+    }
+    let s = format!("{v:.1e}");
+    s.replace(".0e", "e")
 }
 
 fn percent(fraction: f64) -> String {

@@ -28,6 +28,129 @@ pub struct AgentConfig {
     /// only to its own `spec.ringBuffer.nodeBudget`).
     #[serde(default)]
     pub node_budget_bytes: u64,
+    /// What the cluster administrator allows each namespace, from its
+    /// Namespace's `ringwarden.dev/*` annotations ([`NamespaceLimits`]);
+    /// namespaces not listed have the defaults. Agents enforce them in
+    /// their node plan, whatever the probes ask.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_limits: BTreeMap<String, NamespaceLimits>,
+}
+
+/// Annotation on a Namespace: most bytes (a quantity such as `64Mi`) its
+/// ProbeSets' maps and rings may take together on one node.
+pub const NODE_BYTES_ANNOTATION: &str = "ringwarden.dev/node-bytes";
+/// Annotation on a Namespace: most probes its ProbeSets may declare together.
+pub const MAX_PROBES_ANNOTATION: &str = "ringwarden.dev/max-probes";
+/// Annotation on a Namespace: `"true"` or `"false"`, whether its ProbeSets
+/// may use uprobes (kinds `uprobe` and `goRuntime`).
+pub const UPROBES_ANNOTATION: &str = "ringwarden.dev/uprobes";
+/// Annotation on a Namespace: highest `priority` its probes may use.
+pub const MAX_PRIORITY_ANNOTATION: &str = "ringwarden.dev/max-priority";
+
+/// Probes a namespace may declare without a `ringwarden.dev/max-probes`
+/// annotation: four full ProbeSets.
+pub const DEFAULT_MAX_PROBES: u32 = 256;
+
+/// What a cluster administrator allows one namespace, as ResourceQuota and
+/// LimitRange do for pods. Set with annotations on the Namespace, which
+/// tenants (namespace editors) cannot edit. Defaults, for a namespace
+/// without annotations: no byte limit beyond its fair share of each node,
+/// [`DEFAULT_MAX_PROBES`] probes, uprobes allowed (a ProbeSet's uprobes
+/// trap only its own namespace's processes), priorities up to
+/// [`crate::probeset::MAX_PRIORITY`].
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceLimits {
+    /// Most bytes of maps and rings the namespace's probes take on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_bytes: Option<u64>,
+    /// Most probes, over all its ProbeSets.
+    #[serde(default = "default_max_probes")]
+    pub max_probes: u32,
+    /// Whether kinds `uprobe` and `goRuntime` may run.
+    #[serde(default = "yes")]
+    pub uprobes: bool,
+    /// Highest priority; higher ones count as this.
+    #[serde(default = "default_max_priority")]
+    pub max_priority: i32,
+}
+
+fn default_max_probes() -> u32 {
+    DEFAULT_MAX_PROBES
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_priority() -> i32 {
+    crate::probeset::MAX_PRIORITY
+}
+
+impl Default for NamespaceLimits {
+    fn default() -> Self {
+        Self {
+            node_bytes: None,
+            max_probes: DEFAULT_MAX_PROBES,
+            uprobes: true,
+            max_priority: crate::probeset::MAX_PRIORITY,
+        }
+    }
+}
+
+impl NamespaceLimits {
+    /// The limits a Namespace's annotations set, and a message per
+    /// annotation that cannot be read, which then takes its strictest
+    /// value (0 bytes, 0 probes, no uprobes, the lowest priority), so a
+    /// typo never lifts a limit.
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> (Self, Vec<String>) {
+        let mut limits = Self::default();
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, value: &str, expected: &str| {
+            problems.push(format!("annotation {key}: {value:?} is not {expected}"));
+        };
+        if let Some(v) = annotations.get(NODE_BYTES_ANNOTATION) {
+            limits.node_bytes = Some(
+                ringwarden_core::quantity::parse_bytes(v.trim()).unwrap_or_else(|_| {
+                    bad(NODE_BYTES_ANNOTATION, v, "a byte quantity such as 64Mi");
+                    0
+                }),
+            );
+        }
+        if let Some(v) = annotations.get(MAX_PROBES_ANNOTATION) {
+            limits.max_probes = v.trim().parse().unwrap_or_else(|_| {
+                bad(
+                    MAX_PROBES_ANNOTATION,
+                    v,
+                    "a whole number of probes such as 16",
+                );
+                0
+            });
+        }
+        if let Some(v) = annotations.get(UPROBES_ANNOTATION) {
+            limits.uprobes = match v.trim() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    bad(UPROBES_ANNOTATION, v, "\"true\" or \"false\"");
+                    false
+                }
+            };
+        }
+        if let Some(v) = annotations.get(MAX_PRIORITY_ANNOTATION) {
+            limits.max_priority = v
+                .trim()
+                .parse::<i32>()
+                .map(|p| p.clamp(crate::probeset::MIN_PRIORITY, crate::probeset::MAX_PRIORITY))
+                .unwrap_or_else(|_| {
+                    bad(
+                        MAX_PRIORITY_ANNOTATION,
+                        v,
+                        "a whole number from -1000 to 1000",
+                    );
+                    crate::probeset::MIN_PRIORITY
+                });
+        }
+        (limits, problems)
+    }
 }
 
 /// One probe of one ProbeSet, with its plan applied.

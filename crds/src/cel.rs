@@ -15,6 +15,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use ringwarden_core::duration::{format_duration, format_duration_days};
 use serde::Serialize;
 
+use crate::probeset::{
+    MAX_NODE_BUDGET, MAX_PEAK_EVENT_RATE, MAX_PRIORITY, MIN_PRIORITY, NODE_BUDGET_RULE,
+    PEAK_EVENT_RATE_RULE, PRIORITY_RULE,
+};
 use crate::slo::{MAX_WINDOW, MIN_WINDOW};
 
 /// A number with an optional fraction, as Go's `time.ParseDuration` reads it.
@@ -216,6 +220,21 @@ pub fn probe() -> Vec<Rule> {
              peakEventRate: 1000",
         )
         .at(".peakEventRate", Reason::FieldValueRequired),
+        rule(
+            format!(
+                "!has(self.peakEventRate) || self.peakEventRate <= {}.0",
+                MAX_PEAK_EVENT_RATE as u64
+            ),
+            PEAK_EVENT_RATE_RULE,
+        )
+        .at(".peakEventRate", Reason::FieldValueInvalid),
+        rule(
+            format!(
+                "!has(self.priority) || (self.priority >= {MIN_PRIORITY} && self.priority <= {MAX_PRIORITY})"
+            ),
+            PRIORITY_RULE,
+        )
+        .at(".priority", Reason::FieldValueInvalid),
     ]
 }
 
@@ -395,11 +414,38 @@ pub fn drain_interval() -> Vec<Rule> {
 
 /// On `spec.ringBuffer.nodeBudget`.
 pub fn node_budget() -> Vec<Rule> {
-    vec![rule(
-        format!("self.matches('{BYTES_REGEX}')"),
-        "nodeBudget must be a whole number of bytes with an optional suffix Ki, Mi, Gi, Ti \
-         (powers of 1024) or k, M, G, T (powers of 1000), e.g. 64Mi",
-    )]
+    // The number before the suffix, compared with the bound in that unit.
+    // At most 15 digits, so `int()` never overflows.
+    let max = MAX_NODE_BUDGET;
+    let mut bound = format!("int(self) <= {max}");
+    for (suffix, split, unit) in [
+        ("T", "T", 1_000_000_000_000u64),
+        ("G", "G", 1_000_000_000),
+        ("M", "M", 1_000_000),
+        ("k", "k", 1_000),
+        ("Ti", "T", 1 << 40),
+        ("Gi", "G", 1 << 30),
+        ("Mi", "M", 1 << 20),
+        ("Ki", "K", 1 << 10),
+    ] {
+        bound = format!(
+            "self.endsWith('{suffix}') ? int(self.split('{split}')[0]) <= {} : {bound}",
+            max / unit
+        );
+    }
+    vec![
+        rule(
+            format!("self.matches('{BYTES_REGEX}')"),
+            "nodeBudget must be a whole number of bytes with an optional suffix Ki, Mi, Gi, Ti \
+             (powers of 1024) or k, M, G, T (powers of 1000), e.g. 64Mi",
+        ),
+        rule(
+            format!(
+                "!self.matches('{BYTES_REGEX}') || (self.matches('^[0-9]{{1,15}}[^0-9]*$') && ({bound}))"
+            ),
+            NODE_BUDGET_RULE,
+        ),
+    ]
 }
 
 /// On `spec.reportInterval`.

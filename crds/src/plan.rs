@@ -10,9 +10,14 @@ use ringwarden_core::{
     quantity,
 };
 
+use std::collections::BTreeMap;
+
 use crate::{
     AgentProbe, ExportPolicy, PlanStatus, ProbeKind, ProbePlanStatus, ProbeSet, ProbeSetSpec,
-    ProbeSpec, agent::MAX_THRESHOLDS, probeset::FieldError, slo::Slo,
+    ProbeSpec,
+    agent::{MAX_PROBES_ANNOTATION, MAX_THRESHOLDS, NamespaceLimits, UPROBES_ANNOTATION},
+    probeset::FieldError,
+    slo::Slo,
 };
 
 /// Why a ProbeSet could not be planned: its spec problems, or a budget the
@@ -228,18 +233,82 @@ pub struct NodeProbes {
 
 /// Shares `node_budget_bytes` (0: no node budget) among `probes`, the
 /// probes one node runs, on a node with `cpus` possible CPUs and
-/// `page_size`-byte pages ([`node::plan_node`]). A probe keeps its
-/// ProbeSet's own ring unless the node budget cuts it; one that the node
-/// cannot hold at all comes back as the reason it is not loaded.
+/// `page_size`-byte pages ([`node::plan_node`]), with every namespace's
+/// defaults. See [`plan_node_limited`].
 pub fn plan_node(
     probes: &[AgentProbe],
     node_budget_bytes: u64,
     cpus: u32,
     page_size: u64,
 ) -> Result<NodeProbes, PlanError> {
+    plan_node_limited(probes, &BTreeMap::new(), node_budget_bytes, cpus, page_size)
+}
+
+/// Shares `node_budget_bytes` (0: no node budget) among `probes`, the
+/// probes one node runs, on a node with `cpus` possible CPUs and
+/// `page_size`-byte pages ([`node::plan_node`]), within what `limits`
+/// allows each namespace (absent: [`NamespaceLimits::default`]). A probe
+/// keeps its ProbeSet's own ring unless the node budget cuts it; one that
+/// the node cannot hold at all, or that its namespace's limits rule out
+/// (a uprobe where uprobes are not allowed, a probe past `maxProbes`, by
+/// priority then ProbeSet and name), comes back as the reason it is not
+/// loaded. A priority above the namespace's highest counts as the highest.
+/// ClusterProbeSets' probes (namespace `""`) have no limits.
+pub fn plan_node_limited(
+    probes: &[AgentProbe],
+    limits: &BTreeMap<String, NamespaceLimits>,
+    node_budget_bytes: u64,
+    cpus: u32,
+    page_size: u64,
+) -> Result<NodeProbes, PlanError> {
+    let default = NamespaceLimits::default();
+    let limit =
+        |p: &AgentProbe| (!p.is_cluster()).then(|| limits.get(&p.namespace).unwrap_or(&default));
+    let mut refused: Vec<Option<String>> = vec![None; probes.len()];
+    for (i, p) in probes.iter().enumerate() {
+        if let Some(l) = limit(p)
+            && !l.uprobes
+            && p.spec.kind.uses_uprobes()
+        {
+            refused[i] = Some(format!(
+                "not loaded: namespace {} does not allow uprobes (its Namespace's {UPROBES_ANNOTATION} annotation is not \"true\")",
+                p.namespace
+            ));
+        }
+    }
+    // Per namespace, the first maxProbes probes by priority, ProbeSet, name.
+    let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in probes.iter().enumerate() {
+        if refused[i].is_none() && !p.is_cluster() {
+            by_namespace
+                .entry(p.namespace.as_str())
+                .or_default()
+                .push(i);
+        }
+    }
+    for (ns, mut members) in by_namespace {
+        let max = limits.get(ns).unwrap_or(&default).max_probes as usize;
+        members.sort_by_key(|&i| {
+            let p = &probes[i];
+            (
+                std::cmp::Reverse(p.spec.priority),
+                &p.probeset,
+                &p.spec.name,
+                i,
+            )
+        });
+        for &i in members.iter().skip(max) {
+            refused[i] = Some(format!(
+                "not loaded: namespace {ns} may run {max} probes (its Namespace's {MAX_PROBES_ANNOTATION} annotation)"
+            ));
+        }
+    }
     // Grouped by ProbeSet, keeping where each probe came from.
     let mut groups: Vec<(ProbeSetDemand, Vec<usize>)> = Vec::new();
     for (i, p) in probes.iter().enumerate() {
+        if refused[i].is_some() {
+            continue;
+        }
         let at = groups
             .iter()
             .position(|(g, _)| g.namespace == p.namespace && g.name == p.probeset);
@@ -254,7 +323,11 @@ pub fn plan_node(
             ));
             groups.len() - 1
         });
-        groups[at].0.probes.push(node_demand(p));
+        let mut demand = node_demand(p);
+        if let Some(l) = limit(p) {
+            demand.demand.priority = demand.demand.priority.min(l.max_priority);
+        }
+        groups[at].0.probes.push(demand);
         groups[at].1.push(i);
     }
     let plan = node::plan_node(&NodeInput {
@@ -267,8 +340,16 @@ pub fn plan_node(
         },
         max_bytes_per_probe: planner::DEFAULT_MAX_BYTES_PER_PROBE,
         probesets: groups.iter().map(|(g, _)| g.clone()).collect(),
+        namespace_bytes: limits
+            .iter()
+            .filter(|(ns, _)| !ns.is_empty())
+            .filter_map(|(ns, l)| Some((ns.clone(), l.node_bytes?)))
+            .collect(),
     })?;
-    let mut out: Vec<Result<AgentProbe, String>> = vec![Err(String::new()); probes.len()];
+    let mut out: Vec<Result<AgentProbe, String>> = refused
+        .into_iter()
+        .map(|r| Err(r.unwrap_or_default()))
+        .collect();
     let mut memory_bytes = vec![0; probes.len()];
     for ((_, indices), share) in groups.iter().zip(&plan.probesets) {
         for (&i, s) in indices.iter().zip(&share.probes) {
@@ -491,18 +572,25 @@ mod tests {
         assert!(maps[1].map_bytes > 16_384 * 96);
     }
 
+    fn syscalls(ns: &str, name: &str, priority: i32, kind: &str) -> ProbeSet {
+        let extra = if kind == "uprobe" {
+            ", uprobe: {binary: /usr/bin/app, symbol: main}"
+        } else {
+            ""
+        };
+        probeset(&format!(
+            "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec:\n  probes:\n\
+             \x20   - {{name: sys, kind: {kind}{extra}, export: {{policy: all}}, peakEventRate: 10000, priority: {priority}, maxSeries: 8}}\n"
+        ))
+    }
+
     #[test]
     fn a_node_budget_cuts_rings_and_leaves_out_what_it_cannot_hold() {
-        let ps = |ns: &str, priority: i32| {
-            probeset(&format!(
-                "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\nmetadata: {{name: p, namespace: {ns}}}\n\
-                 spec:\n  probes:\n\
-                 \x20   - {{name: sys, kind: syscalls, export: {{policy: all}}, peakEventRate: 10000, priority: {priority}, maxSeries: 8}}\n"
-            ))
-        };
         let mut probes = Vec::new();
-        for (ns, prio) in [("a", 1), ("b", 0)] {
-            probes.extend(plan_probeset(&ps(ns, prio), &[], 4096).unwrap().0);
+        for (name, prio) in [("p", 1), ("q", 0)] {
+            let ps = syscalls("a", name, prio, "syscalls");
+            probes.extend(plan_probeset(&ps, &[], 4096).unwrap().0);
         }
         let fixed = ringwarden_core::maps::fixed_bytes(&probe_maps(&probes[0].spec), 2, 4096);
         let ring = |r| ringwarden_core::maps::ringbuf_bytes(r, 4096);
@@ -519,9 +607,70 @@ mod tests {
         let why = node.probes[1].as_ref().unwrap_err();
         assert!(why.starts_with("not loaded: its maps take"), "{why}");
         assert!(
-            why.contains("with 1 other ProbeSet in 1 other namespace"),
+            why.contains("with 1 other ProbeSet in 0 other namespaces"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn across_namespaces_the_node_budget_is_shared_equally_whatever_the_priorities() {
+        let mut probes = Vec::new();
+        for (ns, prio) in [("a", 1000), ("b", -1000)] {
+            probes.extend(
+                plan_probeset(&syscalls(ns, "p", prio, "syscalls"), &[], 4096)
+                    .unwrap()
+                    .0,
+            );
+        }
+        let fixed = ringwarden_core::maps::fixed_bytes(&probe_maps(&probes[0].spec), 2, 4096);
+        let ring = |r| ringwarden_core::maps::ringbuf_bytes(r, 4096);
+        let node = plan_node(&probes, 2 * fixed + 2 * ring(128 << 10), 2, 4096).unwrap();
+        assert_eq!(node.probes[0].as_ref().unwrap().ring_bytes, 128 << 10);
+        assert_eq!(node.probes[1].as_ref().unwrap().ring_bytes, 128 << 10);
+    }
+
+    #[test]
+    fn the_agents_enforce_each_namespaces_limits() {
+        // Namespace a: at most 1 probe, no uprobes, priorities up to 0,
+        // and one ring of 64 KiB with its maps.
+        let mut probes = Vec::new();
+        for (ns, name, prio, kind) in [
+            ("a", "p", 5, "syscalls"),
+            ("a", "q", 7, "uprobe"),
+            ("a", "r", 0, "syscalls"),
+            ("b", "p", 0, "uprobe"),
+        ] {
+            probes.extend(
+                plan_probeset(&syscalls(ns, name, prio, kind), &[], 4096)
+                    .unwrap()
+                    .0,
+            );
+        }
+        let fixed = ringwarden_core::maps::fixed_bytes(&probe_maps(&probes[0].spec), 2, 4096);
+        let ring = |r| ringwarden_core::maps::ringbuf_bytes(r, 4096);
+        let limits = BTreeMap::from([(
+            "a".to_owned(),
+            NamespaceLimits {
+                node_bytes: Some(fixed + ring(64 << 10)),
+                max_probes: 1,
+                uprobes: false,
+                max_priority: 0,
+            },
+        )]);
+        let node = plan_node_limited(&probes, &limits, 0, 2, 4096).unwrap();
+        let why = node.probes[1].as_ref().unwrap_err();
+        assert!(why.contains("does not allow uprobes"), "{why}");
+        assert!(why.contains(UPROBES_ANNOTATION), "{why}");
+        // p and r both count as priority 0: by ProbeSet name, p stays.
+        assert_eq!(node.probes[0].as_ref().unwrap().ring_bytes, 64 << 10);
+        let why = node.probes[2].as_ref().unwrap_err();
+        assert!(why.contains("may run 1 probes"), "{why}");
+        assert!(why.contains(MAX_PROBES_ANNOTATION), "{why}");
+        // Namespace b has the defaults: its uprobe runs with all it asks.
+        assert_eq!(node.probes[3].as_ref().unwrap().ring_bytes, 256 << 10);
+        let a = &node.plan.probesets[0];
+        assert_eq!(a.namespace_limit_bytes, Some(fixed + ring(64 << 10)));
+        assert_eq!(node.memory_bytes[0], fixed + ring(64 << 10));
     }
 
     #[test]

@@ -125,6 +125,7 @@ pub struct RingBufferSpec {
     /// `priority` first) and reports the predicted drops. A request: the
     /// platform's node budget, shared with every ProbeSet on the node, may
     /// give less (`status.plan.nodeShare`), never more.
+    /// At most 64Gi.
     #[serde(default = "default_node_budget")]
     #[schemars(length(max = MAX_QUANTITY_LEN))]
     #[schemars(extend("x-kubernetes-validations" = cel::node_budget()))]
@@ -222,26 +223,56 @@ pub struct ProbeSpec {
     /// Declared peak rate of exported events on one node, per second; sizes
     /// the ring buffer. Required (above 0) when `export.policy` is not
     /// `none`, ignored otherwise.
+    /// At most 1e8 (100 million events per second on one node).
     #[serde(default)]
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = MAX_PEAK_EVENT_RATE))]
     pub peak_event_rate: f64,
 
     /// Fraction of events to keep by in-kernel 1-in-N sampling, above 0 and
     /// at most 1; default 1 (all). The planner may lower it to meet
     /// `maxDropRate` and reports the effective value; histograms are scaled
     /// back, and SLO counts are always exact.
+    /// At least 1/1048576 (9.5367431640625e-7): the kernel keeps at least
+    /// one event in 2^20.
     #[serde(default = "default_sampling")]
-    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
+    #[schemars(range(min = MIN_SAMPLING, max = 1.0))]
     pub sampling: f64,
 
     /// When the node budget is short, the ring buffers of higher priorities
-    /// are shrunk last; default 0.
-    // Bounds stated because the API server does not enforce `format: int32`:
-    // a stored value outside them would fail to decode in the operator.
+    /// are shrunk last, from -1000 to 1000; default 0. A priority orders
+    /// probes only within the ProbeSet's namespace: across namespaces the
+    /// node budget is shared fairly, and ClusterProbeSets are served first.
+    /// A cluster administrator may lower the highest priority a namespace
+    /// may use (the Namespace's `ringwarden.dev/max-priority` annotation).
     #[serde(default)]
-    #[schemars(range(min = i32::MIN, max = i32::MAX))]
+    #[schemars(range(min = MIN_PRIORITY, max = MAX_PRIORITY))]
     pub priority: i32,
 }
+
+/// Why `peakEventRate` is bounded, as the schema and `validate` say it.
+pub const PEAK_EVENT_RATE_RULE: &str = "peakEventRate must be at most 100000000 (1e8 events \
+     per second on one node): no ring buffer one agent drains carries more; declare the real \
+     peak and lower sampling if needed";
+/// Why `priority` is bounded.
+pub const PRIORITY_RULE: &str = "priority must be from -1000 to 1000: it orders probes only \
+     within the ProbeSet's namespace (namespaces share the node budget fairly, whatever their \
+     priorities)";
+/// Why `nodeBudget` is bounded.
+pub const NODE_BUDGET_RULE: &str = "nodeBudget must be at most 64Gi: it is a request for \
+     locked kernel memory on every node the ProbeSet selects, which the platform's node budget \
+     caps further; ask for what the rings need, e.g. 64Mi";
+
+/// Highest declared `peakEventRate`: 100 million events per second on one
+/// node, far above what a ring buffer drained by one agent can carry.
+pub const MAX_PEAK_EVENT_RATE: f64 = 1e8;
+/// Lowest `sampling`: one event in 2^20, the sparsest the kernel samples.
+pub const MIN_SAMPLING: f64 = 1.0 / ringwarden_core::planner::MAX_SAMPLE_EVERY as f64;
+/// Lowest and highest `priority`.
+pub const MIN_PRIORITY: i32 = -1000;
+pub const MAX_PRIORITY: i32 = 1000;
+/// Largest `ringBuffer.nodeBudget`: 64 GiB of locked kernel memory per
+/// node, above 64 probes' largest rings (256 MiB each) and their maps.
+pub const MAX_NODE_BUDGET: u64 = 64 << 30;
 
 /// Most probes in one ProbeSet.
 pub const MAX_PROBES: usize = 64;
@@ -638,8 +669,24 @@ impl ProbeSetSpec {
                 "spec.ringBuffer.nodeBudget".into(),
                 format!("is longer than {MAX_QUANTITY_LEN} characters; use e.g. 64Mi"),
             );
-        } else if let Err(e) = ringwarden_core::quantity::parse_bytes(&rb.node_budget) {
-            err("spec.ringBuffer.nodeBudget".into(), e);
+        } else {
+            match ringwarden_core::quantity::parse_bytes(&rb.node_budget) {
+                Err(e) => err("spec.ringBuffer.nodeBudget".into(), e),
+                // More than 15 digits is refused too: the schema's rule
+                // reads the number with CEL's 64-bit int().
+                Ok(b)
+                    if b > MAX_NODE_BUDGET
+                        || rb
+                            .node_budget
+                            .bytes()
+                            .take_while(u8::is_ascii_digit)
+                            .count()
+                            > 15 =>
+                {
+                    err("spec.ringBuffer.nodeBudget".into(), NODE_BUDGET_RULE.into())
+                }
+                Ok(_) => {}
+            }
         }
         for (field, message) in crate::selector::label_map_problems(&self.node_selector) {
             err(format!("spec.nodeSelector{field}"), message);
@@ -680,12 +727,13 @@ impl ProbeSetSpec {
                     ),
                 );
             }
-            if !(p.sampling > 0.0 && p.sampling <= 1.0) {
+            if !(p.sampling >= MIN_SAMPLING && p.sampling <= 1.0) {
                 err(
                     format!("{at}.sampling"),
                     format!(
-                        "{} is not a fraction of events; use a number in (0, 1], e.g. 1 or 0.1",
-                        p.sampling
+                        "{} is not a fraction of events the kernel samples; use a number from \
+                         1/1048576 to 1, e.g. 1 or 0.1",
+                        ringwarden_core::planner::count(p.sampling)
                     ),
                 );
             }
@@ -694,6 +742,11 @@ impl ProbeSetSpec {
                     format!("{at}.peakEventRate"),
                     "must be a non-negative number of events per second, e.g. 1000".into(),
                 );
+            } else if p.peak_event_rate > MAX_PEAK_EVENT_RATE {
+                err(format!("{at}.peakEventRate"), PEAK_EVENT_RATE_RULE.into());
+            }
+            if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&p.priority) {
+                err(format!("{at}.priority"), PRIORITY_RULE.into());
             }
             match (p.export.policy, p.export.slower_than) {
                 (ExportPolicy::SlowerThan, None) => err(

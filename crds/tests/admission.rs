@@ -206,6 +206,32 @@ fn cases() -> Vec<Case> {
         valid("a decimal quantity", PS, |o| {
             set(o, "/spec/ringBuffer/nodeBudget", s("1G"))
         }),
+        valid("the largest node budgets in every unit", PS, |o| {
+            set(o, "/spec/ringBuffer/nodeBudget", s("64Gi"))
+        }),
+        valid("the largest node budget in bytes", PS, |o| {
+            set(o, "/spec/ringBuffer/nodeBudget", s("68719476736"))
+        }),
+        valid("the largest node budget in kibibytes", PS, |o| {
+            set(o, "/spec/ringBuffer/nodeBudget", s("67108864Ki"))
+        }),
+        valid(
+            "the largest node budget in mebibytes and decimal units",
+            PS,
+            |o| set(o, "/spec/ringBuffer/nodeBudget", s("65536Mi")),
+        ),
+        valid("68 gigabytes", PS, |o| {
+            set(o, "/spec/ringBuffer/nodeBudget", s("68G"))
+        }),
+        valid("zero terabytes", PS, |o| {
+            set(o, "/spec/ringBuffer/nodeBudget", s("0Ti"))
+        }),
+        valid("bounds of tenant numbers", PS, |o| {
+            set(o, "/spec/probes/0/peakEventRate", json!(1e8));
+            set(o, "/spec/probes/0/priority", json!(1000));
+            set(o, "/spec/probes/1/priority", json!(-1000));
+            set(o, "/spec/probes/0/sampling", json!(1.0 / 1048576.0));
+        }),
         valid("edge numbers", PS, |o| {
             set(o, "/spec/maxDropRate", json!(0));
             set(o, "/spec/ringBuffer/burstFactor", json!(100));
@@ -660,7 +686,7 @@ fn cases() -> Vec<Case> {
             "spec.ringBuffer.nodeBudget",
             &["nodeBudget must be a whole number of bytes"],
         ),
-        bad_schema(
+        case(
             "a padded node budget",
             PS,
             |o| {
@@ -670,7 +696,11 @@ fn cases() -> Vec<Case> {
                     s(&format!("{}64Mi", "0".repeat(29))),
                 )
             },
-            "spec.ringBuffer.nodeBudget",
+            Expect::Invalid {
+                field: "spec.ringBuffer.nodeBudget",
+                cel: &["nodeBudget must be at most 64Gi"],
+                schema: true,
+            },
         ),
         bad_cel(
             "a fractional node budget",
@@ -752,6 +782,76 @@ fn cases() -> Vec<Case> {
             "sampling above one",
             PS,
             |o| set(o, "/spec/probes/0/sampling", json!(1.5)),
+            "spec.probes[0].sampling",
+        ),
+        case(
+            "a peak rate of 1e308",
+            PS,
+            |o| set(o, "/spec/probes/0/peakEventRate", json!(1e308)),
+            Expect::Invalid {
+                field: "spec.probes[0].peakEventRate",
+                cel: &["peakEventRate must be at most 100000000"],
+                schema: true,
+            },
+        ),
+        case(
+            "the highest priority there is",
+            PS,
+            |o| set(o, "/spec/probes/0/priority", json!(2147483647)),
+            Expect::Invalid {
+                field: "spec.probes[0].priority",
+                cel: &["priority must be from -1000 to 1000"],
+                schema: true,
+            },
+        ),
+        case(
+            "a priority below the lowest",
+            PS,
+            |o| set(o, "/spec/probes/0/priority", json!(-1001)),
+            Expect::Invalid {
+                field: "spec.probes[0].priority",
+                cel: &["priority must be from -1000 to 1000"],
+                schema: true,
+            },
+        ),
+        bad_cel(
+            "a node budget of 999999Ti",
+            PS,
+            |o| set(o, "/spec/ringBuffer/nodeBudget", s("999999Ti")),
+            "spec.ringBuffer.nodeBudget",
+            &["nodeBudget must be at most 64Gi"],
+        ),
+        bad_cel(
+            "a node budget just over 64Gi in bytes",
+            PS,
+            |o| set(o, "/spec/ringBuffer/nodeBudget", s("68719476737")),
+            "spec.ringBuffer.nodeBudget",
+            &["nodeBudget must be at most 64Gi"],
+        ),
+        bad_cel(
+            "a node budget of 69G",
+            PS,
+            |o| set(o, "/spec/ringBuffer/nodeBudget", s("69G")),
+            "spec.ringBuffer.nodeBudget",
+            &["nodeBudget must be at most 64Gi"],
+        ),
+        bad_cel(
+            "a node budget of twenty digits",
+            PS,
+            |o| {
+                set(
+                    o,
+                    "/spec/ringBuffer/nodeBudget",
+                    s("00000000000000000001Ki"),
+                )
+            },
+            "spec.ringBuffer.nodeBudget",
+            &["nodeBudget must be at most 64Gi"],
+        ),
+        bad_schema(
+            "sampling sparser than the kernel samples",
+            PS,
+            |o| set(o, "/spec/probes/0/sampling", json!(1e-7)),
             "spec.probes[0].sampling",
         ),
         bad_schema(

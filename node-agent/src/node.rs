@@ -562,7 +562,7 @@ impl State {
             load: wanted,
             refused,
             planned_bytes,
-        } = share_node_budget(wanted, budget);
+        } = share_node_budget(wanted, &source.config.namespace_limits, budget);
         if let Some(m) = &self.metrics {
             m.node_budget.set(i64::try_from(budget).unwrap_or(i64::MAX));
             m.node_budget_planned

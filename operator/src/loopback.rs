@@ -200,6 +200,7 @@ impl LoopbackOperator {
             probesets: stores.probesets.state(),
             cluster_probesets: stores.cluster_probesets.state(),
             namespaces: vec![],
+            namespace_limits: Default::default(),
             nodes: stores
                 .nodes
                 .state()

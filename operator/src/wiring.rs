@@ -390,7 +390,7 @@ pub async fn serve(
         poke.clone(),
     );
     // Namespace labels decide which namespaces a ClusterProbeSet's
-    // namespaceSelector picks.
+    // namespaceSelector picks; their annotations, each namespace's limits.
     let namespaces = label_changes(
         watches
             .watch(
@@ -635,9 +635,9 @@ fn changed<K>(event: &Result<watcher::Event<K>, watcher::Error>, poke: &impl Fn(
     }
 }
 
-/// The nodes (or namespaces) whose labels changed (added, relabelled or
-/// deleted); status updates, which touch nodes every few seconds, pass no
-/// further.
+/// The nodes (or namespaces) whose labels or `ringwarden.dev/` annotations
+/// (a namespace's limits) changed, or that were added or deleted; status
+/// updates, which touch nodes every few seconds, pass no further.
 fn label_changes<K, S>(
     events: S,
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send
@@ -651,8 +651,15 @@ where
         let out = match event {
             Err(e) => Some(Err(e)),
             Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
-                let labels = n.metadata.labels.clone().unwrap_or_default();
-                (known.insert(n.name_any(), labels.clone()) != Some(labels)).then_some(Ok(n))
+                // Labels, and the `ringwarden.dev/` annotations that set a
+                // namespace's limits.
+                let mut seen = n.metadata.labels.clone().unwrap_or_default();
+                for (k, v) in n.metadata.annotations.iter().flatten() {
+                    if k.starts_with("ringwarden.dev/") {
+                        seen.insert(format!("annotation:{k}"), v.clone());
+                    }
+                }
+                (known.insert(n.name_any(), seen.clone()) != Some(seen)).then_some(Ok(n))
             }
             Ok(watcher::Event::Delete(n)) => {
                 known.remove(&n.name_any());

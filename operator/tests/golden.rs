@@ -68,6 +68,7 @@ fn world() -> World {
     World {
         cluster_probesets: vec![],
         namespaces: vec![],
+        namespace_limits: Default::default(),
         probesets: vec![
             Arc::new(probeset("shop", "web", 1, WEB)),
             Arc::new(probeset("team-b", "db", 1, DB)),

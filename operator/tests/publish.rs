@@ -66,6 +66,7 @@ fn rendered(cluster: &Cluster) -> ringwarden_crds::AgentConfig {
     let world = ringwarden_operator::world::World {
         cluster_probesets: vec![],
         namespaces: vec![],
+        namespace_limits: Default::default(),
         probesets: cluster.stores.probesets.state(),
         nodes: vec![(
             "n1".to_string(),

@@ -305,6 +305,7 @@ async fn a_spec_update_replans_and_rewrites_only_what_changed() {
     let before = rendered(&World {
         cluster_probesets: vec![],
         namespaces: vec![],
+        namespace_limits: Default::default(),
         probesets: vec![Arc::new(old.clone())],
         nodes: vec![(
             "n1".to_string(),
@@ -402,6 +403,7 @@ async fn deleting_a_probeset_removes_its_probes_from_the_agents() {
     let before = rendered(&World {
         cluster_probesets: vec![],
         namespaces: vec![],
+        namespace_limits: Default::default(),
         probesets: vec![Arc::new(web), Arc::new(db.clone())],
         nodes: vec![],
         slos: vec![],
@@ -498,6 +500,7 @@ async fn after_a_restart_objects_already_right_are_only_read() {
     let objects = rendered(&World {
         cluster_probesets: vec![],
         namespaces: vec![],
+        namespace_limits: Default::default(),
         probesets: vec![Arc::new(web)],
         nodes: vec![(
             "n1".to_string(),
@@ -536,6 +539,7 @@ async fn a_configmap_edited_by_hand_is_put_back() {
     let objects = rendered(&World {
         cluster_probesets: vec![],
         namespaces: vec![],
+        namespace_limits: Default::default(),
         probesets: vec![Arc::new(web)],
         nodes: vec![(
             "n1".to_string(),

@@ -30,6 +30,7 @@ fn world(bad_selectors: &[(&str, &str)]) -> World {
     World {
         cluster_probesets: vec![],
         namespaces: vec![],
+        namespace_limits: Default::default(),
         probesets,
         nodes: vec![(
             "n1".to_string(),

@@ -66,7 +66,7 @@ fn largest_probeset() -> ringwarden_crds::ProbeSet {
         .map(|i| {
             let name = format!("p{i:02}-{}", "x".repeat(59));
             format!(
-                "  - name: {name}\n    kind: syscalls\n    export: {{policy: all}}\n    peakEventRate: 1e9\n    priority: {}\n",
+                "  - name: {name}\n    kind: syscalls\n    export: {{policy: all}}\n    peakEventRate: 1e8\n    priority: {}\n",
                 i % 3
             )
         })

@@ -332,6 +332,7 @@ async fn every_failure_mode_leaves_no_object_healthy_and_every_row_says_why() {
             probesets: w.cluster.stores.probesets.state(),
             cluster_probesets: vec![],
             namespaces: vec![],
+            namespace_limits: Default::default(),
             nodes: vec![
                 ("node-0".into(), Default::default()),
                 ("node-1".into(), Default::default()),

@@ -3,31 +3,45 @@
 //! see [`crate::maps`]) within the one budget the platform sets.
 //!
 //! Each ProbeSet first plans its rings against its own `nodeBudget`
-//! ([`super::plan`]); that ring is its request. The node then serves
-//! priorities strictly, highest first: each gets all it asks for (maps and
-//! requested rings) from what higher priorities left. The first priority
-//! that does not fit shares what is left among its probes:
+//! ([`super::plan`]); that ring, with the probe's maps, is its request.
+//! The node then shares its budget in two levels:
+//!
+//! 1. **the platform first**: ClusterProbeSets (namespace `""`), which only
+//!    the cluster administrator who also sets the node budget can create,
+//!    are served before any namespace, among themselves by priority (below).
+//!    No namespaced ProbeSet can take their bytes, whatever it asks.
+//! 2. **namespaces, max-min fairly**: what they leave is shared among the
+//!    namespaces by water-filling over what each asks (the sum of its
+//!    probes' requests, capped by the namespace's own limit in
+//!    [`NodeInput::namespace_bytes`]): a namespace asking for less than an
+//!    equal part gets all it asks; the rest split what remains equally. A
+//!    namespace's share depends only on what the namespaces ask, never on
+//!    their priorities, names or order; what a namespace cannot use of its
+//!    share (rings are powers of two) stays unused rather than letting one
+//!    namespace's choices move another's grant.
+//!
+//! Within one group (the ClusterProbeSets, or one namespace) priorities
+//! are served strictly, highest first: each gets all it asks for from
+//! what higher priorities left. The first priority that does not fit
+//! shares what is left among its probes:
 //!
 //! 1. **admission**: each probe needs its maps and a ring of one page (or
 //!    one record) at least. While those minimums exceed what is left, one
-//!    probe is left out at a time: of the namespace holding the most on
-//!    the node, then of the ProbeSet holding the most, then the largest,
-//!    then by name. A probe left out is not loaded, and says why; the
-//!    others are unaffected.
+//!    probe is left out at a time: of the ProbeSet holding the most, then
+//!    the largest, then by name. A probe left out is not loaded, and says
+//!    why; the others are unaffected.
 //! 2. **rings**: while the admitted probes exceed what is left, one ring
-//!    is halved at a time: a ring of the namespace holding the most memory
-//!    on the node (max-min fairness: no namespace keeps more than a
-//!    squeezed one, give or take the one halving that squeezed it), the
-//!    largest first, then by name.
+//!    is halved at a time, the largest first, then by name.
 //!
-//! Lower priorities get nothing: a probe runs only if every probe of higher
-//! priority on the node got all it asked for. Then each ring gets the
+//! Lower priorities of the group get nothing. Then each ring gets the
 //! sparsest sampling its drops need, as in the ProbeSet's own plan.
 //!
-//! Priorities are compared across ProbeSets and namespaces. Pure and
-//! deterministic, independent of input order; the operator plans with it
-//! for status, and agents (and standalone mode) plan with it on the node,
-//! with its real CPU count and page size, before creating any map.
+//! So a priority orders probes only within its namespace: a tenant who
+//! writes `priority: 2147483647` outranks nobody but its own namespace's
+//! probes. Pure and deterministic, independent of input order; the
+//! operator plans with it for status, and agents (and standalone mode)
+//! plan with it on the node, with its real CPU count and page size,
+//! before creating any map.
 
 use std::{cmp::Reverse, collections::BTreeMap};
 
@@ -54,6 +68,12 @@ pub struct NodeInput {
     #[serde(default = "default_max_bytes_per_probe")]
     pub max_bytes_per_probe: u64,
     pub probesets: Vec<ProbeSetDemand>,
+    /// Most bytes the probes of a namespace may take on the node, by
+    /// namespace: the cluster administrator's limit (the Namespace's
+    /// `ringwarden.dev/node-bytes` annotation). Namespaces not listed are
+    /// limited only by their fair share; ClusterProbeSets never are.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_bytes: BTreeMap<String, u64>,
 }
 
 fn default_max_bytes_per_probe() -> u64 {
@@ -108,6 +128,14 @@ pub struct ProbeSetShare {
     /// own they are in.
     pub other_probesets: u32,
     pub other_namespaces: u32,
+    /// What the node plan gives its namespace as a whole: its fair share
+    /// of what the ClusterProbeSets leave (capped by the namespace's
+    /// limit), or, for a ClusterProbeSet, the whole node budget.
+    pub namespace_share_bytes: u64,
+    /// The namespace's limit ([`NodeInput::namespace_bytes`]) when it is
+    /// what caps the namespace's share: the namespace asks for more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_limit_bytes: Option<u64>,
     /// One per input probe, in input order.
     pub probes: Vec<ProbeShare>,
 }
@@ -236,47 +264,51 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
         )
     };
     let budget = u128::from(input.node_budget_bytes);
-
-    // Strict priority: each priority, highest first, gets what it asks
-    // for from what the higher ones left; the first that does not fit is
-    // shared among its probes, and lower priorities get nothing.
     let minimum = |it: &Item| it.fixed + ring_cost(it.floor);
     let cost = |it: &Item| it.fixed + ring_cost(it.ring);
-    let mut ns_use: BTreeMap<&str, u128> = BTreeMap::new();
+
+    // The groups: ClusterProbeSets (namespace "") and each namespace.
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, it) in items.iter().enumerate() {
+        groups.entry(key(it).0).or_default().push(i);
+    }
+    // What each group asks: its runnable probes with their requested rings.
+    let asks: BTreeMap<&str, u128> = groups
+        .iter()
+        .map(|(&ns, members)| {
+            let asked = members
+                .iter()
+                .filter(|&&i| items[i].admitted)
+                .map(|&i| u128::from(cost(&items[i])))
+                .sum();
+            (ns, asked)
+        })
+        .collect();
+    // 1. The platform's ClusterProbeSets, first, from the whole budget.
     let mut used: u128 = 0;
-    let mut priorities: Vec<i32> = items.iter().map(|it| it.priority).collect();
-    priorities.sort_unstable_by_key(|&p| Reverse(p));
-    priorities.dedup();
-    let mut squeezed_at = None;
-    for priority in priorities {
-        let tier: Vec<usize> = (0..items.len())
-            .filter(|&i| items[i].priority == priority && items[i].admitted)
-            .collect();
-        if squeezed_at.is_some() {
-            for &i in &tier {
-                items[i].admitted = false;
-                items[i].outranked = true;
-            }
-            continue;
-        }
-        let asked: u128 = tier.iter().map(|&i| u128::from(cost(&items[i]))).sum();
-        if used + asked > budget {
-            squeezed_at = Some(priority);
-            squeeze(
-                &mut items,
-                &tier,
-                budget - used,
-                &ns_use,
-                &key,
-                &minimum,
-                &cost,
-            );
-        }
-        for &i in tier.iter().filter(|&&i| items[i].admitted) {
-            let c = u128::from(cost(&items[i]));
-            *ns_use.entry(key(&items[i]).0).or_default() += c;
-            used += c;
-        }
+    let mut shares: BTreeMap<&str, u128> = BTreeMap::new();
+    if let Some(members) = groups.get("") {
+        used += serve(&mut items, members, budget, &key, &minimum, &cost);
+        shares.insert("", budget);
+    }
+    // 2. Namespaces, max-min fairly, each within its limit.
+    let limits: BTreeMap<&str, u128> = groups
+        .keys()
+        .filter(|ns| !ns.is_empty())
+        .filter_map(|&ns| {
+            let limit = input.namespace_bytes.get(ns)?;
+            Some((ns, u128::from(*limit)))
+        })
+        .collect();
+    let wants: BTreeMap<&str, u128> = asks
+        .iter()
+        .filter(|(ns, _)| !ns.is_empty())
+        .map(|(&ns, &asked)| (ns, limits.get(ns).map_or(asked, |&l| asked.min(l))))
+        .collect();
+    let fair = water_fill(budget - used, &wants);
+    for (&ns, &share) in &fair {
+        used += serve(&mut items, &groups[ns], share, &key, &minimum, &cost);
+        shares.insert(ns, share);
     }
 
     // 3. Sampling and reasons, per ProbeSet.
@@ -285,36 +317,68 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
             *m.entry(ps.namespace.as_str()).or_default() += 1;
             m
         });
-    let mut shares: Vec<ProbeSetShare> = input
+    let clamp = |n: u128| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut out: Vec<ProbeSetShare> = input
         .probesets
         .iter()
-        .map(|ps| ProbeSetShare {
-            namespace: ps.namespace.clone(),
-            name: ps.name.clone(),
-            requested_bytes: 0,
-            granted_bytes: 0,
-            other_probesets: input.probesets.len() as u32 - 1,
-            other_namespaces: namespaces.len() as u32 - 1,
-            probes: Vec::new(),
+        .map(|ps| {
+            let ns = ps.namespace.as_str();
+            let limited = limits.get(ns).filter(|&&l| asks[ns] > l);
+            ProbeSetShare {
+                namespace: ps.namespace.clone(),
+                name: ps.name.clone(),
+                requested_bytes: 0,
+                granted_bytes: 0,
+                other_probesets: input.probesets.len() as u32 - 1,
+                other_namespaces: namespaces.len() as u32 - 1,
+                namespace_share_bytes: clamp(shares[ns]),
+                namespace_limit_bytes: limited.map(|&l| clamp(l)),
+                probes: Vec::new(),
+            }
         })
         .collect();
     for (it, draft) in items.iter().zip(drafts) {
         let ps = &input.probesets[it.ps];
         let p = &ps.probes[it.probe];
-        let share = &mut shares[it.ps];
+        let share = &mut out[it.ps];
         let requested = it.fixed + ring_cost(it.request.max(page));
         let mut draft = draft.expect("one draft per item");
         let mut cuts = Vec::new();
         if it.request > 0 && it.request < draft.ring {
             cuts.push(format!("cut to {} by nodeBudget", bytes(it.request as f64)));
         }
+        // What this probe's group had to fit in.
+        let room = if ps.namespace.is_empty() {
+            format!(
+                "the node budget of {} {} (ClusterProbeSets are served first)",
+                bytes(input.node_budget_bytes as f64),
+                share.sharing(),
+            )
+        } else {
+            let capped = match share.namespace_limit_bytes {
+                Some(l) if u128::from(l) == shares[ps.namespace.as_str()] => {
+                    format!(", capped by the namespace's limit of {}", bytes(l as f64))
+                }
+                _ => String::new(),
+            };
+            format!(
+                "namespace {}'s share of the node budget, {} of {} {}{capped} (namespaces share fairly what ClusterProbeSets leave)",
+                ps.namespace,
+                bytes(share.namespace_share_bytes as f64),
+                bytes(input.node_budget_bytes as f64),
+                share.sharing(),
+            )
+        };
+        let within = if ps.namespace.is_empty() {
+            "among ClusterProbeSets".to_owned()
+        } else {
+            format!("within namespace {}", ps.namespace)
+        };
         let plan = if it.admitted {
             if it.halvings > 0 {
                 cuts.push(format!(
-                    "halved {} more to fit the node budget of {} {} (priority {}; higher priorities are served first, then rings of the namespaces holding the most, larger first, are halved)",
+                    "halved {} more to fit {room} (priority {}; {within}, higher priorities are served first, then larger rings are halved)",
                     times(it.halvings),
-                    bytes(input.node_budget_bytes as f64),
-                    share.sharing(),
                     it.priority
                 ));
             }
@@ -324,16 +388,12 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
             let why = match &it.error {
                 Some(e) => format!("not loaded: {e}"),
                 None if it.outranked => format!(
-                    "not loaded: the node budget of {} does not hold all probes of higher priority than its {} {}",
-                    bytes(input.node_budget_bytes as f64),
+                    "not loaded: {room} does not hold all probes of higher priority than its {} {within}",
                     it.priority,
-                    share.sharing(),
                 ),
                 None => format!(
-                    "not loaded: its maps take {} even with the smallest ring, more than the node budget of {} has left {} (priority {}; higher priorities are served first, then probes of the namespaces holding the most give way)",
+                    "not loaded: its maps take {} even with the smallest ring, more than {room} has left (priority {}; {within}, higher priorities are served first, then probes of the ProbeSet holding the most give way)",
                     bytes(minimum(it) as f64),
-                    bytes(input.node_budget_bytes as f64),
-                    share.sharing(),
                     it.priority
                 ),
             };
@@ -367,40 +427,99 @@ pub fn plan_node(input: &NodeInput) -> Result<NodePlan, PlanError> {
         used_bytes: u64::try_from(used).expect("used fits the u64 budget"),
         cpus: input.cpus,
         page_size: page,
-        probesets: shares,
+        probesets: out,
     })
 }
 
-/// Fits the probes `tier` (of one priority) into `room` bytes, with the
-/// bytes each namespace holds at higher priorities in `held`: first leaves
-/// out probes whose smallest form does not fit, from the namespace holding
-/// the most, then halves rings, from the namespace holding the most.
-#[allow(clippy::too_many_arguments)]
+/// Max-min fair shares of `room` for what each asks in `wants`: whoever
+/// asks for no more than an equal part of what is left gets all it asks
+/// (smallest first); the others split the rest equally (rounded down).
+/// Depends only on the amounts, not on the names.
+pub fn water_fill<'a>(room: u128, wants: &BTreeMap<&'a str, u128>) -> BTreeMap<&'a str, u128> {
+    let mut order: Vec<(&str, u128)> = wants.iter().map(|(&k, &v)| (k, v)).collect();
+    order.sort_by_key(|&(name, want)| (want, name));
+    let mut left = room;
+    let mut shares = BTreeMap::new();
+    let mut rest = order.len();
+    for &(name, want) in &order {
+        if want.saturating_mul(rest as u128) > left {
+            break;
+        }
+        shares.insert(name, want);
+        left -= want;
+        rest -= 1;
+    }
+    if rest > 0 {
+        let equal = left / rest as u128;
+        for &(name, _) in &order[order.len() - rest..] {
+            shares.insert(name, equal);
+        }
+    }
+    shares
+}
+
+/// Serves the probes `members` of one group (the ClusterProbeSets, or one
+/// namespace) from `room` bytes, priorities strictly, highest first: each
+/// gets what it asks from what higher ones left; the first that does not
+/// fit is squeezed ([`squeeze`]); lower ones get nothing. Returns the
+/// bytes taken.
+fn serve<'a>(
+    items: &mut [Item],
+    members: &[usize],
+    room: u128,
+    key: &dyn Fn(&Item) -> (&'a str, &'a str, &'a str),
+    minimum: &dyn Fn(&Item) -> u64,
+    cost: &dyn Fn(&Item) -> u64,
+) -> u128 {
+    let mut priorities: Vec<i32> = members.iter().map(|&i| items[i].priority).collect();
+    priorities.sort_unstable_by_key(|&p| Reverse(p));
+    priorities.dedup();
+    let mut used: u128 = 0;
+    let mut squeezed = false;
+    for priority in priorities {
+        let tier: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| items[i].priority == priority && items[i].admitted)
+            .collect();
+        if squeezed {
+            for &i in &tier {
+                items[i].admitted = false;
+                items[i].outranked = true;
+            }
+            continue;
+        }
+        let asked: u128 = tier.iter().map(|&i| u128::from(cost(&items[i]))).sum();
+        if used + asked > room {
+            squeezed = true;
+            squeeze(items, &tier, room - used, key, minimum, cost);
+        }
+        used += tier
+            .iter()
+            .filter(|&&i| items[i].admitted)
+            .map(|&i| u128::from(cost(&items[i])))
+            .sum::<u128>();
+    }
+    used
+}
+
+/// Fits the probes `tier` (of one priority, in one group) into `room`
+/// bytes: first leaves out probes whose smallest form does not fit, from
+/// the ProbeSet holding the most, then halves rings, largest first.
 fn squeeze<'a>(
     items: &mut [Item],
     tier: &[usize],
     room: u128,
-    held: &BTreeMap<&'a str, u128>,
     key: &dyn Fn(&Item) -> (&'a str, &'a str, &'a str),
     minimum: &dyn Fn(&Item) -> u64,
     cost: &dyn Fn(&Item) -> u64,
 ) {
-    let usage = |items: &[Item], f: &dyn Fn(&Item) -> u64| {
-        let mut by_ns: BTreeMap<&str, u128> = held.clone();
-        let mut by_ps: BTreeMap<usize, u128> = BTreeMap::new();
-        for &i in tier.iter().filter(|&&i| items[i].admitted) {
-            *by_ns.entry(key(&items[i]).0).or_default() += u128::from(f(&items[i]));
-            *by_ps.entry(items[i].ps).or_default() += u128::from(f(&items[i]));
-        }
-        (by_ns, by_ps)
-    };
     // Admission: each probe's maps and smallest ring.
-    let (mut ns_min, mut ps_min) = usage(items, minimum);
-    let mut total: u128 = tier
-        .iter()
-        .filter(|&&i| items[i].admitted)
-        .map(|&i| u128::from(minimum(&items[i])))
-        .sum();
+    let mut ps_min: BTreeMap<usize, u128> = BTreeMap::new();
+    for &i in tier.iter().filter(|&&i| items[i].admitted) {
+        *ps_min.entry(items[i].ps).or_default() += u128::from(minimum(&items[i]));
+    }
+    let mut total: u128 = ps_min.values().sum();
     while total > room {
         let victim = tier
             .iter()
@@ -410,7 +529,6 @@ fn squeeze<'a>(
                 let it = &items[i];
                 let (ns, ps, name) = key(it);
                 (
-                    Reverse(ns_min[ns]),
                     Reverse(ps_min[&it.ps]),
                     Reverse(minimum(it)),
                     ns,
@@ -422,12 +540,10 @@ fn squeeze<'a>(
             .expect("an over-budget priority has admitted probes");
         let c = u128::from(minimum(&items[victim]));
         items[victim].admitted = false;
-        *ns_min.get_mut(key(&items[victim]).0).expect("counted") -= c;
         *ps_min.get_mut(&items[victim].ps).expect("counted") -= c;
         total -= c;
     }
-    // Rings, halved from the namespace holding the most, largest first.
-    let (mut ns_use, _) = usage(items, cost);
+    // Rings, halved largest first.
     let mut used: u128 = tier
         .iter()
         .filter(|&&i| items[i].admitted)
@@ -441,15 +557,13 @@ fn squeeze<'a>(
             .min_by_key(|&i| {
                 let it = &items[i];
                 let (ns, ps, name) = key(it);
-                (Reverse(ns_use[ns]), Reverse(it.ring), ns, ps, name, i)
+                (Reverse(it.ring), ns, ps, name, i)
             })
             .expect("the admitted minimums fit, so some ring is above its floor");
         let before = cost(&items[victim]);
         items[victim].ring /= 2;
         items[victim].halvings += 1;
-        let freed = u128::from(before - cost(&items[victim]));
-        *ns_use.get_mut(key(&items[victim]).0).expect("counted") -= freed;
-        used -= freed;
+        used -= u128::from(before - cost(&items[victim]));
     }
 }
 

@@ -187,6 +187,41 @@ fn a_ring_the_budget_squeezes_predicts_the_drop_at_the_agents_drain_period() {
 }
 
 #[test]
+fn numbers_in_reasons_are_short_whatever_a_tenant_declares() {
+    // (value, as printed)
+    let counts = [
+        (12.345, "12.35"),
+        (999_999.0, "999999"),
+        (2_500_000.0, "2.5M"),
+        (3e9, "3G"),
+        (4.2e13, "42T"),
+        (1e308, "1e308"),
+        (f64::INFINITY, "infinite"),
+    ];
+    for (v, printed) in counts {
+        assert_eq!(count(v), printed, "{v}");
+    }
+    let sizes = [
+        (1536.0, "1.5 KiB"),
+        (3.0 * (1u64 << 50) as f64, "3 PiB"),
+        (1e308, "over 16 EiB"),
+        (f64::INFINITY, "over 16 EiB"),
+    ];
+    for (v, printed) in sizes {
+        assert_eq!(bytes(v), printed, "{v}");
+    }
+    // A declared rate of 1e308 (the planner's own input allows any finite
+    // rate) plans, and says so in a few words.
+    let p = only(&input(u64::MAX, vec![probe("p", 1e308, 0)]));
+    for r in &p.reasons {
+        assert!(
+            r.len() < 300 && !r.contains("inf ") && !r.contains("00000000"),
+            "{r}"
+        );
+    }
+}
+
+#[test]
 fn the_reasons_show_the_arithmetic() {
     let p = only(&input(u64::MAX, vec![probe("p", 10_000.0, 0)]));
     assert_eq!(

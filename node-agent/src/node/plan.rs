@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ringwarden_crds::{AgentConfig, AgentProbe};
+use ringwarden_crds::{AgentConfig, AgentProbe, agent::NamespaceLimits};
 
 /// Why a ProbeSet's probe with `filter.cgroups` does not load: cgroup
 /// paths name the node's cgroups, the host's and other tenants' included.
@@ -65,16 +65,21 @@ pub struct Shared {
     pub planned_bytes: u64,
 }
 
-/// Applies the node budget to the probes this node runs
-/// ([`ringwarden_crds::plan::plan_node`]) with the node's possible CPUs and
+/// Applies the node budget to the probes this node runs, within each
+/// namespace's `limits` ([`ringwarden_crds::plan::plan_node_limited`]), with the node's possible CPUs and
 /// page size. Without the node's CPU count every probe is refused: loading
 /// unplanned maps could take the memory the plan gave others.
-pub fn share_node_budget(wanted: Vec<AgentProbe>, node_budget_bytes: u64) -> Shared {
+pub fn share_node_budget(
+    wanted: Vec<AgentProbe>,
+    limits: &BTreeMap<String, NamespaceLimits>,
+    node_budget_bytes: u64,
+) -> Shared {
     let planned = crate::probes::possible_cpus()
         .map_err(|e| e.to_string())
         .and_then(|cpus| {
-            ringwarden_crds::plan::plan_node(
+            ringwarden_crds::plan::plan_node_limited(
                 &wanted,
+                limits,
                 node_budget_bytes,
                 cpus,
                 crate::probes::page_size().into(),

@@ -137,12 +137,12 @@ fn the_node_budget_decides_what_loads_before_any_map_is_made() {
     );
     // No node budget (a configuration from before it): everything loads
     // as its ProbeSet planned it.
-    let all = share_node_budget(c.probes.clone(), 0);
+    let all = share_node_budget(c.probes.clone(), &c.namespace_limits, 0);
     assert_eq!(all.load, c.probes);
     assert!(all.refused.is_empty());
     assert!(all.planned_bytes > 2 * 4096, "maps and rings");
     // One byte: nothing fits, and each says why.
-    let none = share_node_budget(c.probes.clone(), 1);
+    let none = share_node_budget(c.probes.clone(), &c.namespace_limits, 1);
     assert!(none.load.is_empty());
     assert_eq!(none.planned_bytes, 0);
     assert_eq!(none.refused.len(), 2);
@@ -152,5 +152,43 @@ fn the_node_budget_decides_what_loads_before_any_map_is_made() {
             .iter()
             .all(|(_, why)| why.starts_with("not loaded: ")),
         "{refused:?}"
+    );
+}
+
+#[test]
+fn the_agent_enforces_the_namespace_limits_its_configuration_carries() {
+    // Namespace a may not use uprobes and may run one probe; b has the
+    // defaults. The agent applies them whatever the probes ask.
+    let c = config(
+        "namespaceLimits: {a: {maxProbes: 1, uprobes: false}}\n\
+         probes:\n\
+         - {namespace: a, probeset: p, spec: {name: sys, kind: syscalls}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n\
+         - {namespace: a, probeset: p, spec: {name: rq, kind: runqueue}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n\
+         - {namespace: a, probeset: u, spec: {name: fn, kind: uprobe, uprobe: {binary: /usr/bin/app, symbol: main}}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n\
+         - {namespace: b, probeset: q, spec: {name: sys, kind: syscalls}, ringBytes: 4096, sampleEvery: 1, reportInterval: 1s}\n",
+    );
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    let shared = share_node_budget(c.probes.clone(), &c.namespace_limits, 0);
+    let loaded: Vec<(&str, &str)> = shared
+        .load
+        .iter()
+        .map(|p| (p.namespace.as_str(), p.spec.name.as_str()))
+        .collect();
+    assert_eq!(loaded, [("a", "rq"), ("b", "sys")]);
+    let refused: Vec<(&str, &str)> = shared
+        .refused
+        .iter()
+        .map(|(p, why)| (p.spec.name.as_str(), why.as_str()))
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .any(|(n, why)| *n == "fn" && why.contains("does not allow uprobes"))
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|(n, why)| *n == "sys" && why.contains("may run 1 probes"))
     );
 }

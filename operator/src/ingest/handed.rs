@@ -314,6 +314,7 @@ mod tests {
     #[test]
     fn a_node_may_report_only_the_probes_and_thresholds_its_labels_select() {
         let config = AgentConfig {
+            namespace_limits: Default::default(),
             probes: vec![
                 probe("all", &[], 1_000),
                 probe("gpu", &[("gpu", "1")], 1_000),
@@ -343,10 +344,12 @@ mod tests {
     #[test]
     fn the_previous_configuration_counts_for_a_grace_period() {
         let before = AgentConfig {
+            namespace_limits: Default::default(),
             probes: vec![probe("all", &[], 1_000)],
             node_budget_bytes: 8192,
         };
         let after = AgentConfig {
+            namespace_limits: Default::default(),
             probes: vec![probe("all", &[], 2_000)],
             node_budget_bytes: 8192,
         };

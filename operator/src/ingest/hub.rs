@@ -54,8 +54,16 @@ pub struct NodeConfig {
 /// The configuration for a node with `labels`: the probes whose node
 /// selector matches, everything else as rendered for the ConfigMap.
 pub fn node_config(config: &AgentConfig, labels: &Labels) -> NodeConfig {
+    let probes: Vec<_> = selected(config, labels).cloned().collect();
     let mine = AgentConfig {
-        probes: selected(config, labels).cloned().collect(),
+        // The limits of the namespaces whose probes the node runs.
+        namespace_limits: config
+            .namespace_limits
+            .iter()
+            .filter(|(ns, _)| probes.iter().any(|p| &p.namespace == *ns))
+            .map(|(ns, l)| (ns.clone(), l.clone()))
+            .collect(),
+        probes,
         node_budget_bytes: config.node_budget_bytes,
     };
     let json = serde_json::to_string(&mine).expect("an AgentConfig serializes to JSON");
@@ -549,6 +557,7 @@ mod tests {
     #[test]
     fn a_node_gets_the_probes_its_labels_select_with_threshold_ids() {
         let config = AgentConfig {
+            namespace_limits: Default::default(),
             probes: vec![
                 probe("all", &[], None),
                 probe("gpu", &[("gpu", "true")], Some("shop/fast")),
@@ -625,6 +634,7 @@ mod tests {
         ps.metadata.namespace = Some("shop".into());
         // The uprobe was left out of the configuration.
         let config = AgentConfig {
+            namespace_limits: Default::default(),
             probes: vec![probe("sys", &[], None)],
             node_budget_bytes: 4096,
         };

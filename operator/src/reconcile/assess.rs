@@ -12,7 +12,10 @@ use ringwarden_core::{
     planner::{self, Plan, PlanError, PlanInput},
     quantity::{format_bytes, parse_bytes},
 };
-use ringwarden_crds::{ClusterProbeSet, ProbeSet, Threshold, agent::MAX_THRESHOLDS};
+use ringwarden_crds::{
+    ClusterProbeSet, ProbeSet, Threshold,
+    agent::{MAX_THRESHOLDS, NamespaceLimits},
+};
 
 use crate::slo::SloTarget;
 
@@ -46,6 +49,16 @@ pub struct Planned {
     /// Probes the budget or the per-probe cap made smaller or sparser than
     /// declared, one line each; empty when every probe got what it needs.
     pub constrained: Vec<String>,
+    /// The limits of its namespace, when the cluster administrator set any
+    /// (see [`crate::world::World::namespace_limits`]); `None` for the
+    /// defaults and for ClusterProbeSets.
+    pub namespace_limits: Option<NamespaceLimits>,
+    /// How its namespace's limits bind it, one line each, naming the limit
+    /// and its annotation; empty when they do not.
+    pub limited: Vec<String>,
+    /// Per probe, in `spec.probes` order: left out by its namespace's
+    /// limits (no uprobes, too many probes), so rendered for no agent.
+    pub excluded: Vec<bool>,
 }
 
 impl Assessment {
@@ -251,7 +264,10 @@ fn assess_with(ps: &ProbeSet, slos: &[SloTarget], cluster: Option<&ClusterProbeS
         plan,
         thresholds,
         max_drop_rates,
+        excluded: vec![false; spec.probes.len()],
         constrained,
+        namespace_limits: None,
+        limited: Vec::new(),
     })
 }
 

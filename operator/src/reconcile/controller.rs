@@ -198,6 +198,16 @@ impl Context {
                 .collect(),
             slos: self.slos(),
             node_selector_labels: self.agent.node_selector_labels,
+            namespace_limits: self
+                .stores
+                .namespaces
+                .state()
+                .iter()
+                .filter_map(|n| {
+                    let annotations = n.metadata.annotations.as_ref()?;
+                    limits_of(annotations).map(|l| (n.metadata.name.clone().unwrap_or_default(), l))
+                })
+                .collect(),
         }
     }
 
@@ -684,4 +694,29 @@ impl StoredKind {
                 .map(drop),
         }
     }
+}
+
+/// The limits a Namespace's annotations set, or `None` when it has no
+/// `ringwarden.dev/*` limit annotation (the defaults apply). An annotation
+/// that cannot be read takes its strictest value and is logged.
+pub fn limits_of(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Option<ringwarden_crds::agent::NamespaceLimits> {
+    use ringwarden_crds::agent::{
+        MAX_PRIORITY_ANNOTATION, MAX_PROBES_ANNOTATION, NODE_BYTES_ANNOTATION, UPROBES_ANNOTATION,
+    };
+    let keys = [
+        NODE_BYTES_ANNOTATION,
+        MAX_PROBES_ANNOTATION,
+        UPROBES_ANNOTATION,
+        MAX_PRIORITY_ANNOTATION,
+    ];
+    if !keys.iter().any(|k| annotations.contains_key(*k)) {
+        return None;
+    }
+    let (limits, problems) = ringwarden_crds::agent::NamespaceLimits::from_annotations(annotations);
+    for problem in problems {
+        tracing::warn!(%problem, "a namespace limit annotation is malformed; its strictest value applies");
+    }
+    Some(limits)
 }

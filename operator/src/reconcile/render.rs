@@ -158,21 +158,29 @@ pub fn agent_objects(
 /// One configuration for all agents: every probe of every valid ProbeSet
 /// with its own plan and node selector, and the node budget
 /// (`node_budget_bytes`, 0 for none) each agent shares among the probes
-/// its node matches. Invalid ProbeSets are left out.
+/// its node matches, within the limits of each namespace that has any.
+/// Invalid ProbeSets, and probes their namespace's limits leave out, are
+/// left out.
 pub fn agent_config(assessed: &[Assessed], node_budget_bytes: u64) -> AgentConfig {
     let planned: Vec<_> = assessed
         .iter()
         .filter_map(|a| a.assessment.planned().map(|p| (a, p)))
         .collect();
     let mut probes = Vec::new();
+    let mut namespace_limits = BTreeMap::new();
     for (a, p) in &planned {
         let spec = &a.probeset.spec;
-        for (((probe, plan), thresholds), &max_drop_rate) in spec
+        if let Some(limits) = &p.namespace_limits {
+            namespace_limits.insert(a.namespace.clone(), limits.clone());
+        }
+        for ((((probe, plan), thresholds), &max_drop_rate), _) in spec
             .probes
             .iter()
             .zip(&p.plan.probes)
             .zip(&p.thresholds)
             .zip(&p.max_drop_rates)
+            .zip(&p.excluded)
+            .filter(|(_, excluded)| !**excluded)
         {
             probes.push(AgentProbe {
                 namespace: a.namespace.clone(),
@@ -200,6 +208,7 @@ pub fn agent_config(assessed: &[Assessed], node_budget_bytes: u64) -> AgentConfi
     AgentConfig {
         probes,
         node_budget_bytes,
+        namespace_limits,
     }
 }
 

@@ -77,9 +77,13 @@ pub fn node_shares(
                 })
                 .cloned()
                 .collect();
-            let Ok(plan) =
-                ringwarden_crds::plan::plan_node(&probes, node_budget_bytes, cpus, PLAN_PAGE_SIZE)
-            else {
+            let Ok(plan) = ringwarden_crds::plan::plan_node_limited(
+                &probes,
+                &config.namespace_limits,
+                node_budget_bytes,
+                cpus,
+                PLAN_PAGE_SIZE,
+            ) else {
                 continue;
             };
             // The class by its members, to break ties whatever the input order.
@@ -201,10 +205,11 @@ mod tests {
     #[test]
     fn each_probeset_is_shown_on_the_node_where_it_gets_least() {
         // "all" runs on both pools; on db nodes it shares with a
-        // higher-priority ProbeSet, which takes the ring bytes first.
+        // higher-priority ProbeSet of its namespace, which takes the ring
+        // bytes first.
         let assessed = vec![
             probeset("a", "all", None, 0),
-            probeset("b", "db", Some("db"), 1),
+            probeset("a", "db", Some("db"), 1),
         ];
         let fixed = fixed_bytes(&probe_maps(&assessed[0].probeset.spec.probes[0]), 2, 4096);
         let budget = 2 * fixed + ringbuf_bytes(256 << 10, 4096) + ringbuf_bytes(16 << 10, 4096);
@@ -215,13 +220,13 @@ mod tests {
         assert!(all.share.constrained());
         assert_eq!(
             (all.share.other_probesets, all.share.other_namespaces),
-            (1, 1)
+            (1, 0)
         );
-        assert!(!shares["b/db"].share.constrained());
+        assert!(!shares["a/db"].share.constrained());
         // Without db nodes, "all" runs alone and gets all it asks for.
         let alone = node_shares(&assessed, &[(&web, Some(2))], budget);
         assert!(!alone["a/all"].share.constrained());
-        assert!(!alone.contains_key("b/db"));
+        assert!(!alone.contains_key("a/db"));
     }
 
     #[test]

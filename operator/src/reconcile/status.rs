@@ -112,6 +112,12 @@ pub mod reason {
     /// The platform's node budget, shared with other ProbeSets on a node,
     /// gives the ProbeSet less than its own plan asks for.
     pub const NODE_BUDGET_SHORT: &str = "NodeBudgetShort";
+    /// QuotaConstrained: a limit the cluster administrator set on the
+    /// ProbeSet's namespace (a `ringwarden.dev/*` annotation on the
+    /// Namespace) leaves out probes, lowers a priority, or caps the bytes
+    /// its namespace gets on a node; the message names the limit and the
+    /// annotation.
+    pub const NAMESPACE_LIMIT: &str = "NamespaceLimit";
     pub const WITHIN_BUDGET: &str = "WithinBudget";
     /// `Degraded` is False: every node selected runs every probe.
     pub const NODES_HEALTHY: &str = "NodesHealthy";
@@ -273,20 +279,47 @@ pub fn desired(
             let shared = share
                 .filter(|s| s.share.constrained())
                 .map(node_budget_message);
-            conditions.push(match (shared, own) {
-                (None, None) => cond(
+            let mut limited = planned.limited.clone();
+            if let Some(s) = share.filter(|s| s.share.constrained())
+                && let Some(limit) = s.share.namespace_limit_bytes
+            {
+                limited.push(format!(
+                    "namespace {} may take {} per node (the Namespace's annotation {})",
+                    s.share.namespace,
+                    format_bytes(limit),
+                    ringwarden_crds::agent::NODE_BYTES_ANNOTATION
+                ));
+            }
+            let by_limit = (!limited.is_empty()).then(|| {
+                let mut message = format!("namespace limits: {}", limited.join("; "));
+                if let Some(shared) = &shared {
+                    message = format!("{message}. And {shared}");
+                }
+                if let Some(own) = &own {
+                    message = format!("{message}. And {own}");
+                }
+                message
+            });
+            conditions.push(match (by_limit, shared, own) {
+                (Some(by_limit), _, _) => cond(
+                    condition::QUOTA_CONSTRAINED,
+                    true,
+                    reason::NAMESPACE_LIMIT,
+                    by_limit,
+                ),
+                (None, None, None) => cond(
                     condition::QUOTA_CONSTRAINED,
                     false,
                     reason::WITHIN_BUDGET,
                     "every probe gets the ring buffer its declared rate needs".into(),
                 ),
-                (None, Some(own)) => cond(
+                (None, None, Some(own)) => cond(
                     condition::QUOTA_CONSTRAINED,
                     true,
                     reason::BUDGET_SHORT,
                     own,
                 ),
-                (Some(shared), own) => cond(
+                (None, Some(shared), own) => cond(
                     condition::QUOTA_CONSTRAINED,
                     true,
                     reason::NODE_BUDGET_SHORT,
@@ -723,10 +756,10 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
     if let Some((status, why, message)) = find(Some(after), condition::QUOTA_CONSTRAINED) {
         let before = was(condition::QUOTA_CONSTRAINED).map(|(s, _)| s);
         if status == "True" && before.as_deref() != Some("True") {
-            let reason = if why == reason::NODE_BUDGET_SHORT {
-                reason::NODE_BUDGET_SHORT
-            } else {
-                reason::BUDGET_SHORT
+            let reason = match why.as_str() {
+                reason::NODE_BUDGET_SHORT => reason::NODE_BUDGET_SHORT,
+                reason::NAMESPACE_LIMIT => reason::NAMESPACE_LIMIT,
+                _ => reason::BUDGET_SHORT,
             };
             notice(true, reason, &message);
         }

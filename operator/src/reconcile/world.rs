@@ -14,7 +14,11 @@ use std::{
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
-use ringwarden_crds::{ClusterProbeSet, ProbeSet};
+use ringwarden_core::planner::node::water_fill;
+use ringwarden_crds::{
+    ClusterProbeSet, ProbeSet,
+    agent::{MAX_PRIORITY_ANNOTATION, MAX_PROBES_ANNOTATION, NamespaceLimits, UPROBES_ANNOTATION},
+};
 
 use crate::{
     assess::{Assessment, assess, config_bytes},
@@ -42,6 +46,10 @@ pub struct World {
     pub slos: Vec<SloTarget>,
     /// Which node labels a `nodeSelector` may name.
     pub node_selector_labels: NodeSelectorLabels,
+    /// What the cluster administrator allows each namespace that has any
+    /// `ringwarden.dev/*` limit annotation ([`NamespaceLimits`]); the
+    /// others have [`NamespaceLimits::default`].
+    pub namespace_limits: BTreeMap<String, NamespaceLimits>,
 }
 
 /// A ProbeSet with its outcome.
@@ -93,7 +101,8 @@ impl World {
                     a
                 }),
         );
-        crowd_out(&mut all);
+        apply_limits(&mut all, &self.namespace_limits);
+        crowd_out(&mut all, &self.nodes);
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         all
     }
@@ -161,36 +170,160 @@ pub fn scope_namespaces(
     Ok(Some(names))
 }
 
+/// Applies each namespace's limits ([`NamespaceLimits`]) to its planned
+/// ProbeSets: probes using uprobes where uprobes are not allowed, and
+/// probes past `maxProbes` (counted over the namespace's ProbeSets, by
+/// priority, capped at `maxPriority`, then ProbeSet and probe name) are
+/// left out of the agents' configuration, and a priority above
+/// `maxPriority` counts as it (the agents apply the same limits). Each
+/// binding limit is a line of the ProbeSet's `limited`, naming the
+/// annotation. ClusterProbeSets have no limits.
+fn apply_limits(all: &mut [Assessed], limits: &BTreeMap<String, NamespaceLimits>) {
+    let default = NamespaceLimits::default();
+    let mut by_namespace: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    for (ai, a) in all.iter_mut().enumerate() {
+        if a.namespace.is_empty() {
+            continue;
+        }
+        let set = limits.get(&a.namespace);
+        let limit = set.unwrap_or(&default);
+        let Assessment::Planned(planned) = &mut a.assessment else {
+            continue;
+        };
+        planned.namespace_limits = set.cloned();
+        for (i, probe) in a.probeset.spec.probes.iter().enumerate() {
+            if probe.kind.uses_uprobes() && !limit.uprobes {
+                planned.excluded[i] = true;
+                planned.limited.push(format!(
+                    "{}: not run, namespace {} does not allow uprobes (the Namespace's \
+                     annotation {UPROBES_ANNOTATION} is not \"true\")",
+                    probe.name, a.namespace
+                ));
+                continue;
+            }
+            if probe.priority > limit.max_priority {
+                planned.limited.push(format!(
+                    "{}: priority {} counts as {}, the highest namespace {} may use (the \
+                     Namespace's annotation {MAX_PRIORITY_ANNOTATION})",
+                    probe.name, probe.priority, limit.max_priority, a.namespace
+                ));
+            }
+            by_namespace
+                .entry(a.namespace.clone())
+                .or_default()
+                .push((ai, i));
+        }
+    }
+    for (namespace, mut members) in by_namespace {
+        let limit = limits.get(&namespace).unwrap_or(&default);
+        let max = limit.max_probes as usize;
+        if members.len() <= max {
+            continue;
+        }
+        members.sort_by_key(|&(ai, i)| {
+            let p = &all[ai].probeset.spec.probes[i];
+            (
+                std::cmp::Reverse(p.priority.min(limit.max_priority)),
+                all[ai].name.clone(),
+                p.name.clone(),
+            )
+        });
+        for &(ai, i) in &members[max..] {
+            let name = all[ai].probeset.spec.probes[i].name.clone();
+            if let Assessment::Planned(planned) = &mut all[ai].assessment {
+                planned.excluded[i] = true;
+                planned.limited.push(format!(
+                    "{name}: not run, namespace {namespace} may run {max} probes (the \
+                     Namespace's annotation {MAX_PROBES_ANNOTATION}); higher priorities, then \
+                     ProbeSets and probes by name, run first"
+                ));
+            }
+        }
+    }
+}
+
 /// Why a ProbeSet was left out of a full agent configuration.
 pub const CONFIG_FULL: &str = "the agents' configuration is full";
 
-/// Leaves out, as Invalid, the ProbeSets that would take the agents'
-/// configuration past [`MAX_AGENT_CONFIG_BYTES`]: the oldest keep running
-/// (by creation time, then namespace and name), so a new ProbeSet never
-/// stops one that works.
-fn crowd_out(all: &mut [Assessed]) {
+/// Shares the agents' configuration ([`MAX_AGENT_CONFIG_BYTES`]) as the
+/// node plan shares a node: ClusterProbeSets (the platform's) first, then
+/// the namespaces max-min fairly (`water_fill` over what each namespace's
+/// ProbeSets take). Within each, the oldest keep running (by creation
+/// time, then name), so a new ProbeSet never stops one that works, and a
+/// namespace over its share sees only its own newest ProbeSets left out,
+/// as Invalid.
+///
+/// Only ProbeSets that select at least one node count, and only they are
+/// rendered: one that selects none runs nowhere, takes no room, and is
+/// rendered (and counted) once a node it selects joins. Without any node
+/// known (the node cache not yet filled) every ProbeSet counts.
+fn crowd_out(all: &mut [Assessed], nodes: &[(String, Labels)]) {
     all.sort_by(|a, b| {
         let created = |x: &Assessed| x.probeset.metadata.creation_timestamp.clone();
         (created(a), &a.namespace, &a.name).cmp(&(created(b), &b.namespace, &b.name))
     });
-    let mut used = 0usize;
-    for a in all.iter_mut() {
-        let Some(planned) = a.assessment.planned() else {
+    let mut sizes: Vec<Option<usize>> = vec![None; all.len()];
+    for (i, a) in all.iter_mut().enumerate() {
+        let selects = nodes.is_empty()
+            || nodes
+                .iter()
+                .any(|(_, labels)| selector_matches(&a.probeset.spec.node_selector, labels));
+        let Assessment::Planned(planned) = &mut a.assessment else {
             continue;
         };
+        if !selects {
+            planned.excluded.iter_mut().for_each(|e| *e = true);
+            continue;
+        }
         // Each probe carries its scope's namespace names too.
         let scope: usize = a.namespaces.iter().flatten().map(|n| n.len() + 4).sum();
-        let bytes =
-            config_bytes(&a.probeset, &planned.thresholds) + scope * a.probeset.spec.probes.len();
-        if used + bytes > MAX_AGENT_CONFIG_BYTES {
+        sizes[i] = Some(
+            config_bytes(&a.probeset, &planned.thresholds) + scope * a.probeset.spec.probes.len(),
+        );
+    }
+    let mut shares: BTreeMap<&str, u128> = BTreeMap::new();
+    let max = MAX_AGENT_CONFIG_BYTES as u128;
+    let mut platform = 0u128;
+    let mut wants: BTreeMap<&str, u128> = BTreeMap::new();
+    for (a, size) in all.iter().zip(&sizes) {
+        if let Some(bytes) = size {
+            if a.namespace.is_empty() {
+                if platform + *bytes as u128 <= max {
+                    platform += *bytes as u128;
+                }
+            } else {
+                *wants.entry(a.namespace.as_str()).or_default() += *bytes as u128;
+            }
+        }
+    }
+    shares.insert("", max);
+    shares.extend(water_fill(max - platform, &wants));
+    let shares: BTreeMap<String, u128> =
+        shares.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let mut used: BTreeMap<String, u128> = BTreeMap::new();
+    for (a, size) in all.iter_mut().zip(sizes) {
+        let Some(bytes) = size else { continue };
+        let share = shares[&a.namespace];
+        let held = used.entry(a.namespace.clone()).or_default();
+        if *held + bytes as u128 > share {
+            let whose = if a.namespace.is_empty() {
+                "the ClusterProbeSets' share (all of it, before any namespace)".to_owned()
+            } else {
+                format!(
+                    "namespace {}'s fair share ({share} bytes; namespaces share what \
+                     ClusterProbeSets leave equally, and one asking less leaves the rest to others)",
+                    a.namespace
+                )
+            };
             a.assessment = Assessment::Invalid(vec![format!(
-                "spec.probes: {CONFIG_FULL}: this ProbeSet's {bytes} bytes would take it past \
-                 {MAX_AGENT_CONFIG_BYTES} (a ConfigMap holds 1 MiB), so it runs nowhere while \
-                 the ProbeSets created before it run. Shrink or remove ProbeSets (their filters \
-                 and selectors), or merge small ones"
+                "spec.probes: {CONFIG_FULL}: this ProbeSet's {bytes} bytes would take {whose} \
+                 of the {MAX_AGENT_CONFIG_BYTES} all ProbeSets may use (a ConfigMap holds 1 MiB) \
+                 past what it holds, so it runs nowhere while the ProbeSets created before it \
+                 run. Shrink or remove ProbeSets of this namespace (their filters and \
+                 selectors), or merge small ones"
             )]);
         } else {
-            used += bytes;
+            *held += bytes as u128;
         }
     }
 }
@@ -334,7 +467,8 @@ mod tests {
         let probesets: Vec<Arc<ProbeSet>> = (0..fits + 2)
             .map(|i| {
                 let mut ps = ProbeSet::new(&format!("ps{i:02}"), spec.clone());
-                ps.metadata.namespace = Some(format!("team-{}", i % 3));
+                // One namespace: fair shares among namespaces are below.
+                ps.metadata.namespace = Some("team".into());
                 // Created in reverse name order: age, not name, decides.
                 let t = Timestamp::from_second(1_000_000 - i as i64).unwrap();
                 ps.metadata.creation_timestamp = Some(Time(t));
@@ -362,6 +496,229 @@ mod tests {
         let config = crate::render::agent_config(&all, 0);
         let yaml = serde_yaml_ng::to_string(&config).unwrap();
         assert!(yaml.len() <= MAX_AGENT_CONFIG_BYTES, "{} bytes", yaml.len());
+    }
+
+    /// A ProbeSet of about 65 KB in the agents' configuration.
+    fn big(name: &str, namespace: &str, created: i64, selector: &str) -> Arc<ProbeSet> {
+        use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+        let comms: Vec<String> = (0..200).map(|i| format!("worker-{i:06}")).collect();
+        let probes: String = (0..10)
+            .map(|i| format!("  - {{name: p{i}, kind: syscalls, filter: {{comms: {comms:?}}}}}\n"))
+            .collect();
+        let spec: ringwarden_crds::ProbeSetSpec =
+            serde_yaml_ng::from_str(&format!("{selector}probes:\n{probes}")).unwrap();
+        let mut ps = ProbeSet::new(name, spec);
+        ps.metadata.namespace = Some(namespace.into());
+        ps.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        Arc::new(ps)
+    }
+
+    fn cluster(name: &str, created: i64) -> Arc<ClusterProbeSet> {
+        use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+        let spec: ringwarden_crds::ProbeSetSpec =
+            serde_yaml_ng::from_str("probes: [{name: sys, kind: syscalls}]").unwrap();
+        let mut c = ClusterProbeSet::new(
+            name,
+            ringwarden_crds::ClusterProbeSetSpec {
+                namespace_selector: None,
+                slo_namespaces: vec![],
+                probe_set: spec,
+            },
+        );
+        c.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        Arc::new(c)
+    }
+
+    fn nodes() -> Vec<(String, Labels)> {
+        vec![("n1".into(), labels(&[("pool", "web")]))]
+    }
+
+    #[test]
+    fn probesets_selecting_no_node_take_no_room_in_the_agents_configuration() {
+        // The attack: 99 ProbeSets (each about 65 KB) select no node, then
+        // another namespace's ProbeSet and a ClusterProbeSet arrive.
+        let mut probesets: Vec<Arc<ProbeSet>> = (0..99)
+            .map(|i| {
+                big(
+                    &format!("spam{i:02}"),
+                    "default",
+                    1_000 + i,
+                    "nodeSelector: {no-such-label: nowhere}\n",
+                )
+            })
+            .collect();
+        probesets.push(big("web", "shop", 5_000, ""));
+        let world = World {
+            probesets,
+            cluster_probesets: vec![cluster("node", 6_000)],
+            nodes: nodes(),
+            ..World::default()
+        };
+        let all = world.assess_all();
+        let planned = |ns: &str, name: &str| {
+            all.iter()
+                .find(|a| a.namespace == ns && a.name == name)
+                .unwrap()
+                .assessment
+                .planned()
+                .is_some()
+        };
+        assert!(planned("shop", "web"));
+        assert!(planned("", "node"));
+        // The ProbeSets selecting nothing are not Invalid either: they run
+        // where they select, nowhere, and are rendered for no agent.
+        assert!(planned("default", "spam00"));
+        let config = crate::render::agent_config(&all, 0);
+        let rendered: BTreeSet<(&str, &str)> = config
+            .probes
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.probeset.as_str()))
+            .collect();
+        assert_eq!(rendered, BTreeSet::from([("", "node"), ("shop", "web")]));
+    }
+
+    #[test]
+    fn a_namespace_over_its_share_of_the_agents_configuration_sees_only_its_own_probesets_left_out()
+    {
+        // Namespace default creates 14 large ProbeSets first (more than
+        // the whole configuration holds); shop's ProbeSet and the
+        // platform's ClusterProbeSet come later.
+        let mut probesets: Vec<Arc<ProbeSet>> = (0..14)
+            .map(|i| big(&format!("ps{i:02}"), "default", 1_000 + i, ""))
+            .collect();
+        probesets.push(big("web", "shop", 5_000, ""));
+        let world = World {
+            probesets,
+            cluster_probesets: vec![cluster("node", 6_000)],
+            nodes: nodes(),
+            ..World::default()
+        };
+        let all = world.assess_all();
+        let out: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|a| a.assessment.planned().is_none())
+            .map(|a| (a.namespace.as_str(), a.name.as_str()))
+            .collect();
+        assert!(!out.is_empty());
+        assert!(out.iter().all(|(ns, _)| *ns == "default"), "{out:?}");
+        // The newest of default's go first.
+        assert!(out.contains(&("default", "ps13")), "{out:?}");
+        assert!(!out.contains(&("default", "ps00")), "{out:?}");
+        let Assessment::Invalid(why) = &all.iter().find(|a| a.name == "ps13").unwrap().assessment
+        else {
+            unreachable!()
+        };
+        assert!(why[0].contains(CONFIG_FULL), "{why:?}");
+        assert!(why[0].contains("namespace default's fair share"), "{why:?}");
+        let config = crate::render::agent_config(&all, 0);
+        let yaml = serde_yaml_ng::to_string(&config).unwrap();
+        assert!(yaml.len() <= MAX_AGENT_CONFIG_BYTES, "{} bytes", yaml.len());
+    }
+
+    #[test]
+    fn namespace_limits_leave_out_uprobes_and_probes_past_the_count_and_say_so() {
+        let spec: ringwarden_crds::ProbeSetSpec = serde_yaml_ng::from_str(
+            "probes:\n\
+             \x20 - {name: a, kind: syscalls, priority: 9}\n\
+             \x20 - {name: b, kind: syscalls}\n\
+             \x20 - {name: c, kind: syscalls}\n\
+             \x20 - {name: u, kind: uprobe, uprobe: {binary: /usr/bin/app, symbol: main}}\n",
+        )
+        .unwrap();
+        let in_ns = |ns: &str| {
+            let mut ps = ProbeSet::new("web", spec.clone());
+            ps.metadata.namespace = Some(ns.into());
+            Arc::new(ps)
+        };
+        let annotations: BTreeMap<String, String> = [
+            ("ringwarden.dev/max-probes", "2"),
+            ("ringwarden.dev/uprobes", "false"),
+            ("ringwarden.dev/max-priority", "0"),
+            ("ringwarden.dev/node-bytes", "8Mi"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let limits = crate::controller::limits_of(&annotations).unwrap();
+        assert_eq!(limits.node_bytes, Some(8 << 20));
+        let world = World {
+            probesets: vec![in_ns("shop"), in_ns("free")],
+            namespace_limits: BTreeMap::from([("shop".to_owned(), limits.clone())]),
+            ..World::default()
+        };
+        let all = world.assess_all();
+        let shop = all.iter().find(|a| a.namespace == "shop").unwrap();
+        let planned = shop.assessment.planned().unwrap();
+        // a counts as priority 0 like b and c: by name, a and b run.
+        assert_eq!(planned.excluded, [false, false, true, true]);
+        let said = planned.limited.join("\n");
+        assert!(
+            said.contains("u: not run, namespace shop does not allow uprobes"),
+            "{said}"
+        );
+        assert!(said.contains("ringwarden.dev/uprobes"), "{said}");
+        assert!(
+            said.contains("c: not run, namespace shop may run 2 probes"),
+            "{said}"
+        );
+        assert!(said.contains("ringwarden.dev/max-probes"), "{said}");
+        assert!(said.contains("a: priority 9 counts as 0"), "{said}");
+        assert!(said.contains("ringwarden.dev/max-priority"), "{said}");
+        // A namespace without annotations has the defaults.
+        let free = all.iter().find(|a| a.namespace == "free").unwrap();
+        assert!(free.assessment.planned().unwrap().limited.is_empty());
+        // The agents get the limits, and only the probes the limits allow.
+        let config = crate::render::agent_config(&all, 0);
+        assert_eq!(
+            config.namespace_limits,
+            BTreeMap::from([("shop".to_owned(), limits)])
+        );
+        let shop_probes: Vec<&str> = config
+            .probes
+            .iter()
+            .filter(|p| p.namespace == "shop")
+            .map(|p| p.spec.name.as_str())
+            .collect();
+        assert_eq!(shop_probes, ["a", "b"]);
+        // And the status says so, naming the limit.
+        let s = crate::status::desired(
+            &shop.probeset,
+            &shop.assessment,
+            true,
+            None,
+            None,
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(100).unwrap(),
+            ),
+        );
+        let q = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "QuotaConstrained")
+            .unwrap();
+        assert_eq!(
+            (q.status.as_str(), q.reason.as_str()),
+            ("True", "NamespaceLimit")
+        );
+        assert!(
+            q.message.contains("ringwarden.dev/max-probes"),
+            "{}",
+            q.message
+        );
+    }
+
+    #[test]
+    fn a_malformed_limit_annotation_takes_its_strictest_value() {
+        let annotations: BTreeMap<String, String> = [
+            ("ringwarden.dev/max-probes", "lots"),
+            ("ringwarden.dev/uprobes", "yes"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let limits = crate::controller::limits_of(&annotations).unwrap();
+        assert_eq!((limits.max_probes, limits.uprobes), (0, false));
+        assert_eq!(crate::controller::limits_of(&BTreeMap::new()), None);
     }
 
     fn namespaces() -> Vec<(String, Labels)> {

@@ -35,6 +35,7 @@ fn node(budget: u64, cpus: u32, probesets: Vec<ProbeSetDemand>) -> NodeInput {
         node_budget_bytes: budget,
         max_bytes_per_probe: DEFAULT_MAX_BYTES_PER_PROBE,
         probesets,
+        namespace_bytes: BTreeMap::new(),
     }
 }
 
@@ -78,7 +79,7 @@ fn the_request_of_a_probeset_caps_its_ring_and_says_why() {
 }
 
 #[test]
-fn a_short_node_squeezes_the_namespace_holding_the_most_first() {
+fn a_short_node_squeezes_the_namespace_asking_the_most_to_an_equal_share() {
     // Namespace a runs two ProbeSets, b and c one each: a gives up ring
     // bytes until it holds no more than the others.
     let mut sets = three_teams();
@@ -99,7 +100,7 @@ fn a_short_node_squeezes_the_namespace_holding_the_most_first() {
     assert!(a.constrained());
     assert!(
         a.probes[0].plan.reasons[1].starts_with(
-            "halved once more to fit the node budget of 2.2 MiB with 3 other ProbeSets in 2 other namespaces"
+            "halved once more to fit namespace a's share of the node budget, 994.4 KiB of 2.2 MiB with 3 other ProbeSets in 2 other namespaces"
         ),
         "{:?}",
         a.probes[0].plan.reasons
@@ -107,10 +108,10 @@ fn a_short_node_squeezes_the_namespace_holding_the_most_first() {
 }
 
 #[test]
-fn lower_priorities_lose_first_even_across_namespaces() {
+fn lower_priorities_lose_first_within_a_namespace() {
     let sets = vec![
         probeset("a", "web", vec![probe("sys", 10_000.0, 5, 8, 256 * KIB)]),
-        probeset("b", "db", vec![probe("sys", 10_000.0, 0, 8, 256 * KIB)]),
+        probeset("a", "db", vec![probe("sys", 10_000.0, 0, 8, 256 * KIB)]),
     ];
     let cpus = 2;
     let fixed = fixed_bytes(&ProbeMaps::new(8), cpus, PAGE);
@@ -129,15 +130,134 @@ fn lower_priorities_lose_first_even_across_namespaces() {
     let b = &plan.probesets[1].probes[0];
     assert!(!b.admitted);
     assert_eq!(b.memory_bytes, 0);
-    assert!(
-        b.plan
-            .reasons
-            .last()
-            .unwrap()
-            .starts_with("not loaded: its maps take "),
-        "{:?}",
-        b.plan.reasons
+    let why = b.plan.reasons.last().unwrap();
+    assert!(why.starts_with("not loaded: its maps take "), "{why}");
+    assert!(why.contains("within namespace a"), "{why}");
+}
+
+#[test]
+fn a_tenants_highest_priority_and_rate_outrank_nobody_outside_its_namespace() {
+    // The attack: `default` asks for a 128 MiB ring at i32::MAX priority on
+    // a node of 256 MiB that also runs another tenant and the platform.
+    let cpus = 2;
+    let sets = vec![
+        probeset(
+            "default",
+            "greedy",
+            vec![probe("sys", 1e12, i32::MAX, 8, 128 << 20)],
+        ),
+        probeset("shop", "web", vec![probe("sys", 10_000.0, 0, 8, 256 * KIB)]),
+        probeset(
+            "",
+            "platform",
+            vec![probe("sys", 10_000.0, i32::MIN, 8, 256 * KIB)],
+        ),
+    ];
+    let budget = 256 << 20;
+    let plan = plan_node(&node(budget, cpus, sets)).unwrap();
+    assert_eq!(rings(&plan), [[128 << 10], [256], [256]]);
+    for s in &plan.probesets[1..] {
+        assert!(!s.constrained(), "{} got less than it asked", s.name);
+    }
+    // A smaller node: the tenant is cut to its fair half of what the
+    // platform leaves, the other tenant keeps all it asks.
+    let budget = 64 << 20;
+    let plan = plan_node(&node(budget, cpus, plan_input_sets())).unwrap();
+    assert!(plan.probesets[1].probes[0].admitted && !plan.probesets[1].constrained());
+    assert!(plan.probesets[2].probes[0].admitted && !plan.probesets[2].constrained());
+    let greedy = &plan.probesets[0];
+    assert!(greedy.granted_bytes <= greedy.namespace_share_bytes);
+    assert_eq!(
+        greedy.namespace_share_bytes,
+        budget - plan.probesets[1].granted_bytes - plan.probesets[2].granted_bytes
     );
+    let why = &greedy.probes[0].plan.reasons;
+    assert!(
+        why.iter()
+            .any(|r| r.contains("namespace default's share of the node budget")),
+        "{why:?}"
+    );
+}
+
+fn plan_input_sets() -> Vec<ProbeSetDemand> {
+    vec![
+        probeset(
+            "default",
+            "greedy",
+            vec![probe("sys", 1e12, i32::MAX, 8, 128 << 20)],
+        ),
+        probeset("shop", "web", vec![probe("sys", 10_000.0, 0, 8, 256 * KIB)]),
+        probeset(
+            "",
+            "platform",
+            vec![probe("sys", 10_000.0, i32::MIN, 8, 256 * KIB)],
+        ),
+    ]
+}
+
+#[test]
+fn cluster_probesets_are_served_before_any_namespace() {
+    let cpus = 2;
+    let one = fixed_bytes(&ProbeMaps::new(8), cpus, PAGE) + ringbuf_bytes(256 * KIB, PAGE);
+    let sets = vec![
+        probeset(
+            "a",
+            "web",
+            vec![probe("sys", 10_000.0, i32::MAX, 8, 256 * KIB)],
+        ),
+        probeset("", "node", vec![probe("sys", 10_000.0, 0, 8, 256 * KIB)]),
+    ];
+    // Room for one: the platform's.
+    let plan = plan_node(&node(one, cpus as u32, sets)).unwrap();
+    assert!(!plan.probesets[1].constrained());
+    assert_eq!(plan.probesets[1].namespace_share_bytes, one);
+    assert!(!plan.probesets[0].probes[0].admitted);
+    assert_eq!(plan.probesets[0].namespace_share_bytes, 0);
+}
+
+#[test]
+fn a_namespace_limit_caps_its_share_and_says_so() {
+    let cpus = 2;
+    let fixed = fixed_bytes(&ProbeMaps::new(8), cpus, PAGE);
+    let mut input = node(u64::MAX, cpus as u32, three_teams());
+    let limit = fixed + ringbuf_bytes(64 * KIB, PAGE);
+    input.namespace_bytes.insert("a".into(), limit);
+    // A limit above what a namespace asks changes nothing.
+    input.namespace_bytes.insert("b".into(), u64::MAX / 2);
+    let plan = plan_node(&input).unwrap();
+    assert_eq!(rings(&plan), [[64], [256], [256]]);
+    let a = &plan.probesets[0];
+    assert_eq!(a.namespace_limit_bytes, Some(limit));
+    assert_eq!(a.namespace_share_bytes, limit);
+    assert_eq!(plan.probesets[1].namespace_limit_bytes, None);
+    let why = a.probes[0].plan.reasons.join("; ");
+    assert!(why.contains("capped by the namespace's limit of"), "{why}");
+}
+
+#[test]
+fn water_filling_gives_the_modest_all_they_ask_and_splits_the_rest_equally() {
+    type Amounts<'a> = &'a [(&'a str, u128)];
+    // (room, wants, shares)
+    let cases: [(u128, Amounts, Amounts); 5] = [
+        (
+            100,
+            &[("a", 10), ("b", 80), ("c", 80)],
+            &[("a", 10), ("b", 45), ("c", 45)],
+        ),
+        (100, &[("a", 10), ("b", 20)], &[("a", 10), ("b", 20)]),
+        (
+            10,
+            &[("a", 10), ("b", 10), ("c", 10)],
+            &[("a", 3), ("b", 3), ("c", 3)],
+        ),
+        (0, &[("a", 1)], &[("a", 0)]),
+        (7, &[], &[]),
+    ];
+    for (room, wants, shares) in cases {
+        let wants: BTreeMap<&str, u128> = wants.iter().copied().collect();
+        let expected: BTreeMap<&str, u128> = shares.iter().copied().collect();
+        assert_eq!(water_fill(room, &wants), expected, "{room} for {wants:?}");
+    }
 }
 
 #[test]
@@ -200,13 +320,16 @@ fn node_input() -> impl Strategy<Value = NodeInput> {
         0u64..=16 << 20,
         prop::collection::vec(
             (
-                prop::sample::select(vec!["a", "b", "c"]),
+                // "" is the ClusterProbeSets'.
+                prop::sample::select(vec!["", "a", "b", "c"]),
                 prop::collection::vec(demand(), 1..4),
             ),
             0..6,
         ),
+        prop::option::of(0u64..=8 << 20),
+        prop::option::of(0u64..=8 << 20),
     )
-        .prop_map(|(cpus, budget, sets)| {
+        .prop_map(|(cpus, budget, sets, limit_a, limit_b)| {
             let probesets = sets
                 .into_iter()
                 .enumerate()
@@ -217,7 +340,13 @@ fn node_input() -> impl Strategy<Value = NodeInput> {
                     probeset(ns, &format!("ps{i}"), probes)
                 })
                 .collect();
-            node(budget, cpus, probesets)
+            let mut input = node(budget, cpus, probesets);
+            for (ns, limit) in [("a", limit_a), ("b", limit_b)] {
+                if let Some(l) = limit {
+                    input.namespace_bytes.insert(ns.into(), l);
+                }
+            }
+            input
         })
 }
 
@@ -228,6 +357,36 @@ fn by_namespace(plan: &NodePlan) -> BTreeMap<&str, u64> {
         *m.entry(s.namespace.as_str()).or_default() += s.granted_bytes;
     }
     m
+}
+
+/// What each namespace's (and the ClusterProbeSets') probes asked for,
+/// capped by the namespace's limit.
+fn wants<'a>(i: &NodeInput, plan: &'a NodePlan) -> BTreeMap<&'a str, u64> {
+    let mut m: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in &plan.probesets {
+        *m.entry(s.namespace.as_str()).or_default() += s.requested_bytes;
+    }
+    for (ns, want) in m.iter_mut() {
+        if let Some(&l) = i.namespace_bytes.get(*ns).filter(|_| !ns.is_empty()) {
+            *want = (*want).min(l);
+        }
+    }
+    m
+}
+
+/// What each probe got, without the words that describe its neighbours.
+fn outcome(s: &ProbeSetShare) -> Vec<(bool, u64, u64, u64)> {
+    s.probes
+        .iter()
+        .map(|p| {
+            (
+                p.admitted,
+                p.plan.ring_bytes,
+                p.plan.sample_every,
+                p.memory_bytes,
+            )
+        })
+        .collect()
 }
 
 proptest! {
@@ -252,69 +411,103 @@ proptest! {
         }
         prop_assert_eq!(plan.used_bytes, sum);
         prop_assert!(plan.used_bytes <= i.node_budget_bytes);
+        // Nor any namespace's share or limit.
+        for (ns, held) in by_namespace(&plan) {
+            let s = plan.probesets.iter().find(|s| s.namespace == ns).unwrap();
+            prop_assert!(held <= s.namespace_share_bytes);
+            if let Some(&l) = i.namespace_bytes.get(ns).filter(|_| !ns.is_empty()) {
+                prop_assert!(held <= l, "{} holds {} over its limit {}", ns, held, l);
+            }
+        }
     }
 
     #[test]
     fn with_enough_budget_everyone_gets_their_request(i in node_input()) {
-        let unbounded = plan_node(&NodeInput { node_budget_bytes: u64::MAX, ..i.clone() }).unwrap();
+        let free = NodeInput { namespace_bytes: BTreeMap::new(), ..i.clone() };
+        let unbounded = plan_node(&NodeInput { node_budget_bytes: u64::MAX, ..free.clone() }).unwrap();
         for s in &unbounded.probesets {
             prop_assert!(!s.constrained());
         }
         let enough = unbounded.probesets.iter().map(|s| s.requested_bytes).sum::<u64>();
-        prop_assert_eq!(plan_node(&NodeInput { node_budget_bytes: enough, ..i.clone() }).unwrap().probesets, unbounded.probesets);
+        let just = plan_node(&NodeInput { node_budget_bytes: enough, ..free.clone() }).unwrap();
+        for (a, b) in just.probesets.iter().zip(&unbounded.probesets) {
+            prop_assert_eq!(outcome(a), outcome(b));
+        }
     }
 
     #[test]
-    fn a_probe_runs_only_if_every_higher_priority_got_all_it_asked(i in node_input()) {
+    fn a_probe_runs_only_if_every_higher_priority_of_its_namespace_got_all_it_asked(i in node_input()) {
         let plan = plan_node(&i).unwrap();
-        let probes: Vec<(&ProbeShare, i32)> = plan.probesets.iter().zip(&i.probesets)
-            .flat_map(|(s, d)| s.probes.iter().zip(&d.probes).map(|(p, dp)| (p, dp.demand.priority)))
+        let probes: Vec<(&str, &ProbeShare, i32)> = plan.probesets.iter().zip(&i.probesets)
+            .flat_map(|(s, d)| s.probes.iter().zip(&d.probes).map(|(p, dp)| (s.namespace.as_str(), p, dp.demand.priority)))
             .collect();
-        for (p, prio) in &probes {
+        for (ns, p, prio) in &probes {
             if p.memory_bytes < p.requested_bytes {
-                for (q, qprio) in &probes {
-                    prop_assert!(!q.admitted || qprio >= prio, "priority {} loaded while {} got less than it asked", qprio, prio);
+                for (qns, q, qprio) in &probes {
+                    prop_assert!(qns != ns || !q.admitted || qprio >= prio, "priority {} loaded while {} got less than it asked", qprio, prio);
                 }
             }
         }
     }
 
     #[test]
-    fn no_namespace_keeps_more_than_a_squeezed_one_at_its_priority(i in node_input()) {
+    fn no_namespaces_grant_depends_on_another_namespaces_priorities(
+        i in node_input(),
+        pick in prop::sample::select(vec!["a", "b", "c"]),
+        priorities in prop::collection::vec(any::<i32>(), 24),
+    ) {
         let plan = plan_node(&i).unwrap();
+        let mut changed = i.clone();
+        let mut next = priorities.iter().cycle();
+        for s in changed.probesets.iter_mut().filter(|s| s.namespace == pick) {
+            for p in &mut s.probes {
+                p.demand.priority = *next.next().unwrap();
+            }
+        }
+        let replanned = plan_node(&changed).unwrap();
+        for (a, b) in plan.probesets.iter().zip(&replanned.probesets) {
+            if a.namespace != pick {
+                prop_assert_eq!(outcome(a), outcome(b), "{} moved with {}'s priorities", a.namespace, pick);
+                prop_assert_eq!(a.namespace_share_bytes, b.namespace_share_bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn grants_are_max_min_fair_across_namespaces(i in node_input()) {
+        let plan = plan_node(&i).unwrap();
+        let wants = wants(&i, &plan);
         let held = by_namespace(&plan);
-        for (sx, dx) in plan.probesets.iter().zip(&i.probesets) {
-            for (p, dp) in sx.probes.iter().zip(&dx.probes) {
-                if !(p.admitted && p.plan.ring_bytes > 0 && p.plan.ring_bytes < p.ring_request) {
-                    continue;
-                }
-                // Namespace x was squeezed at this priority. The most its
-                // last halving there freed:
-                let last_cut = plan.probesets.iter().zip(&i.probesets)
-                    .filter(|(s, _)| s.namespace == sx.namespace)
-                    .flat_map(|(s, d)| s.probes.iter().zip(&d.probes))
-                    .filter(|(q, dq)| dq.demand.priority == dp.demand.priority && q.admitted && q.plan.ring_bytes > 0 && q.plan.ring_bytes < q.ring_request)
-                    .map(|(q, _)| ringbuf_bytes(2 * q.plan.ring_bytes, PAGE) - ringbuf_bytes(q.plan.ring_bytes, PAGE))
-                    .max()
-                    .unwrap_or(0);
-                for (sy, dy) in plan.probesets.iter().zip(&i.probesets) {
-                    if sy.namespace == sx.namespace {
-                        continue;
-                    }
-                    let shrinkable = sy.probes.iter().zip(&dy.probes).any(|(q, dq)| {
-                        dq.demand.priority == dp.demand.priority && q.admitted
-                            && q.plan.ring_bytes > PAGE.max((q.plan.record_bytes + 1).next_power_of_two())
-                    });
-                    if shrinkable {
-                        prop_assert!(
-                            held[sy.namespace.as_str()] <= held[sx.namespace.as_str()] + last_cut,
-                            "{} keeps {} while {} was squeezed to {}",
-                            sy.namespace, held[sy.namespace.as_str()], sx.namespace, held[sx.namespace.as_str()]
-                        );
-                    }
+        let share = |ns: &str| plan.probesets.iter().find(|s| s.namespace == ns).unwrap().namespace_share_bytes;
+        let platform = held.get("").copied().unwrap_or(0);
+        let room = i.node_budget_bytes - platform;
+        let tenants: Vec<&str> = wants.keys().copied().filter(|ns| !ns.is_empty()).collect();
+        let total: u128 = tenants.iter().map(|&ns| u128::from(share(ns))).sum();
+        prop_assert!(total <= u128::from(room));
+        for &x in &tenants {
+            // Never less than an equal part, or all it asks.
+            prop_assert!(share(x) >= wants[x].min(room / tenants.len() as u64));
+            prop_assert!(share(x) <= wants[x]);
+            if share(x) < wants[x] {
+                // Squeezed: nobody else's share is larger.
+                for &y in &tenants {
+                    prop_assert!(share(y) <= share(x), "{} has {} while {} is squeezed to {}", y, share(y), x, share(x));
                 }
             }
         }
+    }
+
+    #[test]
+    fn cluster_probesets_keep_their_grant_whatever_namespaces_ask(i in node_input()) {
+        let plan = plan_node(&i).unwrap();
+        let platform_only = NodeInput {
+            probesets: i.probesets.iter().filter(|s| s.namespace.is_empty()).cloned().collect(),
+            ..i.clone()
+        };
+        let alone = plan_node(&platform_only).unwrap();
+        let with_tenants: Vec<_> = plan.probesets.iter().filter(|s| s.namespace.is_empty()).map(outcome).collect();
+        let without: Vec<_> = alone.probesets.iter().map(outcome).collect();
+        prop_assert_eq!(with_tenants, without);
     }
 
     #[test]

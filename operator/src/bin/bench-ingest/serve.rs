@@ -106,6 +106,7 @@ pub(crate) async fn serve(
         probesets: stores.probesets.state(),
         cluster_probesets: vec![],
         namespaces: vec![],
+        namespace_limits: Default::default(),
         nodes: vec![(
             "bench".to_string(),
             [("pool".to_string(), "bench".to_string())].into(),

@@ -117,8 +117,9 @@ fn report_figures_are_rounded_and_the_node_list_is_bounded() {
 #[test]
 fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
     use ringwarden_core::maps::{fixed_bytes, ringbuf_bytes};
-    // Another team's ProbeSet of higher priority on the same nodes
-    // takes its full ring first; ours gets 16 KiB of the 256 KiB.
+    // Another team's ProbeSet of higher priority on the same nodes: its
+    // priority counts only in its own namespace, so the two namespaces
+    // share the node equally and ours gets 128 KiB of the 256 KiB.
     let ps = probeset(10_000.0, "64Mi");
     let mut other = probeset(10_000.0, "64Mi");
     other.metadata.namespace = Some("payments".into());
@@ -158,14 +159,14 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
             .contains("(for 4 possible CPUs) gives this ProbeSet ")
             && q.message.contains(
                 "on its tightest node, with 1 other ProbeSet in 1 other namespace: \
-                 sys: ring 16Ki of the 256Ki it asks for"
+                 sys: ring 128Ki of the 256Ki it asks for"
             )
             && !q.message.contains("payments")
             && !q.message.contains("ledger"),
         "{}",
         q.message
     );
-    assert_eq!(s.ring_buffer.as_deref(), Some("16Ki"));
+    assert_eq!(s.ring_buffer.as_deref(), Some("128Ki"));
     let events = notices(None, &s);
     assert!(
         events
@@ -174,15 +175,21 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
         "{events:?}"
     );
     let plan = s.plan.unwrap();
-    assert_eq!(plan.probes[0].ring_bytes, 16 << 10);
-    assert_eq!(plan.used_bytes, 16 << 10);
-    assert!(plan.probes[0].reasons[1].starts_with("halved 4 times more to fit the node budget"));
+    assert_eq!(plan.probes[0].ring_bytes, 128 << 10);
+    assert_eq!(plan.used_bytes, 128 << 10);
+    assert!(
+        plan.probes[0].reasons[1]
+            .starts_with("halved once more to fit namespace shop's share of the node budget"),
+        "{:?}",
+        plan.probes[0].reasons
+    );
     let n = plan.node_share.unwrap();
     assert_eq!((n.node_budget_bytes, n.cpus), (budget, 4));
     assert_eq!(n.requested_bytes, fixed + ringbuf_bytes(256 << 10, 4096));
-    assert_eq!(n.granted_bytes, fixed + ringbuf_bytes(16 << 10, 4096));
+    assert_eq!(n.granted_bytes, fixed + ringbuf_bytes(128 << 10, 4096));
     assert_eq!((n.other_probe_sets, n.other_namespaces), (1, 1));
-    // The other team, served first, is within the budget.
+    // The other team's higher priority bought it nothing over another
+    // namespace: it is cut the same.
     let o = desired(
         &other,
         &assess(&other, &[]),
@@ -194,8 +201,9 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
     assert!(
         o.conditions
             .iter()
-            .any(|c| c.type_ == "QuotaConstrained" && c.status == "False")
+            .any(|c| c.type_ == "QuotaConstrained" && c.status == "True")
     );
+    assert_eq!(o.ring_buffer.as_deref(), Some("128Ki"));
 }
 
 #[test]
