@@ -16,7 +16,8 @@ use std::{
 
 use clap::Parser;
 use ringwarden_operator::{
-    cli::Args, config::OperatorConfig, node_labels::NodeSelectorLabels, render, world::Labels,
+    cli::Args, config::OperatorConfig, reconcile::node_labels::NodeSelectorLabels,
+    reconcile::render, reconcile::world::Labels,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -971,7 +972,7 @@ fn the_default_install_hands_probes_by_restricted_labels_and_exposes_no_peers() 
     let agent = operator_config(&objects).agent;
     assert_eq!(agent.node_selector_labels, NodeSelectorLabels::Restricted);
     assert!(!agent.metrics_address_labels);
-    let ds = ringwarden_operator::render::daemon_set(&[], &agent, NAMESPACE).unwrap();
+    let ds = ringwarden_operator::reconcile::render::daemon_set(&[], &agent, NAMESPACE).unwrap();
     let env = ds.spec.unwrap().template.spec.unwrap().containers[0]
         .env
         .clone()
@@ -1461,7 +1462,7 @@ fn agents_are_told_the_address_of_the_charts_service() {
         );
         let config = operator_config(&objects);
         assert_eq!(
-            ringwarden_operator::render::operator_address(&config.agent, NAMESPACE),
+            ringwarden_operator::reconcile::render::operator_address(&config.agent, NAMESPACE),
             expected,
             "{}",
             describe(&values)
@@ -1529,7 +1530,8 @@ fn the_default_install_speaks_tls_and_admits_only_agents_to_the_agent_port() {
         "the operator keeps its own CA"
     );
     let config = operator_config(&objects);
-    let ds = ringwarden_operator::render::daemon_set(&[], &config.agent, NAMESPACE).unwrap();
+    let ds =
+        ringwarden_operator::reconcile::render::daemon_set(&[], &config.agent, NAMESPACE).unwrap();
     let env = &ds
         .spec
         .as_ref()
@@ -1614,7 +1616,7 @@ fn cert_manager_and_plaintext_are_explicit_choices() {
     assert!(args.insecure_plaintext_for_local_development);
     let config = operator_config(&objects);
     assert!(
-        ringwarden_operator::render::operator_address(&config.agent, NAMESPACE)
+        ringwarden_operator::reconcile::render::operator_address(&config.agent, NAMESPACE)
             .starts_with("http://")
     );
 }

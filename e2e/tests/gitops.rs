@@ -31,12 +31,13 @@ use ringwarden_crds::{
     manifest::{self, Manifest},
 };
 use ringwarden_operator::{
-    assess::assess,
-    controller::undecodable_status,
-    reports::{Figures, Flow, NodeProblem, problem},
-    slo_status::{self, Problem, Verdict},
-    status::{self, Reported},
-    stored, world,
+    ingest::reports::{Figures, Flow, NodeProblem, problem},
+    ingest::slo_status::{self, Problem, Verdict},
+    reconcile::assess::assess,
+    reconcile::controller::undecodable_status,
+    reconcile::status::{self, Reported},
+    reconcile::stored,
+    reconcile::world,
 };
 use serde_json::{Value, json};
 
@@ -799,7 +800,7 @@ fn slo_health_follows_the_operators_status() {
     let mut stale: Slo =
         serde_json::from_value(evaluated(&slo, &[(0, 99_950, 100_000, 100_000, 0)])).unwrap();
     let core = evaluation(&slo, &[(0, 99_950, 100_000, 100_000, 0)]);
-    let lacking = ringwarden_operator::reports::Lacking {
+    let lacking = ringwarden_operator::ingest::reports::Lacking {
         none_selected: false,
         nodes: 1,
         silent: true,

@@ -4,8 +4,9 @@
 //! `ring_bytes` and `memory_bytes`) must be what the kernel really holds:
 //! the ring buffer and histogram sizes the kernel reports for the maps of
 //! each probe's programs, and locked bytes (`memlock` in the maps' fdinfo)
-//! that never exceed the plan. And the lowest priority gives way first:
-//! its ring is cut, then it is left out, while the others keep theirs.
+//! that never exceed the plan. Across namespaces the budget is shared
+//! max-min fairly, whatever the teams' priorities: a tenant's priority
+//! orders only its own namespace's probes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,10 +27,13 @@ const TEAMS: [(&str, &str, i32, u32); 3] = [
 /// 10 000 ev/s of 96-byte records for 100 ms, twice over: 256 KiB each.
 const RING: u64 = 256 * KIB;
 
-fn manifest(dir: &std::path::Path) -> std::path::PathBuf {
+/// The teams, with their priorities reversed when `reversed`.
+fn manifest(dir: &std::path::Path, reversed: bool) -> std::path::PathBuf {
     let docs: Vec<String> = TEAMS
         .iter()
-        .map(|(ns, name, priority, series)| {
+        .zip(TEAMS.iter().rev())
+        .map(|((ns, name, priority, series), (_, _, other, _))| {
+            let priority = if reversed { other } else { priority };
             format!(
                 "apiVersion: ringwarden.dev/v1alpha1\nkind: ProbeSet\n\
                  metadata: {{name: {name}, namespace: {ns}}}\n\
@@ -118,9 +122,9 @@ fn held_by(pid: u32) -> Held {
 /// Runs the agent on the teams with `budget`, reads what it holds in the
 /// kernel once every probe has loaded or failed, and returns the final
 /// report with that.
-fn run(budget: u64, expect_loaded: usize) -> (serde_json::Value, Held) {
+fn run(budget: u64, expect_loaded: usize, reversed: bool) -> (serde_json::Value, Held) {
     let dir = tempdir();
-    let file = manifest(&dir);
+    let file = manifest(&dir, reversed);
     let budget_arg = budget.to_string();
     let mut agent = StandaloneAgent::start(&[], &file, "3s", &["--node-budget", &budget_arg]);
     agent.wait_loaded(expect_loaded);
@@ -232,7 +236,7 @@ fn check_against_kernel(report: &serde_json::Value, held: &Held) -> BTreeMap<Str
 }
 
 #[test]
-fn three_teams_share_a_small_node_budget_as_planned_and_the_lowest_priority_gives_way_first() {
+fn three_teams_share_a_small_node_budget_as_planned_and_fairly_whatever_their_priorities() {
     require_bpf_privileges();
     let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
     let page = ringwarden_node_agent::probes::page_size() as u64;
@@ -240,57 +244,39 @@ fn three_teams_share_a_small_node_budget_as_planned_and_the_lowest_priority_give
     let fixed = |series| fixed_bytes(&ProbeMaps::new(series), cpus, page);
     let (gold, silver, bronze) = (fixed(16), fixed(24), fixed(8));
 
-    // Room for gold's and silver's rings, and 32 KiB for bronze: only
-    // bronze, the lowest priority, is cut (256 → 32 KiB, three halvings).
+    // Less than the three full rings: each namespace gets an equal third
+    // (none asks less). Bronze, the lowest priority, has the smallest maps,
+    // so its third holds its full ring; gold's and silver's larger maps
+    // leave room for halved rings.
     let budget = gold
         + silver
         + bronze
         + 2 * ringbuf_bytes(RING, page)
         + ringbuf_bytes(32 * KIB, page)
         + KIB;
-    let (report, held) = run(budget, 3);
-    assert!(failures(&report).is_empty(), "{report}");
-    let rings = check_against_kernel(&report, &held);
-    assert_eq!(
-        rings,
-        BTreeMap::from([
-            ("bronze".to_owned(), 32 * KIB),
-            ("gold".to_owned(), RING),
-            ("silver".to_owned(), RING),
-        ])
-    );
-    let b = share(&report, "bronze");
-    assert!(b["grantedBytes"].as_u64() < b["requestedBytes"].as_u64());
-    assert_eq!(b["otherProbesets"], 2);
-    assert_eq!(b["otherNamespaces"], 2);
-    let why = b["probes"][0]["plan"]["reasons"][1].as_str().unwrap();
-    assert!(
-        why.starts_with("halved 3 times more to fit the node budget of")
-            && why.contains("with 2 other ProbeSets in 2 other namespaces"),
-        "{why}"
-    );
-    assert!(report["node_plan"]["usedBytes"].as_u64().unwrap() <= budget);
-
-    // Not even bronze's maps fit beside the others': bronze is left out and
-    // says why; gold and silver keep their full rings.
-    let budget = gold + silver + 2 * ringbuf_bytes(RING, page) + bronze / 2;
-    let (report, held) = run(budget, 2);
-    let failed = failures(&report);
-    assert_eq!(failed.len(), 1, "{failed:?}");
-    assert!(
-        failed[0].starts_with("bronze/batch/sys (syscalls): not loaded: its maps take ")
-            && failed[0].contains("with 2 other ProbeSets in 2 other namespaces"),
-        "{}",
-        failed[0]
-    );
-    let rings = check_against_kernel(&report, &held);
-    assert_eq!(
-        rings,
-        BTreeMap::from([("gold".to_owned(), RING), ("silver".to_owned(), RING)])
-    );
-    assert!(
-        !share(&report, "bronze")["probes"][0]["admitted"]
-            .as_bool()
-            .unwrap()
-    );
+    let fair = BTreeMap::from([
+        ("bronze".to_owned(), RING),
+        ("gold".to_owned(), RING / 2),
+        ("silver".to_owned(), RING / 4),
+    ]);
+    for reversed in [false, true] {
+        let (report, held) = run(budget, 3, reversed);
+        assert!(failures(&report).is_empty(), "{report}");
+        let rings = check_against_kernel(&report, &held);
+        assert_eq!(
+            rings, fair,
+            "no namespace's grant depends on another's priority (reversed: {reversed})"
+        );
+        let g = share(&report, "gold");
+        assert!(g["grantedBytes"].as_u64() < g["requestedBytes"].as_u64());
+        assert_eq!(g["otherProbesets"], 2);
+        assert_eq!(g["otherNamespaces"], 2);
+        let why = g["probes"][0]["plan"]["reasons"][1].as_str().unwrap();
+        assert!(
+            why.starts_with("halved once more to fit namespace gold's share of the node budget")
+                && why.contains("with 2 other ProbeSets in 2 other namespaces"),
+            "{why}"
+        );
+        assert!(report["node_plan"]["usedBytes"].as_u64().unwrap() <= budget);
+    }
 }

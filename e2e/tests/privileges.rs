@@ -17,7 +17,7 @@ use std::{
 use ringwarden_e2e::{
     CallReport, Child, StandaloneAgent, failures, observed_by_probe, require_bpf_privileges,
 };
-use ringwarden_operator::{config::AgentSettings, render};
+use ringwarden_operator::{config::AgentSettings, reconcile::render};
 
 /// One agent run at a time: both tests load every probe kind.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -17,8 +17,8 @@ mod common;
 use common::{free_port, get};
 use ringwarden_crds::{ClusterProbeSet, ClusterProbeSetSpec, Slo, SloSpec};
 use ringwarden_operator::{
+    ingest::reports::ProbeRef,
     loopback::{LoopbackOperator, fixed_stores_with_cluster},
-    reports::ProbeRef,
     sim::SimAgent,
 };
 
@@ -232,7 +232,7 @@ async fn simulated(
 }
 
 fn unix_ms() -> u64 {
-    ringwarden_operator::reports::millis(std::time::SystemTime::now())
+    ringwarden_operator::ingest::reports::millis(std::time::SystemTime::now())
 }
 
 #[tokio::test]

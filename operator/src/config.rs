@@ -97,7 +97,7 @@ pub struct AgentSettings {
     /// `restricted` to labels a node cannot set itself (docs/security.md,
     /// "Who gets which probes"). The chart sets `restricted`.
     #[serde(default)]
-    pub node_selector_labels: crate::node_labels::NodeSelectorLabels,
+    pub node_selector_labels: crate::reconcile::node_labels::NodeSelectorLabels,
 }
 
 /// How agents reach the operator's agent service.
@@ -120,7 +120,7 @@ impl Default for AgentTransport {
 
 /// Uprobes are opt-in: the kernel attaches them only for CAP_SYS_ADMIN
 /// (Linux 6.16 and the stable kernels patched in July 2025), which the agent
-/// otherwise never has (see [`crate::render::UPROBE_CAPABILITIES`]).
+/// otherwise never has (see [`crate::reconcile::render::UPROBE_CAPABILITIES`]).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UprobeSettings {

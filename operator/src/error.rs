@@ -1,7 +1,7 @@
 //! Reconcile errors. Each says which object and which step failed; the
 //! controllers requeue with backoff and count them by [`Error::metric_label`].
 
-use crate::{cause::explain, render::RenderError};
+use crate::{cause::explain, reconcile::render::RenderError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -34,12 +34,6 @@ pub mod sim;
 pub mod throttle;
 pub mod wiring;
 
-// Each step by its own name too, as the binaries and tests use them.
-pub use ingest::{auth, grpc, handed, hub, publish, reports, slo_status};
-pub use reconcile::{
-    agent, assess, controller, node_labels, render, share, slo, status, stored, watches, world,
-};
-
 use std::process::ExitCode;
 
 use cli::Args;

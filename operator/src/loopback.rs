@@ -26,17 +26,17 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{
-    auth::{Authenticator, BoundPod, PodPlace, Review, Reviewer},
-    controller::Stores,
-    grpc::{self, AgentApi, StreamSettings},
-    hub::Hub,
+    ingest::auth::{Authenticator, BoundPod, PodPlace, Review, Reviewer},
+    ingest::grpc::{self, AgentApi, StreamSettings},
+    ingest::hub::Hub,
+    ingest::reports::Persisted,
     ingest::tls,
     metrics::Metrics,
-    render,
-    reports::Persisted,
+    reconcile::controller::Stores,
+    reconcile::render,
+    reconcile::slo::SloTarget,
+    reconcile::world::World,
     sim::{self, SimAgent},
-    slo::SloTarget,
-    world::World,
 };
 
 /// The namespace the loopback operator believes it runs in.

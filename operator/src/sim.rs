@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming, metadata::MetadataValue, transport::Channel};
 
-use crate::reports::ProbeRef;
+use crate::ingest::reports::ProbeRef;
 
 /// One simulated probe.
 #[derive(Clone, Debug)]

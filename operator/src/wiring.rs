@@ -33,19 +33,19 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::{
-    agent,
-    auth::{Authenticator, TokenReviewer},
     cli::Args,
     config::{AgentTransport, ConfigError, OperatorConfig},
-    controller::{
-        Context, Stores, error_policy, error_policy_cluster, reconcile, reconcile_cluster,
-    },
-    grpc::{self, AgentApi, QueryApi, StreamSettings, Transport},
+    ingest::auth::{Authenticator, TokenReviewer},
+    ingest::grpc::{self, AgentApi, QueryApi, StreamSettings, Transport},
+    ingest::publish::{self, Publisher},
     lease::{Elector, Leadership, LeaseSettings},
     metrics::{self, Metrics},
-    publish::{self, Publisher},
-    stored::{self, Placeholder, Stored, Undecodable, UndecodableKinds},
-    watches::Watches,
+    reconcile::agent,
+    reconcile::controller::{
+        Context, Stores, error_policy, error_policy_cluster, reconcile, reconcile_cluster,
+    },
+    reconcile::stored::{self, Placeholder, Stored, Undecodable, UndecodableKinds},
+    reconcile::watches::Watches,
 };
 
 /// Why the operator could not start or stopped with an error.
@@ -432,7 +432,7 @@ pub async fn serve(
         .inspect(move |e| changed(e, &poke))
         .touched_objects()
     };
-    let undecodable = tokio::spawn(crate::controller::mark_undecodable(
+    let undecodable = tokio::spawn(crate::reconcile::controller::mark_undecodable(
         Arc::clone(&ctx),
         bad,
         undecodable_changed,

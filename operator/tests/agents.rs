@@ -11,9 +11,9 @@ use std::{
 
 use common::*;
 use ringwarden_operator::{
-    grpc,
+    ingest::grpc,
+    ingest::reports::{Persisted, ProbeRef},
     loopback::LoopbackOperator as Operator,
-    reports::{Persisted, ProbeRef},
     sim::{self, SimAgent},
 };
 use ringwarden_proto::v1::{
@@ -50,7 +50,7 @@ fn sys() -> ProbeRef {
 }
 
 fn unix_ms() -> u64 {
-    ringwarden_operator::reports::millis(SystemTime::now())
+    ringwarden_operator::ingest::reports::millis(SystemTime::now())
 }
 
 /// What the agents' kernels counted and the operator must count exactly.
@@ -314,7 +314,7 @@ async fn a_probe_that_fails_to_load_degrades_its_node_alone() {
 
 #[tokio::test]
 async fn the_query_service_and_the_cli_show_what_agents_reported() {
-    use ringwarden_operator::{ctl, grpc::QueryApi};
+    use ringwarden_operator::{ctl, ingest::grpc::QueryApi};
     use ringwarden_proto::v1::{StatusRequest, query_service_client::QueryServiceClient};
 
     let cluster = cluster();
@@ -404,7 +404,9 @@ probes:
 #[tokio::test]
 async fn slos_from_a_namespace_a_cluster_probeset_does_not_list_take_no_slot_and_change_no_plan() {
     use ringwarden_crds::{ClusterProbeSet, agent::MAX_THRESHOLDS};
-    use ringwarden_operator::{render, slo::SloTarget, world::World};
+    use ringwarden_operator::{
+        reconcile::render, reconcile::slo::SloTarget, reconcile::world::World,
+    };
 
     let cps = ClusterProbeSet::new("node-wide", serde_yaml_ng::from_str(NODE_WIDE).unwrap());
     // As many SLOs as the kernel has slots, from a namespace the platform

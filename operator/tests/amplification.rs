@@ -230,7 +230,7 @@ fn the_most_a_message_within_the_bounds_decodes_into_stays_far_below_the_operato
         let Some(FromAgent::Report(r)) = messages.pop().unwrap().message else {
             panic!("a report")
         };
-        ringwarden_operator::reports::Sample::try_from(r).unwrap()
+        ringwarden_operator::ingest::reports::Sample::try_from(r).unwrap()
     });
     let buckets: usize = sample.probes[0]
         .series

@@ -10,9 +10,9 @@ use std::time::SystemTime;
 
 use common::*;
 use ringwarden_operator::{
-    auth::{Authenticator, TokenReviewer},
+    ingest::auth::{Authenticator, TokenReviewer},
+    ingest::reports::{Persisted, ProbeRef},
     loopback::LoopbackOperator as Operator,
-    reports::{Persisted, ProbeRef},
     sim::{self, SimAgent},
 };
 use ringwarden_proto::v1::{self, AgentMessage, agent_message::Message as FromAgent};
@@ -60,7 +60,7 @@ fn probe(probeset: &str) -> ProbeRef {
 }
 
 fn unix_ms() -> u64 {
-    ringwarden_operator::reports::millis(SystemTime::now())
+    ringwarden_operator::ingest::reports::millis(SystemTime::now())
 }
 
 /// Good and total of every SLO.

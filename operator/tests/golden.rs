@@ -11,9 +11,9 @@ use common::{probeset, slo};
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::ConfigMap};
 use ringwarden_operator::{
     config::{AgentSettings, OperatorConfig},
-    render::{self, AGENT_CAPABILITIES, AGENT_HOST_PATHS, AgentObjects},
-    slo::SloTarget,
-    world::{Labels, World},
+    reconcile::render::{self, AGENT_CAPABILITIES, AGENT_HOST_PATHS, AgentObjects},
+    reconcile::slo::SloTarget,
+    reconcile::world::{Labels, World},
 };
 
 const WEB: &str = "

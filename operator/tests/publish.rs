@@ -15,11 +15,13 @@ use kube::runtime::reflector::ObjectRef;
 use ringwarden_core::slo::SloState as CoreState;
 use ringwarden_crds::{ProbeSet, Slo, SloState, SloStatus};
 use ringwarden_operator::{
+    ingest::publish::{
+        Publisher, SNAPSHOT_KEY, Settings, snapshot_config_map, snapshot_name, snapshot_of,
+    },
+    ingest::reports::{AgentInfo, Persisted, ProbeRef, Reports, Sample, millis},
+    ingest::slo_status,
     lease::Leadership,
-    publish::{Publisher, SNAPSHOT_KEY, Settings, snapshot_config_map, snapshot_name, snapshot_of},
-    reports::{AgentInfo, Persisted, ProbeRef, Reports, Sample, millis},
     sim::SimAgent,
-    slo_status,
 };
 use ringwarden_proto::v1::{self, agent_message::Message as FromAgent};
 use serde_json::{Value, json};
@@ -61,9 +63,9 @@ fn rendered(cluster: &Cluster) -> ringwarden_crds::AgentConfig {
         .slos
         .state()
         .iter()
-        .filter_map(|s| ringwarden_operator::slo::SloTarget::from_slo(s))
+        .filter_map(|s| ringwarden_operator::reconcile::slo::SloTarget::from_slo(s))
         .collect();
-    let world = ringwarden_operator::world::World {
+    let world = ringwarden_operator::reconcile::world::World {
         cluster_probesets: vec![],
         namespaces: vec![],
         namespace_limits: Default::default(),
@@ -75,13 +77,13 @@ fn rendered(cluster: &Cluster) -> ringwarden_crds::AgentConfig {
         slos,
         node_selector_labels: Default::default(),
     };
-    ringwarden_operator::render::agent_config(&world.assess_all(), 0)
+    ringwarden_operator::reconcile::render::agent_config(&world.assess_all(), 0)
 }
 
 /// Installs the SLO's threshold as a pushed configuration would.
 fn configure(agent: &mut SimAgent, cluster: &Cluster) {
     let web = [("pool".to_string(), "web".to_string())].into();
-    let mine = ringwarden_operator::hub::node_config(&rendered(cluster), &web);
+    let mine = ringwarden_operator::ingest::hub::node_config(&rendered(cluster), &web);
     agent.apply(&v1::Config {
         version: mine.version,
         agent_config_json: mine.json,

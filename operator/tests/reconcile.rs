@@ -10,12 +10,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action;
 use ringwarden_crds::{AgentConfig, ProbeSetStatus};
 use ringwarden_operator::{
-    agent,
-    controller::{error_policy, reconcile},
     error::Error,
     lease::Leadership,
-    render::{self, CONFIG_KEY},
-    world::World,
+    reconcile::agent,
+    reconcile::controller::{error_policy, reconcile},
+    reconcile::render::{self, CONFIG_KEY},
+    reconcile::world::World,
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
@@ -196,7 +196,7 @@ async fn agent_objects_are_created_from_every_valid_probeset() {
 
 #[tokio::test]
 async fn each_node_budget_share_is_planned_with_the_cpus_its_own_agent_reported() {
-    use ringwarden_operator::reports::AgentInfo;
+    use ringwarden_operator::ingest::reports::AgentInfo;
     // node-0 runs web, node-1 db, node-2 web again.
     let nodes: &[&[(&str, &str)]] = &[&[("pool", "web")], &[("pool", "db")], &[("pool", "web")]];
     let cluster = Cluster::new(
@@ -758,7 +758,7 @@ async fn slos_on_a_probe_become_kernel_thresholds_and_tighten_its_plan() {
 
 #[tokio::test]
 async fn published_report_figures_and_node_problems_reach_the_status() {
-    use ringwarden_operator::status::Reported;
+    use ringwarden_operator::reconcile::status::Reported;
     let cluster = Cluster::new(vec![probeset("shop", "web", 1, WEB)], NODES, vec![]);
     let (client, server) = api_server(vec![
         patch_status(&cluster.probeset("shop", "web")).check(|s| {

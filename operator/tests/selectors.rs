@@ -8,7 +8,10 @@ mod common;
 use std::sync::Arc;
 
 use ringwarden_crds::selector::{label_key_problem, label_value_problem};
-use ringwarden_operator::{assess::Assessment, config::AgentSettings, render, world::World};
+use ringwarden_operator::{
+    config::AgentSettings, reconcile::assess::Assessment, reconcile::render,
+    reconcile::world::World,
+};
 
 fn world(bad_selectors: &[(&str, &str)]) -> World {
     let mut probesets = vec![Arc::new(common::probeset(
@@ -90,7 +93,9 @@ fn a_selector_the_daemonset_could_not_carry_is_invalid_and_left_out() {
 #[tokio::test]
 async fn a_probeset_left_out_of_a_full_agent_configuration_says_so_and_is_requeued() {
     use common::{Cluster, api_server, context, events_path, patch_status, post};
-    use ringwarden_operator::{controller::reconcile, lease::Leadership, world::CONFIG_FULL};
+    use ringwarden_operator::{
+        lease::Leadership, reconcile::controller::reconcile, reconcile::world::CONFIG_FULL,
+    };
 
     let cluster = Cluster::new(
         vec![common::probeset(

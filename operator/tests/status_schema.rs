@@ -10,10 +10,10 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use ringwarden_core::slo::{Burn, Counts, SloState, SloStatus};
 use ringwarden_crds::{ProbeSetStatus, SloStatus as CrdSloStatus};
 use ringwarden_operator::{
-    assess::assess,
-    reports::{Figures, Flow, MAX_LISTED_NODES, NodeProblem, problem},
-    slo_status::{self, Problem, Saved, Verdict},
-    status::{self, Reported},
+    ingest::reports::{Figures, Flow, MAX_LISTED_NODES, NodeProblem, problem},
+    ingest::slo_status::{self, Problem, Saved, Verdict},
+    reconcile::assess::assess,
+    reconcile::status::{self, Reported},
 };
 use serde_json::Value;
 
@@ -113,7 +113,7 @@ fn the_longest_probeset_status_is_admitted_and_small() {
     let reported = Reported::from_figures(&figures);
     // On nodes of 256 CPUs, a 64Mi node budget holds not one probe: every
     // probe is cut and says why.
-    let assessed = [ringwarden_operator::world::Assessed {
+    let assessed = [ringwarden_operator::reconcile::world::Assessed {
         namespace: ps.metadata.namespace.clone().unwrap(),
         name: ps.metadata.name.clone().unwrap(),
         namespaces: ps.metadata.namespace.clone().map(|n| vec![n]),
@@ -121,8 +121,11 @@ fn the_longest_probeset_status_is_admitted_and_small() {
         assessment: assessment.clone(),
     }];
     let node = Default::default();
-    let shares =
-        ringwarden_operator::share::node_shares(&assessed, &[(&node, Some(256))], 64 << 20);
+    let shares = ringwarden_operator::reconcile::share::node_shares(
+        &assessed,
+        &[(&node, Some(256))],
+        64 << 20,
+    );
     let share = shares.values().next().expect("the one node runs it");
     assert!(share.share.probes.iter().all(|p| !p.admitted));
     let mut s: ProbeSetStatus = status::desired(

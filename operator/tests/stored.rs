@@ -17,9 +17,9 @@ use kube::{
 };
 use ringwarden_crds::{ClusterProbeSet, ProbeSet};
 use ringwarden_operator::{
-    controller,
     lease::Leadership,
-    stored::{self, Stored, Undecodable, UndecodableKinds},
+    reconcile::controller,
+    reconcile::stored::{self, Stored, Undecodable, UndecodableKinds},
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};

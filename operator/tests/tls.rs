@@ -9,8 +9,8 @@ use std::{
 };
 
 use ringwarden_operator::{
-    grpc::{self, QueryApi, Transport},
-    hub::Hub,
+    ingest::grpc::{self, QueryApi, Transport},
+    ingest::hub::Hub,
     ingest::tls::{self, CertStore, Pem},
     loopback::fixed_stores,
     metrics::Metrics,

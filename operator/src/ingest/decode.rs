@@ -830,7 +830,8 @@ mod tests {
     /// A report at the caps a node is counted with (`handed.rs`): 16 384
     /// series over four probes, 1 048 576 buckets with counts near 2^42.
     fn largest_counted_report() -> v1::AgentMessage {
-        let per_series = crate::handed::MAX_NODE_BUCKETS / crate::handed::MAX_NODE_SERIES;
+        let per_series =
+            crate::ingest::handed::MAX_NODE_BUCKETS / crate::ingest::handed::MAX_NODE_SERIES;
         let probe = |p: usize| v1::ProbeReport {
             id: Some(v1::ProbeId {
                 namespace: "n".repeat(63),
@@ -841,7 +842,7 @@ mod tests {
                 observed: u64::MAX,
                 ..Default::default()
             }),
-            histograms: (0..crate::handed::MAX_NODE_SERIES / 4)
+            histograms: (0..crate::ingest::handed::MAX_NODE_SERIES / 4)
                 .map(|s| v1::SeriesHistogram {
                     series: format!("10.244.{s}.1:65535"),
                     histogram: Some(v1::Histogram {

@@ -28,10 +28,10 @@ use tonic::{
 use tracing::{debug, info, instrument, warn};
 
 use crate::{
-    auth::{Authenticator, Identity, Reviewer},
-    hub::Hub,
-    reports::{self, AgentInfo, Sample},
-    slo_status,
+    ingest::auth::{Authenticator, Identity, Reviewer},
+    ingest::hub::Hub,
+    ingest::reports::{self, AgentInfo, Sample},
+    ingest::slo_status,
 };
 
 /// What a follower answers; agents reconnect until they reach the leader.

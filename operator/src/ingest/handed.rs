@@ -18,8 +18,8 @@ use std::{
 use ringwarden_crds::{AgentConfig, AgentProbe};
 
 use crate::{
-    reports::{ProbeRef, Sample},
-    world::{Labels, selector_matches},
+    ingest::reports::{ProbeRef, Sample},
+    reconcile::world::{Labels, selector_matches},
 };
 
 /// How long a node's previous configuration still counts: an agent keeps
@@ -227,7 +227,7 @@ mod tests {
     use ringwarden_crds::{ExportPolicy, ExportSpec, ProbeKind, ProbeSpec, Threshold};
 
     use super::*;
-    use crate::reports::{ProbeSample, ThresholdSample};
+    use crate::ingest::reports::{ProbeSample, ThresholdSample};
 
     fn probe(name: &str, selector: &[(&str, &str)], latency_ns: u64) -> AgentProbe {
         AgentProbe {
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn histograms_past_a_nodes_caps_are_dropped_and_counted_but_counts_stay() {
-        use crate::reports::Sparse;
+        use crate::ingest::reports::Sparse;
         let histogram = |buckets: u16| Sparse {
             buckets: (0..buckets).map(|i| (i, 1)).collect(),
             ..Sparse::default()

@@ -24,17 +24,17 @@ use tokio::{
 };
 
 use crate::{
-    controller::Stores,
-    handed::{self, Handed, HandedOut, refusal, selected},
-    metrics::IngestMetrics,
-    render::content_hash,
-    reports::{
+    ingest::handed::{self, Handed, HandedOut, refusal, selected},
+    ingest::reports::{
         AgentInfo, BootRetired, Figures, FiguresBuilder, Outcome, ProbeSetQuery, Reports, Sample,
         SloDef,
     },
-    slo_status::{self, Problem},
-    status::Reported,
-    world::{Labels, selector_matches},
+    ingest::slo_status::{self, Problem},
+    metrics::IngestMetrics,
+    reconcile::controller::Stores,
+    reconcile::render::content_hash,
+    reconcile::status::Reported,
+    reconcile::world::{Labels, selector_matches},
 };
 
 /// Nodes summed into a ProbeSet's figures per hold of the reports' lock:

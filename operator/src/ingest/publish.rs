@@ -39,13 +39,13 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cause::api_cause,
-    controller::{self, Context},
     error::is_conflict,
-    hub::{Hub, ProbeSetFigures},
-    render::{FIELD_MANAGER, content_hash},
-    reports::{Lacking, Persisted, millis},
-    slo_status::{self, Saved, Verdict},
-    status::Reported,
+    ingest::hub::{Hub, ProbeSetFigures},
+    ingest::reports::{Lacking, Persisted, millis},
+    ingest::slo_status::{self, Saved, Verdict},
+    reconcile::controller::{self, Context},
+    reconcile::render::{FIELD_MANAGER, content_hash},
+    reconcile::status::Reported,
 };
 
 /// Label on every snapshot ConfigMap.
@@ -706,7 +706,7 @@ impl Publisher {
                         Some((Saved::Failed { since, .. }, _)) => since.clone(),
                         _ => controller::now().0.to_string(),
                     };
-                    let error = crate::reports::truncate(&e.to_string(), 512);
+                    let error = crate::ingest::reports::truncate(&e.to_string(), 512);
                     self.unsaved
                         .insert(id, (Saved::Failed { error, since }, None));
                 }

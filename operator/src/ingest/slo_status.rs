@@ -10,8 +10,8 @@ use ringwarden_core::slo as core_slo;
 use ringwarden_crds::{AgentConfig, BurnRate, ClusterProbeSet, ProbeSet, Slo, SloState, SloStatus};
 
 use crate::{
-    reports::{Lacking, ProbeRef, SloDef, truncate},
-    status::{condition_at, round_significant},
+    ingest::reports::{Lacking, ProbeRef, SloDef, truncate},
+    reconcile::status::{condition_at, round_significant},
 };
 
 /// Condition types.
@@ -36,9 +36,9 @@ pub mod condition {
 }
 
 /// Whether `current` already says what `desired` does, looking only at the
-/// condition types the operator owns (see [`crate::status::up_to_date`]).
+/// condition types the operator owns (see [`crate::reconcile::status::up_to_date`]).
 pub fn up_to_date(current: Option<&SloStatus>, desired: &SloStatus) -> bool {
-    crate::status::same_owned(current, desired, &condition::OWNED, |s| &mut s.conditions)
+    crate::reconcile::status::same_owned(current, desired, &condition::OWNED, |s| &mut s.conditions)
 }
 
 /// Condition reasons.
@@ -149,7 +149,7 @@ pub fn id(slo: &Slo) -> String {
 
 /// What the evaluator needs of `slo`, or why it cannot be evaluated.
 /// `probesets` are every ProbeSet and ClusterProbeSet as
-/// [`crate::controller::Stores::all_probesets`] gives them;
+/// [`crate::reconcile::controller::Stores::all_probesets`] gives them;
 /// `cluster_probesets` say which namespaces' SLOs each ClusterProbeSet
 /// admits. `config` (the rendered agent configuration, once there is one)
 /// tells whether the kernel counts its threshold.

@@ -27,12 +27,12 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    assess::Assessment,
-    controller::Context,
     error::Error,
     metrics::controller,
-    render::{self, APPLIED_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, FIELD_MANAGER},
-    world::CONFIG_FULL,
+    reconcile::assess::Assessment,
+    reconcile::controller::Context,
+    reconcile::render::{self, APPLIED_HASH_ANNOTATION, CONFIG_HASH_ANNOTATION, FIELD_MANAGER},
+    reconcile::world::CONFIG_FULL,
 };
 
 /// How long objects found right are trusted without reading them again;
@@ -84,7 +84,7 @@ pub async fn sync(ctx: &Context) -> Result<(), Error> {
             .map(|(name, labels)| (labels, reports.possible_cpus(name)))
             .collect()
     };
-    ctx.set_shares(crate::share::node_shares(
+    ctx.set_shares(crate::reconcile::share::node_shares(
         &assessed,
         &nodes,
         ctx.agent.node_budget_bytes(),

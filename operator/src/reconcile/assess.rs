@@ -6,7 +6,7 @@
 //! every node class, and one `status.plan` describes it exactly; planning
 //! the ProbeSets sharing a node jointly would let an unrelated ProbeSet
 //! shrink another team's rings. What a node class adds up to is computed
-//! when rendering (see [`crate::render::agent_config`]).
+//! when rendering (see [`crate::reconcile::render::agent_config`]).
 
 use ringwarden_core::{
     planner::{self, Plan, PlanError, PlanInput},
@@ -17,7 +17,7 @@ use ringwarden_crds::{
     agent::{MAX_THRESHOLDS, NamespaceLimits},
 };
 
-use crate::slo::SloTarget;
+use crate::reconcile::slo::SloTarget;
 
 /// Page size plans are made for. Agents on kernels with larger pages
 /// (64 KiB on some arm64 machines) raise each ring to at least one page.
@@ -50,7 +50,7 @@ pub struct Planned {
     /// declared, one line each; empty when every probe got what it needs.
     pub constrained: Vec<String>,
     /// The limits of its namespace, when the cluster administrator set any
-    /// (see [`crate::world::World::namespace_limits`]); `None` for the
+    /// (see [`crate::reconcile::world::World::namespace_limits`]); `None` for the
     /// defaults and for ClusterProbeSets.
     pub namespace_limits: Option<NamespaceLimits>,
     /// How its namespace's limits bind it, one line each, naming the limit
@@ -75,7 +75,7 @@ impl Assessment {
 /// thresholds.
 /// Most bytes one ProbeSet's probes may take in the agents' ConfigMap
 /// (as its YAML): 96 KiB, so eight of the largest still fit the 768 KiB
-/// all may take ([`crate::world::MAX_AGENT_CONFIG_BYTES`]). Far above any
+/// all may take ([`crate::reconcile::world::MAX_AGENT_CONFIG_BYTES`]). Far above any
 /// realistic spec (the examples take under 2 KiB; 64 plain probes about
 /// 40 KiB), far below what the schema's limits allow (64 probes with full
 /// filters are several MiB).

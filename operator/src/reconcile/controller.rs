@@ -3,7 +3,7 @@
 //! it changed. Talks to the API server for the writes only.
 //!
 //! The agent ConfigMap and DaemonSet depend on all ProbeSets at once and
-//! are kept by [`crate::agent`], which the same watch events drive; a
+//! are kept by [`crate::reconcile::agent`], which the same watch events drive; a
 //! failure there never holds up status, and the other way round.
 
 use std::{
@@ -31,16 +31,17 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, instrument, warn};
 
 use crate::{
-    assess::assess,
     config::AgentSettings,
     error::Error,
-    hub::Hub,
+    ingest::hub::Hub,
     lease::Leadership,
     metrics::{Metrics, controller},
-    render::FIELD_MANAGER,
-    slo::SloTarget,
-    status, stored,
-    world::{Labels, World, selector_matches},
+    reconcile::assess::assess,
+    reconcile::render::FIELD_MANAGER,
+    reconcile::slo::SloTarget,
+    reconcile::status,
+    reconcile::stored,
+    reconcile::world::{Labels, World, selector_matches},
 };
 
 /// How often every object is looked at again even without a change, to
@@ -108,13 +109,13 @@ pub struct Context {
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// What the agent writer last applied or verified.
-    pub(crate) synced: tokio::sync::Mutex<Option<crate::agent::Synced>>,
+    pub(crate) synced: tokio::sync::Mutex<Option<crate::reconcile::agent::Synced>>,
     /// ProbeSets the agent writer left out of a full agent configuration
     /// (`namespace/name` → why): their status says so.
     crowded: Mutex<BTreeMap<String, String>>,
     /// Each ProbeSet's share of the node budget on its tightest node
     /// (`namespace/name`), as the agent writer last planned it.
-    shares: Mutex<BTreeMap<String, crate::share::NodeShare>>,
+    shares: Mutex<BTreeMap<String, crate::reconcile::share::NodeShare>>,
     /// Asks the controller to reconcile a ProbeSet again.
     requeue: Mutex<Option<UnboundedSender<ObjectRef<ProbeSet>>>>,
     /// Keeps repeated API errors from flooding the log.
@@ -259,7 +260,7 @@ impl Context {
 
     /// Keeps each ProbeSet's share of the node budget for its status, and
     /// reconciles those whose share changed.
-    pub fn set_shares(&self, now: BTreeMap<String, crate::share::NodeShare>) {
+    pub fn set_shares(&self, now: BTreeMap<String, crate::reconcile::share::NodeShare>) {
         let before = std::mem::replace(
             &mut *self.shares.lock().unwrap_or_else(PoisonError::into_inner),
             now.clone(),
@@ -268,7 +269,7 @@ impl Context {
     }
 
     /// The share of the node budget `key` gets on its tightest node.
-    pub fn node_share(&self, key: &str) -> Option<crate::share::NodeShare> {
+    pub fn node_share(&self, key: &str) -> Option<crate::reconcile::share::NodeShare> {
         self.shares
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -334,16 +335,16 @@ pub async fn reconcile(ps: Arc<ProbeSet>, ctx: Arc<Context>) -> Result<Action, E
     // Valid alone, it may still be left out of a full agent configuration
     // (world::crowd_out, decided by the agent writer over all ProbeSets).
     let assessment = match ctx.crowded_out(&key(&ps)) {
-        Some(why) => crate::assess::Assessment::Invalid(vec![why]),
-        None => crate::node_labels::restrict(
+        Some(why) => crate::reconcile::assess::Assessment::Invalid(vec![why]),
+        None => crate::reconcile::node_labels::restrict(
             assess(&ps, &ctx.slos()),
             &ps.spec.node_selector,
             ctx.agent.node_selector_labels,
         ),
     };
     let share = match &assessment {
-        crate::assess::Assessment::Planned(_) => ctx.node_share(&key(&ps)),
-        crate::assess::Assessment::Invalid(_) => None,
+        crate::reconcile::assess::Assessment::Planned(_) => ctx.node_share(&key(&ps)),
+        crate::reconcile::assess::Assessment::Invalid(_) => None,
     };
     let mut desired = status::desired(
         &ps,
@@ -381,20 +382,20 @@ pub async fn reconcile_cluster(
         return Ok(Action::await_change());
     }
     let world = ctx.world();
-    let assessed = crate::world::assess_cluster(&cps, &world.namespaces, &world.slos);
+    let assessed = crate::reconcile::world::assess_cluster(&cps, &world.namespaces, &world.slos);
     let ps = assessed.probeset;
     let key = key(&ps);
     let assessment = match ctx.crowded_out(&key) {
-        Some(why) => crate::assess::Assessment::Invalid(vec![why]),
-        None => crate::node_labels::restrict(
+        Some(why) => crate::reconcile::assess::Assessment::Invalid(vec![why]),
+        None => crate::reconcile::node_labels::restrict(
             assessed.assessment,
             &ps.spec.node_selector,
             ctx.agent.node_selector_labels,
         ),
     };
     let share = match &assessment {
-        crate::assess::Assessment::Planned(_) => ctx.node_share(&key),
-        crate::assess::Assessment::Invalid(_) => None,
+        crate::reconcile::assess::Assessment::Planned(_) => ctx.node_share(&key),
+        crate::reconcile::assess::Assessment::Invalid(_) => None,
     };
     let mut desired = status::desired(
         &ps,
@@ -531,7 +532,7 @@ pub const UNDECODABLE: &str = "Undecodable";
 /// the operator wrote before (plan, figures) goes, as the object runs
 /// nowhere.
 pub fn undecodable_status(problem: &stored::Problem, state: &str, now: &Time) -> serde_json::Value {
-    let message = crate::reports::truncate(
+    let message = crate::ingest::reports::truncate(
         &format!(
             "the stored object cannot be read: {}; it runs nowhere until fixed: re-apply it \
              with a valid spec (kubectl apply), or delete it",

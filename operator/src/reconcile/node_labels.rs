@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{assess::Assessment, world::Labels};
+use crate::{reconcile::assess::Assessment, reconcile::world::Labels};
 
 /// Which node labels a `nodeSelector` may name.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

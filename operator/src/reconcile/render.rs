@@ -26,9 +26,9 @@ use k8s_openapi::{
 use ringwarden_crds::{AgentConfig, AgentProbe};
 
 use crate::{
-    assess::PLAN_PAGE_SIZE,
     config::{AgentSettings, AgentTransport},
-    world::{Assessed, Labels},
+    reconcile::assess::PLAN_PAGE_SIZE,
+    reconcile::world::{Assessed, Labels},
 };
 
 /// The one field manager of every object the operator writes.
@@ -131,7 +131,7 @@ pub struct AgentObjects {
 }
 
 /// Renders everything for the agents from the assessed ProbeSets (as
-/// [`crate::world::World::assess_all`] returns them).
+/// [`crate::reconcile::world::World::assess_all`] returns them).
 pub fn agent_objects(
     assessed: &[Assessed],
     settings: &AgentSettings,
@@ -526,7 +526,7 @@ fn node_affinity(selectors: &[&Labels]) -> Option<Affinity> {
             .filter(|s| {
                 !distinct
                     .iter()
-                    .any(|other| other != *s && crate::world::selector_matches(other, s))
+                    .any(|other| other != *s && crate::reconcile::world::selector_matches(other, s))
             })
             .map(|s| NodeSelectorTerm {
                 match_expressions: Some(
@@ -799,7 +799,7 @@ mod tests {
             namespace: "shop".into(),
             namespaces: Some(vec!["shop".into()]),
             name: "web".into(),
-            assessment: crate::assess::assess(&ps, &[]),
+            assessment: crate::reconcile::assess::assess(&ps, &[]),
             probeset: std::sync::Arc::new(ps),
         }];
         let names = |settings: &AgentSettings| -> Vec<String> {

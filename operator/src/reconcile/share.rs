@@ -10,9 +10,9 @@ use std::{cmp::Reverse, collections::BTreeMap};
 use ringwarden_core::planner::node::ProbeSetShare;
 
 use crate::{
-    assess::PLAN_PAGE_SIZE,
-    render::agent_config,
-    world::{Assessed, Labels, node_classes},
+    reconcile::assess::PLAN_PAGE_SIZE,
+    reconcile::render::agent_config,
+    reconcile::world::{Assessed, Labels, node_classes},
 };
 
 /// What the node budget gives one ProbeSet where it gives least.
@@ -134,7 +134,7 @@ mod tests {
     use ringwarden_crds::{ProbeSet, plan::probe_maps};
 
     use super::*;
-    use crate::assess::assess;
+    use crate::reconcile::assess::assess;
 
     fn probeset(ns: &str, name: &str, pool: Option<&str>, priority: i32) -> Assessed {
         let selector = pool.map_or(String::new(), |p| format!("nodeSelector: {{pool: {p}}}\n"));

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use ringwarden_core::quantity::format_bytes;
 use ringwarden_crds::{NodeShareStatus, PlanStatus, ProbePlanStatus, ProbeSet, ProbeSetStatus};
 
-use crate::{assess::Assessment, reports::Figures, share::NodeShare};
+use crate::{ingest::reports::Figures, reconcile::assess::Assessment, reconcile::share::NodeShare};
 
 /// Condition types.
 pub mod condition {
@@ -125,7 +125,7 @@ pub mod reason {
     /// has not enabled uprobes (`agent.uprobes.enabled`), so they do not run.
     pub const UPROBES_NOT_ENABLED: &str = "UprobesNotEnabled";
     // When `Degraded` is True, its reason is the gravest node problem:
-    // see `crate::reports::problem`.
+    // see `crate::ingest::reports::problem`.
 }
 
 /// What agent reports say of a ProbeSet, rounded so that only a
@@ -549,11 +549,11 @@ fn all_ready(ready: Option<&str>) -> bool {
 
 /// `why` as one of the constant reasons a `Degraded` condition carries.
 fn static_reason(why: &str) -> &'static str {
-    crate::reports::problem::ORDER
+    crate::ingest::reports::problem::ORDER
         .into_iter()
         .chain([reason::UPROBES_NOT_ENABLED])
         .find(|r| *r == why)
-        .unwrap_or(crate::reports::problem::LOAD_FAILED)
+        .unwrap_or(crate::ingest::reports::problem::LOAD_FAILED)
 }
 
 /// The ProbeSet's own plan as its tightest node runs it: each probe's ring,
@@ -618,7 +618,7 @@ fn node_budget_message(s: &NodeShare) -> String {
 /// run: `Degraded` becomes True with reason [`reason::UPROBES_NOT_ENABLED`],
 /// naming the probes and the Helm value, ahead of any node problem (which
 /// the message keeps). The uprobe probes are left out of the agent
-/// configuration ([`crate::render::agent_objects`]); the others run.
+/// configuration ([`crate::reconcile::render::agent_objects`]); the others run.
 pub fn uprobes_not_enabled(
     ps: &ProbeSet,
     uprobes_enabled: bool,
@@ -770,7 +770,7 @@ pub fn notices(before: Option<&ProbeSetStatus>, after: &ProbeSetStatus) -> Vec<N
     out
 }
 
-use crate::reports::truncate;
+use crate::ingest::reports::truncate;
 
 #[cfg(test)]
 mod tests;

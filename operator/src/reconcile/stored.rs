@@ -174,7 +174,7 @@ impl Undecodable {
 }
 
 /// The objects of each kind the controllers read that failed to decode:
-/// what [`crate::controller::mark_undecodable`] marks `Invalid`.
+/// what [`crate::reconcile::controller::mark_undecodable`] marks `Invalid`.
 #[derive(Clone, Default)]
 pub struct UndecodableKinds {
     pub probesets: Undecodable,

@@ -21,9 +21,9 @@ use ringwarden_crds::{
 };
 
 use crate::{
-    assess::{Assessment, assess, config_bytes},
-    node_labels::{NodeSelectorLabels, restrict},
-    slo::SloTarget,
+    reconcile::assess::{Assessment, assess, config_bytes},
+    reconcile::node_labels::{NodeSelectorLabels, restrict},
+    reconcile::slo::SloTarget,
 };
 
 /// Most bytes the probes of all ProbeSets may take in the agents'
@@ -125,9 +125,10 @@ pub fn assess_cluster(
         .collect();
     let (scope, assessment) = match scope_namespaces(c.spec.namespace_selector.as_ref(), namespaces)
     {
-        Ok(scope) if selector_errors.is_empty() => {
-            (scope, crate::assess::assess_cluster_probes(&ps, c, slos))
-        }
+        Ok(scope) if selector_errors.is_empty() => (
+            scope,
+            crate::reconcile::assess::assess_cluster_probes(&ps, c, slos),
+        ),
         Ok(_) => (None, Assessment::Invalid(selector_errors)),
         Err(e) => (None, Assessment::Invalid(vec![e])),
     };
@@ -393,8 +394,8 @@ mod tests {
             ("node-restriction.kubernetes.io/pool", "web"),
         ]);
         let handed = |policy, node: &Labels| {
-            let config = crate::render::agent_config(&world(policy).assess_all(), 0);
-            let mut names: Vec<String> = crate::handed::selected(&config, node)
+            let config = crate::reconcile::render::agent_config(&world(policy).assess_all(), 0);
+            let mut names: Vec<String> = crate::ingest::handed::selected(&config, node)
                 .map(|p| p.probeset.clone())
                 .collect();
             names.sort();
@@ -460,7 +461,7 @@ mod tests {
             serde_yaml_ng::from_str(&format!("probes:\n{probes}")).unwrap();
         let bytes = config_bytes(&ProbeSet::new("ps00", spec.clone()), &[]);
         assert!(
-            (50_000..crate::assess::MAX_CONFIG_BYTES_PER_PROBESET).contains(&bytes),
+            (50_000..crate::reconcile::assess::MAX_CONFIG_BYTES_PER_PROBESET).contains(&bytes),
             "{bytes}"
         );
         let fits = MAX_AGENT_CONFIG_BYTES / bytes;
@@ -493,7 +494,7 @@ mod tests {
         };
         assert!(why[0].contains(CONFIG_FULL), "{why:?}");
         // And what is rendered stays under the limit.
-        let config = crate::render::agent_config(&all, 0);
+        let config = crate::reconcile::render::agent_config(&all, 0);
         let yaml = serde_yaml_ng::to_string(&config).unwrap();
         assert!(yaml.len() <= MAX_AGENT_CONFIG_BYTES, "{} bytes", yaml.len());
     }
@@ -568,7 +569,7 @@ mod tests {
         // The ProbeSets selecting nothing are not Invalid either: they run
         // where they select, nowhere, and are rendered for no agent.
         assert!(planned("default", "spam00"));
-        let config = crate::render::agent_config(&all, 0);
+        let config = crate::reconcile::render::agent_config(&all, 0);
         let rendered: BTreeSet<(&str, &str)> = config
             .probes
             .iter()
@@ -610,7 +611,7 @@ mod tests {
         };
         assert!(why[0].contains(CONFIG_FULL), "{why:?}");
         assert!(why[0].contains("namespace default's fair share"), "{why:?}");
-        let config = crate::render::agent_config(&all, 0);
+        let config = crate::reconcile::render::agent_config(&all, 0);
         let yaml = serde_yaml_ng::to_string(&config).unwrap();
         assert!(yaml.len() <= MAX_AGENT_CONFIG_BYTES, "{} bytes", yaml.len());
     }
@@ -639,7 +640,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let limits = crate::controller::limits_of(&annotations).unwrap();
+        let limits = crate::reconcile::controller::limits_of(&annotations).unwrap();
         assert_eq!(limits.node_bytes, Some(8 << 20));
         let world = World {
             probesets: vec![in_ns("shop"), in_ns("free")],
@@ -668,7 +669,7 @@ mod tests {
         let free = all.iter().find(|a| a.namespace == "free").unwrap();
         assert!(free.assessment.planned().unwrap().limited.is_empty());
         // The agents get the limits, and only the probes the limits allow.
-        let config = crate::render::agent_config(&all, 0);
+        let config = crate::reconcile::render::agent_config(&all, 0);
         assert_eq!(
             config.namespace_limits,
             BTreeMap::from([("shop".to_owned(), limits)])
@@ -681,7 +682,7 @@ mod tests {
             .collect();
         assert_eq!(shop_probes, ["a", "b"]);
         // And the status says so, naming the limit.
-        let s = crate::status::desired(
+        let s = crate::reconcile::status::desired(
             &shop.probeset,
             &shop.assessment,
             true,
@@ -716,9 +717,12 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let limits = crate::controller::limits_of(&annotations).unwrap();
+        let limits = crate::reconcile::controller::limits_of(&annotations).unwrap();
         assert_eq!((limits.max_probes, limits.uprobes), (0, false));
-        assert_eq!(crate::controller::limits_of(&BTreeMap::new()), None);
+        assert_eq!(
+            crate::reconcile::controller::limits_of(&BTreeMap::new()),
+            None
+        );
     }
 
     fn namespaces() -> Vec<(String, Labels)> {
@@ -809,7 +813,7 @@ mod tests {
         };
         assert!(why[0].starts_with("spec.namespaceSelector"), "{why:?}");
 
-        let config = crate::render::agent_config(&all, 0);
+        let config = crate::reconcile::render::agent_config(&all, 0);
         let scopes: Vec<(&str, &str, Option<Vec<String>>)> = config
             .probes
             .iter()
@@ -842,7 +846,7 @@ mod tests {
         .unwrap();
         let mut ps = ProbeSet::new("web", spec.clone());
         ps.metadata.namespace = Some("shop".into());
-        let Assessment::Invalid(why) = crate::assess::assess(&ps, &[]) else {
+        let Assessment::Invalid(why) = crate::reconcile::assess::assess(&ps, &[]) else {
             panic!("a ProbeSet may not name cgroups")
         };
         assert_eq!(why.len(), 1, "{why:?}");

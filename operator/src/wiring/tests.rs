@@ -115,7 +115,7 @@ async fn fake_api_server(
                     "audiences": [ringwarden_proto::TOKEN_AUDIENCE],
                     "user": {
                         "username": "system:serviceaccount:ringwarden-system:ringwarden-agent",
-                        "extra": {(crate::auth::NODE_NAME_EXTRA): ["n1"]}
+                        "extra": {(crate::ingest::auth::NODE_NAME_EXTRA): ["n1"]}
                     }
                 });
                 (201, review)
@@ -263,7 +263,7 @@ async fn a_connection_flood_neither_delays_the_lease_nor_shuts_out_agents() {
     let mut agent = crate::sim::SimAgent::new(
         "n1",
         "boot-1",
-        vec![crate::reports::ProbeRef {
+        vec![crate::ingest::reports::ProbeRef {
             namespace: "shop".into(),
             probeset: "web".into(),
             probe: "sys".into(),
@@ -361,7 +361,7 @@ async fn the_wired_operator_leads_writes_once_and_releases_its_lease_last() {
         async move {
             let snapshot = format!(
                 "PATCH /api/v1/namespaces/ringwarden-system/configmaps/{}",
-                crate::publish::snapshot_name("shop/fast")
+                crate::ingest::publish::snapshot_name("shop/fast")
             );
             while !(written(
                 "PATCH /apis/apps/v1/namespaces/ringwarden-system/daemonsets/ringwarden-agent",
@@ -444,7 +444,7 @@ fn check_tenancy(bodies: &Bodies) {
             w == "PATCH /api/v1/namespaces/ringwarden-system/configmaps/ringwarden-agent-config"
         })
         .map(|(_, b)| {
-            b["data"][crate::render::CONFIG_KEY]
+            b["data"][crate::reconcile::render::CONFIG_KEY]
                 .as_str()
                 .unwrap()
                 .to_owned()

@@ -19,9 +19,9 @@ use prometheus::Registry;
 use ringwarden_crds::{ProbeSet, ProbeSetSpec, Slo, SloSpec};
 use ringwarden_operator::{
     config::AgentSettings,
-    controller::{Context, Stores},
     lease::Leadership,
     metrics::Metrics,
+    reconcile::controller::{Context, Stores},
 };
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;

@@ -180,7 +180,9 @@ impl Agent {
                 (*g, *total) = (good * self.point.series as u64, n);
             }
         }
-        let mut report = a.report(ringwarden_operator::reports::millis(SystemTime::now()));
+        let mut report = a.report(ringwarden_operator::ingest::reports::millis(
+            SystemTime::now(),
+        ));
         for (p, histograms) in report.probes.iter_mut().zip(wire.iter()) {
             p.histograms.clone_from(histograms);
         }

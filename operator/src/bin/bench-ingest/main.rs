@@ -45,19 +45,19 @@ use ringwarden_core::{duration::parse_duration, histogram::Histogram};
 use ringwarden_crds::{ProbeSet, Slo};
 use ringwarden_ebpf_common::{HIST_BUCKETS, bucket_index};
 use ringwarden_operator::{
-    auth::{Authenticator, PodPlace, Review, Reviewer},
     config::AgentSettings,
-    controller::{self, Context, Stores},
-    grpc::{self, AgentApi, StreamSettings},
+    ingest::auth::{Authenticator, PodPlace, Review, Reviewer},
+    ingest::grpc::{self, AgentApi, StreamSettings},
+    ingest::publish::{self, Publisher},
+    ingest::reports::ProbeRef,
     ingest::tls,
     lease::Leadership,
     metrics::Metrics,
-    publish::{self, Publisher},
-    render,
-    reports::ProbeRef,
+    reconcile::controller::{self, Context, Stores},
+    reconcile::render,
+    reconcile::slo::SloTarget,
+    reconcile::world::World,
     sim::{self, SimAgent},
-    slo::SloTarget,
-    world::World,
 };
 use ringwarden_proto::v1;
 use serde::{Deserialize, Serialize};

@@ -6,7 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 use ringwarden_crds::{ExportPolicy, ExportSpec, ProbeKind, ProbeSetSpec, ProbeSpec};
 
 use super::*;
-use crate::assess::assess;
+use crate::reconcile::assess::assess;
 
 fn at(seconds: i64) -> Time {
     Time(Timestamp::from_second(seconds).unwrap())
@@ -55,7 +55,7 @@ fn types(s: &ProbeSetStatus) -> Vec<(&str, &str, &str)> {
 
 #[test]
 fn report_figures_are_rounded_and_the_node_list_is_bounded() {
-    use crate::reports::{Flow, NodeProblem, problem};
+    use crate::ingest::reports::{Flow, NodeProblem, problem};
     let f = Figures {
         desired: 1000,
         ready: 985,
@@ -125,9 +125,9 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
     other.metadata.namespace = Some("payments".into());
     other.metadata.name = Some("ledger".into());
     other.spec.probes[0].priority = 1;
-    let assessed: Vec<crate::world::Assessed> = [&ps, &other]
+    let assessed: Vec<crate::reconcile::world::Assessed> = [&ps, &other]
         .iter()
-        .map(|p| crate::world::Assessed {
+        .map(|p| crate::reconcile::world::Assessed {
             namespace: p.metadata.namespace.clone().unwrap(),
             name: p.metadata.name.clone().unwrap(),
             namespaces: p.metadata.namespace.clone().map(|n| vec![n]),
@@ -141,8 +141,8 @@ fn a_probeset_the_node_budget_cuts_says_what_it_asked_got_and_shares_with() {
         4096,
     );
     let budget = 2 * fixed + ringbuf_bytes(256 << 10, 4096) + ringbuf_bytes(16 << 10, 4096);
-    let gpu: crate::world::Labels = [("gpu".to_owned(), "true".to_owned())].into();
-    let shares = crate::share::node_shares(&assessed, &[(&gpu, Some(4))], budget);
+    let gpu: crate::reconcile::world::Labels = [("gpu".to_owned(), "true".to_owned())].into();
+    let shares = crate::reconcile::share::node_shares(&assessed, &[(&gpu, Some(4))], budget);
     let share = &shares["shop/web"];
     let s = desired(&ps, &assess(&ps, &[]), true, None, Some(share), &at(100));
     let q = s
@@ -271,7 +271,7 @@ fn a_planned_probeset_is_ready_only_once_every_node_reports_every_probe_running(
 
 #[test]
 fn the_measured_drop_stands_next_to_the_plans_prediction() {
-    use crate::reports::Flow;
+    use crate::ingest::reports::Flow;
     // 20000 ev/s into 64 KiB: a 50ms drain period brings 1000 records,
     // the ring holds 682.
     let mut ps = probeset(20_000.0, "64Ki");
