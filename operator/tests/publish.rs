@@ -419,3 +419,80 @@ fn a_snapshot_stays_far_below_a_configmaps_limit_at_5000_nodes() {
         assert_eq!(snapshot_of(&cm).unwrap(), p, "it reads back exactly");
     }
 }
+
+/// A new leader restores snapshots older than a failover takes; only one
+/// that held counts can land a gap's counts at once, so only its SLO says
+/// `RestoredStale`.
+#[tokio::test(start_paused = true)]
+async fn after_a_failover_only_an_slo_that_had_counts_says_its_restore_was_stale() {
+    for counted in [false, true] {
+        let fast = slo("shop", "fast", FAST);
+        let cluster = Cluster::new(
+            vec![probeset("shop", "web", 1, WEB)],
+            &[&[("pool", "web")]],
+            vec![fast.clone()],
+        );
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut agent = SimAgent::new(
+            "node-0",
+            "boot-1",
+            vec![ProbeRef {
+                namespace: "shop".into(),
+                probeset: "web".into(),
+                probe: "sys".into(),
+            }],
+        );
+        configure(&mut agent, &cluster);
+        let mut before = Reports::default();
+        let def =
+            slo_status::definition(&fast, &cluster.stores.probesets.state(), &[], None).unwrap();
+        let earlier = t0 - Duration::from_secs(400);
+        before.sync_slos(earlier, vec![def]);
+        before.hello(earlier, hello(&agent)).unwrap();
+        if counted {
+            agent.probes[0].observe("read", &[MS; 10]);
+        }
+        before.ingest(earlier, "node-0", &report(&mut agent, earlier));
+        let mut persisted = before.persisted("shop/fast").unwrap();
+        // Written 400 s ago by the previous leader: far older than a
+        // failover takes.
+        persisted.saved_ms = Some(millis(SystemTime::now()) - 400_000);
+
+        let (written_tx, written) = sync_mpsc::channel();
+        let (client, server) = api_server(vec![
+            get(&format!("{}/{}", configmaps(), snapshot_name("shop/fast")))
+                .found(snapshot_configmap(&persisted)),
+            get(&configmaps()).reply(
+                200,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                       "metadata": {"resourceVersion": "9"}, "items": []}),
+            ),
+            slo_write(&fast, &written_tx),
+        ]);
+        let (ctx, _registry) = context(client, &cluster, Leadership::always());
+        let (reconcile_tx, _reconciled) = mpsc::unbounded_channel::<ObjectRef<ProbeSet>>();
+        let mut publisher = Publisher::new(ctx.clone(), reconcile_tx, Settings::default());
+        ctx.hub.set_config(&rendered(&cluster));
+        publisher.step(t0).await;
+        let status: SloStatus = serde_json::from_value(written.try_recv().unwrap()).unwrap();
+        let persisted = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Persisted")
+            .unwrap();
+        if counted {
+            assert_eq!(
+                (persisted.status.as_str(), persisted.reason.as_str()),
+                ("False", "RestoredStale")
+            );
+        } else {
+            assert_eq!(
+                (persisted.status.as_str(), persisted.reason.as_str()),
+                ("True", "Saved"),
+                "an SLO that never had data raises no false alarm"
+            );
+        }
+        drop((publisher, ctx));
+        server.finish().await;
+    }
+}
