@@ -343,9 +343,9 @@ fn node_mode_follows_the_config_file_without_restarting() {
 }
 
 /// Node mode shares the configuration's node budget before it creates any
-/// map: a probe that does not fit beside one of higher priority is not
-/// loaded and counts as failing, the other runs; a larger budget in the
-/// next configuration loads it too.
+/// map: a probe that does not fit beside one of higher priority in its
+/// namespace is not loaded and counts as failing, the other runs; a larger
+/// budget in the next configuration loads it too.
 #[test]
 fn node_mode_loads_only_what_the_node_budget_holds() {
     use ringwarden_core::maps::{ProbeMaps, fixed_bytes, ringbuf_bytes};
@@ -355,7 +355,7 @@ fn node_mode_loads_only_what_the_node_budget_holds() {
     let write = |budget: u64| {
         let probe = |name: &str, priority: i32| {
             format!(
-                "  - {{namespace: team-{name}, probeset: demo, spec: {{name: {name}, kind: syscalls, \
+                "  - {{namespace: team, probeset: {name}, spec: {{name: {name}, kind: syscalls, \
                  maxSeries: 8, priority: {priority}}}, ringBytes: 4096, sampleEvery: 1, \
                  reportInterval: 1s}}\n"
             )
@@ -413,7 +413,7 @@ fn node_mode_loads_only_what_the_node_budget_holds() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         stderr.contains("not loaded: its maps take")
-            && stderr.contains("with 1 other ProbeSet in 1 other namespace"),
+            && stderr.contains("with 1 other ProbeSet in 0 other namespaces"),
         "{stderr}"
     );
 }
