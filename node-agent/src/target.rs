@@ -144,7 +144,8 @@ impl Attach {
         let n = self.uprobes();
         if n > MAX_UPROBES_PER_PROBE {
             return Err(TargetError(format!(
-                "it would take {n} uprobes, more than MAX_UPROBES_PER_PROBE                  ({MAX_UPROBES_PER_PROBE}) one probe may attach; probe a smaller function"
+                "it would take {n} uprobes, more than MAX_UPROBES_PER_PROBE \
+                 ({MAX_UPROBES_PER_PROBE}) one probe may attach; probe a smaller function"
             )));
         }
         Ok(self)
@@ -393,7 +394,9 @@ async fn within_deadline<T: Send + 'static>(
         Err(_) => {
             cancel.cancel();
             Err(TargetError(format!(
-                "opening and reading it took longer than PARSE_DEADLINE ({deadline:?}) and was                  abandoned: a real program is read in milliseconds, so check that the path                  names the program's own binary on a local filesystem"
+                "opening and reading it took longer than PARSE_DEADLINE ({deadline:?}) and was \
+                 abandoned: a real program is read in milliseconds, so check that the path \
+                 names the program's own binary on a local filesystem"
             )))
         }
     }

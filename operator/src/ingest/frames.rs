@@ -204,7 +204,8 @@ where
                 Ok(Err(_)) => return Err(Status::unavailable("the server is shutting down")),
                 Err(_) => {
                     return Err(Status::unavailable(format!(
-                        "a message of {len} bytes waited {ASSEMBLY_WAIT:?} for room to be                          assembled; reconnect with backoff"
+                        "a message of {len} bytes waited {ASSEMBLY_WAIT:?} for room to be \
+                         assembled; reconnect with backoff"
                     )));
                 }
             };
